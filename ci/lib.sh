@@ -1,0 +1,57 @@
+# Shared helpers for the ci/ scripts. Source it; do not run it.
+
+log() { printf '[ci %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# apt_install PKG...: installs the Debian packages that are missing, waiting for the
+# dpkg lock (another apt may be running) and retrying transient failures.
+apt_install() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    log "missing packages ${missing[*]}: run as root or install them yourself"; return 1
+  fi
+  log "apt-get install ${missing[*]}"
+  local try
+  for try in 1 2 3 4 5; do
+    if apt-get -o DPkg::Lock::Timeout=600 update -qq &&
+       DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+         --no-install-recommends "${missing[@]}"; then
+      return 0
+    fi
+    log "apt-get failed (try $try), retrying in $((try * 10))s"; sleep $((try * 10))
+  done
+  return 1
+}
+
+# need_rust: fails with a clear message when there is no Rust toolchain.
+need_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  command -v cargo >/dev/null 2>&1 || {
+    log "cargo not found: install Rust >= 1.85 (https://rustup.rs) and re-run"; return 1; }
+}
+
+# free_port: prints a TCP port on 127.0.0.1 that is free right now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# start_server OUTFILE ARGS...: starts `msgr serve` in the background and waits until it
+# prints its address; sets SERVER_PID and SERVER_ADDR.
+start_server() {
+  local out=$1; shift
+  "$@" >"$out" 2>&1 &
+  SERVER_PID=$!
+  local i
+  for i in $(seq 1 100); do
+    SERVER_ADDR=$(sed -n 's/.* listening on \([^ ]*\) .*/\1/p' "$out" | head -n1)
+    [ -n "$SERVER_ADDR" ] && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$out" >&2; return 1; }
+    sleep 0.1
+  done
+  log "server did not start"; cat "$out" >&2; return 1
+}

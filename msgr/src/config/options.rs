@@ -1,0 +1,214 @@
+//! The table of options the messenger understands.
+//!
+//! To add an option, append an [`OptionDef`] to [`OPTIONS`]; parsing,
+//! validation, `config show` and the generic getters pick it up from there.
+//! The `defaults_parse` test checks that every default is valid for its kind.
+
+use std::fmt;
+
+/// The type of an option's value, with its bounds where it has any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OptionKind {
+    /// Free text.
+    Str,
+    /// `true/false/yes/no/on/off/1/0`, case-insensitive.
+    Bool,
+    /// A decimal unsigned integer within `min..=max`.
+    Uint {
+        /// Smallest accepted value.
+        min: u64,
+        /// Largest accepted value.
+        max: u64,
+    },
+    /// Bytes: an integer with an optional binary `K`, `M`, `G` or `T` suffix
+    /// (optionally followed by `i`, `B` or `iB`), within `min..=max`.
+    Size {
+        /// Smallest accepted value.
+        min: u64,
+        /// Largest accepted value.
+        max: u64,
+    },
+    /// Decimal seconds, optionally with a `us`, `ms` or `s` suffix.
+    Seconds,
+    /// One of `async+posix`, `async+rdma`, `async+dpdk` (or legacy `async`).
+    MsType,
+}
+
+impl OptionKind {
+    /// A short human name for the kind, used in error messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            OptionKind::Str => "string",
+            OptionKind::Bool => "bool",
+            OptionKind::Uint { .. } => "unsigned integer",
+            OptionKind::Size { .. } => "size",
+            OptionKind::Seconds => "seconds",
+            OptionKind::MsType => "ms_type",
+        }
+    }
+}
+
+impl fmt::Display for OptionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One entry of the option table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionDef {
+    /// Normalised name (lowercase, `_` separated), as in Ceph.
+    pub name: &'static str,
+    /// Type and bounds of the value.
+    pub kind: OptionKind,
+    /// Default, written as it would be in `ceph.conf`.
+    pub default: &'static str,
+    /// One-line description for `config help`-style output.
+    pub description: &'static str,
+}
+
+const PORT: OptionKind = OptionKind::Uint { min: 1, max: 65535 };
+const ANY_SIZE: OptionKind = OptionKind::Size { min: 0, max: u64::MAX };
+
+/// Every option the messenger knows, with Ceph's names and defaults.
+pub static OPTIONS: &[OptionDef] = &[
+    OptionDef {
+        name: "ms_type",
+        kind: OptionKind::MsType,
+        default: "async+posix",
+        description: "messenger network stack: async+posix, async+rdma or async+dpdk",
+    },
+    OptionDef {
+        name: "ms_async_op_threads",
+        kind: OptionKind::Uint { min: 1, max: 5 },
+        default: "3",
+        description: "number of event-loop worker threads",
+    },
+    OptionDef { name: "ms_bind_port_min", kind: PORT, default: "6800", description: "lowest port a daemon binds to" },
+    OptionDef { name: "ms_bind_port_max", kind: PORT, default: "7568", description: "highest port a daemon binds to" },
+    OptionDef {
+        name: "ms_tcp_nodelay",
+        kind: OptionKind::Bool,
+        default: "true",
+        description: "disable Nagle's algorithm on TCP sockets",
+    },
+    OptionDef {
+        name: "ms_tcp_rcvbuf",
+        kind: ANY_SIZE,
+        default: "0",
+        description: "TCP receive buffer size (0 = kernel default)",
+    },
+    OptionDef {
+        name: "ms_tcp_listen_backlog",
+        kind: OptionKind::Uint { min: 1, max: 65535 },
+        default: "512",
+        description: "listen(2) backlog",
+    },
+    OptionDef {
+        name: "ms_dispatch_throttle_bytes",
+        kind: ANY_SIZE,
+        default: "100M",
+        description: "bytes of received messages queued for dispatch before reading stops",
+    },
+    OptionDef {
+        name: "ms_initial_backoff",
+        kind: OptionKind::Seconds,
+        default: "0.2",
+        description: "first delay before reconnecting after a fault",
+    },
+    OptionDef {
+        name: "ms_max_backoff",
+        kind: OptionKind::Seconds,
+        default: "15",
+        description: "largest delay between reconnect attempts",
+    },
+    OptionDef {
+        name: "ms_max_frame_size",
+        kind: OptionKind::Size { min: 4096, max: u64::MAX },
+        default: "256M",
+        description: "largest msgr2 frame (sum of segment lengths) accepted from a peer",
+    },
+    OptionDef {
+        name: "ms_connection_ready_timeout",
+        kind: OptionKind::Seconds,
+        default: "10",
+        description: "time allowed for a connection handshake to finish",
+    },
+    OptionDef {
+        name: "ms_connection_idle_timeout",
+        kind: OptionKind::Seconds,
+        default: "900",
+        description: "close a connection after this long without traffic",
+    },
+    OptionDef {
+        name: "ms_inject_socket_failures",
+        kind: OptionKind::Uint { min: 0, max: u64::MAX },
+        default: "0",
+        description: "inject a socket failure about once every N operations (0 = off)",
+    },
+    OptionDef {
+        name: "keyring",
+        kind: OptionKind::Str,
+        default: "",
+        description: "path to the keyring holding this entity's secret",
+    },
+    OptionDef { name: "mon_host", kind: OptionKind::Str, default: "", description: "monitor addresses" },
+];
+
+/// Looks up an option by its normalised name.
+///
+/// ```
+/// use msgr::config::{find_option, OptionKind};
+///
+/// let def = find_option("ms_async_op_threads").unwrap();
+/// assert_eq!(def.kind, OptionKind::Uint { min: 1, max: 5 });
+/// assert!(find_option("fsid").is_none());
+/// ```
+pub fn find_option(name: &str) -> Option<&'static OptionDef> {
+    OPTIONS.iter().find(|d| d.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::normalize_key;
+    use super::super::value::parse_value;
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        for def in OPTIONS {
+            assert!(parse_value(def.kind, def.default).is_ok(), "default of {} does not parse", def.name);
+        }
+    }
+
+    #[test]
+    fn names_are_unique() {
+        for (i, a) in OPTIONS.iter().enumerate() {
+            assert!(OPTIONS[i + 1..].iter().all(|b| b.name != a.name), "{} listed twice", a.name);
+        }
+    }
+
+    #[test]
+    fn names_are_normalised() {
+        for def in OPTIONS {
+            assert_eq!(normalize_key(def.name), def.name);
+        }
+    }
+
+    #[test]
+    fn bounds_are_ordered() {
+        for def in OPTIONS {
+            if let OptionKind::Uint { min, max } | OptionKind::Size { min, max } = def.kind {
+                assert!(min <= max, "{}", def.name);
+            }
+        }
+    }
+
+    #[test]
+    fn find_option_misses_unknown_names() {
+        assert!(find_option("ms_tyep").is_none());
+        assert!(find_option("MS_TYPE").is_none());
+        assert_eq!(find_option("mon_host").map(|d| d.name), Some("mon_host"));
+    }
+}

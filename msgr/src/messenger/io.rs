@@ -1,0 +1,471 @@
+//! The worker side of connections and listeners: moves bytes between a stack's
+//! socket and a [`Session`], and turns session events into dispatches.
+//!
+//! Everything here runs on the worker thread that owns the connection. The request
+//! path crosses threads only where it must: a message sent from a user thread wakes
+//! the worker once (eventfd); a reply sent from fast dispatch is flushed on the same
+//! worker without any wake-up; a message for `ms_dispatch` is handed to the dispatch
+//! thread (one wake-up).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes};
+
+use super::connection::{ConnState, Connection, ConnectionRef};
+use super::dispatch::ConnEvent;
+use super::error::ConnError;
+use super::MsgrInner;
+use crate::event::{Interest, TimerId};
+use crate::proto::frames::UTime;
+use crate::proto::session::{Session, SessionEvent};
+use crate::stack::worker::{take_pending, Center, WorkerLocal};
+use crate::stack::{ConnectedSocket, ServerSocket};
+
+/// Most bytes read per readable event before giving other connections a turn.
+const READ_BUDGET: usize = 1 << 20;
+/// Read chunk size when the session has no better hint.
+const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes framed ahead of the socket per flush; bounds memory per connection.
+const WRITE_BUDGET: usize = 512 * 1024;
+/// Most buffers per vectored write (well under IOV_MAX).
+const MAX_IOV: usize = 64;
+
+/// A connection as its worker sees it.
+pub struct LocalConn {
+    conn: ConnectionRef,
+    msgr: Arc<MsgrInner>,
+    socket: Box<dyn ConnectedSocket>,
+    fd: RawFd,
+    session: Session,
+    wq: VecDeque<Bytes>,
+    connecting: bool,
+    timer: Option<(TimerId, Instant)>,
+    read_paused: bool,
+}
+
+/// A listening socket as its worker sees it.
+pub struct LocalListener {
+    socket: Box<dyn ServerSocket>,
+    msgr: Arc<MsgrInner>,
+    fd: RawFd,
+}
+
+fn now_utime() -> UTime {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    UTime { sec: d.as_secs() as u32, nsec: d.subsec_nanos() }
+}
+
+/// Starts an outgoing connection on this worker.
+pub(crate) fn start_connect(
+    local: &mut WorkerLocal,
+    center: &mut Center,
+    msgr: Arc<MsgrInner>,
+    conn: ConnectionRef,
+    addr: SocketAddr,
+    session: Session,
+) {
+    match local.net.connect(addr, &msgr.settings.socket) {
+        Ok(socket) => {
+            let lc = LocalConn::new(conn, msgr, socket, session, true);
+            install(local, center, lc);
+        }
+        Err(e) => {
+            // Nothing was registered: report straight away.
+            let refused = e.kind() == io::ErrorKind::ConnectionRefused;
+            conn.worker.sub_load();
+            finish_closed(&msgr, &conn, Some(ConnError::from(e)), Some(refused));
+        }
+    }
+}
+
+/// Takes over an accepted socket on this worker.
+pub(crate) fn adopt_accepted(
+    local: &mut WorkerLocal,
+    center: &mut Center,
+    msgr: Arc<MsgrInner>,
+    socket: Box<dyn ConnectedSocket>,
+    peer: SocketAddr,
+) {
+    let Some(worker) = msgr.workers.get(local.id).cloned() else { return };
+    worker.add_load();
+    let conn = Connection::new(super::next_conn_id(), None, Default::default(), false, worker, Arc::downgrade(&msgr));
+    msgr.track(&conn);
+    let session = msgr.server_session(peer);
+    let lc = LocalConn::new(conn, msgr, socket, session, false);
+    install(local, center, lc);
+}
+
+impl LocalConn {
+    fn new(
+        conn: ConnectionRef,
+        msgr: Arc<MsgrInner>,
+        socket: Box<dyn ConnectedSocket>,
+        session: Session,
+        connecting: bool,
+    ) -> Self {
+        let fd = socket.fd();
+        LocalConn { conn, msgr, socket, fd, session, wq: VecDeque::new(), connecting, timer: None, read_paused: false }
+    }
+}
+
+fn install(local: &mut WorkerLocal, center: &mut Center, lc: LocalConn) {
+    let id = lc.conn.id();
+    let fd = lc.fd;
+    let cb: crate::event::FileCallback<WorkerLocal> =
+        Rc::new(move |local: &mut WorkerLocal, center: &mut Center, _fd, mask| on_conn_event(local, center, id, mask));
+    let conn = Arc::clone(&lc.conn);
+    let msgr = Arc::clone(&lc.msgr);
+    local.conns.insert(id, lc);
+    if let Err(e) = center.create_file_event(fd, Interest::READABLE | Interest::WRITABLE, cb) {
+        if let Some(lc) = local.conns.remove(&id) {
+            drop(lc);
+        }
+        conn.worker.sub_load();
+        finish_closed(&msgr, &conn, Some(ConnError::from(e)), Some(false));
+        return;
+    }
+    // Messages may have been queued before the socket existed.
+    flush(local, center, id);
+}
+
+fn on_conn_event(local: &mut WorkerLocal, center: &mut Center, id: u64, mask: Interest) {
+    let Some(lc) = local.conns.get_mut(&id) else { return };
+    if lc.connecting {
+        match lc.socket.is_connected() {
+            Ok(true) => lc.connecting = false,
+            Ok(false) => return,
+            Err(e) => return fault(local, center, id, ConnError::from(e)),
+        }
+    }
+    if mask.contains(Interest::READABLE) {
+        if let Err(e) = do_read(local, center, id) {
+            return fault(local, center, id, e);
+        }
+    }
+    flush(local, center, id);
+}
+
+fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), ConnError> {
+    let mut total = 0;
+    loop {
+        let Some(lc) = local.conns.get_mut(&id) else { return Ok(()) };
+        if lc.read_paused {
+            return Ok(());
+        }
+        if lc.msgr.throttle.is_full() {
+            pause_reading(local, center, id);
+            return Ok(());
+        }
+        if total >= READ_BUDGET {
+            return Ok(());
+        }
+        let want = lc.session.read_hint().clamp(READ_CHUNK, READ_BUDGET);
+        let buf = lc.session.recv_buf();
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        let r = lc.socket.read(&mut buf[start..]);
+        let got = match r {
+            Ok(n) => n,
+            Err(e) => {
+                buf.truncate(start);
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    return Ok(());
+                }
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ConnError::from(e));
+            }
+        };
+        buf.truncate(start + got);
+        if got == 0 {
+            let mid_frame = start > 0 || lc.session.read_hint() > 0;
+            return Err(ConnError::PeerClosed { mid_frame });
+        }
+        total += got;
+        lc.session.handle_input(Instant::now()).map_err(ConnError::Protocol)?;
+        handle_session_events(local, center, id);
+    }
+}
+
+/// Stops reading until the dispatch throttle has room again.
+fn pause_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
+    let Some(lc) = local.conns.get_mut(&id) else { return };
+    lc.read_paused = true;
+    let _ = center.delete_file_event(lc.fd, Interest::READABLE);
+    let worker = Arc::clone(&lc.conn.worker);
+    let throttle = Arc::clone(&lc.msgr.throttle);
+    let resume = Box::new(move || {
+        worker.submit(Box::new(move |local, center| resume_reading(local, center, id)));
+    });
+    if !throttle.wait(resume) {
+        resume_reading(local, center, id);
+    }
+}
+
+fn resume_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
+    let Some(lc) = local.conns.get_mut(&id) else { return };
+    if !lc.read_paused {
+        return;
+    }
+    lc.read_paused = false;
+    let fd = lc.fd;
+    if let Err(e) = center.add_interest(fd, Interest::READABLE) {
+        return fault(local, center, id, ConnError::from(e));
+    }
+    // Data may already be buffered in the socket; level-triggered epoll reports it.
+}
+
+fn handle_session_events(local: &mut WorkerLocal, _center: &mut Center, id: u64) {
+    let Some(lc) = local.conns.get_mut(&id) else { return };
+    while let Some(ev) = lc.session.poll_event() {
+        match ev {
+            SessionEvent::Connected(peer) | SessionEvent::Accepted(peer) => {
+                let accepted = lc.session.role() == crate::proto::session::Role::Server;
+                lc.conn.set_peer_type(peer.name.ty);
+                lc.conn.publish(|p| {
+                    p.peer_addrs = peer.addrs.clone();
+                    p.peer_name = Some(peer.name);
+                    p.features = peer.features;
+                    p.lossy = peer.lossy;
+                });
+                lc.conn.set_state(ConnState::Open);
+                if accepted {
+                    lc.msgr.register_accepted(&lc.conn, &peer.addrs);
+                }
+                let ev = if accepted { ConnEvent::Accept } else { ConnEvent::Connect };
+                lc.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.conn), ev);
+            }
+            SessionEvent::Message(m) => lc.msgr.deliver(&lc.conn, m),
+            SessionEvent::KeepaliveAck(stamp) => lc.conn.publish(|p| p.last_keepalive_ack = Some(stamp)),
+            SessionEvent::LearnedAddr(a) => lc.msgr.learned_addr(&a),
+        }
+    }
+}
+
+/// Drains the connection's outbox into its session and writes what the session has.
+pub(crate) fn flush(local: &mut WorkerLocal, center: &mut Center, id: u64) {
+    let Some(lc) = local.conns.get_mut(&id) else { return };
+    lc.conn.clear_scheduled();
+    let out = lc.conn.take_outbox();
+    if out.mark_down {
+        return close_conn(local, center, id, None);
+    }
+    if out.keepalive {
+        lc.session.send_keepalive(now_utime());
+    }
+    for m in out.msgs {
+        lc.session.send_message(m);
+    }
+    if let Err(e) = do_write(local, center, id) {
+        return fault(local, center, id, e);
+    }
+    update_timer(local, center, id);
+}
+
+fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), ConnError> {
+    let Some(lc) = local.conns.get_mut(&id) else { return Ok(()) };
+    if lc.connecting {
+        return Ok(());
+    }
+    loop {
+        let queued: usize = lc.wq.iter().map(Bytes::len).sum();
+        if queued < WRITE_BUDGET && lc.session.wants_transmit() {
+            let mut parts = Vec::new();
+            lc.session.poll_transmit(&mut parts, WRITE_BUDGET - queued);
+            lc.wq.extend(parts.into_iter().filter(|b| !b.is_empty()));
+        }
+        if lc.wq.is_empty() {
+            break;
+        }
+        let sent = {
+            let iov: Vec<IoSlice<'_>> = lc.wq.iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
+            lc.socket.send(&iov)
+        };
+        match sent {
+            Ok(0) => break,
+            Ok(mut n) => {
+                while n > 0 {
+                    let Some(front) = lc.wq.front_mut() else { break };
+                    if n >= front.len() {
+                        n -= front.len();
+                        lc.wq.pop_front();
+                    } else {
+                        front.advance(n);
+                        n = 0;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ConnError::from(e)),
+        }
+    }
+    let want_write = !lc.wq.is_empty() || lc.session.wants_transmit();
+    let fd = lc.fd;
+    let has_write = center.interest(fd).contains(Interest::WRITABLE);
+    if want_write && !has_write {
+        center.add_interest(fd, Interest::WRITABLE)?;
+    } else if !want_write && has_write {
+        center.delete_file_event(fd, Interest::WRITABLE)?;
+    }
+    Ok(())
+}
+
+fn update_timer(local: &mut WorkerLocal, center: &mut Center, id: u64) {
+    let Some(lc) = local.conns.get_mut(&id) else { return };
+    let want = lc.session.poll_timeout();
+    if lc.timer.map(|t| t.1) == want {
+        return;
+    }
+    if let Some((t, _)) = lc.timer.take() {
+        center.delete_time_event(t);
+    }
+    if let Some(deadline) = want {
+        let t = center.create_time_event_at(
+            deadline,
+            Box::new(move |local: &mut WorkerLocal, center: &mut Center| on_timer(local, center, id)),
+        );
+        lc.timer = Some((t, deadline));
+    }
+}
+
+fn on_timer(local: &mut WorkerLocal, center: &mut Center, id: u64) {
+    let Some(lc) = local.conns.get_mut(&id) else { return };
+    lc.timer = None;
+    if let Err(e) = lc.session.handle_timeout(Instant::now()) {
+        return fault(local, center, id, ConnError::Protocol(e));
+    }
+    update_timer(local, center, id);
+}
+
+/// Closes a connection on an error and tells the dispatchers.
+fn fault(local: &mut WorkerLocal, center: &mut Center, id: u64, err: ConnError) {
+    close_conn(local, center, id, Some(err));
+}
+
+fn close_conn(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option<ConnError>) {
+    let Some(mut lc) = local.conns.remove(&id) else { return };
+    let _ = center.delete_file_event(lc.fd, Interest::BOTH);
+    if let Some((t, _)) = lc.timer.take() {
+        center.delete_time_event(t);
+    }
+    lc.socket.shutdown();
+    let never_connected = lc.connecting;
+    lc.session.close();
+    lc.conn.worker.sub_load();
+    let refused = err.as_ref().map(|e| matches!(e, ConnError::Refused(_)) || never_connected);
+    finish_closed(&lc.msgr, &lc.conn, err, refused);
+}
+
+/// Publishes the close and, for errors, queues `ms_handle_refused` / `ms_handle_reset`.
+fn finish_closed(msgr: &Arc<MsgrInner>, conn: &ConnectionRef, err: Option<ConnError>, refused: Option<bool>) {
+    conn.set_state(ConnState::Closed);
+    msgr.forget(conn);
+    let Some(err) = err else { return };
+    conn.publish(|p| p.last_error = Some(err));
+    if msgr.is_stopping() {
+        return;
+    }
+    let ev = if refused == Some(true) && conn.is_outgoing() { ConnEvent::Refused } else { ConnEvent::Reset };
+    msgr.dispatch_queue.enqueue_event(Arc::clone(conn), ev);
+}
+
+/// Registers a listening socket on this worker.
+pub(crate) fn install_listener(
+    local: &mut WorkerLocal,
+    center: &mut Center,
+    msgr: Arc<MsgrInner>,
+    socket: Box<dyn ServerSocket>,
+) -> io::Result<u64> {
+    let id = super::next_conn_id();
+    let fd = socket.fd();
+    let cb: crate::event::FileCallback<WorkerLocal> =
+        Rc::new(move |local: &mut WorkerLocal, center: &mut Center, _fd, _mask| on_accept(local, center, id));
+    center.create_file_event(fd, Interest::READABLE, cb)?;
+    local.listeners.insert(id, LocalListener { socket, msgr, fd });
+    Ok(id)
+}
+
+fn on_accept(local: &mut WorkerLocal, center: &mut Center, id: u64) {
+    loop {
+        let Some(l) = local.listeners.get_mut(&id) else { return };
+        let (socket, peer) = match l.socket.accept() {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // EMFILE, ECONNABORTED…: this attempt fails, the listener lives on. Stop for
+            // this round so a persistent error (fd exhaustion) cannot spin the worker.
+            Err(_) => return,
+        };
+        let msgr = Arc::clone(&l.msgr);
+        if msgr.is_stopping() {
+            continue;
+        }
+        let target = if msgr.local_listen { None } else { Some(msgr.least_loaded()) };
+        match target {
+            Some(w) if w.id() != local.id => {
+                w.submit(Box::new(move |local, center| adopt_accepted(local, center, msgr, socket, peer)));
+            }
+            _ => adopt_accepted(local, center, msgr, socket, peer),
+        }
+    }
+}
+
+/// Removes a listener.
+pub(crate) fn remove_listener(local: &mut WorkerLocal, center: &mut Center, id: u64) {
+    if let Some(l) = local.listeners.remove(&id) {
+        let _ = center.delete_file_event(l.fd, Interest::BOTH);
+    }
+}
+
+/// Closes every connection and listener of one messenger on this worker, silently.
+pub(crate) fn close_messenger(local: &mut WorkerLocal, center: &mut Center, msgr: &Arc<MsgrInner>) {
+    let conns: Vec<u64> = local.conns.iter().filter(|(_, c)| Arc::ptr_eq(&c.msgr, msgr)).map(|(id, _)| *id).collect();
+    for id in conns {
+        close_conn(local, center, id, Some(ConnError::Shutdown));
+    }
+    let ls: Vec<u64> = local.listeners.iter().filter(|(_, l)| Arc::ptr_eq(&l.msgr, msgr)).map(|(id, _)| *id).collect();
+    for id in ls {
+        remove_listener(local, center, id);
+    }
+}
+
+/// Flushes connections that got work from code running on this worker.
+pub(crate) fn flush_pending(local: &mut WorkerLocal, center: &mut Center) {
+    loop {
+        let ids = take_pending();
+        if ids.is_empty() {
+            return;
+        }
+        for id in ids {
+            flush(local, center, id);
+        }
+    }
+}
+
+/// The worker's driver failed: fail every connection.
+pub(crate) fn fail_all(local: &mut WorkerLocal, center: &mut Center, e: &io::Error) {
+    let ids: Vec<u64> = local.conns.keys().copied().collect();
+    for id in ids {
+        fault(local, center, id, ConnError::Io { kind: e.kind(), msg: format!("event driver failed: {e}") });
+    }
+}
+
+/// The worker is stopping: close everything it owns.
+pub(crate) fn close_all(local: &mut WorkerLocal, center: &mut Center) {
+    let ids: Vec<u64> = local.conns.keys().copied().collect();
+    for id in ids {
+        close_conn(local, center, id, Some(ConnError::Shutdown));
+    }
+    let ls: Vec<u64> = local.listeners.keys().copied().collect();
+    for id in ls {
+        remove_listener(local, center, id);
+    }
+}

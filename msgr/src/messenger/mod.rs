@@ -1,0 +1,517 @@
+//! Messenger, Processor, Connection, Dispatcher and DispatchQueue (Ceph's AsyncMessenger).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use msgr::config::Config;
+//! use msgr::message::types::{MPing, TypedMessage};
+//! use msgr::messenger::{Messenger, Policy};
+//! use msgr::proto::{EntityName, EntityType};
+//! # fn stack() -> Arc<msgr::stack::worker::NetworkStack> { unimplemented!() }
+//!
+//! let cfg = Config::default();
+//! let client = Messenger::new(stack(), EntityName { ty: EntityType::Client, num: -1 }, &cfg).unwrap();
+//! client.set_default_policy(Policy::lossy_client(0));
+//! let con = client.connect_to(EntityType::Osd, &"v2:127.0.0.1:6800/0".parse().unwrap()).unwrap();
+//! con.send_message(MPing::default().encode()).unwrap();
+//! client.shutdown();
+//! client.wait();
+//! ```
+
+pub mod connection;
+pub mod dispatch;
+pub mod error;
+pub(crate) mod io;
+pub mod policy;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+pub use connection::{ConnState, Connection, ConnectionRef, SendError};
+pub use dispatch::{ConnEvent, DispatchQueue, Dispatcher, Throttle};
+pub use error::{ConnError, MsgrError};
+pub use policy::{Policy, PolicySet};
+
+use crate::config::Config;
+use crate::message::Message;
+use crate::proto::addr::{AddrType, EntityAddr, EntityAddrVec};
+use crate::proto::auth::{NoneClientAuth, NoneServerAuth};
+use crate::proto::entity::{AuthName, EntityName, EntityType};
+use crate::proto::frame::FrameLimits;
+use crate::proto::frames::CEPH_FEATURES_ALL;
+use crate::proto::session::{PolicyFn, Session, SessionConfig};
+use crate::stack::worker::{on_worker_thread, NetworkStack, WorkerShared};
+use crate::stack::SocketOptions;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_conn_id() -> u64 {
+    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Largest control frame accepted (handshake, keepalive, ack): they are tiny, so a
+/// peer announcing more is hostile.
+const MAX_CONTROL_FRAME: usize = 1 << 20;
+/// How long `bind` / `shutdown` wait for a worker before giving up.
+const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Messenger settings taken from the config once, at creation.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) socket: SocketOptions,
+    pub(crate) port_min: u16,
+    pub(crate) port_max: u16,
+    pub(crate) limits: FrameLimits,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+}
+
+impl Settings {
+    fn from_config(cfg: &Config) -> Self {
+        let ports = cfg.ms_bind_port_range();
+        Settings {
+            socket: SocketOptions {
+                nodelay: cfg.ms_tcp_nodelay(),
+                rcvbuf: cfg.ms_tcp_rcvbuf(),
+                listen_backlog: cfg.ms_tcp_listen_backlog(),
+            },
+            port_min: *ports.start(),
+            port_max: *ports.end(),
+            limits: FrameLimits { max_frame: cfg.ms_max_frame_size(), max_control: MAX_CONTROL_FRAME },
+            ready_timeout: cfg.ms_connection_ready_timeout(),
+            idle_timeout: cfg.ms_connection_idle_timeout(),
+        }
+    }
+}
+
+/// State shared by the messenger handle, its connections and its workers' tasks.
+pub(crate) struct MsgrInner {
+    pub(crate) name: EntityName,
+    pub(crate) auth_name: AuthName,
+    pub(crate) nonce: u32,
+    pub(crate) settings: Settings,
+    pub(crate) workers: Vec<Arc<WorkerShared>>,
+    pub(crate) local_listen: bool,
+    pub(crate) throttle: Arc<Throttle>,
+    pub(crate) dispatch_queue: Arc<DispatchQueue>,
+    dispatchers: dispatch::DispatcherList,
+    my_addrs: RwLock<EntityAddrVec>,
+    policies: RwLock<PolicySet>,
+    conns: Mutex<HashMap<EntityAddrVec, ConnectionRef>>,
+    all: Mutex<HashMap<u64, ConnectionRef>>,
+    listeners: Mutex<Vec<(Arc<WorkerShared>, u64)>>,
+    global_seq: AtomicU64,
+    next_global_id: AtomicU64,
+    stopping: AtomicBool,
+    fast_dispatched: AtomicU64,
+}
+
+impl MsgrInner {
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn least_loaded(&self) -> Arc<WorkerShared> {
+        let w = self.workers.iter().min_by_key(|w| w.load()).unwrap_or(&self.workers[0]);
+        Arc::clone(w)
+    }
+
+    fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            my_name: self.name,
+            my_addrs: self.my_addrs.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            nonce: self.nonce,
+            features_supported: CEPH_FEATURES_ALL,
+            limits: self.settings.limits,
+            ready_timeout: self.settings.ready_timeout,
+            idle_timeout: self.settings.idle_timeout,
+        }
+    }
+
+    pub(crate) fn server_session(&self, peer: SocketAddr) -> Session {
+        let policies = self.policies.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let policy_for: PolicyFn = Arc::new(move |t| policies.get(t).session());
+        let first_gid = self.next_global_id.fetch_add(1, Ordering::Relaxed);
+        Session::new_server(
+            self.session_config(),
+            peer,
+            policy_for,
+            Box::new(NoneServerAuth::new(first_gid)),
+            self.global_seq.load(Ordering::Relaxed),
+            nonzero_random(),
+            Instant::now(),
+        )
+    }
+
+    pub(crate) fn track(&self, conn: &ConnectionRef) {
+        lock(&self.all).insert(conn.id(), Arc::clone(conn));
+    }
+
+    pub(crate) fn register_accepted(&self, conn: &ConnectionRef, addrs: &EntityAddrVec) {
+        lock(&self.conns).entry(addrs.clone()).or_insert_with(|| Arc::clone(conn));
+    }
+
+    /// Removes `conn` from the lookup table (so `connect_to` dials afresh).
+    pub(crate) fn unregister(&self, conn: &Connection) {
+        lock(&self.conns).retain(|_, c| c.id() != conn.id());
+    }
+
+    /// Forgets a closed connection entirely.
+    pub(crate) fn forget(&self, conn: &Connection) {
+        self.unregister(conn);
+        lock(&self.all).remove(&conn.id());
+    }
+
+    pub(crate) fn learned_addr(&self, seen_as: &EntityAddr) {
+        let Some(sa) = seen_as.addr else { return };
+        let mut mine = self.my_addrs.write().unwrap_or_else(|e| e.into_inner());
+        if mine.0.is_empty() {
+            // An unbound client: remember the IP it is seen at, port 0, like Ceph's learned_addr.
+            mine.0.push(EntityAddr { ty: AddrType::Any, nonce: self.nonce, addr: Some(SocketAddr::new(sa.ip(), 0)) });
+        }
+    }
+
+    /// Hands a received message to a fast dispatcher or the dispatch queue.
+    pub(crate) fn deliver(&self, conn: &ConnectionRef, m: Message) {
+        let fast = {
+            let list = self.dispatchers.read().unwrap_or_else(|e| e.into_inner());
+            list.iter().find(|d| d.ms_can_fast_dispatch(&m)).cloned()
+        };
+        if let Some(d) = fast {
+            self.fast_dispatched.fetch_add(1, Ordering::Relaxed);
+            d.ms_fast_dispatch(conn, m);
+            return;
+        }
+        let size = m.total_len() as u64;
+        self.throttle.take(size);
+        self.dispatch_queue.enqueue(Arc::clone(conn), m, size);
+    }
+}
+
+fn nonzero_random() -> u64 {
+    loop {
+        let v: u64 = rand::random();
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+/// A messenger: binds, accepts, dials, and dispatches messages for one entity.
+pub struct Messenger {
+    inner: Arc<MsgrInner>,
+    stack: Mutex<Option<Arc<NetworkStack>>>,
+}
+
+impl Messenger {
+    /// A messenger for entity `name` on `stack`, configured from `cfg`
+    /// (`ms_dispatch_throttle_bytes`, bind port range, socket options, limits).
+    pub fn new(stack: Arc<NetworkStack>, name: EntityName, cfg: &Config) -> Result<Messenger, MsgrError> {
+        let auth_name = AuthName { ty: name.ty, id: if name.num >= 0 { name.num.to_string() } else { "admin".into() } };
+        Messenger::with_auth_name(stack, name, auth_name, cfg)
+    }
+
+    /// Like [`Messenger::new`] with an explicit auth name (e.g. `client.admin`).
+    pub fn with_auth_name(
+        stack: Arc<NetworkStack>,
+        name: EntityName,
+        auth_name: AuthName,
+        cfg: &Config,
+    ) -> Result<Messenger, MsgrError> {
+        let throttle = Arc::new(Throttle::new(cfg.ms_dispatch_throttle_bytes()));
+        let dispatchers: dispatch::DispatcherList = Arc::new(RwLock::new(Vec::new()));
+        let dispatch_queue = DispatchQueue::new(Arc::clone(&dispatchers), Arc::clone(&throttle));
+        let nonce = loop {
+            let n: u32 = rand::random();
+            if n != 0 {
+                break n;
+            }
+        };
+        let inner = Arc::new(MsgrInner {
+            name,
+            auth_name,
+            nonce,
+            settings: Settings::from_config(cfg),
+            workers: stack.workers().to_vec(),
+            local_listen: stack.local_listen_table(),
+            throttle,
+            dispatch_queue,
+            dispatchers,
+            my_addrs: RwLock::new(EntityAddrVec::default()),
+            policies: RwLock::new(PolicySet::default()),
+            conns: Mutex::new(HashMap::new()),
+            all: Mutex::new(HashMap::new()),
+            listeners: Mutex::new(Vec::new()),
+            global_seq: AtomicU64::new(0),
+            next_global_id: AtomicU64::new(4096),
+            stopping: AtomicBool::new(false),
+            fast_dispatched: AtomicU64::new(0),
+        });
+        inner
+            .dispatch_queue
+            .start(&name.to_string())
+            .map_err(|e| MsgrError::Stack { stack: stack.name().into(), source: e })?;
+        Ok(Messenger { inner, stack: Mutex::new(Some(stack)) })
+    }
+
+    /// Our entity name.
+    pub fn name(&self) -> EntityName {
+        self.inner.name
+    }
+
+    /// Our addresses (bound, or learned from a peer).
+    pub fn my_addrs(&self) -> EntityAddrVec {
+        self.inner.my_addrs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The dispatch throttle.
+    pub fn throttle(&self) -> &Throttle {
+        &self.inner.throttle
+    }
+
+    /// Items waiting in the dispatch queue.
+    pub fn dispatch_queue_len(&self) -> usize {
+        self.inner.dispatch_queue.len()
+    }
+
+    /// Messages delivered through fast dispatch so far.
+    pub fn fast_dispatched(&self) -> u64 {
+        self.inner.fast_dispatched.load(Ordering::Relaxed)
+    }
+
+    /// Live connections (any state but closed).
+    pub fn connection_count(&self) -> usize {
+        lock(&self.inner.all).len()
+    }
+
+    /// Sets the policy for peers of type `ty`.
+    pub fn set_policy(&self, ty: EntityType, p: Policy) {
+        self.inner.policies.write().unwrap_or_else(|e| e.into_inner()).set(ty, p);
+    }
+
+    /// Sets the policy for peer types without their own.
+    pub fn set_default_policy(&self, p: Policy) {
+        self.inner.policies.write().unwrap_or_else(|e| e.into_inner()).set_default(p);
+    }
+
+    /// The policy for peers of type `ty`.
+    pub fn policy(&self, ty: EntityType) -> Policy {
+        self.inner.policies.read().unwrap_or_else(|e| e.into_inner()).get(ty)
+    }
+
+    /// Adds a dispatcher that sees messages before the existing ones.
+    pub fn add_dispatcher_head(&self, d: Arc<dyn Dispatcher>) {
+        self.inner.dispatchers.write().unwrap_or_else(|e| e.into_inner()).insert(0, d);
+    }
+
+    /// Adds a dispatcher that sees messages after the existing ones.
+    pub fn add_dispatcher_tail(&self, d: Arc<dyn Dispatcher>) {
+        self.inner.dispatchers.write().unwrap_or_else(|e| e.into_inner()).push(d);
+    }
+
+    fn on_worker<T: Send + 'static>(
+        &self,
+        worker: &Arc<WorkerShared>,
+        what: &'static str,
+        f: impl FnOnce(&mut crate::stack::worker::WorkerLocal, &mut crate::stack::worker::Center) -> T + Send + 'static,
+    ) -> Result<T, MsgrError> {
+        if on_worker_thread() {
+            return Err(MsgrError::OnWorkerThread(what));
+        }
+        let (tx, rx) = mpsc::channel();
+        worker.submit(Box::new(move |local, center| {
+            let _ = tx.send(f(local, center));
+        }));
+        rx.recv_timeout(WORKER_REPLY_TIMEOUT).map_err(|_| MsgrError::WorkerGone)
+    }
+
+    /// Binds and listens on `addr`. Port 0 picks the first free port in
+    /// `ms_bind_port_min..=ms_bind_port_max`. Returns our msgr2 address.
+    pub fn bind(&self, addr: SocketAddr) -> Result<EntityAddr, MsgrError> {
+        if self.inner.is_stopping() {
+            return Err(MsgrError::Shutdown);
+        }
+        let s = &self.inner.settings;
+        let ports: Vec<u16> = if addr.port() == 0 { (s.port_min..=s.port_max).collect() } else { vec![addr.port()] };
+        let workers: Vec<Arc<WorkerShared>> =
+            if self.inner.local_listen { self.inner.workers.clone() } else { vec![Arc::clone(&self.inner.workers[0])] };
+        let mut last_err = None;
+        for port in ports {
+            let sa = SocketAddr::new(addr.ip(), port);
+            match self.listen_on(&workers, sa) {
+                Ok(bound) => {
+                    let me = EntityAddr::msgr2(bound, self.inner.nonce);
+                    let mut mine = self.inner.my_addrs.write().unwrap_or_else(|e| e.into_inner());
+                    mine.0.retain(|a| a.ty != AddrType::Any);
+                    mine.0.push(me.clone());
+                    return Ok(me);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.port() == 0 => last_err = Some(e),
+                Err(e) => return Err(MsgrError::Bind { addr: sa.to_string(), source: e }),
+            }
+        }
+        match last_err {
+            Some(_) => Err(MsgrError::NoFreePort { ip: addr.ip(), min: s.port_min, max: s.port_max }),
+            None => Err(MsgrError::Bind { addr: addr.to_string(), source: std::io::Error::other("empty port range") }),
+        }
+    }
+
+    fn listen_on(&self, workers: &[Arc<WorkerShared>], sa: SocketAddr) -> std::io::Result<SocketAddr> {
+        let mut bound = sa;
+        let mut done: Vec<(Arc<WorkerShared>, u64)> = Vec::new();
+        for w in workers {
+            let msgr = Arc::clone(&self.inner);
+            let opts = self.inner.settings.socket.clone();
+            let want = bound;
+            let r = self
+                .on_worker(w, "bind", move |local, center| {
+                    let sock = local.net.listen(want, &opts)?;
+                    let at = sock.local_addr();
+                    let id = io::install_listener(local, center, msgr, sock)?;
+                    Ok::<_, std::io::Error>((id, at))
+                })
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r);
+            match r {
+                Ok((id, at)) => {
+                    bound = at;
+                    done.push((Arc::clone(w), id));
+                }
+                Err(e) => {
+                    for (w, id) in done {
+                        w.submit(Box::new(move |local, center| io::remove_listener(local, center, id)));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        lock(&self.inner.listeners).extend(done);
+        Ok(bound)
+    }
+
+    /// Returns the connection to the peer at `addrs`, dialling it if there is none.
+    /// Never blocks on the network: the connection completes in the background and
+    /// messages sent meanwhile are queued.
+    pub fn connect_to(&self, peer_type: EntityType, addrs: &EntityAddrVec) -> Result<ConnectionRef, MsgrError> {
+        if self.inner.is_stopping() {
+            return Err(MsgrError::Shutdown);
+        }
+        let target = addrs
+            .0
+            .iter()
+            .find(|a| matches!(a.ty, AddrType::Msgr2 | AddrType::Any) && a.addr.is_some())
+            .cloned()
+            .ok_or_else(|| MsgrError::NoAddress(addrs.to_string()))?;
+        let Some(sa) = target.addr else { return Err(MsgrError::NoAddress(addrs.to_string())) };
+        let mut conns = lock(&self.inner.conns);
+        if let Some(c) = conns.get(addrs) {
+            if c.state() != ConnState::Closed {
+                return Ok(Arc::clone(c));
+            }
+        }
+        let worker = self.inner.least_loaded();
+        worker.add_load();
+        let conn = Connection::new(
+            next_conn_id(),
+            Some(peer_type),
+            addrs.clone(),
+            true,
+            Arc::clone(&worker),
+            Arc::downgrade(&self.inner),
+        );
+        conns.insert(addrs.clone(), Arc::clone(&conn));
+        drop(conns);
+        self.inner.track(&conn);
+        let policy = self.policy(peer_type);
+        let cookie = if policy.lossy { 0 } else { nonzero_random() };
+        let gs = self.inner.global_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let target = EntityAddr { ty: AddrType::Msgr2, ..target };
+        let session = Session::new_client(
+            self.inner.session_config(),
+            target,
+            peer_type,
+            policy.session(),
+            Box::new(NoneClientAuth::new(self.inner.auth_name.clone(), 0)),
+            gs,
+            cookie,
+            Instant::now(),
+        );
+        let msgr = Arc::clone(&self.inner);
+        let c = Arc::clone(&conn);
+        worker.submit(Box::new(move |local, center| io::start_connect(local, center, msgr, c, sa, session)));
+        Ok(conn)
+    }
+
+    /// Closes the connection to `addrs`, if any, without telling the dispatchers.
+    pub fn mark_down(&self, addrs: &EntityAddrVec) {
+        let c = lock(&self.inner.conns).get(addrs).cloned();
+        if let Some(c) = c {
+            c.mark_down();
+        }
+    }
+
+    /// Closes every connection.
+    pub fn mark_down_all(&self) {
+        let all: Vec<ConnectionRef> = lock(&self.inner.all).values().cloned().collect();
+        for c in all {
+            c.mark_down();
+        }
+    }
+
+    /// Stops accepting, closes every connection and stops dispatching. Queued
+    /// messages are dropped. Call [`Messenger::wait`] to join the threads.
+    pub fn shutdown(&self) {
+        if self.inner.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut acks = Vec::new();
+        if !on_worker_thread() {
+            for w in &self.inner.workers {
+                let msgr = Arc::clone(&self.inner);
+                let (tx, rx) = mpsc::channel::<()>();
+                w.submit(Box::new(move |local, center| {
+                    io::close_messenger(local, center, &msgr);
+                    let _ = tx.send(());
+                }));
+                acks.push(rx);
+            }
+        }
+        for rx in acks {
+            let _ = rx.recv_timeout(WORKER_REPLY_TIMEOUT);
+        }
+        lock(&self.inner.listeners).clear();
+        lock(&self.inner.conns).clear();
+        for c in lock(&self.inner.all).drain().map(|(_, c)| c) {
+            c.set_state(ConnState::Closed);
+        }
+        self.inner.dispatch_queue.stop();
+    }
+
+    /// Waits for the dispatch thread and releases the stack; the last messenger of a
+    /// stack stops its worker threads.
+    pub fn wait(&self) {
+        self.inner.dispatch_queue.join();
+        let stack = lock(&self.stack).take();
+        if let Some(stack) = stack {
+            if let Some(s) = Arc::into_inner(stack) {
+                if !on_worker_thread() {
+                    s.shutdown();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Messenger {
+    fn drop(&mut self) {
+        self.shutdown();
+        self.wait();
+    }
+}

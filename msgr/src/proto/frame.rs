@@ -1,0 +1,1064 @@
+//! msgr2.1 (revision 1) frames in crc mode.
+//!
+//! ```text
+//! preamble (32)        tag, num_segments, 4 × (le32 len, le16 align), 2 reserved, le32 crc
+//! segment 0 + le32 crc only when segment 0 is non-empty ("inline" crc)
+//! segments 1..3        non-empty ones, back to back, no padding
+//! epilogue (13)        only when num_segments > 1: late_status + 3 × le32 crc
+//! ```
+//!
+//! The preamble layout and its checks are shared by every on-wire mode; everything that
+//! is specific to crc mode (segment crcs, the epilogue) lives in the `crc_rev1_*`
+//! functions, so a secure-mode (AES-GCM) assembler can be added beside them.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::crc::{preamble_crc, segment_crc};
+
+/// Length of the preamble.
+pub const PREAMBLE_LEN: usize = 32;
+/// Length of the crc-mode rev1 epilogue.
+pub const EPILOGUE_LEN: usize = 13;
+/// Segments a frame can carry.
+pub const MAX_SEGMENTS: usize = 4;
+/// Length of the inline crc that follows a non-empty segment 0.
+pub const SEGMENT_CRC_LEN: usize = 4;
+/// Alignment Ceph announces for control-frame segments (`sizeof(void*)`).
+pub const CONTROL_ALIGN: u16 = 8;
+/// Alignments Ceph announces for MESSAGE frames: header, front, middle, data (page).
+pub const MESSAGE_ALIGNS: [u16; 4] = [8, 8, 8, 4096];
+
+/// `late_status` of a frame that is complete.
+pub const LATE_STATUS_COMPLETE: u8 = 0x0e;
+/// `late_status` of a frame the sender abandoned; the receiver drops it.
+pub const LATE_STATUS_ABORTED: u8 = 0x01;
+/// The low nibble carries complete/aborted; the high nibble is reserved and ignored.
+const LATE_STATUS_MASK: u8 = 0x0f;
+
+/// Default [`FrameLimits::max_frame`]: 128 MiB of segment data per MESSAGE frame.
+pub const DEFAULT_MAX_FRAME: usize = 128 << 20;
+/// Default [`FrameLimits::max_control`]: 1 MiB for any other frame.
+pub const DEFAULT_MAX_CONTROL: usize = 1 << 20;
+
+/// Frame type (`enum class Tag`, src/msg/async/frames_v2.h).
+///
+/// Tags 21/22 (Quincy's compression negotiation) are unknown here and rejected.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum Tag {
+    /// HELLO.
+    Hello = 1,
+    /// AUTH_REQUEST.
+    AuthRequest,
+    /// AUTH_BAD_METHOD.
+    AuthBadMethod,
+    /// AUTH_REPLY_MORE.
+    AuthReplyMore,
+    /// AUTH_REQUEST_MORE.
+    AuthRequestMore,
+    /// AUTH_DONE.
+    AuthDone,
+    /// AUTH_SIGNATURE.
+    AuthSignature,
+    /// CLIENT_IDENT.
+    ClientIdent,
+    /// SERVER_IDENT.
+    ServerIdent,
+    /// IDENT_MISSING_FEATURES.
+    IdentMissingFeatures,
+    /// SESSION_RECONNECT.
+    SessionReconnect,
+    /// SESSION_RESET.
+    SessionReset,
+    /// SESSION_RETRY.
+    SessionRetry,
+    /// SESSION_RETRY_GLOBAL.
+    SessionRetryGlobal,
+    /// SESSION_RECONNECT_OK.
+    SessionReconnectOk,
+    /// WAIT.
+    Wait,
+    /// MESSAGE.
+    Message,
+    /// KEEPALIVE2.
+    Keepalive2,
+    /// KEEPALIVE2_ACK.
+    Keepalive2Ack,
+    /// ACK.
+    Ack = 20,
+}
+
+impl Tag {
+    /// Every tag, in wire-value order.
+    pub const ALL: [Tag; 20] = [
+        Tag::Hello,
+        Tag::AuthRequest,
+        Tag::AuthBadMethod,
+        Tag::AuthReplyMore,
+        Tag::AuthRequestMore,
+        Tag::AuthDone,
+        Tag::AuthSignature,
+        Tag::ClientIdent,
+        Tag::ServerIdent,
+        Tag::IdentMissingFeatures,
+        Tag::SessionReconnect,
+        Tag::SessionReset,
+        Tag::SessionRetry,
+        Tag::SessionRetryGlobal,
+        Tag::SessionReconnectOk,
+        Tag::Wait,
+        Tag::Message,
+        Tag::Keepalive2,
+        Tag::Keepalive2Ack,
+        Tag::Ack,
+    ];
+
+    /// Ceph's name for the tag (`"HELLO"`, `"MESSAGE"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tag::Hello => "HELLO",
+            Tag::AuthRequest => "AUTH_REQUEST",
+            Tag::AuthBadMethod => "AUTH_BAD_METHOD",
+            Tag::AuthReplyMore => "AUTH_REPLY_MORE",
+            Tag::AuthRequestMore => "AUTH_REQUEST_MORE",
+            Tag::AuthDone => "AUTH_DONE",
+            Tag::AuthSignature => "AUTH_SIGNATURE",
+            Tag::ClientIdent => "CLIENT_IDENT",
+            Tag::ServerIdent => "SERVER_IDENT",
+            Tag::IdentMissingFeatures => "IDENT_MISSING_FEATURES",
+            Tag::SessionReconnect => "SESSION_RECONNECT",
+            Tag::SessionReset => "SESSION_RESET",
+            Tag::SessionRetry => "SESSION_RETRY",
+            Tag::SessionRetryGlobal => "SESSION_RETRY_GLOBAL",
+            Tag::SessionReconnectOk => "SESSION_RECONNECT_OK",
+            Tag::Wait => "WAIT",
+            Tag::Message => "MESSAGE",
+            Tag::Keepalive2 => "KEEPALIVE2",
+            Tag::Keepalive2Ack => "KEEPALIVE2_ACK",
+            Tag::Ack => "ACK",
+        }
+    }
+}
+
+impl TryFrom<u8> for Tag {
+    type Error = FrameError;
+    fn try_from(v: u8) -> Result<Self, FrameError> {
+        Tag::ALL.into_iter().find(|t| *t as u8 == v).ok_or(FrameError::UnknownTag(v))
+    }
+}
+
+impl std::fmt::Display for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a received frame is unacceptable.
+///
+/// For crc errors, `expected` is the crc carried on the wire and `got` the one computed
+/// over the received bytes.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The preamble crc does not match.
+    #[error("bad preamble crc: frame says {expected:#010x}, computed {got:#010x}")]
+    BadPreambleCrc {
+        /// crc in the preamble.
+        expected: u32,
+        /// crc computed.
+        got: u32,
+    },
+    /// `num_segments` is 0 or above 4.
+    #[error("bad number of segments {0}")]
+    BadSegmentCount(u8),
+    /// The tag is not one we know.
+    #[error("unknown frame tag {0}")]
+    UnknownTag(u8),
+    /// One segment exceeds the applicable limit.
+    #[error("segment {index} length {len} exceeds limit {max}")]
+    SegmentTooLong {
+        /// Segment index.
+        index: usize,
+        /// Announced length.
+        len: u32,
+        /// Applicable limit.
+        max: usize,
+    },
+    /// The segments together exceed the applicable limit.
+    #[error("frame length {len} exceeds limit {max}")]
+    FrameTooLong {
+        /// Sum of the announced segment lengths.
+        len: u64,
+        /// Applicable limit.
+        max: usize,
+    },
+    /// The last announced segment (other than a lone segment 0) is empty.
+    #[error("last announced segment is empty")]
+    EmptyLastSegment,
+    /// Preamble bytes 26..28 (flags/reserved) are not zero; we negotiate nothing that
+    /// sets them (Quincy uses byte 26 for compression).
+    #[error("preamble reserved/flags bytes not zero: {0:#06x}")]
+    ReservedNotZero(u16),
+    /// A segment crc does not match.
+    #[error("bad crc for segment {index}: frame says {expected:#010x}, computed {got:#010x}")]
+    BadSegmentCrc {
+        /// Segment index.
+        index: usize,
+        /// crc carried by the frame.
+        expected: u32,
+        /// crc computed.
+        got: u32,
+    },
+    /// The sender aborted the frame (late_status); it has been consumed and must be
+    /// dropped. Not fatal: decoding may continue.
+    #[error("frame aborted by sender")]
+    Aborted,
+    /// The epilogue's late_status is neither complete nor aborted.
+    #[error("bad late_status {0:#04x}")]
+    BadLateStatus(u8),
+}
+
+impl FrameError {
+    /// Whether the connection must be closed. Everything except [`FrameError::Aborted`]
+    /// is fatal (as in Ceph, which drops an aborted frame and reads on).
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, FrameError::Aborted)
+    }
+}
+
+/// A msgr2 frame: a tag and up to four segments.
+///
+/// Segments at or beyond `num_segments` are empty. Cloning is cheap (segments are
+/// reference-counted [`Bytes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Frame type.
+    pub tag: Tag,
+    /// Segment contents.
+    pub segments: [Bytes; 4],
+    /// Alignment announced per segment.
+    pub aligns: [u16; 4],
+    /// Segments announced in the preamble (1..=4). When encoding, the count is raised to
+    /// cover every non-empty segment (0 thus means "compute it").
+    pub num_segments: u8,
+}
+
+/// Segments needed to carry `segments`: index of the last non-empty one + 1, at least 1
+/// (Ceph's `calc_num_segments`).
+fn needed_segments(segments: &[Bytes; 4]) -> u8 {
+    let mut n = 1u8;
+    for (i, s) in segments.iter().enumerate() {
+        if !s.is_empty() {
+            n = i as u8 + 1;
+        }
+    }
+    n
+}
+
+impl Frame {
+    /// A single-segment control frame with alignment 8.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use msgr::proto::{Frame, Tag};
+    /// let f = Frame::control(Tag::Ack, Bytes::from_static(&[7, 0, 0, 0, 0, 0, 0, 0]));
+    /// assert_eq!(f.num_segments, 1);
+    /// assert_eq!(f.wire_len(), 32 + 8 + 4);
+    /// ```
+    pub fn control(tag: Tag, payload: Bytes) -> Frame {
+        Frame {
+            tag,
+            segments: [payload, Bytes::new(), Bytes::new(), Bytes::new()],
+            aligns: [CONTROL_ALIGN, 0, 0, 0],
+            num_segments: 1,
+        }
+    }
+
+    /// A frame whose segment count is derived from its contents (trailing empty segments
+    /// are not announced, as Ceph does).
+    pub fn new(tag: Tag, segments: [Bytes; 4], aligns: [u16; 4]) -> Frame {
+        let num_segments = needed_segments(&segments);
+        Frame { tag, segments, aligns, num_segments }
+    }
+
+    /// Segment 0 — the whole payload of a control frame.
+    pub fn payload(&self) -> &Bytes {
+        &self.segments[0]
+    }
+
+    /// Segment count that will be announced on the wire: `num_segments`, raised to cover
+    /// every non-empty segment and clamped to 1..=4.
+    pub fn wire_segments(&self) -> usize {
+        usize::from(self.num_segments.max(needed_segments(&self.segments))).clamp(1, MAX_SEGMENTS)
+    }
+
+    /// Bytes this frame occupies on the wire in crc mode.
+    pub fn wire_len(&self) -> usize {
+        let n = self.wire_segments();
+        let lens = self.segments.iter().map(Bytes::len);
+        crc_rev1_onwire_len(lens.take(n))
+    }
+}
+
+/// On-wire length in crc rev1 mode of a frame with the given announced segment lengths.
+fn crc_rev1_onwire_len(mut lens: impl Iterator<Item = usize>) -> usize {
+    let mut total = PREAMBLE_LEN;
+    let len0 = lens.next().unwrap_or(0);
+    if len0 > 0 {
+        total += len0 + SEGMENT_CRC_LEN;
+    }
+    let mut more = false;
+    for l in lens {
+        total += l;
+        more = true;
+    }
+    if more {
+        total += EPILOGUE_LEN;
+    }
+    total
+}
+
+/// The decoded, validated 32-byte preamble.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preamble {
+    /// Frame type.
+    pub tag: Tag,
+    /// Announced segment count (1..=4).
+    pub num_segments: u8,
+    /// Segment lengths (zero beyond `num_segments`).
+    pub lens: [u32; 4],
+    /// Segment alignments (zero beyond `num_segments`).
+    pub aligns: [u16; 4],
+}
+
+impl Preamble {
+    /// The preamble bytes, crc included.
+    pub fn encode(&self) -> [u8; PREAMBLE_LEN] {
+        let mut p = [0u8; PREAMBLE_LEN];
+        p[0] = self.tag as u8;
+        p[1] = self.num_segments;
+        let n = usize::from(self.num_segments);
+        for i in 0..n.min(MAX_SEGMENTS) {
+            let at = 2 + 6 * i;
+            p[at..at + 4].copy_from_slice(&self.lens[i].to_le_bytes());
+            p[at + 4..at + 6].copy_from_slice(&self.aligns[i].to_le_bytes());
+        }
+        let crc = preamble_crc(&p[..28]);
+        p[28..].copy_from_slice(&crc.to_le_bytes());
+        p
+    }
+
+    /// Parses and validates a preamble: crc, segment count, non-empty last segment, tag,
+    /// zero reserved bytes, and lengths against `limits` (MESSAGE frames against
+    /// `max_frame`, every other tag against `max_control`).
+    pub fn parse(p: &[u8; PREAMBLE_LEN], limits: &FrameLimits) -> Result<Preamble, FrameError> {
+        let le32 = |at: usize| u32::from_le_bytes([p[at], p[at + 1], p[at + 2], p[at + 3]]);
+        let expected = le32(28);
+        let got = preamble_crc(&p[..28]);
+        if expected != got {
+            return Err(FrameError::BadPreambleCrc { expected, got });
+        }
+        let num_segments = p[1];
+        let n = usize::from(num_segments);
+        if !(1..=MAX_SEGMENTS).contains(&n) {
+            return Err(FrameError::BadSegmentCount(num_segments));
+        }
+        let mut lens = [0u32; 4];
+        let mut aligns = [0u16; 4];
+        for i in 0..n {
+            let at = 2 + 6 * i;
+            lens[i] = le32(at);
+            aligns[i] = u16::from_le_bytes([p[at + 4], p[at + 5]]);
+        }
+        if n > 1 && lens[n - 1] == 0 {
+            return Err(FrameError::EmptyLastSegment);
+        }
+        let tag = Tag::try_from(p[0])?;
+        let reserved = u16::from_le_bytes([p[26], p[27]]);
+        if reserved != 0 {
+            return Err(FrameError::ReservedNotZero(reserved));
+        }
+        let max = if tag == Tag::Message { limits.max_frame } else { limits.max_control };
+        let mut sum = 0u64;
+        for (index, &len) in lens.iter().enumerate().take(n) {
+            if usize::try_from(len).map_or(true, |l| l > max) {
+                return Err(FrameError::SegmentTooLong { index, len, max });
+            }
+            sum += u64::from(len);
+        }
+        if usize::try_from(sum).map_or(true, |s| s > max) {
+            return Err(FrameError::FrameTooLong { len: sum, max });
+        }
+        Ok(Preamble { tag, num_segments, lens, aligns })
+    }
+
+    /// Bytes the whole frame occupies in crc rev1 mode, preamble included.
+    pub fn crc_onwire_len(&self) -> usize {
+        let n = usize::from(self.num_segments).min(MAX_SEGMENTS);
+        crc_rev1_onwire_len(self.lens.iter().take(n).map(|&l| l as usize))
+    }
+}
+
+/// Converts a segment length for the preamble.
+///
+/// # Panics
+/// If a segment is 4 GiB or longer: the wire format cannot express it, and callers bound
+/// messages far below that.
+fn segment_len_u32(index: usize, len: usize) -> u32 {
+    match u32::try_from(len) {
+        Ok(v) => v,
+        Err(_) => panic!("msgr2 segment {index} of {len} bytes exceeds the 4 GiB wire limit"),
+    }
+}
+
+/// Appends the frame's crc-mode wire bytes to `out` as buffers for a vectored write.
+///
+/// `out` receives one small buffer holding the preamble, segment 0 and its crc (copied),
+/// then segments 1..3 as given (not copied — large data stays zero-copy), then the
+/// epilogue when more than one segment is announced. The announced count is
+/// [`Frame::wire_segments`]; announced-but-empty segments keep their alignment and get crc
+/// `0xFFFFFFFF` in the epilogue (crc of nothing with seed -1), unannounced ones are zero.
+///
+/// # Panics
+/// If a segment is 4 GiB or longer (not representable on the wire).
+///
+/// ```
+/// use bytes::Bytes;
+/// use msgr::proto::{encode_frame, Frame, Tag};
+/// let f = Frame::control(Tag::Keepalive2, Bytes::from_static(&[0; 8]));
+/// let mut bufs = Vec::new();
+/// encode_frame(&f, &mut bufs);
+/// assert_eq!(bufs.iter().map(|b| b.len()).sum::<usize>(), f.wire_len());
+/// ```
+pub fn encode_frame(frame: &Frame, out: &mut Vec<Bytes>) {
+    let n = frame.wire_segments();
+    let mut lens = [0u32; 4];
+    let mut aligns = [0u16; 4];
+    for i in 0..n {
+        lens[i] = segment_len_u32(i, frame.segments[i].len());
+        aligns[i] = frame.aligns[i];
+    }
+    // Counts above 4 were clamped above, so the cast is exact.
+    let pre = Preamble { tag: frame.tag, num_segments: n as u8, lens, aligns };
+    crc_rev1_assemble(&pre, &frame.segments, out);
+}
+
+/// crc-mode rev1 assembly (`asm_crc_rev1`).
+fn crc_rev1_assemble(pre: &Preamble, segments: &[Bytes; 4], out: &mut Vec<Bytes>) {
+    let seg0 = &segments[0];
+    let mut head = BytesMut::with_capacity(PREAMBLE_LEN + seg0.len() + SEGMENT_CRC_LEN);
+    head.put_slice(&pre.encode());
+    if !seg0.is_empty() {
+        head.put_slice(seg0);
+        head.put_u32_le(segment_crc(seg0));
+    }
+    out.push(head.freeze());
+    let n = usize::from(pre.num_segments);
+    if n <= 1 {
+        return;
+    }
+    let mut epilogue = BytesMut::with_capacity(EPILOGUE_LEN);
+    epilogue.put_u8(LATE_STATUS_COMPLETE);
+    for (i, seg) in segments.iter().enumerate().skip(1) {
+        if i < n {
+            epilogue.put_u32_le(segment_crc(seg));
+            if !seg.is_empty() {
+                out.push(seg.clone());
+            }
+        } else {
+            epilogue.put_u32_le(0);
+        }
+    }
+    out.push(epilogue.freeze());
+}
+
+/// The frame's wire bytes in one contiguous buffer (convenience for tests and tools).
+pub fn encode_frame_to_vec(frame: &Frame) -> Vec<u8> {
+    let mut bufs = Vec::with_capacity(MAX_SEGMENTS + 1);
+    encode_frame(frame, &mut bufs);
+    let mut v = Vec::with_capacity(bufs.iter().map(Bytes::len).sum());
+    for b in &bufs {
+        v.extend_from_slice(b);
+    }
+    v
+}
+
+/// Size limits applied to received frames, checked on the preamble alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Largest sum of segment lengths of a MESSAGE frame.
+    pub max_frame: usize,
+    /// Largest sum of segment lengths of any other frame.
+    pub max_control: usize,
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        FrameLimits { max_frame: DEFAULT_MAX_FRAME, max_control: DEFAULT_MAX_CONTROL }
+    }
+}
+
+/// Incremental crc-mode frame decoder.
+///
+/// Feed it the receive buffer (the same buffer each time, with new bytes appended at the
+/// end). When a complete frame is at the front it is split off — zero-copy: the segments
+/// are slices of the frozen frame bytes — and returned; `Ok(None)` means more bytes are
+/// needed. The preamble is validated as soon as its 32 bytes are present, so a hostile
+/// length is rejected before anything is buffered for it.
+///
+/// After a fatal error the decoder is poisoned and returns that error again: the
+/// connection is dead. [`FrameError::Aborted`] is not fatal (the frame was consumed).
+///
+/// ```
+/// use bytes::{Bytes, BytesMut};
+/// use msgr::proto::{encode_frame_to_vec, Frame, FrameDecoder, FrameLimits, Tag};
+/// let f = Frame::control(Tag::Ack, Bytes::from_static(&[5, 0, 0, 0, 0, 0, 0, 0]));
+/// let wire = encode_frame_to_vec(&f);
+/// let mut dec = FrameDecoder::new(FrameLimits::default());
+/// let mut buf = BytesMut::from(&wire[..10]);
+/// assert_eq!(dec.decode(&mut buf).unwrap(), None);
+/// assert_eq!(dec.pending_hint(), 22);
+/// buf.extend_from_slice(&wire[10..]);
+/// assert_eq!(dec.decode(&mut buf).unwrap(), Some(f));
+/// assert!(buf.is_empty());
+/// ```
+#[derive(Debug)]
+pub struct FrameDecoder {
+    limits: FrameLimits,
+    /// Validated preamble of the frame at the front of the buffer, once seen.
+    pending: Option<Preamble>,
+    failed: Option<FrameError>,
+    hint: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder enforcing `limits`.
+    pub fn new(limits: FrameLimits) -> Self {
+        FrameDecoder { limits, pending: None, failed: None, hint: PREAMBLE_LEN }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> FrameLimits {
+        self.limits
+    }
+
+    /// Whether a fatal error has been seen.
+    pub fn is_poisoned(&self) -> bool {
+        self.failed.is_some()
+    }
+
+    /// Bytes still needed to complete the frame in progress (a hint for read sizing;
+    /// exact after `decode` returned `Ok(None)`).
+    pub fn pending_hint(&self) -> usize {
+        self.hint
+    }
+
+    /// Decodes the next frame from the front of `buf`; see the type documentation.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let r = self.step(buf);
+        if let Err(e) = &r {
+            self.pending = None;
+            if e.is_fatal() {
+                self.failed = Some(e.clone());
+            }
+        }
+        r
+    }
+
+    fn step(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        let pre = match self.pending {
+            Some(p) => p,
+            None => {
+                let Some(head) = buf.get(..PREAMBLE_LEN) else {
+                    self.hint = PREAMBLE_LEN - buf.len();
+                    return Ok(None);
+                };
+                let mut p = [0u8; PREAMBLE_LEN];
+                p.copy_from_slice(head);
+                let pre = Preamble::parse(&p, &self.limits)?;
+                self.pending = Some(pre);
+                pre
+            }
+        };
+        let total = pre.crc_onwire_len();
+        if buf.len() < total {
+            self.hint = total - buf.len();
+            return Ok(None);
+        }
+        self.pending = None;
+        let raw = buf.split_to(total).freeze();
+        self.hint = PREAMBLE_LEN.saturating_sub(buf.len()).max(1);
+        crc_rev1_disassemble(&pre, &raw).map(Some)
+    }
+}
+
+/// Bounds-checked zero-copy slice; the caller has already sized `raw` from the preamble,
+/// so a miss cannot happen, but an empty result (failing the crc check) beats a panic.
+fn sub(raw: &Bytes, start: usize, len: usize) -> Bytes {
+    match start.checked_add(len) {
+        Some(end) if end <= raw.len() => raw.slice(start..end),
+        _ => Bytes::new(),
+    }
+}
+
+fn le32_at(raw: &[u8], at: usize) -> u32 {
+    raw.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// crc-mode rev1 disassembly (`disasm_first_crc_rev1` + `disasm_remaining_crc_rev1`):
+/// splits `raw` (exactly one frame) into segments and checks crcs and late_status.
+fn crc_rev1_disassemble(pre: &Preamble, raw: &Bytes) -> Result<Frame, FrameError> {
+    let n = usize::from(pre.num_segments).min(MAX_SEGMENTS);
+    let mut segments: [Bytes; 4] = Default::default();
+    let mut off = PREAMBLE_LEN;
+    let len0 = pre.lens[0] as usize;
+    if len0 > 0 {
+        segments[0] = sub(raw, off, len0);
+        off += len0;
+        let expected = le32_at(raw, off);
+        off += SEGMENT_CRC_LEN;
+        let got = segment_crc(&segments[0]);
+        if expected != got {
+            return Err(FrameError::BadSegmentCrc { index: 0, expected, got });
+        }
+    }
+    for i in 1..n {
+        let len = pre.lens[i] as usize;
+        segments[i] = sub(raw, off, len);
+        off += len;
+    }
+    if n > 1 {
+        let epilogue = sub(raw, off, EPILOGUE_LEN);
+        let late_status = epilogue.first().copied().unwrap_or(0);
+        for (i, seg) in segments.iter().enumerate().take(n).skip(1) {
+            let expected = le32_at(&epilogue, 1 + 4 * (i - 1));
+            let got = segment_crc(seg);
+            if expected != got {
+                return Err(FrameError::BadSegmentCrc { index: i, expected, got });
+            }
+        }
+        match late_status & LATE_STATUS_MASK {
+            LATE_STATUS_COMPLETE => {}
+            LATE_STATUS_ABORTED => return Err(FrameError::Aborted),
+            _ => return Err(FrameError::BadLateStatus(late_status)),
+        }
+    }
+    Ok(Frame { tag: pre.tag, segments, aligns: pre.aligns, num_segments: pre.num_segments })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    /// Captured server HELLO (handshake-crc.txt, section A).
+    fn captured_hello() -> Vec<u8> {
+        hex("01 01 24 00 00 00 08 00 00 00 00 00 00 00 00 00
+             00 00 00 00 00 00 00 00 00 00 00 00 3f bd 6b 06
+             01 01 01 01 1c 00 00 00 02 00 00 00 00 00 00 00
+             10 00 00 00 02 00 81 70 7f 00 00 01 00 00 00 00
+             00 00 00 00 28 98 17 47")
+    }
+
+    /// Captured MMonGetVersion MESSAGE frame (2 segments).
+    fn captured_get_version() -> Vec<u8> {
+        hex("11 02 29 00 00 00 08 00 12 00 00 00 08 00 00 00
+             00 00 00 00 00 00 00 00 00 00 00 00 d1 01 2e 8f
+             05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+             13 00 7f 00 01 00 00 00 00 00 00 00 03 00 00 00
+             00 00 00 00 03 01 00 00 00 f6 e4 c2 f1 01 00 00
+             00 00 00 00 00 06 00 00 00 6f 73 64 6d 61 70 0e
+             49 83 21 cf 00 00 00 00 00 00 00 00")
+    }
+
+    fn dec() -> FrameDecoder {
+        FrameDecoder::new(FrameLimits::default())
+    }
+
+    fn decode_all(wire: &[u8]) -> Result<Option<Frame>, FrameError> {
+        let mut buf = BytesMut::from(wire);
+        dec().decode(&mut buf)
+    }
+
+    /// A preamble with a correct crc, for crafting hostile inputs.
+    fn raw_preamble(tag: u8, nseg: u8, lens: [u32; 4], reserved: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 32];
+        p[0] = tag;
+        p[1] = nseg;
+        for (i, l) in lens.iter().enumerate() {
+            p[2 + 6 * i..6 + 6 * i].copy_from_slice(&l.to_le_bytes());
+            if *l > 0 {
+                p[6 + 6 * i] = 8;
+            }
+        }
+        p[26..28].copy_from_slice(&reserved.to_le_bytes());
+        let crc = preamble_crc(&p[..28]);
+        p[28..].copy_from_slice(&crc.to_le_bytes());
+        p
+    }
+
+    fn message(front: &[u8], middle: &[u8], data: &[u8]) -> Frame {
+        Frame::new(
+            Tag::Message,
+            [
+                Bytes::from(vec![0xA5; 41]),
+                Bytes::copy_from_slice(front),
+                Bytes::copy_from_slice(middle),
+                Bytes::copy_from_slice(data),
+            ],
+            MESSAGE_ALIGNS,
+        )
+    }
+
+    #[test]
+    fn tags() {
+        for (i, t) in Tag::ALL.iter().enumerate() {
+            assert_eq!(*t as u8, i as u8 + 1);
+            assert_eq!(Tag::try_from(i as u8 + 1).unwrap(), *t);
+        }
+        assert_eq!(Tag::Ack as u8, 20);
+        for bad in [0u8, 21, 22, 255] {
+            assert_eq!(Tag::try_from(bad), Err(FrameError::UnknownTag(bad)));
+        }
+        assert_eq!(Tag::Message.to_string(), "MESSAGE");
+    }
+
+    #[test]
+    fn captured_control_frame_round_trip() {
+        let wire = captured_hello();
+        let f = decode_all(&wire).unwrap().unwrap();
+        assert_eq!(f.tag, Tag::Hello);
+        assert_eq!(f.num_segments, 1);
+        assert_eq!(f.payload().len(), 36);
+        assert_eq!(f.wire_len(), 72);
+        assert_eq!(encode_frame_to_vec(&f), wire);
+        assert_eq!(encode_frame_to_vec(&Frame::control(Tag::Hello, f.payload().clone())), wire);
+    }
+
+    #[test]
+    fn captured_message_frame_round_trip() {
+        let wire = captured_get_version();
+        let f = decode_all(&wire).unwrap().unwrap();
+        assert_eq!(f.num_segments, 2);
+        assert_eq!(f.segments[1].len(), 18);
+        assert_eq!(f.aligns, [8, 8, 0, 0]);
+        assert_eq!(encode_frame_to_vec(&f), wire);
+        let rebuilt = Frame::new(
+            Tag::Message,
+            [f.segments[0].clone(), f.segments[1].clone(), Bytes::new(), Bytes::new()],
+            MESSAGE_ALIGNS,
+        );
+        assert_eq!(encode_frame_to_vec(&rebuilt), wire);
+    }
+
+    #[test]
+    fn segment_layouts() {
+        // lone segment 0, empty control frame (WAIT)
+        let wait = Frame::control(Tag::Wait, Bytes::new());
+        let w = encode_frame_to_vec(&wait);
+        assert_eq!(w.len(), 32);
+        assert_eq!(decode_all(&w).unwrap().unwrap(), wait);
+        // empty middle between front and data: announced with align 8, crc 0xFFFFFFFF
+        let f = message(b"front", b"", b"data!");
+        assert_eq!(f.num_segments, 4);
+        let w = encode_frame_to_vec(&f);
+        assert_eq!(w.len(), 32 + 41 + 4 + 5 + 5 + 13);
+        assert_eq!(&w[14..20], &[0, 0, 0, 0, 8, 0]);
+        assert_eq!(&w[w.len() - 8..w.len() - 4], &[0xFF; 4]);
+        assert_eq!(w[w.len() - 13], LATE_STATUS_COMPLETE);
+        let back = decode_all(&w).unwrap().unwrap();
+        assert_eq!(back, f);
+        // empty front but data: both front and middle announced
+        let f = message(b"", b"", b"x");
+        assert_eq!(f.wire_len(), 32 + 45 + 1 + 13);
+        assert_eq!(decode_all(&encode_frame_to_vec(&f)).unwrap().unwrap(), f);
+        // trailing empties are not announced: descriptors 2,3 are zero
+        let f = message(b"abc", b"", b"");
+        let w = encode_frame_to_vec(&f);
+        assert_eq!(w[1], 2);
+        assert_eq!(&w[14..26], &[0; 12]);
+        assert_eq!(&w[w.len() - 8..], &[0; 8]);
+        // num_segments 0 means "compute"
+        let mut g = f.clone();
+        g.num_segments = 0;
+        assert_eq!(encode_frame_to_vec(&g), w);
+    }
+
+    #[test]
+    fn zero_copy_segments() {
+        let f = message(b"front", b"mid", &vec![7u8; 10000]);
+        let mut bufs = Vec::new();
+        encode_frame(&f, &mut bufs);
+        assert_eq!(bufs.len(), 5);
+        assert_eq!(bufs[0].len(), 32 + 41 + 4);
+        // data segment handed over as the same allocation
+        assert_eq!(bufs[3].as_ptr(), f.segments[3].as_ptr());
+        assert_eq!(bufs[4].len(), EPILOGUE_LEN);
+        // decoded segments point into the (frozen) receive buffer
+        let wire = encode_frame_to_vec(&f);
+        let mut buf = BytesMut::from(&wire[..]);
+        let base = buf.as_ptr() as usize;
+        let g = dec().decode(&mut buf).unwrap().unwrap();
+        let p = g.segments[3].as_ptr() as usize;
+        assert!(p >= base && p < base + wire.len());
+    }
+
+    #[test]
+    fn byte_at_a_time() {
+        let frames = vec![
+            Frame::control(Tag::Hello, Bytes::from_static(b"0123456789abcdef0123456789abcdef0123")),
+            Frame::control(Tag::Wait, Bytes::new()),
+            message(b"front", b"", b"data"),
+            message(b"", b"", b""),
+            message(b"f", b"m", b""),
+        ];
+        let mut wire = Vec::new();
+        for f in &frames {
+            wire.extend(encode_frame_to_vec(f));
+        }
+        let mut d = dec();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for &b in &wire {
+            buf.put_u8(b);
+            while let Some(f) = d.decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+            assert!(d.pending_hint() >= 1);
+        }
+        assert_eq!(got, frames);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn error_bad_preamble_crc() {
+        let mut w = captured_hello();
+        w[29] ^= 1;
+        assert!(matches!(decode_all(&w), Err(FrameError::BadPreambleCrc { .. })));
+        let mut w = captured_hello();
+        w[2] = 0x25; // length changed, crc now stale
+        assert!(matches!(decode_all(&w), Err(FrameError::BadPreambleCrc { expected: 0x066b_bd3f, .. })));
+    }
+
+    #[test]
+    fn error_segment_count() {
+        assert_eq!(decode_all(&raw_preamble(1, 0, [0; 4], 0)), Err(FrameError::BadSegmentCount(0)));
+        assert_eq!(decode_all(&raw_preamble(17, 5, [1; 4], 0)), Err(FrameError::BadSegmentCount(5)));
+    }
+
+    #[test]
+    fn error_unknown_tag() {
+        assert_eq!(decode_all(&raw_preamble(21, 1, [0; 4], 0)), Err(FrameError::UnknownTag(21)));
+        assert_eq!(decode_all(&raw_preamble(0, 1, [0; 4], 0)), Err(FrameError::UnknownTag(0)));
+    }
+
+    #[test]
+    fn error_empty_last_segment() {
+        assert_eq!(decode_all(&raw_preamble(17, 2, [41, 0, 0, 0], 0)), Err(FrameError::EmptyLastSegment));
+        assert_eq!(decode_all(&raw_preamble(17, 4, [41, 5, 5, 0], 0)), Err(FrameError::EmptyLastSegment));
+    }
+
+    #[test]
+    fn error_reserved() {
+        assert_eq!(decode_all(&raw_preamble(18, 1, [8, 0, 0, 0], 1)), Err(FrameError::ReservedNotZero(1)));
+    }
+
+    #[test]
+    fn error_huge_length_rejected_without_buffering() {
+        let limits = FrameLimits { max_frame: 1 << 20, max_control: 4096 };
+        for tag in [17u8, 1] {
+            let w = raw_preamble(tag, 1, [u32::MAX, 0, 0, 0], 0);
+            let mut buf = BytesMut::from(&w[..]);
+            let cap = buf.capacity();
+            let mut d = FrameDecoder::new(limits);
+            let e = d.decode(&mut buf).unwrap_err();
+            assert!(matches!(e, FrameError::SegmentTooLong { index: 0, len: u32::MAX, .. }), "{e}");
+            assert_eq!(buf.capacity(), cap);
+            assert!(d.pending_hint() <= PREAMBLE_LEN);
+        }
+        // a later segment
+        let w = raw_preamble(17, 4, [41, 1, 1, u32::MAX], 0);
+        assert!(matches!(
+            FrameDecoder::new(limits).decode(&mut BytesMut::from(&w[..])),
+            Err(FrameError::SegmentTooLong { index: 3, .. })
+        ));
+        // segments each within the limit, sum above it
+        let w = raw_preamble(17, 3, [41, 600_000, 600_000, 0], 0);
+        assert_eq!(
+            FrameDecoder::new(limits).decode(&mut BytesMut::from(&w[..])),
+            Err(FrameError::FrameTooLong { len: 1_200_041, max: 1 << 20 })
+        );
+    }
+
+    #[test]
+    fn error_control_frame_above_max_control() {
+        let limits = FrameLimits { max_frame: 1 << 20, max_control: 100 };
+        let ok = Frame::control(Tag::AuthRequest, Bytes::from(vec![1u8; 100]));
+        let mut buf = BytesMut::from(&encode_frame_to_vec(&ok)[..]);
+        assert_eq!(FrameDecoder::new(limits).decode(&mut buf).unwrap().unwrap(), ok);
+        let big = Frame::control(Tag::AuthRequest, Bytes::from(vec![1u8; 101]));
+        let w = encode_frame_to_vec(&big);
+        // rejected on the preamble alone
+        let mut buf = BytesMut::from(&w[..32]);
+        assert_eq!(
+            FrameDecoder::new(limits).decode(&mut buf),
+            Err(FrameError::SegmentTooLong { index: 0, len: 101, max: 100 })
+        );
+        // the same length is fine for a MESSAGE frame
+        let m = Frame::new(
+            Tag::Message,
+            [Bytes::from(vec![1u8; 101]), Bytes::new(), Bytes::new(), Bytes::new()],
+            MESSAGE_ALIGNS,
+        );
+        let mut buf = BytesMut::from(&encode_frame_to_vec(&m)[..]);
+        assert!(FrameDecoder::new(limits).decode(&mut buf).unwrap().is_some());
+    }
+
+    #[test]
+    fn error_bad_segment_crc() {
+        // segment 0 (inline crc)
+        let mut w = captured_hello();
+        w[40] ^= 0x10;
+        assert!(matches!(decode_all(&w), Err(FrameError::BadSegmentCrc { index: 0, .. })));
+        let mut w = captured_hello();
+        let n = w.len();
+        w[n - 1] ^= 1;
+        assert!(matches!(
+            decode_all(&w),
+            Err(FrameError::BadSegmentCrc { index: 0, expected: 0x4617_9828, got: 0x4717_9828 })
+        ));
+        // a later segment (front of the captured MESSAGE)
+        let mut w = captured_get_version();
+        w[90] ^= 0x01;
+        assert!(matches!(decode_all(&w), Err(FrameError::BadSegmentCrc { index: 1, .. })));
+        // data segment of a 4-segment frame
+        let mut w = encode_frame_to_vec(&message(b"f", b"m", b"d"));
+        let at = w.len() - 14;
+        w[at] ^= 0x80;
+        assert!(matches!(decode_all(&w), Err(FrameError::BadSegmentCrc { index: 3, .. })));
+    }
+
+    #[test]
+    fn error_late_status() {
+        let f = message(b"front", b"", b"");
+        let w = encode_frame_to_vec(&f);
+        let at = w.len() - EPILOGUE_LEN;
+        // aborted: consumed, not fatal; the next frame still decodes
+        let mut aborted = w.clone();
+        aborted[at] = 0x01;
+        aborted.extend_from_slice(&w);
+        let mut buf = BytesMut::from(&aborted[..]);
+        let mut d = dec();
+        assert_eq!(d.decode(&mut buf), Err(FrameError::Aborted));
+        assert!(!d.is_poisoned());
+        assert_eq!(d.decode(&mut buf).unwrap().unwrap(), f);
+        // reserved high nibble ignored
+        let mut hi = w.clone();
+        hi[at] = 0x2e;
+        assert_eq!(decode_all(&hi).unwrap().unwrap(), f);
+        // anything else in the low nibble is fatal
+        for s in [0x00u8, 0x0f, 0x02] {
+            let mut bad = w.clone();
+            bad[at] = s;
+            assert_eq!(decode_all(&bad), Err(FrameError::BadLateStatus(s)));
+        }
+    }
+
+    #[test]
+    fn poisoned_after_error() {
+        let mut w = captured_hello();
+        w[28] ^= 0xff;
+        let mut buf = BytesMut::from(&w[..]);
+        let mut d = dec();
+        let e = d.decode(&mut buf).unwrap_err();
+        assert!(d.is_poisoned());
+        // even a valid frame is refused afterwards
+        let mut good = BytesMut::from(&captured_hello()[..]);
+        assert_eq!(d.decode(&mut good), Err(e));
+        assert_eq!(good.len(), 72);
+    }
+
+    #[test]
+    fn preamble_encode_parse() {
+        let p = Preamble { tag: Tag::Message, num_segments: 4, lens: [41, 72, 0, 862], aligns: [8, 8, 8, 4096] };
+        let b = p.encode();
+        // captured MMonCommandAck preamble
+        assert_eq!(
+            &b[..],
+            &hex("11 04 29 00 00 00 08 00 48 00 00 00 08 00 00 00 00 00 08 00 5e 03 00 00 00 10 00 00 1e 74 ac e9")[..]
+        );
+        assert_eq!(Preamble::parse(&b, &FrameLimits::default()).unwrap(), p);
+        assert_eq!(p.crc_onwire_len(), 1024);
+    }
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        (prop::sample::select(Tag::ALL.to_vec()), prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 4))
+            .prop_map(|(tag, segs)| {
+                if tag == Tag::Message {
+                    let s: Vec<Bytes> = segs.into_iter().map(Bytes::from).collect();
+                    Frame::new(tag, [s[0].clone(), s[1].clone(), s[2].clone(), s[3].clone()], MESSAGE_ALIGNS)
+                } else {
+                    Frame::control(tag, Bytes::from(segs[0].clone()))
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..2000), chunk in 1usize..100) {
+            let mut d = FrameDecoder::new(FrameLimits { max_frame: 4096, max_control: 1024 });
+            let mut buf = BytesMut::new();
+            for c in data.chunks(chunk) {
+                buf.extend_from_slice(c);
+                loop {
+                    match d.decode(&mut buf) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn random_bytes_after_valid_preamble(tag in 1u8..=20, nseg in 1u8..=4, lens in prop::collection::vec(0u32..64, 4), body in prop::collection::vec(any::<u8>(), 0..400)) {
+            let mut l = [0u32; 4];
+            l.copy_from_slice(&lens);
+            let mut w = raw_preamble(tag, nseg, l, 0);
+            w.extend_from_slice(&body);
+            let _ = decode_all(&w);
+        }
+
+        #[test]
+        fn frames_round_trip_any_chunking(frames in prop::collection::vec(arb_frame(), 1..6), chunk in 1usize..200) {
+            let mut wire = Vec::new();
+            for f in &frames {
+                let w = encode_frame_to_vec(f);
+                prop_assert_eq!(w.len(), f.wire_len());
+                wire.extend(w);
+            }
+            let mut d = dec();
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for c in wire.chunks(chunk) {
+                buf.extend_from_slice(c);
+                while let Some(f) = d.decode(&mut buf).unwrap() {
+                    got.push(f);
+                }
+            }
+            prop_assert_eq!(got.len(), frames.len());
+            for (g, f) in got.iter().zip(&frames) {
+                prop_assert_eq!(encode_frame_to_vec(g), encode_frame_to_vec(f));
+                prop_assert_eq!(&g.segments, &f.segments);
+                prop_assert_eq!(g.tag, f.tag);
+            }
+        }
+    }
+}

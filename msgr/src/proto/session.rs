@@ -1,0 +1,985 @@
+//! The msgr2.1 session state machine, sans-IO.
+//!
+//! A [`Session`] is one side of one msgr2 connection: banner, HELLO, AUTH, IDENT and
+//! then MESSAGE / KEEPALIVE2 / ACK traffic. It never touches a socket, a thread or the
+//! clock: the caller feeds received bytes ([`Session::recv_buf`] +
+//! [`Session::handle_input`]) and the current time, drains bytes to send
+//! ([`Session::poll_transmit`]) and events ([`Session::poll_event`]), and arms a timer
+//! for [`Session::poll_timeout`]. Any error it returns is fatal for this connection
+//! only; the caller closes the transport and reports the typed error.
+//!
+//! State names follow Ceph's ProtocolV2 (`BANNER_CONNECTING`, `HELLO_ACCEPTING`, …).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::addr::{AddrType, EntityAddr, EntityAddrVec};
+use super::auth::{AuthError, AuthOutcome, ClientAuth, ServerAuth, ServerAuthStep};
+use super::banner::{Banner, BannerError, FEATURE_REVISION_1};
+use super::encoding::DecodeError;
+use super::entity::{EntityName, EntityType};
+use super::frame::{encode_frame, encode_frame_to_vec, Frame, FrameDecoder, FrameError, FrameLimits, Tag};
+use super::frames::{
+    Ack, AuthBadMethod, AuthDone, AuthReplyMore, AuthRequest, AuthRequestMore, AuthSignature, ClientIdent,
+    ControlFrame, Hello, IdentMissingFeatures, Keepalive2, Keepalive2Ack, ServerIdent, UTime, CEPH_FEATURE_MSG_ADDR2,
+    MSG_CONNECT_LOSSY,
+};
+use super::header::{message_frame, parse_message_frame};
+use crate::message::Message;
+
+/// Upper bound on the pre-auth transcript kept for AUTH_SIGNATURE. A handshake is a few
+/// KiB; a peer that sends more before authenticating is refused.
+const MAX_PRE_AUTH: usize = 1 << 20;
+
+/// Which end of the connection this session is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// We dialled.
+    Client,
+    /// We accepted.
+    Server,
+}
+
+/// Handshake and session states, as in Ceph's ProtocolV2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Client: banner sent, waiting for the server's.
+    BannerConnecting,
+    /// Client: HELLO sent, waiting for the server's HELLO.
+    HelloConnecting,
+    /// Client: AUTH_REQUEST sent, waiting for AUTH_DONE / AUTH_REPLY_MORE / AUTH_BAD_METHOD.
+    AuthConnecting,
+    /// Client: our AUTH_SIGNATURE sent, waiting for the server's.
+    AuthConnectingSign,
+    /// Client: CLIENT_IDENT sent, waiting for SERVER_IDENT.
+    SessionConnecting,
+    /// Server: banner sent, waiting for the client's.
+    BannerAccepting,
+    /// Server: HELLO sent, waiting for the client's HELLO.
+    HelloAccepting,
+    /// Server: waiting for AUTH_REQUEST / AUTH_REQUEST_MORE.
+    AuthAccepting,
+    /// Server: AUTH_DONE and AUTH_SIGNATURE sent, waiting for the client's signature.
+    AuthAcceptingSign,
+    /// Server: waiting for CLIENT_IDENT.
+    SessionAccepting,
+    /// Session established: messages flow.
+    Ready,
+    /// Closed after an error or a mark-down; no further input is accepted.
+    Closed,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            State::BannerConnecting => "BANNER_CONNECTING",
+            State::HelloConnecting => "HELLO_CONNECTING",
+            State::AuthConnecting => "AUTH_CONNECTING",
+            State::AuthConnectingSign => "AUTH_CONNECTING_SIGN",
+            State::SessionConnecting => "SESSION_CONNECTING",
+            State::BannerAccepting => "BANNER_ACCEPTING",
+            State::HelloAccepting => "HELLO_ACCEPTING",
+            State::AuthAccepting => "AUTH_ACCEPTING",
+            State::AuthAcceptingSign => "AUTH_ACCEPTING_SIGN",
+            State::SessionAccepting => "SESSION_ACCEPTING",
+            State::Ready => "READY",
+            State::Closed => "CLOSED",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Everything that ends a session. Each is fatal for this connection only.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SessionError {
+    /// The peer's banner is not a msgr2 banner.
+    #[error("bad banner: {0}")]
+    Banner(#[from] BannerError),
+    /// Feature negotiation in the banner failed.
+    #[error("msgr2 feature mismatch: peer supports {peer_supported:#x} requires {peer_required:#x}; we support {our_supported:#x} require {our_required:#x}")]
+    UnsupportedFeatures {
+        /// Peer's supported msgr2 features.
+        peer_supported: u64,
+        /// Peer's required msgr2 features.
+        peer_required: u64,
+        /// Ours.
+        our_supported: u64,
+        /// Ours.
+        our_required: u64,
+    },
+    /// Framing error (crc, length, tag, segment count).
+    #[error("frame error: {0}")]
+    Frame(#[from] FrameError),
+    /// A frame's payload did not decode.
+    #[error("cannot decode {tag:?} frame: {err}")]
+    Decode {
+        /// Frame tag.
+        tag: Tag,
+        /// What went wrong.
+        err: DecodeError,
+    },
+    /// A frame that is not allowed in the current state.
+    #[error("unexpected {tag:?} frame in state {state}")]
+    UnexpectedFrame {
+        /// Frame tag.
+        tag: Tag,
+        /// Our state when it arrived.
+        state: State,
+    },
+    /// We dialled one entity type and another answered.
+    #[error("peer is a {got}, expected a {expected}")]
+    PeerTypeMismatch {
+        /// Type we dialled.
+        expected: EntityType,
+        /// Type that answered.
+        got: EntityType,
+    },
+    /// Authentication failed.
+    #[error("authentication failed: {0}")]
+    Auth(#[from] AuthError),
+    /// The peer's AUTH_SIGNATURE does not match our transcript.
+    #[error("peer's AUTH_SIGNATURE does not match the handshake transcript")]
+    BadSignature,
+    /// The pre-auth transcript grew past its bound.
+    #[error("peer sent more than {MAX_PRE_AUTH} bytes before authenticating")]
+    PreAuthTooLong,
+    /// The server lacks features we require, or we lack ones it requires.
+    #[error("missing required features {0:#x}")]
+    MissingFeatures(u64),
+    /// The server identified with addresses that do not include the one we dialled,
+    /// or a client named an address that is not ours.
+    #[error("address mismatch: {0}")]
+    AddrMismatch(String),
+    /// The client's identity is unusable (e.g. no address).
+    #[error("bad client identity: {0}")]
+    BadIdent(String),
+    /// The handshake did not finish within `ms_connection_ready_timeout`.
+    #[error("handshake did not complete within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// Nothing was received for `ms_connection_idle_timeout`.
+    #[error("no traffic for {0:?}")]
+    IdleTimeout(Duration),
+    /// The session was already closed.
+    #[error("session closed")]
+    Closed,
+}
+
+/// Per-connection behaviour the session needs from the messenger's policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionPolicy {
+    /// Drop messages on fault instead of resending (Ceph `lossy`).
+    pub lossy: bool,
+    /// CEPH_FEATURE_* bits the peer must support.
+    pub features_required: u64,
+}
+
+/// Static configuration shared by the sessions of one messenger.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Our entity name (type and number; number -1 = not yet assigned).
+    pub my_name: EntityName,
+    /// Our bound addresses; empty for a client-only messenger.
+    pub my_addrs: EntityAddrVec,
+    /// Nonce to put in our address when we have no bound address.
+    pub nonce: u32,
+    /// CEPH_FEATURE_* bits we support.
+    pub features_supported: u64,
+    /// Framing limits.
+    pub limits: FrameLimits,
+    /// The handshake must reach READY within this.
+    pub ready_timeout: Duration,
+    /// A READY session with no input for this long is dead.
+    pub idle_timeout: Duration,
+}
+
+/// Who is on the other end, known once the session is READY.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's entity name (type from HELLO, number from IDENT).
+    pub name: EntityName,
+    /// The peer's addresses as it identified itself.
+    pub addrs: EntityAddrVec,
+    /// Features both sides support.
+    pub features: u64,
+    /// The session is lossy (messages are not resent after a fault).
+    pub lossy: bool,
+    /// Global id from authentication.
+    pub global_id: u64,
+    /// The peer's cookie (server cookie for clients, client cookie for servers).
+    pub peer_cookie: u64,
+}
+
+/// What a session reports to its owner.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SessionEvent {
+    /// Client: the server accepted our identity; the session is READY.
+    Connected(PeerInfo),
+    /// Server: a client identified itself and we accepted; the session is READY.
+    Accepted(PeerInfo),
+    /// A message arrived (in order, duplicates already dropped).
+    Message(Message),
+    /// The peer acknowledged our KEEPALIVE2 with this stamp.
+    KeepaliveAck(UTime),
+    /// Client: the server told us the address it sees us at.
+    LearnedAddr(EntityAddr),
+}
+
+/// How a server session picks its policy once the peer's HELLO names its type.
+pub type PolicyFn = std::sync::Arc<dyn Fn(EntityType) -> SessionPolicy + Send + Sync>;
+
+enum Side {
+    Client { target: EntityAddr, peer_type: EntityType, auth: Box<dyn ClientAuth>, client_cookie: u64 },
+    Server { peer_socket: SocketAddr, auth: Box<dyn ServerAuth>, server_cookie: u64, policy_for: PolicyFn },
+}
+
+/// One side of one msgr2.1 connection.
+pub struct Session {
+    cfg: SessionConfig,
+    side: Side,
+    state: State,
+    policy: SessionPolicy,
+    global_seq: u64,
+    rx: BytesMut,
+    decoder: FrameDecoder,
+    tx_frames: VecDeque<Bytes>,
+    events: VecDeque<SessionEvent>,
+    // Pre-auth transcript for AUTH_SIGNATURE; `None` once signatures are exchanged.
+    pre_auth: Option<(Vec<u8>, Vec<u8>)>,
+    // What we sent before AUTH_SIGNATURE, kept until the peer's signature is checked.
+    pre_auth_tx: Option<Vec<u8>>,
+    auth: Option<AuthOutcome>,
+    peer_type: Option<EntityType>,
+    peer: Option<PeerInfo>,
+    learned_addr: Option<EntityAddr>,
+    // Message sequencing (Ceph's out_seq / in_seq / sent list).
+    out_queue: VecDeque<Message>,
+    sent: VecDeque<Message>,
+    out_seq: u64,
+    in_seq: u64,
+    acked_in_seq: u64,
+    keepalive_ack_pending: Option<UTime>,
+    keepalive_pending: Option<UTime>,
+    last_keepalive_ack: Option<UTime>,
+    // Timing.
+    handshake_deadline: Instant,
+    last_rx: Instant,
+    // Counters.
+    skipped_seqs: u64,
+    dropped_dups: u64,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("state", &self.state)
+            .field("out_seq", &self.out_seq)
+            .field("in_seq", &self.in_seq)
+            .field("queued", &self.out_queue.len())
+            .field("sent", &self.sent.len())
+            .finish()
+    }
+}
+
+/// Our msgr2 banner: we speak msgr2.1 and require nothing, byte-identical to Ceph's.
+fn our_banner() -> Banner {
+    Banner { supported: FEATURE_REVISION_1, required: 0 }
+}
+
+impl Session {
+    fn new(cfg: SessionConfig, side: Side, state: State, policy: SessionPolicy, global_seq: u64, now: Instant) -> Self {
+        let decoder = FrameDecoder::new(cfg.limits);
+        let handshake_deadline = now + cfg.ready_timeout;
+        let mut s = Session {
+            cfg,
+            side,
+            state,
+            policy,
+            global_seq,
+            rx: BytesMut::with_capacity(4096),
+            decoder,
+            tx_frames: VecDeque::new(),
+            events: VecDeque::new(),
+            pre_auth: Some((Vec::new(), Vec::new())),
+            pre_auth_tx: None,
+            auth: None,
+            peer_type: None,
+            peer: None,
+            learned_addr: None,
+            out_queue: VecDeque::new(),
+            sent: VecDeque::new(),
+            out_seq: 0,
+            in_seq: 0,
+            acked_in_seq: 0,
+            keepalive_ack_pending: None,
+            keepalive_pending: None,
+            last_keepalive_ack: None,
+            handshake_deadline,
+            last_rx: now,
+            skipped_seqs: 0,
+            dropped_dups: 0,
+        };
+        let banner = our_banner().encode();
+        s.queue_raw(banner);
+        s
+    }
+
+    /// A client session dialling `target`, which must be an entity of `peer_type`.
+    /// `global_seq` is the messenger's counter for this attempt; `client_cookie` is a
+    /// random non-zero value for lossless sessions (0 is fine for lossy ones).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_client(
+        cfg: SessionConfig,
+        target: EntityAddr,
+        peer_type: EntityType,
+        policy: SessionPolicy,
+        auth: Box<dyn ClientAuth>,
+        global_seq: u64,
+        client_cookie: u64,
+        now: Instant,
+    ) -> Self {
+        let side = Side::Client { target, peer_type, auth, client_cookie };
+        Session::new(cfg, side, State::BannerConnecting, policy, global_seq, now)
+    }
+
+    /// A server session for a connection accepted from `peer_socket`. The policy is
+    /// chosen by `policy_for` once the peer's HELLO names its type.
+    pub fn new_server(
+        cfg: SessionConfig,
+        peer_socket: SocketAddr,
+        policy_for: PolicyFn,
+        auth: Box<dyn ServerAuth>,
+        global_seq: u64,
+        server_cookie: u64,
+        now: Instant,
+    ) -> Self {
+        let side = Side::Server { peer_socket, auth, server_cookie, policy_for };
+        let policy = SessionPolicy { lossy: true, features_required: 0 };
+        Session::new(cfg, side, State::BannerAccepting, policy, global_seq, now)
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Client or server.
+    pub fn role(&self) -> Role {
+        match self.side {
+            Side::Client { .. } => Role::Client,
+            Side::Server { .. } => Role::Server,
+        }
+    }
+
+    /// True once the session is READY.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// The peer, once READY.
+    pub fn peer(&self) -> Option<&PeerInfo> {
+        self.peer.as_ref()
+    }
+
+    /// The peer's entity type, once its HELLO arrived (known from the start for clients).
+    pub fn peer_type(&self) -> Option<EntityType> {
+        match &self.side {
+            Side::Client { peer_type, .. } => Some(*peer_type),
+            Side::Server { .. } => self.peer_type,
+        }
+    }
+
+    /// The policy in force (for servers: decided by the peer's type).
+    pub fn policy(&self) -> SessionPolicy {
+        self.policy
+    }
+
+    /// Highest message sequence received.
+    pub fn in_seq(&self) -> u64 {
+        self.in_seq
+    }
+
+    /// Highest message sequence sent.
+    pub fn out_seq(&self) -> u64 {
+        self.out_seq
+    }
+
+    /// Messages queued but not yet sent.
+    pub fn queued_len(&self) -> usize {
+        self.out_queue.len()
+    }
+
+    /// Messages sent and not yet acknowledged (lossless only).
+    pub fn unacked_len(&self) -> usize {
+        self.sent.len()
+    }
+
+    /// The stamp of the last KEEPALIVE2_ACK received.
+    pub fn last_keepalive_ack(&self) -> Option<UTime> {
+        self.last_keepalive_ack
+    }
+
+    /// Messages that arrived with a sequence number at or below one already seen.
+    pub fn dropped_duplicates(&self) -> u64 {
+        self.dropped_dups
+    }
+
+    /// Messages that arrived with a gap before them.
+    pub fn skipped_seqs(&self) -> u64 {
+        self.skipped_seqs
+    }
+
+    /// The buffer received bytes go into. Append, then call [`Session::handle_input`].
+    pub fn recv_buf(&mut self) -> &mut BytesMut {
+        &mut self.rx
+    }
+
+    /// Bytes the frame in progress still needs (a read-size hint).
+    pub fn read_hint(&self) -> usize {
+        self.decoder.pending_hint()
+    }
+
+    /// Appends `data` and processes it: convenience for tests and in-memory pairs.
+    pub fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<(), SessionError> {
+        self.rx.extend_from_slice(data);
+        self.handle_input(now)
+    }
+
+    /// Processes everything complete in the receive buffer.
+    pub fn handle_input(&mut self, now: Instant) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Closed);
+        }
+        let r = self.process_input(now);
+        if r.is_err() {
+            self.state = State::Closed;
+        }
+        r
+    }
+
+    fn process_input(&mut self, now: Instant) -> Result<(), SessionError> {
+        if self.rx.is_empty() {
+            return Ok(());
+        }
+        self.last_rx = now;
+        if matches!(self.state, State::BannerConnecting | State::BannerAccepting) {
+            let Some((banner, used)) = Banner::decode(&self.rx)? else {
+                return Ok(());
+            };
+            let raw = self.rx.split_to(used);
+            self.record_rx(&raw)?;
+            self.handle_banner(banner)?;
+        }
+        while self.state != State::Closed {
+            let Some(frame) = self.decoder.decode(&mut self.rx)? else {
+                break;
+            };
+            if self.pre_auth.is_some() {
+                let wire = encode_frame_to_vec(&frame);
+                self.record_rx(&wire)?;
+            }
+            self.handle_frame(frame, now)?;
+        }
+        Ok(())
+    }
+
+    fn record_rx(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        if let Some((rx, _)) = &mut self.pre_auth {
+            if rx.len() + bytes.len() > MAX_PRE_AUTH {
+                return Err(SessionError::PreAuthTooLong);
+            }
+            rx.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    fn queue_raw(&mut self, bytes: Bytes) {
+        if let Some((_, tx)) = &mut self.pre_auth {
+            tx.extend_from_slice(&bytes);
+        }
+        self.tx_frames.push_back(bytes);
+    }
+
+    fn queue_frame(&mut self, frame: &Frame) {
+        let mut parts = Vec::with_capacity(2);
+        encode_frame(frame, &mut parts);
+        for p in parts {
+            self.queue_raw(p);
+        }
+    }
+
+    fn queue_control<F: ControlFrame>(&mut self, f: &F) {
+        self.queue_frame(&f.to_frame());
+    }
+
+    fn handle_banner(&mut self, peer: Banner) -> Result<(), SessionError> {
+        let ours = our_banner();
+        // We only speak msgr2.1 framing, so a peer without REVISION_1 is as fatal as
+        // one that requires something we lack.
+        let need = ours.required | FEATURE_REVISION_1;
+        if peer.required & !ours.supported != 0 || peer.supported & need != need {
+            return Err(SessionError::UnsupportedFeatures {
+                peer_supported: peer.supported,
+                peer_required: peer.required,
+                our_supported: ours.supported,
+                our_required: ours.required,
+            });
+        }
+        let hello = match &self.side {
+            Side::Client { target, .. } => Hello { entity_type: self.cfg.my_name.ty, peer_addr: target.clone() },
+            Side::Server { peer_socket, .. } => {
+                Hello { entity_type: self.cfg.my_name.ty, peer_addr: EntityAddr::msgr2(*peer_socket, 0) }
+            }
+        };
+        self.queue_control(&hello);
+        self.state = match self.state {
+            State::BannerConnecting => State::HelloConnecting,
+            _ => State::HelloAccepting,
+        };
+        Ok(())
+    }
+
+    fn decode<F: ControlFrame>(frame: &Frame) -> Result<F, SessionError> {
+        F::from_frame(frame).map_err(|err| SessionError::Decode { tag: frame.tag, err })
+    }
+
+    fn unexpected(&self, tag: Tag) -> SessionError {
+        SessionError::UnexpectedFrame { tag, state: self.state }
+    }
+
+    fn handle_frame(&mut self, frame: Frame, now: Instant) -> Result<(), SessionError> {
+        match (self.state, frame.tag) {
+            (State::HelloConnecting, Tag::Hello) => self.client_hello(Self::decode(&frame)?),
+            (State::HelloAccepting, Tag::Hello) => self.server_hello(Self::decode(&frame)?),
+            (State::AuthConnecting, Tag::AuthBadMethod) => {
+                let bad: AuthBadMethod = Self::decode(&frame)?;
+                Err(AuthError::MethodRefused {
+                    method: bad.method,
+                    result: bad.result,
+                    allowed_methods: bad.allowed_methods,
+                    allowed_modes: bad.allowed_modes,
+                }
+                .into())
+            }
+            (State::AuthConnecting, Tag::AuthReplyMore) => {
+                let more: AuthReplyMore = Self::decode(&frame)?;
+                let Side::Client { auth, .. } = &mut self.side else { return Err(self.unexpected(frame.tag)) };
+                let payload = auth.handle_reply_more(&more.auth_payload)?;
+                self.queue_control(&AuthRequestMore { auth_payload: payload });
+                Ok(())
+            }
+            (State::AuthConnecting, Tag::AuthDone) => self.client_auth_done(Self::decode(&frame)?),
+            (State::AuthConnectingSign, Tag::AuthSignature) => {
+                self.check_signature(Self::decode(&frame)?)?;
+                self.send_client_ident();
+                Ok(())
+            }
+            (State::SessionConnecting, Tag::ServerIdent) => self.client_server_ident(Self::decode(&frame)?),
+            (State::SessionConnecting, Tag::IdentMissingFeatures) => {
+                let m: IdentMissingFeatures = Self::decode(&frame)?;
+                Err(SessionError::MissingFeatures(m.features))
+            }
+            (State::AuthAccepting, Tag::AuthRequest) => {
+                let req: AuthRequest = Self::decode(&frame)?;
+                let Side::Server { auth, .. } = &mut self.side else { return Err(self.unexpected(frame.tag)) };
+                let step = auth.handle_request(req.method, &req.preferred_modes, &req.auth_payload)?;
+                self.server_auth_step(req.method, step)
+            }
+            (State::AuthAccepting, Tag::AuthRequestMore) => {
+                let req: AuthRequestMore = Self::decode(&frame)?;
+                let Side::Server { auth, .. } = &mut self.side else { return Err(self.unexpected(frame.tag)) };
+                let step = auth.handle_request_more(&req.auth_payload)?;
+                self.server_auth_step(0, step)
+            }
+            (State::AuthAcceptingSign, Tag::AuthSignature) => {
+                self.check_signature(Self::decode(&frame)?)?;
+                self.state = State::SessionAccepting;
+                Ok(())
+            }
+            (State::SessionAccepting, Tag::ClientIdent) => self.server_client_ident(Self::decode(&frame)?),
+            (State::Ready, Tag::Message) => self.ready_message(&frame),
+            (State::Ready, Tag::Keepalive2) => {
+                let k: Keepalive2 = Self::decode(&frame)?;
+                self.keepalive_ack_pending = Some(k.stamp);
+                Ok(())
+            }
+            (State::Ready, Tag::Keepalive2Ack) => {
+                let k: Keepalive2Ack = Self::decode(&frame)?;
+                self.last_keepalive_ack = Some(k.stamp);
+                self.events.push_back(SessionEvent::KeepaliveAck(k.stamp));
+                Ok(())
+            }
+            (State::Ready, Tag::Ack) => {
+                let a: Ack = Self::decode(&frame)?;
+                self.trim_sent(a.seq);
+                Ok(())
+            }
+            _ => {
+                let _ = now;
+                Err(self.unexpected(frame.tag))
+            }
+        }
+    }
+
+    fn client_hello(&mut self, hello: Hello) -> Result<(), SessionError> {
+        let Side::Client { peer_type, auth, .. } = &mut self.side else {
+            return Err(SessionError::UnexpectedFrame { tag: Tag::Hello, state: self.state });
+        };
+        if hello.entity_type != *peer_type {
+            return Err(SessionError::PeerTypeMismatch { expected: *peer_type, got: hello.entity_type });
+        }
+        let method = auth.method();
+        let preferred_modes = auth.preferred_modes();
+        let payload = auth.build_request(*peer_type)?;
+        self.peer_type = Some(hello.entity_type);
+        // The server tells us the address it sees us at; a client without a bound
+        // address learns its IP from it (Ceph's learned_addr).
+        if hello.peer_addr.addr.is_some() {
+            self.learned_addr = Some(hello.peer_addr.clone());
+            self.events.push_back(SessionEvent::LearnedAddr(hello.peer_addr));
+        }
+        self.queue_control(&AuthRequest { method, preferred_modes, auth_payload: payload });
+        self.state = State::AuthConnecting;
+        Ok(())
+    }
+
+    fn server_hello(&mut self, hello: Hello) -> Result<(), SessionError> {
+        let Side::Server { policy_for, .. } = &self.side else {
+            return Err(SessionError::UnexpectedFrame { tag: Tag::Hello, state: self.state });
+        };
+        self.policy = policy_for(hello.entity_type);
+        self.peer_type = Some(hello.entity_type);
+        self.state = State::AuthAccepting;
+        Ok(())
+    }
+
+    fn client_auth_done(&mut self, done: AuthDone) -> Result<(), SessionError> {
+        let Side::Client { auth, .. } = &mut self.side else {
+            return Err(SessionError::UnexpectedFrame { tag: Tag::AuthDone, state: self.state });
+        };
+        let outcome = auth.handle_done(done.global_id, done.con_mode, &done.auth_payload)?;
+        self.finish_auth(outcome);
+        self.state = State::AuthConnectingSign;
+        Ok(())
+    }
+
+    fn server_auth_step(&mut self, method: u32, step: ServerAuthStep) -> Result<(), SessionError> {
+        match step {
+            ServerAuthStep::BadMethod { result, allowed_methods, allowed_modes } => {
+                self.queue_control(&AuthBadMethod { method, result, allowed_methods, allowed_modes });
+                Ok(())
+            }
+            ServerAuthStep::More(payload) => {
+                self.queue_control(&AuthReplyMore { auth_payload: payload });
+                Ok(())
+            }
+            ServerAuthStep::Done { outcome, payload, .. } => {
+                self.queue_control(&AuthDone {
+                    global_id: outcome.global_id,
+                    con_mode: outcome.con_mode,
+                    auth_payload: payload,
+                });
+                self.finish_auth(outcome);
+                self.state = State::AuthAcceptingSign;
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends our AUTH_SIGNATURE over everything received so far and stops recording
+    /// what we receive; what we sent is kept to check the peer's signature.
+    fn finish_auth(&mut self, outcome: AuthOutcome) {
+        let sig = match &self.pre_auth {
+            Some((rx, _)) => outcome.signature(rx),
+            None => outcome.signature(&[]),
+        };
+        let frame = AuthSignature { sha256: sig }.to_frame();
+        let mut parts = Vec::with_capacity(1);
+        encode_frame(&frame, &mut parts);
+        // The signature frame itself is not part of the transcript the peer checks.
+        let tx = self.pre_auth.take().map(|(_, tx)| tx).unwrap_or_default();
+        self.tx_frames.extend(parts);
+        self.pre_auth_tx = Some(tx);
+        self.auth = Some(outcome);
+    }
+
+    fn check_signature(&mut self, sig: AuthSignature) -> Result<(), SessionError> {
+        let tx = self.pre_auth_tx.take().unwrap_or_default();
+        let want = match &self.auth {
+            Some(outcome) => outcome.signature(&tx),
+            None => return Err(SessionError::BadSignature),
+        };
+        if sig.sha256 != want {
+            return Err(SessionError::BadSignature);
+        }
+        Ok(())
+    }
+
+    fn my_addrs_for_ident(&self) -> EntityAddrVec {
+        if !self.cfg.my_addrs.0.is_empty() {
+            return self.cfg.my_addrs.clone();
+        }
+        // An unbound client identifies as ANY:<ip it was seen at>:0/<nonce>, as librados does.
+        let ip = self.learned_addr.as_ref().and_then(|a| a.addr).map(|a| SocketAddr::new(a.ip(), 0));
+        EntityAddrVec(vec![EntityAddr { ty: AddrType::Any, nonce: self.cfg.nonce, addr: ip }])
+    }
+
+    fn send_client_ident(&mut self) {
+        let Side::Client { target, client_cookie, .. } = &self.side else { return };
+        let ident = ClientIdent {
+            addrs: self.my_addrs_for_ident(),
+            target_addr: target.clone(),
+            gid: self.cfg.my_name.num,
+            global_seq: self.global_seq,
+            supported_features: self.cfg.features_supported,
+            required_features: self.policy.features_required | CEPH_FEATURE_MSG_ADDR2,
+            flags: if self.policy.lossy { MSG_CONNECT_LOSSY } else { 0 },
+            client_cookie: *client_cookie,
+        };
+        self.queue_control(&ident);
+        self.state = State::SessionConnecting;
+    }
+
+    fn client_server_ident(&mut self, ident: ServerIdent) -> Result<(), SessionError> {
+        let Side::Client { target, peer_type, .. } = &self.side else {
+            return Err(SessionError::UnexpectedFrame { tag: Tag::ServerIdent, state: self.state });
+        };
+        if !ident.addrs.contains_match(target) {
+            return Err(SessionError::AddrMismatch(format!(
+                "server identifies as {} which does not include {}",
+                ident.addrs, target
+            )));
+        }
+        let missing = ident.required_features & !self.cfg.features_supported;
+        if missing != 0 {
+            return Err(SessionError::MissingFeatures(missing));
+        }
+        let missing = self.policy.features_required & !ident.supported_features;
+        if missing != 0 {
+            return Err(SessionError::MissingFeatures(missing));
+        }
+        let lossy = ident.flags & MSG_CONNECT_LOSSY != 0 || self.policy.lossy;
+        self.policy.lossy = lossy;
+        let peer = PeerInfo {
+            name: EntityName { ty: *peer_type, num: ident.gid },
+            addrs: ident.addrs,
+            features: ident.supported_features & self.cfg.features_supported,
+            lossy,
+            global_id: self.auth.as_ref().map_or(0, |a| a.global_id),
+            peer_cookie: ident.server_cookie,
+        };
+        self.become_ready(SessionEvent::Connected(peer.clone()), peer);
+        Ok(())
+    }
+
+    fn server_client_ident(&mut self, ident: ClientIdent) -> Result<(), SessionError> {
+        let Side::Server { peer_socket, server_cookie, .. } = &self.side else {
+            return Err(SessionError::UnexpectedFrame { tag: Tag::ClientIdent, state: self.state });
+        };
+        let peer_socket = *peer_socket;
+        let server_cookie = *server_cookie;
+        if ident.addrs.0.is_empty() {
+            return Err(SessionError::BadIdent("client sent no address".into()));
+        }
+        if !self.cfg.my_addrs.0.is_empty() && !self.target_is_ours(&ident.target_addr) {
+            return Err(SessionError::AddrMismatch(format!(
+                "client dialled {} but we are {}",
+                ident.target_addr, self.cfg.my_addrs
+            )));
+        }
+        let missing = self.policy.features_required & !ident.supported_features;
+        if missing != 0 {
+            self.queue_control(&IdentMissingFeatures { features: missing });
+            return Err(SessionError::MissingFeatures(missing));
+        }
+        let missing = ident.required_features & !self.cfg.features_supported;
+        if missing != 0 {
+            self.queue_control(&IdentMissingFeatures { features: missing });
+            return Err(SessionError::MissingFeatures(missing));
+        }
+        // A client that does not know its IP (ANY:0.0.0.0:0) is known by the address
+        // its packets come from, as Ceph fills in peer_addrs_for_me.
+        let mut addrs = ident.addrs.clone();
+        for a in &mut addrs.0 {
+            let blank = a.addr.is_none_or(|s| s.ip().is_unspecified());
+            if blank {
+                a.addr = Some(SocketAddr::new(peer_socket.ip(), a.addr.map_or(0, |s| s.port())));
+            }
+        }
+        let lossy = self.policy.lossy || ident.flags & MSG_CONNECT_LOSSY != 0;
+        self.policy.lossy = lossy;
+        let peer_type = self.peer_type.unwrap_or(EntityType::Client);
+        let reply = ServerIdent {
+            addrs: self.cfg.my_addrs.clone(),
+            gid: self.cfg.my_name.num,
+            global_seq: self.global_seq,
+            supported_features: self.cfg.features_supported,
+            required_features: self.policy.features_required | CEPH_FEATURE_MSG_ADDR2,
+            flags: if lossy { MSG_CONNECT_LOSSY } else { 0 },
+            server_cookie: if lossy { 0 } else { server_cookie },
+        };
+        self.queue_control(&reply);
+        let peer = PeerInfo {
+            name: EntityName { ty: peer_type, num: ident.gid },
+            addrs,
+            features: ident.supported_features & self.cfg.features_supported,
+            lossy,
+            global_id: self.auth.as_ref().map_or(0, |a| a.global_id),
+            peer_cookie: ident.client_cookie,
+        };
+        self.become_ready(SessionEvent::Accepted(peer.clone()), peer);
+        Ok(())
+    }
+
+    fn target_is_ours(&self, target: &EntityAddr) -> bool {
+        self.cfg.my_addrs.0.iter().any(|mine| {
+            if mine.matches(target) {
+                return true;
+            }
+            // Bound to a wildcard address: any IP that reached us with our port counts.
+            match (mine.addr, target.addr) {
+                (Some(m), Some(t)) => m.ip().is_unspecified() && m.port() == t.port(),
+                _ => false,
+            }
+        })
+    }
+
+    fn become_ready(&mut self, ev: SessionEvent, peer: PeerInfo) {
+        self.peer = Some(peer);
+        self.state = State::Ready;
+        self.events.push_back(ev);
+    }
+
+    fn ready_message(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        let (hdr, mut msg) =
+            parse_message_frame(frame).map_err(|err| SessionError::Decode { tag: Tag::Message, err })?;
+        self.trim_sent(hdr.ack_seq);
+        if hdr.seq <= self.in_seq {
+            // A resend of something we already have (Ceph drops these silently).
+            self.dropped_dups += 1;
+            return Ok(());
+        }
+        if hdr.seq > self.in_seq + 1 {
+            self.skipped_seqs += hdr.seq - self.in_seq - 1;
+        }
+        self.in_seq = hdr.seq;
+        msg.seq = hdr.seq;
+        msg.src = self.peer.as_ref().map(|p| p.name);
+        self.events.push_back(SessionEvent::Message(msg));
+        Ok(())
+    }
+
+    fn trim_sent(&mut self, ack: u64) {
+        while self.sent.front().is_some_and(|m| m.seq <= ack) {
+            self.sent.pop_front();
+        }
+    }
+
+    /// Queues a message. It is sent once the session is READY, in queue order.
+    pub fn send_message(&mut self, msg: Message) {
+        self.out_queue.push_back(msg);
+    }
+
+    /// Queues a KEEPALIVE2 stamped `stamp` (the caller's wall clock).
+    pub fn send_keepalive(&mut self, stamp: UTime) {
+        self.keepalive_pending = Some(stamp);
+    }
+
+    /// True when [`Session::poll_transmit`] has something to give.
+    pub fn wants_transmit(&self) -> bool {
+        !self.tx_frames.is_empty()
+            || (self.state == State::Ready
+                && (!self.out_queue.is_empty()
+                    || self.keepalive_pending.is_some()
+                    || self.keepalive_ack_pending.is_some()
+                    || (!self.policy.lossy && self.in_seq > self.acked_in_seq)))
+    }
+
+    /// Moves bytes to send into `out`, stopping once about `budget` bytes were added.
+    /// Returns the number of bytes added. Messages are framed here, not when queued, so
+    /// they carry the freshest ack.
+    pub fn poll_transmit(&mut self, out: &mut Vec<Bytes>, budget: usize) -> usize {
+        let mut added = 0;
+        while let Some(b) = self.tx_frames.pop_front() {
+            added += b.len();
+            out.push(b);
+        }
+        if self.state != State::Ready {
+            return added;
+        }
+        let mut frames = Vec::new();
+        if let Some(stamp) = self.keepalive_ack_pending.take() {
+            frames.push(Keepalive2Ack { stamp }.to_frame());
+        }
+        if let Some(stamp) = self.keepalive_pending.take() {
+            frames.push(Keepalive2 { stamp }.to_frame());
+        }
+        for f in &frames {
+            added += push_frame(f, out);
+        }
+        while added < budget {
+            let Some(mut msg) = self.out_queue.pop_front() else { break };
+            self.out_seq += 1;
+            msg.seq = self.out_seq;
+            let frame = message_frame(&msg, self.out_seq, self.in_seq);
+            self.acked_in_seq = self.in_seq;
+            added += push_frame(&frame, out);
+            if !self.policy.lossy {
+                self.sent.push_back(msg);
+            }
+        }
+        if !self.policy.lossy && self.in_seq > self.acked_in_seq {
+            // Nothing to piggy-back the ack on: send it on its own.
+            added += push_frame(&Ack { seq: self.in_seq }.to_frame(), out);
+            self.acked_in_seq = self.in_seq;
+        }
+        added
+    }
+
+    /// Next event for the owner, if any.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Closed => None,
+            State::Ready => Some(self.last_rx + self.cfg.idle_timeout),
+            _ => Some(self.handshake_deadline),
+        }
+    }
+
+    /// Checks the handshake and idle limits.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
+        let err = match self.state {
+            State::Closed => return Ok(()),
+            State::Ready if now >= self.last_rx + self.cfg.idle_timeout => {
+                SessionError::IdleTimeout(self.cfg.idle_timeout)
+            }
+            State::Ready => return Ok(()),
+            _ if now >= self.handshake_deadline => SessionError::HandshakeTimeout(self.cfg.ready_timeout),
+            _ => return Ok(()),
+        };
+        self.state = State::Closed;
+        Err(err)
+    }
+
+    /// Closes the session (mark-down). Queued messages are returned so a lossless
+    /// owner can decide what to do with them.
+    pub fn close(&mut self) -> Vec<Message> {
+        self.state = State::Closed;
+        let mut left: Vec<Message> = self.sent.drain(..).collect();
+        left.extend(self.out_queue.drain(..));
+        left
+    }
+}
+
+fn push_frame(f: &Frame, out: &mut Vec<Bytes>) -> usize {
+    let before = out.len();
+    encode_frame(f, out);
+    out[before..].iter().map(Bytes::len).sum()
+}

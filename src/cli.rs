@@ -1,0 +1,292 @@
+//! Command-line plumbing shared by every `msgr` subcommand: config sources and the
+//! `serve` / `ping` implementations.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args;
+use msgr::config::{Config, ConfigBuilder, ConfigError};
+use msgr::message::types::{MPing, TypedMessage};
+use msgr::message::{Message, MSG_PING};
+use msgr::messenger::{ConnectionRef, Dispatcher, Messenger, Policy};
+use msgr::proto::{EntityAddr, EntityAddrVec, EntityName, EntityType};
+
+use crate::FacadeError;
+
+/// Options every subcommand takes.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CommonArgs {
+    /// ceph.conf to read (default: $CEPH_CONF, else /etc/ceph/ceph.conf if it exists).
+    #[arg(short = 'c', long = "conf", global = true, value_name = "FILE")]
+    pub conf: Option<PathBuf>,
+    /// Network stack: async+posix, async+rdma or async+dpdk (overrides ms_type).
+    #[arg(long = "ms-type", global = true, value_name = "T")]
+    pub ms_type: Option<String>,
+    /// Set any option, e.g. -o ms_async_op_threads=2 (repeatable; wins over file and env).
+    #[arg(short = 'o', value_name = "KEY=VALUE", global = true)]
+    pub options: Vec<String>,
+    /// Entity name whose config sections apply (e.g. osd.0, client.admin).
+    #[arg(short = 'n', long = "name", global = true, value_name = "TYPE.ID")]
+    pub name: Option<String>,
+}
+
+/// What went wrong in a CLI command.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Bad command-line argument.
+    #[error("{0}")]
+    Usage(String),
+    /// Stack or messenger problem.
+    #[error(transparent)]
+    Facade(#[from] FacadeError),
+    /// Messenger operation failed.
+    #[error(transparent)]
+    Msgr(#[from] msgr::messenger::MsgrError),
+}
+
+impl CommonArgs {
+    /// Builds the config: file, then environment (CEPH_ARGS, MSGR_ARGS), then the
+    /// command line.
+    pub fn config(&self, default_name: &str) -> Result<Config, CliError> {
+        let name = self.name.clone().unwrap_or_else(|| default_name.to_string());
+        let mut b = ConfigBuilder::new(&name);
+        b = match (&self.conf, std::env::var_os("CEPH_CONF")) {
+            (Some(path), _) => b.file(path)?,
+            (None, Some(path)) => b.file(PathBuf::from(path))?,
+            (None, None) => b.file_if_exists("/etc/ceph/ceph.conf")?,
+        };
+        b = b.env()?;
+        for kv in &self.options {
+            let (k, v) =
+                kv.split_once('=').ok_or_else(|| CliError::Usage(format!("-o expects KEY=VALUE, got '{kv}'")))?;
+            b = b.set(k.trim(), v.trim())?;
+        }
+        if let Some(t) = &self.ms_type {
+            b = b.set("ms_type", t)?;
+        }
+        Ok(b.build()?)
+    }
+
+    /// The entity name for this command.
+    pub fn entity(&self, default_name: &str) -> Result<EntityName, CliError> {
+        let s = self.name.as_deref().unwrap_or(default_name);
+        parse_entity(s)
+    }
+}
+
+/// Parses `osd.3` / `client.admin` / `client` into an entity name (non-numeric ids
+/// map to -1, "not yet assigned", as a librados client).
+pub fn parse_entity(s: &str) -> Result<EntityName, CliError> {
+    let (ty, id) = s.split_once('.').unwrap_or((s, ""));
+    let ty: EntityType = ty.parse().map_err(|_| CliError::Usage(format!("unknown entity type in '{s}'")))?;
+    Ok(EntityName { ty, num: id.parse().unwrap_or(-1) })
+}
+
+/// Parses `ADDR` given as `127.0.0.1:6800`, `[::1]:6800` or `v2:127.0.0.1:6800/nonce`.
+pub fn parse_addr(s: &str) -> Result<EntityAddr, CliError> {
+    s.parse::<EntityAddr>().map_err(|e| CliError::Usage(format!("bad address '{s}': {e}")))
+}
+
+/// Answers every MPing with an MPing carrying the same payload, on the worker.
+struct EchoDispatcher {
+    served: AtomicU64,
+}
+
+impl Dispatcher for EchoDispatcher {
+    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
+        m.msg_type == MSG_PING
+    }
+    fn ms_fast_dispatch(&self, con: &ConnectionRef, m: Message) {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        // The reply is a fresh message with the request's payload; a send failure only
+        // means the client went away.
+        let reply = Message { seq: 0, src: None, ..m };
+        let _ = con.send_message(reply);
+    }
+}
+
+/// `msgr serve`: binds and answers pings until killed (or for `run_for`).
+pub fn serve(common: &CommonArgs, bind: SocketAddr, run_for: Option<Duration>) -> Result<(), CliError> {
+    let cfg = common.config("osd.0")?;
+    let name = common.entity("osd.0")?;
+    let m = crate::messenger(&cfg, name)?;
+    m.set_default_policy(Policy::stateless_server(0));
+    let echo = Arc::new(EchoDispatcher { served: AtomicU64::new(0) });
+    m.add_dispatcher_tail(echo.clone());
+    let me = m.bind(bind)?;
+    println!("msgr serve: {} listening on {} (ms_type {})", name, me, cfg.ms_type());
+    let start = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if run_for.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+    }
+    println!("msgr serve: answered {} pings", echo.served.load(Ordering::Relaxed));
+    m.shutdown();
+    m.wait();
+    Ok(())
+}
+
+/// Result of a ping run.
+#[derive(Debug, Default, Clone)]
+pub struct PingReport {
+    /// Round trips completed.
+    pub count: u64,
+    /// Failures (resets, refusals, wrong replies, timeouts).
+    pub errors: u64,
+    /// Round-trip times in microseconds, in completion order.
+    pub rtts_us: Vec<f64>,
+    /// Text of the first error.
+    pub first_error: Option<String>,
+}
+
+impl PingReport {
+    /// "min/avg/p99/max" over the round trips.
+    pub fn summary(&self) -> (f64, f64, f64, f64) {
+        if self.rtts_us.is_empty() {
+            return (0.0, 0.0, 0.0, 0.0);
+        }
+        let mut v = self.rtts_us.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let avg = v.iter().sum::<f64>() / v.len() as f64;
+        let p99 = v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1];
+        (v[0], avg, p99, v[v.len() - 1])
+    }
+}
+
+struct PingState {
+    remaining: u64,
+    sent_at: Option<Instant>,
+    report: PingReport,
+    done: bool,
+}
+
+/// Sends the next ping from the worker as soon as the previous reply arrives, so a
+/// round trip crosses no thread boundary on the client side.
+struct PingDispatcher {
+    payload: Bytes,
+    state: Mutex<PingState>,
+    cond: Condvar,
+}
+
+impl PingDispatcher {
+    fn fail(&self, what: String) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.report.errors += 1;
+        s.report.first_error.get_or_insert(what);
+        s.done = true;
+        self.cond.notify_all();
+    }
+
+    fn send_next(&self, con: &ConnectionRef, s: &mut PingState) {
+        if s.remaining == 0 {
+            s.done = true;
+            self.cond.notify_all();
+            return;
+        }
+        s.remaining -= 1;
+        s.sent_at = Some(Instant::now());
+        if let Err(e) = con.send_message(MPing::new(self.payload.clone()).encode()) {
+            s.report.errors += 1;
+            s.report.first_error.get_or_insert(e.to_string());
+            s.done = true;
+            self.cond.notify_all();
+        }
+    }
+}
+
+impl Dispatcher for PingDispatcher {
+    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
+        m.msg_type == MSG_PING
+    }
+    fn ms_fast_dispatch(&self, con: &ConnectionRef, m: Message) {
+        let now = Instant::now();
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.done {
+            return;
+        }
+        match (MPing::decode(&m), s.sent_at.take()) {
+            (Ok(p), Some(t0)) if p.payload == self.payload => {
+                s.report.count += 1;
+                s.report.rtts_us.push(now.duration_since(t0).as_secs_f64() * 1e6);
+            }
+            (Ok(_), Some(_)) => {
+                s.report.errors += 1;
+                s.report.first_error.get_or_insert("reply payload differs from the request".into());
+            }
+            (Err(e), _) => {
+                s.report.errors += 1;
+                s.report.first_error.get_or_insert(format!("bad reply: {e}"));
+            }
+            (Ok(_), None) => {
+                s.report.errors += 1;
+                s.report.first_error.get_or_insert("reply with no ping outstanding".into());
+            }
+        }
+        self.send_next(con, &mut s);
+    }
+    fn ms_handle_reset(&self, con: &ConnectionRef) -> bool {
+        let why = con.last_error().map_or_else(|| "connection reset".into(), |e| e.to_string());
+        self.fail(format!("connection reset: {why}"));
+        true
+    }
+    fn ms_handle_refused(&self, con: &ConnectionRef) -> bool {
+        let why = con.last_error().map_or_else(|| "refused".into(), |e| e.to_string());
+        self.fail(why);
+        true
+    }
+}
+
+/// `msgr ping`: `count` sequential MPing round trips of `size` payload bytes.
+pub fn ping(
+    common: &CommonArgs,
+    target: &EntityAddr,
+    peer_type: EntityType,
+    count: u64,
+    size: usize,
+    timeout: Duration,
+) -> Result<PingReport, CliError> {
+    let cfg = common.config("client.admin")?;
+    let name = common.entity("client.admin")?;
+    let m: Messenger = crate::messenger(&cfg, name)?;
+    m.set_default_policy(Policy::lossy_client(0));
+    let payload = Bytes::from((0..size).map(|i| (i * 131 + 7) as u8).collect::<Vec<u8>>());
+    let d = Arc::new(PingDispatcher {
+        payload,
+        state: Mutex::new(PingState { remaining: count, sent_at: None, report: PingReport::default(), done: false }),
+        cond: Condvar::new(),
+    });
+    m.add_dispatcher_tail(d.clone());
+    let con = m.connect_to(peer_type, &EntityAddrVec(vec![target.clone()]))?;
+    {
+        let mut s = d.state.lock().unwrap_or_else(|e| e.into_inner());
+        d.send_next(&con, &mut s);
+    }
+    let report = {
+        let mut s = d.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last_progress = (s.report.count, Instant::now());
+        while !s.done {
+            let (g, _) = d.cond.wait_timeout(s, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner());
+            s = g;
+            if s.report.count != last_progress.0 {
+                last_progress = (s.report.count, Instant::now());
+            } else if last_progress.1.elapsed() >= timeout {
+                s.report.errors += 1;
+                s.report.first_error.get_or_insert(format!("no reply within {timeout:?}"));
+                s.done = true;
+            }
+        }
+        s.report.clone()
+    };
+    m.shutdown();
+    m.wait();
+    Ok(report)
+}

@@ -1,0 +1,273 @@
+//! The posix network stack (`ms_type = async+posix`): kernel TCP sockets watched by epoll.
+//!
+//! Every socket is non-blocking and close-on-exec. Sends go out through one vectored
+//! `sendmsg(MSG_NOSIGNAL)` so that several queued frames leave in a single syscall and a
+//! vanished peer surfaces as `EPIPE` instead of killing the process with `SIGPIPE`.
+//!
+//! The crate contains no `unsafe`: everything goes through `socket2` and `std`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::io::{self, IoSlice, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+
+use msgr::event::EpollDriver;
+use msgr::stack::{ConnectedSocket, ServerSocket, SocketFactory, SocketOptions, StackBackend, WorkerNet};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// Linux refuses `sendmsg` with more iovecs than this (`UIO_MAXIOV`) with `EMSGSIZE`;
+/// sending a prefix instead is just a short write the caller already handles.
+const MAX_IOVECS: usize = 1024;
+
+/// The posix stack: plain kernel TCP, one epoll instance per worker.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PosixStack;
+
+impl PosixStack {
+    /// Creates the stack; it holds no state of its own.
+    pub fn new() -> Self {
+        PosixStack
+    }
+}
+
+impl StackBackend for PosixStack {
+    fn name(&self) -> &'static str {
+        "async+posix"
+    }
+
+    fn init_worker(&self, _worker_id: usize) -> io::Result<WorkerNet> {
+        Ok(WorkerNet { driver: Box::new(EpollDriver::new()?), sockets: Box::new(PosixSocketFactory::new()) })
+    }
+
+    fn local_listen_table(&self) -> bool {
+        // Any worker can serve a kernel socket, so one listener feeds them all.
+        false
+    }
+}
+
+/// Creates kernel TCP sockets for one worker.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PosixSocketFactory;
+
+impl PosixSocketFactory {
+    /// Creates a factory; kernel sockets need no per-worker state.
+    pub fn new() -> Self {
+        PosixSocketFactory
+    }
+}
+
+/// A non-blocking TCP stream socket; `socket2::Socket::new` already sets `SOCK_CLOEXEC`.
+fn new_tcp_socket(addr: &SocketAddr) -> io::Result<Socket> {
+    Socket::new(Domain::for_address(*addr), Type::STREAM.nonblocking(), Some(Protocol::TCP))
+}
+
+fn apply_rcvbuf(sock: &Socket, opts: &SocketOptions) -> io::Result<()> {
+    if opts.rcvbuf != 0 {
+        sock.set_recv_buffer_size(opts.rcvbuf)?;
+    }
+    Ok(())
+}
+
+fn inet_addr(addr: &SockAddr) -> io::Result<SocketAddr> {
+    addr.as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "socket address is not an IPv4/IPv6 address"))
+}
+
+fn is_in_progress(e: &io::Error) -> bool {
+    // EINTR on a non-blocking connect means the kernel carries on asynchronously,
+    // exactly like EINPROGRESS.
+    matches!(e.raw_os_error(), Some(libc::EINPROGRESS) | Some(libc::EINTR)) || e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Retries an operation interrupted by a signal; it never blocks, so the retry is cheap.
+fn retry_eintr<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+fn shut_down_error() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "socket was shut down")
+}
+
+impl SocketFactory for PosixSocketFactory {
+    fn listen(&mut self, addr: SocketAddr, opts: &SocketOptions) -> io::Result<Box<dyn ServerSocket>> {
+        let sock = new_tcp_socket(&addr)?;
+        // Lets a restarted daemon rebind while old connections sit in TIME_WAIT; it does
+        // not allow two live listeners, so a taken port still fails with AddrInUse.
+        sock.set_reuse_address(true)?;
+        // Set before listen so accepted sockets inherit it and window scaling is
+        // negotiated for the requested size.
+        apply_rcvbuf(&sock, opts)?;
+        sock.bind(&addr.into())?;
+        let backlog = i32::try_from(opts.listen_backlog).unwrap_or(i32::MAX);
+        sock.listen(backlog)?;
+        let local = inet_addr(&sock.local_addr()?)?;
+        Ok(Box::new(PosixServerSocket { sock, local, opts: opts.clone() }))
+    }
+
+    fn connect(&mut self, addr: SocketAddr, opts: &SocketOptions) -> io::Result<Box<dyn ConnectedSocket>> {
+        let sock = new_tcp_socket(&addr)?;
+        sock.set_tcp_nodelay(opts.nodelay)?;
+        // Must precede connect: the window scale is fixed by the SYN.
+        apply_rcvbuf(&sock, opts)?;
+        let connected = match sock.connect(&addr.into()) {
+            Ok(()) => true,
+            Err(e) if is_in_progress(&e) => false,
+            Err(e) => return Err(e),
+        };
+        Ok(Box::new(PosixConnectedSocket::new(sock, connected, addr)))
+    }
+}
+
+/// A listening kernel TCP socket.
+#[derive(Debug)]
+pub struct PosixServerSocket {
+    sock: Socket,
+    local: SocketAddr,
+    opts: SocketOptions,
+}
+
+impl ServerSocket for PosixServerSocket {
+    fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    fn accept(&mut self) -> io::Result<(Box<dyn ConnectedSocket>, SocketAddr)> {
+        // socket2 uses accept4(SOCK_CLOEXEC) on Linux, so no window exists in which a
+        // fork+exec elsewhere in the process could inherit the descriptor.
+        let (sock, peer) = retry_eintr(|| self.sock.accept())?;
+        let peer = inet_addr(&peer)?;
+        // accept4 does not inherit O_NONBLOCK from the listener.
+        sock.set_nonblocking(true)?;
+        sock.set_tcp_nodelay(self.opts.nodelay)?;
+        apply_rcvbuf(&sock, &self.opts)?;
+        Ok((Box::new(PosixConnectedSocket::new(sock, true, peer)), peer))
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+/// Where an outgoing connect stands.
+#[derive(Debug)]
+enum ConnectState {
+    InProgress,
+    Connected,
+    /// SO_ERROR is cleared when read, so the failure is remembered to keep reporting it.
+    Failed(io::ErrorKind, Option<i32>),
+}
+
+/// A connected (or connecting) kernel TCP socket.
+#[derive(Debug)]
+pub struct PosixConnectedSocket {
+    sock: Socket,
+    state: ConnectState,
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    shut: bool,
+}
+
+impl PosixConnectedSocket {
+    fn new(sock: Socket, connected: bool, peer: SocketAddr) -> Self {
+        let mut s = PosixConnectedSocket {
+            sock,
+            state: if connected { ConnectState::Connected } else { ConnectState::InProgress },
+            peer: Some(peer),
+            local: None,
+            shut: false,
+        };
+        // Even a pending connect has already been bound to its ephemeral port.
+        s.learn_local_addr();
+        s
+    }
+
+    fn learn_local_addr(&mut self) {
+        if let Ok(a) = self.sock.local_addr() {
+            self.local = a.as_socket();
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) -> io::Error {
+        self.state = ConnectState::Failed(e.kind(), e.raw_os_error());
+        e
+    }
+}
+
+impl ConnectedSocket for PosixConnectedSocket {
+    fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    fn is_connected(&mut self) -> io::Result<bool> {
+        match self.state {
+            ConnectState::Connected => return Ok(true),
+            ConnectState::Failed(_, Some(code)) => return Err(io::Error::from_raw_os_error(code)),
+            ConnectState::Failed(kind, None) => return Err(io::Error::new(kind, "connect failed")),
+            ConnectState::InProgress => {}
+        }
+        if self.shut {
+            return Err(shut_down_error());
+        }
+        // A failed connect leaves its errno in SO_ERROR; check it first because
+        // getpeername on a refused socket only says ENOTCONN, which also means "pending".
+        match self.sock.take_error() {
+            Ok(Some(e)) => return Err(self.fail(e)),
+            Ok(None) => {}
+            Err(e) => return Err(self.fail(e)),
+        }
+        match self.sock.peer_addr() {
+            Ok(_) => {
+                self.state = ConnectState::Connected;
+                // The source address may only be final once the route is chosen.
+                self.learn_local_addr();
+                Ok(true)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(false),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.shut {
+            return Err(shut_down_error());
+        }
+        retry_eintr(|| self.sock.read(buf))
+    }
+
+    fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.shut {
+            return Err(shut_down_error());
+        }
+        let bufs = &bufs[..bufs.len().min(MAX_IOVECS)];
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Ok(0);
+        }
+        retry_eintr(|| self.sock.send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL))
+    }
+
+    fn shutdown(&mut self) {
+        if self.shut {
+            return;
+        }
+        self.shut = true;
+        // ENOTCONN (never connected, or the peer already reset us) leaves nothing to shut
+        // down, and no other failure would change what the caller does next: the socket
+        // is dead to it either way and is closed when dropped.
+        let _ = self.sock.shutdown(Shutdown::Both);
+    }
+
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.local
+    }
+}
