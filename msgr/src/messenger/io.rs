@@ -217,7 +217,7 @@ fn resume_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     lc.read_paused = false;
     let fd = lc.fd;
     if let Err(e) = center.add_interest(fd, Interest::READABLE) {
-        return fault(local, center, id, ConnError::from(e));
+        fault(local, center, id, ConnError::from(e));
     }
     // Data may already be buffered in the socket; level-triggered epoll reports it.
 }
@@ -307,7 +307,7 @@ fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(),
             Err(e) => return Err(ConnError::from(e)),
         }
     }
-    let want_write = !lc.wq.is_empty() || lc.session.wants_transmit();
+    let want_write = (!lc.wq.is_empty() || lc.session.wants_transmit()) && lc.socket.needs_write_interest();
     let fd = lc.fd;
     let has_write = center.interest(fd).contains(Interest::WRITABLE);
     if want_write && !has_write {

@@ -274,9 +274,13 @@ impl Frame {
     }
 
     /// A frame whose segment count is derived from its contents (trailing empty segments
-    /// are not announced, as Ceph does).
-    pub fn new(tag: Tag, segments: [Bytes; 4], aligns: [u16; 4]) -> Frame {
+    /// are not announced, as Ceph does). Alignments of unannounced segments are zeroed,
+    /// as they are on the wire, so the result compares equal to its decoded form.
+    pub fn new(tag: Tag, segments: [Bytes; 4], mut aligns: [u16; 4]) -> Frame {
         let num_segments = needed_segments(&segments);
+        for a in aligns.iter_mut().skip(usize::from(num_segments)) {
+            *a = 0;
+        }
         Frame { tag, segments, aligns, num_segments }
     }
 
@@ -624,10 +628,9 @@ fn crc_rev1_disassemble(pre: &Preamble, raw: &Bytes) -> Result<Frame, FrameError
             return Err(FrameError::BadSegmentCrc { index: 0, expected, got });
         }
     }
-    for i in 1..n {
-        let len = pre.lens[i] as usize;
-        segments[i] = sub(raw, off, len);
-        off += len;
+    for (seg, &len) in segments.iter_mut().zip(&pre.lens).take(n).skip(1) {
+        *seg = sub(raw, off, len as usize);
+        off += len as usize;
     }
     if n > 1 {
         let epilogue = sub(raw, off, EPILOGUE_LEN);

@@ -635,7 +635,27 @@ impl Control {
 
     /// The frame tag.
     pub fn tag(&self) -> Tag {
-        self.to_frame().tag
+        match self {
+            Control::Hello(_) => Hello::TAG,
+            Control::AuthRequest(_) => AuthRequest::TAG,
+            Control::AuthBadMethod(_) => AuthBadMethod::TAG,
+            Control::AuthReplyMore(_) => AuthReplyMore::TAG,
+            Control::AuthRequestMore(_) => AuthRequestMore::TAG,
+            Control::AuthDone(_) => AuthDone::TAG,
+            Control::AuthSignature(_) => AuthSignature::TAG,
+            Control::ClientIdent(_) => ClientIdent::TAG,
+            Control::ServerIdent(_) => ServerIdent::TAG,
+            Control::IdentMissingFeatures(_) => IdentMissingFeatures::TAG,
+            Control::SessionReconnect(_) => SessionReconnect::TAG,
+            Control::SessionReset(_) => SessionReset::TAG,
+            Control::SessionRetry(_) => SessionRetry::TAG,
+            Control::SessionRetryGlobal(_) => SessionRetryGlobal::TAG,
+            Control::SessionReconnectOk(_) => SessionReconnectOk::TAG,
+            Control::Wait(_) => Wait::TAG,
+            Control::Keepalive2(_) => Keepalive2::TAG,
+            Control::Keepalive2Ack(_) => Keepalive2Ack::TAG,
+            Control::Ack(_) => Ack::TAG,
+        }
     }
 }
 

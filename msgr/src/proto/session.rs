@@ -747,7 +747,7 @@ impl Session {
         let Side::Client { target, peer_type, .. } = &self.side else {
             return Err(SessionError::UnexpectedFrame { tag: Tag::ServerIdent, state: self.state });
         };
-        if !ident.addrs.contains_match(target) {
+        if !ident.addrs.iter().any(|a| addr_covers(a, target)) {
             return Err(SessionError::AddrMismatch(format!(
                 "server identifies as {} which does not include {}",
                 ident.addrs, target
@@ -835,16 +835,7 @@ impl Session {
     }
 
     fn target_is_ours(&self, target: &EntityAddr) -> bool {
-        self.cfg.my_addrs.0.iter().any(|mine| {
-            if mine.matches(target) {
-                return true;
-            }
-            // Bound to a wildcard address: any IP that reached us with our port counts.
-            match (mine.addr, target.addr) {
-                (Some(m), Some(t)) => m.ip().is_unspecified() && m.port() == t.port(),
-                _ => false,
-            }
-        })
+        self.cfg.my_addrs.iter().any(|mine| addr_covers(mine, target))
     }
 
     fn become_ready(&mut self, ev: SessionEvent, peer: PeerInfo) {
@@ -978,8 +969,24 @@ impl Session {
     }
 }
 
+/// True if a peer that identifies as `mine` is the one dialled at `target`: the same
+/// address, or a wildcard bind (0.0.0.0 / ::) on the same port, which any local IP reaches.
+fn addr_covers(mine: &EntityAddr, target: &EntityAddr) -> bool {
+    if mine.matches(target) {
+        return true;
+    }
+    match (mine.addr, target.addr) {
+        (Some(m), Some(t)) => m.ip().is_unspecified() && m.port() == t.port(),
+        _ => false,
+    }
+}
+
 fn push_frame(f: &Frame, out: &mut Vec<Bytes>) -> usize {
     let before = out.len();
     encode_frame(f, out);
     out[before..].iter().map(Bytes::len).sum()
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

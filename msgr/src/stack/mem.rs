@@ -13,7 +13,9 @@
 //!   queue is, so edge-triggered drivers see a fresh edge each time;
 //! * an eventfd always polls writable, so writability is reported honestly by `send`
 //!   returning `WouldBlock` when the pipe is full; the writer's eventfd is then signalled
-//!   as soon as the reader frees space.
+//!   as soon as the reader frees space. (With the level-triggered [`EpollDriver`] a loop
+//!   that keeps `WRITABLE` interest on a mem socket is therefore woken on every wait; the
+//!   readable wake-up alone is enough to resume a blocked writer.)
 //!
 //! Faults are planned per connection and direction with a [`FaultPlan`] returned by the
 //! network's fault hook when the connection is made: short writes at exact stream
@@ -72,7 +74,8 @@ pub struct MemConnInfo {
     pub index: u64,
     /// The connecting end's address.
     pub client: SocketAddr,
-    /// The listener's address.
+    /// The address connected to: the listener's, or for a wildcard listener the
+    /// concrete address the client asked for (what both ends report).
     pub server: SocketAddr,
 }
 
@@ -538,7 +541,7 @@ impl Conn {
             _ => (accepted, false),
         };
         if let Some((offset, delay)) = pipe.delay {
-            if offset < start + keep as u64 && false {
+            if offset < start + keep as u64 {
                 let until = now + delay;
                 // Arranged before anything is committed so that a failure to start the
                 // timer leaves the stream untouched for the caller to retry.
@@ -584,9 +587,11 @@ impl Conn {
             let n = pipe.readable_len(now).min(out.len());
             if n > 0 {
                 let was_full = !pipe.has_space();
-                for (dst, src) in out.iter_mut().zip(pipe.buf.drain(..n)) {
-                    *dst = src;
-                }
+                let (front, back) = pipe.buf.as_slices();
+                let from_front = n.min(front.len());
+                out[..from_front].copy_from_slice(&front[..from_front]);
+                out[from_front..n].copy_from_slice(&back[..n - from_front]);
+                pipe.buf.drain(..n);
                 pipe.read += n as u64;
                 Ok((n, was_full && pipe.writer_blocked))
             } else if out.is_empty() {
@@ -602,7 +607,9 @@ impl Conn {
                 Err(io::ErrorKind::WouldBlock.into())
             }
         };
-
+        if let Ok((_, true)) = result {
+            st.poke(peer);
+        }
         st.settle(e, now);
         result.map(|(n, _)| n)
     }
@@ -700,6 +707,11 @@ impl ConnectedSocket for MemSocket {
 
     fn local_addr(&self) -> Option<SocketAddr> {
         Some(self.local)
+    }
+
+    fn needs_write_interest(&self) -> bool {
+        // Freed pipe space is signalled through this end's eventfd becoming readable.
+        false
     }
 }
 

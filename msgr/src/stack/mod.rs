@@ -3,7 +3,7 @@
 //! A stack moves bytes and nothing else: msgr2 framing, sessions and dispatch live above
 //! it and are identical on every stack. As in Ceph, every stack offers a byte-stream
 //! [`ConnectedSocket`] (RDMA and DPDK included) whose readiness is reported through the
-//! worker's [`EventDriver`](crate::event::EventDriver) by a file descriptor — a kernel
+//! worker's [`EventDriver`] by a file descriptor — a kernel
 //! socket for posix, an eventfd signalled by the completion poller for RDMA, a userspace
 //! descriptor owned by the polling driver for DPDK.
 //!
@@ -55,6 +55,13 @@ pub trait ConnectedSocket: Send {
     fn peer_addr(&self) -> Option<SocketAddr>;
     /// Our side's address, if known.
     fn local_addr(&self) -> Option<SocketAddr>;
+    /// True when the worker must ask the driver for write readiness after a short send
+    /// (kernel sockets). Sockets whose fd is an eventfd signal "space freed" through
+    /// readability instead (mem, RDMA); an eventfd is always writable to epoll, so
+    /// asking for it would spin the worker.
+    fn needs_write_interest(&self) -> bool {
+        true
+    }
 }
 
 /// A listening socket.
