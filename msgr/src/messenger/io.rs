@@ -117,8 +117,7 @@ impl LocalConn {
 fn install(local: &mut WorkerLocal, center: &mut Center, lc: LocalConn) {
     let id = lc.conn.id();
     let fd = lc.fd;
-    let cb: crate::event::FileCallback<WorkerLocal> =
-        Rc::new(move |local: &mut WorkerLocal, center: &mut Center, _fd, mask| on_conn_event(local, center, id, mask));
+    let cb = conn_callback(id);
     let conn = Arc::clone(&lc.conn);
     let msgr = Arc::clone(&lc.msgr);
     local.conns.insert(id, lc);
@@ -132,6 +131,13 @@ fn install(local: &mut WorkerLocal, center: &mut Center, lc: LocalConn) {
     }
     // Messages may have been queued before the socket existed.
     flush(local, center, id);
+}
+
+/// The file-event callback of connection `id`. Interest is always (re)added through
+/// `create_file_event` with this callback, because removing the last interest bit
+/// drops the registration (e.g. reading paused with nothing to write).
+fn conn_callback(id: u64) -> crate::event::FileCallback<WorkerLocal> {
+    Rc::new(move |local: &mut WorkerLocal, center: &mut Center, _fd, mask| on_conn_event(local, center, id, mask))
 }
 
 fn on_conn_event(local: &mut WorkerLocal, center: &mut Center, id: u64, mask: Interest) {
@@ -185,7 +191,8 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         };
         buf.truncate(start + got);
         if got == 0 {
-            let mid_frame = start > 0 || lc.session.read_hint() > 0;
+            // A partial banner or frame stays in the receive buffer until complete.
+            let mid_frame = start > 0;
             return Err(ConnError::PeerClosed { mid_frame });
         }
         total += got;
@@ -216,7 +223,7 @@ fn resume_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     }
     lc.read_paused = false;
     let fd = lc.fd;
-    if let Err(e) = center.add_interest(fd, Interest::READABLE) {
+    if let Err(e) = center.create_file_event(fd, Interest::READABLE, conn_callback(id)) {
         fault(local, center, id, ConnError::from(e));
     }
     // Data may already be buffered in the socket; level-triggered epoll reports it.
@@ -311,7 +318,7 @@ fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(),
     let fd = lc.fd;
     let has_write = center.interest(fd).contains(Interest::WRITABLE);
     if want_write && !has_write {
-        center.add_interest(fd, Interest::WRITABLE)?;
+        center.create_file_event(fd, Interest::WRITABLE, conn_callback(id))?;
     } else if !want_write && has_write {
         center.delete_file_event(fd, Interest::WRITABLE)?;
     }

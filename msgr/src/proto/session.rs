@@ -474,8 +474,13 @@ impl Session {
             self.handle_banner(banner)?;
         }
         while self.state != State::Closed {
-            let Some(frame) = self.decoder.decode(&mut self.rx)? else {
-                break;
+            let frame = match self.decoder.decode(&mut self.rx) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                // A frame the sender aborted (late_status) is dropped, as Ceph does;
+                // the stream stays in sync.
+                Err(e) if !e.is_fatal() => continue,
+                Err(e) => return Err(e.into()),
             };
             if self.pre_auth.is_some() {
                 let wire = encode_frame_to_vec(&frame);

@@ -1,0 +1,456 @@
+//! Two messengers over the posix stack on loopback: delivery, dispatch paths,
+//! priorities, throttle backpressure and connection bookkeeping.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use msgr::config::{Config, ConfigBuilder};
+use msgr::message::Message;
+use msgr::messenger::{ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
+use msgr::proto::{EntityAddr, EntityAddrVec, EntityName, EntityType};
+
+const MSG_TEST: u16 = 0x7001;
+const MSG_GATE: u16 = 0x7002;
+const WAIT: Duration = Duration::from_secs(60);
+
+fn config(opts: &[(&str, &str)]) -> Config {
+    let mut b = ConfigBuilder::new("osd.0");
+    for (k, v) in opts {
+        b = b.set(k, v).unwrap();
+    }
+    b.build().unwrap()
+}
+
+fn messenger(cfg: &Config, ty: EntityType, num: i64) -> Messenger {
+    msgr_cli::messenger(cfg, EntityName { ty, num }).unwrap()
+}
+
+/// Deterministic payload for message `i` of stream `stream`.
+fn payload(stream: u64, i: u64) -> Bytes {
+    let len = ((stream * 7919 + i * 37) % 8192) as usize;
+    Bytes::from((0..len).map(|k| (k as u64 ^ stream ^ (i * 31)) as u8).collect::<Vec<u8>>())
+}
+
+fn test_message(stream: u64, i: u64) -> Message {
+    let data = payload(stream, i);
+    let mut front = BytesMut::with_capacity(24);
+    front.put_u64_le(stream);
+    front.put_u64_le(i);
+    front.put_u32_le(crc32c::crc32c(&data));
+    Message::new(MSG_TEST, front.freeze()).with_data(data)
+}
+
+/// Checks one received test message; returns (stream, index).
+fn check_message(m: &Message) -> (u64, u64) {
+    assert_eq!(m.msg_type, MSG_TEST);
+    let f = &m.front[..];
+    let stream = u64::from_le_bytes(f[0..8].try_into().unwrap());
+    let i = u64::from_le_bytes(f[8..16].try_into().unwrap());
+    let crc = u32::from_le_bytes(f[16..20].try_into().unwrap());
+    assert_eq!(crc32c::crc32c(&m.data), crc, "payload corrupted");
+    assert_eq!(m.data, payload(stream, i), "payload differs");
+    (stream, i)
+}
+
+#[derive(Default)]
+struct Tally {
+    // Per connection id: next expected index for each stream seen on it.
+    next: Mutex<HashMap<(u64, u64), u64>>,
+    received: AtomicU64,
+    errors: Mutex<Vec<String>>,
+    done: Condvar,
+    done_lock: Mutex<()>,
+}
+
+impl Tally {
+    fn record(&self, con: &ConnectionRef, m: &Message) {
+        let (stream, i) = check_message(m);
+        let mut next = self.next.lock().unwrap();
+        let want = next.entry((con.id(), stream)).or_insert(0);
+        if *want != i {
+            self.errors.lock().unwrap().push(format!("conn {} stream {stream}: got {i}, want {}", con.id(), *want));
+        }
+        *want = i + 1;
+        drop(next);
+        self.received.fetch_add(1, Ordering::SeqCst);
+        let _g = self.done_lock.lock().unwrap();
+        self.done.notify_all();
+    }
+
+    fn wait_for(&self, n: u64) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        let mut g = self.done_lock.lock().unwrap();
+        while self.received.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+            g = self.done.wait_timeout(g, Duration::from_millis(100)).unwrap().0;
+        }
+        self.received.load(Ordering::SeqCst)
+    }
+}
+
+/// Server side: counts what it receives and, when a client connects, streams
+/// `per_conn` messages back on that connection.
+struct Server {
+    tally: Tally,
+    per_conn: u64,
+    accepted: AtomicUsize,
+}
+
+impl Dispatcher for Server {
+    fn ms_dispatch(&self, con: &ConnectionRef, m: &Message) -> bool {
+        self.tally.record(con, m);
+        true
+    }
+    fn ms_handle_accept(&self, con: &ConnectionRef) {
+        self.accepted.fetch_add(1, Ordering::SeqCst);
+        for i in 0..self.per_conn {
+            con.send_message(test_message(con.id(), i)).unwrap();
+        }
+    }
+}
+
+struct Client {
+    tally: Tally,
+    connected: AtomicUsize,
+}
+
+impl Dispatcher for Client {
+    fn ms_dispatch(&self, con: &ConnectionRef, m: &Message) -> bool {
+        self.tally.record(con, m);
+        true
+    }
+    fn ms_handle_connect(&self, _con: &ConnectionRef) {
+        self.connected.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn hundred_connections_thousand_messages_each_way() {
+    let conns_n: u64 = std::env::var("T_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let per: u64 = std::env::var("T_PER").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    #[allow(non_snake_case)]
+    let (CONNS, PER_CONN) = (conns_n, per);
+    let cfg = config(&[("ms_async_op_threads", "3")]);
+    let server = messenger(&cfg, EntityType::Osd, 0);
+    server.set_default_policy(Policy::stateless_server(0));
+    let sd = Arc::new(Server { tally: Tally::default(), per_conn: PER_CONN, accepted: AtomicUsize::new(0) });
+    server.add_dispatcher_tail(sd.clone());
+    // A wildcard bind lets one server be dialled at 100 distinct loopback addresses,
+    // which gives 100 distinct connections from one client messenger.
+    let bound = server.bind("0.0.0.0:0".parse().unwrap()).unwrap();
+    let port = bound.addr.unwrap().port();
+
+    let client = messenger(&cfg, EntityType::Client, -1);
+    client.set_default_policy(Policy::lossy_client(0));
+    let cd = Arc::new(Client { tally: Tally::default(), connected: AtomicUsize::new(0) });
+    client.add_dispatcher_tail(cd.clone());
+    let mut conns = Vec::new();
+    for k in 0..CONNS {
+        let ip = format!("127.0.0.{}:{port}", k + 1);
+        let target = EntityAddrVec(vec![EntityAddr::msgr2(ip.parse::<SocketAddr>().unwrap(), 0)]);
+        conns.push(client.connect_to(EntityType::Osd, &target).unwrap());
+    }
+    let ids: std::collections::HashSet<u64> = conns.iter().map(|c| c.id()).collect();
+    assert_eq!(ids.len(), CONNS as usize, "distinct peers give distinct connections");
+    // Senders on several user threads at once: send_message never blocks on the network.
+    std::thread::scope(|s| {
+        for chunk in conns.chunks(25) {
+            s.spawn(move || {
+                for i in 0..PER_CONN {
+                    for (k, c) in chunk.iter().enumerate() {
+                        let stream = c.id() * 1000 + k as u64;
+                        c.send_message(test_message(stream, i)).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let total = CONNS * PER_CONN;
+    assert_eq!(sd.tally.wait_for(total), total, "server received");
+    assert_eq!(cd.tally.wait_for(total), total, "client received");
+    // Nothing extra arrives later (exactly once).
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(sd.tally.received.load(Ordering::SeqCst), total);
+    assert_eq!(cd.tally.received.load(Ordering::SeqCst), total);
+    assert!(sd.tally.errors.lock().unwrap().is_empty(), "{:?}", sd.tally.errors.lock().unwrap());
+    assert!(cd.tally.errors.lock().unwrap().is_empty(), "{:?}", cd.tally.errors.lock().unwrap());
+    assert_eq!(sd.accepted.load(Ordering::SeqCst), CONNS as usize);
+    assert_eq!(cd.connected.load(Ordering::SeqCst), CONNS as usize);
+    for c in &conns {
+        assert_eq!(c.state(), ConnState::Open);
+    }
+    client.shutdown();
+    client.wait();
+    server.shutdown();
+    server.wait();
+}
+
+struct ThreadRecorder {
+    fast: Mutex<Vec<String>>,
+    slow: Mutex<Vec<String>>,
+    n: AtomicUsize,
+}
+
+impl Dispatcher for ThreadRecorder {
+    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
+        m.msg_type == MSG_GATE
+    }
+    fn ms_fast_dispatch(&self, _con: &ConnectionRef, _m: Message) {
+        self.fast.lock().unwrap().push(std::thread::current().name().unwrap_or("?").to_string());
+        self.n.fetch_add(1, Ordering::SeqCst);
+    }
+    fn ms_dispatch(&self, _con: &ConnectionRef, _m: &Message) -> bool {
+        self.slow.lock().unwrap().push(std::thread::current().name().unwrap_or("?").to_string());
+        self.n.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+}
+
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn pair(cfg: &Config) -> (Messenger, Messenger, ConnectionRef) {
+    let server = messenger(cfg, EntityType::Osd, 1);
+    server.set_default_policy(Policy::stateless_server(0));
+    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let client = messenger(cfg, EntityType::Client, -1);
+    client.set_default_policy(Policy::lossy_client(0));
+    let con = client.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
+    (server, client, con)
+}
+
+#[test]
+fn fast_dispatch_runs_on_the_worker_and_the_rest_on_the_dispatch_thread() {
+    let cfg = config(&[]);
+    let (server, client, con) = pair(&cfg);
+    let rec = Arc::new(ThreadRecorder { fast: Mutex::default(), slow: Mutex::default(), n: AtomicUsize::new(0) });
+    server.add_dispatcher_tail(rec.clone());
+    for i in 0..10 {
+        let ty = if i % 2 == 0 { MSG_GATE } else { MSG_TEST };
+        con.send_message(Message::new(ty, Bytes::new())).unwrap();
+    }
+    wait_until("10 messages", || rec.n.load(Ordering::SeqCst) == 10);
+    let fast = rec.fast.lock().unwrap().clone();
+    let slow = rec.slow.lock().unwrap().clone();
+    assert_eq!((fast.len(), slow.len()), (5, 5));
+    assert!(fast.iter().all(|t| t.starts_with("msgr-worker-")), "{fast:?}");
+    assert!(slow.iter().all(|t| t.starts_with("ms_dispatch")), "{slow:?}");
+    assert_eq!(server.fast_dispatched(), 5);
+    drop((client, server));
+}
+
+/// Holds the dispatch thread on the first message until released, recording the
+/// order of everything after it.
+struct Gate {
+    entered: Mutex<bool>,
+    open: Mutex<bool>,
+    cv: Condvar,
+    order: Mutex<Vec<(u16, u64)>>,
+}
+
+impl Dispatcher for Gate {
+    fn ms_dispatch(&self, _con: &ConnectionRef, m: &Message) -> bool {
+        if m.msg_type == MSG_GATE {
+            *self.entered.lock().unwrap() = true;
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.cv.wait(open).unwrap();
+            }
+        } else {
+            self.order.lock().unwrap().push((m.priority, m.tid));
+        }
+        true
+    }
+}
+
+#[test]
+fn dispatch_queue_delivers_by_priority_then_arrival() {
+    let cfg = config(&[]);
+    let (server, client, con) = pair(&cfg);
+    let gate = Arc::new(Gate {
+        entered: Mutex::new(false),
+        open: Mutex::new(false),
+        cv: Condvar::new(),
+        order: Mutex::default(),
+    });
+    server.add_dispatcher_tail(gate.clone());
+    // Opens the gate however the test ends, so a failure cannot leave the dispatch
+    // thread (and the messenger's drop) waiting forever.
+    struct Opener(Arc<Gate>);
+    impl Drop for Opener {
+        fn drop(&mut self) {
+            *self.0.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            self.0.cv.notify_all();
+        }
+    }
+    let _opener = Opener(gate.clone());
+    con.send_message(Message::new(MSG_GATE, Bytes::new())).unwrap();
+    // Only once the dispatch thread is held does the burst go out, so everything in it
+    // is queued together and the queue alone decides the order.
+    wait_until("gate to be entered", || *gate.entered.lock().unwrap());
+    let prios = [127u16, 64, 196, 127, 255, 64, 196, 127, 255, 64];
+    for (tid, p) in prios.iter().enumerate() {
+        con.send_message(Message::new(MSG_TEST, Bytes::new()).with_priority(*p).with_tid(tid as u64)).unwrap();
+    }
+    // All ten wait behind the gate before it opens.
+    let deadline = Instant::now() + WAIT;
+    while server.dispatch_queue_len() != prios.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let queued = server.dispatch_queue_len();
+    *gate.open.lock().unwrap() = true;
+    gate.cv.notify_all();
+    assert_eq!(queued, prios.len(), "messages queued behind the gate");
+    wait_until("delivery", || gate.order.lock().unwrap().len() == prios.len());
+    let got = gate.order.lock().unwrap().clone();
+    let mut want: Vec<(u16, u64)> = prios.iter().enumerate().map(|(t, p)| (*p, t as u64)).collect();
+    want.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    assert_eq!(got, want);
+    drop((client, server));
+}
+
+/// A dispatcher that takes its time, so the queue fills.
+struct Slow {
+    n: AtomicUsize,
+}
+
+impl Dispatcher for Slow {
+    fn ms_dispatch(&self, _con: &ConnectionRef, m: &Message) -> bool {
+        let crc = u32::from_le_bytes(m.front[16..20].try_into().unwrap());
+        assert_eq!(crc32c::crc32c(&m.data), crc, "payload corrupted");
+        std::thread::sleep(Duration::from_millis(2));
+        self.n.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+}
+
+#[test]
+fn dispatch_throttle_bounds_memory_with_a_slow_dispatcher() {
+    const LIMIT: u64 = 1 << 20;
+    const COUNT: usize = 200;
+    let cfg = config(&[("ms_dispatch_throttle_bytes", "1M")]);
+    let (server, client, con) = pair(&cfg);
+    let slow = Arc::new(Slow { n: AtomicUsize::new(0) });
+    server.add_dispatcher_tail(slow.clone());
+    let big = Bytes::from(vec![0x5au8; 256 << 10]);
+    for i in 0..COUNT as u64 {
+        let mut front = BytesMut::new();
+        front.put_u64_le(9);
+        front.put_u64_le(i);
+        front.put_u32_le(crc32c::crc32c(&big));
+        // Same framing as test_message, with a fixed large payload.
+        let m = Message::new(MSG_TEST, front.freeze()).with_data(big.clone());
+        con.send_message(m).unwrap();
+    }
+    let mut max_held = 0;
+    let deadline = Instant::now() + WAIT;
+    while slow.n.load(Ordering::SeqCst) < COUNT {
+        max_held = max_held.max(server.throttle().current());
+        assert!(Instant::now() < deadline, "slow dispatcher never finished");
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    // 50 MiB went through a 1 MiB throttle. What is held may exceed the limit by at
+    // most what one read pass decodes (READ_BUDGET, 1 MiB) plus one message.
+    assert!(max_held <= LIMIT + (1 << 20) + (256 << 10) + 4096, "held {max_held} bytes");
+    assert!(max_held >= LIMIT / 2, "the test never filled the throttle ({max_held})");
+    assert!(server.throttle().waits() > 0, "readers never had to wait");
+    assert_eq!(server.throttle().current(), 0, "everything given back");
+    drop((client, server));
+}
+
+#[test]
+fn connect_to_returns_the_existing_connection_until_marked_down() {
+    let cfg = config(&[]);
+    let (server, client, con) = pair(&cfg);
+    let addrs = con.peer_addrs();
+    let again = client.connect_to(EntityType::Osd, &addrs).unwrap();
+    assert!(Arc::ptr_eq(&con, &again));
+    wait_until("connected", || con.is_connected());
+    client.mark_down(&addrs);
+    wait_until("closed", || con.state() == ConnState::Closed);
+    assert!(con.send_message(Message::new(MSG_TEST, Bytes::new())).is_err(), "closed connections refuse sends");
+    let fresh = client.connect_to(EntityType::Osd, &addrs).unwrap();
+    assert!(!Arc::ptr_eq(&con, &fresh));
+    wait_until("reconnected", || fresh.is_connected());
+    client.mark_down_all();
+    wait_until("all closed", || client.connection_count() == 0);
+    drop((client, server));
+}
+
+struct Events {
+    log: Mutex<Vec<String>>,
+}
+
+impl Dispatcher for Events {
+    fn ms_handle_connect(&self, _c: &ConnectionRef) {
+        self.log.lock().unwrap().push("connect".into());
+    }
+    fn ms_handle_accept(&self, _c: &ConnectionRef) {
+        self.log.lock().unwrap().push("accept".into());
+    }
+    fn ms_handle_reset(&self, c: &ConnectionRef) -> bool {
+        self.log.lock().unwrap().push(format!("reset:{}", c.last_error().map(|e| e.to_string()).unwrap_or_default()));
+        true
+    }
+    fn ms_handle_refused(&self, _c: &ConnectionRef) -> bool {
+        self.log.lock().unwrap().push("refused".into());
+        true
+    }
+}
+
+#[test]
+fn handle_connect_accept_reset_and_refused_are_delivered() {
+    let cfg = config(&[]);
+    let server = messenger(&cfg, EntityType::Osd, 2);
+    let sev = Arc::new(Events { log: Mutex::default() });
+    server.add_dispatcher_tail(sev.clone());
+    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let client = messenger(&cfg, EntityType::Client, -1);
+    client.set_default_policy(Policy::lossy_client(0));
+    let cev = Arc::new(Events { log: Mutex::default() });
+    client.add_dispatcher_tail(cev.clone());
+    let con = client.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr.clone()])).unwrap();
+    wait_until("connect", || cev.log.lock().unwrap().contains(&"connect".to_string()));
+    wait_until("accept", || sev.log.lock().unwrap().contains(&"accept".to_string()));
+    // The server goes away: the client's connection resets with a typed error.
+    server.shutdown();
+    server.wait();
+    wait_until("reset", || cev.log.lock().unwrap().iter().any(|e| e.starts_with("reset:")));
+    assert_eq!(con.state(), ConnState::Closed);
+    // Nobody listens there now: refused.
+    let again = client.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
+    wait_until("refused", || cev.log.lock().unwrap().contains(&"refused".to_string()));
+    assert!(matches!(again.last_error(), Some(msgr::messenger::ConnError::Refused(_))));
+    client.shutdown();
+    client.wait();
+}
+
+#[test]
+fn send_from_any_thread_before_the_handshake_completes() {
+    let cfg = config(&[]);
+    let (server, client, con) = pair(&cfg);
+    let tally = Arc::new(Server { tally: Tally::default(), per_conn: 0, accepted: AtomicUsize::new(0) });
+    server.add_dispatcher_tail(tally.clone());
+    // Sent immediately after connect_to, while TCP connect and handshake are under way.
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let con = &con;
+            s.spawn(move || {
+                for i in 0..250 {
+                    con.send_message(test_message(t, i)).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(tally.tally.wait_for(1000), 1000);
+    assert!(tally.tally.errors.lock().unwrap().is_empty());
+    drop((client, server));
+}
