@@ -768,14 +768,13 @@ impl Session {
         }
         let lossy = ident.flags & MSG_CONNECT_LOSSY != 0 || self.policy.lossy;
         self.policy.lossy = lossy;
-        let peer = PeerInfo {
-            name: EntityName { ty: *peer_type, num: ident.gid },
-            addrs: ident.addrs,
-            features: ident.supported_features & self.cfg.features_supported,
+        let peer = self.peer_info(
+            EntityName { ty: *peer_type, num: ident.gid },
+            ident.addrs,
+            ident.supported_features,
             lossy,
-            global_id: self.auth.as_ref().map_or(0, |a| a.global_id),
-            peer_cookie: ident.server_cookie,
-        };
+            ident.server_cookie,
+        );
         self.become_ready(SessionEvent::Connected(peer.clone()), peer);
         Ok(())
     }
@@ -827,20 +826,37 @@ impl Session {
             server_cookie: if lossy { 0 } else { server_cookie },
         };
         self.queue_control(&reply);
-        let peer = PeerInfo {
-            name: EntityName { ty: peer_type, num: ident.gid },
+        let peer = self.peer_info(
+            EntityName { ty: peer_type, num: ident.gid },
             addrs,
-            features: ident.supported_features & self.cfg.features_supported,
+            ident.supported_features,
             lossy,
-            global_id: self.auth.as_ref().map_or(0, |a| a.global_id),
-            peer_cookie: ident.client_cookie,
-        };
+            ident.client_cookie,
+        );
         self.become_ready(SessionEvent::Accepted(peer.clone()), peer);
         Ok(())
     }
 
     fn target_is_ours(&self, target: &EntityAddr) -> bool {
         self.cfg.my_addrs.iter().any(|mine| addr_covers(mine, target))
+    }
+
+    fn peer_info(
+        &self,
+        name: EntityName,
+        addrs: EntityAddrVec,
+        peer_features: u64,
+        lossy: bool,
+        cookie: u64,
+    ) -> PeerInfo {
+        PeerInfo {
+            name,
+            addrs,
+            features: peer_features & self.cfg.features_supported,
+            lossy,
+            global_id: self.auth.as_ref().map_or(0, |a| a.global_id),
+            peer_cookie: cookie,
+        }
     }
 
     fn become_ready(&mut self, ev: SessionEvent, peer: PeerInfo) {

@@ -106,3 +106,9 @@ pub trait StackBackend: Send + Sync + 'static {
 
 pub mod mem;
 pub mod worker;
+
+/// The error a stack that is not implemented yet returns from start-up, so asking for
+/// it fails plainly instead of pretending to work.
+pub fn not_implemented(ms_type: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, format!("ms_type = {ms_type}: this stack is not implemented yet"))
+}
