@@ -14,15 +14,23 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 log "tests"
+log_dir=$(mktemp -d)
+trap 'rm -rf "$log_dir"' EXIT
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast
+  cargo nextest run --workspace --no-fail-fast 2>&1 | tee "$log_dir/unit.log"
 else
-  cargo test --workspace --no-fail-fast
+  cargo test --workspace --no-fail-fast 2>&1 | tee "$log_dir/unit.log"
 fi
 log "doc tests"
-cargo test --workspace --doc
+cargo test --workspace --doc 2>&1 | tee "$log_dir/doc.log"
 
 log "two processes on loopback: msgr serve + msgr ping"
 cargo build --release --bin msgr
 bash ci/ping-pair.sh target/release/msgr
+# One closing line for the whole run: nextest's summary or cargo test's result lines,
+# plus the doc tests (their last per-crate line may well be "0 passed").
+passed=$(cat "$log_dir/unit.log" "$log_dir/doc.log" | sed -n \
+  -e 's/.* \([0-9][0-9]*\) tests run: \([0-9][0-9]*\) passed.*/\2/p' \
+  -e 's/^test result: ok\. \([0-9][0-9]*\) passed.*/\1/p' | awk '{s+=$1} END {print s+0}')
 log "all tests passed"
+echo "$passed passed, 0 failed"
