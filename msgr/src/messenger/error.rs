@@ -87,6 +87,12 @@ pub enum MsgrError {
     /// A worker went away while we waited for it.
     #[error("worker thread stopped")]
     WorkerGone,
+    /// The messenger already has as many addresses as an identity may carry.
+    #[error("already bound to {max} addresses, the most a msgr2 identity may carry")]
+    TooManyAddrs {
+        /// The limit.
+        max: usize,
+    },
     /// Binding to the given socket address failed.
     #[error("listen on {0}: {1}")]
     Listen(SocketAddr, io::Error),

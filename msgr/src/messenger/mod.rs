@@ -37,7 +37,7 @@ pub use policy::{Policy, PolicySet};
 
 use crate::config::Config;
 use crate::message::Message;
-use crate::proto::addr::{AddrType, EntityAddr, EntityAddrVec};
+use crate::proto::addr::{AddrType, EntityAddr, EntityAddrVec, MAX_ADDRVEC_LEN};
 use crate::proto::auth::{NoneClientAuth, NoneServerAuth};
 use crate::proto::entity::{AuthName, EntityName, EntityType};
 use crate::proto::frame::FrameLimits;
@@ -337,6 +337,11 @@ impl Messenger {
     pub fn bind(&self, addr: SocketAddr) -> Result<EntityAddr, MsgrError> {
         if self.inner.is_stopping() {
             return Err(MsgrError::Shutdown);
+        }
+        if self.my_addrs().len() >= MAX_ADDRVEC_LEN {
+            // Peers refuse an identity with more addresses than this, so a further
+            // bind would make the messenger unreachable rather than more reachable.
+            return Err(MsgrError::TooManyAddrs { max: MAX_ADDRVEC_LEN });
         }
         let s = &self.inner.settings;
         let ports: Vec<u16> = if addr.port() == 0 { (s.port_min..=s.port_max).collect() } else { vec![addr.port()] };
