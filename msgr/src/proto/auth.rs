@@ -63,14 +63,20 @@ pub struct AuthOutcome {
 }
 
 impl AuthOutcome {
-    /// The AUTH_SIGNATURE digest over `transcript`. With no session key Ceph sends 32
-    /// zero bytes, and so do we; keyed methods supply an HMAC-SHA256.
-    pub fn signature(&self, _transcript: &[u8]) -> [u8; 32] {
-        // Only keyless methods exist in this build; a keyed method must override this
-        // through its own outcome, so a non-empty key here is a programming error that
-        // must not silently produce zeros.
-        debug_assert!(self.session_key.is_empty(), "keyed auth needs an HMAC signer");
-        [0u8; 32]
+    /// The AUTH_SIGNATURE digest over `transcript`: HMAC-SHA256 keyed with the session
+    /// key's secret bytes, as Ceph's `CryptoKey::hmac_sha256`; with no session key
+    /// (auth none) Ceph sends 32 zero bytes, and so do we.
+    pub fn signature(&self, transcript: &[u8]) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        if self.session_key.is_empty() {
+            return [0u8; 32];
+        }
+        // HMAC accepts keys of any length, so this cannot fail.
+        let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(&self.session_key) else {
+            return [0u8; 32];
+        };
+        mac.update(transcript);
+        mac.finalize().into_bytes().into()
     }
 }
 
@@ -272,6 +278,16 @@ mod tests {
             ServerAuthStep::BadMethod { result: EOPNOTSUPP, .. }
         ));
         assert!(s.handle_request(AUTH_NONE, &[CON_MODE_CRC], &[7, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn keyed_signature_is_hmac_sha256() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        let o = AuthOutcome { session_key: b"Jefe".to_vec(), ..AuthOutcome::default() };
+        let want = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+        let got: String = o.signature(b"what do ya want for nothing?").iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(got, want);
+        assert_eq!(AuthOutcome::default().signature(b"x"), [0; 32]);
     }
 
     #[test]
