@@ -49,6 +49,9 @@ pub enum CliError {
     /// Messenger operation failed.
     #[error(transparent)]
     Msgr(#[from] msgr::messenger::MsgrError),
+    /// Talking to a monitor failed.
+    #[error(transparent)]
+    Mon(#[from] crate::monc::MonError),
 }
 
 impl CommonArgs {

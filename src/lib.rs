@@ -15,6 +15,7 @@
 //! ```
 
 pub mod cli;
+pub mod monc;
 
 use std::sync::Arc;
 

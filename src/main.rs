@@ -46,8 +46,51 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
+    /// Talk to a Ceph monitor (msgr2; auth from the config).
+    Mon {
+        /// Monitor address(es), as Ceph's mon_host (default: mon_host from the config).
+        #[arg(long, value_name = "ADDR")]
+        mon_host: Option<String>,
+        /// Keyring file (sets the `keyring` option).
+        #[arg(long, value_name = "FILE")]
+        keyring: Option<String>,
+        /// Give up on a request after this many seconds.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+        #[command(subcommand)]
+        req: MonReq,
+    },
     /// Print the effective configuration and where each value came from.
     Config,
+}
+
+#[derive(Subcommand, Debug)]
+enum MonReq {
+    /// Newest and oldest epoch of a map: osdmap, monmap, mdsmap or fsmap.
+    GetVersion {
+        /// The map.
+        map: String,
+    },
+    /// MPing: print the monitor's status JSON.
+    Ping,
+    /// Print the monmap: fsid, epoch, monitors and their addresses.
+    Monmap,
+    /// Run a monitor command given as JSON, e.g. '{"prefix":"mon dump","format":"json"}'.
+    Command {
+        /// The command.
+        json: String,
+    },
+    /// KEEPALIVE2 round trip.
+    Keepalive,
+}
+
+/// Prints a line to stdout; a closed pipe (e.g. `| head`) ends output quietly
+/// instead of panicking.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration, CliError> {
@@ -77,6 +120,13 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }
             Ok(if r.errors == 0 && r.count == count { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Cmd::Mon { mon_host, keyring, timeout, req } => {
+            let mut common = cli.common.clone();
+            if let Some(k) = keyring {
+                common.options.push(format!("keyring={k}"));
+            }
+            mon(&common, mon_host.as_deref(), secs(timeout, "--timeout")?, req)
+        }
         Cmd::Config => {
             let cfg = cli.common.config("client.admin")?;
             for (name, value, source) in cfg.dump() {
@@ -85,6 +135,48 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn mon(common: &CommonArgs, mon_host: Option<&str>, timeout: Duration, req: MonReq) -> Result<ExitCode, CliError> {
+    let cfg = common.config("client.admin")?;
+    let name = common.entity("client.admin")?;
+    let m = msgr_cli::monc::MonClient::new(&cfg, name, mon_host, timeout)?;
+    match req {
+        MonReq::GetVersion { map } => {
+            let (newest, oldest) = m.get_version(&map)?;
+            say!("{map} version {newest} oldest {oldest}");
+        }
+        MonReq::Ping => say!("{}", m.ping()?),
+        MonReq::Monmap => {
+            let map = m.monmap()?;
+            say!("fsid {}", map.fsid);
+            say!("epoch {}", map.epoch);
+            for (rank, mon) in map.mons.iter().enumerate() {
+                say!("{rank}: {} mon.{}", mon.addrs, mon.name);
+            }
+        }
+        MonReq::Command { json } => {
+            let ack = m.command(&json)?;
+            // Like the ceph CLI: output on stdout, status on stderr, exit code from r.
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = out.write_all(&ack.output);
+            if !ack.output.is_empty() && !ack.output.ends_with(b"\n") {
+                let _ = out.write_all(b"\n");
+            }
+            if !ack.rs.is_empty() {
+                eprintln!("{}", ack.rs);
+            }
+            if ack.r != 0 {
+                return Ok(ExitCode::from(ack.r.unsigned_abs().min(255) as u8));
+            }
+        }
+        MonReq::Keepalive => {
+            let stamp = m.keepalive()?;
+            say!("keepalive ack {}.{:09}", stamp.sec, stamp.nsec);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

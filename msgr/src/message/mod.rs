@@ -1,5 +1,6 @@
 //! Messages: the payload unit exchanged once a session is established.
 
+pub mod mon;
 pub mod types;
 
 use bytes::Bytes;

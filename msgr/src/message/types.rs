@@ -34,7 +34,7 @@ pub trait TypedMessage: Sized {
     fn decode(m: &Message) -> Result<Self, DecodeError>;
 }
 
-fn check_type(m: &Message, want: u16) -> Result<(), DecodeError> {
+pub(crate) fn check_type(m: &Message, want: u16) -> Result<(), DecodeError> {
     if m.msg_type != want {
         return Err(DecodeError::invalid("message.type", format!("expected {want}, got {}", m.msg_type)));
     }

@@ -38,7 +38,7 @@ pub use policy::{Policy, PolicySet};
 use crate::config::Config;
 use crate::message::Message;
 use crate::proto::addr::{AddrType, EntityAddr, EntityAddrVec, MAX_ADDRVEC_LEN};
-use crate::proto::auth::{NoneClientAuth, NoneServerAuth};
+use crate::proto::auth::{ClientAuth, NoneClientAuth, NoneServerAuth};
 use crate::proto::entity::{AuthName, EntityName, EntityType};
 use crate::proto::frame::FrameLimits;
 use crate::proto::frames::CEPH_FEATURES_ALL;
@@ -111,7 +111,11 @@ pub(crate) struct MsgrInner {
     next_global_id: AtomicU64,
     stopping: AtomicBool,
     fast_dispatched: AtomicU64,
+    client_auth: RwLock<Option<ClientAuthFactory>>,
 }
+
+/// Makes the auth provider for an outgoing connection to a peer of the given type.
+pub type ClientAuthFactory = Arc<dyn Fn(EntityType) -> Box<dyn ClientAuth> + Send + Sync>;
 
 impl MsgrInner {
     pub(crate) fn is_stopping(&self) -> bool {
@@ -253,6 +257,7 @@ impl Messenger {
             next_global_id: AtomicU64::new(4096),
             stopping: AtomicBool::new(false),
             fast_dispatched: AtomicU64::new(0),
+            client_auth: RwLock::new(None),
         });
         inner
             .dispatch_queue
@@ -304,6 +309,19 @@ impl Messenger {
     /// The policy for peers of type `ty`.
     pub fn policy(&self, ty: EntityType) -> Policy {
         self.inner.policies.read().unwrap_or_else(|e| e.into_inner()).get(ty)
+    }
+
+    /// Chooses how outgoing connections authenticate (default: `auth none` as our auth
+    /// name). Applies to connections dialled afterwards.
+    pub fn set_client_auth(&self, f: ClientAuthFactory) {
+        *self.inner.client_auth.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
+    fn client_auth(&self, peer_type: EntityType) -> Box<dyn ClientAuth> {
+        match &*self.inner.client_auth.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(f) => f(peer_type),
+            None => Box::new(NoneClientAuth::new(self.inner.auth_name.clone(), 0)),
+        }
     }
 
     /// Adds a dispatcher that sees messages before the existing ones.
@@ -443,7 +461,7 @@ impl Messenger {
             target,
             peer_type,
             policy.session(),
-            Box::new(NoneClientAuth::new(self.inner.auth_name.clone(), 0)),
+            self.client_auth(peer_type),
             gs,
             cookie,
             Instant::now(),

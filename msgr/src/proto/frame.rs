@@ -215,6 +215,12 @@ pub enum FrameError {
     /// The epilogue's late_status is neither complete nor aborted.
     #[error("bad late_status {0:#04x}")]
     BadLateStatus(u8),
+    /// Secure mode: an AES-GCM auth tag does not verify (wrong key or nonce, or the bytes
+    /// were altered). Names the part of the frame: `"preamble"` (preamble + inline
+    /// area), `"segment 0"` (remainder of segment 0) or `"segments"` (segments 1..3 +
+    /// epilogue).
+    #[error("secure frame authentication failed ({0})")]
+    DecryptFailed(&'static str),
 }
 
 impl FrameError {

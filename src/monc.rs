@@ -1,0 +1,357 @@
+//! A small monitor client: the requests `msgr mon` makes, one at a time, over a lossy
+//! client→mon connection that is redialled after a reset (as Ceph's MonClient does).
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use msgr::config::Config;
+use msgr::message::mon::{Fsid, MMonCommand, MMonCommandAck, MMonGetMap, MMonMap, MonMap};
+use msgr::message::types::{MMonGetVersion, MMonGetVersionReply, MPing, TypedMessage};
+use msgr::message::{Message, MSG_MON_COMMAND_ACK, MSG_MON_GET_VERSION_REPLY, MSG_MON_MAP, MSG_PING};
+use msgr::messenger::{ConnError, ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
+use msgr::proto::{AddrType, DecodeError, EntityAddr, EntityAddrVec, EntityName, EntityType, UTime};
+
+use crate::FacadeError;
+
+/// Port of a monitor's msgr2 address when `mon_host` gives none (Ceph's default).
+pub const MON_PORT_V2: u16 = 3300;
+
+/// What can go wrong talking to a monitor.
+#[derive(Debug, thiserror::Error)]
+pub enum MonError {
+    /// No monitor address configured.
+    #[error("no monitor address: set mon_host in ceph.conf or pass --mon-host")]
+    NoMonHost,
+    /// `mon_host` could not be parsed.
+    #[error("bad mon_host '{0}': {1}")]
+    BadMonHost(String, String),
+    /// The monitor refused the connection (not running?).
+    #[error("monitor {addr} refused the connection: {err}")]
+    Refused {
+        /// The monitor dialled.
+        addr: String,
+        /// The error.
+        err: ConnError,
+    },
+    /// The connection failed (authentication, protocol, reset…).
+    #[error("connection to monitor {addr} failed: {err}")]
+    Reset {
+        /// The monitor dialled.
+        addr: String,
+        /// The error.
+        err: ConnError,
+    },
+    /// No reply in time.
+    #[error("no reply from monitor {addr} to {what} within {timeout:?}")]
+    Timeout {
+        /// The monitor dialled.
+        addr: String,
+        /// The request.
+        what: &'static str,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// A reply did not decode.
+    #[error("bad reply from monitor: {0}")]
+    Decode(#[from] DecodeError),
+    /// Stack or messenger could not start.
+    #[error(transparent)]
+    Facade(#[from] FacadeError),
+    /// Messenger refused the operation.
+    #[error(transparent)]
+    Msgr(#[from] msgr::messenger::MsgrError),
+}
+
+/// Parses Ceph's `mon_host`: a comma- or space-separated list of monitors, each an
+/// address vector `[v2:IP:PORT,v1:IP:PORT]` or a single address `IP[:PORT]`.
+pub fn parse_mon_host(s: &str) -> Result<Vec<EntityAddrVec>, MonError> {
+    let bad = |why: String| MonError::BadMonHost(s.to_string(), why);
+    let mut out = Vec::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let item;
+        if rest.starts_with('[') && !rest[1..].starts_with(|c: char| c.is_ascii_hexdigit() || c == ':') {
+            let end = rest.find(']').ok_or_else(|| bad("unclosed '['".into()))?;
+            item = &rest[..=end];
+            rest = &rest[end + 1..];
+            out.push(EntityAddrVec::from_str(item).map_err(|e| bad(e.to_string()))?);
+        } else {
+            let end = rest.find([',', ' ', ';']).unwrap_or(rest.len());
+            item = &rest[..end];
+            rest = &rest[end..];
+            let with_port = if item.contains("]:") || (!item.starts_with('[') && item.contains(':')) {
+                item.to_string()
+            } else {
+                format!("{item}:{MON_PORT_V2}")
+            };
+            out.push(EntityAddrVec(vec![EntityAddr::from_str(&with_port).map_err(|e| bad(e.to_string()))?]));
+        }
+        rest = rest.trim_start_matches([',', ' ', ';']);
+    }
+    if out.is_empty() {
+        return Err(MonError::NoMonHost);
+    }
+    Ok(out)
+}
+
+#[derive(Default)]
+struct Inbox {
+    replies: Vec<Message>,
+    failed: Option<(u64, ConnError)>,
+}
+
+/// Collects replies on the worker (fast dispatch) and wakes the waiting request.
+#[derive(Default)]
+struct MonDispatcher {
+    inbox: Mutex<Inbox>,
+    cond: Condvar,
+}
+
+impl MonDispatcher {
+    fn fail(&self, con: &ConnectionRef) {
+        let err = con.last_error().unwrap_or(ConnError::PeerClosed { mid_frame: false });
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner()).failed = Some((con.id(), err));
+        self.cond.notify_all();
+    }
+}
+
+impl Dispatcher for MonDispatcher {
+    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
+        matches!(m.msg_type, MSG_MON_GET_VERSION_REPLY | MSG_PING | MSG_MON_MAP | MSG_MON_COMMAND_ACK)
+    }
+    fn ms_fast_dispatch(&self, _con: &ConnectionRef, m: Message) {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner()).replies.push(m);
+        self.cond.notify_all();
+    }
+    fn ms_dispatch(&self, _con: &ConnectionRef, _m: &Message) -> bool {
+        // Unsolicited pushes (MConfig, maps we did not ask for) are not for us.
+        true
+    }
+    fn ms_handle_reset(&self, con: &ConnectionRef) -> bool {
+        self.fail(con);
+        true
+    }
+    fn ms_handle_refused(&self, con: &ConnectionRef) -> bool {
+        self.fail(con);
+        true
+    }
+}
+
+/// A client of one monitor cluster.
+pub struct MonClient {
+    msgr: Messenger,
+    disp: Arc<MonDispatcher>,
+    mons: Vec<EntityAddrVec>,
+    con: Mutex<Option<ConnectionRef>>,
+    timeout: Duration,
+    next: AtomicU64,
+    fsid: Mutex<Option<Fsid>>,
+}
+
+impl MonClient {
+    /// A client for the monitors in `mon_host` (or the config's `mon_host`), as
+    /// `name` (e.g. client.admin), giving up on a request after `timeout`.
+    pub fn new(cfg: &Config, name: EntityName, mon_host: Option<&str>, timeout: Duration) -> Result<Self, MonError> {
+        let host = mon_host.map(str::to_string).or_else(|| cfg.get_raw("mon_host").map(str::to_string));
+        let mons = parse_mon_host(host.as_deref().ok_or(MonError::NoMonHost)?)?;
+        let msgr = crate::messenger(cfg, name)?;
+        msgr.set_default_policy(Policy::lossy_client(0));
+        let disp = Arc::new(MonDispatcher::default());
+        msgr.add_dispatcher_tail(disp.clone());
+        let fsid = cfg.get_raw("fsid").and_then(|f| f.parse().ok());
+        Ok(MonClient {
+            msgr,
+            disp,
+            mons,
+            con: Mutex::new(None),
+            timeout,
+            next: AtomicU64::new(1),
+            fsid: Mutex::new(fsid),
+        })
+    }
+
+    /// The messenger underneath (e.g. to choose an auth method).
+    pub fn messenger(&self) -> &Messenger {
+        &self.msgr
+    }
+
+    fn target(&self) -> EntityAddrVec {
+        // Dial the monitor's msgr2 address only: we do not speak msgr1.
+        let v2: Vec<EntityAddr> =
+            self.mons[0].0.iter().filter(|a| matches!(a.ty, AddrType::Msgr2 | AddrType::Any)).cloned().collect();
+        EntityAddrVec(v2)
+    }
+
+    fn addr_text(&self) -> String {
+        self.target().to_string()
+    }
+
+    /// The open connection, or a fresh one after a reset (client↔mon is lossy).
+    fn connection(&self) -> Result<ConnectionRef, MonError> {
+        let mut slot = self.con.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = slot.as_ref() {
+            if c.state() != ConnState::Closed {
+                return Ok(Arc::clone(c));
+            }
+        }
+        let c = self.msgr.connect_to(EntityType::Mon, &self.target())?;
+        *slot = Some(Arc::clone(&c));
+        Ok(c)
+    }
+
+    /// Sends `m` and waits for the first reply `pick` accepts.
+    fn request<T>(
+        &self,
+        what: &'static str,
+        m: Message,
+        mut pick: impl FnMut(&Message) -> Option<Result<T, DecodeError>>,
+    ) -> Result<T, MonError> {
+        let con = self.connection()?;
+        self.disp.inbox.lock().unwrap_or_else(|e| e.into_inner()).replies.clear();
+        if con.send_message(m).is_err() {
+            return Err(self.failure(&con));
+        }
+        let deadline = Instant::now() + self.timeout;
+        let mut inbox = self.disp.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let mut found = None;
+            inbox.replies.retain(|r| {
+                if found.is_none() {
+                    if let Some(x) = pick(r) {
+                        found = Some(x);
+                        return false;
+                    }
+                }
+                true
+            });
+            if let Some(x) = found {
+                return Ok(x?);
+            }
+            if let Some((id, err)) = inbox.failed.take() {
+                if id == con.id() {
+                    return Err(self.classify(err));
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(MonError::Timeout { addr: self.addr_text(), what, timeout: self.timeout });
+            }
+            inbox = self.disp.cond.wait_timeout(inbox, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    fn failure(&self, con: &ConnectionRef) -> MonError {
+        self.classify(con.last_error().unwrap_or(ConnError::PeerClosed { mid_frame: false }))
+    }
+
+    fn classify(&self, err: ConnError) -> MonError {
+        match err {
+            ConnError::Refused(_) => MonError::Refused { addr: self.addr_text(), err },
+            err => MonError::Reset { addr: self.addr_text(), err },
+        }
+    }
+
+    /// MMonGetVersion: (newest, oldest) epoch of `map` ("osdmap", "monmap", "mdsmap", "fsmap").
+    pub fn get_version(&self, map: &str) -> Result<(u64, u64), MonError> {
+        let handle = self.next.fetch_add(1, Ordering::Relaxed);
+        let req = MMonGetVersion { handle, what: map.to_string() }.encode();
+        self.request("get-version", req, |r| {
+            if r.msg_type != MSG_MON_GET_VERSION_REPLY {
+                return None;
+            }
+            match MMonGetVersionReply::decode(r) {
+                Ok(rep) if rep.handle == handle => Some(Ok((rep.version, rep.oldest_version))),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+    }
+
+    /// MPing: the monitor's status JSON.
+    pub fn ping(&self) -> Result<String, MonError> {
+        self.request("ping", MPing::default().encode(), |r| {
+            (r.msg_type == MSG_PING).then(|| {
+                MPing::decode(r)
+                    .and_then(|p| p.front_string().ok_or_else(|| DecodeError::invalid("ping.front", "not a string")))
+            })
+        })
+    }
+
+    /// MMonGetMap → MMonMap.
+    pub fn monmap(&self) -> Result<MonMap, MonError> {
+        let map = self.request("monmap", MMonGetMap.encode(), |r| {
+            (r.msg_type == MSG_MON_MAP).then(|| MMonMap::decode(r).map(|m| m.monmap))
+        })?;
+        *self.fsid.lock().unwrap_or_else(|e| e.into_inner()) = Some(map.fsid);
+        Ok(map)
+    }
+
+    /// MMonCommand → MMonCommandAck for a JSON command such as `{"prefix":"mon dump"}`.
+    pub fn command(&self, json: &str) -> Result<MMonCommandAck, MonError> {
+        let known = *self.fsid.lock().unwrap_or_else(|e| e.into_inner());
+        let fsid = match known {
+            Some(f) => f,
+            None => self.monmap()?.fsid,
+        };
+        let tid = self.next.fetch_add(1, Ordering::Relaxed);
+        let req = MMonCommand { fsid, cmd: vec![json.to_string()], tid, ..Default::default() }.encode();
+        self.request("command", req, |r| {
+            (r.msg_type == MSG_MON_COMMAND_ACK && r.tid == tid).then(|| MMonCommandAck::decode(r))
+        })
+    }
+
+    /// KEEPALIVE2 → KEEPALIVE2_ACK; returns the echoed stamp.
+    pub fn keepalive(&self) -> Result<UTime, MonError> {
+        let con = self.connection()?;
+        let before = con.last_keepalive_ack();
+        con.send_keepalive();
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if let Some(s) = con.last_keepalive_ack() {
+                if Some(s) != before {
+                    return Ok(s);
+                }
+            }
+            if con.state() == ConnState::Closed {
+                return Err(self.failure(&con));
+            }
+            if Instant::now() >= deadline {
+                return Err(MonError::Timeout { addr: self.addr_text(), what: "keepalive", timeout: self.timeout });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Closes everything.
+    pub fn shutdown(&self) {
+        self.msgr.shutdown();
+        self.msgr.wait();
+    }
+}
+
+impl Drop for MonClient {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mon_host_forms() {
+        let v = parse_mon_host("[v2:127.0.0.1:3300,v1:127.0.0.1:6789]").unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].0.len(), 2);
+        let v = parse_mon_host("10.0.0.1, 10.0.0.2:3301 [v2:10.0.0.3:3300]").unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0].0[0].port(), 3300);
+        assert_eq!(v[1].0[0].port(), 3301);
+        assert!(parse_mon_host("").is_err());
+        assert!(parse_mon_host("[v2:1.2.3.4:1").is_err());
+        assert!(parse_mon_host("not an address").is_err());
+    }
+}
