@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 . ci/lib.sh
 
 need_rust
-apt_install gcc libc6-dev pkg-config python3 ca-certificates
+apt_install gcc libc6-dev pkg-config python3 ca-certificates ceph-mon ceph-common
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

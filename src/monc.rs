@@ -107,6 +107,7 @@ struct Inbox {
 struct MonDispatcher {
     inbox: Mutex<Inbox>,
     cond: Condvar,
+    resets: AtomicU64,
 }
 
 impl MonDispatcher {
@@ -130,6 +131,7 @@ impl Dispatcher for MonDispatcher {
         true
     }
     fn ms_handle_reset(&self, con: &ConnectionRef) -> bool {
+        self.resets.fetch_add(1, Ordering::SeqCst);
         self.fail(con);
         true
     }
@@ -170,6 +172,11 @@ impl MonClient {
             next: AtomicU64::new(1),
             fsid: Mutex::new(fsid),
         })
+    }
+
+    /// How many times `ms_handle_reset` told us a monitor session ended.
+    pub fn resets(&self) -> u64 {
+        self.disp.resets.load(Ordering::SeqCst)
     }
 
     /// The messenger underneath (e.g. to choose an auth method).

@@ -1,0 +1,115 @@
+//! A throw-away Ceph monitor for interop tests, started with the project's own
+//! `ci/mon.sh` on free loopback ports and wiped when dropped.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A running monitor in its own temp dir.
+pub struct Mon {
+    dir: tempfile::TempDir,
+    pub port_v2: u16,
+    port_v1: u16,
+    auth: String,
+    mode: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/mon.sh")
+}
+
+/// True if ceph-mon is installed; otherwise says loudly that the test is skipped.
+pub fn have_ceph(test: &str) -> bool {
+    let ok = Command::new("sh")
+        .args(["-c", "command -v ceph-mon && command -v ceph"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("\n*** SKIPPED {test}: ceph-mon / ceph not installed (apt-get install ceph-mon ceph-common) ***\n");
+    }
+    ok
+}
+
+impl Mon {
+    /// Starts a monitor with `auth` (none|cephx) and `mode` (crc|secure|"secure crc").
+    pub fn start(auth: &str, mode: &str) -> Mon {
+        let dir = tempfile::Builder::new().prefix("msgr-mon-").tempdir().expect("temp dir");
+        let mon = Mon { dir, port_v2: free_port(), port_v1: free_port(), auth: auth.into(), mode: mode.into() };
+        mon.run("start");
+        mon
+    }
+
+    fn run(&self, action: &str) {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg(action)
+            .arg(self.dir.path())
+            .args(["--auth", &self.auth, "--mode", &self.mode])
+            .env("MON_PORT_V2", self.port_v2.to_string())
+            .env("MON_PORT_V1", self.port_v1.to_string())
+            .output()
+            .expect("run ci/mon.sh");
+        assert!(
+            out.status.success(),
+            "ci/mon.sh {action} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Kills the monitor at once (SIGKILL).
+    pub fn kill(&self) {
+        self.run("kill");
+    }
+
+    /// Starts it again with its old data.
+    pub fn restart(&self) {
+        self.run("start");
+    }
+
+    /// Its ceph.conf.
+    pub fn conf(&self) -> PathBuf {
+        self.dir.path().join("ceph.conf")
+    }
+
+    /// Its keyring.
+    pub fn keyring(&self) -> PathBuf {
+        self.dir.path().join("keyring")
+    }
+
+    /// `v2:127.0.0.1:PORT`
+    pub fn v2_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port_v2)
+    }
+
+    /// Runs the `ceph` CLI against this monitor and returns stdout.
+    pub fn ceph(&self, args: &[&str]) -> String {
+        let out = Command::new("ceph")
+            .arg("-c")
+            .arg(self.conf())
+            .args(["--connect-timeout", "20"])
+            .args(args)
+            .output()
+            .expect("run ceph");
+        assert!(out.status.success(), "ceph {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ceph ARGS -f json`, parsed.
+    pub fn ceph_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-f", "json"]);
+        serde_json::from_str(&self.ceph(&a)).expect("ceph json output")
+    }
+}
+
+impl Drop for Mon {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(script()).arg("stop").arg(self.dir.path()).output();
+    }
+}

@@ -1,0 +1,175 @@
+//! Interop with a real Ceph 16.2 monitor (auth none, crc mode): every request/reply the
+//! `msgr mon` tool makes, checked against what the `ceph` CLI reports for the same
+//! cluster, plus failure behaviour. Skipped (loudly) only where ceph-mon is missing.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{have_ceph, Mon};
+use msgr::config::{Config, ConfigBuilder};
+use msgr::messenger::ConnError;
+use msgr::proto::{EntityName, EntityType};
+use msgr_cli::monc::{MonClient, MonError};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn config(mon: &Mon) -> Config {
+    ConfigBuilder::new("client.admin").file(mon.conf()).unwrap().build().unwrap()
+}
+
+fn client(mon: &Mon) -> MonClient {
+    MonClient::new(&config(mon), EntityName { ty: EntityType::Client, num: -1 }, None, TIMEOUT).unwrap()
+}
+
+fn msgr_bin(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_msgr")).args(args).output().expect("run msgr")
+}
+
+#[test]
+fn get_version_matches_the_ceph_cli() {
+    if !have_ceph("get_version_matches_the_ceph_cli") {
+        return;
+    }
+    let mon = Mon::start("none", "crc");
+    let c = client(&mon);
+    let (osd_newest, osd_oldest) = c.get_version("osdmap").unwrap();
+    let (mon_newest, _) = c.get_version("monmap").unwrap();
+    let osd = mon.ceph_json(&["osd", "stat"]);
+    let dump = mon.ceph_json(&["mon", "dump"]);
+    assert_eq!(osd_newest, osd["epoch"].as_u64().unwrap());
+    assert!(osd_oldest >= 1 && osd_oldest <= osd_newest);
+    assert_eq!(mon_newest, dump["epoch"].as_u64().unwrap());
+}
+
+#[test]
+fn monmap_matches_the_ceph_cli() {
+    if !have_ceph("monmap_matches_the_ceph_cli") {
+        return;
+    }
+    let mon = Mon::start("none", "crc");
+    let map = client(&mon).monmap().unwrap();
+    let dump = mon.ceph_json(&["mon", "dump"]);
+    assert_eq!(map.fsid.to_string(), mon.ceph(&["fsid"]).trim());
+    assert_eq!(u64::from(map.epoch), dump["epoch"].as_u64().unwrap());
+    let mons = dump["mons"].as_array().unwrap();
+    assert_eq!(map.mons.len(), mons.len());
+    for (ours, theirs) in map.mons.iter().zip(mons) {
+        assert_eq!(ours.name, theirs["name"].as_str().unwrap());
+        let want: Vec<String> = theirs["public_addrs"]["addrvec"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| format!("{}:{}", a["type"].as_str().unwrap(), a["addr"].as_str().unwrap()))
+            .collect();
+        let got: Vec<String> = ours.addrs.0.iter().map(|a| format!("{}:{}", a.ty.as_str(), a.addr.unwrap())).collect();
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn ping_and_keepalive() {
+    if !have_ceph("ping_and_keepalive") {
+        return;
+    }
+    let mon = Mon::start("none", "crc");
+    let c = client(&mon);
+    let status: serde_json::Value = serde_json::from_str(&c.ping().unwrap()).unwrap();
+    assert_eq!(status["mon_status"]["name"], "a");
+    let stamp = c.keepalive().unwrap();
+    assert!(stamp.sec > 1_600_000_000, "the mon echoes our wall-clock stamp");
+}
+
+#[test]
+fn commands_return_code_status_and_output() {
+    if !have_ceph("commands_return_code_status_and_output") {
+        return;
+    }
+    let mon = Mon::start("none", "crc");
+    let c = client(&mon);
+    let ack = c.command(r#"{"prefix":"mon dump","format":"json"}"#).unwrap();
+    assert_eq!(ack.r, 0);
+    assert!(ack.rs.contains("dumped monmap epoch"), "{}", ack.rs);
+    let dump: serde_json::Value = serde_json::from_slice(&ack.output).unwrap();
+    assert_eq!(dump["fsid"].as_str().unwrap(), mon.ceph(&["fsid"]).trim());
+    let ack = c.command(r#"{"prefix":"status","format":"json"}"#).unwrap();
+    assert_eq!(ack.r, 0);
+    let status: serde_json::Value = serde_json::from_slice(&ack.output).unwrap();
+    assert_eq!(status["fsid"], dump["fsid"]);
+    let ack = c.command(r#"{"prefix":"osd pool get","pool":"nope","var":"size"}"#).unwrap();
+    assert_eq!(ack.r, -2, "ENOENT");
+    assert!(ack.rs.contains("nope"), "{}", ack.rs);
+}
+
+#[test]
+fn cli_mon_subcommands() {
+    if !have_ceph("cli_mon_subcommands") {
+        return;
+    }
+    let mon = Mon::start("none", "crc");
+    let conf = mon.conf();
+    let conf = conf.to_str().unwrap();
+    let out = msgr_bin(&["mon", "-c", conf, "get-version", "osdmap"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let epoch = mon.ceph_json(&["osd", "stat"])["epoch"].as_u64().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("osdmap version {epoch} ")));
+    let out = msgr_bin(&["mon", "--mon-host", &mon.v2_addr(), "monmap"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("fsid {}", mon.ceph(&["fsid"]).trim())));
+    let out = msgr_bin(&["mon", "-c", conf, "command", r#"{"prefix":"osd pool get","pool":"nope","var":"size"}"#]);
+    assert_eq!(out.status.code(), Some(2), "exit code = -r like the ceph CLI");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    let out = msgr_bin(&["mon", "-c", conf, "ping"]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn mon_down_is_refused_within_the_timeout() {
+    if !have_ceph("mon_down_is_refused_within_the_timeout") {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = Config::default();
+    let host = format!("127.0.0.1:{port}");
+    let c = MonClient::new(&cfg, EntityName { ty: EntityType::Client, num: -1 }, Some(&host), TIMEOUT).unwrap();
+    let t0 = Instant::now();
+    let e = c.get_version("osdmap").unwrap_err();
+    assert!(matches!(e, MonError::Refused { err: ConnError::Refused(_), .. }), "{e:?}");
+    assert!(t0.elapsed() < TIMEOUT, "reported as refused, not as a timeout");
+}
+
+#[test]
+fn mon_killed_mid_session_then_restarted() {
+    if !have_ceph("mon_killed_mid_session_then_restarted") {
+        return;
+    }
+    let mon = Mon::start("none", "crc");
+    let c = client(&mon);
+    c.get_version("osdmap").unwrap();
+    assert_eq!(c.resets(), 0);
+    mon.kill();
+    // The lossy session resets (ms_handle_reset); a request meanwhile fails with a
+    // typed error, not a hang.
+    let deadline = Instant::now() + TIMEOUT;
+    while c.resets() == 0 {
+        assert!(Instant::now() < deadline, "no ms_handle_reset after the mon was killed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let e = c.get_version("osdmap").unwrap_err();
+    assert!(matches!(e, MonError::Refused { .. }), "the mon is down: {e:?}");
+    mon.restart();
+    // A new request opens a new session and succeeds.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match c.get_version("osdmap") {
+            Ok((v, _)) => {
+                assert!(v >= 1);
+                break;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no recovery after restart: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
