@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 . ci/lib.sh
 
 need_rust
-apt_install gcc libc6-dev pkg-config python3 ca-certificates ceph-mon ceph-common
+apt_install gcc libc6-dev pkg-config python3 ca-certificates ceph-mon ceph-common tcpdump
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -27,6 +27,8 @@ cargo test --workspace --doc 2>&1 | tee "$log_dir/doc.log"
 log "two processes on loopback: msgr serve + msgr ping"
 cargo build --release --bin msgr
 bash ci/ping-pair.sh target/release/msgr
+log "wire check: msgr mon traffic to a real ceph-mon, decoded independently"
+bash ci/wire-check.sh target/release/msgr
 # One closing line for the whole run: nextest's summary or cargo test's result lines,
 # plus the doc tests (their last per-crate line may well be "0 passed").
 passed=$(cat "$log_dir/unit.log" "$log_dir/doc.log" | sed -n \
