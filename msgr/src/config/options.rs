@@ -154,6 +154,24 @@ pub static OPTIONS: &[OptionDef] = &[
         description: "path to the keyring holding this entity's secret",
     },
     OptionDef { name: "mon_host", kind: OptionKind::Str, default: "", description: "monitor addresses" },
+    OptionDef {
+        name: "auth_client_required",
+        kind: OptionKind::Str,
+        default: "cephx, none",
+        description: "auth methods this client accepts, most preferred first",
+    },
+    OptionDef {
+        name: "ms_client_mode",
+        kind: OptionKind::Str,
+        default: "crc secure",
+        description: "connection modes for client connections to daemons, most preferred first",
+    },
+    OptionDef {
+        name: "ms_mon_client_mode",
+        kind: OptionKind::Str,
+        default: "secure crc",
+        description: "connection modes for client connections to monitors, most preferred first",
+    },
 ];
 
 /// Looks up an option by its normalised name.
