@@ -39,6 +39,10 @@ pub enum AuthError {
     /// A method-specific payload could not be decoded.
     #[error("bad auth payload: {0}")]
     BadPayload(#[from] DecodeError),
+    /// cephx failed: wrong key (a reply that does not decrypt), unusable ticket, or a
+    /// step cephx does not support.
+    #[error("cephx: {0}")]
+    Cephx(super::cephx::CephxError),
     /// The method does not take this step (e.g. AUTH_REPLY_MORE for `none`).
     #[error("unexpected auth step for method {method}: {step}")]
     UnexpectedStep {
@@ -92,6 +96,64 @@ pub trait ClientAuth: Send {
     fn handle_reply_more(&mut self, payload: &[u8]) -> Result<Bytes, AuthError>;
     /// Consumes AUTH_DONE.
     fn handle_done(&mut self, global_id: u64, con_mode: u32, payload: &[u8]) -> Result<AuthOutcome, AuthError>;
+    /// The server refused our method or modes (AUTH_BAD_METHOD). A provider that can
+    /// switch to an allowed method does so and returns Ok, and the session sends a new
+    /// AUTH_REQUEST; otherwise the refusal is final.
+    fn handle_bad_method(&mut self, refusal: AuthError) -> Result<(), AuthError> {
+        Err(refusal)
+    }
+}
+
+/// Tries several methods in order, as Ceph's `auth_client_required = cephx, none`: on
+/// AUTH_BAD_METHOD it moves to the next method the server allows.
+pub struct ChainAuth {
+    methods: Vec<Box<dyn ClientAuth>>,
+    current: usize,
+}
+
+impl ChainAuth {
+    /// `methods` in order of preference; must not be empty.
+    pub fn new(methods: Vec<Box<dyn ClientAuth>>) -> Option<Self> {
+        (!methods.is_empty()).then_some(ChainAuth { methods, current: 0 })
+    }
+
+    fn cur(&mut self) -> &mut dyn ClientAuth {
+        self.methods[self.current].as_mut()
+    }
+}
+
+impl ClientAuth for ChainAuth {
+    fn method(&self) -> u32 {
+        self.methods[self.current].method()
+    }
+    fn preferred_modes(&self) -> Vec<u32> {
+        self.methods[self.current].preferred_modes()
+    }
+    fn build_request(&mut self, peer_type: EntityType) -> Result<Bytes, AuthError> {
+        self.cur().build_request(peer_type)
+    }
+    fn handle_reply_more(&mut self, payload: &[u8]) -> Result<Bytes, AuthError> {
+        self.cur().handle_reply_more(payload)
+    }
+    fn handle_done(&mut self, global_id: u64, con_mode: u32, payload: &[u8]) -> Result<AuthOutcome, AuthError> {
+        self.cur().handle_done(global_id, con_mode, payload)
+    }
+    fn handle_bad_method(&mut self, refusal: AuthError) -> Result<(), AuthError> {
+        let AuthError::MethodRefused { allowed_methods, allowed_modes, .. } = &refusal else {
+            return Err(refusal);
+        };
+        let next = (self.current + 1..self.methods.len()).find(|&i| {
+            let m = &self.methods[i];
+            allowed_methods.contains(&m.method()) && m.preferred_modes().iter().any(|x| allowed_modes.contains(x))
+        });
+        match next {
+            Some(i) => {
+                self.current = i;
+                Ok(())
+            }
+            None => Err(refusal),
+        }
+    }
 }
 
 /// What a server answers to an AUTH_REQUEST / AUTH_REQUEST_MORE.
@@ -288,6 +350,32 @@ mod tests {
         let got: String = o.signature(b"what do ya want for nothing?").iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(got, want);
         assert_eq!(AuthOutcome::default().signature(b"x"), [0; 32]);
+    }
+
+    #[test]
+    fn chain_falls_back_to_an_allowed_method() {
+        let name: AuthName = "client.admin".parse().unwrap();
+        let mut c = ChainAuth::new(vec![Box::new(NoneClientAuth::new(name.clone(), 0))]).unwrap();
+        let refusal = AuthError::MethodRefused {
+            method: AUTH_NONE,
+            result: EOPNOTSUPP,
+            allowed_methods: vec![2],
+            allowed_modes: vec![CON_MODE_CRC],
+        };
+        assert_eq!(c.handle_bad_method(refusal.clone()), Err(refusal.clone()), "nothing else to try");
+        let mut c = ChainAuth::new(vec![
+            Box::new(NoneClientAuth::new(name.clone(), 0)),
+            Box::new(NoneClientAuth::new(name, 0)),
+        ])
+        .unwrap();
+        let allowed = AuthError::MethodRefused {
+            method: AUTH_NONE,
+            result: EOPNOTSUPP,
+            allowed_methods: vec![AUTH_NONE],
+            allowed_modes: vec![CON_MODE_CRC],
+        };
+        assert_eq!(c.handle_bad_method(allowed), Ok(()));
+        assert!(ChainAuth::new(Vec::new()).is_none());
     }
 
     #[test]

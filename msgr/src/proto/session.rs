@@ -561,13 +561,24 @@ impl Session {
             (State::HelloAccepting, Tag::Hello) => self.server_hello(Self::decode(&frame)?),
             (State::AuthConnecting, Tag::AuthBadMethod) => {
                 let bad: AuthBadMethod = Self::decode(&frame)?;
-                Err(AuthError::MethodRefused {
+                let refusal = AuthError::MethodRefused {
                     method: bad.method,
                     result: bad.result,
                     allowed_methods: bad.allowed_methods,
                     allowed_modes: bad.allowed_modes,
-                }
-                .into())
+                };
+                let Side::Client { auth, peer_type, .. } = &mut self.side else {
+                    return Err(self.unexpected(frame.tag));
+                };
+                // The provider may switch to a method the server allows; then ask again.
+                auth.handle_bad_method(refusal)?;
+                let req = AuthRequest {
+                    method: auth.method(),
+                    preferred_modes: auth.preferred_modes(),
+                    auth_payload: auth.build_request(*peer_type)?,
+                };
+                self.queue_control(&req);
+                Ok(())
             }
             (State::AuthConnecting, Tag::AuthReplyMore) => {
                 let more: AuthReplyMore = Self::decode(&frame)?;

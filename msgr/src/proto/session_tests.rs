@@ -803,3 +803,35 @@ fn replays_librados_handshake_with_a_real_mon_byte_for_byte() {
     let ev = events(&mut c);
     assert!(ev.iter().any(|e| matches!(e, SessionEvent::Message(m) if m.msg_type == crate::message::MSG_CONFIG)));
 }
+
+#[test]
+fn client_retries_auth_request_after_bad_method_when_it_can() {
+    let t0 = Instant::now();
+    let name: crate::proto::entity::AuthName = "client.admin".parse().unwrap();
+    let chain = crate::proto::auth::ChainAuth::new(vec![
+        Box::new(NoneClientAuth::new(name.clone(), 0)),
+        Box::new(NoneClientAuth::new(name, 0)),
+    ])
+    .unwrap();
+    let mut c = Session::new_client(
+        cfg(EntityName { ty: EntityType::Client, num: -1 }, EntityAddrVec::default()),
+        EntityAddr::msgr2(sa(SERVER_SOCK), 0),
+        EntityType::Osd,
+        lossy(),
+        Box::new(chain),
+        1,
+        0,
+        t0,
+    );
+    out(&mut c);
+    c.handle_bytes(t0, &banner_bytes()).unwrap();
+    c.handle_bytes(t0, &wire(&server_hello_for_client())).unwrap();
+    out(&mut c);
+    let bad =
+        AuthBadMethod { method: AUTH_NONE, result: -95, allowed_methods: vec![AUTH_NONE], allowed_modes: vec![1] };
+    c.handle_bytes(t0, &wire(&bad)).unwrap();
+    assert_eq!(c.state(), State::AuthConnecting);
+    assert_eq!(tags(&out(&mut c), false), vec![Tag::AuthRequest], "asks again with the next method");
+    // A second refusal leaves nothing to try.
+    assert!(matches!(c.handle_bytes(t0, &wire(&bad)), Err(SessionError::Auth(AuthError::MethodRefused { .. }))));
+}
