@@ -70,6 +70,9 @@ enum MonReq {
     GetVersion {
         /// The map.
         map: String,
+        /// Ask this many times on one session and print round-trip statistics.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
     },
     /// MPing: print the monitor's status JSON.
     Ping,
@@ -142,9 +145,29 @@ fn mon(common: &CommonArgs, mon_host: Option<&str>, timeout: Duration, req: MonR
     let name = common.entity("client.admin")?;
     let m = msgr_cli::monc::MonClient::new(&cfg, name, mon_host, timeout)?;
     match req {
-        MonReq::GetVersion { map } => {
-            let (newest, oldest) = m.get_version(&map)?;
-            say!("{map} version {newest} oldest {oldest}");
+        MonReq::GetVersion { map, repeat } => {
+            let mut rtts = Vec::with_capacity(repeat as usize);
+            let mut last = (0, 0);
+            for _ in 0..repeat.max(1) {
+                let t0 = std::time::Instant::now();
+                last = m.get_version(&map)?;
+                rtts.push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+            say!("{map} version {} oldest {}", last.0, last.1);
+            if repeat > 1 {
+                // The first request also opens the session; report the rest.
+                let mut v = rtts[1..].to_vec();
+                v.sort_by(f64::total_cmp);
+                let avg = v.iter().sum::<f64>() / v.len() as f64;
+                say!(
+                    "round trip us over {} requests: min {:.1} avg {avg:.1} p50 {:.1} max {:.1} (first, with handshake: {:.1})",
+                    v.len(),
+                    v[0],
+                    v[v.len() / 2],
+                    v[v.len() - 1],
+                    rtts[0]
+                );
+            }
         }
         MonReq::Ping => say!("{}", m.ping()?),
         MonReq::Monmap => {

@@ -10,8 +10,10 @@ pub mod entity;
 pub mod frame;
 pub mod frames;
 pub mod header;
+pub mod secure;
 // The real crate adds the session state machine and authentication here:
 pub mod auth;
+pub mod cephx;
 pub mod session;
 
 pub use addr::{AddrParseError, AddrType, EntityAddr, EntityAddrVec};

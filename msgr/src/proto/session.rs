@@ -26,9 +26,10 @@ use super::frame::{encode_frame, encode_frame_to_vec, Frame, FrameDecoder, Frame
 use super::frames::{
     Ack, AuthBadMethod, AuthDone, AuthReplyMore, AuthRequest, AuthRequestMore, AuthSignature, ClientIdent,
     ControlFrame, Hello, IdentMissingFeatures, Keepalive2, Keepalive2Ack, ServerIdent, UTime, CEPH_FEATURE_MSG_ADDR2,
-    MSG_CONNECT_LOSSY,
+    CON_MODE_CRC, CON_MODE_SECURE, MSG_CONNECT_LOSSY,
 };
 use super::header::{message_frame, parse_message_frame};
+use super::secure::{SecureError, SecureKeys, SecureRx, SecureTx};
 use crate::message::Message;
 
 /// Upper bound on the pre-auth transcript kept for AUTH_SIGNATURE. A handshake is a few
@@ -141,6 +142,9 @@ pub enum SessionError {
     /// Authentication failed.
     #[error("authentication failed: {0}")]
     Auth(#[from] AuthError),
+    /// Secure mode could not be set up (e.g. a connection secret too short).
+    #[error("secure mode: {0}")]
+    Secure(#[from] SecureError),
     /// The peer's AUTH_SIGNATURE does not match our transcript.
     #[error("peer's AUTH_SIGNATURE does not match the handshake transcript")]
     BadSignature,
@@ -244,7 +248,9 @@ pub struct Session {
     policy: SessionPolicy,
     global_seq: u64,
     rx: BytesMut,
-    decoder: FrameDecoder,
+    decoder: RxCodec,
+    // Set once AUTH_DONE chose secure mode: every later frame we send is sealed.
+    tx_secure: Option<SecureTx>,
     tx_frames: VecDeque<Bytes>,
     events: VecDeque<SessionEvent>,
     // Pre-auth transcript for AUTH_SIGNATURE; `None` once signatures are exchanged.
@@ -291,7 +297,7 @@ fn our_banner() -> Banner {
 
 impl Session {
     fn new(cfg: SessionConfig, side: Side, state: State, policy: SessionPolicy, global_seq: u64, now: Instant) -> Self {
-        let decoder = FrameDecoder::new(cfg.limits);
+        let decoder = RxCodec::Crc(FrameDecoder::new(cfg.limits));
         let handshake_deadline = now + cfg.ready_timeout;
         let mut s = Session {
             cfg,
@@ -301,6 +307,7 @@ impl Session {
             global_seq,
             rx: BytesMut::with_capacity(4096),
             decoder,
+            tx_secure: None,
             tx_frames: VecDeque::new(),
             events: VecDeque::new(),
             pre_auth: Some((Vec::new(), Vec::new())),
@@ -508,9 +515,19 @@ impl Session {
         self.tx_frames.push_back(bytes);
     }
 
+    /// Encodes `frame` for the wire in the current mode (crc, or sealed once secure).
+    fn encode_out(&mut self, frame: &Frame, out: &mut Vec<Bytes>) -> usize {
+        let before = out.len();
+        match &mut self.tx_secure {
+            Some(tx) => tx.encode_frame(frame, out),
+            None => encode_frame(frame, out),
+        }
+        out[before..].iter().map(Bytes::len).sum()
+    }
+
     fn queue_frame(&mut self, frame: &Frame) {
         let mut parts = Vec::with_capacity(2);
-        encode_frame(frame, &mut parts);
+        self.encode_out(frame, &mut parts);
         for p in parts {
             self.queue_raw(p);
         }
@@ -677,7 +694,7 @@ impl Session {
             return Err(SessionError::UnexpectedFrame { tag: Tag::AuthDone, state: self.state });
         };
         let outcome = auth.handle_done(done.global_id, done.con_mode, &done.auth_payload)?;
-        self.finish_auth(outcome);
+        self.finish_auth(outcome)?;
         self.state = State::AuthConnectingSign;
         Ok(())
     }
@@ -698,7 +715,7 @@ impl Session {
                     con_mode: outcome.con_mode,
                     auth_payload: payload,
                 });
-                self.finish_auth(outcome);
+                self.finish_auth(outcome)?;
                 self.state = State::AuthAcceptingSign;
                 Ok(())
             }
@@ -707,19 +724,34 @@ impl Session {
 
     /// Sends our AUTH_SIGNATURE over everything received so far and stops recording
     /// what we receive; what we sent is kept to check the peer's signature.
-    fn finish_auth(&mut self, outcome: AuthOutcome) {
+    ///
+    /// In secure mode the codecs switch here, before AUTH_SIGNATURE is encoded: as in
+    /// Ceph, AUTH_DONE is the last plain frame and AUTH_SIGNATURE the first sealed one
+    /// in each direction.
+    fn finish_auth(&mut self, outcome: AuthOutcome) -> Result<(), SessionError> {
+        match outcome.con_mode {
+            CON_MODE_CRC => {}
+            CON_MODE_SECURE => {
+                let is_server = self.role() == Role::Server;
+                let keys = SecureKeys::new(&outcome.connection_secret, is_server)?;
+                self.tx_secure = Some(SecureTx::new(&keys));
+                self.decoder = RxCodec::Secure(SecureRx::new(&keys, self.cfg.limits));
+            }
+            other => return Err(AuthError::UnsupportedMode(other).into()),
+        }
         let sig = match &self.pre_auth {
             Some((rx, _)) => outcome.signature(rx),
             None => outcome.signature(&[]),
         };
         let frame = AuthSignature { sha256: sig }.to_frame();
         let mut parts = Vec::with_capacity(1);
-        encode_frame(&frame, &mut parts);
+        self.encode_out(&frame, &mut parts);
         // The signature frame itself is not part of the transcript the peer checks.
         let tx = self.pre_auth.take().map(|(_, tx)| tx).unwrap_or_default();
         self.tx_frames.extend(parts);
         self.pre_auth_tx = Some(tx);
         self.auth = Some(outcome);
+        Ok(())
     }
 
     fn check_signature(&mut self, sig: AuthSignature) -> Result<(), SessionError> {
@@ -941,7 +973,7 @@ impl Session {
             frames.push(Keepalive2 { stamp }.to_frame());
         }
         for f in &frames {
-            added += push_frame(f, out);
+            added += self.encode_out(f, out);
         }
         while added < budget {
             let Some(mut msg) = self.out_queue.pop_front() else { break };
@@ -949,14 +981,14 @@ impl Session {
             msg.seq = self.out_seq;
             let frame = message_frame(&msg, self.out_seq, self.in_seq);
             self.acked_in_seq = self.in_seq;
-            added += push_frame(&frame, out);
+            added += self.encode_out(&frame, out);
             if !self.policy.lossy {
                 self.sent.push_back(msg);
             }
         }
         if !self.policy.lossy && self.in_seq > self.acked_in_seq {
             // Nothing to piggy-back the ack on: send it on its own.
-            added += push_frame(&Ack { seq: self.in_seq }.to_frame(), out);
+            added += self.encode_out(&Ack { seq: self.in_seq }.to_frame(), out);
             self.acked_in_seq = self.in_seq;
         }
         added
@@ -1013,10 +1045,26 @@ fn addr_covers(mine: &EntityAddr, target: &EntityAddr) -> bool {
     }
 }
 
-fn push_frame(f: &Frame, out: &mut Vec<Bytes>) -> usize {
-    let before = out.len();
-    encode_frame(f, out);
-    out[before..].iter().map(Bytes::len).sum()
+/// The receive-side frame codec: crc until AUTH_DONE chooses secure mode.
+enum RxCodec {
+    Crc(FrameDecoder),
+    Secure(SecureRx),
+}
+
+impl RxCodec {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        match self {
+            RxCodec::Crc(d) => d.decode(buf),
+            RxCodec::Secure(d) => d.decode(buf),
+        }
+    }
+
+    fn pending_hint(&self) -> usize {
+        match self {
+            RxCodec::Crc(d) => d.pending_hint(),
+            RxCodec::Secure(d) => d.pending_hint(),
+        }
+    }
 }
 
 #[cfg(test)]

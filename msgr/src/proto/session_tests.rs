@@ -9,7 +9,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::*;
 use crate::message::types::{MPing, TypedMessage};
-use crate::proto::auth::{encode_none_payload, NoneClientAuth, NoneServerAuth};
+use crate::proto::auth::{
+    encode_none_payload, AuthOutcome, ClientAuth, NoneClientAuth, NoneServerAuth, ServerAuthStep,
+};
 use crate::proto::frames::{
     AuthDone, AuthRequest, AuthSignature, ClientIdent, ControlFrame, Hello, IdentMissingFeatures, Keepalive2,
     ServerIdent, AUTH_CEPHX, AUTH_NONE, CEPH_FEATURES_ALL, CON_MODE_CRC, CON_MODE_SECURE,
@@ -834,4 +836,140 @@ fn client_retries_auth_request_after_bad_method_when_it_can() {
     assert_eq!(tags(&out(&mut c), false), vec![Tag::AuthRequest], "asks again with the next method");
     // A second refusal leaves nothing to try.
     assert!(matches!(c.handle_bytes(t0, &wire(&bad)), Err(SessionError::Auth(AuthError::MethodRefused { .. }))));
+}
+
+/// A keyed test method that grants secure mode with a fixed session key and connection
+/// secret: exercises the session's switch to sealed frames (the real keys come from cephx).
+struct KeyedTestAuth;
+
+const TEST_SECRET: [u8; 64] = [7; 64];
+
+fn keyed_outcome() -> AuthOutcome {
+    AuthOutcome {
+        global_id: 9,
+        con_mode: CON_MODE_SECURE,
+        session_key: vec![1; 16],
+        connection_secret: TEST_SECRET.to_vec(),
+    }
+}
+
+impl ClientAuth for KeyedTestAuth {
+    fn method(&self) -> u32 {
+        AUTH_CEPHX
+    }
+    fn preferred_modes(&self) -> Vec<u32> {
+        vec![CON_MODE_SECURE]
+    }
+    fn build_request(&mut self, _peer_type: EntityType) -> Result<Bytes, AuthError> {
+        Ok(Bytes::from_static(b"keyed"))
+    }
+    fn handle_reply_more(&mut self, _payload: &[u8]) -> Result<Bytes, AuthError> {
+        Err(AuthError::UnexpectedStep { method: AUTH_CEPHX, step: "more" })
+    }
+    fn handle_done(&mut self, _g: u64, con_mode: u32, _p: &[u8]) -> Result<AuthOutcome, AuthError> {
+        Ok(AuthOutcome { con_mode, ..keyed_outcome() })
+    }
+}
+
+impl crate::proto::auth::ServerAuth for KeyedTestAuth {
+    fn handle_request(&mut self, _m: u32, _modes: &[u32], _p: &[u8]) -> Result<ServerAuthStep, AuthError> {
+        Ok(ServerAuthStep::Done {
+            outcome: keyed_outcome(),
+            payload: Bytes::new(),
+            name: "client.admin".parse().unwrap(),
+        })
+    }
+    fn handle_request_more(&mut self, _p: &[u8]) -> Result<ServerAuthStep, AuthError> {
+        Err(AuthError::UnexpectedStep { method: AUTH_CEPHX, step: "more" })
+    }
+}
+
+#[test]
+fn secure_mode_seals_everything_after_auth_done() {
+    let t0 = Instant::now();
+    let mut c = Session::new_client(
+        cfg(EntityName { ty: EntityType::Client, num: -1 }, EntityAddrVec::default()),
+        EntityAddr::msgr2(sa(SERVER_SOCK), 0),
+        EntityType::Osd,
+        lossless(),
+        Box::new(KeyedTestAuth),
+        1,
+        5,
+        t0,
+    );
+    let policy_for: PolicyFn = Arc::new(|_| lossless());
+    let mut s = Session::new_server(
+        cfg(EntityName { ty: EntityType::Osd, num: 0 }, EntityAddrVec(vec![server_addr()])),
+        sa(CLIENT_SOCK),
+        policy_for,
+        Box::new(KeyedTestAuth),
+        5,
+        77,
+        t0,
+    );
+    let secret = Bytes::from_static(b"a payload that must never appear in clear on the wire");
+    c.send_message(MPing::new(secret.clone()).encode());
+    let mut wire_c2s = Vec::new();
+    loop {
+        let a = out(&mut c);
+        let b = out(&mut s);
+        if a.is_empty() && b.is_empty() {
+            break;
+        }
+        wire_c2s.extend_from_slice(&a);
+        s.handle_bytes(t0, &a).unwrap();
+        c.handle_bytes(t0, &b).unwrap();
+    }
+    assert!(c.is_ready() && s.is_ready());
+    let got: Vec<Message> = events(&mut s)
+        .into_iter()
+        .filter_map(|e| if let SessionEvent::Message(m) = e { Some(m) } else { None })
+        .collect();
+    assert_eq!(MPing::decode(&got[0]).unwrap().payload, secret);
+    assert!(!wire_c2s.windows(secret.len()).any(|w| w == &secret[..]), "message sent in clear");
+    // The crc-mode decoder understands the plain part (banner, HELLO, AUTH_REQUEST) and
+    // nothing after it.
+    let mut buf = BytesMut::from(&wire_c2s[26..]);
+    let mut d = FrameDecoder::new(limits());
+    assert_eq!(d.decode(&mut buf).unwrap().unwrap().tag, Tag::Hello);
+    assert_eq!(d.decode(&mut buf).unwrap().unwrap().tag, Tag::AuthRequest);
+    assert!(d.decode(&mut buf).is_err(), "AUTH_SIGNATURE onwards is sealed");
+}
+
+#[test]
+fn secure_mode_with_a_short_secret_is_a_typed_error() {
+    struct ShortSecret;
+    impl ClientAuth for ShortSecret {
+        fn method(&self) -> u32 {
+            AUTH_CEPHX
+        }
+        fn preferred_modes(&self) -> Vec<u32> {
+            vec![CON_MODE_SECURE]
+        }
+        fn build_request(&mut self, _p: EntityType) -> Result<Bytes, AuthError> {
+            Ok(Bytes::new())
+        }
+        fn handle_reply_more(&mut self, _p: &[u8]) -> Result<Bytes, AuthError> {
+            Ok(Bytes::new())
+        }
+        fn handle_done(&mut self, _g: u64, con_mode: u32, _p: &[u8]) -> Result<AuthOutcome, AuthError> {
+            Ok(AuthOutcome { con_mode, session_key: vec![1; 16], connection_secret: vec![1; 8], global_id: 1 })
+        }
+    }
+    let t0 = Instant::now();
+    let mut c = Session::new_client(
+        cfg(EntityName { ty: EntityType::Client, num: -1 }, EntityAddrVec::default()),
+        EntityAddr::msgr2(sa(SERVER_SOCK), 0),
+        EntityType::Osd,
+        lossy(),
+        Box::new(ShortSecret),
+        1,
+        0,
+        t0,
+    );
+    out(&mut c);
+    c.handle_bytes(t0, &banner_bytes()).unwrap();
+    c.handle_bytes(t0, &wire(&server_hello_for_client())).unwrap();
+    let done = AuthDone { con_mode: CON_MODE_SECURE, ..auth_done() };
+    assert!(matches!(c.handle_bytes(t0, &wire(&done)), Err(SessionError::Secure(_))));
 }
