@@ -735,7 +735,7 @@ impl Session {
                 let is_server = self.role() == Role::Server;
                 let keys = SecureKeys::new(&outcome.connection_secret, is_server)?;
                 self.tx_secure = Some(SecureTx::new(&keys));
-                self.decoder = RxCodec::Secure(SecureRx::new(&keys, self.cfg.limits));
+                self.decoder = RxCodec::Secure(Box::new(SecureRx::new(&keys, self.cfg.limits)));
             }
             other => return Err(AuthError::UnsupportedMode(other).into()),
         }
@@ -1048,7 +1048,8 @@ fn addr_covers(mine: &EntityAddr, target: &EntityAddr) -> bool {
 /// The receive-side frame codec: crc until AUTH_DONE chooses secure mode.
 enum RxCodec {
     Crc(FrameDecoder),
-    Secure(SecureRx),
+    // Boxed: the cipher state is large and a session holds one codec for its life.
+    Secure(Box<SecureRx>),
 }
 
 impl RxCodec {
