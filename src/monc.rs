@@ -6,14 +6,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use msgr::config::keyring::Keyring;
 use msgr::config::Config;
 use msgr::message::mon::{Fsid, MMonCommand, MMonCommandAck, MMonGetMap, MMonMap, MonMap};
 use msgr::message::types::{MMonGetVersion, MMonGetVersionReply, MPing, TypedMessage};
 use msgr::message::{Message, MSG_MON_COMMAND_ACK, MSG_MON_GET_VERSION_REPLY, MSG_MON_MAP, MSG_PING};
+use msgr::messenger::ClientAuthFactory;
 use msgr::messenger::{ConnError, ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
+use msgr::proto::auth::{AuthError, ChainAuth, ClientAuth, NoneClientAuth};
+use msgr::proto::cephx::CephxClientAuth;
+use msgr::proto::frames::{CON_MODE_CRC, CON_MODE_SECURE};
+use msgr::proto::session::SessionError;
+use msgr::proto::AuthName;
 use msgr::proto::{AddrType, DecodeError, EntityAddr, EntityAddrVec, EntityName, EntityType, UTime};
 
 use crate::FacadeError;
+
+/// The auth name for `name`: the config's entity name (e.g. client.admin) when it is of
+/// the same type, else TYPE.NUM.
+fn auth_name_for(cfg: &Config, name: EntityName) -> AuthName {
+    cfg.entity_name().parse::<AuthName>().ok().filter(|a| a.ty == name.ty).unwrap_or_else(|| AuthName {
+        ty: name.ty,
+        id: if name.num >= 0 { name.num.to_string() } else { "admin".into() },
+    })
+}
 
 /// Port of a monitor's msgr2 address when `mon_host` gives none (Ceph's default).
 pub const MON_PORT_V2: u16 = 3300;
@@ -62,6 +78,107 @@ pub enum MonError {
     /// Messenger refused the operation.
     #[error(transparent)]
     Msgr(#[from] msgr::messenger::MsgrError),
+    /// The monitor refused our credentials.
+    #[error("monitor {addr} denied authentication as {name} (wrong key in {keyring}?): {err}")]
+    AuthDenied {
+        /// The monitor dialled.
+        addr: String,
+        /// Who we claimed to be.
+        name: String,
+        /// Where the key came from.
+        keyring: String,
+        /// The refusal.
+        err: ConnError,
+    },
+    /// No auth method in `auth_client_required` can be used.
+    #[error("no usable auth method in auth_client_required = '{required}': {why}")]
+    NoAuthMethod {
+        /// The configured list.
+        required: String,
+        /// What was missing.
+        why: String,
+    },
+    /// The keyring could not be read.
+    #[error(transparent)]
+    Keyring(#[from] msgr::config::keyring::KeyringError),
+}
+
+/// Parses a Ceph mode list such as "secure crc" into CEPH_CON_MODE_* values.
+pub fn parse_modes(s: &str) -> Vec<u32> {
+    s.split([' ', ',', ';'])
+        .filter_map(|w| match w.trim() {
+            "secure" => Some(CON_MODE_SECURE),
+            "crc" => Some(CON_MODE_CRC),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ceph's default keyring search path for `name` when `keyring` is not set.
+fn default_keyrings(name: &AuthName) -> Vec<String> {
+    vec![format!("/etc/ceph/ceph.{name}.keyring"), "/etc/ceph/ceph.keyring".into(), "/etc/ceph/keyring".into()]
+}
+
+/// Builds the client auth chain from `auth_client_required`, the keyring and
+/// `ms_mon_client_mode`. Returns the factory and the keyring path used (for errors).
+fn auth_chain(cfg: &Config, name: &AuthName) -> Result<(ClientAuthFactory, String), MonError> {
+    let required = cfg.get_str("auth_client_required").unwrap_or("cephx, none").to_string();
+    let mut modes = parse_modes(cfg.get_str("ms_mon_client_mode").unwrap_or("secure crc"));
+    if modes.is_empty() {
+        modes = vec![CON_MODE_CRC];
+    }
+    let keyring = cfg.keyring();
+    let paths = if keyring.is_empty() { default_keyrings(name) } else { vec![keyring.to_string()] };
+    let mut key = None;
+    let mut why = String::new();
+    let mut used = paths.join(",");
+    let mut methods = Vec::new();
+    for m in required.split([',', ' ', ';']).map(str::trim).filter(|m| !m.is_empty()) {
+        match m {
+            "cephx" => {
+                if key.is_none() {
+                    for p in &paths {
+                        if !std::path::Path::new(p).exists() && keyring.is_empty() {
+                            continue;
+                        }
+                        let k = Keyring::load(p)?;
+                        key = Some(k.require_key(name)?);
+                        used = p.clone();
+                        break;
+                    }
+                }
+                match &key {
+                    Some(_) => methods.push("cephx"),
+                    None => {
+                        why = format!("cephx needs a keyring with a key for {name} (tried {used}; use --keyring FILE)")
+                    }
+                }
+            }
+            "none" => methods.push("none"),
+            other => why = format!("unknown auth method '{other}'"),
+        }
+    }
+    if methods.is_empty() {
+        return Err(MonError::NoAuthMethod { required, why });
+    }
+    let name = name.clone();
+    let factory: ClientAuthFactory = Arc::new(move |_peer| {
+        let chain: Vec<Box<dyn ClientAuth>> = methods
+            .iter()
+            .filter_map(|m| -> Option<Box<dyn ClientAuth>> {
+                match (*m, &key) {
+                    ("cephx", Some(k)) => Some(Box::new(CephxClientAuth::new(name.clone(), k.clone(), modes.clone()))),
+                    ("none", _) => Some(Box::new(NoneClientAuth::new(name.clone(), 0))),
+                    _ => None,
+                }
+            })
+            .collect();
+        match ChainAuth::new(chain) {
+            Some(c) => Box::new(c),
+            None => Box::new(NoneClientAuth::new(name.clone(), 0)),
+        }
+    });
+    Ok((factory, used))
 }
 
 /// Parses Ceph's `mon_host`: a comma- or space-separated list of monitors, each an
@@ -150,6 +267,8 @@ pub struct MonClient {
     timeout: Duration,
     next: AtomicU64,
     fsid: Mutex<Option<Fsid>>,
+    auth_name: AuthName,
+    keyring: String,
 }
 
 impl MonClient {
@@ -158,8 +277,11 @@ impl MonClient {
     pub fn new(cfg: &Config, name: EntityName, mon_host: Option<&str>, timeout: Duration) -> Result<Self, MonError> {
         let host = mon_host.map(str::to_string).or_else(|| cfg.get_raw("mon_host").map(str::to_string));
         let mons = parse_mon_host(host.as_deref().ok_or(MonError::NoMonHost)?)?;
+        let auth_name = auth_name_for(cfg, name);
+        let (auth, keyring) = auth_chain(cfg, &auth_name)?;
         let msgr = crate::messenger(cfg, name)?;
         msgr.set_default_policy(Policy::lossy_client(0));
+        msgr.set_client_auth(auth);
         let disp = Arc::new(MonDispatcher::default());
         msgr.add_dispatcher_tail(disp.clone());
         let fsid = cfg.get_raw("fsid").and_then(|f| f.parse().ok());
@@ -171,7 +293,16 @@ impl MonClient {
             timeout,
             next: AtomicU64::new(1),
             fsid: Mutex::new(fsid),
+            auth_name,
+            keyring,
         })
+    }
+
+    /// The connection mode (CEPH_CON_MODE_CRC or _SECURE) of the current session, once
+    /// it is established.
+    pub fn connection_mode(&self) -> Option<u32> {
+        let c = self.con.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        c.is_connected().then(|| c.con_mode())
     }
 
     /// How many times `ms_handle_reset` told us a monitor session ended.
@@ -256,6 +387,14 @@ impl MonClient {
     fn classify(&self, err: ConnError) -> MonError {
         match err {
             ConnError::Refused(_) => MonError::Refused { addr: self.addr_text(), err },
+            ConnError::Protocol(SessionError::Auth(AuthError::MethodRefused { result: -13, .. })) => {
+                MonError::AuthDenied {
+                    addr: self.addr_text(),
+                    name: self.auth_name.to_string(),
+                    keyring: self.keyring.clone(),
+                    err,
+                }
+            }
             err => MonError::Reset { addr: self.addr_text(), err },
         }
     }

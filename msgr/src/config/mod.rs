@@ -46,6 +46,7 @@
 
 mod args;
 mod ini;
+pub mod keyring;
 mod options;
 mod value;
 

@@ -55,6 +55,7 @@ pub(crate) struct Published {
     pub(crate) peer_name: Option<EntityName>,
     pub(crate) features: u64,
     pub(crate) lossy: bool,
+    pub(crate) con_mode: u32,
     pub(crate) last_error: Option<ConnError>,
     pub(crate) last_keepalive_ack: Option<UTime>,
 }
@@ -160,6 +161,11 @@ impl Connection {
     /// Features both sides support, once the handshake completed.
     pub fn features(&self) -> u64 {
         lock(&self.info).features
+    }
+
+    /// Connection mode of the session (1 = crc, 2 = secure), once it is open.
+    pub fn con_mode(&self) -> u32 {
+        lock(&self.info).con_mode
     }
 
     /// True if the session is lossy.

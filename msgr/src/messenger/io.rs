@@ -241,6 +241,7 @@ fn handle_session_events(local: &mut WorkerLocal, _center: &mut Center, id: u64)
                     p.peer_name = Some(peer.name);
                     p.features = peer.features;
                     p.lossy = peer.lossy;
+                    p.con_mode = peer.con_mode;
                 });
                 lc.conn.set_state(ConnState::Open);
                 if accepted {

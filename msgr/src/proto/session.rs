@@ -213,6 +213,8 @@ pub struct PeerInfo {
     pub lossy: bool,
     /// Global id from authentication.
     pub global_id: u64,
+    /// Connection mode chosen during authentication (crc or secure).
+    pub con_mode: u32,
     /// The peer's cookie (server cookie for clients, client cookie for servers).
     pub peer_cookie: u64,
 }
@@ -898,6 +900,7 @@ impl Session {
             features: peer_features & self.cfg.features_supported,
             lossy,
             global_id: self.auth.as_ref().map_or(0, |a| a.global_id),
+            con_mode: self.auth.as_ref().map_or(CON_MODE_CRC, |a| a.con_mode),
             peer_cookie: cookie,
         }
     }
