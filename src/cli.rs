@@ -49,9 +49,15 @@ pub enum CliError {
     /// Messenger operation failed.
     #[error(transparent)]
     Msgr(#[from] msgr::messenger::MsgrError),
-    /// Talking to a monitor failed.
+    /// Talking to a monitor failed (boxed: it carries connection details).
     #[error(transparent)]
-    Mon(#[from] crate::monc::MonError),
+    Mon(Box<crate::monc::MonError>),
+}
+
+impl From<crate::monc::MonError> for CliError {
+    fn from(e: crate::monc::MonError) -> Self {
+        CliError::Mon(Box::new(e))
+    }
 }
 
 impl CommonArgs {
