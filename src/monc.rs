@@ -49,7 +49,7 @@ pub enum MonError {
         /// The monitor dialled.
         addr: String,
         /// The error.
-        err: ConnError,
+        err: Box<ConnError>,
     },
     /// The connection failed (authentication, protocol, reset…).
     #[error("connection to monitor {addr} failed: {err}")]
@@ -57,7 +57,7 @@ pub enum MonError {
         /// The monitor dialled.
         addr: String,
         /// The error.
-        err: ConnError,
+        err: Box<ConnError>,
     },
     /// No reply in time.
     #[error("no reply from monitor {addr} to {what} within {timeout:?}")]
@@ -88,7 +88,7 @@ pub enum MonError {
         /// Where the key came from.
         keyring: String,
         /// The refusal.
-        err: ConnError,
+        err: Box<ConnError>,
     },
     /// No auth method in `auth_client_required` can be used.
     #[error("no usable auth method in auth_client_required = '{required}': {why}")]
@@ -386,16 +386,16 @@ impl MonClient {
 
     fn classify(&self, err: ConnError) -> MonError {
         match err {
-            ConnError::Refused(_) => MonError::Refused { addr: self.addr_text(), err },
+            ConnError::Refused(_) => MonError::Refused { addr: self.addr_text(), err: Box::new(err) },
             ConnError::Protocol(SessionError::Auth(AuthError::MethodRefused { result: -13, .. })) => {
                 MonError::AuthDenied {
                     addr: self.addr_text(),
                     name: self.auth_name.to_string(),
                     keyring: self.keyring.clone(),
-                    err,
+                    err: Box::new(err),
                 }
             }
-            err => MonError::Reset { addr: self.addr_text(), err },
+            err => MonError::Reset { addr: self.addr_text(), err: Box::new(err) },
         }
     }
 
