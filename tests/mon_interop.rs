@@ -138,12 +138,8 @@ fn mon_down_is_refused_within_the_timeout() {
     assert!(t0.elapsed() < TIMEOUT, "reported as refused, not as a timeout");
 }
 
-#[test]
-fn mon_killed_mid_session_then_restarted() {
-    if !have_ceph("mon_killed_mid_session_then_restarted") {
-        return;
-    }
-    let mon = Mon::start("none", "crc");
+fn killed_mid_session_then_restarted(auth: &str, mode: &str) {
+    let mon = Mon::start(auth, mode);
     let c = client(&mon);
     c.get_version("osdmap").unwrap();
     assert_eq!(c.resets(), 0);
@@ -158,7 +154,7 @@ fn mon_killed_mid_session_then_restarted() {
     let e = c.get_version("osdmap").unwrap_err();
     assert!(matches!(e, MonError::Refused { .. }), "the mon is down: {e:?}");
     mon.restart();
-    // A new request opens a new session and succeeds.
+    // A new request opens a new session (new authentication) and succeeds.
     let deadline = Instant::now() + TIMEOUT;
     loop {
         match c.get_version("osdmap") {
@@ -172,6 +168,22 @@ fn mon_killed_mid_session_then_restarted() {
             }
         }
     }
+}
+
+#[test]
+fn mon_killed_mid_session_then_restarted() {
+    if !have_ceph("mon_killed_mid_session_then_restarted") {
+        return;
+    }
+    killed_mid_session_then_restarted("none", "crc");
+}
+
+#[test]
+fn mon_killed_mid_session_then_restarted_cephx_secure() {
+    if !have_ceph("mon_killed_mid_session_then_restarted_cephx_secure") {
+        return;
+    }
+    killed_mid_session_then_restarted("cephx", "secure");
 }
 
 /// Every request/reply of `msgr mon` on one session, checked against the `ceph` CLI.
