@@ -8,10 +8,12 @@
 mod driver;
 mod epoll;
 mod eventfd;
+mod polling;
 
 pub use driver::{EventDriver, Waker};
 pub use epoll::EpollDriver;
 pub use eventfd::EventFd;
+pub use polling::{CompletionSource, PollingDriver};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
