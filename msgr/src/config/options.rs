@@ -172,6 +172,66 @@ pub static OPTIONS: &[OptionDef] = &[
         default: "secure crc",
         description: "connection modes for client connections to monitors, most preferred first",
     },
+    OptionDef {
+        name: "ms_async_rdma_device_name",
+        kind: OptionKind::Str,
+        default: "",
+        description: "RDMA device to use (empty: the first one found)",
+    },
+    OptionDef {
+        name: "ms_async_rdma_port_num",
+        kind: OptionKind::Uint { min: 1, max: 255 },
+        default: "1",
+        description: "RDMA device port",
+    },
+    OptionDef {
+        name: "ms_async_rdma_gid_idx",
+        kind: OptionKind::Uint { min: 0, max: 255 },
+        default: "0",
+        description: "GID table index (RoCE; soft-RoCE on lo uses 1)",
+    },
+    OptionDef {
+        name: "ms_async_rdma_roce_ver",
+        kind: OptionKind::Uint { min: 1, max: 2 },
+        default: "1",
+        description: "RoCE version",
+    },
+    OptionDef {
+        name: "ms_async_rdma_buffer_size",
+        kind: OptionKind::Size { min: 4096, max: 1 << 30 },
+        default: "131072",
+        description: "size of each registered send/receive chunk",
+    },
+    OptionDef {
+        name: "ms_async_rdma_send_buffers",
+        kind: OptionKind::Uint { min: 1, max: 1 << 24 },
+        default: "1024",
+        description: "registered send chunks per worker",
+    },
+    OptionDef {
+        name: "ms_async_rdma_receive_buffers",
+        kind: OptionKind::Uint { min: 1, max: 1 << 24 },
+        default: "32768",
+        description: "registered receive chunks per worker",
+    },
+    OptionDef {
+        name: "ms_async_rdma_receive_queue_len",
+        kind: OptionKind::Uint { min: 1, max: 1 << 20 },
+        default: "4096",
+        description: "receive work requests posted per queue",
+    },
+    OptionDef {
+        name: "ms_async_rdma_polling_us",
+        kind: OptionKind::Uint { min: 0, max: 10_000_000 },
+        default: "1000",
+        description: "busy-poll the completion queue this long after the last completion before sleeping",
+    },
+    OptionDef {
+        name: "ms_async_rdma_support_srq",
+        kind: OptionKind::Bool,
+        default: "true",
+        description: "use a shared receive queue per worker",
+    },
 ];
 
 /// Looks up an option by its normalised name.
