@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 . ci/lib.sh
 
 need_rust
-apt_install gcc libc6-dev pkg-config python3 ca-certificates ceph-mon ceph-common tcpdump
+apt_install gcc libc6-dev pkg-config python3 ca-certificates ceph-mon ceph-common tcpdump \
+  libibverbs-dev librdmacm-dev libclang-dev
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -29,6 +30,8 @@ cargo build --release --bin msgr
 bash ci/ping-pair.sh target/release/msgr
 log "wire check: msgr mon traffic to a real ceph-mon, decoded independently"
 bash ci/wire-check.sh target/release/msgr
+log "RDMA: device tests and perftest baseline inside the soft-RoCE VM"
+bash ci/rdma-vm-tests.sh
 # One closing line for the whole run: nextest's summary or cargo test's result lines,
 # plus the doc tests (their last per-crate line may well be "0 passed").
 passed=$(cat "$log_dir/unit.log" "$log_dir/doc.log" | sed -n \

@@ -1,0 +1,350 @@
+//! RC queue-pair bring-up logic (no FFI calls; host-testable).
+//!
+//! * [`QpInfo`]: what the two ends exchange over the TCP side channel before their QPs can
+//!   talk — a fixed-size big-endian record.
+//! * [`QpState`] / [`ModifySpec`]: the RESET→INIT→RTR→RTS transitions and the attribute
+//!   set each needs; [`crate::verbs::QueuePair::modify`] applies a spec.
+
+use rdma_sys::ibv_access_flags;
+use rdma_sys::ibv_qp_attr_mask as M;
+
+/// Magic at the start of an encoded [`QpInfo`] ("MRQ" + format version 1).
+pub const QP_INFO_MAGIC: [u8; 4] = *b"MRQ\x01";
+/// Length of an encoded [`QpInfo`].
+pub const QP_INFO_LEN: usize = 4 + 2 + 4 + 4 + 16 + 4;
+/// Queue pair numbers and PSNs are 24-bit.
+pub const MAX_24BIT: u32 = 0x00ff_ffff;
+
+/// A bad [`QpInfo`] record from the peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QpInfoError {
+    /// Wrong length.
+    #[error("QP info is {0} bytes, expected {QP_INFO_LEN}")]
+    BadLength(usize),
+    /// Wrong magic or version.
+    #[error("QP info has a bad magic/version {0:02x?}")]
+    BadMagic([u8; 4]),
+    /// A 24-bit field out of range.
+    #[error("QP info field {field} = {value:#x} exceeds 24 bits")]
+    OutOfRange {
+        /// Field name.
+        field: &'static str,
+        /// Value received.
+        value: u32,
+    },
+}
+
+impl From<QpInfoError> for std::io::Error {
+    fn from(e: QpInfoError) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+}
+
+/// One end's queue-pair identity, exchanged over the side channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QpInfo {
+    /// Port LID (0 on RoCE).
+    pub lid: u16,
+    /// Queue pair number (24 bits).
+    pub qpn: u32,
+    /// Initial packet sequence number (24 bits).
+    pub psn: u32,
+    /// Port GID at the configured index.
+    pub gid: [u8; 16],
+    /// Receive buffers posted for the peer: its initial credits.
+    pub window: u32,
+}
+
+impl QpInfo {
+    /// Encodes to exactly [`QP_INFO_LEN`] bytes.
+    pub fn encode(&self) -> [u8; QP_INFO_LEN] {
+        let mut out = [0u8; QP_INFO_LEN];
+        out[0..4].copy_from_slice(&QP_INFO_MAGIC);
+        out[4..6].copy_from_slice(&self.lid.to_be_bytes());
+        out[6..10].copy_from_slice(&self.qpn.to_be_bytes());
+        out[10..14].copy_from_slice(&self.psn.to_be_bytes());
+        out[14..30].copy_from_slice(&self.gid);
+        out[30..34].copy_from_slice(&self.window.to_be_bytes());
+        out
+    }
+
+    /// Decodes a record received from the peer.
+    ///
+    /// # Errors
+    ///
+    /// A [`QpInfoError`] for a wrong length, magic, or out-of-range QPN/PSN.
+    pub fn decode(buf: &[u8]) -> Result<Self, QpInfoError> {
+        let b: &[u8; QP_INFO_LEN] = buf.try_into().map_err(|_| QpInfoError::BadLength(buf.len()))?;
+        let magic = [b[0], b[1], b[2], b[3]];
+        if magic != QP_INFO_MAGIC {
+            return Err(QpInfoError::BadMagic(magic));
+        }
+        let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let mut gid = [0u8; 16];
+        gid.copy_from_slice(&b[14..30]);
+        let info =
+            QpInfo { lid: u16::from_be_bytes([b[4], b[5]]), qpn: u32_at(6), psn: u32_at(10), gid, window: u32_at(30) };
+        for (field, value) in [("qpn", info.qpn), ("psn", info.psn)] {
+            if value > MAX_24BIT {
+                return Err(QpInfoError::OutOfRange { field, value });
+            }
+        }
+        Ok(info)
+    }
+}
+
+/// Queue pair states this stack uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QpState {
+    /// Just created.
+    Reset,
+    /// Receives may be posted.
+    Init,
+    /// Ready to receive.
+    Rtr,
+    /// Ready to send.
+    Rts,
+    /// Failed; only RESET (or destroy) from here.
+    Error,
+}
+
+impl QpState {
+    /// The verbs value.
+    pub fn to_ibv(self) -> u32 {
+        use rdma_sys::ibv_qp_state::*;
+        match self {
+            QpState::Reset => IBV_QPS_RESET,
+            QpState::Init => IBV_QPS_INIT,
+            QpState::Rtr => IBV_QPS_RTR,
+            QpState::Rts => IBV_QPS_RTS,
+            QpState::Error => IBV_QPS_ERR,
+        }
+    }
+
+    /// Whether moving from `self` to `to` is a transition this stack performs.
+    pub fn can_move_to(self, to: QpState) -> bool {
+        matches!(
+            (self, to),
+            (QpState::Reset, QpState::Init)
+                | (QpState::Init, QpState::Rtr)
+                | (QpState::Rtr, QpState::Rts)
+                | (_, QpState::Error)
+                | (_, QpState::Reset)
+        )
+    }
+}
+
+/// An invalid transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid QP transition {from:?} -> {to:?}")]
+pub struct TransitionError {
+    /// Current state.
+    pub from: QpState,
+    /// Requested state.
+    pub to: QpState,
+}
+
+/// Local parameters for bring-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalPath {
+    /// Port number.
+    pub port_num: u8,
+    /// Our GID index.
+    pub gid_idx: u8,
+    /// Path MTU (an `ibv_mtu` value; the port's active MTU).
+    pub mtu: u32,
+    /// Our initial send PSN (must equal the `psn` we advertised).
+    pub psn: u32,
+}
+
+/// The attributes of one `ibv_modify_qp` call, as plain data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModifySpec {
+    /// Target state (`ibv_qp_state`).
+    pub qp_state: u32,
+    /// `ibv_qp_attr_mask` bits.
+    pub mask: u32,
+    /// Port.
+    pub port_num: u8,
+    /// P_Key index.
+    pub pkey_index: u16,
+    /// Remote access flags.
+    pub access: u32,
+    /// Path MTU.
+    pub path_mtu: u32,
+    /// Peer QPN.
+    pub dest_qpn: u32,
+    /// Expected receive PSN (peer's PSN).
+    pub rq_psn: u32,
+    /// Our send PSN.
+    pub sq_psn: u32,
+    /// Responder resources.
+    pub max_dest_rd_atomic: u8,
+    /// Initiator depth.
+    pub max_rd_atomic: u8,
+    /// Minimum RNR NAK timer.
+    pub min_rnr_timer: u8,
+    /// Address vector: global route used.
+    pub is_global: bool,
+    /// Address vector: peer LID.
+    pub dlid: u16,
+    /// Address vector: peer GID.
+    pub dgid: [u8; 16],
+    /// Address vector: our GID index.
+    pub sgid_index: u8,
+    /// Address vector: hop limit.
+    pub hop_limit: u8,
+    /// Local ACK timeout exponent.
+    pub timeout: u8,
+    /// Transport retries.
+    pub retry_cnt: u8,
+    /// RNR retries (7 = forever).
+    pub rnr_retry: u8,
+}
+
+impl ModifySpec {
+    /// A spec that only changes the state (for ERROR on teardown/fault, or RESET).
+    pub fn state_only(to: QpState) -> ModifySpec {
+        ModifySpec { qp_state: to.to_ibv(), mask: M::IBV_QP_STATE.0, ..ModifySpec::default() }
+    }
+}
+
+/// The attributes to move a QP from `from` to `to`, given our path and the peer's info.
+///
+/// # Errors
+///
+/// [`TransitionError`] if the transition is not one this stack performs.
+pub fn modify_spec(
+    from: QpState,
+    to: QpState,
+    local: &LocalPath,
+    peer: &QpInfo,
+) -> Result<ModifySpec, TransitionError> {
+    if !from.can_move_to(to) {
+        return Err(TransitionError { from, to });
+    }
+    let mut s = ModifySpec { qp_state: to.to_ibv(), mask: M::IBV_QP_STATE.0, ..ModifySpec::default() };
+    match to {
+        QpState::Init => {
+            s.mask |= (M::IBV_QP_PKEY_INDEX | M::IBV_QP_PORT | M::IBV_QP_ACCESS_FLAGS).0;
+            s.port_num = local.port_num;
+            s.pkey_index = 0;
+            s.access = (ibv_access_flags::IBV_ACCESS_LOCAL_WRITE | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE).0;
+        }
+        QpState::Rtr => {
+            s.mask |= (M::IBV_QP_AV
+                | M::IBV_QP_PATH_MTU
+                | M::IBV_QP_DEST_QPN
+                | M::IBV_QP_RQ_PSN
+                | M::IBV_QP_MAX_DEST_RD_ATOMIC
+                | M::IBV_QP_MIN_RNR_TIMER)
+                .0;
+            s.path_mtu = local.mtu;
+            s.dest_qpn = peer.qpn;
+            s.rq_psn = peer.psn;
+            s.max_dest_rd_atomic = 1;
+            s.min_rnr_timer = 12;
+            // RoCE needs the global route header; on IB with a LID it is harmless.
+            s.is_global = true;
+            s.dlid = peer.lid;
+            s.dgid = peer.gid;
+            s.sgid_index = local.gid_idx;
+            s.hop_limit = 64;
+            s.port_num = local.port_num;
+        }
+        QpState::Rts => {
+            s.mask |= (M::IBV_QP_TIMEOUT
+                | M::IBV_QP_RETRY_CNT
+                | M::IBV_QP_RNR_RETRY
+                | M::IBV_QP_SQ_PSN
+                | M::IBV_QP_MAX_QP_RD_ATOMIC)
+                .0;
+            s.timeout = 14;
+            s.retry_cnt = 7;
+            s.rnr_retry = 7;
+            s.sq_psn = local.psn;
+            s.max_rd_atomic = 1;
+        }
+        QpState::Reset | QpState::Error => {}
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> QpInfo {
+        QpInfo { lid: 7, qpn: 0x12_3456, psn: 0xab_cdef, gid: *b"0123456789abcdef", window: 4096 }
+    }
+
+    fn local() -> LocalPath {
+        LocalPath { port_num: 1, gid_idx: 1, mtu: rdma_sys::ibv_mtu::IBV_MTU_1024, psn: 42 }
+    }
+
+    #[test]
+    fn qp_info_round_trip() {
+        let e = info().encode();
+        assert_eq!(e.len(), QP_INFO_LEN);
+        assert_eq!(QpInfo::decode(&e), Ok(info()));
+    }
+
+    #[test]
+    fn qp_info_rejects_bad_input() {
+        let e = info().encode();
+        assert_eq!(QpInfo::decode(&e[..QP_INFO_LEN - 1]), Err(QpInfoError::BadLength(QP_INFO_LEN - 1)));
+        assert_eq!(QpInfo::decode(&[]), Err(QpInfoError::BadLength(0)));
+        let mut long = e.to_vec();
+        long.push(0);
+        assert_eq!(QpInfo::decode(&long), Err(QpInfoError::BadLength(QP_INFO_LEN + 1)));
+        let mut bad = e;
+        bad[3] = 2;
+        assert!(matches!(QpInfo::decode(&bad), Err(QpInfoError::BadMagic(_))));
+        let mut big = info();
+        big.qpn = 0x0100_0000;
+        assert!(matches!(QpInfo::decode(&big.encode()), Err(QpInfoError::OutOfRange { field: "qpn", .. })));
+        big = info();
+        big.psn = u32::MAX;
+        assert!(matches!(QpInfo::decode(&big.encode()), Err(QpInfoError::OutOfRange { field: "psn", .. })));
+    }
+
+    #[test]
+    fn transitions() {
+        use QpState::*;
+        let l = local();
+        let p = info();
+        assert!(modify_spec(Reset, Init, &l, &p).is_ok());
+        assert!(modify_spec(Init, Rtr, &l, &p).is_ok());
+        assert!(modify_spec(Rtr, Rts, &l, &p).is_ok());
+        assert!(modify_spec(Rts, Error, &l, &p).is_ok());
+        assert!(modify_spec(Error, Reset, &l, &p).is_ok());
+        assert_eq!(modify_spec(Rts, Error, &l, &p), Ok(ModifySpec::state_only(Error)));
+        for (from, to) in [(Reset, Rtr), (Reset, Rts), (Init, Rts), (Rts, Init), (Error, Rts), (Rtr, Init)] {
+            assert_eq!(modify_spec(from, to, &l, &p), Err(TransitionError { from, to }));
+        }
+    }
+
+    #[test]
+    fn attribute_sets() {
+        use QpState::*;
+        let l = local();
+        let p = info();
+        let init = modify_spec(Reset, Init, &l, &p).unwrap();
+        assert_eq!(init.qp_state, rdma_sys::ibv_qp_state::IBV_QPS_INIT);
+        assert_eq!(init.mask, (M::IBV_QP_STATE | M::IBV_QP_PKEY_INDEX | M::IBV_QP_PORT | M::IBV_QP_ACCESS_FLAGS).0);
+        assert_eq!(init.port_num, 1);
+
+        let rtr = modify_spec(Init, Rtr, &l, &p).unwrap();
+        assert_ne!(rtr.mask & M::IBV_QP_AV.0, 0);
+        assert_ne!(rtr.mask & M::IBV_QP_DEST_QPN.0, 0);
+        assert_eq!((rtr.dest_qpn, rtr.rq_psn, rtr.dgid, rtr.sgid_index), (p.qpn, p.psn, p.gid, 1));
+        assert!(rtr.is_global);
+        assert_eq!(rtr.path_mtu, rdma_sys::ibv_mtu::IBV_MTU_1024);
+
+        let rts = modify_spec(Rtr, Rts, &l, &p).unwrap();
+        assert_ne!(rts.mask & M::IBV_QP_SQ_PSN.0, 0);
+        assert_eq!(rts.sq_psn, 42);
+        assert_eq!(rts.rnr_retry, 7);
+        assert_eq!(rts.mask & M::IBV_QP_AV.0, 0);
+    }
+}
