@@ -55,7 +55,9 @@ mount -t proc proc $R/proc &&
   mkdir -p $R/run/rxe-vm &&
   mount -o bind /ctl $R/run/rxe-vm ||
   give_up 254 "cannot mount proc/sys/dev/tmpfs inside the host root"
-[ -d "$R$SHARE" ] || give_up 254 "share $SHARE does not exist in the guest"
+# A share under /tmp, /run or /dev/shm is hidden by the guest's own tmpfs there: make the
+# mount point inside that tmpfs (the read-only host root refuses anything else).
+[ -d "$R$SHARE" ] || mkdir -p "$R$SHARE" 2>/dev/null || give_up 254 "share $SHARE does not exist in the guest"
 mount -t 9p -o "$O9P,cache=mmap" share "$R$SHARE" || give_up 254 "cannot mount the share $SHARE (9p share)"
 [ -f "$R$SCRIPT" ] || give_up 254 "guest script $SCRIPT is not visible in the guest"
 note "mounted"
