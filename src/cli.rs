@@ -204,8 +204,10 @@ impl PingDispatcher {
         s.remaining -= 1;
         s.sent_at = Some(Instant::now());
         if let Err(e) = con.send_message(MPing::new(self.payload.clone()).encode()) {
+            // The connection closed before we could send: say why (e.g. refused).
+            let why = con.last_error().map_or_else(|| e.to_string(), |c| c.to_string());
             s.report.errors += 1;
-            s.report.first_error.get_or_insert(e.to_string());
+            s.report.first_error.get_or_insert(why);
             s.done = true;
             self.cond.notify_all();
         }

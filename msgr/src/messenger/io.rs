@@ -374,11 +374,13 @@ fn close_conn(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option
 
 /// Publishes the close and, for errors, queues `ms_handle_refused` / `ms_handle_reset`.
 fn finish_closed(msgr: &Arc<MsgrInner>, conn: &ConnectionRef, err: Option<ConnError>, refused: Option<bool>) {
+    // The error is published before the state, so whoever sees Closed can read why.
+    if let Some(e) = &err {
+        conn.publish(|p| p.last_error = Some(e.clone()));
+    }
     conn.set_state(ConnState::Closed);
     msgr.forget(conn);
-    let Some(err) = err else { return };
-    conn.publish(|p| p.last_error = Some(err));
-    if msgr.is_stopping() {
+    if err.is_none() || msgr.is_stopping() {
         return;
     }
     let ev = if refused == Some(true) && conn.is_outgoing() { ConnEvent::Refused } else { ConnEvent::Reset };
