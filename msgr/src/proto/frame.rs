@@ -507,6 +507,36 @@ impl Default for FrameLimits {
     }
 }
 
+/// The first fatal error a decoder met. Once a frame stream is corrupt nothing after it
+/// can be trusted, so every later call returns the same error; shared by the crc and
+/// secure decoders.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Poison(Option<FrameError>);
+
+impl Poison {
+    /// `Err` with the recorded error if the decoder is poisoned.
+    pub(crate) fn check(&self) -> Result<(), FrameError> {
+        match &self.0 {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the outcome of a decoding step: fatal errors poison.
+    pub(crate) fn record<T>(&mut self, r: &Result<T, FrameError>) {
+        if let Err(e) = r {
+            if e.is_fatal() {
+                self.0 = Some(e.clone());
+            }
+        }
+    }
+
+    /// Whether a fatal error was recorded.
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 /// Incremental crc-mode frame decoder.
 ///
 /// Feed it the receive buffer (the same buffer each time, with new bytes appended at the
@@ -536,14 +566,14 @@ pub struct FrameDecoder {
     limits: FrameLimits,
     /// Validated preamble of the frame at the front of the buffer, once seen.
     pending: Option<Preamble>,
-    failed: Option<FrameError>,
+    failed: Poison,
     hint: usize,
 }
 
 impl FrameDecoder {
     /// A decoder enforcing `limits`.
     pub fn new(limits: FrameLimits) -> Self {
-        FrameDecoder { limits, pending: None, failed: None, hint: PREAMBLE_LEN }
+        FrameDecoder { limits, pending: None, failed: Poison::default(), hint: PREAMBLE_LEN }
     }
 
     /// The limits in force.
@@ -553,7 +583,7 @@ impl FrameDecoder {
 
     /// Whether a fatal error has been seen.
     pub fn is_poisoned(&self) -> bool {
-        self.failed.is_some()
+        self.failed.is_set()
     }
 
     /// Bytes still needed to complete the frame in progress (a hint for read sizing;
@@ -564,16 +594,12 @@ impl FrameDecoder {
 
     /// Decodes the next frame from the front of `buf`; see the type documentation.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
-        }
+        self.failed.check()?;
         let r = self.step(buf);
-        if let Err(e) = &r {
+        if r.is_err() {
             self.pending = None;
-            if e.is_fatal() {
-                self.failed = Some(e.clone());
-            }
         }
+        self.failed.record(&r);
         r
     }
 

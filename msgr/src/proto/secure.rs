@@ -34,7 +34,8 @@ use aes_gcm::Aes128Gcm;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::frame::{
-    Frame, FrameError, FrameLimits, Preamble, LATE_STATUS_ABORTED, LATE_STATUS_COMPLETE, MAX_SEGMENTS, PREAMBLE_LEN,
+    Frame, FrameError, FrameLimits, Poison, Preamble, LATE_STATUS_ABORTED, LATE_STATUS_COMPLETE, MAX_SEGMENTS,
+    PREAMBLE_LEN,
 };
 
 /// Length of an AES-GCM auth tag.
@@ -400,7 +401,7 @@ pub struct SecureRx {
     limits: FrameLimits,
     /// Preamble (already decrypted in the buffer) of the frame in progress.
     pending: Option<(Preamble, Layout)>,
-    failed: Option<FrameError>,
+    failed: Poison,
     hint: usize,
 }
 
@@ -422,7 +423,7 @@ impl SecureRx {
             nonce: NonceSeq::from_bytes(&keys.rx_nonce),
             limits,
             pending: None,
-            failed: None,
+            failed: Poison::default(),
             hint: SECURE_PREAMBLE_ONWIRE_LEN,
         }
     }
@@ -439,7 +440,7 @@ impl SecureRx {
 
     /// Whether a fatal error has been seen.
     pub fn is_poisoned(&self) -> bool {
-        self.failed.is_some()
+        self.failed.is_set()
     }
 
     /// Bytes still needed to complete the frame in progress (a hint for read sizing;
@@ -451,16 +452,12 @@ impl SecureRx {
     /// Like [`FrameDecoder::decode`](super::frame::FrameDecoder::decode): splits one
     /// complete frame off the front of `buf` when available; see the type documentation.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
-        }
+        self.failed.check()?;
         let r = self.step(buf);
-        if let Err(e) = &r {
+        if r.is_err() {
             self.pending = None;
-            if e.is_fatal() {
-                self.failed = Some(e.clone());
-            }
         }
+        self.failed.record(&r);
         r
     }
 
