@@ -16,3 +16,4 @@ pub mod message;
 pub mod messenger;
 pub mod proto;
 pub mod stack;
+pub(crate) mod sync;

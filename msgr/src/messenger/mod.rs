@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 pub use connection::{ConnState, Connection, ConnectionRef, SendError};
@@ -58,9 +58,7 @@ const MAX_CONTROL_FRAME: usize = 1 << 20;
 /// How long `bind` / `shutdown` wait for a worker before giving up.
 const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::sync::lock;
 
 /// Messenger settings taken from the config once, at creation.
 #[derive(Clone, Debug)]
@@ -123,8 +121,7 @@ impl MsgrInner {
     }
 
     pub(crate) fn least_loaded(&self) -> Arc<WorkerShared> {
-        let w = self.workers.iter().min_by_key(|w| w.load()).unwrap_or(&self.workers[0]);
-        Arc::clone(w)
+        crate::stack::worker::least_loaded(&self.workers)
     }
 
     fn session_config(&self) -> SessionConfig {

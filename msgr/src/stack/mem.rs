@@ -27,7 +27,7 @@ use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::{ConnectedSocket, ServerSocket, SocketFactory, SocketOptions, StackBackend, WorkerNet};
@@ -81,11 +81,7 @@ pub struct MemConnInfo {
 
 type FaultHook = dyn Fn(&MemConnInfo) -> (FaultPlan, FaultPlan) + Send + Sync + 'static;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // State is only mutated through short critical sections that leave it consistent, so
-    // a panic elsewhere (a failing test thread) need not take the whole network down.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 /// A simulated network shared by every worker (and every messenger) of a test.
 pub struct MemNetwork {

@@ -94,6 +94,13 @@ impl WorkerShared {
     }
 }
 
+/// The worker of `workers` with the fewest connections (ties: lowest index). A stack
+/// always has at least one worker (`NetworkStack::start` starts `max(1)`).
+pub(crate) fn least_loaded(workers: &[Arc<WorkerShared>]) -> Arc<WorkerShared> {
+    let w = workers.iter().min_by_key(|w| w.load()).unwrap_or(&workers[0]);
+    Arc::clone(w)
+}
+
 /// True if the calling thread is any worker thread.
 pub fn on_worker_thread() -> bool {
     CURRENT.with(|c| c.borrow().is_some())
@@ -173,8 +180,7 @@ impl NetworkStack {
 
     /// The worker with the fewest connections (ties: lowest index).
     pub fn least_loaded(&self) -> Arc<WorkerShared> {
-        let w = self.workers.iter().min_by_key(|w| w.load()).unwrap_or(&self.workers[0]);
-        Arc::clone(w)
+        least_loaded(&self.workers)
     }
 
     /// Stops and joins every worker thread. Idempotent; must not be called from a worker.
