@@ -1,12 +1,13 @@
-//! Typed RDMA options (Ceph names), read from [`Config::get_raw`].
+//! The RDMA stack's settings, read from the typed `ms_async_rdma_*` options.
 //!
-//! The option table of `msgr::config` does not list these yet, so the values are parsed
-//! here; a bad value is a [`RdmaConfigError`] naming the option.
+//! The option table in `msgr::config` already parses and range-checks each value (a bad
+//! one is reported with its file and line when the configuration is built); this module
+//! only checks what spans several options.
 
 use std::io;
 use std::time::Duration;
 
-use msgr::config::Config;
+use msgr::config::{Config, ConfigError};
 
 /// `ms_async_rdma_device_name`: "" selects the first device.
 pub const OPT_DEVICE_NAME: &str = "ms_async_rdma_device_name";
@@ -24,28 +25,29 @@ pub const OPT_SEND_BUFFERS: &str = "ms_async_rdma_send_buffers";
 pub const OPT_RECEIVE_BUFFERS: &str = "ms_async_rdma_receive_buffers";
 /// `ms_async_rdma_receive_queue_len`.
 pub const OPT_RECEIVE_QUEUE_LEN: &str = "ms_async_rdma_receive_queue_len";
+/// `ms_async_rdma_conn_credits` (ours: Ceph has no flow control).
+pub const OPT_CONN_CREDITS: &str = "ms_async_rdma_conn_credits";
 /// `ms_async_rdma_polling_us`.
 pub const OPT_POLLING_US: &str = "ms_async_rdma_polling_us";
 /// `ms_async_rdma_support_srq`.
 pub const OPT_SUPPORT_SRQ: &str = "ms_async_rdma_support_srq";
 
-/// Smallest accepted `ms_async_rdma_buffer_size`.
-pub const MIN_BUFFER_SIZE: u64 = 64;
-/// Largest accepted `ms_async_rdma_buffer_size` (a verbs SGE length is 32 bits).
-pub const MAX_BUFFER_SIZE: u64 = 1 << 30;
-/// Largest accepted buffer or queue count.
-pub const MAX_BUFFERS: u64 = 1 << 20;
-
-/// A bad RDMA option value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid value '{value}' for {option}: {reason}")]
-pub struct RdmaConfigError {
-    /// The option's name.
-    pub option: &'static str,
-    /// The text supplied.
-    pub value: String,
-    /// Why it was rejected.
-    pub reason: String,
+/// A combination of RDMA option values that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum RdmaConfigError {
+    /// An option could not be read (it is missing from the option table).
+    #[error("RDMA option: {0}")]
+    Option(#[from] ConfigError),
+    /// Two options contradict each other.
+    #[error("{option} = {value}: {reason}")]
+    Inconsistent {
+        /// The option to change.
+        option: &'static str,
+        /// Its value.
+        value: u64,
+        /// Why it does not fit.
+        reason: String,
+    },
 }
 
 impl From<RdmaConfigError> for io::Error {
@@ -74,14 +76,16 @@ pub struct RdmaConfig {
     pub gid_idx: u8,
     /// RoCE version.
     pub roce_ver: RoceVersion,
-    /// Size of one registered chunk in bytes.
+    /// Size of one registered chunk in bytes: the largest single RDMA SEND.
     pub buffer_size: usize,
-    /// Number of send chunks.
+    /// Registered send chunks per worker (at most; registered as needed).
     pub send_buffers: u32,
-    /// Number of receive chunks.
+    /// Registered receive chunks per worker (at most; registered as needed).
     pub receive_buffers: u32,
-    /// Receive queue length (receives posted at once per queue).
+    /// Longest receive queue of one queue pair.
     pub receive_queue_len: u32,
+    /// Receive buffers posted per connection: the peer's credits.
+    pub conn_credits: u32,
     /// Busy-poll window before re-arming completion notification.
     pub polling: Duration,
     /// Whether a shared receive queue may be used.
@@ -89,7 +93,7 @@ pub struct RdmaConfig {
 }
 
 impl Default for RdmaConfig {
-    /// Ceph's defaults.
+    /// Ceph's defaults (and ours for the options Ceph lacks).
     fn default() -> Self {
         RdmaConfig {
             device_name: None,
@@ -100,107 +104,73 @@ impl Default for RdmaConfig {
             send_buffers: 1024,
             receive_buffers: 32_768,
             receive_queue_len: 4096,
+            conn_credits: 32,
             polling: Duration::from_micros(1000),
             support_srq: true,
         }
     }
 }
 
-fn bad(option: &'static str, value: &str, reason: impl Into<String>) -> RdmaConfigError {
-    RdmaConfigError { option, value: value.to_owned(), reason: reason.into() }
-}
-
-fn parse_uint(option: &'static str, raw: &str, min: u64, max: u64) -> Result<u64, RdmaConfigError> {
-    let n: u64 = raw.trim().parse().map_err(|_| bad(option, raw, "expected an unsigned integer"))?;
-    if n < min || n > max {
-        return Err(bad(option, raw, format!("must be between {min} and {max}")));
-    }
-    Ok(n)
-}
-
-/// Parses a byte size: a decimal number with an optional `K`, `M` or `G` suffix (binary
-/// units, optional trailing `B`/`iB`).
-fn parse_size(option: &'static str, raw: &str, min: u64, max: u64) -> Result<u64, RdmaConfigError> {
-    let t = raw.trim();
-    let upper = t.to_ascii_uppercase();
-    let stripped = upper.strip_suffix("IB").or_else(|| upper.strip_suffix('B')).unwrap_or(&upper);
-    let (digits, shift) = match stripped.chars().last() {
-        Some('K') => (&stripped[..stripped.len() - 1], 10),
-        Some('M') => (&stripped[..stripped.len() - 1], 20),
-        Some('G') => (&stripped[..stripped.len() - 1], 30),
-        _ => (stripped, 0),
-    };
-    let n: u64 = digits.trim().parse().map_err(|_| bad(option, raw, "expected a size such as 131072 or 128K"))?;
-    let n = n.checked_mul(1u64 << shift).ok_or_else(|| bad(option, raw, "too large"))?;
-    if n < min || n > max {
-        return Err(bad(option, raw, format!("must be between {min} and {max} bytes")));
-    }
-    Ok(n)
-}
-
-fn parse_bool(option: &'static str, raw: &str) -> Result<bool, RdmaConfigError> {
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "true" | "yes" | "on" | "1" => Ok(true),
-        "false" | "no" | "off" | "0" => Ok(false),
-        _ => Err(bad(option, raw, "expected true or false")),
-    }
+fn narrow<T: TryFrom<u64>>(option: &'static str, v: u64) -> Result<T, RdmaConfigError> {
+    T::try_from(v).map_err(|_| RdmaConfigError::Inconsistent { option, value: v, reason: "out of range".into() })
 }
 
 impl RdmaConfig {
-    /// Reads the options from `cfg` (unset options keep Ceph's defaults).
+    /// Reads the options from `cfg` (unset options have Ceph's defaults).
     ///
     /// # Errors
     ///
-    /// [`RdmaConfigError`] naming the first option with a bad value.
+    /// [`RdmaConfigError::Inconsistent`] when the credits per connection exceed what a
+    /// receive queue or the receive pool can hold.
     pub fn from_config(cfg: &Config) -> Result<Self, RdmaConfigError> {
-        Self::from_lookup(|name| cfg.get_raw(name).map(str::to_owned))
+        let device = cfg.get_str(OPT_DEVICE_NAME)?.trim();
+        let c = RdmaConfig {
+            device_name: (!device.is_empty()).then(|| device.to_owned()),
+            port_num: narrow(OPT_PORT_NUM, cfg.get_u64(OPT_PORT_NUM)?)?,
+            gid_idx: narrow(OPT_GID_IDX, cfg.get_u64(OPT_GID_IDX)?)?,
+            roce_ver: if cfg.get_u64(OPT_ROCE_VER)? == 2 { RoceVersion::V2 } else { RoceVersion::V1 },
+            buffer_size: narrow(OPT_BUFFER_SIZE, cfg.get_size(OPT_BUFFER_SIZE)?)?,
+            send_buffers: narrow(OPT_SEND_BUFFERS, cfg.get_u64(OPT_SEND_BUFFERS)?)?,
+            receive_buffers: narrow(OPT_RECEIVE_BUFFERS, cfg.get_u64(OPT_RECEIVE_BUFFERS)?)?,
+            receive_queue_len: narrow(OPT_RECEIVE_QUEUE_LEN, cfg.get_u64(OPT_RECEIVE_QUEUE_LEN)?)?,
+            conn_credits: narrow(OPT_CONN_CREDITS, cfg.get_u64(OPT_CONN_CREDITS)?)?,
+            polling: Duration::from_micros(cfg.get_u64(OPT_POLLING_US)?),
+            support_srq: cfg.get_bool(OPT_SUPPORT_SRQ)?,
+        };
+        c.check()?;
+        Ok(c)
     }
 
-    /// Reads the options through `get`, which returns an option's text or `None` if unset.
+    /// Checks what spans several options.
     ///
     /// # Errors
     ///
     /// As [`from_config`](Self::from_config).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, RdmaConfigError> {
-        let mut c = RdmaConfig::default();
-        if let Some(v) = get(OPT_DEVICE_NAME) {
-            let v = v.trim();
-            c.device_name = if v.is_empty() { None } else { Some(v.to_owned()) };
+    pub fn check(&self) -> Result<(), RdmaConfigError> {
+        let credits = u64::from(self.conn_credits);
+        let limit = |option, value: u32, what: &str| {
+            (credits > u64::from(value)).then(|| RdmaConfigError::Inconsistent {
+                option: OPT_CONN_CREDITS,
+                value: credits,
+                reason: format!("more than {option} = {value} ({what}): lower it or raise {option}"),
+            })
+        };
+        if let Some(e) = limit(OPT_RECEIVE_QUEUE_LEN, self.receive_queue_len, "one queue pair's receive queue")
+            .or_else(|| limit(OPT_RECEIVE_BUFFERS, self.receive_buffers, "the whole receive pool"))
+        {
+            return Err(e);
         }
-        if let Some(v) = get(OPT_PORT_NUM) {
-            c.port_num = parse_uint(OPT_PORT_NUM, &v, 1, 255)? as u8;
+        if self.send_buffers < 2 {
+            return Err(RdmaConfigError::Inconsistent {
+                option: OPT_SEND_BUFFERS,
+                value: self.send_buffers.into(),
+                reason: "at least 2 are needed".into(),
+            });
         }
-        if let Some(v) = get(OPT_GID_IDX) {
-            c.gid_idx = parse_uint(OPT_GID_IDX, &v, 0, 255)? as u8;
-        }
-        if let Some(v) = get(OPT_ROCE_VER) {
-            c.roce_ver = match parse_uint(OPT_ROCE_VER, &v, 1, 2)? {
-                1 => RoceVersion::V1,
-                _ => RoceVersion::V2,
-            };
-        }
-        if let Some(v) = get(OPT_BUFFER_SIZE) {
-            c.buffer_size = parse_size(OPT_BUFFER_SIZE, &v, MIN_BUFFER_SIZE, MAX_BUFFER_SIZE)? as usize;
-        }
-        if let Some(v) = get(OPT_SEND_BUFFERS) {
-            c.send_buffers = parse_uint(OPT_SEND_BUFFERS, &v, 1, MAX_BUFFERS)? as u32;
-        }
-        if let Some(v) = get(OPT_RECEIVE_BUFFERS) {
-            c.receive_buffers = parse_uint(OPT_RECEIVE_BUFFERS, &v, 1, MAX_BUFFERS)? as u32;
-        }
-        if let Some(v) = get(OPT_RECEIVE_QUEUE_LEN) {
-            c.receive_queue_len = parse_uint(OPT_RECEIVE_QUEUE_LEN, &v, 1, MAX_BUFFERS)? as u32;
-        }
-        if let Some(v) = get(OPT_POLLING_US) {
-            c.polling = Duration::from_micros(parse_uint(OPT_POLLING_US, &v, 0, 10_000_000)?);
-        }
-        if let Some(v) = get(OPT_SUPPORT_SRQ) {
-            c.support_srq = parse_bool(OPT_SUPPORT_SRQ, &v)?;
-        }
-        Ok(c)
+        Ok(())
     }
 
-    /// Bytes of memory the send and receive pools register (and lock).
+    /// Most bytes one worker's send and receive pools register (and lock).
     pub fn registered_bytes(&self) -> u64 {
         (self.buffer_size as u64).saturating_mul(u64::from(self.send_buffers) + u64::from(self.receive_buffers))
     }
@@ -216,9 +186,9 @@ pub fn check_memlock_limit(limit: Option<u64>, needed: u64) -> io::Result<()> {
         Some(l) if l < needed => Err(io::Error::new(
             io::ErrorKind::OutOfMemory,
             format!(
-                "RLIMIT_MEMLOCK is {l} bytes but the RDMA buffers need {needed} ({OPT_BUFFER_SIZE} x \
-                 ({OPT_SEND_BUFFERS} + {OPT_RECEIVE_BUFFERS})): raise it: ulimit -l unlimited / LimitMEMLOCK=infinity, \
-                 or lower those options"
+                "RLIMIT_MEMLOCK is {l} bytes but the RDMA buffers may need {needed} ({OPT_BUFFER_SIZE} x \
+                 ({OPT_SEND_BUFFERS} + {OPT_RECEIVE_BUFFERS}) x ms_async_op_threads): raise it: ulimit -l unlimited / \
+                 LimitMEMLOCK=infinity, or lower those options"
             ),
         )),
         _ => Ok(()),
@@ -228,14 +198,19 @@ pub fn check_memlock_limit(limit: Option<u64>, needed: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use msgr::config::ConfigBuilder;
 
-    fn lookup<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut b = ConfigBuilder::new("client.test");
+        for (k, v) in pairs {
+            b = b.set(k, v)?;
+        }
+        b.build()
     }
 
     #[test]
     fn defaults_are_cephs() {
-        let c = RdmaConfig::from_lookup(|_| None).unwrap();
+        let c = RdmaConfig::from_config(&Config::default()).unwrap();
         assert_eq!(c, RdmaConfig::default());
         assert_eq!(c.buffer_size, 131_072);
         assert_eq!(c.receive_buffers, 32_768);
@@ -244,29 +219,28 @@ mod tests {
     }
 
     #[test]
-    fn from_default_config_gives_defaults() {
-        assert_eq!(RdmaConfig::from_config(&Config::default()).unwrap(), RdmaConfig::default());
-    }
-
-    #[test]
-    fn parses_values() {
-        let c = RdmaConfig::from_lookup(lookup(&[
-            (OPT_DEVICE_NAME, "rxe0"),
-            (OPT_PORT_NUM, "2"),
-            (OPT_GID_IDX, "1"),
-            (OPT_ROCE_VER, "2"),
-            (OPT_BUFFER_SIZE, "64K"),
-            (OPT_SEND_BUFFERS, "16"),
-            (OPT_RECEIVE_BUFFERS, "32"),
-            (OPT_RECEIVE_QUEUE_LEN, "8"),
-            (OPT_POLLING_US, "0"),
-            (OPT_SUPPORT_SRQ, "false"),
-        ]))
+    fn reads_values() {
+        let c = RdmaConfig::from_config(
+            &cfg(&[
+                (OPT_DEVICE_NAME, "rxe0"),
+                (OPT_PORT_NUM, "2"),
+                (OPT_GID_IDX, "1"),
+                (OPT_ROCE_VER, "2"),
+                (OPT_BUFFER_SIZE, "64K"),
+                (OPT_SEND_BUFFERS, "16"),
+                (OPT_RECEIVE_BUFFERS, "32"),
+                (OPT_RECEIVE_QUEUE_LEN, "8"),
+                (OPT_CONN_CREDITS, "8"),
+                (OPT_POLLING_US, "0"),
+                (OPT_SUPPORT_SRQ, "false"),
+            ])
+            .unwrap(),
+        )
         .unwrap();
         assert_eq!(c.device_name.as_deref(), Some("rxe0"));
         assert_eq!((c.port_num, c.gid_idx, c.roce_ver), (2, 1, RoceVersion::V2));
         assert_eq!(c.buffer_size, 65_536);
-        assert_eq!((c.send_buffers, c.receive_buffers, c.receive_queue_len), (16, 32, 8));
+        assert_eq!((c.send_buffers, c.receive_buffers, c.receive_queue_len, c.conn_credits), (16, 32, 8, 8));
         assert_eq!(c.polling, Duration::ZERO);
         assert!(!c.support_srq);
         assert_eq!(c.registered_bytes(), 65_536 * 48);
@@ -274,12 +248,12 @@ mod tests {
 
     #[test]
     fn empty_device_name_means_first() {
-        let c = RdmaConfig::from_lookup(lookup(&[(OPT_DEVICE_NAME, "  ")])).unwrap();
+        let c = RdmaConfig::from_config(&cfg(&[(OPT_DEVICE_NAME, "  ")]).unwrap()).unwrap();
         assert_eq!(c.device_name, None);
     }
 
     #[test]
-    fn bad_values_name_the_option() {
+    fn bad_values_are_rejected_by_the_option_table_naming_the_option() {
         for (opt, v) in [
             (OPT_PORT_NUM, "0"),
             (OPT_PORT_NUM, "256"),
@@ -288,18 +262,30 @@ mod tests {
             (OPT_BUFFER_SIZE, "12"),
             (OPT_BUFFER_SIZE, "2G"),
             (OPT_BUFFER_SIZE, "lots"),
-            (OPT_BUFFER_SIZE, "99999999999999999999G"),
             (OPT_SEND_BUFFERS, "0"),
             (OPT_RECEIVE_BUFFERS, "x"),
             (OPT_RECEIVE_QUEUE_LEN, "0"),
+            (OPT_CONN_CREDITS, "3"),
             (OPT_POLLING_US, "1e3"),
             (OPT_SUPPORT_SRQ, "maybe"),
         ] {
-            let pairs = [(opt, v)];
-            let err = RdmaConfig::from_lookup(lookup(&pairs)).unwrap_err();
-            assert_eq!(err.option, opt, "{v}");
-            assert!(err.to_string().contains(opt), "{err}");
+            let err = cfg(&[(opt, v)]).unwrap_err();
+            assert!(err.to_string().contains(opt), "{opt}={v}: {err}");
         }
+    }
+
+    #[test]
+    fn credits_must_fit_the_queues() {
+        for (pairs, names) in [
+            (&[(OPT_CONN_CREDITS, "64"), (OPT_RECEIVE_QUEUE_LEN, "32")][..], OPT_RECEIVE_QUEUE_LEN),
+            (&[(OPT_CONN_CREDITS, "64"), (OPT_RECEIVE_BUFFERS, "32")][..], OPT_RECEIVE_BUFFERS),
+        ] {
+            let err = RdmaConfig::from_config(&cfg(pairs).unwrap()).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(OPT_CONN_CREDITS) && text.contains(names), "{text}");
+        }
+        let err = RdmaConfig::from_config(&cfg(&[(OPT_SEND_BUFFERS, "1")]).unwrap()).unwrap_err();
+        assert!(err.to_string().contains(OPT_SEND_BUFFERS), "{err}");
     }
 
     #[test]

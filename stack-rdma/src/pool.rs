@@ -39,7 +39,7 @@ impl From<PoolError> for io::Error {
     }
 }
 
-/// Free list over chunk indices `0..count`.
+/// Free list over chunk indices `0..capacity`, where the capacity can grow up to a limit.
 #[derive(Debug, Clone)]
 pub struct ChunkAllocator {
     free: Vec<u32>,
@@ -49,7 +49,20 @@ pub struct ChunkAllocator {
 impl ChunkAllocator {
     /// All `count` chunks free; lowest indices are handed out first.
     pub fn new(count: u32) -> Self {
-        ChunkAllocator { free: (0..count).rev().collect(), in_use: vec![false; count as usize] }
+        let mut a = ChunkAllocator { free: Vec::new(), in_use: Vec::new() };
+        a.grow(count);
+        a
+    }
+
+    /// Adds `n` free chunks at the end of the index range.
+    pub fn grow(&mut self, n: u32) {
+        let old = self.capacity();
+        let new = old.saturating_add(n);
+        self.in_use.resize(new as usize, false);
+        // Lowest index on top of the stack: handed out first.
+        let mut fresh: Vec<u32> = (old..new).rev().collect();
+        fresh.append(&mut self.free);
+        self.free = fresh;
     }
 
     /// Number of chunks.
@@ -60,6 +73,11 @@ impl ChunkAllocator {
     /// Number of free chunks.
     pub fn available(&self) -> u32 {
         self.free.len() as u32
+    }
+
+    /// Number of chunks checked out.
+    pub fn in_use(&self) -> u32 {
+        self.capacity() - self.available()
     }
 
     /// Takes a free chunk; `None` when exhausted.
@@ -91,27 +109,68 @@ impl ChunkAllocator {
     }
 }
 
-/// `count` chunks of `chunk_size` bytes in one registered memory region.
+/// Up to `max` chunks of `chunk_size` bytes, registered in slabs of `slab` chunks as they
+/// are first needed (Ceph's defaults allow gigabytes per worker; only what traffic
+/// actually uses gets allocated and pinned).
 pub struct RegisteredPool {
-    mr: MemoryRegion,
+    pd: Arc<ProtectionDomain>,
+    slabs: Vec<MemoryRegion>,
     alloc: ChunkAllocator,
     chunk_size: usize,
+    slab_chunks: u32,
+    max: u32,
 }
 
 impl RegisteredPool {
-    /// Allocates and registers `chunk_size * count` bytes in `pd`.
+    /// Allocates and registers all `count` chunks of `chunk_size` bytes in `pd` at once.
     ///
     /// # Errors
     ///
-    /// `InvalidInput` for a zero size or one that overflows; the `ibv_reg_mr` error
-    /// otherwise (typically RLIMIT_MEMLOCK).
+    /// As [`growable`](Self::growable).
     pub fn new(pd: &Arc<ProtectionDomain>, chunk_size: usize, count: u32) -> io::Result<Self> {
-        let total = chunk_size
-            .checked_mul(count as usize)
-            .filter(|&t| t > 0 && u32::try_from(chunk_size).is_ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid RDMA pool size"))?;
-        let mr = MemoryRegion::new(pd, total)?;
-        Ok(RegisteredPool { mr, alloc: ChunkAllocator::new(count), chunk_size })
+        let mut pool = Self::growable(pd, chunk_size, count, count)?;
+        pool.grow()?;
+        Ok(pool)
+    }
+
+    /// A pool that registers nothing yet and grows by `slab` chunks (one memory region
+    /// each) whenever it runs dry, up to `max` chunks.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for a zero size or count, or a slab whose size overflows.
+    pub fn growable(pd: &Arc<ProtectionDomain>, chunk_size: usize, max: u32, slab: u32) -> io::Result<Self> {
+        let slab = slab.clamp(1, max.max(1));
+        let ok = chunk_size > 0
+            && max > 0
+            && u32::try_from(chunk_size).is_ok()
+            && chunk_size.checked_mul(slab as usize).is_some()
+            && chunk_size.checked_mul(max as usize).is_some();
+        if !ok {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid RDMA pool size"));
+        }
+        Ok(RegisteredPool {
+            pd: Arc::clone(pd),
+            slabs: Vec::new(),
+            alloc: ChunkAllocator::new(0),
+            chunk_size,
+            slab_chunks: slab,
+            max,
+        })
+    }
+
+    /// Registers one more slab, if the limit allows; returns whether it did.
+    fn grow(&mut self) -> io::Result<bool> {
+        let have = self.alloc.capacity();
+        let n = self.slab_chunks.min(self.max - have);
+        if n == 0 {
+            return Ok(false);
+        }
+        // Only the last slab can be short (the limit is reached with it), so chunk
+        // `i` always lives in slab `i / slab_chunks`.
+        self.slabs.push(MemoryRegion::new(&self.pd, self.chunk_size * n as usize)?);
+        self.alloc.grow(n);
+        Ok(true)
     }
 
     /// Chunk size in bytes.
@@ -119,14 +178,44 @@ impl RegisteredPool {
         self.chunk_size
     }
 
+    /// Most chunks this pool will ever register.
+    pub fn max_chunks(&self) -> u32 {
+        self.max
+    }
+
+    /// Bytes registered so far.
+    pub fn registered_bytes(&self) -> u64 {
+        self.slabs.iter().map(|m| m.len() as u64).sum()
+    }
+
     /// The index bookkeeping (free count, capacity).
     pub fn allocator(&self) -> &ChunkAllocator {
         &self.alloc
     }
 
-    /// Takes a free chunk; `None` when exhausted.
+    /// Chunks checked out now.
+    pub fn in_use(&self) -> u32 {
+        self.alloc.in_use()
+    }
+
+    /// Takes a free chunk, registering a new slab if needed; `Ok(None)` at the limit.
+    ///
+    /// # Errors
+    ///
+    /// The registration error of a new slab (typically RLIMIT_MEMLOCK).
+    pub fn try_checkout(&mut self) -> io::Result<Option<u32>> {
+        if let Some(i) = self.alloc.checkout() {
+            return Ok(Some(i));
+        }
+        if self.grow()? {
+            return Ok(self.alloc.checkout());
+        }
+        Ok(None)
+    }
+
+    /// Takes a free chunk; `None` when exhausted or when a new slab cannot be registered.
     pub fn checkout(&mut self) -> Option<u32> {
-        self.alloc.checkout()
+        self.try_checkout().ok().flatten()
     }
 
     /// Returns a chunk.
@@ -138,7 +227,8 @@ impl RegisteredPool {
         self.alloc.give_back(index)
     }
 
-    fn range(&self, index: u32, len: usize) -> Result<std::ops::Range<usize>, PoolError> {
+    /// Slab and byte range within it of the first `len` bytes of checked-out chunk `index`.
+    fn locate(&self, index: u32, len: usize) -> Result<(usize, std::ops::Range<usize>), PoolError> {
         if !self.alloc.is_checked_out(index) {
             let count = self.alloc.capacity();
             return Err(if index < count {
@@ -150,8 +240,13 @@ impl RegisteredPool {
         if len > self.chunk_size {
             return Err(PoolError::TooLong { len, chunk_size: self.chunk_size });
         }
-        let start = index as usize * self.chunk_size;
-        Ok(start..start + len)
+        let slab = (index / self.slab_chunks) as usize;
+        let start = (index % self.slab_chunks) as usize * self.chunk_size;
+        let count = self.alloc.capacity();
+        match self.slabs.get(slab) {
+            Some(m) if start + len <= m.len() => Ok((slab, start..start + len)),
+            _ => Err(PoolError::OutOfRange { index, count }),
+        }
     }
 
     /// The first `len` bytes of checked-out chunk `index`.
@@ -160,8 +255,8 @@ impl RegisteredPool {
     ///
     /// A [`PoolError`] if the chunk is not checked out or `len` is too long.
     pub fn bytes(&self, index: u32, len: usize) -> Result<&[u8], PoolError> {
-        let r = self.range(index, len)?;
-        Ok(&self.mr.as_slice()[r])
+        let (slab, r) = self.locate(index, len)?;
+        Ok(&self.slabs[slab].as_slice()[r])
     }
 
     /// The whole of checked-out chunk `index`, writable.
@@ -170,8 +265,8 @@ impl RegisteredPool {
     ///
     /// A [`PoolError`] if the chunk is not checked out.
     pub fn bytes_mut(&mut self, index: u32) -> Result<&mut [u8], PoolError> {
-        let r = self.range(index, self.chunk_size)?;
-        Ok(&mut self.mr.as_mut_slice()[r])
+        let (slab, r) = self.locate(index, self.chunk_size)?;
+        Ok(&mut self.slabs[slab].as_mut_slice()[r])
     }
 
     /// A scatter/gather entry for the first `len` bytes of checked-out chunk `index`.
@@ -180,8 +275,9 @@ impl RegisteredPool {
     ///
     /// As [`bytes`](Self::bytes).
     pub fn sge(&self, index: u32, len: usize) -> Result<Sge, PoolError> {
-        let r = self.range(index, len)?;
-        Ok(Sge { addr: self.mr.addr() + r.start as u64, length: len as u32, lkey: self.mr.lkey() })
+        let (slab, r) = self.locate(index, len)?;
+        let m = &self.slabs[slab];
+        Ok(Sge { addr: m.addr() + r.start as u64, length: len as u32, lkey: m.lkey() })
     }
 }
 
@@ -218,6 +314,19 @@ mod tests {
         let mut a = ChunkAllocator::new(0);
         assert_eq!(a.checkout(), None);
         assert!(!a.is_checked_out(0));
+    }
+
+    #[test]
+    fn growth_appends_free_chunks_after_the_existing_ones() {
+        let mut a = ChunkAllocator::new(2);
+        assert_eq!(a.checkout(), Some(0));
+        a.grow(3);
+        assert_eq!((a.capacity(), a.available(), a.in_use()), (5, 4, 1));
+        assert_eq!(a.checkout(), Some(1), "older free chunks first");
+        assert_eq!(a.checkout(), Some(2));
+        assert_eq!((a.checkout(), a.checkout(), a.checkout()), (Some(3), Some(4), None));
+        a.give_back(3).unwrap();
+        assert_eq!(a.in_use(), 4);
     }
 
     #[test]

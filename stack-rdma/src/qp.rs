@@ -8,10 +8,10 @@
 use rdma_sys::ibv_access_flags;
 use rdma_sys::ibv_qp_attr_mask as M;
 
-/// Magic at the start of an encoded [`QpInfo`] ("MRQ" + format version 1).
-pub const QP_INFO_MAGIC: [u8; 4] = *b"MRQ\x01";
+/// Magic at the start of an encoded [`QpInfo`] ("MRQ" + format version 2).
+pub const QP_INFO_MAGIC: [u8; 4] = *b"MRQ\x02";
 /// Length of an encoded [`QpInfo`].
-pub const QP_INFO_LEN: usize = 4 + 2 + 4 + 4 + 16 + 4;
+pub const QP_INFO_LEN: usize = 4 + 2 + 4 + 4 + 16 + 4 + 4;
 /// Queue pair numbers and PSNs are 24-bit.
 pub const MAX_24BIT: u32 = 0x00ff_ffff;
 
@@ -53,6 +53,8 @@ pub struct QpInfo {
     pub gid: [u8; 16],
     /// Receive buffers posted for the peer: its initial credits.
     pub window: u32,
+    /// Size of each of those buffers: the largest SEND the peer may post.
+    pub chunk: u32,
 }
 
 impl QpInfo {
@@ -65,6 +67,7 @@ impl QpInfo {
         out[10..14].copy_from_slice(&self.psn.to_be_bytes());
         out[14..30].copy_from_slice(&self.gid);
         out[30..34].copy_from_slice(&self.window.to_be_bytes());
+        out[34..38].copy_from_slice(&self.chunk.to_be_bytes());
         out
     }
 
@@ -82,8 +85,14 @@ impl QpInfo {
         let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         let mut gid = [0u8; 16];
         gid.copy_from_slice(&b[14..30]);
-        let info =
-            QpInfo { lid: u16::from_be_bytes([b[4], b[5]]), qpn: u32_at(6), psn: u32_at(10), gid, window: u32_at(30) };
+        let info = QpInfo {
+            lid: u16::from_be_bytes([b[4], b[5]]),
+            qpn: u32_at(6),
+            psn: u32_at(10),
+            gid,
+            window: u32_at(30),
+            chunk: u32_at(34),
+        };
         for (field, value) in [("qpn", info.qpn), ("psn", info.psn)] {
             if value > MAX_24BIT {
                 return Err(QpInfoError::OutOfRange { field, value });
@@ -275,7 +284,7 @@ mod tests {
     use super::*;
 
     fn info() -> QpInfo {
-        QpInfo { lid: 7, qpn: 0x12_3456, psn: 0xab_cdef, gid: *b"0123456789abcdef", window: 4096 }
+        QpInfo { lid: 7, qpn: 0x12_3456, psn: 0xab_cdef, gid: *b"0123456789abcdef", window: 4096, chunk: 65_536 }
     }
 
     fn local() -> LocalPath {
@@ -298,7 +307,7 @@ mod tests {
         long.push(0);
         assert_eq!(QpInfo::decode(&long), Err(QpInfoError::BadLength(QP_INFO_LEN + 1)));
         let mut bad = e;
-        bad[3] = 2;
+        bad[3] = 1;
         assert!(matches!(QpInfo::decode(&bad), Err(QpInfoError::BadMagic(_))));
         let mut big = info();
         big.qpn = 0x0100_0000;

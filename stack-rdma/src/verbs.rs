@@ -11,6 +11,7 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::RawFd;
 use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rdma_sys::*;
@@ -27,6 +28,46 @@ fn last_error(call: &str) -> io::Error {
 fn ret_error(call: &str, ret: i32) -> io::Error {
     let e = io::Error::from_raw_os_error(ret.abs());
     io::Error::new(e.kind(), format!("{call}: {e}"))
+}
+
+/// Verbs objects currently alive in this process, by kind (for leak checks in tests and
+/// for `perf dump`-style reporting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LiveObjects {
+    /// Open device contexts.
+    pub contexts: usize,
+    /// Protection domains.
+    pub pds: usize,
+    /// Registered memory regions.
+    pub mrs: usize,
+    /// Completion channels.
+    pub channels: usize,
+    /// Completion queues.
+    pub cqs: usize,
+    /// Queue pairs.
+    pub qps: usize,
+}
+
+static LIVE: [AtomicUsize; 6] = [const { AtomicUsize::new(0) }; 6];
+const CTX: usize = 0;
+const PD: usize = 1;
+const MR: usize = 2;
+const CHAN: usize = 3;
+const CQ: usize = 4;
+const QP: usize = 5;
+
+fn born(kind: usize) {
+    LIVE[kind].fetch_add(1, Ordering::Relaxed);
+}
+
+fn died(kind: usize) {
+    LIVE[kind].fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Counts of the verbs objects alive now.
+pub fn live_objects() -> LiveObjects {
+    let n = |k: usize| LIVE[k].load(Ordering::Relaxed);
+    LiveObjects { contexts: n(CTX), pds: n(PD), mrs: n(MR), channels: n(CHAN), cqs: n(CQ), qps: n(QP) }
 }
 
 /// The message for "no device".
@@ -120,6 +161,15 @@ impl PortInfo {
     }
 }
 
+/// Device limits (`ibv_query_device`) this stack sizes its queues by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceCaps {
+    /// Most entries of one completion queue.
+    pub max_cqe: u32,
+    /// Most outstanding work requests of one queue.
+    pub max_qp_wr: u32,
+}
+
 /// An open device.
 pub struct Context {
     ctx: NonNull<ibv_context>,
@@ -182,7 +232,10 @@ impl Context {
                 // the list is freed (verbs keeps the device referenced while open).
                 let ctx = unsafe { ibv_open_device(dev) };
                 match NonNull::new(ctx) {
-                    Some(ctx) => Ok(Arc::new(Context { ctx, name: dev_name })),
+                    Some(ctx) => {
+                        born(CTX);
+                        Ok(Arc::new(Context { ctx, name: dev_name }))
+                    }
                     None => Err(last_error("ibv_open_device")),
                 }
             }
@@ -199,6 +252,23 @@ impl Context {
 
     fn raw(&self) -> *mut ibv_context {
         self.ctx.as_ptr()
+    }
+
+    /// The device limits queue sizes are checked against.
+    ///
+    /// # Errors
+    ///
+    /// The `ibv_query_device` error.
+    pub fn caps(&self) -> io::Result<DeviceCaps> {
+        // SAFETY: ibv_device_attr is plain C data, valid when zeroed.
+        let mut attr: ibv_device_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: the context is open and `attr` is a valid out-pointer of the right size.
+        let ret = unsafe { ibv_query_device(self.raw(), &mut attr) };
+        if ret != 0 {
+            return Err(ret_error(&format!("ibv_query_device({})", self.name), ret));
+        }
+        let pos = |v: i32| u32::try_from(v).unwrap_or(0);
+        Ok(DeviceCaps { max_cqe: pos(attr.max_cqe), max_qp_wr: pos(attr.max_qp_wr) })
     }
 
     /// Queries port `port`.
@@ -268,6 +338,7 @@ impl Drop for Context {
     fn drop(&mut self) {
         // SAFETY: every child object holds an Arc<Context>, so none is alive now.
         unsafe { ibv_close_device(self.raw()) };
+        died(CTX);
     }
 }
 
@@ -292,6 +363,7 @@ impl ProtectionDomain {
         // SAFETY: the context is open.
         let pd = unsafe { ibv_alloc_pd(ctx.raw()) };
         let pd = NonNull::new(pd).ok_or_else(|| last_error("ibv_alloc_pd"))?;
+        born(PD);
         Ok(Arc::new(ProtectionDomain { pd, ctx: Arc::clone(ctx) }))
     }
 
@@ -305,6 +377,7 @@ impl Drop for ProtectionDomain {
     fn drop(&mut self) {
         // SAFETY: MRs and QPs hold an Arc to this PD, so none is alive now.
         unsafe { ibv_dealloc_pd(self.pd.as_ptr()) };
+        died(PD);
     }
 }
 
@@ -354,7 +427,10 @@ impl MemoryRegion {
         // SAFETY: `buf` points to `len` bytes owned by this region until after deregistration.
         let mr = unsafe { ibv_reg_mr(pd.pd.as_ptr(), buf.as_ptr().cast(), len, access) };
         match NonNull::new(mr) {
-            Some(mr) => Ok(MemoryRegion { mr, buf, len, _pd: Arc::clone(pd) }),
+            Some(mr) => {
+                born(MR);
+                Ok(MemoryRegion { mr, buf, len, _pd: Arc::clone(pd) })
+            }
             None => {
                 let e = last_error("ibv_reg_mr");
                 // SAFETY: allocated above with `layout`, never registered.
@@ -412,6 +488,7 @@ impl Drop for MemoryRegion {
             ibv_dereg_mr(self.mr.as_ptr());
             std::alloc::dealloc(self.buf.as_ptr(), std::alloc::Layout::from_size_align_unchecked(self.len, PAGE));
         }
+        died(MR);
     }
 }
 
@@ -436,6 +513,7 @@ impl CompChannel {
         // SAFETY: the context is open.
         let ch = unsafe { ibv_create_comp_channel(ctx.raw()) };
         let ch = NonNull::new(ch).ok_or_else(|| last_error("ibv_create_comp_channel"))?;
+        born(CHAN);
         let ch = Arc::new(CompChannel { ch, _ctx: Arc::clone(ctx) });
         let fd = ch.fd();
         // SAFETY: `fd` is the channel's open descriptor.
@@ -501,6 +579,7 @@ impl Drop for CompChannel {
     fn drop(&mut self) {
         // SAFETY: CQs hold an Arc to this channel, so none is alive now.
         unsafe { ibv_destroy_comp_channel(self.ch.as_ptr()) };
+        died(CHAN);
     }
 }
 
@@ -589,6 +668,7 @@ impl CompletionQueue {
         // SAFETY: the context and channel are live.
         let cq = unsafe { ibv_create_cq(ctx.raw(), n, ptr::null_mut(), channel.ch.as_ptr(), 0) };
         let cq = NonNull::new(cq).ok_or_else(|| last_error("ibv_create_cq"))?;
+        born(CQ);
         Ok(Arc::new(CompletionQueue { cq, channel: Arc::clone(channel) }))
     }
 
@@ -664,6 +744,7 @@ impl Drop for CompletionQueue {
         // SAFETY: QPs hold an Arc to their CQs, so none uses it now; events taken through
         // CompChannel::take_event are acknowledged immediately.
         unsafe { ibv_destroy_cq(self.cq.as_ptr()) };
+        died(CQ);
     }
 }
 
@@ -712,6 +793,7 @@ impl QueuePair {
         // SAFETY: PD and CQs are live and kept alive by the QP.
         let qp = unsafe { ibv_create_qp(pd.pd.as_ptr(), &mut init) };
         let qp = NonNull::new(qp).ok_or_else(|| last_error("ibv_create_qp"))?;
+        born(QP);
         Ok(QueuePair {
             qp,
             state: QpState::Reset,
@@ -829,5 +911,6 @@ impl Drop for QueuePair {
     fn drop(&mut self) {
         // SAFETY: the QP is live and destroyed once; its CQs and PD outlive it (Arcs).
         unsafe { ibv_destroy_qp(self.qp.as_ptr()) };
+        died(QP);
     }
 }

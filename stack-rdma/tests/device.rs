@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use msgr_stack_rdma::credit::CreditFlow;
-use msgr_stack_rdma::poller::{CqPoller, PollOutcome};
 use msgr_stack_rdma::pool::RegisteredPool;
 use msgr_stack_rdma::qp::{modify_spec, LocalPath, QpInfo, QpState, QP_INFO_LEN};
 use msgr_stack_rdma::verbs::{self, CompChannel, CompletionQueue, ProtectionDomain, QpCaps, QueuePair, WorkCompletion};
@@ -39,7 +38,7 @@ fn device_or_skip() -> Option<Device> {
         receive_buffers: 2 * WINDOW,
         ..RdmaConfig::default()
     };
-    Some(Device::open(&cfg).expect("device start-up checks"))
+    Some(Device::open(&cfg, 1).expect("device start-up checks"))
 }
 
 /// Message `seq`: 8-byte big-endian sequence number, then `seq as u8` repeated.
@@ -90,7 +89,7 @@ impl Endpoint {
     }
 
     fn info(&self, dev: &Device, psn: u32) -> QpInfo {
-        QpInfo { lid: dev.port.lid, qpn: self.qp.qpn(), psn, gid: dev.gid, window: WINDOW }
+        QpInfo { lid: dev.port.lid, qpn: self.qp.qpn(), psn, gid: dev.gid, window: WINDOW, chunk: CHUNK as u32 }
     }
 
     fn bring_up(&mut self, dev: &Device, psn: u32, peer: &QpInfo) -> io::Result<()> {
@@ -195,22 +194,21 @@ fn exchange(a: QpInfo, b: QpInfo) -> io::Result<(QpInfo, QpInfo)> {
     Ok((from_a, from_b))
 }
 
-/// Polls completions through the busy-poll window, then waits on the completion channel
-/// (up to `wait`); processes what arrived.
-fn poll_once(poller: &mut CqPoller, ch: &CompChannel, eps: &mut [Endpoint; 2], wait: Duration) -> io::Result<usize> {
+/// Polls completions; when there are none, arms notification, looks once more (a
+/// completion between the poll and arming raises no event) and waits on the completion
+/// channel (up to `wait`); processes what arrived.
+fn poll_once(cq: &CompletionQueue, ch: &CompChannel, eps: &mut [Endpoint; 2], wait: Duration) -> io::Result<usize> {
     let mut wcs = Vec::new();
-    loop {
-        match poller.poll(&mut wcs)? {
-            PollOutcome::Completions(_) => break,
-            PollOutcome::Busy => {}
-            PollOutcome::Armed => {
-                if !ch.wait(wait)? {
-                    return Ok(0);
-                }
-                while let Some(token) = ch.take_event()? {
-                    assert_eq!(token, poller.cq().token());
-                }
+    if cq.poll(&mut wcs, 64)? == 0 {
+        cq.arm()?;
+        if cq.poll(&mut wcs, 64)? == 0 {
+            if !ch.wait(wait)? {
+                return Ok(0);
             }
+            while let Some(token) = ch.take_event()? {
+                assert_eq!(token, cq.token());
+            }
+            cq.poll(&mut wcs, 64)?;
         }
     }
     for wc in &wcs {
@@ -230,7 +228,6 @@ fn two_qps_send_recv_with_credits_over_completion_channel() -> io::Result<()> {
     let pd = ProtectionDomain::new(&dev.ctx)?;
     let ch = CompChannel::new(&dev.ctx)?;
     let cq = CompletionQueue::new(&dev.ctx, &ch, 4 * (WINDOW + SEND_CHUNKS))?;
-    let mut poller = CqPoller::new(Arc::clone(&cq), Duration::from_micros(1000), 64);
     const N: u64 = 200;
     let mut eps = [Endpoint::new("a", &pd, &cq, N), Endpoint::new("b", &pd, &cq, N)];
     let (psn_a, psn_b) = (0x1111, 0x2222);
@@ -244,7 +241,7 @@ fn two_qps_send_recv_with_credits_over_completion_channel() -> io::Result<()> {
     loop {
         eps[0].pump()?;
         eps[1].pump()?;
-        if poll_once(&mut poller, &ch, &mut eps, Duration::from_millis(500))? == 0 && !eps[0].flow.can_send_data() {
+        if poll_once(&cq, &ch, &mut eps, Duration::from_millis(500))? == 0 && !eps[0].flow.can_send_data() {
             break;
         }
         assert!(Instant::now() < deadline, "phase 1 timed out");
@@ -261,7 +258,7 @@ fn two_qps_send_recv_with_credits_over_completion_channel() -> io::Result<()> {
             e.read()?;
             e.pump()?;
         }
-        poll_once(&mut poller, &ch, &mut eps, Duration::from_secs(5))?;
+        poll_once(&cq, &ch, &mut eps, Duration::from_secs(5))?;
         assert!(Instant::now() < deadline, "phase 2 timed out: a {} b {}", eps[0].next_recv, eps[1].next_recv);
     }
     let secs = start.elapsed().as_secs_f64();
@@ -289,7 +286,7 @@ fn config(device: Option<&str>, port_num: u8, gid_idx: u8) -> RdmaConfig {
 }
 
 fn open_err(cfg: &RdmaConfig) -> String {
-    match Device::open(cfg) {
+    match Device::open(cfg, 1) {
         Ok(_) => panic!("expected a start-up error for {cfg:?}"),
         Err(e) => e.to_string(),
     }

@@ -221,6 +221,12 @@ pub static OPTIONS: &[OptionDef] = &[
         description: "receive work requests posted per queue",
     },
     OptionDef {
+        name: "ms_async_rdma_conn_credits",
+        kind: OptionKind::Uint { min: 4, max: 4096 },
+        default: "32",
+        description: "receive buffers posted for each RDMA connection: what its peer may send before credits come back",
+    },
+    OptionDef {
         name: "ms_async_rdma_polling_us",
         kind: OptionKind::Uint { min: 0, max: 10_000_000 },
         default: "1000",

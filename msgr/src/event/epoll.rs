@@ -149,6 +149,15 @@ impl EpollDriver {
     }
 }
 
+/// The epoll descriptor itself, so that a driver can be nested in another epoll set (it
+/// is readable while any of its own descriptors is ready): the RDMA stack watches its
+/// completion channel and side-channel sockets through one such inner set.
+impl AsRawFd for EpollDriver {
+    fn as_raw_fd(&self) -> RawFd {
+        self.epfd.as_raw_fd()
+    }
+}
+
 impl EventDriver for EpollDriver {
     fn add_event(&mut self, fd: RawFd, cur: Interest, add: Interest) -> io::Result<()> {
         self.update(fd, cur, cur | add)
