@@ -1,94 +1,25 @@
 //! Two messengers over the posix stack on loopback: delivery, dispatch paths,
 //! priorities, throttle backpressure and connection bookkeeping.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use msgr::config::{Config, ConfigBuilder};
+use msgr::config::Config;
 use msgr::message::Message;
 use msgr::messenger::{ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
-use msgr::proto::{EntityAddr, EntityAddrVec, EntityName, EntityType};
+use msgr::proto::{EntityAddr, EntityAddrVec, EntityType};
 
-const MSG_TEST: u16 = 0x7001;
+mod common;
+use common::traffic::{config, messenger, test_message, wait_until, Tally, MSG_TEST, WAIT};
+
 const MSG_GATE: u16 = 0x7002;
-const WAIT: Duration = Duration::from_secs(60);
 
-fn config(opts: &[(&str, &str)]) -> Config {
-    let mut b = ConfigBuilder::new("osd.0");
-    for (k, v) in opts {
-        b = b.set(k, v).unwrap();
-    }
-    b.build().unwrap()
-}
-
-fn messenger(cfg: &Config, ty: EntityType, num: i64) -> Messenger {
-    msgr_cli::messenger(cfg, EntityName { ty, num }).unwrap()
-}
-
-/// Deterministic payload for message `i` of stream `stream`.
-fn payload(stream: u64, i: u64) -> Bytes {
-    let len = ((stream * 7919 + i * 37) % 8192) as usize;
-    Bytes::from((0..len).map(|k| (k as u64 ^ stream ^ (i * 31)) as u8).collect::<Vec<u8>>())
-}
-
-fn test_message(stream: u64, i: u64) -> Message {
-    let data = payload(stream, i);
-    let mut front = BytesMut::with_capacity(24);
-    front.put_u64_le(stream);
-    front.put_u64_le(i);
-    front.put_u32_le(crc32c::crc32c(&data));
-    Message::new(MSG_TEST, front.freeze()).with_data(data)
-}
-
-/// Checks one received test message; returns (stream, index).
-fn check_message(m: &Message) -> (u64, u64) {
-    assert_eq!(m.msg_type, MSG_TEST);
-    let f = &m.front[..];
-    let stream = u64::from_le_bytes(f[0..8].try_into().unwrap());
-    let i = u64::from_le_bytes(f[8..16].try_into().unwrap());
-    let crc = u32::from_le_bytes(f[16..20].try_into().unwrap());
-    assert_eq!(crc32c::crc32c(&m.data), crc, "payload corrupted");
-    assert_eq!(m.data, payload(stream, i), "payload differs");
-    (stream, i)
-}
-
-#[derive(Default)]
-struct Tally {
-    // Per connection id: next expected index for each stream seen on it.
-    next: Mutex<HashMap<(u64, u64), u64>>,
-    received: AtomicU64,
-    errors: Mutex<Vec<String>>,
-    done: Condvar,
-    done_lock: Mutex<()>,
-}
-
-impl Tally {
-    fn record(&self, con: &ConnectionRef, m: &Message) {
-        let (stream, i) = check_message(m);
-        let mut next = self.next.lock().unwrap();
-        let want = next.entry((con.id(), stream)).or_insert(0);
-        if *want != i {
-            self.errors.lock().unwrap().push(format!("conn {} stream {stream}: got {i}, want {}", con.id(), *want));
-        }
-        *want = i + 1;
-        drop(next);
-        self.received.fetch_add(1, Ordering::SeqCst);
-        let _g = self.done_lock.lock().unwrap();
-        self.done.notify_all();
-    }
-
-    fn wait_for(&self, n: u64) -> u64 {
-        let deadline = Instant::now() + WAIT;
-        let mut g = self.done_lock.lock().unwrap();
-        while self.received.load(Ordering::SeqCst) < n && Instant::now() < deadline {
-            g = self.done.wait_timeout(g, Duration::from_millis(100)).unwrap().0;
-        }
-        self.received.load(Ordering::SeqCst)
-    }
+/// Payload length of message `i` of `stream`: 0..8 KiB.
+fn len_of(stream: u64, i: u64) -> usize {
+    ((stream * 7919 + i * 37) % 8192) as usize
 }
 
 /// Server side: counts what it receives and, when a client connects, streams
@@ -107,7 +38,7 @@ impl Dispatcher for Server {
     fn ms_handle_accept(&self, con: &ConnectionRef) {
         self.accepted.fetch_add(1, Ordering::SeqCst);
         for i in 0..self.per_conn {
-            con.send_message(test_message(con.id(), i)).unwrap();
+            con.send_message(test_message(con.id(), i, len_of(con.id(), i))).unwrap();
         }
     }
 }
@@ -162,7 +93,7 @@ fn hundred_connections_thousand_messages_each_way() {
                 for i in 0..PER_CONN {
                     for (k, c) in chunk.iter().enumerate() {
                         let stream = c.id() * 1000 + k as u64;
-                        c.send_message(test_message(stream, i)).unwrap();
+                        c.send_message(test_message(stream, i, len_of(stream, i))).unwrap();
                     }
                 }
             });
@@ -206,14 +137,6 @@ impl Dispatcher for ThreadRecorder {
         self.slow.lock().unwrap().push(std::thread::current().name().unwrap_or("?").to_string());
         self.n.fetch_add(1, Ordering::SeqCst);
         true
-    }
-}
-
-fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -445,7 +368,7 @@ fn send_from_any_thread_before_the_handshake_completes() {
             let con = &con;
             s.spawn(move || {
                 for i in 0..250 {
-                    con.send_message(test_message(t, i)).unwrap();
+                    con.send_message(test_message(t, i, len_of(t, i))).unwrap();
                 }
             });
         }

@@ -23,6 +23,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -119,7 +120,7 @@ struct Conn {
     socket_gone: bool,
 }
 
-/// Counters of one worker, for tests and reporting.
+/// Resources of one worker now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WorkerStats {
     /// Connections alive (any phase).
@@ -130,6 +131,11 @@ pub struct WorkerStats {
     pub send_chunks_in_use: u32,
     /// Bytes registered by both pools.
     pub registered_bytes: u64,
+}
+
+/// Process-wide event counts of every RDMA worker (monotonic).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
     /// Data SENDs posted.
     pub data_sends: u64,
     /// Credit-only SENDs posted.
@@ -140,6 +146,33 @@ pub struct WorkerStats {
     pub faults: u64,
     /// QPs destroyed before all their flushed work requests came back.
     pub forced_destroys: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Counter {
+    DataSends,
+    CreditSends,
+    SendStalls,
+    Faults,
+    ForcedDestroys,
+}
+
+static COUNTERS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+
+fn count(c: Counter) {
+    COUNTERS[c as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// The process-wide counters now.
+pub fn counters() -> Counters {
+    let n = |c: Counter| COUNTERS[c as usize].load(Ordering::Relaxed);
+    Counters {
+        data_sends: n(Counter::DataSends),
+        credit_sends: n(Counter::CreditSends),
+        send_stalls: n(Counter::SendStalls),
+        faults: n(Counter::Faults),
+        forced_destroys: n(Counter::ForcedDestroys),
+    }
 }
 
 /// One worker's RDMA state.
@@ -167,7 +200,6 @@ pub struct WorkerRdma {
     wcs: Vec<WorkCompletion>,
     fired: Vec<FiredEvent>,
     touched: Vec<u32>,
-    stats: WorkerStats,
 }
 
 impl WorkerRdma {
@@ -220,7 +252,6 @@ impl WorkerRdma {
             wcs: Vec::with_capacity(POLL_BATCH),
             fired: Vec::new(),
             touched: Vec::new(),
-            stats: WorkerStats::default(),
         })))
     }
 
@@ -231,7 +262,6 @@ impl WorkerRdma {
             recv_chunks_in_use: self.recv_pool.in_use(),
             send_chunks_in_use: self.send_pool.in_use(),
             registered_bytes: self.send_pool.registered_bytes() + self.recv_pool.registered_bytes(),
-            ..self.stats
         }
     }
 
@@ -490,7 +520,11 @@ impl WorkerRdma {
         let Some(conn) = self.conns.get_mut(&qpn) else { return };
         if conn.fault.is_none() {
             conn.fault = Some(ConnFault::from_io(err));
-            self.stats.faults += 1;
+            // Errors of a connection already closing (a peer that went away while
+            // SENDs were in flight) are expected, not faults worth counting.
+            if !conn.peer_closed && !conn.socket_gone {
+                count(Counter::Faults);
+            }
         }
         self.close_side_channel(qpn);
         self.start_drain(qpn);
@@ -534,7 +568,7 @@ impl WorkerRdma {
         }
         if conn.qp.set_error().is_err() {
             // Flushes cannot be relied on: destroy now.
-            self.stats.forced_destroys += 1;
+            count(Counter::ForcedDestroys);
             self.destroy(qpn);
             return;
         }
@@ -550,7 +584,7 @@ impl WorkerRdma {
             let idle = conn.rq_posted == 0 && conn.sq_outstanding == 0;
             if conn.socket_gone && (idle || Instant::now() >= until) {
                 if !idle {
-                    self.stats.forced_destroys += 1;
+                    count(Counter::ForcedDestroys);
                 }
                 self.destroy(qpn);
             }
@@ -697,7 +731,7 @@ impl WorkerRdma {
             Ok(()) => {
                 conn.sq_outstanding += 1;
                 self.sends_outstanding += 1;
-                self.stats.credit_sends += 1;
+                count(Counter::CreditSends);
             }
             Err(e) => self.fail(qpn, &e),
         }
@@ -864,13 +898,13 @@ impl WorkerRdma {
             }
             conn.sq_outstanding += 1;
             self.sends_outstanding += 1;
-            self.stats.data_sends += 1;
+            count(Counter::DataSends);
             sent += len;
         }
         let Some(conn) = self.conns.get_mut(&qpn) else { return Err(gone()) };
         conn.write_blocked = sent < total;
         if conn.write_blocked {
-            self.stats.send_stalls += 1;
+            count(Counter::SendStalls);
             if !self.blocked_writers.contains(&qpn) {
                 self.blocked_writers.push(qpn);
             }

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Runs inside the soft-RoCE VM (see ci/rdma-vm-tests.sh, which builds everything first):
+#   1. the stack-rdma device tests (test binaries given as arguments);
+#   2. the messenger suite over async+rdma (target/release/rdma-messenger-test);
+#   3. the msgr CLI over async+rdma: serve + ping, a refused connection, a killed server;
+#   4. the perftest baseline (ci/rxe-vm/selftest.sh);
+#   5. the benchmark: msgr ping over async+rdma and async+posix, same VM boot.
+# Usage (in the VM): bash ci/rdma-vm-guest.sh DEVICE-TEST-BINARY...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. ci/lib.sh
+export MSGR_RDMA_DEVICE=${RXE_VM_VERBS_DEV:-rxe0} MSGR_RDMA_GID_IDX=${RXE_VM_GID_INDEX:-1}
+bin=target/release/msgr
+suite=target/release/rdma-messenger-test
+tmp=$(mktemp -d)
+trap 'kill "${SERVER_PID:-}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+
+for b in "$@"; do
+  log "device tests: $b"
+  "$b" --test-threads=1
+done
+
+log "messenger suite over async+rdma"
+"$suite" --test-threads=1 --nocapture 2>&1 | grep -v '^$'
+[ "${PIPESTATUS[0]}" = 0 ]
+
+log "msgr CLI over async+rdma"
+# Small chunk pools: several processes share a 1 GiB VM.
+export MSGR_ARGS="--ms_type=async+rdma --ms_async_rdma_device_name=$MSGR_RDMA_DEVICE \
+--ms_async_rdma_gid_idx=$MSGR_RDMA_GID_IDX --ms_async_rdma_buffer_size=64K"
+# No `timeout` wrapper: the server is killed by PID below (the EXIT trap cleans up).
+start_server "$tmp/serve.log" "$bin" serve --bind 127.0.0.1:0
+log "server at $SERVER_ADDR"
+for size in 64 4096 1048576; do
+  timeout 120 "$bin" ping --ms-type async+rdma --connect "$SERVER_ADDR" --count 100 --size "$size"
+done
+if timeout 60 "$bin" ping --connect "127.0.0.1:$(free_port)" --count 1 --timeout 10 2>"$tmp/refused.err"; then
+  log "ping over RDMA to a closed port succeeded?"; exit 1
+fi
+grep -q "refused" "$tmp/refused.err" || { cat "$tmp/refused.err"; log "expected a 'refused' error"; exit 1; }
+log "refused: $(tail -n1 "$tmp/refused.err")"
+# A server killed mid-run: the client must notice (side channel reset) and fail, not hang.
+timeout 120 "$bin" ping --connect "$SERVER_ADDR" --count 100000 --size 64 >"$tmp/killed.out" 2>&1 &
+ping_pid=$!
+sleep 3
+kill -9 "$SERVER_PID"
+wait "$SERVER_PID" 2>/dev/null || true
+ping_rc=0
+wait "$ping_pid" || ping_rc=$?
+cat "$tmp/killed.out"
+[ "$ping_rc" != 0 ] && [ "$ping_rc" != 124 ] || { log "ping after kill -9 exited $ping_rc (want an error, not a hang)"; exit 1; }
+log "killed server detected (ping exit $ping_rc)"
+unset MSGR_ARGS
+
+log "perftest baseline"
+bash ci/rxe-vm/selftest.sh
+
+log "benchmark: msgr ping round trips, async+rdma vs async+posix, same VM boot"
+for ms_type in async+rdma async+posix; do
+  export MSGR_ARGS="--ms_type=$ms_type --ms_async_rdma_device_name=$MSGR_RDMA_DEVICE \
+--ms_async_rdma_gid_idx=$MSGR_RDMA_GID_IDX --ms_async_rdma_buffer_size=64K"
+  start_server "$tmp/bench-$ms_type.log" timeout 300 "$bin" serve --bind 127.0.0.1:0
+  for size in 64 4096 65536; do
+    line=$(timeout 120 "$bin" ping --connect "$SERVER_ADDR" --count "${BENCH_COUNT:-500}" --size "$size")
+    echo "BENCH msgr $ms_type $size | $line"
+  done
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+done
+log "RDMA VM suite passed"

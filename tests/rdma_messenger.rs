@@ -1,0 +1,321 @@
+//! Two messengers over `ms_type = async+rdma` on one real RDMA device (soft-RoCE in the
+//! rxe VM: `ci/rdma-vm-tests.sh`): bulk mixed-size traffic, many connections, a stalled
+//! receiver, teardown from either side and the verbs objects left afterwards.
+//!
+//! On a host without an RDMA device every test says so on stderr and passes without
+//! running; CI runs them inside the VM. Environment: `MSGR_RDMA_DEVICE` (default: the
+//! first device), `MSGR_RDMA_GID_IDX` (default 1, rxe on `lo`), `T_RDMA_MSGS` (messages
+//! each way in the bulk test, default 10000).
+
+#![cfg(feature = "rdma")]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use msgr::config::Config;
+use msgr::message::Message;
+use msgr::messenger::{ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
+use msgr::proto::{EntityAddr, EntityAddrVec, EntityType};
+use msgr_stack_rdma::verbs::{self, LiveObjects};
+use msgr_stack_rdma::worker;
+
+mod common;
+use common::traffic::{config, messenger, test_message, wait_until, Tally};
+
+/// The async+rdma configuration for the device under test, or `None` (and a loud note)
+/// on a host without one.
+fn rdma_config(extra: &[(&str, &str)]) -> Option<Config> {
+    if verbs::device_names().is_empty() {
+        let _ = std::io::stderr().write_all(
+            b"\n*** SKIPPED: no RDMA device on this host (CI runs this in the rxe VM: ci/rdma-vm-tests.sh) ***\n\n",
+        );
+        return None;
+    }
+    let dev = std::env::var("MSGR_RDMA_DEVICE").unwrap_or_default();
+    let gid = std::env::var("MSGR_RDMA_GID_IDX").unwrap_or_else(|_| "1".into());
+    let mut opts: Vec<(&str, &str)> =
+        vec![("ms_type", "async+rdma"), ("ms_async_rdma_device_name", &dev), ("ms_async_rdma_gid_idx", &gid)];
+    opts.extend_from_slice(extra);
+    Some(config(&opts))
+}
+
+/// Mixed sizes from 64 B to 1 MiB, most of them small, as a storage daemon's traffic is.
+fn mixed_len(i: u64) -> usize {
+    match i {
+        _ if i % 1000 == 999 => 1 << 20,
+        _ if i % 100 == 50 => 128 << 10,
+        _ if i % 10 == 5 => 16_384 + (i as usize * 7919) % 49_152,
+        _ => 64 + (i as usize * 7919) % 4033,
+    }
+}
+
+/// Records what arrives; on accept, streams `per_conn` messages back.
+struct Server {
+    tally: Tally,
+    per_conn: u64,
+    len: fn(u64) -> usize,
+    accepted: Mutex<Vec<ConnectionRef>>,
+    resets: AtomicUsize,
+}
+
+impl Server {
+    fn new(per_conn: u64, len: fn(u64) -> usize) -> Arc<Server> {
+        Arc::new(Server {
+            tally: Tally::default(),
+            per_conn,
+            len,
+            accepted: Mutex::default(),
+            resets: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Dispatcher for Server {
+    fn ms_dispatch(&self, con: &ConnectionRef, m: &Message) -> bool {
+        self.tally.record(con, m);
+        true
+    }
+    fn ms_handle_accept(&self, con: &ConnectionRef) {
+        self.accepted.lock().unwrap().push(Arc::clone(con));
+        for i in 0..self.per_conn {
+            con.send_message(test_message(con.id(), i, (self.len)(i))).unwrap();
+        }
+    }
+    fn ms_handle_reset(&self, _con: &ConnectionRef) -> bool {
+        self.resets.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+}
+
+#[derive(Default)]
+struct Client {
+    tally: Tally,
+    connected: AtomicUsize,
+    resets: AtomicUsize,
+}
+
+impl Dispatcher for Client {
+    fn ms_dispatch(&self, con: &ConnectionRef, m: &Message) -> bool {
+        self.tally.record(con, m);
+        true
+    }
+    fn ms_handle_connect(&self, _con: &ConnectionRef) {
+        self.connected.fetch_add(1, Ordering::SeqCst);
+    }
+    fn ms_handle_reset(&self, _con: &ConnectionRef) -> bool {
+        self.resets.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+}
+
+fn server(cfg: &Config, d: Arc<dyn Dispatcher>, bind: &str) -> (Messenger, EntityAddr) {
+    let m = messenger(cfg, EntityType::Osd, 0);
+    m.set_default_policy(Policy::stateless_server(0));
+    m.add_dispatcher_tail(d);
+    let addr = m.bind(bind.parse().unwrap()).unwrap();
+    (m, addr)
+}
+
+fn client(cfg: &Config, d: Arc<dyn Dispatcher>) -> Messenger {
+    let m = messenger(cfg, EntityType::Client, -1);
+    m.set_default_policy(Policy::lossy_client(0));
+    m.add_dispatcher_tail(d);
+    m
+}
+
+fn stop(ms: &[&Messenger]) {
+    for m in ms {
+        m.shutdown();
+    }
+    for m in ms {
+        m.wait();
+    }
+}
+
+#[test]
+fn mixed_sizes_each_way_exactly_once_in_order() {
+    let Some(cfg) = rdma_config(&[]) else { return };
+    let n: u64 = std::env::var("T_RDMA_MSGS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let sd = Server::new(n, mixed_len);
+    let (srv, addr) = server(&cfg, sd.clone(), "127.0.0.1:0");
+    let cd = Arc::new(Client::default());
+    let cli = client(&cfg, cd.clone());
+    let start = Instant::now();
+    let con = cli.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
+    for i in 0..n {
+        con.send_message(test_message(7, i, mixed_len(i))).unwrap();
+    }
+    assert_eq!(sd.tally.wait_for(n), n, "server received");
+    assert_eq!(cd.tally.wait_for(n), n, "client received");
+    let secs = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!((sd.tally.count(), cd.tally.count()), (n, n), "nothing arrives twice");
+    sd.tally.assert_in_order("server");
+    cd.tally.assert_in_order("client");
+    assert_eq!(con.state(), ConnState::Open);
+    let bytes = sd.tally.bytes.load(Ordering::SeqCst) + cd.tally.bytes.load(Ordering::SeqCst);
+    let c = worker::counters();
+    eprintln!(
+        "async+rdma: {n} messages each way, {:.1} MiB in {secs:.2} s = {:.1} MiB/s both ways; {} data SENDs, {} credit-only, {} send stalls",
+        bytes as f64 / 1048576.0,
+        bytes as f64 / 1048576.0 / secs,
+        c.data_sends,
+        c.credit_sends,
+        c.send_stalls,
+    );
+    assert_eq!(c.faults, 0, "no connection faulted");
+    stop(&[&cli, &srv]);
+}
+
+/// 0..8 KiB.
+fn small_len(i: u64) -> usize {
+    ((i * 7919) % 8192) as usize
+}
+
+#[test]
+fn sixty_four_connections_at_once() {
+    const CONNS: u64 = 64;
+    const PER: u64 = 30;
+    // Small chunks and windows: 128 QPs on one soft-RoCE device in a 1 GiB VM.
+    let Some(cfg) = rdma_config(&[("ms_async_rdma_buffer_size", "16K"), ("ms_async_rdma_conn_credits", "8")]) else {
+        return;
+    };
+    let sd = Server::new(PER, small_len);
+    let (srv, addr) = server(&cfg, sd.clone(), "0.0.0.0:0");
+    let port = addr.addr.unwrap().port();
+    let cd = Arc::new(Client::default());
+    let cli = client(&cfg, cd.clone());
+    // Distinct loopback addresses give distinct connections from one client.
+    let conns: Vec<ConnectionRef> = (0..CONNS)
+        .map(|k| {
+            let a: SocketAddr = format!("127.0.0.{}:{port}", k + 1).parse().unwrap();
+            cli.connect_to(EntityType::Osd, &EntityAddrVec(vec![EntityAddr::msgr2(a, 0)])).unwrap()
+        })
+        .collect();
+    for i in 0..PER {
+        for c in &conns {
+            c.send_message(test_message(c.id(), i, small_len(i))).unwrap();
+        }
+    }
+    let total = CONNS * PER;
+    assert_eq!(sd.tally.wait_for(total), total, "server received");
+    assert_eq!(cd.tally.wait_for(total), total, "client received");
+    let live = verbs::live_objects();
+    assert!(live.qps >= 2 * CONNS as usize, "both ends of every connection are QPs: {live:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!((sd.tally.count(), cd.tally.count()), (total, total));
+    sd.tally.assert_in_order("server");
+    cd.tally.assert_in_order("client");
+    assert_eq!(cd.connected.load(Ordering::SeqCst), CONNS as usize);
+    assert!(conns.iter().all(|c| c.state() == ConnState::Open));
+    eprintln!("{CONNS} connections, {total} messages each way, live verbs objects at peak: {live:?}");
+    stop(&[&cli, &srv]);
+}
+
+/// Blocks the dispatch thread on the first message until opened.
+#[derive(Default)]
+struct Gate {
+    tally: Tally,
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Dispatcher for Gate {
+    fn ms_dispatch(&self, con: &ConnectionRef, m: &Message) -> bool {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.cv.wait(open).unwrap();
+        }
+        drop(open);
+        self.tally.record(con, m);
+        true
+    }
+}
+
+#[test]
+fn stalled_receiver_holds_the_sender_without_error() {
+    const COUNT: u64 = 400;
+    const LEN: usize = 32 << 10;
+    // A small dispatch throttle makes the server stop reading soon; small chunks and
+    // windows make the RDMA credits run out soon after.
+    let Some(cfg) = rdma_config(&[
+        ("ms_dispatch_throttle_bytes", "256K"),
+        ("ms_async_rdma_buffer_size", "16K"),
+        ("ms_async_rdma_conn_credits", "8"),
+    ]) else {
+        return;
+    };
+    let gate = Arc::new(Gate::default());
+    let (srv, addr) = server(&cfg, gate.clone(), "127.0.0.1:0");
+    let cli = client(&cfg, Arc::new(Client::default()));
+    let con = cli.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
+    wait_until("connected", || con.is_connected());
+    let before = worker::counters();
+    for i in 0..COUNT {
+        con.send_message(test_message(3, i, LEN)).unwrap();
+    }
+    // The server's reader stops at the throttle, its receive buffers fill, and the
+    // client runs out of credits: it must wait, not fail.
+    wait_until("the sender to run out of credits", || worker::counters().send_stalls > before.send_stalls);
+    let mut held = srv.throttle().current();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(50));
+        held = held.max(srv.throttle().current());
+        assert_eq!(con.state(), ConnState::Open, "the stalled connection stays open");
+    }
+    assert_eq!(gate.tally.count(), 0, "nothing dispatched while the gate is shut");
+    assert!(held <= (256 << 10) + (1 << 20) + LEN as u64 + 4096, "server holds {held} bytes");
+    assert_eq!(worker::counters().faults, before.faults, "flow control, not errors");
+    *gate.open.lock().unwrap() = true;
+    gate.cv.notify_all();
+    assert_eq!(gate.tally.wait_for(COUNT), COUNT, "everything delivered after the reader resumed");
+    gate.tally.assert_in_order("server");
+    let after = worker::counters();
+    eprintln!(
+        "stalled reader: {} send stalls, {} credit-only messages; server held at most {held} bytes",
+        after.send_stalls - before.send_stalls,
+        after.credit_sends - before.credit_sends
+    );
+    assert_eq!(con.state(), ConnState::Open);
+    stop(&[&cli, &srv]);
+}
+
+#[test]
+fn teardown_from_either_side_then_nothing_is_left() {
+    let Some(cfg) = rdma_config(&[("ms_async_rdma_buffer_size", "16K"), ("ms_async_rdma_conn_credits", "8")]) else {
+        return;
+    };
+    assert_eq!(verbs::live_objects(), LiveObjects::default(), "a previous test left verbs objects behind");
+    let sd = Server::new(5, small_len);
+    let (srv, addr) = server(&cfg, sd.clone(), "127.0.0.1:0");
+    let cd = Arc::new(Client::default());
+    let cli = client(&cfg, cd.clone());
+    let addrs = EntityAddrVec(vec![addr]);
+
+    // 1. The client closes: the server hears of it.
+    let con = cli.connect_to(EntityType::Osd, &addrs).unwrap();
+    con.send_message(test_message(1, 0, 100)).unwrap();
+    assert_eq!(cd.tally.wait_for(5), 5);
+    cli.mark_down(&addrs);
+    wait_until("client side closed", || con.state() == ConnState::Closed);
+    wait_until("server saw the reset", || sd.resets.load(Ordering::SeqCst) == 1);
+
+    // 2. The server closes: the client hears of it.
+    let con = cli.connect_to(EntityType::Osd, &addrs).unwrap();
+    assert_eq!(cd.tally.wait_for(10), 10, "a fresh connection works");
+    let accepted = sd.accepted.lock().unwrap().last().cloned().unwrap();
+    wait_until("server side open", || accepted.is_connected());
+    accepted.mark_down();
+    wait_until("client saw the reset", || cd.resets.load(Ordering::SeqCst) == 1);
+    wait_until("client side closed", || con.state() == ConnState::Closed);
+    assert_eq!(worker::counters().faults, 0, "closes are orderly, not faults");
+
+    stop(&[&cli, &srv]);
+    // Worker threads are joined by the last wait(): QPs, CQs, MRs, PDs, channels and the
+    // device context must all be gone.
+    assert_eq!(verbs::live_objects(), LiveObjects::default(), "leaked verbs objects");
+    assert_eq!(worker::counters().forced_destroys, 0, "every QP drained before it was destroyed");
+}
