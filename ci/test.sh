@@ -11,8 +11,9 @@ apt_install gcc libc6-dev pkg-config python3 ca-certificates ceph-mon ceph-commo
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
-log "cargo clippy"
+log "cargo clippy (default features, then with the rdma stack)"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --features rdma -- -D warnings
 
 log "tests"
 log_dir=$(mktemp -d)
@@ -30,7 +31,7 @@ cargo build --release --bin msgr
 bash ci/ping-pair.sh target/release/msgr
 log "wire check: msgr mon traffic to a real ceph-mon, decoded independently"
 bash ci/wire-check.sh target/release/msgr
-log "RDMA: device tests and perftest baseline inside the soft-RoCE VM"
+log "RDMA: device tests, messenger suite, CLI and benchmarks inside the soft-RoCE VM"
 bash ci/rdma-vm-tests.sh
 # One closing line for the whole run: nextest's summary or cargo test's result lines,
 # plus the doc tests (their last per-crate line may well be "0 passed").

@@ -143,6 +143,7 @@ fn mixed_sizes_each_way_exactly_once_in_order() {
     let (srv, addr) = server(&cfg, sd.clone(), "127.0.0.1:0");
     let cd = Arc::new(Client::default());
     let cli = client(&cfg, cd.clone());
+    let before = worker::counters();
     let start = Instant::now();
     let con = cli.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
     for i in 0..n {
@@ -162,11 +163,11 @@ fn mixed_sizes_each_way_exactly_once_in_order() {
         "async+rdma: {n} messages each way, {:.1} MiB in {secs:.2} s = {:.1} MiB/s both ways; {} data SENDs, {} credit-only, {} send stalls",
         bytes as f64 / 1048576.0,
         bytes as f64 / 1048576.0 / secs,
-        c.data_sends,
-        c.credit_sends,
-        c.send_stalls,
+        c.data_sends - before.data_sends,
+        c.credit_sends - before.credit_sends,
+        c.send_stalls - before.send_stalls,
     );
-    assert_eq!(c.faults, 0, "no connection faulted");
+    assert_eq!(c.faults, before.faults, "no connection faulted");
     stop(&[&cli, &srv]);
 }
 
@@ -289,6 +290,7 @@ fn teardown_from_either_side_then_nothing_is_left() {
         return;
     };
     assert_eq!(verbs::live_objects(), LiveObjects::default(), "a previous test left verbs objects behind");
+    let before = worker::counters();
     let sd = Server::new(5, small_len);
     let (srv, addr) = server(&cfg, sd.clone(), "127.0.0.1:0");
     let cd = Arc::new(Client::default());
@@ -311,11 +313,72 @@ fn teardown_from_either_side_then_nothing_is_left() {
     accepted.mark_down();
     wait_until("client saw the reset", || cd.resets.load(Ordering::SeqCst) == 1);
     wait_until("client side closed", || con.state() == ConnState::Closed);
-    assert_eq!(worker::counters().faults, 0, "closes are orderly, not faults");
+    assert_eq!(worker::counters().faults, before.faults, "closes are orderly, not faults");
 
     stop(&[&cli, &srv]);
     // Worker threads are joined by the last wait(): QPs, CQs, MRs, PDs, channels and the
     // device context must all be gone.
     assert_eq!(verbs::live_objects(), LiveObjects::default(), "leaked verbs objects");
-    assert_eq!(worker::counters().forced_destroys, 0, "every QP drained before it was destroyed");
+    assert_eq!(worker::counters().forced_destroys, before.forced_destroys, "every QP drained before it was destroyed");
+}
+
+/// Reads until the server closes the connection; what it sent first is returned.
+fn read_until_closed(s: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    s.set_read_timeout(Some(common::traffic::WAIT)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            // A reset is a close too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("the server neither closed nor reset the connection: {e}"),
+        }
+    }
+}
+
+#[test]
+fn peers_that_are_not_rdma_are_closed_and_others_carry_on() {
+    let Some(cfg) = rdma_config(&[("ms_async_rdma_buffer_size", "16K"), ("ms_async_rdma_conn_credits", "8")]) else {
+        return;
+    };
+    let sd = Server::new(3, small_len);
+    let (srv, addr) = server(&cfg, sd.clone(), "127.0.0.1:0");
+    let sa = addr.addr.unwrap();
+    let qp_info_len = msgr_stack_rdma::qp::QP_INFO_LEN;
+
+    // A msgr2 banner where the QP information belongs, and plain garbage: each gets the
+    // server's QP information at most, then a close.
+    for junk in [&b"ceph v2\n\x10\x00"[..], &[0xffu8; 64][..]] {
+        let mut s = std::net::TcpStream::connect(sa).unwrap();
+        s.write_all(junk).unwrap();
+        let got = read_until_closed(&mut s);
+        assert!(got.len() <= qp_info_len, "server sent {} bytes to a broken peer", got.len());
+    }
+
+    // A posix messenger dialling the RDMA one fails cleanly instead of hanging.
+    let pcfg = config(&[("ms_type", "async+posix")]);
+    let pcli = client(&pcfg, Arc::new(Client::default()));
+    let pcon = pcli.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr.clone()])).unwrap();
+    wait_until("the posix client to give up", || pcon.state() == ConnState::Closed);
+    eprintln!("posix client -> rdma server: {:?}", pcon.last_error());
+
+    // And the other way round: an RDMA client dialling a posix server is told why.
+    let (psrv, paddr) = server(&pcfg, Arc::new(Client::default()), "127.0.0.1:0");
+    let rcli = client(&cfg, Arc::new(Client::default()));
+    let rcon = rcli.connect_to(EntityType::Osd, &EntityAddrVec(vec![paddr])).unwrap();
+    wait_until("the rdma client to give up", || rcon.state() == ConnState::Closed);
+    let why = format!("{:?}", rcon.last_error());
+    assert!(why.contains("async+rdma"), "the error names the mismatch: {why}");
+
+    // Meanwhile a real RDMA client is served as usual.
+    let cd = Arc::new(Client::default());
+    let cli = client(&cfg, cd.clone());
+    let con = cli.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
+    con.send_message(test_message(5, 0, 1000)).unwrap();
+    assert_eq!(cd.tally.wait_for(3), 3, "the well-behaved client got its messages");
+    assert_eq!(sd.tally.wait_for(1), 1);
+    stop(&[&pcli, &rcli, &cli, &srv, &psrv]);
 }

@@ -445,21 +445,26 @@ impl WorkerRdma {
                     } else {
                         Err(io::Error::new(
                             io::ErrorKind::ConnectionReset,
-                            "the peer closed the RDMA side channel before the queue pairs were connected",
+                            "the peer closed the RDMA side channel before the queue pairs were connected \
+                             (does it run ms_type = async+rdma?)",
                         ))
                     };
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if conn.phase == Phase::Open => {
+                Err(_) if conn.phase == Phase::Open => {
                     // A reset side channel is the peer dying: same as end-of-file,
                     // after what already arrived over the QP.
-                    let _ = e;
                     self.peer_closed(qpn);
                     return Ok(());
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("RDMA side channel: {e} (does the peer run ms_type = async+rdma?)"),
+                    ))
+                }
             };
             if conn.phase == Phase::Open {
                 return Err(crate::handshake::HandshakeError::Unexpected(got).into());
@@ -634,11 +639,11 @@ impl WorkerRdma {
             return;
         };
         conn.rq_posted = conn.rq_posted.saturating_sub(1);
-        let usable = wc.is_ok() && conn.fault.is_none() && !matches!(conn.phase, Phase::Draining { .. });
+        let draining = matches!(conn.phase, Phase::Draining { .. });
+        let usable = wc.is_ok() && conn.fault.is_none() && !draining;
         if !usable {
             let _ = self.recv_pool.give_back(index);
-            if !wc.is_ok() && !wc.is_flush() {
-                let e = wc.check().unwrap_err();
+            if let Some(e) = completion_fault(wc, draining) {
                 self.fail(qpn, &e);
             }
             self.maybe_destroy(qpn);
@@ -684,8 +689,7 @@ impl WorkerRdma {
         let qpn = wc.qp_num;
         let Some(conn) = self.conns.get_mut(&qpn) else { return };
         conn.sq_outstanding = conn.sq_outstanding.saturating_sub(1);
-        if !wc.is_ok() && !wc.is_flush() {
-            let e = wc.check().unwrap_err();
+        if let Some(e) = completion_fault(wc, matches!(conn.phase, Phase::Draining { .. })) {
             self.fail(qpn, &e);
         } else if matches!(conn.phase, Phase::Closing { .. }) && conn.sq_outstanding == 0 {
             self.finish_close(qpn);
@@ -953,6 +957,21 @@ impl WorkerRdma {
         self.sync_signals();
         Ok(())
     }
+}
+
+/// What a completion means for its connection: `None` for success, and for flushed work
+/// requests of a QP we are draining; an error otherwise, including flushes of a QP that
+/// entered the error state on its own (a fatal device or transport error).
+fn completion_fault(wc: &WorkCompletion, draining: bool) -> Option<io::Error> {
+    if wc.is_flush() {
+        return (!draining).then(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("RDMA queue pair {} entered the error state (work request {} flushed)", wc.qp_num, wc.wr_id),
+            )
+        });
+    }
+    wc.check().err()
 }
 
 fn gone() -> io::Error {

@@ -236,7 +236,8 @@ pub static OPTIONS: &[OptionDef] = &[
         name: "ms_async_rdma_support_srq",
         kind: OptionKind::Bool,
         default: "true",
-        description: "use a shared receive queue per worker",
+        description: "accepted for Ceph compatibility and ignored: msgr posts receives per connection, \
+                      which keeps its credit flow control exact",
     },
 ];
 
