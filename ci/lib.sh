@@ -55,3 +55,12 @@ start_server() {
   done
   log "server did not start"; cat "$out" >&2; return 1
 }
+
+# test_bins CARGO-ARGS...: the test executables cargo builds for those arguments
+test_bins() {
+  cargo test "$@" --no-run --message-format=json 2>/dev/null | python3 -c 'import sys, json
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])'
+}

@@ -8,14 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . ci/lib.sh
 apt_install libibverbs-dev librdmacm-dev libclang-dev pkg-config
-# test_bins CARGO-ARGS...: the test executables cargo builds for those arguments
-test_bins() {
-  cargo test "$@" --no-run --message-format=json 2>/dev/null | python3 -c 'import sys, json
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["executable"])'
-}
 device_bins=$(test_bins -p msgr-stack-rdma --tests)
 [ -n "$device_bins" ] || { log "no RDMA device test binaries built"; exit 1; }
 suite=$(test_bins --release --features rdma --test rdma_messenger)

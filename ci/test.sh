@@ -7,13 +7,13 @@ cd "$(dirname "$0")/.."
 
 need_rust
 apt_install gcc libc6-dev pkg-config python3 ca-certificates ceph-mon ceph-common tcpdump \
-  libibverbs-dev librdmacm-dev libclang-dev
+  libibverbs-dev librdmacm-dev libclang-dev clang dpdk dpdk-dev libdpdk-dev iproute2
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
-log "cargo clippy (default features, then with the rdma stack)"
+log "cargo clippy (default features, then with the rdma and dpdk stacks)"
 cargo clippy --workspace --all-targets -- -D warnings
-cargo clippy --workspace --all-targets --features rdma -- -D warnings
+cargo clippy --workspace --all-targets --features rdma,dpdk -- -D warnings
 
 log "tests"
 log_dir=$(mktemp -d)
@@ -33,6 +33,8 @@ log "wire check: msgr mon traffic to a real ceph-mon, decoded independently"
 bash ci/wire-check.sh target/release/msgr
 log "RDMA: device tests, messenger suite, CLI and benchmarks inside the soft-RoCE VM"
 bash ci/rdma-vm-tests.sh
+log "DPDK: net_ring, net_tap (both directions, with and without hugepages), CLI, ceph-mon, benchmarks"
+bash ci/dpdk-tests.sh
 # One closing line for the whole run: nextest's summary or cargo test's result lines,
 # plus the doc tests (their last per-crate line may well be "0 passed").
 passed=$(cat "$log_dir/unit.log" "$log_dir/doc.log" | sed -n \

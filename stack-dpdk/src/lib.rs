@@ -1,15 +1,208 @@
 //! DPDK stack (smoltcp on DPDK poll-mode drivers) — `ms_type = async+dpdk`.
 //!
-//! Not implemented yet: the crate exists so the workspace, the facade and the `dpdk`
-//! cargo feature have their final shape. Starting it reports that plainly.
+//! msgr2 runs unchanged over it: every connection is a byte stream, as on posix, but TCP
+//! is smoltcp's, in the worker's own thread, over a DPDK port.
+//! * [`config`]: the `ms_dpdk_*` options and the EAL command line they make.
+//! * [`dpdk`]: EAL, mbuf pools, mbufs and ports (the crate's only `unsafe`), over our
+//!   own `msgr-dpdk-sys` bindings.
+//! * [`device`]: a smoltcp `phy::Device` over one queue of a port — zero-copy receive,
+//!   transmit straight into mbufs, tx back-pressure.
+//! * [`steer`]: which worker owns a frame; [`worker`]: one worker's interface, sockets
+//!   and poll loop (rx burst → steer → interface poll → readiness → tx flush), driven by
+//!   `msgr::event::PollingDriver` with an idle nap of up to `ms_dpdk_idle_sleep_us`.
+//! * [`socket`]: the `ConnectedSocket` / `ServerSocket` contract.
+//!
+//! One port, one rx/tx queue pair per worker (`ms_async_op_threads`); every worker
+//! listens itself (a local listen table) and keeps its connections.
+//!
+//! Not implemented: IPv6, IP fragmentation (MTU 1500 frames only), TCP offloads (LRO,
+//! TSO, checksum offload: smoltcp computes checksums in software), hardware RSS (frames
+//! are steered in software).
+
+pub mod config;
+pub mod device;
+pub mod dpdk;
+pub mod socket;
+pub mod steer;
+pub mod worker;
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use msgr::config::Config;
-use msgr::stack::StackBackend;
+use msgr::event::PollingDriver;
+use msgr::stack::{StackBackend, WorkerNet};
+
+pub use config::DpdkConfig;
+use device::{Frame, FramePort};
+use dpdk::{Eal, Mbuf, Mempool, Port};
+use worker::{NetSettings, NetSource, NetWorker, Shared};
+
+/// Descriptors per rx and per tx queue.
+const RING_SIZE: u16 = 1024;
+/// Frames per burst.
+const BURST: usize = 32;
+/// Unsent frames a worker queues before smoltcp is told to wait.
+const TX_LIMIT: usize = 512;
+/// Mbufs each lcore keeps in its pool cache.
+const POOL_CACHE: u32 = 256;
+/// How long a worker keeps polling without a nap after it last moved a frame.
+const BUSY_WINDOW: Duration = Duration::from_micros(200);
+
+impl Frame for Mbuf {
+    fn data(&self) -> &[u8] {
+        Mbuf::data(self)
+    }
+
+    fn append(&mut self, len: usize) -> Option<&mut [u8]> {
+        Mbuf::append(self, len)
+    }
+}
+
+/// One queue of a started port: the [`FramePort`] of one worker.
+pub struct QueuePort {
+    port: Arc<Port>,
+    queue: u16,
+    pool: Arc<Mempool>,
+}
+
+impl FramePort for QueuePort {
+    type Frame = Mbuf;
+
+    fn rx_burst(&mut self, out: &mut Vec<Mbuf>, max: usize) -> usize {
+        self.port.rx_burst(self.queue, out, max)
+    }
+
+    fn alloc(&mut self) -> Option<Mbuf> {
+        Mbuf::alloc(&self.pool)
+    }
+
+    fn tx_burst(&mut self, frames: &mut Vec<Mbuf>) -> usize {
+        self.port.tx_burst(self.queue, frames)
+    }
+}
+
+/// The pool of the stack running now (for leak checks and reporting).
+static ACTIVE_POOL: Mutex<Option<Weak<Mempool>>> = Mutex::new(None);
+/// Mbufs still in use when the last stack stopped, after its port was closed.
+static LAST_LEAK: Mutex<Option<u32>> = Mutex::new(None);
+
+/// Mbufs of the running stack's pool in use now (in rx rings, queues and sockets), or
+/// `None` when no DPDK stack runs.
+pub fn mbufs_in_use() -> Option<u32> {
+    let g = ACTIVE_POOL.lock().unwrap_or_else(|e| e.into_inner());
+    g.as_ref().and_then(Weak::upgrade).map(|p| p.in_use())
+}
+
+/// Mbufs that were not back in the pool after the last stack stopped its workers and
+/// closed its port (0 when nothing leaked), or `None` if no stack stopped yet.
+pub fn mbufs_leaked_at_last_shutdown() -> Option<u32> {
+    *LAST_LEAK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The DPDK stack: one port with a queue pair per worker.
+pub struct DpdkStack {
+    eal: &'static Eal,
+    port: Option<Arc<Port>>,
+    pool: Option<Arc<Mempool>>,
+    shared: Arc<Shared<Mbuf>>,
+    settings: NetSettings,
+    workers: usize,
+    idle_sleep: Duration,
+}
+
+impl DpdkStack {
+    /// Starts EAL (once per process), the pool and the port for `workers` workers.
+    ///
+    /// # Errors
+    ///
+    /// An EAL, pool or port error quoting DPDK's reason and what to change.
+    pub fn new(cfg: &DpdkConfig, workers: usize) -> io::Result<Self> {
+        let eal = dpdk::init(&cfg.eal_args()).map_err(io::Error::other)?;
+        if dpdk::port_count() == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no DPDK port: bind a NIC to a DPDK driver, or add a virtual device to ms_dpdk_extra_eal_args \
+                 (e.g. --vdev=net_tap0,iface=dtap0)",
+            ));
+        }
+        let queues = u16::try_from(workers).map_err(|_| io::Error::other("too many workers"))?;
+        let mbufs = cfg.mbufs_per_worker.saturating_mul(u32::from(queues));
+        let pool = Mempool::new(eal, mbufs, POOL_CACHE).map_err(io::Error::other)?;
+        let port = Port::start(cfg.port_id, queues, RING_SIZE, &pool).map_err(io::Error::other)?;
+        *ACTIVE_POOL.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&pool));
+        let settings = NetSettings {
+            mac: worker::mac_for(cfg.host),
+            ip: cfg.host,
+            prefix_len: cfg.prefix_len,
+            gateway: cfg.gateway,
+            tcp_buffer: cfg.tcp_buffer,
+            burst: BURST,
+            tx_limit: TX_LIMIT,
+        };
+        Ok(DpdkStack {
+            eal,
+            port: Some(Arc::new(port)),
+            pool: Some(pool),
+            shared: Arc::new(Shared { inboxes: (0..workers).map(|_| Default::default()).collect() }),
+            settings,
+            workers,
+            idle_sleep: cfg.idle_sleep,
+        })
+    }
+}
+
+impl StackBackend for DpdkStack {
+    fn name(&self) -> &'static str {
+        "async+dpdk"
+    }
+
+    fn init_worker(&self, worker_id: usize) -> io::Result<WorkerNet> {
+        // An lcore id gives the worker a mempool cache; without one it still works.
+        let _ = self.eal.register_thread();
+        let (Some(port), Some(pool)) = (&self.port, &self.pool) else {
+            return Err(io::Error::other("the DPDK stack is stopping"));
+        };
+        let queue = u16::try_from(worker_id).map_err(|_| io::Error::other("worker id out of range"))?;
+        let qp = QueuePort { port: Arc::clone(port), queue, pool: Arc::clone(pool) };
+        let net = Arc::new(Mutex::new(NetWorker::new(
+            worker_id,
+            self.workers,
+            qp,
+            self.settings.clone(),
+            Arc::clone(&self.shared),
+        )));
+        let driver = PollingDriver::with_max_idle_nap(NetSource::new(&net), BUSY_WINDOW, self.idle_sleep)?;
+        Ok(WorkerNet { driver: Box::new(driver), sockets: Box::new(socket::DpdkSocketFactory::new(&net)) })
+    }
+
+    fn local_listen_table(&self) -> bool {
+        true
+    }
+}
+
+impl Drop for DpdkStack {
+    /// The workers are gone by now (the network stack joins them first): frames still
+    /// queued between workers are freed, the port is stopped and closed (its rings give
+    /// their mbufs back), and what is then still out of the pool is a leak.
+    fn drop(&mut self) {
+        for inbox in &self.shared.inboxes {
+            drop(std::mem::take(&mut *inbox.lock()));
+        }
+        drop(self.port.take());
+        if let Some(pool) = self.pool.take() {
+            *LAST_LEAK.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool.in_use());
+        }
+    }
+}
 
 /// Creates the backend for `cfg`.
-pub fn backend(_cfg: &Config) -> io::Result<Arc<dyn StackBackend>> {
-    Err(msgr::stack::not_implemented("async+dpdk"))
+///
+/// # Errors
+///
+/// A bad `ms_dpdk_*` value, or an EAL/port start-up error quoting DPDK's reason.
+pub fn backend(cfg: &Config) -> io::Result<Arc<dyn StackBackend>> {
+    let dcfg = DpdkConfig::from_config(cfg)?;
+    Ok(Arc::new(DpdkStack::new(&dcfg, cfg.ms_async_op_threads())?))
 }

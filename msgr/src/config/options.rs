@@ -239,6 +239,72 @@ pub static OPTIONS: &[OptionDef] = &[
         description: "accepted for Ceph compatibility and ignored: msgr posts receives per connection, \
                       which keeps its credit flow control exact",
     },
+    OptionDef {
+        name: "ms_dpdk_coremask",
+        kind: OptionKind::Str,
+        default: "0x1",
+        description: "EAL core mask (-c); msgr's workers are not EAL lcores, so one core is enough (Ceph: 0xF)",
+    },
+    OptionDef {
+        name: "ms_dpdk_memory_channel",
+        kind: OptionKind::Uint { min: 1, max: 32 },
+        default: "4",
+        description: "EAL memory channels (-n)",
+    },
+    OptionDef {
+        name: "ms_dpdk_hugepages",
+        kind: OptionKind::Str,
+        default: "",
+        description: "hugetlbfs mount for EAL (--huge-dir); empty: EAL's default",
+    },
+    OptionDef {
+        name: "ms_dpdk_port_id",
+        kind: OptionKind::Uint { min: 0, max: 1023 },
+        default: "0",
+        description: "DPDK port (ethdev id) the stack uses",
+    },
+    OptionDef {
+        name: "ms_dpdk_host_ipv4_addr",
+        kind: OptionKind::Str,
+        default: "",
+        description: "IPv4 address of the userspace TCP/IP stack (required for async+dpdk)",
+    },
+    OptionDef {
+        name: "ms_dpdk_gateway_ipv4_addr",
+        kind: OptionKind::Str,
+        default: "",
+        description: "IPv4 default gateway of the userspace stack (empty: none)",
+    },
+    OptionDef {
+        name: "ms_dpdk_netmask_ipv4_addr",
+        kind: OptionKind::Str,
+        default: "255.255.255.0",
+        description: "IPv4 netmask of the userspace stack",
+    },
+    OptionDef {
+        name: "ms_dpdk_rx_buffer_count_per_core",
+        kind: OptionKind::Uint { min: 1024, max: 1 << 20 },
+        default: "8192",
+        description: "mbufs in each worker's pool",
+    },
+    OptionDef {
+        name: "ms_dpdk_extra_eal_args",
+        kind: OptionKind::Str,
+        default: "",
+        description: "more EAL arguments, e.g. --no-pci --vdev=net_tap0,iface=dtap0 --no-huge -m 256",
+    },
+    OptionDef {
+        name: "ms_dpdk_idle_sleep_us",
+        kind: OptionKind::Uint { min: 0, max: 1_000_000 },
+        default: "1000",
+        description: "longest nap of an idle DPDK worker between polls; 0 polls without ever sleeping",
+    },
+    OptionDef {
+        name: "ms_dpdk_tcp_buffer_size",
+        kind: OptionKind::Size { min: 4096, max: 64 << 20 },
+        default: "1M",
+        description: "receive and send buffer of each userspace TCP connection",
+    },
 ];
 
 /// Looks up an option by its normalised name.

@@ -33,8 +33,10 @@ pub trait CompletionSource {
     fn on_notify(&mut self) -> io::Result<()>;
 }
 
-/// Longest nap of an idle worker whose source cannot notify (DPDK without work).
-const MAX_IDLE_NAP: Duration = Duration::from_millis(1);
+/// Default longest nap of an idle worker whose source cannot notify (DPDK without work).
+pub const MAX_IDLE_NAP: Duration = Duration::from_millis(1);
+/// First nap of an idle worker whose source cannot notify.
+const MIN_IDLE_NAP: Duration = Duration::from_micros(50);
 
 /// Epoll plus a polled completion source; see the module documentation.
 pub struct PollingDriver<S: CompletionSource> {
@@ -45,13 +47,21 @@ pub struct PollingDriver<S: CompletionSource> {
     last_work: Option<Instant>,
     armed: bool,
     nap: Duration,
+    max_nap: Duration,
     registered_notify: Option<RawFd>,
     scratch: Vec<FiredEvent>,
 }
 
 impl<S: CompletionSource> PollingDriver<S> {
-    /// A driver polling `source`, busy for `window` after the last work.
+    /// A driver polling `source`, busy for `window` after the last work; an idle source
+    /// without a notification fd is polled after naps of up to [`MAX_IDLE_NAP`].
     pub fn new(source: S, window: Duration) -> io::Result<Self> {
+        Self::with_max_idle_nap(source, window, MAX_IDLE_NAP)
+    }
+
+    /// As [`new`](Self::new), with naps of up to `max_nap` (zero: never sleep, poll
+    /// continuously — a dedicated core).
+    pub fn with_max_idle_nap(source: S, window: Duration, max_nap: Duration) -> io::Result<Self> {
         let mut epoll = EpollDriver::new()?;
         let registered_notify = source.notify_fd();
         if let Some(fd) = registered_notify {
@@ -64,6 +74,7 @@ impl<S: CompletionSource> PollingDriver<S> {
             last_work: None,
             armed: false,
             nap: Duration::ZERO,
+            max_nap,
             registered_notify,
             scratch: Vec::new(),
         })
@@ -149,7 +160,7 @@ impl<S: CompletionSource> EventDriver for PollingDriver<S> {
         } else {
             // Nothing can wake us for new packets: nap briefly, a little longer each
             // idle round, never beyond the caller's timeout.
-            self.nap = (self.nap * 2).clamp(Duration::from_micros(50), MAX_IDLE_NAP);
+            self.nap = (self.nap * 2).clamp(MIN_IDLE_NAP.min(self.max_nap), self.max_nap);
             block = Some(timeout.map_or(self.nap, |t| t.min(self.nap)));
         }
         self.collect(fired, block)
@@ -285,6 +296,17 @@ mod tests {
         d.wait(&mut fired, None).unwrap();
         assert!(fired.iter().any(|f| f.fd == socket.fd()));
         assert_eq!(d.nap, Duration::ZERO, "work resets the backoff");
+    }
+
+    #[test]
+    fn a_zero_nap_never_sleeps() {
+        let (d, _pending, _socket) = setup(false, Duration::ZERO);
+        let mut d = PollingDriver::with_max_idle_nap(d.source, Duration::ZERO, Duration::ZERO).unwrap();
+        let mut fired = Vec::new();
+        for _ in 0..3 {
+            d.wait(&mut fired, None).unwrap();
+            assert_eq!(d.nap, Duration::ZERO);
+        }
     }
 
     #[test]

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The DPDK suite (run as root): builds the messenger tests and msgr with the dpdk feature,
+# then, with and without hugepages:
+#   1. two async+dpdk messengers on a net_ring loopback (no kernel on the path);
+#   2. async+dpdk <-> async+posix over net_tap, both directions, in a network namespace
+#      made for the run;
+# then, in a namespace: `msgr ping` over async+dpdk both ways, `msgr mon get-version`
+# over async+dpdk against a real ceph-mon on the kernel side of the TAP, and the
+# benchmark (msgr ping over the TAP with DPDK on either end, and kernel TCP over a veth
+# pair as the reference). Every namespace and TAP it creates is removed at exit.
+# Usage: ci/dpdk-tests.sh      Environment: T_DPDK_MSGS (messages each way, default 10000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. ci/lib.sh
+apt_install dpdk dpdk-dev libdpdk-dev pkg-config clang libclang-dev iproute2 ceph-mon ceph-common
+[ "$(id -u)" = 0 ] || { log "the DPDK suite needs root (TAP devices, namespaces, hugepages)"; exit 1; }
+[ -c /dev/net/tun ] || { mkdir -p /dev/net; mknod /dev/net/tun c 10 200; }
+
+# Hugepages when the machine gives them; the --no-huge configuration runs either way.
+modes=nohuge
+want=256
+[ "$(cat /proc/sys/vm/nr_hugepages)" -ge "$want" ] || echo "$want" >/proc/sys/vm/nr_hugepages 2>/dev/null || true
+if [ "$(cat /proc/sys/vm/nr_hugepages)" -ge 128 ]; then
+  mkdir -p /dev/hugepages
+  grep -qs " /dev/hugepages hugetlbfs " /proc/mounts || mount -t hugetlbfs -o pagesize=2M nodev /dev/hugepages
+  modes="nohuge huge"
+else
+  log "no hugepages could be reserved: only the --no-huge configuration runs"
+fi
+
+suite=$(test_bins --release --features dpdk --test dpdk_messenger)
+[ -n "$suite" ] || { log "the dpdk_messenger suite did not build"; exit 1; }
+cargo build --release --features dpdk --bin msgr
+bin=$PWD/target/release/msgr
+
+ns=msgr-dpdk-$$
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  MON_IP=198.18.8.1 bash ci/mon.sh stop "$tmp/mon" >/dev/null 2>&1 || true
+  ip netns del "$ns" 2>/dev/null || true
+  ip netns del "$ns-b" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+ip netns add "$ns"
+ip netns exec "$ns" ip link set lo up
+in_ns() { ip netns exec "$ns" "$@"; }
+
+for mode in $modes; do
+  log "net_ring: two async+dpdk messengers, no kernel ($mode)"
+  MSGR_DPDK_MEM=$mode MSGR_DPDK_TESTS=1 "$suite" --exact ring_two_dpdk_messengers --nocapture
+  log "net_tap: async+dpdk <-> async+posix, both directions ($mode)"
+  MSGR_DPDK_MEM=$mode MSGR_DPDK_TESTS=1 in_ns "$suite" --exact tap_dpdk_and_posix_both_directions --nocapture
+done
+
+# The CLI over a persistent multi-queue TAP whose kernel side is 198.18.8.1.
+in_ns ip tuntap add dev dtapc mode tap multi_queue
+in_ns ip addr add 198.18.8.1/24 dev dtapc
+in_ns ip link set dtapc up
+eal="--no-pci --no-huge --no-shconf -m 512 --log-level=*:error --vdev=net_tap0,iface=dtapc"
+dpdk=(--ms-type async+dpdk -o ms_dpdk_host_ipv4_addr=198.18.8.2 -o ms_dpdk_gateway_ipv4_addr=198.18.8.1
+  -o "ms_dpdk_extra_eal_args=$eal")
+
+log "msgr serve over async+dpdk, msgr ping from the kernel side"
+start_server "$tmp/dserve.log" ip netns exec "$ns" "$bin" serve "${dpdk[@]}" --bind 198.18.8.2:0
+pids+=("$SERVER_PID")
+dserver=$SERVER_ADDR
+for size in 64 4096 65536; do
+  line=$(in_ns timeout 120 "$bin" ping --connect "$dserver" --count "${BENCH_COUNT:-2000}" --size "$size")
+  echo "BENCH async+posix client -> async+dpdk server (net_tap) $size | $line"
+done
+kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+
+log "msgr serve on the kernel side, msgr ping over async+dpdk"
+start_server "$tmp/pserve.log" ip netns exec "$ns" "$bin" serve --bind 198.18.8.1:0
+pids+=("$SERVER_PID")
+for size in 64 4096 65536; do
+  line=$(in_ns timeout 120 "$bin" ping "${dpdk[@]}" --connect "$SERVER_ADDR" --count "${BENCH_COUNT:-2000}" --size "$size")
+  echo "BENCH async+dpdk client -> async+posix server (net_tap) $size | $line"
+done
+kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+
+log "msgr mon over async+dpdk against a real ceph-mon on the kernel side of the TAP"
+MON_IP=198.18.8.1 in_ns bash ci/mon.sh start "$tmp/mon" >"$tmp/mon.log" 2>&1 || { cat "$tmp/mon.log"; exit 1; }
+conf=$(sed -n 's/^mon up: [^ ]* \(.*\)$/\1/p' "$tmp/mon.log" | tail -n1)
+[ -n "$conf" ] || { cat "$tmp/mon.log"; log "mon.sh did not report its ceph.conf"; exit 1; }
+out=$(in_ns timeout 120 "$bin" mon -c "$conf" "${dpdk[@]}" get-version osdmap)
+echo "msgr mon get-version osdmap over async+dpdk: $out"
+epoch=$(in_ns timeout 60 ceph -c "$conf" osd stat -f json | python3 -c 'import sys, json; print(json.load(sys.stdin)["epoch"])')
+case $out in "osdmap version $epoch "*) ;; *) log "expected osdmap version $epoch (from the ceph CLI), got: $out"; exit 1 ;; esac
+MON_IP=198.18.8.1 bash ci/mon.sh stop "$tmp/mon" >/dev/null 2>&1 || true
+
+log "reference: kernel TCP over a veth pair between two namespaces, msgr ping async+posix"
+ip netns add "$ns-b"
+ip link add vma netns "$ns" type veth peer name vmb netns "$ns-b"
+in_ns ip addr add 198.18.10.1/24 dev vma
+in_ns ip link set vma up
+ip netns exec "$ns-b" ip addr add 198.18.10.2/24 dev vmb
+ip netns exec "$ns-b" ip link set vmb up
+ip netns exec "$ns-b" ip link set lo up
+start_server "$tmp/vserve.log" ip netns exec "$ns-b" "$bin" serve --bind 198.18.10.2:0
+pids+=("$SERVER_PID")
+for size in 64 4096 65536; do
+  line=$(in_ns timeout 120 "$bin" ping --connect "$SERVER_ADDR" --count "${BENCH_COUNT:-2000}" --size "$size")
+  echo "BENCH async+posix client -> async+posix server (veth) $size | $line"
+done
+log "DPDK suite passed"

@@ -1,0 +1,880 @@
+//! One worker's userspace TCP/IP stack: a smoltcp [`Interface`] on the worker's queue of
+//! the port, its TCP sockets, and the readiness the messenger sees through eventfds.
+//!
+//! Each worker loop (through `msgr::event::PollingDriver` and [`NetSource`]) does: rx
+//! burst → steer frames to their owning worker ([`crate::steer`]) → interface poll
+//! (smoltcp's timers included) → socket readiness → tx flush. The messenger's timers and
+//! external events run in the same loop, between polls.
+//!
+//! Generic over the [`FramePort`], so the whole TCP path runs on the host in tests over
+//! an in-memory wire; the DPDK queue is the real port.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant as StdInstant};
+
+use msgr::event::{CompletionSource, EventFd};
+use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::time::{Duration as NetDuration, Instant};
+use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, IpListenEndpoint, Ipv4Address};
+
+use crate::device::{Frame, FramePort, PortDevice};
+use crate::steer::{self, Steer};
+
+/// Listening sockets kept ready per listening port: SYNs beyond these in one poll wait
+/// for the peer's retransmission.
+const LISTEN_BACKLOG: usize = 16;
+/// How long a closed connection may take to finish its FIN exchange before it is aborted.
+const CLOSE_LINGER: Duration = Duration::from_secs(10);
+/// A connection whose peer stops acknowledging for this long is aborted.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Frames handed from one worker to the worker that owns them.
+pub struct Inbox<F> {
+    frames: Mutex<Vec<F>>,
+}
+
+impl<F> Default for Inbox<F> {
+    fn default() -> Self {
+        Inbox { frames: Mutex::new(Vec::new()) }
+    }
+}
+
+impl<F> Inbox<F> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<F>> {
+        self.frames.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What every worker of one stack shares.
+pub struct Shared<F> {
+    /// One inbox per worker, indexed by worker id.
+    pub inboxes: Vec<Inbox<F>>,
+}
+
+/// Per-stack settings a worker needs.
+#[derive(Debug, Clone)]
+pub struct NetSettings {
+    /// Our MAC address.
+    pub mac: [u8; 6],
+    /// Our IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// Default gateway.
+    pub gateway: Option<Ipv4Addr>,
+    /// Receive and send buffer of each TCP connection.
+    pub tcp_buffer: usize,
+    /// Frames per rx/tx burst.
+    pub burst: usize,
+    /// Unsent frames queued before tx back-pressure.
+    pub tx_limit: usize,
+}
+
+/// A MAC address for the userspace stack, derived from its IPv4 address: locally
+/// administered, so it never equals the port's own (a TAP's kernel side takes that one).
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x4d, o[0], o[1], o[2], o[3]]
+}
+
+#[derive(Debug)]
+struct Conn {
+    efd: Arc<EventFd>,
+    signalled: bool,
+    open_reported: bool,
+    write_blocked: bool,
+    was_established: bool,
+    /// The socket object is gone: finish the close, then remove.
+    closing_until: Option<StdInstant>,
+}
+
+struct Listener {
+    port: u16,
+    addr: Option<Ipv4Address>,
+    /// Sockets in LISTEN (or just past it, waiting for the handshake to finish).
+    backlog: Vec<SocketHandle>,
+    /// Established, waiting for `accept`.
+    ready: VecDeque<SocketHandle>,
+    efd: Arc<EventFd>,
+    signalled: bool,
+}
+
+/// Counters of one worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Frames received on this worker's queue.
+    pub rx_frames: u64,
+    /// Frames handed to another worker.
+    pub steered_out: u64,
+    /// Frames received from other workers.
+    pub steered_in: u64,
+    /// Connections alive (any state, including closing).
+    pub conns: usize,
+}
+
+/// One worker's stack.
+pub struct NetWorker<P: FramePort> {
+    id: usize,
+    workers: usize,
+    settings: NetSettings,
+    shared: Arc<Shared<P::Frame>>,
+    iface: Interface,
+    dev: PortDevice<P>,
+    sockets: SocketSet<'static>,
+    conns: HashMap<SocketHandle, Conn>,
+    listeners: HashMap<u64, Listener>,
+    next_listener: u64,
+    next_port: u16,
+    epoch: StdInstant,
+    rx_scratch: Vec<P::Frame>,
+    stats: NetStats,
+}
+
+/// The shared handle of a worker's stack (sockets are `Send`, so it sits in a mutex that
+/// only its own worker thread ever takes).
+pub type SharedNet<P> = Arc<Mutex<NetWorker<P>>>;
+
+fn lock<P: FramePort>(w: &Mutex<NetWorker<P>>) -> MutexGuard<'_, NetWorker<P>> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` on the locked worker.
+pub fn with<P: FramePort, R>(w: &SharedNet<P>, f: impl FnOnce(&mut NetWorker<P>) -> R) -> R {
+    f(&mut lock(w))
+}
+
+impl<P: FramePort> NetWorker<P> {
+    /// Worker `id` of `workers`, on `port`.
+    pub fn new(id: usize, workers: usize, port: P, settings: NetSettings, shared: Arc<Shared<P::Frame>>) -> Self {
+        let mut dev = PortDevice::new(port, settings.burst, settings.tx_limit);
+        let epoch = StdInstant::now();
+        let mut config = IfaceConfig::new(EthernetAddress(settings.mac).into());
+        config.random_seed = seed(id);
+        let mut iface = Interface::new(config, &mut dev, Instant::ZERO);
+        let ip = Ipv4Address::from(settings.ip.octets());
+        iface.update_ip_addrs(|addrs| {
+            // One address per interface: cannot be full.
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(ip), settings.prefix_len));
+        });
+        if let Some(gw) = settings.gateway {
+            let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::from(gw.octets()));
+        }
+        NetWorker {
+            id,
+            workers,
+            next_port: steer::EPHEMERAL_FIRST.wrapping_add((seed(id) % 16_000) as u16),
+            settings,
+            shared,
+            iface,
+            dev,
+            sockets: SocketSet::new(Vec::new()),
+            conns: HashMap::new(),
+            listeners: HashMap::new(),
+            next_listener: 0,
+            epoch,
+            rx_scratch: Vec::new(),
+            stats: NetStats::default(),
+        }
+    }
+
+    /// This worker's counters.
+    pub fn stats(&self) -> NetStats {
+        NetStats { conns: self.conns.len(), ..self.stats }
+    }
+
+    /// The device counters.
+    pub fn device_stats(&self) -> crate::device::DeviceStats {
+        self.dev.stats()
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    }
+
+    fn new_tcp(&self) -> tcp::Socket<'static> {
+        let n = self.settings.tcp_buffer;
+        let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; n]), tcp::SocketBuffer::new(vec![0; n]));
+        // Every frame of a message leaves at once, and ACKs are not held back: the
+        // messenger's round trips depend on it.
+        s.set_nagle_enabled(false);
+        s.set_ack_delay(None);
+        s.set_timeout(Some(NetDuration::from_micros(ACK_TIMEOUT.as_micros() as u64)));
+        s
+    }
+
+    // ----- the poll loop ------------------------------------------------------------
+
+    /// One round: receive, steer, run the TCP/IP stack, update readiness, send.
+    /// Returns the number of frames moved (0: idle).
+    pub fn poll(&mut self) -> usize {
+        let mut moved = 0;
+        let mut frames = std::mem::take(&mut self.rx_scratch);
+        let got = self.dev.rx_burst(&mut frames);
+        self.stats.rx_frames += got as u64;
+        moved += got;
+        for frame in frames.drain(..) {
+            self.steer(frame);
+        }
+        self.rx_scratch = frames;
+        let inbox: Vec<P::Frame> = std::mem::take(&mut *self.shared.inboxes[self.id].lock());
+        self.stats.steered_in += inbox.len() as u64;
+        moved += inbox.len();
+        for frame in inbox {
+            self.dev.push_rx(frame);
+        }
+        let now = self.now();
+        let changed = self.iface.poll(now, &mut self.dev, &mut self.sockets) == PollResult::SocketStateChanged;
+        moved += self.dev.flush();
+        if changed || moved > 0 {
+            self.update_listeners();
+            self.update_conns();
+        }
+        moved
+    }
+
+    fn steer(&mut self, frame: P::Frame) {
+        match steer::classify(frame.data(), self.workers) {
+            Steer::Local => self.dev.push_rx(frame),
+            Steer::To(w) if w == self.id => self.dev.push_rx(frame),
+            Steer::To(w) => {
+                self.stats.steered_out += 1;
+                if let Some(inbox) = self.shared.inboxes.get(w) {
+                    inbox.lock().push(frame);
+                }
+            }
+            Steer::All => {
+                let me = self.id;
+                for w in (0..self.workers).filter(|&w| w != me) {
+                    if let Some(copy) = self.copy_frame(frame.data()) {
+                        self.stats.steered_out += 1;
+                        if let Some(inbox) = self.shared.inboxes.get(w) {
+                            inbox.lock().push(copy);
+                        }
+                    }
+                }
+                self.dev.push_rx(frame);
+            }
+        }
+    }
+
+    fn copy_frame(&mut self, data: &[u8]) -> Option<P::Frame> {
+        let mut f = self.dev.port_mut().alloc()?;
+        f.append(data.len())?.copy_from_slice(data);
+        Some(f)
+    }
+
+    /// Moves listening sockets that got a connection to the accept queue, replaces
+    /// them, and drops those the handshake failed on.
+    fn update_listeners(&mut self) {
+        let ids: Vec<u64> = self.listeners.keys().copied().collect();
+        for id in ids {
+            let Some(l) = self.listeners.get_mut(&id) else { continue };
+            let mut keep = Vec::with_capacity(l.backlog.len());
+            let mut failed = Vec::new();
+            for h in l.backlog.drain(..) {
+                match self.sockets.get::<tcp::Socket>(h).state() {
+                    State::Listen | State::SynReceived => keep.push(h),
+                    State::Established | State::CloseWait => l.ready.push_back(h),
+                    _ => failed.push(h),
+                }
+            }
+            l.backlog = keep;
+            for h in failed {
+                self.sockets.remove(h);
+            }
+            let (port, addr) = (l.port, l.addr);
+            self.fill_backlog(id, port, addr);
+            if let Some(l) = self.listeners.get_mut(&id) {
+                let want = !l.ready.is_empty();
+                sync_efd(&l.efd, &mut l.signalled, want);
+            }
+        }
+    }
+
+    fn fill_backlog(&mut self, id: u64, port: u16, addr: Option<Ipv4Address>) {
+        loop {
+            let Some(l) = self.listeners.get(&id) else { return };
+            if l.backlog.iter().filter(|&&h| self.sockets.get::<tcp::Socket>(h).state() == State::Listen).count()
+                >= LISTEN_BACKLOG
+            {
+                return;
+            }
+            let mut s = self.new_tcp();
+            let ep = IpListenEndpoint { addr: addr.map(IpAddress::Ipv4), port };
+            if s.listen(ep).is_err() {
+                return;
+            }
+            let h = self.sockets.add(s);
+            if let Some(l) = self.listeners.get_mut(&id) {
+                l.backlog.push(h);
+            }
+        }
+    }
+
+    /// Brings every connection's eventfd in line with whether it has work, and removes
+    /// closed connections whose socket is gone.
+    fn update_conns(&mut self) {
+        let now = StdInstant::now();
+        let mut dead = Vec::new();
+        for (&h, c) in self.conns.iter_mut() {
+            let s = self.sockets.get::<tcp::Socket>(h);
+            let state = s.state();
+            if state == State::Established {
+                c.was_established = true;
+            }
+            if let Some(until) = c.closing_until {
+                if matches!(state, State::Closed | State::TimeWait) || now >= until {
+                    dead.push(h);
+                }
+                continue;
+            }
+            let want = has_work(s, c);
+            sync_efd(&c.efd, &mut c.signalled, want);
+        }
+        for h in dead {
+            self.conns.remove(&h);
+            let s = self.sockets.get_mut::<tcp::Socket>(h);
+            if s.state() != State::Closed {
+                s.abort();
+            }
+            self.sockets.remove(h);
+        }
+    }
+
+    fn refresh(&mut self, h: SocketHandle) {
+        let Some(c) = self.conns.get_mut(&h) else { return };
+        if c.closing_until.is_some() {
+            return;
+        }
+        let s = self.sockets.get::<tcp::Socket>(h);
+        let want = has_work(s, c);
+        sync_efd(&c.efd, &mut c.signalled, want);
+    }
+
+    // ----- sockets ------------------------------------------------------------------
+
+    fn local_ip_for(&self, addr: SocketAddr) -> io::Result<Option<Ipv4Address>> {
+        match addr {
+            SocketAddr::V4(a) if a.ip().is_unspecified() => Ok(None),
+            SocketAddr::V4(a) if *a.ip() == self.settings.ip => Ok(Some(Ipv4Address::from(a.ip().octets()))),
+            _ => Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!(
+                    "{addr} is not an address of the DPDK stack (ms_dpdk_host_ipv4_addr = {}): bind that or 0.0.0.0",
+                    self.settings.ip
+                ),
+            )),
+        }
+    }
+
+    /// Listens on `addr` (port 0: a free ephemeral port); returns the listener id, its
+    /// eventfd and the bound address.
+    pub fn listen(&mut self, addr: SocketAddr) -> io::Result<(u64, Arc<EventFd>, SocketAddr)> {
+        let ip = self.local_ip_for(addr)?;
+        let port = match addr.port() {
+            0 => self.free_port(Ipv4Addr::UNSPECIFIED, 0)?,
+            p => p,
+        };
+        if self.listeners.values().any(|l| l.port == port) {
+            return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("port {port} is already listening")));
+        }
+        let id = self.next_listener;
+        self.next_listener += 1;
+        let efd = Arc::new(EventFd::new()?);
+        self.listeners.insert(
+            id,
+            Listener {
+                port,
+                addr: ip,
+                backlog: Vec::new(),
+                ready: VecDeque::new(),
+                efd: Arc::clone(&efd),
+                signalled: false,
+            },
+        );
+        self.fill_backlog(id, port, ip);
+        let bound =
+            SocketAddr::V4(SocketAddrV4::new(ip.map_or(Ipv4Addr::UNSPECIFIED, |a| Ipv4Addr::from(a.octets())), port));
+        Ok((id, efd, bound))
+    }
+
+    /// Stops listening; connections already accepted live on.
+    pub fn close_listener(&mut self, id: u64) {
+        if let Some(l) = self.listeners.remove(&id) {
+            for h in l.backlog.into_iter().chain(l.ready) {
+                self.sockets.get_mut::<tcp::Socket>(h).abort();
+                self.sockets.remove(h);
+            }
+        }
+    }
+
+    /// Takes one established connection of listener `id`.
+    pub fn accept(&mut self, id: u64) -> io::Result<(SocketHandle, Arc<EventFd>, SocketAddr, SocketAddr)> {
+        let l = self.listeners.get_mut(&id).ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        let Some(h) = l.ready.pop_front() else {
+            sync_efd(&l.efd, &mut l.signalled, false);
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let want = !l.ready.is_empty();
+        sync_efd(&l.efd, &mut l.signalled, want);
+        let s = self.sockets.get::<tcp::Socket>(h);
+        let (peer, local) = (s.remote_endpoint().map(to_std), s.local_endpoint().map(to_std));
+        let efd = Arc::new(EventFd::new()?);
+        self.conns.insert(
+            h,
+            Conn {
+                efd: Arc::clone(&efd),
+                signalled: false,
+                open_reported: true,
+                write_blocked: false,
+                was_established: true,
+                closing_until: None,
+            },
+        );
+        self.refresh(h);
+        let unknown = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+        Ok((h, efd, peer.unwrap_or(unknown), local.unwrap_or(unknown)))
+    }
+
+    fn free_port(&mut self, remote: Ipv4Addr, remote_port: u16) -> io::Result<u16> {
+        let used: Vec<u16> = self
+            .sockets
+            .iter()
+            .filter_map(|(_, s)| match s {
+                smoltcp::socket::Socket::Tcp(t) => {
+                    t.local_endpoint().map(|e| e.port).or(Some(t.listen_endpoint().port)).filter(|&p| p != 0)
+                }
+                #[allow(unreachable_patterns)]
+                _ => None,
+            })
+            .collect();
+        let port =
+            steer::pick_local_port(remote, remote_port, self.id, self.workers, self.next_port, |p| used.contains(&p))
+                .ok_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no free local TCP port on the DPDK stack"))?;
+        self.next_port = port.wrapping_add(1).max(steer::EPHEMERAL_FIRST);
+        Ok(port)
+    }
+
+    /// Starts a connection to `addr` from a local port this worker owns.
+    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<(SocketHandle, Arc<EventFd>, SocketAddr)> {
+        let SocketAddr::V4(remote) = addr else {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "the DPDK stack speaks IPv4 only"));
+        };
+        let port = self.free_port(*remote.ip(), remote.port())?;
+        let mut s = self.new_tcp();
+        let endpoint = (IpAddress::Ipv4(Ipv4Address::from(remote.ip().octets())), remote.port());
+        s.connect(self.iface.context(), endpoint, port).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("cannot connect to {addr} from the DPDK stack: {e}"),
+            )
+        })?;
+        let h = self.sockets.add(s);
+        let efd = Arc::new(EventFd::new()?);
+        self.conns.insert(
+            h,
+            Conn {
+                efd: Arc::clone(&efd),
+                signalled: false,
+                open_reported: false,
+                write_blocked: false,
+                was_established: false,
+                closing_until: None,
+            },
+        );
+        Ok((h, efd, SocketAddr::V4(SocketAddrV4::new(self.settings.ip, port))))
+    }
+
+    fn conn_socket(&mut self, h: SocketHandle) -> io::Result<&mut tcp::Socket<'static>> {
+        match self.conns.get(&h) {
+            Some(c) if c.closing_until.is_none() => Ok(self.sockets.get_mut::<tcp::Socket>(h)),
+            _ => Err(io::Error::new(io::ErrorKind::NotConnected, "DPDK connection already closed")),
+        }
+    }
+
+    /// See `ConnectedSocket::is_connected`.
+    pub fn is_connected(&mut self, h: SocketHandle) -> io::Result<bool> {
+        let s = self.conn_socket(h)?;
+        let r = match s.state() {
+            State::SynSent | State::SynReceived => Ok(false),
+            State::Closed | State::TimeWait | State::Listen => Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "connection refused (reset or no answer from the peer)",
+            )),
+            _ => Ok(true),
+        };
+        if let (Ok(true), Some(c)) = (&r, self.conns.get_mut(&h)) {
+            c.open_reported = true;
+            c.was_established = true;
+        }
+        self.refresh(h);
+        r
+    }
+
+    /// See `ConnectedSocket::read`.
+    pub fn read(&mut self, h: SocketHandle, buf: &mut [u8]) -> io::Result<usize> {
+        let was_established = self.conns.get(&h).is_some_and(|c| c.was_established);
+        let s = self.conn_socket(h)?;
+        let r = if s.can_recv() {
+            match s.recv_slice(buf) {
+                Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+                Ok(n) => Ok(n),
+                Err(_) => Ok(0),
+            }
+        } else if !s.may_recv() && s.state() != State::SynSent && s.state() != State::SynReceived {
+            if s.state() == State::Closed && was_established {
+                // Closed without our close: a reset (or the peer stopped acknowledging).
+                Err(io::Error::new(io::ErrorKind::ConnectionReset, "connection reset by the peer"))
+            } else {
+                Ok(0)
+            }
+        } else {
+            Err(io::ErrorKind::WouldBlock.into())
+        };
+        self.refresh(h);
+        r
+    }
+
+    /// See `ConnectedSocket::send`.
+    pub fn send(&mut self, h: SocketHandle, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let s = self.conn_socket(h)?;
+        if !s.may_send() {
+            return match s.state() {
+                State::SynSent | State::SynReceived => Err(io::ErrorKind::WouldBlock.into()),
+                _ => Err(io::Error::new(io::ErrorKind::BrokenPipe, "the DPDK connection is closed for sending")),
+            };
+        }
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut sent = 0;
+        for b in bufs {
+            let n = s.send_slice(b).unwrap_or(0);
+            sent += n;
+            if n < b.len() {
+                break;
+            }
+        }
+        if let Some(c) = self.conns.get_mut(&h) {
+            c.write_blocked = sent < total;
+        }
+        self.refresh(h);
+        if sent == 0 && total > 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(sent)
+    }
+
+    /// The socket is shut down or dropped: close gracefully (FIN after the data) and
+    /// forget the connection once closed, or after a bounded linger.
+    pub fn close(&mut self, h: SocketHandle) {
+        let Some(c) = self.conns.get_mut(&h) else { return };
+        if c.closing_until.is_some() {
+            return;
+        }
+        c.closing_until = Some(StdInstant::now() + CLOSE_LINGER);
+        self.sockets.get_mut::<tcp::Socket>(h).close();
+    }
+}
+
+fn has_work(s: &tcp::Socket<'_>, c: &Conn) -> bool {
+    let state = s.state();
+    if s.can_recv() || (!s.may_recv() && !matches!(state, State::SynSent | State::SynReceived)) {
+        return true;
+    }
+    let open = !matches!(state, State::SynSent | State::SynReceived | State::Listen);
+    (open && !c.open_reported) || (c.write_blocked && s.can_send())
+}
+
+fn sync_efd(efd: &EventFd, signalled: &mut bool, want: bool) {
+    if want && !*signalled {
+        *signalled = efd.notify().is_ok();
+    } else if !want && *signalled && efd.drain().is_ok() {
+        *signalled = false;
+    }
+}
+
+fn to_std(e: smoltcp::wire::IpEndpoint) -> SocketAddr {
+    match e.addr {
+        IpAddress::Ipv4(a) => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(a.octets()), e.port)),
+    }
+}
+
+/// Seeds smoltcp's ISNs and our port choice differently per worker and run.
+fn seed(id: usize) -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ ((id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// The worker's [`CompletionSource`]: it has no notification fd, so an idle worker naps
+/// in the polling driver (up to `ms_dpdk_idle_sleep_us`) between polls.
+pub struct NetSource<P: FramePort> {
+    net: SharedNet<P>,
+}
+
+impl<P: FramePort> NetSource<P> {
+    /// The source polling `net`.
+    pub fn new(net: &SharedNet<P>) -> Self {
+        NetSource { net: Arc::clone(net) }
+    }
+}
+
+impl<P: FramePort> CompletionSource for NetSource<P> {
+    fn poll(&mut self) -> io::Result<usize> {
+        Ok(lock(&self.net).poll())
+    }
+
+    fn notify_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    fn arm(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn on_notify(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A heap frame.
+    struct VecFrame(Vec<u8>);
+
+    impl Frame for VecFrame {
+        fn data(&self) -> &[u8] {
+            &self.0
+        }
+        fn append(&mut self, len: usize) -> Option<&mut [u8]> {
+            let start = self.0.len();
+            self.0.resize(start + len, 0);
+            Some(&mut self.0[start..])
+        }
+    }
+
+    type Queue = Arc<Mutex<VecDeque<Vec<u8>>>>;
+
+    /// One side's queues; frames sent to it are spread over them round-robin, which is
+    /// the worst case for steering (a NIC or TAP that ignores our flow ownership).
+    #[derive(Clone, Default)]
+    struct Side {
+        queues: Vec<Queue>,
+        next: Arc<AtomicUsize>,
+    }
+
+    impl Side {
+        fn new(n: usize) -> Side {
+            Side { queues: (0..n).map(|_| Queue::default()).collect(), next: Arc::default() }
+        }
+        fn deliver(&self, f: Vec<u8>) {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+            self.queues[i].lock().unwrap().push_back(f);
+        }
+    }
+
+    /// Queue `rx` of one side; what it sends goes to the other side.
+    struct WirePort {
+        rx: Queue,
+        peer: Side,
+    }
+
+    impl FramePort for WirePort {
+        type Frame = VecFrame;
+        fn rx_burst(&mut self, out: &mut Vec<VecFrame>, max: usize) -> usize {
+            let mut q = self.rx.lock().unwrap();
+            let n = max.min(q.len());
+            out.extend(q.drain(..n).map(VecFrame));
+            n
+        }
+        fn alloc(&mut self) -> Option<VecFrame> {
+            Some(VecFrame(Vec::with_capacity(1514)))
+        }
+        fn tx_burst(&mut self, frames: &mut Vec<VecFrame>) -> usize {
+            let n = frames.len();
+            for f in frames.drain(..) {
+                self.peer.deliver(f.0);
+            }
+            n
+        }
+    }
+
+    fn settings(ip: [u8; 4]) -> NetSettings {
+        let ip = Ipv4Addr::from(ip);
+        NetSettings {
+            mac: mac_for(ip),
+            ip,
+            prefix_len: 24,
+            gateway: None,
+            tcp_buffer: 64 << 10,
+            burst: 32,
+            tx_limit: 256,
+        }
+    }
+
+    /// Two stacks of `na` and `nb` workers on one wire.
+    fn pair(na: usize, nb: usize) -> (Vec<NetWorker<WirePort>>, Vec<NetWorker<WirePort>>) {
+        let (sa, sb) = (Side::new(na), Side::new(nb));
+        let make = |n: usize, me: &Side, peer: &Side, ip: [u8; 4]| {
+            let shared = Arc::new(Shared { inboxes: (0..n).map(|_| Inbox::default()).collect() });
+            (0..n)
+                .map(|i| {
+                    let port = WirePort { rx: Arc::clone(&me.queues[i]), peer: peer.clone() };
+                    NetWorker::new(i, n, port, settings(ip), Arc::clone(&shared))
+                })
+                .collect::<Vec<_>>()
+        };
+        (make(na, &sa, &sb, [10, 9, 0, 1]), make(nb, &sb, &sa, [10, 9, 0, 2]))
+    }
+
+    fn pump(a: &mut [NetWorker<WirePort>], b: &mut [NetWorker<WirePort>]) {
+        for w in a.iter_mut().chain(b.iter_mut()) {
+            w.poll();
+        }
+    }
+
+    fn until(
+        a: &mut [NetWorker<WirePort>],
+        b: &mut [NetWorker<WirePort>],
+        mut f: impl FnMut(&mut [NetWorker<WirePort>], &mut [NetWorker<WirePort>]) -> bool,
+    ) {
+        let deadline = StdInstant::now() + Duration::from_secs(20);
+        while !f(a, b) {
+            assert!(StdInstant::now() < deadline, "timed out");
+            pump(a, b);
+        }
+    }
+
+    fn server_addr() -> SocketAddr {
+        "10.9.0.2:6800".parse().unwrap()
+    }
+
+    #[test]
+    fn connect_accept_exchange_and_close() {
+        let (mut a, mut b) = pair(1, 1);
+        let (lid, lefd, bound) = b[0].listen("0.0.0.0:6800".parse().unwrap()).unwrap();
+        assert_eq!(bound.port(), 6800);
+        assert_eq!(b[0].listen("0.0.0.0:6800".parse().unwrap()).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+        let (h, efd, local) = a[0].connect(server_addr()).unwrap();
+        assert!(!a[0].is_connected(h).unwrap());
+        until(&mut a, &mut b, |a, _| a[0].is_connected(h).unwrap());
+        assert!(local.port() >= steer::EPHEMERAL_FIRST);
+        let mut accepted = None;
+        until(&mut a, &mut b, |_, b| {
+            accepted = b[0].accept(lid).ok();
+            accepted.is_some()
+        });
+        assert_eq!(lefd.drain().unwrap(), 0, "listener drained after its only connection was taken");
+        let (bh, befd, peer, _) = accepted.unwrap();
+        assert_eq!(peer, SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 1), local.port())));
+
+        // 300 KB one way, through 64 KB windows: the writer meets back-pressure.
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let (mut sent, mut got) = (0, Vec::new());
+        let mut blocked = 0;
+        until(&mut a, &mut b, |a, b| {
+            if sent < data.len() {
+                match a[0].send(h, &[IoSlice::new(&data[sent..])]) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = b[0].read(bh, &mut buf) {
+                assert!(n > 0, "no end of stream yet");
+                got.extend_from_slice(&buf[..n]);
+            }
+            got.len() == data.len()
+        });
+        assert_eq!(got, data);
+        assert!(blocked > 0, "the sender had to wait for the window");
+        assert!(!b[0].conns[&bh].signalled, "nothing left to read: the eventfd is drained");
+
+        // The client closes: the server reads the rest, then end of stream.
+        a[0].send(h, &[IoSlice::new(b"bye")]).unwrap();
+        until(&mut a, &mut b, |_, b| b[0].conns[&bh].signalled);
+        assert_eq!(befd.drain().unwrap(), 1, "new data signalled the reader's eventfd once");
+        b[0].conns.get_mut(&bh).unwrap().signalled = false;
+        a[0].close(h);
+        let mut tail = Vec::new();
+        until(&mut a, &mut b, |_, b| {
+            let mut buf = [0u8; 16];
+            match b[0].read(bh, &mut buf) {
+                Ok(0) => true,
+                Ok(n) => {
+                    tail.extend_from_slice(&buf[..n]);
+                    false
+                }
+                Err(_) => false,
+            }
+        });
+        assert_eq!(tail, b"bye");
+        assert!(efd.fd() >= 0);
+        b[0].close(bh);
+        until(&mut a, &mut b, |a, b| a[0].stats().conns == 0 && b[0].stats().conns == 0);
+    }
+
+    #[test]
+    fn refused_connection_is_an_error() {
+        let (mut a, mut b) = pair(1, 1);
+        let (h, _, _) = a[0].connect(server_addr()).unwrap();
+        let mut r = Ok(false);
+        until(&mut a, &mut b, |a, _| {
+            r = a[0].is_connected(h);
+            r.is_err()
+        });
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[test]
+    fn connections_stay_on_their_worker_when_frames_land_anywhere() {
+        // Three workers on the client side, two on the server side, frames delivered to
+        // queues round-robin: steering must bring each to its owner.
+        let (mut a, mut b) = pair(3, 2);
+        let lids: Vec<u64> = b.iter_mut().map(|w| w.listen("0.0.0.0:6800".parse().unwrap()).unwrap().0).collect();
+        let mut conns = Vec::new();
+        for (i, w) in a.iter_mut().enumerate() {
+            for _ in 0..3 {
+                conns.push((i, w.connect(server_addr()).unwrap().0));
+            }
+        }
+        until(&mut a, &mut b, |a, _| conns.iter().all(|&(i, h)| a[i].is_connected(h).unwrap_or(false)));
+        let mut accepted = Vec::new();
+        until(&mut a, &mut b, |_, b| {
+            for (i, w) in b.iter_mut().enumerate() {
+                while let Ok((h, ..)) = w.accept(lids[i]) {
+                    accepted.push((i, h));
+                }
+            }
+            accepted.len() == conns.len()
+        });
+        // Each client connection says which it is; each server connection echoes it.
+        for (k, &(i, h)) in conns.iter().enumerate() {
+            a[i].send(h, &[IoSlice::new(format!("conn {k};").as_bytes())]).unwrap();
+        }
+        let mut heard = Vec::new();
+        until(&mut a, &mut b, |_, b| {
+            for &(i, h) in &accepted {
+                let mut buf = [0u8; 64];
+                if let Ok(n) = b[i].read(h, &mut buf) {
+                    heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+            heard.len() == conns.len()
+        });
+        heard.sort();
+        let mut want: Vec<String> = (0..conns.len()).map(|k| format!("conn {k};")).collect();
+        want.sort();
+        assert_eq!(heard, want, "every byte reached the right connection");
+        let steered: u64 = a.iter().chain(b.iter()).map(|w| w.stats().steered_in).sum();
+        assert!(steered > 0, "round-robin delivery needed steering");
+        assert!(b.iter().all(|w| w.stats().conns > 0), "incoming connections spread over the server's workers");
+    }
+}
