@@ -48,6 +48,8 @@ ip netns add "$ns"
 ip netns exec "$ns" ip link set lo up
 in_ns() { ip netns exec "$ns" "$@"; }
 
+log "start-up errors name the option to change"
+MSGR_DPDK_TESTS=1 "$suite" --exact startup_errors_say_what_to_change --nocapture
 for mode in $modes; do
   log "net_ring: two async+dpdk messengers, no kernel ($mode)"
   MSGR_DPDK_MEM=$mode MSGR_DPDK_TESTS=1 "$suite" --exact ring_two_dpdk_messengers --nocapture

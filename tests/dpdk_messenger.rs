@@ -210,3 +210,26 @@ fn tap_dpdk_and_posix_both_directions() {
     assert_eq!(msgr_stack_dpdk::mbufs_leaked_at_last_shutdown(), Some(0), "every mbuf back in the pool");
     let _ = Command::new("ip").args(["link", "del", "dtapm"]).output();
 }
+
+#[test]
+fn startup_errors_say_what_to_change() {
+    if !enabled("startup_errors_say_what_to_change") {
+        return;
+    }
+    let err = |cfg: &Config| match msgr_cli::stack_for(cfg) {
+        Ok(_) => panic!("expected a start-up error"),
+        Err(e) => e.to_string(),
+    };
+    // No address for the userspace stack: named before EAL is touched.
+    let e = err(&config(&[("ms_type", "async+dpdk")]));
+    assert!(e.contains("ms_dpdk_host_ipv4_addr"), "{e}");
+    // EAL starts, but no port exists: say how to get one.
+    let extra = format!("--no-pci {} --log-level=*:error", eal_memory());
+    let e = err(&config(&[
+        ("ms_type", "async+dpdk"),
+        ("ms_dpdk_host_ipv4_addr", "198.18.9.2"),
+        ("ms_dpdk_extra_eal_args", &extra),
+    ]));
+    assert!(e.contains("no DPDK port") && e.contains("ms_dpdk_extra_eal_args"), "{e}");
+    eprintln!("start-up errors: ok");
+}
