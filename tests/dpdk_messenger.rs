@@ -26,7 +26,7 @@ use msgr::messenger::{ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
 use msgr::proto::{EntityAddr, EntityAddrVec, EntityType};
 
 mod common;
-use common::traffic::{config, messenger, test_message, wait_until, Tally};
+use common::traffic::{config, messenger, mixed_len, stop, test_message, wait_until, Recorder, Tally};
 
 const N_DEFAULT: u64 = 10_000;
 
@@ -52,16 +52,6 @@ fn messages() -> u64 {
     std::env::var("T_DPDK_MSGS").ok().and_then(|v| v.parse().ok()).unwrap_or(N_DEFAULT)
 }
 
-/// 64 B … 1 MiB, mostly small.
-fn mixed_len(i: u64) -> usize {
-    match i {
-        _ if i % 1000 == 999 => 1 << 20,
-        _ if i % 100 == 50 => 128 << 10,
-        _ if i % 10 == 5 => 16_384 + (i as usize * 7919) % 49_152,
-        _ => 64 + (i as usize * 7919) % 4033,
-    }
-}
-
 /// Records what arrives; streams `per_conn` messages back to whoever connects.
 #[derive(Default)]
 struct Server {
@@ -81,18 +71,6 @@ impl Dispatcher for Server {
     }
 }
 
-#[derive(Default)]
-struct Client {
-    tally: Tally,
-}
-
-impl Dispatcher for Client {
-    fn ms_dispatch(&self, con: &ConnectionRef, m: &Message) -> bool {
-        self.tally.record(con, m);
-        true
-    }
-}
-
 fn server(cfg: &Config, n: u64, bind: &str) -> (Messenger, Arc<Server>, EntityAddr) {
     let m = messenger(cfg, EntityType::Osd, 0);
     m.set_default_policy(Policy::stateless_server(0));
@@ -102,16 +80,16 @@ fn server(cfg: &Config, n: u64, bind: &str) -> (Messenger, Arc<Server>, EntityAd
     (m, d, addr)
 }
 
-fn client(cfg: &Config) -> (Messenger, Arc<Client>) {
+fn client(cfg: &Config) -> (Messenger, Arc<Recorder>) {
     let m = messenger(cfg, EntityType::Client, -1);
     m.set_default_policy(Policy::lossy_client(0));
-    let d = Arc::new(Client::default());
+    let d = Arc::new(Recorder::default());
     m.add_dispatcher_tail(d.clone());
     (m, d)
 }
 
 /// Client sends `n` to the server, the server `n` back; all checked exactly once, in order.
-fn exchange(what: &str, srv: &Arc<Server>, cd: &Arc<Client>, con: &ConnectionRef, n: u64) {
+fn exchange(what: &str, srv: &Arc<Server>, cd: &Arc<Recorder>, con: &ConnectionRef, n: u64) {
     let start = Instant::now();
     for i in 0..n {
         con.send_message(test_message(11, i, mixed_len(i))).unwrap();
@@ -130,15 +108,6 @@ fn exchange(what: &str, srv: &Arc<Server>, cd: &Arc<Client>, con: &ConnectionRef
         bytes as f64 / 1048576.0,
         bytes as f64 / 1048576.0 / secs
     );
-}
-
-fn stop(ms: &[&Messenger]) {
-    for m in ms {
-        m.shutdown();
-    }
-    for m in ms {
-        m.wait();
-    }
 }
 
 fn dpdk_config(ip: &str, gateway: &str, vdev: &str, workers: &str) -> Config {

@@ -13,7 +13,7 @@ use msgr::messenger::{ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
 use msgr::proto::{EntityAddr, EntityAddrVec, EntityType};
 
 mod common;
-use common::traffic::{config, messenger, test_message, wait_until, Tally, MSG_TEST, WAIT};
+use common::traffic::{config, messenger, test_message, wait_until, Recorder, Tally, MSG_TEST, WAIT};
 
 const MSG_GATE: u16 = 0x7002;
 
@@ -43,21 +43,6 @@ impl Dispatcher for Server {
     }
 }
 
-struct Client {
-    tally: Tally,
-    connected: AtomicUsize,
-}
-
-impl Dispatcher for Client {
-    fn ms_dispatch(&self, con: &ConnectionRef, m: &Message) -> bool {
-        self.tally.record(con, m);
-        true
-    }
-    fn ms_handle_connect(&self, _con: &ConnectionRef) {
-        self.connected.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 #[test]
 fn hundred_connections_thousand_messages_each_way() {
     let conns_n: u64 = std::env::var("T_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
@@ -76,7 +61,7 @@ fn hundred_connections_thousand_messages_each_way() {
 
     let client = messenger(&cfg, EntityType::Client, -1);
     client.set_default_policy(Policy::lossy_client(0));
-    let cd = Arc::new(Client { tally: Tally::default(), connected: AtomicUsize::new(0) });
+    let cd = Arc::new(Recorder::default());
     client.add_dispatcher_tail(cd.clone());
     let mut conns = Vec::new();
     for k in 0..CONNS {

@@ -23,7 +23,7 @@ use msgr_stack_rdma::verbs::{self, LiveObjects};
 use msgr_stack_rdma::worker;
 
 mod common;
-use common::traffic::{config, messenger, test_message, wait_until, Tally};
+use common::traffic::{config, messenger, mixed_len, stop, test_message, wait_until, Recorder, Tally};
 
 /// The async+rdma configuration for the device under test, or `None` (and a loud note)
 /// on a host without one.
@@ -40,16 +40,6 @@ fn rdma_config(extra: &[(&str, &str)]) -> Option<Config> {
         vec![("ms_type", "async+rdma"), ("ms_async_rdma_device_name", &dev), ("ms_async_rdma_gid_idx", &gid)];
     opts.extend_from_slice(extra);
     Some(config(&opts))
-}
-
-/// Mixed sizes from 64 B to 1 MiB, most of them small, as a storage daemon's traffic is.
-fn mixed_len(i: u64) -> usize {
-    match i {
-        _ if i % 1000 == 999 => 1 << 20,
-        _ if i % 100 == 50 => 128 << 10,
-        _ if i % 10 == 5 => 16_384 + (i as usize * 7919) % 49_152,
-        _ => 64 + (i as usize * 7919) % 4033,
-    }
 }
 
 /// Records what arrives; on accept, streams `per_conn` messages back.
@@ -90,27 +80,6 @@ impl Dispatcher for Server {
     }
 }
 
-#[derive(Default)]
-struct Client {
-    tally: Tally,
-    connected: AtomicUsize,
-    resets: AtomicUsize,
-}
-
-impl Dispatcher for Client {
-    fn ms_dispatch(&self, con: &ConnectionRef, m: &Message) -> bool {
-        self.tally.record(con, m);
-        true
-    }
-    fn ms_handle_connect(&self, _con: &ConnectionRef) {
-        self.connected.fetch_add(1, Ordering::SeqCst);
-    }
-    fn ms_handle_reset(&self, _con: &ConnectionRef) -> bool {
-        self.resets.fetch_add(1, Ordering::SeqCst);
-        true
-    }
-}
-
 fn server(cfg: &Config, d: Arc<dyn Dispatcher>, bind: &str) -> (Messenger, EntityAddr) {
     let m = messenger(cfg, EntityType::Osd, 0);
     m.set_default_policy(Policy::stateless_server(0));
@@ -126,22 +95,13 @@ fn client(cfg: &Config, d: Arc<dyn Dispatcher>) -> Messenger {
     m
 }
 
-fn stop(ms: &[&Messenger]) {
-    for m in ms {
-        m.shutdown();
-    }
-    for m in ms {
-        m.wait();
-    }
-}
-
 #[test]
 fn mixed_sizes_each_way_exactly_once_in_order() {
     let Some(cfg) = rdma_config(&[]) else { return };
     let n: u64 = std::env::var("T_RDMA_MSGS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let sd = Server::new(n, mixed_len);
     let (srv, addr) = server(&cfg, sd.clone(), "127.0.0.1:0");
-    let cd = Arc::new(Client::default());
+    let cd = Arc::new(Recorder::default());
     let cli = client(&cfg, cd.clone());
     let before = worker::counters();
     let start = Instant::now();
@@ -187,7 +147,7 @@ fn sixty_four_connections_at_once() {
     let sd = Server::new(PER, small_len);
     let (srv, addr) = server(&cfg, sd.clone(), "0.0.0.0:0");
     let port = addr.addr.unwrap().port();
-    let cd = Arc::new(Client::default());
+    let cd = Arc::new(Recorder::default());
     let cli = client(&cfg, cd.clone());
     // Distinct loopback addresses give distinct connections from one client.
     let conns: Vec<ConnectionRef> = (0..CONNS)
@@ -251,7 +211,7 @@ fn stalled_receiver_holds_the_sender_without_error() {
     };
     let gate = Arc::new(Gate::default());
     let (srv, addr) = server(&cfg, gate.clone(), "127.0.0.1:0");
-    let cli = client(&cfg, Arc::new(Client::default()));
+    let cli = client(&cfg, Arc::new(Recorder::default()));
     let con = cli.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
     wait_until("connected", || con.is_connected());
     let before = worker::counters();
@@ -293,7 +253,7 @@ fn teardown_from_either_side_then_nothing_is_left() {
     let before = worker::counters();
     let sd = Server::new(5, small_len);
     let (srv, addr) = server(&cfg, sd.clone(), "127.0.0.1:0");
-    let cd = Arc::new(Client::default());
+    let cd = Arc::new(Recorder::default());
     let cli = client(&cfg, cd.clone());
     let addrs = EntityAddrVec(vec![addr]);
 
@@ -360,21 +320,21 @@ fn peers_that_are_not_rdma_are_closed_and_others_carry_on() {
 
     // A posix messenger dialling the RDMA one fails cleanly instead of hanging.
     let pcfg = config(&[("ms_type", "async+posix")]);
-    let pcli = client(&pcfg, Arc::new(Client::default()));
+    let pcli = client(&pcfg, Arc::new(Recorder::default()));
     let pcon = pcli.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr.clone()])).unwrap();
     wait_until("the posix client to give up", || pcon.state() == ConnState::Closed);
     eprintln!("posix client -> rdma server: {:?}", pcon.last_error());
 
     // And the other way round: an RDMA client dialling a posix server is told why.
-    let (psrv, paddr) = server(&pcfg, Arc::new(Client::default()), "127.0.0.1:0");
-    let rcli = client(&cfg, Arc::new(Client::default()));
+    let (psrv, paddr) = server(&pcfg, Arc::new(Recorder::default()), "127.0.0.1:0");
+    let rcli = client(&cfg, Arc::new(Recorder::default()));
     let rcon = rcli.connect_to(EntityType::Osd, &EntityAddrVec(vec![paddr])).unwrap();
     wait_until("the rdma client to give up", || rcon.state() == ConnState::Closed);
     let why = format!("{:?}", rcon.last_error());
     assert!(why.contains("async+rdma"), "the error names the mismatch: {why}");
 
     // Meanwhile a real RDMA client is served as usual.
-    let cd = Arc::new(Client::default());
+    let cd = Arc::new(Recorder::default());
     let cli = client(&cfg, cd.clone());
     let con = cli.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
     con.send_message(test_message(5, 0, 1000)).unwrap();

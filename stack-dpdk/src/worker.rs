@@ -93,6 +93,21 @@ struct Conn {
     closing_until: Option<StdInstant>,
 }
 
+impl Conn {
+    /// A connection signalled through `efd`; `established` for an accepted one (its
+    /// handshake is done, nobody waits for `is_connected`).
+    fn new(efd: &Arc<EventFd>, established: bool) -> Self {
+        Conn {
+            efd: Arc::clone(efd),
+            signalled: false,
+            open_reported: established,
+            write_blocked: false,
+            was_established: established,
+            closing_until: None,
+        }
+    }
+}
+
 struct Listener {
     port: u16,
     addr: Option<Ipv4Address>,
@@ -425,17 +440,7 @@ impl<P: FramePort> NetWorker<P> {
         let s = self.sockets.get::<tcp::Socket>(h);
         let (peer, local) = (s.remote_endpoint().map(to_std), s.local_endpoint().map(to_std));
         let efd = Arc::new(EventFd::new()?);
-        self.conns.insert(
-            h,
-            Conn {
-                efd: Arc::clone(&efd),
-                signalled: false,
-                open_reported: true,
-                write_blocked: false,
-                was_established: true,
-                closing_until: None,
-            },
-        );
+        self.conns.insert(h, Conn::new(&efd, true));
         self.refresh(h);
         let unknown = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
         Ok((h, efd, peer.unwrap_or(unknown), local.unwrap_or(unknown)))
@@ -476,17 +481,7 @@ impl<P: FramePort> NetWorker<P> {
         })?;
         let h = self.sockets.add(s);
         let efd = Arc::new(EventFd::new()?);
-        self.conns.insert(
-            h,
-            Conn {
-                efd: Arc::clone(&efd),
-                signalled: false,
-                open_reported: false,
-                write_blocked: false,
-                was_established: false,
-                closing_until: None,
-            },
-        );
+        self.conns.insert(h, Conn::new(&efd, false));
         Ok((h, efd, SocketAddr::V4(SocketAddrV4::new(self.settings.ip, port))))
     }
 

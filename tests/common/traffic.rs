@@ -120,3 +120,47 @@ pub fn wait_until(what: &str, f: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Mixed sizes from 64 B to 1 MiB, most of them small, as a storage daemon's traffic is:
+/// one 1 MiB message per 1,000, one 128 KiB per 100, 16–64 KiB every 10th, the rest
+/// 64 B–4 KiB.
+pub fn mixed_len(i: u64) -> usize {
+    match i {
+        _ if i % 1000 == 999 => 1 << 20,
+        _ if i % 100 == 50 => 128 << 10,
+        _ if i % 10 == 5 => 16_384 + (i as usize * 7919) % 49_152,
+        _ => 64 + (i as usize * 7919) % 4033,
+    }
+}
+
+/// A client-side dispatcher: checks and counts what arrives, counts connects and resets.
+#[derive(Default)]
+pub struct Recorder {
+    pub tally: Tally,
+    pub connected: std::sync::atomic::AtomicUsize,
+    pub resets: std::sync::atomic::AtomicUsize,
+}
+
+impl msgr::messenger::Dispatcher for Recorder {
+    fn ms_dispatch(&self, con: &ConnectionRef, m: &Message) -> bool {
+        self.tally.record(con, m);
+        true
+    }
+    fn ms_handle_connect(&self, _con: &ConnectionRef) {
+        self.connected.fetch_add(1, Ordering::SeqCst);
+    }
+    fn ms_handle_reset(&self, _con: &ConnectionRef) -> bool {
+        self.resets.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+}
+
+/// Shuts every messenger down, then waits for all of them.
+pub fn stop(ms: &[&Messenger]) {
+    for m in ms {
+        m.shutdown();
+    }
+    for m in ms {
+        m.wait();
+    }
+}
