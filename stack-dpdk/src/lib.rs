@@ -190,7 +190,22 @@ impl Drop for DpdkStack {
         for inbox in &self.shared.inboxes {
             drop(std::mem::take(&mut *inbox.lock()));
         }
-        drop(self.port.take());
+        if let Some(port) = self.port.take() {
+            // Frames sent in the last moments (FINs, ACKs) may still sit in the rx rings;
+            // a software PMD such as net_ring does not free what is left in its rings
+            // when closed, so take them out first.
+            let mut frames = Vec::new();
+            for queue in 0..port.queues() {
+                for _ in 0..1024 {
+                    frames.clear();
+                    if port.rx_burst(queue, &mut frames, BURST) == 0 {
+                        break;
+                    }
+                }
+            }
+            drop(frames);
+            drop(port);
+        }
         if let Some(pool) = self.pool.take() {
             *LAST_LEAK.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool.in_use());
         }
