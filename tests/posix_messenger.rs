@@ -362,3 +362,35 @@ fn send_from_any_thread_before_the_handshake_completes() {
     assert!(tally.tally.errors.lock().unwrap().is_empty());
     drop((client, server));
 }
+
+#[test]
+fn injected_socket_failures_reset_connections_and_the_messengers_carry_on() {
+    let before = msgr::stack::inject::injected_failures();
+    let cfg = config(&[("ms_inject_socket_failures", "20")]);
+    let server = messenger(&cfg, EntityType::Osd, 1);
+    server.set_default_policy(Policy::stateless_server(0));
+    server.add_dispatcher_tail(Arc::new(Recorder::default()));
+    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let client = messenger(&cfg, EntityType::Client, -1);
+    client.set_default_policy(Policy::lossy_client(0));
+    let rec = Arc::new(Recorder::default());
+    client.add_dispatcher_tail(rec.clone());
+    let addrs = EntityAddrVec(vec![addr]);
+    // Lossy: each injected failure ends the connection; the client opens a new one.
+    for round in 0..20u64 {
+        let con = client.connect_to(EntityType::Osd, &addrs).unwrap();
+        let deadline = Instant::now() + WAIT;
+        let mut i = 0;
+        // Keep the socket busy until an injected failure ends it.
+        while con.state() != ConnState::Closed {
+            assert!(Instant::now() < deadline, "no failure injected in round {round}");
+            let _ = con.send_message(test_message(round, i, 100));
+            i += 1;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    let injected = msgr::stack::inject::injected_failures() - before;
+    assert!(injected >= 20, "{injected} failures injected");
+    wait_until("a reset per failed connection", || rec.resets.load(Ordering::SeqCst) >= 20);
+    drop((client, server));
+}

@@ -24,6 +24,7 @@ use super::MsgrInner;
 use crate::event::{Interest, TimerId};
 use crate::proto::frames::UTime;
 use crate::proto::session::{Session, SessionEvent};
+use crate::stack::inject::FaultySocket;
 use crate::stack::worker::{take_pending, Center, WorkerLocal};
 use crate::stack::{ConnectedSocket, ServerSocket};
 
@@ -72,6 +73,7 @@ pub(crate) fn start_connect(
 ) {
     match local.net.connect(addr, &msgr.settings.socket) {
         Ok(socket) => {
+            let socket = FaultySocket::wrap(socket, msgr.settings.inject_every);
             let lc = LocalConn::new(conn, msgr, socket, session, true);
             install(local, center, lc);
         }
@@ -97,6 +99,7 @@ pub(crate) fn adopt_accepted(
     let conn = Connection::new(super::next_conn_id(), None, Default::default(), false, worker, Arc::downgrade(&msgr));
     msgr.track(&conn);
     let session = msgr.server_session(peer);
+    let socket = FaultySocket::wrap(socket, msgr.settings.inject_every);
     let lc = LocalConn::new(conn, msgr, socket, session, false);
     install(local, center, lc);
 }

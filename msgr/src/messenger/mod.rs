@@ -69,6 +69,8 @@ pub(crate) struct Settings {
     pub(crate) limits: FrameLimits,
     pub(crate) ready_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    /// `ms_inject_socket_failures` (0 = off).
+    pub(crate) inject_every: u64,
 }
 
 impl Settings {
@@ -85,6 +87,7 @@ impl Settings {
             limits: FrameLimits { max_frame: cfg.ms_max_frame_size(), max_control: MAX_CONTROL_FRAME },
             ready_timeout: cfg.ms_connection_ready_timeout(),
             idle_timeout: cfg.ms_connection_idle_timeout(),
+            inject_every: cfg.ms_inject_socket_failures(),
         }
     }
 }

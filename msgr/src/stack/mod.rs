@@ -104,6 +104,7 @@ pub trait StackBackend: Send + Sync + 'static {
     }
 }
 
+pub mod inject;
 pub mod mem;
 pub mod worker;
 
