@@ -13,6 +13,8 @@ log "server at $SERVER_ADDR"
 for size in 64 4096; do
   "$bin" ping --connect "$SERVER_ADDR" --count "$count" --size "$size"
 done
+# Every reply numbered and checksummed, on a lossless connection.
+"$bin" ping --connect "$SERVER_ADDR" --count "$count" --size 4096 --policy lossless --verify
 # A ping to a port nobody listens on must fail with a non-zero exit code.
 if "$bin" ping --connect "127.0.0.1:$(free_port)" --count 1 --timeout 5 2>"$tmp/refused.err"; then
   log "ping to a closed port succeeded?"; exit 1

@@ -155,6 +155,73 @@ pub struct PingReport {
     pub rtts_us: Vec<f64>,
     /// Text of the first error.
     pub first_error: Option<String>,
+    /// With `--verify`: what the checks found.
+    pub verify: VerifyCounts,
+}
+
+/// What `--verify` found: each is also counted in [`PingReport::errors`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyCounts {
+    /// Replies whose sequence number and checksum were right.
+    pub checked: u64,
+    /// Replies seen twice (a sequence number already answered).
+    pub duplicated: u64,
+    /// Replies ahead of the one outstanding (an earlier one lost or overtaken).
+    pub reordered: u64,
+    /// Replies whose payload does not match its checksum or its sequence number.
+    pub corrupted: u64,
+}
+
+/// How `msgr ping` runs.
+#[derive(Debug, Clone)]
+pub struct PingOptions {
+    /// Round trips.
+    pub count: u64,
+    /// Payload bytes per ping (at least [`VERIFY_HEADER`] with `verify`).
+    pub size: usize,
+    /// Give up when no reply arrives for this long (a lost message ends here).
+    pub timeout: Duration,
+    /// Number every ping and checksum its payload; check every reply.
+    pub verify: bool,
+    /// Lossless client policy instead of lossy.
+    pub lossless: bool,
+}
+
+/// Bytes of a verified payload before the filler: sequence (8) and crc32c (4).
+pub const VERIFY_HEADER: usize = 12;
+
+/// The payload of ping `seq`: with `verify`, its sequence number, the crc32c of the
+/// sequence number and filler, and a filler that depends on the sequence number; otherwise a fixed pattern.
+fn ping_payload(seq: u64, size: usize, verify: bool) -> Bytes {
+    if !verify {
+        return Bytes::from((0..size).map(|i| (i * 131 + 7) as u8).collect::<Vec<u8>>());
+    }
+    let size = size.max(VERIFY_HEADER);
+    let filler: Vec<u8> = (0..size - VERIFY_HEADER).map(|i| (i as u64 * 131 + seq * 7 + 3) as u8).collect();
+    let mut p = Vec::with_capacity(size);
+    p.extend_from_slice(&seq.to_le_bytes());
+    p.extend_from_slice(&payload_crc(&seq.to_le_bytes(), &filler).to_le_bytes());
+    p.extend_from_slice(&filler);
+    Bytes::from(p)
+}
+
+/// crc32c over the sequence number and the filler, so that neither can change unseen.
+fn payload_crc(seq: &[u8], filler: &[u8]) -> u32 {
+    use msgr::proto::crc::ceph_crc32c;
+    ceph_crc32c(ceph_crc32c(!0, seq), filler)
+}
+
+/// Checks a verified reply: its sequence number, or why it is corrupt.
+fn check_payload(p: &[u8], size: usize) -> Result<u64, String> {
+    if p.len() != size.max(VERIFY_HEADER) {
+        return Err(format!("reply of {} bytes, sent {}", p.len(), size.max(VERIFY_HEADER)));
+    }
+    let seq = u64::from_le_bytes(p[0..8].try_into().map_err(|_| "short reply".to_string())?);
+    let crc = u32::from_le_bytes(p[8..12].try_into().map_err(|_| "short reply".to_string())?);
+    if payload_crc(&p[0..8], &p[VERIFY_HEADER..]) != crc || p != &ping_payload(seq, size, true)[..] {
+        return Err(format!("reply {seq} corrupted"));
+    }
+    Ok(seq)
 }
 
 impl PingReport {
@@ -173,6 +240,8 @@ impl PingReport {
 
 struct PingState {
     remaining: u64,
+    /// Sequence number of the ping outstanding.
+    seq: u64,
     sent_at: Option<Instant>,
     report: PingReport,
     done: bool,
@@ -182,6 +251,8 @@ struct PingState {
 /// round trip crosses no thread boundary on the client side.
 struct PingDispatcher {
     payload: Bytes,
+    size: usize,
+    verify: bool,
     state: Mutex<PingState>,
     cond: Condvar,
 }
@@ -202,8 +273,10 @@ impl PingDispatcher {
             return;
         }
         s.remaining -= 1;
+        s.seq += 1;
         s.sent_at = Some(Instant::now());
-        if let Err(e) = con.send_message(MPing::new(self.payload.clone()).encode()) {
+        let payload = if self.verify { ping_payload(s.seq, self.size, true) } else { self.payload.clone() };
+        if let Err(e) = con.send_message(MPing::new(payload).encode()) {
             // The connection closed before we could send: say why (e.g. refused).
             let why = con.last_error().map_or_else(|| e.to_string(), |c| c.to_string());
             s.report.errors += 1;
@@ -211,6 +284,44 @@ impl PingDispatcher {
             s.done = true;
             self.cond.notify_all();
         }
+    }
+}
+
+impl PingDispatcher {
+    fn verified_reply(&self, con: &ConnectionRef, s: &mut PingState, m: &Message, now: Instant) {
+        let bad = |s: &mut PingState, what: String| {
+            s.report.errors += 1;
+            s.report.first_error.get_or_insert(what);
+        };
+        let seq = match MPing::decode(m).map_err(|e| format!("bad reply: {e}")) {
+            Ok(p) => check_payload(&p.payload, self.size),
+            Err(e) => Err(e),
+        };
+        match seq {
+            Err(e) => {
+                s.report.verify.corrupted += 1;
+                bad(s, e);
+                return;
+            }
+            Ok(n) if n < s.seq => {
+                // Already answered: not the reply we wait for, which may still come.
+                s.report.verify.duplicated += 1;
+                bad(s, format!("reply {n} arrived twice"));
+                return;
+            }
+            Ok(n) if n > s.seq => {
+                s.report.verify.reordered += 1;
+                bad(s, format!("reply {n} arrived while {} was outstanding", s.seq));
+                return;
+            }
+            Ok(_) => {}
+        }
+        s.report.verify.checked += 1;
+        if let Some(t0) = s.sent_at.take() {
+            s.report.count += 1;
+            s.report.rtts_us.push(now.duration_since(t0).as_secs_f64() * 1e6);
+        }
+        self.send_next(con, s);
     }
 }
 
@@ -223,6 +334,9 @@ impl Dispatcher for PingDispatcher {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.done {
             return;
+        }
+        if self.verify {
+            return self.verified_reply(con, &mut s, &m, now);
         }
         match (MPing::decode(&m), s.sent_at.take()) {
             (Ok(p), Some(t0)) if p.payload == self.payload => {
@@ -256,23 +370,29 @@ impl Dispatcher for PingDispatcher {
     }
 }
 
-/// `msgr ping`: `count` sequential MPing round trips of `size` payload bytes.
+/// `msgr ping`: `opts.count` sequential MPing round trips of `opts.size` payload bytes.
 pub fn ping(
     common: &CommonArgs,
     target: &EntityAddr,
     peer_type: EntityType,
-    count: u64,
-    size: usize,
-    timeout: Duration,
+    opts: &PingOptions,
 ) -> Result<PingReport, CliError> {
+    let (count, timeout) = (opts.count, opts.timeout);
     let cfg = common.config("client.admin")?;
     let name = common.entity("client.admin")?;
     let m: Messenger = crate::messenger(&cfg, name)?;
-    m.set_default_policy(Policy::lossy_client(0));
-    let payload = Bytes::from((0..size).map(|i| (i * 131 + 7) as u8).collect::<Vec<u8>>());
+    m.set_default_policy(if opts.lossless { Policy::lossless_client(0) } else { Policy::lossy_client(0) });
     let d = Arc::new(PingDispatcher {
-        payload,
-        state: Mutex::new(PingState { remaining: count, sent_at: None, report: PingReport::default(), done: false }),
+        payload: ping_payload(0, opts.size, false),
+        size: opts.size,
+        verify: opts.verify,
+        state: Mutex::new(PingState {
+            remaining: count,
+            seq: 0,
+            sent_at: None,
+            report: PingReport::default(),
+            done: false,
+        }),
         cond: Condvar::new(),
     });
     m.add_dispatcher_tail(d.clone());
@@ -300,4 +420,27 @@ pub fn ping(
     m.shutdown();
     m.wait();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verified_payloads_round_trip_and_catch_damage() {
+        for size in [0, 12, 13, 4096] {
+            let p = ping_payload(42, size, true);
+            assert_eq!(p.len(), size.max(VERIFY_HEADER));
+            assert_eq!(check_payload(&p, size), Ok(42));
+            if p.len() > VERIFY_HEADER {
+                let mut bad = p.to_vec();
+                bad[VERIFY_HEADER] ^= 1;
+                assert!(check_payload(&bad, size).unwrap_err().contains("corrupted"));
+            }
+            let mut other_seq = p.to_vec();
+            other_seq[0] ^= 1;
+            assert!(check_payload(&other_seq, size).is_err(), "sequence and filler must agree");
+            assert!(check_payload(&p[..p.len() - 1], size).is_err());
+        }
+    }
 }

@@ -45,6 +45,13 @@ enum Cmd {
         /// Give up when no reply arrives for this many seconds.
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
+        /// Connection policy: lossy or lossless.
+        #[arg(long, default_value = "lossy")]
+        policy: String,
+        /// Number and checksum every ping; report lost, duplicated, reordered or corrupted
+        /// replies and exit non-zero if there is any.
+        #[arg(long)]
+        verify: bool,
     },
     /// Talk to a Ceph monitor (msgr2; auth from the config).
     Mon {
@@ -108,16 +115,33 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             cli::serve(&cli.common, bind, run_for)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Ping { connect, count, size, peer_type, timeout } => {
+        Cmd::Ping { connect, count, size, peer_type, timeout, policy, verify } => {
             let target = cli::parse_addr(&connect)?;
             let pt: EntityType =
                 peer_type.parse().map_err(|_| CliError::Usage(format!("unknown --peer-type '{peer_type}'")))?;
-            let r = cli::ping(&cli.common, &target, pt, count, size, secs(timeout, "--timeout")?)?;
+            let lossless = match policy.as_str() {
+                "lossy" => false,
+                "lossless" => true,
+                other => return Err(CliError::Usage(format!("--policy must be lossy or lossless, not '{other}'"))),
+            };
+            let opts = cli::PingOptions { count, size, timeout: secs(timeout, "--timeout")?, verify, lossless };
+            let r = cli::ping(&cli.common, &target, pt, &opts)?;
             let (min, avg, p99, max) = r.summary();
             println!(
                 "ping {target}: count {} errors {} size {size} round-trip us min {min:.1} avg {avg:.1} p99 {p99:.1} max {max:.1}",
                 r.count, r.errors
             );
+            if verify {
+                let v = r.verify;
+                println!(
+                    "verify: {} replies checked, lost {}, duplicated {}, reordered {}, corrupted {}",
+                    v.checked,
+                    count.saturating_sub(v.checked + v.reordered + v.corrupted),
+                    v.duplicated,
+                    v.reordered,
+                    v.corrupted
+                );
+            }
             if let Some(e) = &r.first_error {
                 eprintln!("msgr ping: error: {e}");
             }
