@@ -554,3 +554,44 @@ fn golden_annotated_dump() {
     // ControlFrame is in scope for from_frame/decode users
     let _ = msgr::proto::frames::Ack::decode(&[0; 8]).unwrap();
 }
+
+// ------------------------------------------------------------------ fuzz seed corpus
+
+/// The committed seed corpus of the fuzz targets (`fuzz/corpus/`) is derived from the
+/// captures: every msgr2 direction minus its banner for the frame decoder, and every
+/// client→server direction (banner included) for the server handshake. This test
+/// checks that the committed files are exactly those; with `MSGR_WRITE_FUZZ_SEEDS=1`
+/// it (re)writes them instead.
+#[test]
+fn fuzz_seed_corpus_comes_from_the_captures() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus");
+    let write = std::env::var("MSGR_WRITE_FUZZ_SEEDS").as_deref() == Ok("1");
+    let mut seeds: Vec<(String, Vec<u8>)> = Vec::new();
+    for path in CAPTURES {
+        let short = path.rsplit('/').next().unwrap().trim_end_matches(".pcapng");
+        let file = std::fs::read(path).unwrap();
+        for s in tcp_streams(&pcapng_packets(&file)) {
+            if !s.data.starts_with(BANNER_PREFIX) || s.data.len() < 26 {
+                continue;
+            }
+            let (_, ap, _, bp) = s.key;
+            // Frames follow the 10-byte banner prefix and its 16-byte payload.
+            seeds.push((format!("frame_decoder/{short}-{ap}-{bp}"), s.data[26..].to_vec()));
+            // The monitor listens on the lower, well-known port.
+            if bp < ap {
+                seeds.push((format!("server_handshake/{short}-{ap}-{bp}"), s.data.clone()));
+            }
+        }
+    }
+    assert!(seeds.len() >= 6, "too few seeds: {}", seeds.len());
+    for (name, bytes) in &seeds {
+        let p = format!("{root}/{name}");
+        if write {
+            std::fs::write(&p, bytes).unwrap();
+        } else {
+            let committed =
+                std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e} (regenerate: MSGR_WRITE_FUZZ_SEEDS=1)"));
+            assert!(&committed == bytes, "{p} differs from the capture (regenerate: MSGR_WRITE_FUZZ_SEEDS=1)");
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! A server-side session (auth none) fed arbitrary client bytes in chunks: banner,
+//! HELLO, AUTH, IDENT and messages in any order or shape must end in progress or a
+//! typed error for this session, never a panic.
+#![no_main]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use msgr::proto::addr::EntityAddrVec;
+use msgr::proto::auth::NoneServerAuth;
+use msgr::proto::entity::{EntityName, EntityType};
+use msgr::proto::frame::FrameLimits;
+use msgr::proto::session::{PolicyFn, Session, SessionConfig, SessionPolicy};
+
+fuzz_target!(|data: &[u8]| {
+    let now = Instant::now();
+    let cfg = SessionConfig {
+        my_name: EntityName { ty: EntityType::Osd, num: 0 },
+        my_addrs: EntityAddrVec::default(),
+        nonce: 7,
+        features_supported: u64::MAX,
+        limits: FrameLimits { max_frame: 1 << 20, max_control: 64 << 10 },
+        ready_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+    };
+    let policy_for: PolicyFn = Arc::new(|_| SessionPolicy { lossy: false, features_required: 0 });
+    let peer = "127.0.0.1:40000".parse().unwrap();
+    let mut s = Session::new_server(cfg, peer, policy_for, Box::new(NoneServerAuth::new(1)), 1, 42, now);
+    let mut out = Vec::new();
+    // Chunks of 1..=64 bytes, sized by the data itself.
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = (usize::from(rest[0] % 64) + 1).min(rest.len());
+        s.recv_buf().extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        if s.handle_input(now).is_err() {
+            return;
+        }
+        while s.poll_event().is_some() {}
+        out.clear();
+        s.poll_transmit(&mut out, 1 << 20);
+    }
+    let _ = s.handle_timeout(now + Duration::from_secs(3600));
+});
