@@ -21,12 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use msgr::config::Config;
-use msgr::message::Message;
-use msgr::messenger::{ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
+use msgr::messenger::{ConnState, ConnectionRef, Messenger, Policy};
 use msgr::proto::{EntityAddr, EntityAddrVec, EntityType};
 
 mod common;
-use common::traffic::{config, messenger, mixed_len, stop, test_message, wait_until, Recorder, Tally};
+use common::traffic::{config, messenger, mixed_len, stop, test_message, wait_until, Recorder, Streamer};
 
 const N_DEFAULT: u64 = 10_000;
 
@@ -52,29 +51,10 @@ fn messages() -> u64 {
     std::env::var("T_DPDK_MSGS").ok().and_then(|v| v.parse().ok()).unwrap_or(N_DEFAULT)
 }
 
-/// Records what arrives; streams `per_conn` messages back to whoever connects.
-#[derive(Default)]
-struct Server {
-    tally: Tally,
-    per_conn: u64,
-}
-
-impl Dispatcher for Server {
-    fn ms_dispatch(&self, con: &ConnectionRef, m: &Message) -> bool {
-        self.tally.record(con, m);
-        true
-    }
-    fn ms_handle_accept(&self, con: &ConnectionRef) {
-        for i in 0..self.per_conn {
-            con.send_message(test_message(con.id(), i, mixed_len(i))).unwrap();
-        }
-    }
-}
-
-fn server(cfg: &Config, n: u64, bind: &str) -> (Messenger, Arc<Server>, EntityAddr) {
+fn server(cfg: &Config, n: u64, bind: &str) -> (Messenger, Arc<Streamer>, EntityAddr) {
     let m = messenger(cfg, EntityType::Osd, 0);
     m.set_default_policy(Policy::stateless_server(0));
-    let d = Arc::new(Server { tally: Tally::default(), per_conn: n });
+    let d = Streamer::new(n, mixed_len);
     m.add_dispatcher_tail(d.clone());
     let addr = m.bind(bind.parse().unwrap()).unwrap();
     (m, d, addr)
@@ -89,7 +69,7 @@ fn client(cfg: &Config) -> (Messenger, Arc<Recorder>) {
 }
 
 /// Client sends `n` to the server, the server `n` back; all checked exactly once, in order.
-fn exchange(what: &str, srv: &Arc<Server>, cd: &Arc<Recorder>, con: &ConnectionRef, n: u64) {
+fn exchange(what: &str, srv: &Arc<Streamer>, cd: &Arc<Recorder>, con: &ConnectionRef, n: u64) {
     let start = Instant::now();
     for i in 0..n {
         con.send_message(test_message(11, i, mixed_len(i))).unwrap();

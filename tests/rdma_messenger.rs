@@ -11,7 +11,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use msgr_stack_rdma::verbs::{self, LiveObjects};
 use msgr_stack_rdma::worker;
 
 mod common;
-use common::traffic::{config, messenger, mixed_len, stop, test_message, wait_until, Recorder, Tally};
+use common::traffic::{config, messenger, mixed_len, stop, test_message, wait_until, Recorder, Streamer, Tally};
 
 /// The async+rdma configuration for the device under test, or `None` (and a loud note)
 /// on a host without one.
@@ -40,44 +40,6 @@ fn rdma_config(extra: &[(&str, &str)]) -> Option<Config> {
         vec![("ms_type", "async+rdma"), ("ms_async_rdma_device_name", &dev), ("ms_async_rdma_gid_idx", &gid)];
     opts.extend_from_slice(extra);
     Some(config(&opts))
-}
-
-/// Records what arrives; on accept, streams `per_conn` messages back.
-struct Server {
-    tally: Tally,
-    per_conn: u64,
-    len: fn(u64) -> usize,
-    accepted: Mutex<Vec<ConnectionRef>>,
-    resets: AtomicUsize,
-}
-
-impl Server {
-    fn new(per_conn: u64, len: fn(u64) -> usize) -> Arc<Server> {
-        Arc::new(Server {
-            tally: Tally::default(),
-            per_conn,
-            len,
-            accepted: Mutex::default(),
-            resets: AtomicUsize::new(0),
-        })
-    }
-}
-
-impl Dispatcher for Server {
-    fn ms_dispatch(&self, con: &ConnectionRef, m: &Message) -> bool {
-        self.tally.record(con, m);
-        true
-    }
-    fn ms_handle_accept(&self, con: &ConnectionRef) {
-        self.accepted.lock().unwrap().push(Arc::clone(con));
-        for i in 0..self.per_conn {
-            con.send_message(test_message(con.id(), i, (self.len)(i))).unwrap();
-        }
-    }
-    fn ms_handle_reset(&self, _con: &ConnectionRef) -> bool {
-        self.resets.fetch_add(1, Ordering::SeqCst);
-        true
-    }
 }
 
 fn server(cfg: &Config, d: Arc<dyn Dispatcher>, bind: &str) -> (Messenger, EntityAddr) {
@@ -99,7 +61,7 @@ fn client(cfg: &Config, d: Arc<dyn Dispatcher>) -> Messenger {
 fn mixed_sizes_each_way_exactly_once_in_order() {
     let Some(cfg) = rdma_config(&[]) else { return };
     let n: u64 = std::env::var("T_RDMA_MSGS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let sd = Server::new(n, mixed_len);
+    let sd = Streamer::new(n, mixed_len);
     let (srv, addr) = server(&cfg, sd.clone(), "127.0.0.1:0");
     let cd = Arc::new(Recorder::default());
     let cli = client(&cfg, cd.clone());
@@ -144,7 +106,7 @@ fn sixty_four_connections_at_once() {
     let Some(cfg) = rdma_config(&[("ms_async_rdma_buffer_size", "16K"), ("ms_async_rdma_conn_credits", "8")]) else {
         return;
     };
-    let sd = Server::new(PER, small_len);
+    let sd = Streamer::new(PER, small_len);
     let (srv, addr) = server(&cfg, sd.clone(), "0.0.0.0:0");
     let port = addr.addr.unwrap().port();
     let cd = Arc::new(Recorder::default());
@@ -251,7 +213,7 @@ fn teardown_from_either_side_then_nothing_is_left() {
     };
     assert_eq!(verbs::live_objects(), LiveObjects::default(), "a previous test left verbs objects behind");
     let before = worker::counters();
-    let sd = Server::new(5, small_len);
+    let sd = Streamer::new(5, small_len);
     let (srv, addr) = server(&cfg, sd.clone(), "127.0.0.1:0");
     let cd = Arc::new(Recorder::default());
     let cli = client(&cfg, cd.clone());
@@ -304,7 +266,7 @@ fn peers_that_are_not_rdma_are_closed_and_others_carry_on() {
     let Some(cfg) = rdma_config(&[("ms_async_rdma_buffer_size", "16K"), ("ms_async_rdma_conn_credits", "8")]) else {
         return;
     };
-    let sd = Server::new(3, small_len);
+    let sd = Streamer::new(3, small_len);
     let (srv, addr) = server(&cfg, sd.clone(), "127.0.0.1:0");
     let sa = addr.addr.unwrap();
     let qp_info_len = msgr_stack_rdma::qp::QP_INFO_LEN;

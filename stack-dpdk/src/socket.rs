@@ -54,9 +54,7 @@ where
     }
 
     fn shutdown(&mut self) {
-        if let Some(h) = self.handle.take() {
-            with(&self.net, |w| w.close(h));
-        }
+        self.close();
     }
 
     fn peer_addr(&self) -> Option<SocketAddr> {
@@ -72,11 +70,18 @@ where
     }
 }
 
-impl<P: FramePort> Drop for DpdkConnectedSocket<P> {
-    fn drop(&mut self) {
+impl<P: FramePort> DpdkConnectedSocket<P> {
+    /// Hands the connection to its worker for a graceful close; idempotent.
+    fn close(&mut self) {
         if let Some(h) = self.handle.take() {
             with(&self.net, |w| w.close(h));
         }
+    }
+}
+
+impl<P: FramePort> Drop for DpdkConnectedSocket<P> {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

@@ -614,8 +614,9 @@ impl WorkerRdma {
     /// Polls both CQs once; returns the number of completions handled.
     fn poll_cqs(&mut self) -> io::Result<usize> {
         let mut total = 0;
-        for cq in [Arc::clone(&self.recv_cq), Arc::clone(&self.send_cq)] {
+        for recv in [true, false] {
             self.wcs.clear();
+            let cq = if recv { &self.recv_cq } else { &self.send_cq };
             let n = cq.poll(&mut self.wcs, POLL_BATCH)?;
             let wcs = std::mem::take(&mut self.wcs);
             for wc in &wcs {

@@ -164,3 +164,42 @@ pub fn stop(ms: &[&Messenger]) {
         m.wait();
     }
 }
+
+/// A server-side dispatcher: checks and counts what arrives, and on every accepted
+/// connection streams `per_conn` test messages back, message `i` of `len(i)` bytes.
+pub struct Streamer {
+    pub tally: Tally,
+    pub per_conn: u64,
+    pub len: fn(u64) -> usize,
+    pub accepted: Mutex<Vec<ConnectionRef>>,
+    pub resets: std::sync::atomic::AtomicUsize,
+}
+
+impl Streamer {
+    pub fn new(per_conn: u64, len: fn(u64) -> usize) -> std::sync::Arc<Streamer> {
+        std::sync::Arc::new(Streamer {
+            tally: Tally::default(),
+            per_conn,
+            len,
+            accepted: Mutex::default(),
+            resets: Default::default(),
+        })
+    }
+}
+
+impl msgr::messenger::Dispatcher for Streamer {
+    fn ms_dispatch(&self, con: &ConnectionRef, m: &Message) -> bool {
+        self.tally.record(con, m);
+        true
+    }
+    fn ms_handle_accept(&self, con: &ConnectionRef) {
+        self.accepted.lock().unwrap().push(std::sync::Arc::clone(con));
+        for i in 0..self.per_conn {
+            con.send_message(test_message(con.id(), i, (self.len)(i))).unwrap();
+        }
+    }
+    fn ms_handle_reset(&self, _con: &ConnectionRef) -> bool {
+        self.resets.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+}
