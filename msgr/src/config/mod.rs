@@ -733,6 +733,11 @@ impl Config {
         self.duration("ms_connection_idle_timeout")
     }
 
+    /// `ms_keepalive_interval`: KEEPALIVE2 period on open connections (zero: never).
+    pub fn ms_keepalive_interval(&self) -> Duration {
+        self.duration("ms_keepalive_interval")
+    }
+
     /// `ms_inject_socket_failures`: fail a socket operation about once every
     /// N (0 = never); for testing fault handling.
     pub fn ms_inject_socket_failures(&self) -> u64 {

@@ -142,6 +142,12 @@ pub static OPTIONS: &[OptionDef] = &[
         description: "close a connection after this long without traffic",
     },
     OptionDef {
+        name: "ms_keepalive_interval",
+        kind: OptionKind::Seconds,
+        default: "0",
+        description: "send KEEPALIVE2 this often on an open connection (0 = never); with ms_connection_idle_timeout it detects dead peers",
+    },
+    OptionDef {
         name: "ms_inject_socket_failures",
         kind: OptionKind::Uint { min: 0, max: u64::MAX },
         default: "0",

@@ -17,6 +17,7 @@ use crate::message::Message;
 use crate::proto::addr::EntityAddrVec;
 use crate::proto::entity::{EntityName, EntityType};
 use crate::proto::frames::UTime;
+use crate::proto::reconnect::{Existing, Phase};
 use crate::stack::worker::WorkerShared;
 
 /// Shared handle to a connection.
@@ -69,7 +70,11 @@ pub struct Connection {
     scheduled: AtomicBool,
     pub(crate) outbox: Mutex<Outbox>,
     pub(crate) info: Mutex<Published>,
-    pub(crate) worker: Arc<WorkerShared>,
+    // The worker that owns the connection's transport. A lossless session moves to the
+    // worker of the transport a peer reconnects on, so this can change.
+    worker: Mutex<Arc<WorkerShared>>,
+    // What a new transport from the same peer is compared with (Ceph's "existing").
+    pub(crate) existing: Mutex<Existing>,
     pub(crate) msgr: Weak<MsgrInner>,
     private: Mutex<Option<Arc<dyn Any + Send + Sync>>>,
 }
@@ -103,7 +108,17 @@ impl Connection {
             scheduled: AtomicBool::new(false),
             outbox: Mutex::new(Outbox::default()),
             info: Mutex::new(Published { peer_addrs, ..Published::default() }),
-            worker,
+            worker: Mutex::new(worker),
+            existing: Mutex::new(Existing {
+                phase: Phase::Connecting,
+                lossy: true,
+                client_cookie: 0,
+                server_cookie: 0,
+                connect_seq: 0,
+                peer_global_seq: 0,
+                policy_server: false,
+                resetcheck: false,
+            }),
             msgr,
             private: Mutex::new(None),
         })
@@ -226,14 +241,38 @@ impl Connection {
     fn schedule(&self) {
         if !self.scheduled.swap(true, Ordering::AcqRel) {
             let id = self.id;
-            self.worker.schedule_flush(id, || Box::new(move |local, center| super::io::flush(local, center, id)));
+            self.worker().schedule_flush(id, || Box::new(move |local, center| super::io::flush(local, center, id)));
         }
     }
 
     /// Called by the worker before it drains the outbox, so a send racing with the
-    /// drain schedules another flush instead of being stranded.
+    /// drain schedules another flush instead of being stranded. A swap, not a store:
+    /// it synchronises with the sender's swap, so the drain sees the sender's message
+    /// even when the flush was requested on the worker the connection just left.
     pub(crate) fn clear_scheduled(&self) {
-        self.scheduled.store(false, Ordering::Release);
+        self.scheduled.swap(false, Ordering::AcqRel);
+    }
+
+    /// The worker that owns this connection now.
+    pub(crate) fn worker(&self) -> Arc<WorkerShared> {
+        Arc::clone(&lock(&self.worker))
+    }
+
+    /// Hands the connection to another worker (a lossless session moving onto the
+    /// transport its peer reconnected on).
+    pub(crate) fn move_to(&self, w: Arc<WorkerShared>) {
+        let mut cur = lock(&self.worker);
+        cur.sub_load();
+        w.add_load();
+        *cur = w;
+    }
+
+    pub(crate) fn existing(&self) -> Existing {
+        *lock(&self.existing)
+    }
+
+    pub(crate) fn set_existing(&self, f: impl FnOnce(&mut Existing)) {
+        f(&mut lock(&self.existing));
     }
 
     pub(crate) fn publish(&self, f: impl FnOnce(&mut Published)) {

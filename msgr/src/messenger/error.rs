@@ -32,6 +32,10 @@ pub enum ConnError {
     /// The messenger is shutting down.
     #[error("messenger shut down")]
     Shutdown,
+    /// The session moved to a newer connection from the same peer, or this
+    /// connection's attempt to take over an existing session lost a race.
+    #[error("replaced by a newer connection from the same peer")]
+    Replaced,
 }
 
 impl From<io::Error> for ConnError {

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes};
 
@@ -22,9 +22,13 @@ use super::dispatch::ConnEvent;
 use super::error::ConnError;
 use super::MsgrInner;
 use crate::event::{Interest, TimerId};
+use crate::proto::addr::EntityAddr;
+use crate::proto::entity::EntityType;
 use crate::proto::frames::UTime;
-use crate::proto::session::{Session, SessionEvent};
+use crate::proto::reconnect::{decide_ident, decide_reconnect, peer_wins_race, Decision, Phase, SessionState};
+use crate::proto::session::{Answer, Claim, Role, Session, SessionError, SessionEvent};
 use crate::stack::inject::FaultySocket;
+use crate::stack::worker::WorkerShared;
 use crate::stack::worker::{take_pending, Center, WorkerLocal};
 use crate::stack::{ConnectedSocket, ServerSocket};
 
@@ -48,6 +52,29 @@ pub struct LocalConn {
     connecting: bool,
     timer: Option<(TimerId, Instant)>,
     read_paused: bool,
+    // Set when we dialled this transport: who to dial again after a lossless fault.
+    dial: Option<Dial>,
+    // The session reached READY on this transport.
+    was_ready: bool,
+}
+
+/// Where an outgoing connection dials, and how long it waited last time.
+#[derive(Clone, Debug)]
+pub(crate) struct Dial {
+    pub(crate) addr: SocketAddr,
+    pub(crate) target: EntityAddr,
+    pub(crate) peer_type: EntityType,
+    pub(crate) backoff: Duration,
+}
+
+/// A lossless session between transports: its queues and sequence numbers wait here
+/// for our next dial (`dial` set, timer armed) or for the peer to reconnect.
+pub struct Parked {
+    conn: ConnectionRef,
+    msgr: Arc<MsgrInner>,
+    state: SessionState,
+    dial: Option<Dial>,
+    timer: Option<TimerId>,
 }
 
 /// A listening socket as its worker sees it.
@@ -68,20 +95,31 @@ pub(crate) fn start_connect(
     center: &mut Center,
     msgr: Arc<MsgrInner>,
     conn: ConnectionRef,
-    addr: SocketAddr,
+    dial: Dial,
     session: Session,
 ) {
-    match local.net.connect(addr, &msgr.settings.socket) {
+    match local.net.connect(dial.addr, &msgr.settings.socket) {
         Ok(socket) => {
             let socket = FaultySocket::wrap(socket, msgr.settings.inject_every);
-            let lc = LocalConn::new(conn, msgr, socket, session, true);
+            let mut lc = LocalConn::new(conn, msgr, socket, session, true);
+            lc.dial = Some(dial);
             install(local, center, lc);
         }
         Err(e) => {
-            // Nothing was registered: report straight away.
-            let refused = e.kind() == io::ErrorKind::ConnectionRefused;
-            conn.worker.sub_load();
-            finish_closed(&msgr, &conn, Some(ConnError::from(e)), Some(refused));
+            let err = ConnError::from(e);
+            if !session.policy().lossy && !msgr.is_stopping() {
+                // Nothing was registered; the session waits for the next attempt.
+                let refused = matches!(err, ConnError::Refused(_));
+                conn.publish(|p| p.last_error = Some(err));
+                if refused {
+                    msgr.dispatch_queue.enqueue_event(Arc::clone(&conn), ConnEvent::Refused);
+                }
+                let state = session.into_state();
+                return park(local, center, msgr, conn, state, Some(dial), Backoff::Grow);
+            }
+            let refused = matches!(err, ConnError::Refused(_));
+            conn.worker().sub_load();
+            finish_closed(&msgr, &conn, Some(err), Some(refused));
         }
     }
 }
@@ -113,7 +151,19 @@ impl LocalConn {
         connecting: bool,
     ) -> Self {
         let fd = socket.fd();
-        LocalConn { conn, msgr, socket, fd, session, wq: VecDeque::new(), connecting, timer: None, read_paused: false }
+        LocalConn {
+            conn,
+            msgr,
+            socket,
+            fd,
+            session,
+            wq: VecDeque::new(),
+            connecting,
+            timer: None,
+            read_paused: false,
+            dial: None,
+            was_ready: false,
+        }
     }
 }
 
@@ -128,7 +178,7 @@ fn install(local: &mut WorkerLocal, center: &mut Center, lc: LocalConn) {
         if let Some(lc) = local.conns.remove(&id) {
             drop(lc);
         }
-        conn.worker.sub_load();
+        conn.worker().sub_load();
         finish_closed(&msgr, &conn, Some(ConnError::from(e)), Some(false));
         return;
     }
@@ -200,7 +250,7 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         }
         total += got;
         lc.session.handle_input(Instant::now()).map_err(ConnError::Protocol)?;
-        handle_session_events(local, center, id);
+        handle_session_events(local, id)?;
     }
 }
 
@@ -209,7 +259,7 @@ fn pause_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     let Some(lc) = local.conns.get_mut(&id) else { return };
     lc.read_paused = true;
     let _ = center.delete_file_event(lc.fd, Interest::READABLE);
-    let worker = Arc::clone(&lc.conn.worker);
+    let worker = lc.conn.worker();
     let throttle = Arc::clone(&lc.msgr.throttle);
     let resume = Box::new(move || {
         worker.submit(Box::new(move |local, center| resume_reading(local, center, id)));
@@ -232,12 +282,28 @@ fn resume_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     // Data may already be buffered in the socket; level-triggered epoll reports it.
 }
 
-fn handle_session_events(local: &mut WorkerLocal, _center: &mut Center, id: u64) {
-    let Some(lc) = local.conns.get_mut(&id) else { return };
-    while let Some(ev) = lc.session.poll_event() {
+fn handle_session_events(local: &mut WorkerLocal, id: u64) -> Result<(), ConnError> {
+    loop {
+        let Some(lc) = local.conns.get_mut(&id) else { return Ok(()) };
+        let Some(ev) = lc.session.poll_event() else { return Ok(()) };
         match ev {
             SessionEvent::Connected(peer) | SessionEvent::Accepted(peer) => {
-                let accepted = lc.session.role() == crate::proto::session::Role::Server;
+                let accepted = lc.session.role() == Role::Server;
+                lc.was_ready = true;
+                if let Some(d) = &mut lc.dial {
+                    d.backoff = Duration::ZERO;
+                }
+                let st = lc.session.state_ref();
+                let (cc, sc, cs, pgs) =
+                    (st.client_cookie(), st.server_cookie(), st.connect_seq(), st.peer_global_seq());
+                lc.conn.set_existing(|e| {
+                    e.phase = Phase::Ready;
+                    e.lossy = peer.lossy;
+                    e.client_cookie = cc;
+                    e.server_cookie = sc;
+                    e.connect_seq = cs;
+                    e.peer_global_seq = e.peer_global_seq.max(pgs);
+                });
                 lc.conn.set_peer_type(peer.name.ty);
                 lc.conn.publish(|p| {
                     p.peer_addrs = peer.addrs.clone();
@@ -256,13 +322,167 @@ fn handle_session_events(local: &mut WorkerLocal, _center: &mut Center, id: u64)
             SessionEvent::Message(m) => lc.msgr.deliver(&lc.conn, m),
             SessionEvent::KeepaliveAck(stamp) => lc.conn.publish(|p| p.last_keepalive_ack = Some(stamp)),
             SessionEvent::LearnedAddr(a) => lc.msgr.learned_addr(&a),
+            SessionEvent::KeepaliveDue => lc.session.send_keepalive(now_utime()),
+            SessionEvent::GlobalSeqAtLeast(gs) => lc.msgr.global_seq_at_least(gs),
+            SessionEvent::RemoteReset { .. } => {
+                lc.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.conn), ConnEvent::RemoteReset);
+            }
+            SessionEvent::Identify(claim) => on_identify(local, id, claim)?,
         }
     }
 }
 
+/// Server side: a lossless peer identified itself on connection `id`. Decides, as
+/// Ceph's `handle_existing_connection` / `handle_reconnect` do, whether this transport
+/// starts a new session, takes over the existing one (which may live on another
+/// worker), or is refused.
+fn on_identify(local: &mut WorkerLocal, id: u64, claim: Claim) -> Result<(), ConnError> {
+    let Some(lc) = local.conns.get_mut(&id) else { return Ok(()) };
+    let msgr = Arc::clone(&lc.msgr);
+    let peer_type = lc.session.peer_type().unwrap_or(EntityType::Client);
+    let policy = msgr.policy_for(peer_type);
+    let existing = msgr.lookup(&claim.addrs).filter(|e| e.id() != lc.conn.id());
+    let wins = peer_wins_race(&claim.addrs, &msgr.my_addrs());
+    let snapshot = existing.as_ref().map(|e| {
+        let mut ex = e.existing();
+        ex.policy_server = policy.server;
+        ex.resetcheck = policy.resetcheck;
+        ex
+    });
+    let decision = match &claim.reconnect {
+        None => decide_ident(snapshot.as_ref(), claim.client_cookie, claim.global_seq, wins),
+        Some(req) => decide_reconnect(snapshot.as_ref(), req, wins),
+    };
+    let (existing, reset_first, resume) = match (decision, existing) {
+        (Decision::New, _) | (Decision::ReplaceLossy, None) => {
+            lc.session.answer(Answer::New).map_err(ConnError::Protocol)?;
+            return Ok(());
+        }
+        (Decision::ReplaceLossy, Some(e)) => {
+            let victim = Arc::clone(&e);
+            msgr.unregister(&victim);
+            e.worker().submit(Box::new(move |local, center| {
+                fault(local, center, victim.id(), ConnError::Replaced);
+            }));
+            lc.session.answer(Answer::New).map_err(ConnError::Protocol)?;
+            return Ok(());
+        }
+        (Decision::Reuse { reset_first }, Some(e)) => (e, reset_first, false),
+        (Decision::Resume, Some(e)) => (e, false, true),
+        (d, _) => {
+            lc.session.answer(Answer::Refuse(d)).map_err(ConnError::Protocol)?;
+            return Ok(());
+        }
+    };
+    // Claim the existing session. Marking it Replacing first makes a second claim
+    // racing with this one back off instead of stealing it twice.
+    let mut claimed = false;
+    existing.set_existing(|e| {
+        if !matches!(e.phase, Phase::Replacing | Phase::Closed) {
+            e.phase = Phase::Replacing;
+            claimed = true;
+        }
+    });
+    if !claimed {
+        let d = if resume { Decision::RetryGlobal(claim.global_seq) } else { Decision::Wait };
+        lc.session.answer(Answer::Refuse(d)).map_err(ConnError::Protocol)?;
+        return Ok(());
+    }
+    let here = msgr.workers.get(local.id).cloned();
+    let Some(here) = here else { return Err(ConnError::Replaced) };
+    let ex = Arc::clone(&existing);
+    existing.worker().submit(Box::new(move |local, center| {
+        release(local, center, ex, here, id, reset_first, resume);
+    }));
+    Ok(())
+}
+
+/// On the worker that owns `existing`: detaches its session from its transport (or
+/// from the parked list) and sends it to worker `to`, where connection `new_id`
+/// waits to carry it.
+fn release(
+    local: &mut WorkerLocal,
+    center: &mut Center,
+    existing: ConnectionRef,
+    to: Arc<WorkerShared>,
+    new_id: u64,
+    reset_first: bool,
+    resume: bool,
+) {
+    let eid = existing.id();
+    let state = if let Some(lc) = local.conns.remove(&eid) {
+        let lc = teardown(center, lc);
+        Some(lc.session.into_state())
+    } else if let Some(p) = local.parked.remove(&eid) {
+        if let Some(t) = p.timer {
+            center.delete_time_event(t);
+        }
+        Some(p.state)
+    } else {
+        None
+    };
+    let Some(mut state) = state else {
+        // It closed, or moved, after the claim was decided: this transport fails and
+        // the peer tries again, finding whatever is there then.
+        to.submit(Box::new(move |local, center| fault(local, center, new_id, ConnError::Replaced)));
+        return;
+    };
+    if reset_first {
+        // The peer restarted: what we queued for its old incarnation is void.
+        state.reset();
+        if let Some(msgr) = existing.msgr.upgrade() {
+            msgr.dispatch_queue.enqueue_event(Arc::clone(&existing), ConnEvent::RemoteReset);
+        }
+    }
+    existing.move_to(Arc::clone(&to));
+    to.submit(Box::new(move |local, center| adopt(local, center, new_id, existing, state, resume)));
+}
+
+/// On the worker of transport `new_id`: the existing connection takes it over.
+fn adopt(
+    local: &mut WorkerLocal,
+    center: &mut Center,
+    new_id: u64,
+    existing: ConnectionRef,
+    state: SessionState,
+    resume: bool,
+) {
+    let Some(msgr) = existing.msgr.upgrade() else { return };
+    let eid = existing.id();
+    let Some(mut lc) = local.conns.remove(&new_id) else {
+        // The new transport died while the session travelled: keep the session here
+        // until the peer comes back.
+        return park(local, center, msgr, existing, state, None, Backoff::Grow);
+    };
+    // The transport's own connection object was never shown to anyone: drop it quietly.
+    let placeholder = std::mem::replace(&mut lc.conn, Arc::clone(&existing));
+    placeholder.set_state(ConnState::Closed);
+    placeholder.worker().sub_load();
+    msgr.forget(&placeholder);
+    if let Some((t, _)) = lc.timer.take() {
+        center.delete_time_event(t);
+    }
+    lc.dial = None;
+    lc.read_paused = false;
+    let answer = if resume { Answer::Resume(state) } else { Answer::Reuse(state) };
+    let answered = lc.session.answer(answer);
+    let fd = lc.fd;
+    local.conns.insert(eid, lc);
+    if let Err(e) = center.create_file_event(fd, Interest::READABLE, conn_callback(eid)) {
+        return fault(local, center, eid, ConnError::from(e));
+    }
+    if let Err(e) = answered {
+        return fault(local, center, eid, ConnError::Protocol(e));
+    }
+    if let Err(e) = handle_session_events(local, eid) {
+        return fault(local, center, eid, e);
+    }
+    flush(local, center, eid);
+}
+
 /// Drains the connection's outbox into its session and writes what the session has.
 pub(crate) fn flush(local: &mut WorkerLocal, center: &mut Center, id: u64) {
-    let Some(lc) = local.conns.get_mut(&id) else { return };
+    let Some(lc) = local.conns.get_mut(&id) else { return flush_parked(local, center, id) };
     lc.conn.clear_scheduled();
     let out = lc.conn.take_outbox();
     if out.mark_down {
@@ -356,23 +576,142 @@ fn on_timer(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     update_timer(local, center, id);
 }
 
-/// Closes a connection on an error and tells the dispatchers.
+/// Closes a connection on an error and tells the dispatchers; a lossless session
+/// survives it and waits for the next transport.
 fn fault(local: &mut WorkerLocal, center: &mut Center, id: u64, err: ConnError) {
     close_conn(local, center, id, Some(err));
 }
 
-fn close_conn(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option<ConnError>) {
-    let Some(mut lc) = local.conns.remove(&id) else { return };
+/// Unhooks a connection's transport from the event loop and shuts it down.
+fn teardown(center: &mut Center, mut lc: LocalConn) -> LocalConn {
     let _ = center.delete_file_event(lc.fd, Interest::BOTH);
     if let Some((t, _)) = lc.timer.take() {
         center.delete_time_event(t);
     }
     lc.socket.shutdown();
+    lc
+}
+
+fn close_conn(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option<ConnError>) {
+    let Some(lc) = local.conns.remove(&id) else { return };
+    let mut lc = teardown(center, lc);
+    let lossless = !lc.session.policy().lossy;
+    let survivable = err.as_ref().is_some_and(|e| !matches!(e, ConnError::Shutdown | ConnError::Replaced));
+    // A session exists to keep if we dial (and so can redial), or if a session was
+    // established on this connection at some point (the peer will come back).
+    let has_session = lc.dial.is_some() || lc.conn.existing().server_cookie != 0;
+    if lossless && survivable && has_session && !lc.msgr.is_stopping() {
+        let wait = matches!(err, Some(ConnError::Protocol(SessionError::Wait)));
+        let backoff = if wait {
+            Backoff::Max
+        } else if lc.was_ready {
+            Backoff::Now
+        } else {
+            Backoff::Grow
+        };
+        if let Some(e) = err {
+            let refused = matches!(e, ConnError::Refused(_)) || (lc.connecting && lc.dial.is_some());
+            lc.conn.publish(|p| p.last_error = Some(e));
+            if refused && lc.dial.is_some() {
+                lc.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.conn), ConnEvent::Refused);
+            }
+        }
+        let LocalConn { conn, msgr, session, dial, .. } = lc;
+        let state = session.into_state();
+        return park(local, center, msgr, conn, state, dial, backoff);
+    }
     let never_connected = lc.connecting;
     lc.session.close();
-    lc.conn.worker.sub_load();
+    lc.conn.worker().sub_load();
     let refused = err.as_ref().map(|e| matches!(e, ConnError::Refused(_)) || never_connected);
     finish_closed(&lc.msgr, &lc.conn, err, refused);
+}
+
+/// How long a lossless connection waits before dialling again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backoff {
+    /// The session was READY: dial again at once (Ceph resets its backoff then).
+    Now,
+    /// The attempt failed before READY: `ms_initial_backoff`, doubling up to the max.
+    Grow,
+    /// The peer said WAIT: `ms_max_backoff`.
+    Max,
+}
+
+/// Keeps a lossless session on this worker between transports. With `dial` we
+/// reconnect after the backoff; without, the session waits for the peer (Ceph's
+/// STANDBY of the accepting side).
+fn park(
+    local: &mut WorkerLocal,
+    center: &mut Center,
+    msgr: Arc<MsgrInner>,
+    conn: ConnectionRef,
+    state: SessionState,
+    mut dial: Option<Dial>,
+    backoff: Backoff,
+) {
+    let id = conn.id();
+    conn.set_state(ConnState::Connecting);
+    let phase = if dial.is_some() { Phase::Connecting } else { Phase::Standby };
+    conn.set_existing(|e| e.phase = phase);
+    let mut timer = None;
+    if let Some(d) = &mut dial {
+        let s = &msgr.settings;
+        d.backoff = match backoff {
+            Backoff::Now => Duration::ZERO,
+            Backoff::Max => s.max_backoff,
+            Backoff::Grow if d.backoff.is_zero() => s.initial_backoff,
+            Backoff::Grow => (d.backoff * 2).min(s.max_backoff),
+        };
+        let at = Instant::now() + d.backoff;
+        timer = Some(center.create_time_event_at(
+            at,
+            Box::new(move |local: &mut WorkerLocal, center: &mut Center| redial(local, center, id)),
+        ));
+    }
+    local.parked.insert(id, Parked { conn, msgr, state, dial, timer });
+    // Anything sent while the transport was going down is still in the outbox.
+    flush_parked(local, center, id);
+}
+
+/// A parked session's outbox: messages join its queue; a mark-down ends it.
+fn flush_parked(local: &mut WorkerLocal, center: &mut Center, id: u64) {
+    let Some(p) = local.parked.get_mut(&id) else { return };
+    p.conn.clear_scheduled();
+    let out = p.conn.take_outbox();
+    for m in out.msgs {
+        let mut m = m;
+        m.seq = 0;
+        p.state.push(m);
+    }
+    if out.mark_down {
+        if let Some(p) = local.parked.remove(&id) {
+            if let Some(t) = p.timer {
+                center.delete_time_event(t);
+            }
+            p.conn.worker().sub_load();
+            finish_closed(&p.msgr, &p.conn, None, None);
+        }
+    }
+}
+
+/// The backoff of parked connection `id` is over: dial again, carrying its session.
+fn redial(local: &mut WorkerLocal, center: &mut Center, id: u64) {
+    let Some(p) = local.parked.remove(&id) else { return };
+    let Parked { conn, msgr, mut state, dial, .. } = p;
+    let Some(dial) = dial else {
+        local.parked.insert(id, Parked { conn, msgr, state, dial: None, timer: None });
+        return;
+    };
+    if msgr.is_stopping() {
+        conn.worker().sub_load();
+        return finish_closed(&msgr, &conn, Some(ConnError::Shutdown), None);
+    }
+    if state.server_cookie() != 0 {
+        state.connect_seq += 1;
+    }
+    let session = msgr.client_session(dial.target.clone(), dial.peer_type, state);
+    start_connect(local, center, msgr, conn, dial, session);
 }
 
 /// Publishes the close and, for errors, queues `ms_handle_refused` / `ms_handle_reset`.
@@ -444,9 +783,23 @@ pub(crate) fn close_messenger(local: &mut WorkerLocal, center: &mut Center, msgr
     for id in conns {
         close_conn(local, center, id, Some(ConnError::Shutdown));
     }
+    let parked: Vec<u64> = local.parked.iter().filter(|(_, p)| Arc::ptr_eq(&p.msgr, msgr)).map(|(id, _)| *id).collect();
+    for id in parked {
+        drop_parked(local, center, id);
+    }
     let ls: Vec<u64> = local.listeners.iter().filter(|(_, l)| Arc::ptr_eq(&l.msgr, msgr)).map(|(id, _)| *id).collect();
     for id in ls {
         remove_listener(local, center, id);
+    }
+}
+
+fn drop_parked(local: &mut WorkerLocal, center: &mut Center, id: u64) {
+    if let Some(p) = local.parked.remove(&id) {
+        if let Some(t) = p.timer {
+            center.delete_time_event(t);
+        }
+        p.conn.worker().sub_load();
+        finish_closed(&p.msgr, &p.conn, Some(ConnError::Shutdown), None);
     }
 }
 
@@ -476,6 +829,10 @@ pub(crate) fn close_all(local: &mut WorkerLocal, center: &mut Center) {
     let ids: Vec<u64> = local.conns.keys().copied().collect();
     for id in ids {
         close_conn(local, center, id, Some(ConnError::Shutdown));
+    }
+    let ids: Vec<u64> = local.parked.keys().copied().collect();
+    for id in ids {
+        drop_parked(local, center, id);
     }
     let ls: Vec<u64> = local.listeners.keys().copied().collect();
     for id in ls {

@@ -42,6 +42,7 @@ use crate::proto::auth::{ClientAuth, NoneClientAuth, NoneServerAuth};
 use crate::proto::entity::{AuthName, EntityName, EntityType};
 use crate::proto::frame::FrameLimits;
 use crate::proto::frames::CEPH_FEATURES_ALL;
+use crate::proto::reconnect::SessionState;
 use crate::proto::session::{PolicyFn, Session, SessionConfig};
 use crate::stack::worker::{on_worker_thread, NetworkStack, WorkerShared};
 use crate::stack::SocketOptions;
@@ -69,6 +70,9 @@ pub(crate) struct Settings {
     pub(crate) limits: FrameLimits,
     pub(crate) ready_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) keepalive_interval: Option<Duration>,
+    pub(crate) initial_backoff: Duration,
+    pub(crate) max_backoff: Duration,
     /// `ms_inject_socket_failures` (0 = off).
     pub(crate) inject_every: u64,
 }
@@ -87,6 +91,9 @@ impl Settings {
             limits: FrameLimits { max_frame: cfg.ms_max_frame_size(), max_control: MAX_CONTROL_FRAME },
             ready_timeout: cfg.ms_connection_ready_timeout(),
             idle_timeout: cfg.ms_connection_idle_timeout(),
+            keepalive_interval: Some(cfg.ms_keepalive_interval()).filter(|d| !d.is_zero()),
+            initial_backoff: cfg.ms_initial_backoff(),
+            max_backoff: cfg.ms_max_backoff(),
             inject_every: cfg.ms_inject_socket_failures(),
         }
     }
@@ -136,6 +143,7 @@ impl MsgrInner {
             limits: self.settings.limits,
             ready_timeout: self.settings.ready_timeout,
             idle_timeout: self.settings.idle_timeout,
+            keepalive_interval: self.settings.keepalive_interval,
         }
     }
 
@@ -152,6 +160,47 @@ impl MsgrInner {
             nonzero_random(),
             Instant::now(),
         )
+    }
+
+    /// A client session to `target` carrying `state` from an earlier transport.
+    pub(crate) fn client_session(&self, target: EntityAddr, peer_type: EntityType, state: SessionState) -> Session {
+        let policy = self.policy_for(peer_type);
+        let gs = self.global_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        Session::resume_client(
+            self.session_config(),
+            target,
+            peer_type,
+            policy.session(),
+            self.client_auth(peer_type),
+            gs,
+            state,
+            Instant::now(),
+        )
+    }
+
+    fn client_auth(&self, peer_type: EntityType) -> Box<dyn ClientAuth> {
+        match &*self.client_auth.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(f) => f(peer_type),
+            None => Box::new(NoneClientAuth::new(self.auth_name.clone(), 0)),
+        }
+    }
+
+    pub(crate) fn policy_for(&self, ty: EntityType) -> Policy {
+        self.policies.read().unwrap_or_else(|e| e.into_inner()).get(ty)
+    }
+
+    pub(crate) fn my_addrs(&self) -> EntityAddrVec {
+        self.my_addrs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The connection registered for a peer's addresses, if any.
+    pub(crate) fn lookup(&self, addrs: &EntityAddrVec) -> Option<ConnectionRef> {
+        lock(&self.conns).get(addrs).cloned()
+    }
+
+    /// Ceph's `get_global_seq(old)`: later attempts must present more than `gs`.
+    pub(crate) fn global_seq_at_least(&self, gs: u64) {
+        self.global_seq.fetch_max(gs, Ordering::Relaxed);
     }
 
     pub(crate) fn track(&self, conn: &ConnectionRef) {
@@ -273,7 +322,7 @@ impl Messenger {
 
     /// Our addresses (bound, or learned from a peer).
     pub fn my_addrs(&self) -> EntityAddrVec {
-        self.inner.my_addrs.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner.my_addrs()
     }
 
     /// The dispatch throttle.
@@ -315,13 +364,6 @@ impl Messenger {
     /// name). Applies to connections dialled afterwards.
     pub fn set_client_auth(&self, f: ClientAuthFactory) {
         *self.inner.client_auth.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
-    }
-
-    fn client_auth(&self, peer_type: EntityType) -> Box<dyn ClientAuth> {
-        match &*self.inner.client_auth.read().unwrap_or_else(|e| e.into_inner()) {
-            Some(f) => f(peer_type),
-            None => Box::new(NoneClientAuth::new(self.inner.auth_name.clone(), 0)),
-        }
     }
 
     /// Adds a dispatcher that sees messages before the existing ones.
@@ -454,21 +496,16 @@ impl Messenger {
         self.inner.track(&conn);
         let policy = self.policy(peer_type);
         let cookie = if policy.lossy { 0 } else { nonzero_random() };
-        let gs = self.inner.global_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        conn.set_existing(|e| {
+            e.lossy = policy.lossy;
+            e.client_cookie = cookie;
+        });
         let target = EntityAddr { ty: AddrType::Msgr2, ..target };
-        let session = Session::new_client(
-            self.inner.session_config(),
-            target,
-            peer_type,
-            policy.session(),
-            self.client_auth(peer_type),
-            gs,
-            cookie,
-            Instant::now(),
-        );
+        let session = self.inner.client_session(target.clone(), peer_type, SessionState::new_client(cookie));
+        let dial = io::Dial { addr: sa, target, peer_type, backoff: Duration::ZERO };
         let msgr = Arc::clone(&self.inner);
         let c = Arc::clone(&conn);
-        worker.submit(Box::new(move |local, center| io::start_connect(local, center, msgr, c, sa, session)));
+        worker.submit(Box::new(move |local, center| io::start_connect(local, center, msgr, c, dial, session)));
         Ok(conn)
     }
 

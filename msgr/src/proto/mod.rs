@@ -14,6 +14,7 @@ pub mod secure;
 // The real crate adds the session state machine and authentication here:
 pub mod auth;
 pub mod cephx;
+pub mod reconnect;
 pub mod session;
 
 pub use addr::{AddrParseError, AddrType, EntityAddr, EntityAddrVec};

@@ -25,10 +25,12 @@ use super::entity::{EntityName, EntityType};
 use super::frame::{encode_frame, encode_frame_to_vec, Frame, FrameDecoder, FrameError, FrameLimits, Tag};
 use super::frames::{
     Ack, AuthBadMethod, AuthDone, AuthReplyMore, AuthRequest, AuthRequestMore, AuthSignature, ClientIdent,
-    ControlFrame, Hello, IdentMissingFeatures, Keepalive2, Keepalive2Ack, ServerIdent, UTime, CEPH_FEATURE_MSG_ADDR2,
+    ControlFrame, Hello, IdentMissingFeatures, Keepalive2, Keepalive2Ack, ServerIdent, SessionReconnect,
+    SessionReconnectOk, SessionReset, SessionRetry, SessionRetryGlobal, UTime, Wait, CEPH_FEATURE_MSG_ADDR2,
     CON_MODE_CRC, CON_MODE_SECURE, MSG_CONNECT_LOSSY,
 };
 use super::header::{message_frame, parse_message_frame};
+use super::reconnect::{Decision, ReconnectRequest, SessionState};
 use super::secure::{SecureError, SecureKeys, SecureRx, SecureTx};
 use crate::message::Message;
 
@@ -58,6 +60,8 @@ pub enum State {
     AuthConnectingSign,
     /// Client: CLIENT_IDENT sent, waiting for SERVER_IDENT.
     SessionConnecting,
+    /// Client: SESSION_RECONNECT sent, waiting for RECONNECT_OK / RESET / RETRY / WAIT.
+    SessionReconnecting,
     /// Server: banner sent, waiting for the client's.
     BannerAccepting,
     /// Server: HELLO sent, waiting for the client's HELLO.
@@ -66,8 +70,11 @@ pub enum State {
     AuthAccepting,
     /// Server: AUTH_DONE and AUTH_SIGNATURE sent, waiting for the client's signature.
     AuthAcceptingSign,
-    /// Server: waiting for CLIENT_IDENT.
+    /// Server: waiting for CLIENT_IDENT or SESSION_RECONNECT.
     SessionAccepting,
+    /// Server: a lossless peer identified; waiting for the owner to say what became of
+    /// its existing session ([`Session::answer`]).
+    SessionAcceptingExisting,
     /// Session established: messages flow.
     Ready,
     /// Closed after an error or a mark-down; no further input is accepted.
@@ -82,11 +89,13 @@ impl fmt::Display for State {
             State::AuthConnecting => "AUTH_CONNECTING",
             State::AuthConnectingSign => "AUTH_CONNECTING_SIGN",
             State::SessionConnecting => "SESSION_CONNECTING",
+            State::SessionReconnecting => "SESSION_RECONNECTING",
             State::BannerAccepting => "BANNER_ACCEPTING",
             State::HelloAccepting => "HELLO_ACCEPTING",
             State::AuthAccepting => "AUTH_ACCEPTING",
             State::AuthAcceptingSign => "AUTH_ACCEPTING_SIGN",
             State::SessionAccepting => "SESSION_ACCEPTING",
+            State::SessionAcceptingExisting => "SESSION_ACCEPTING_EXISTING",
             State::Ready => "READY",
             State::Closed => "CLOSED",
         };
@@ -167,6 +176,13 @@ pub enum SessionError {
     /// Nothing was received for `ms_connection_idle_timeout`.
     #[error("no traffic for {0:?}")]
     IdleTimeout(Duration),
+    /// The server told us to wait: it won a connection race, or is replacing our
+    /// session. Back off (`ms_max_backoff`) and try again.
+    #[error("peer asked us to wait (connection race)")]
+    Wait,
+    /// The server already has a newer transport for this session than this one.
+    #[error("a newer connection from this peer exists; this one is stale")]
+    Stale,
     /// The session was already closed.
     #[error("session closed")]
     Closed,
@@ -198,6 +214,8 @@ pub struct SessionConfig {
     pub ready_timeout: Duration,
     /// A READY session with no input for this long is dead.
     pub idle_timeout: Duration,
+    /// Ask the owner for a KEEPALIVE2 this often while READY (`None`: never).
+    pub keepalive_interval: Option<Duration>,
 }
 
 /// Who is on the other end, known once the session is READY.
@@ -217,6 +235,8 @@ pub struct PeerInfo {
     pub con_mode: u32,
     /// The peer's cookie (server cookie for clients, client cookie for servers).
     pub peer_cookie: u64,
+    /// The session resumed an earlier one (SESSION_RECONNECT_OK) instead of starting.
+    pub resumed: bool,
 }
 
 /// What a session reports to its owner.
@@ -232,13 +252,53 @@ pub enum SessionEvent {
     KeepaliveAck(UTime),
     /// Client: the server told us the address it sees us at.
     LearnedAddr(EntityAddr),
+    /// Server: a lossless peer identified itself. The owner looks up its existing
+    /// session, if any, and calls [`Session::answer`].
+    Identify(Claim),
+    /// Client: the server has no trace of our session (it restarted): `dropped`
+    /// queued messages were discarded and a new session starts (Ceph's remote reset).
+    RemoteReset {
+        /// Messages discarded with the old session.
+        dropped: usize,
+    },
+    /// Client: the server saw a newer global_seq from us; the owner must make sure
+    /// future connections use one above this.
+    GlobalSeqAtLeast(u64),
+    /// A KEEPALIVE2 is due (`keepalive_interval`): call [`Session::send_keepalive`].
+    KeepaliveDue,
+}
+
+/// A lossless peer's identification, for the owner to match with an existing session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The peer's addresses (blank IPs filled in from the socket).
+    pub addrs: EntityAddrVec,
+    /// The peer's cookie.
+    pub client_cookie: u64,
+    /// The peer's global_seq for this attempt.
+    pub global_seq: u64,
+    /// `Some` for SESSION_RECONNECT: what the client remembers of the session.
+    pub reconnect: Option<ReconnectRequest>,
+}
+
+/// The owner's reply to [`SessionEvent::Identify`].
+#[derive(Debug)]
+pub enum Answer {
+    /// Start a new session (fresh state).
+    New,
+    /// Carry on the existing session's state as a new session (SERVER_IDENT).
+    Reuse(SessionState),
+    /// Resume the existing session (SESSION_RECONNECT_OK).
+    Resume(SessionState),
+    /// Refuse this attempt with RESET / RETRY / RETRY_GLOBAL / WAIT, or drop it (stale).
+    Refuse(Decision),
 }
 
 /// How a server session picks its policy once the peer's HELLO names its type.
 pub type PolicyFn = std::sync::Arc<dyn Fn(EntityType) -> SessionPolicy + Send + Sync>;
 
 enum Side {
-    Client { target: EntityAddr, peer_type: EntityType, auth: Box<dyn ClientAuth>, client_cookie: u64 },
+    Client { target: EntityAddr, peer_type: EntityType, auth: Box<dyn ClientAuth> },
     Server { peer_socket: SocketAddr, auth: Box<dyn ServerAuth>, server_cookie: u64, policy_for: PolicyFn },
 }
 
@@ -263,18 +323,17 @@ pub struct Session {
     peer_type: Option<EntityType>,
     peer: Option<PeerInfo>,
     learned_addr: Option<EntityAddr>,
-    // Message sequencing (Ceph's out_seq / in_seq / sent list).
-    out_queue: VecDeque<Message>,
-    sent: VecDeque<Message>,
-    out_seq: u64,
-    in_seq: u64,
+    // Queues, sequence numbers and cookies: what survives this transport.
+    st: SessionState,
     acked_in_seq: u64,
+    pending_ident: Option<(Claim, Option<ClientIdent>)>,
     keepalive_ack_pending: Option<UTime>,
     keepalive_pending: Option<UTime>,
     last_keepalive_ack: Option<UTime>,
     // Timing.
     handshake_deadline: Instant,
     last_rx: Instant,
+    next_keepalive: Option<Instant>,
     // Counters.
     skipped_seqs: u64,
     dropped_dups: u64,
@@ -284,10 +343,10 @@ impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
             .field("state", &self.state)
-            .field("out_seq", &self.out_seq)
-            .field("in_seq", &self.in_seq)
-            .field("queued", &self.out_queue.len())
-            .field("sent", &self.sent.len())
+            .field("out_seq", &self.st.out_seq)
+            .field("in_seq", &self.st.in_seq)
+            .field("queued", &self.st.out_queue.len())
+            .field("sent", &self.st.sent.len())
             .finish()
     }
 }
@@ -298,7 +357,15 @@ fn our_banner() -> Banner {
 }
 
 impl Session {
-    fn new(cfg: SessionConfig, side: Side, state: State, policy: SessionPolicy, global_seq: u64, now: Instant) -> Self {
+    fn new(
+        cfg: SessionConfig,
+        side: Side,
+        state: State,
+        policy: SessionPolicy,
+        global_seq: u64,
+        st: SessionState,
+        now: Instant,
+    ) -> Self {
         let decoder = RxCodec::Crc(FrameDecoder::new(cfg.limits));
         let handshake_deadline = now + cfg.ready_timeout;
         let mut s = Session {
@@ -318,16 +385,15 @@ impl Session {
             peer_type: None,
             peer: None,
             learned_addr: None,
-            out_queue: VecDeque::new(),
-            sent: VecDeque::new(),
-            out_seq: 0,
-            in_seq: 0,
+            st,
             acked_in_seq: 0,
+            pending_ident: None,
             keepalive_ack_pending: None,
             keepalive_pending: None,
             last_keepalive_ack: None,
             handshake_deadline,
             last_rx: now,
+            next_keepalive: None,
             skipped_seqs: 0,
             dropped_dups: 0,
         };
@@ -350,8 +416,26 @@ impl Session {
         client_cookie: u64,
         now: Instant,
     ) -> Self {
-        let side = Side::Client { target, peer_type, auth, client_cookie };
-        Session::new(cfg, side, State::BannerConnecting, policy, global_seq, now)
+        let st = SessionState::new_client(client_cookie);
+        Session::resume_client(cfg, target, peer_type, policy, auth, global_seq, st, now)
+    }
+
+    /// A client session carrying `state` from an earlier transport of the same
+    /// connection: if the server had given it a cookie, the handshake ends with
+    /// SESSION_RECONNECT instead of CLIENT_IDENT, and unacknowledged messages are resent.
+    #[allow(clippy::too_many_arguments)]
+    pub fn resume_client(
+        cfg: SessionConfig,
+        target: EntityAddr,
+        peer_type: EntityType,
+        policy: SessionPolicy,
+        auth: Box<dyn ClientAuth>,
+        global_seq: u64,
+        state: SessionState,
+        now: Instant,
+    ) -> Self {
+        let side = Side::Client { target, peer_type, auth };
+        Session::new(cfg, side, State::BannerConnecting, policy, global_seq, state, now)
     }
 
     /// A server session for a connection accepted from `peer_socket`. The policy is
@@ -367,7 +451,7 @@ impl Session {
     ) -> Self {
         let side = Side::Server { peer_socket, auth, server_cookie, policy_for };
         let policy = SessionPolicy { lossy: true, features_required: 0 };
-        Session::new(cfg, side, State::BannerAccepting, policy, global_seq, now)
+        Session::new(cfg, side, State::BannerAccepting, policy, global_seq, SessionState::default(), now)
     }
 
     /// Current state.
@@ -408,22 +492,27 @@ impl Session {
 
     /// Highest message sequence received.
     pub fn in_seq(&self) -> u64 {
-        self.in_seq
+        self.st.in_seq
     }
 
     /// Highest message sequence sent.
     pub fn out_seq(&self) -> u64 {
-        self.out_seq
+        self.st.out_seq
     }
 
     /// Messages queued but not yet sent.
     pub fn queued_len(&self) -> usize {
-        self.out_queue.len()
+        self.st.out_queue.len()
     }
 
     /// Messages sent and not yet acknowledged (lossless only).
     pub fn unacked_len(&self) -> usize {
-        self.sent.len()
+        self.st.sent.len()
+    }
+
+    /// The lossless state (queues, sequence numbers, cookies).
+    pub fn state_ref(&self) -> &SessionState {
+        &self.st
     }
 
     /// The stamp of the last KEEPALIVE2_ACK received.
@@ -613,6 +702,28 @@ impl Session {
                 Ok(())
             }
             (State::SessionConnecting, Tag::ServerIdent) => self.client_server_ident(Self::decode(&frame)?),
+            (State::SessionReconnecting, Tag::SessionReconnectOk) => self.client_reconnect_ok(Self::decode(&frame)?),
+            (State::SessionReconnecting, Tag::SessionReset) => {
+                self.client_session_reset(Self::decode(&frame)?);
+                Ok(())
+            }
+            (State::SessionReconnecting, Tag::SessionRetry) => {
+                let r: SessionRetry = Self::decode(&frame)?;
+                self.st.connect_seq = r.connect_seq.saturating_add(1);
+                self.send_reconnect();
+                Ok(())
+            }
+            (State::SessionReconnecting, Tag::SessionRetryGlobal) => {
+                let r: SessionRetryGlobal = Self::decode(&frame)?;
+                self.global_seq = self.global_seq.max(r.global_seq.saturating_add(1));
+                self.events.push_back(SessionEvent::GlobalSeqAtLeast(self.global_seq));
+                self.send_reconnect();
+                Ok(())
+            }
+            (State::SessionConnecting | State::SessionReconnecting, Tag::Wait) => {
+                let _: Wait = Self::decode(&frame)?;
+                Err(SessionError::Wait)
+            }
             (State::SessionConnecting, Tag::IdentMissingFeatures) => {
                 let m: IdentMissingFeatures = Self::decode(&frame)?;
                 Err(SessionError::MissingFeatures(m.features))
@@ -635,6 +746,7 @@ impl Session {
                 Ok(())
             }
             (State::SessionAccepting, Tag::ClientIdent) => self.server_client_ident(Self::decode(&frame)?),
+            (State::SessionAccepting, Tag::SessionReconnect) => self.server_reconnect(Self::decode(&frame)?),
             (State::Ready, Tag::Message) => self.ready_message(&frame),
             (State::Ready, Tag::Keepalive2) => {
                 let k: Keepalive2 = Self::decode(&frame)?;
@@ -777,8 +889,13 @@ impl Session {
         EntityAddrVec(vec![EntityAddr { ty: AddrType::Any, nonce: self.cfg.nonce, addr: ip }])
     }
 
+    /// After authentication: a new session (CLIENT_IDENT), or, if the server gave
+    /// this connection a cookie before, a resumption (SESSION_RECONNECT).
     fn send_client_ident(&mut self) {
-        let Side::Client { target, client_cookie, .. } = &self.side else { return };
+        if self.st.server_cookie != 0 && !self.policy.lossy {
+            return self.send_reconnect();
+        }
+        let Side::Client { target, .. } = &self.side else { return };
         let ident = ClientIdent {
             addrs: self.my_addrs_for_ident(),
             target_addr: target.clone(),
@@ -787,10 +904,23 @@ impl Session {
             supported_features: self.cfg.features_supported,
             required_features: self.policy.features_required | CEPH_FEATURE_MSG_ADDR2,
             flags: if self.policy.lossy { MSG_CONNECT_LOSSY } else { 0 },
-            client_cookie: *client_cookie,
+            client_cookie: self.st.client_cookie,
         };
         self.queue_control(&ident);
         self.state = State::SessionConnecting;
+    }
+
+    fn send_reconnect(&mut self) {
+        let frame = SessionReconnect {
+            addrs: self.my_addrs_for_ident(),
+            client_cookie: self.st.client_cookie,
+            server_cookie: self.st.server_cookie,
+            global_seq: self.global_seq,
+            connect_seq: self.st.connect_seq,
+            msg_seq: self.st.in_seq,
+        };
+        self.queue_control(&frame);
+        self.state = State::SessionReconnecting;
     }
 
     fn client_server_ident(&mut self, ident: ServerIdent) -> Result<(), SessionError> {
@@ -820,16 +950,40 @@ impl Session {
             lossy,
             ident.server_cookie,
         );
+        // A new session: whatever was queued for an earlier one is renumbered from 1.
+        self.st.restart_numbering();
+        self.st.server_cookie = ident.server_cookie;
+        self.st.connect_seq = 0;
         self.become_ready(SessionEvent::Connected(peer.clone()), peer);
         Ok(())
     }
 
-    fn server_client_ident(&mut self, ident: ClientIdent) -> Result<(), SessionError> {
-        let Side::Server { peer_socket, server_cookie, .. } = &self.side else {
-            return Err(SessionError::UnexpectedFrame { tag: Tag::ClientIdent, state: self.state });
+    fn client_reconnect_ok(&mut self, ok: SessionReconnectOk) -> Result<(), SessionError> {
+        self.st.discard_requeued_up_to(ok.msg_seq);
+        let Some(mut peer) = self.st.peer.clone() else {
+            // We only reconnect sessions that were READY once, so a peer is known.
+            return Err(self.unexpected(Tag::SessionReconnectOk));
         };
-        let peer_socket = *peer_socket;
-        let server_cookie = *server_cookie;
+        peer.resumed = true;
+        peer.global_id = self.auth.as_ref().map_or(peer.global_id, |a| a.global_id);
+        peer.con_mode = self.auth.as_ref().map_or(peer.con_mode, |a| a.con_mode);
+        self.become_ready(SessionEvent::Connected(peer.clone()), peer);
+        Ok(())
+    }
+
+    fn client_session_reset(&mut self, reset: SessionReset) {
+        if reset.full {
+            let dropped = self.st.reset();
+            self.events.push_back(SessionEvent::RemoteReset { dropped });
+        } else {
+            self.st.server_cookie = 0;
+            self.st.connect_seq = 0;
+            self.st.in_seq = 0;
+        }
+        self.send_client_ident();
+    }
+
+    fn server_client_ident(&mut self, ident: ClientIdent) -> Result<(), SessionError> {
         if ident.addrs.0.is_empty() {
             return Err(SessionError::BadIdent("client sent no address".into()));
         }
@@ -849,17 +1003,129 @@ impl Session {
             self.queue_control(&IdentMissingFeatures { features: missing });
             return Err(SessionError::MissingFeatures(missing));
         }
-        // A client that does not know its IP (ANY:0.0.0.0:0) is known by the address
-        // its packets come from, as Ceph fills in peer_addrs_for_me.
-        let mut addrs = ident.addrs.clone();
+        let lossy = self.policy.lossy || ident.flags & MSG_CONNECT_LOSSY != 0;
+        self.policy.lossy = lossy;
+        if lossy {
+            // Lossy sessions are never resumed, so there is nothing to look up.
+            self.st = SessionState::default();
+            self.send_server_ident(&ident, false);
+            return Ok(());
+        }
+        let claim = Claim {
+            addrs: self.fill_blank_addrs(&ident.addrs),
+            client_cookie: ident.client_cookie,
+            global_seq: ident.global_seq,
+            reconnect: None,
+        };
+        self.events.push_back(SessionEvent::Identify(claim.clone()));
+        self.pending_ident = Some((claim, Some(ident)));
+        self.state = State::SessionAcceptingExisting;
+        Ok(())
+    }
+
+    fn server_reconnect(&mut self, rec: SessionReconnect) -> Result<(), SessionError> {
+        if rec.addrs.0.is_empty() {
+            return Err(SessionError::BadIdent("client sent no address".into()));
+        }
+        if self.policy.lossy {
+            // We keep no sessions for this peer type: it must start a new one.
+            self.queue_control(&SessionReset { full: true });
+            return Ok(());
+        }
+        let claim = Claim {
+            addrs: self.fill_blank_addrs(&rec.addrs),
+            client_cookie: rec.client_cookie,
+            global_seq: rec.global_seq,
+            reconnect: Some(ReconnectRequest {
+                client_cookie: rec.client_cookie,
+                server_cookie: rec.server_cookie,
+                global_seq: rec.global_seq,
+                connect_seq: rec.connect_seq,
+                msg_seq: rec.msg_seq,
+            }),
+        };
+        self.events.push_back(SessionEvent::Identify(claim.clone()));
+        self.pending_ident = Some((claim, None));
+        self.state = State::SessionAcceptingExisting;
+        Ok(())
+    }
+
+    /// The owner's verdict on the peer that identified with [`SessionEvent::Identify`].
+    pub fn answer(&mut self, answer: Answer) -> Result<(), SessionError> {
+        if self.state != State::SessionAcceptingExisting {
+            return Err(SessionError::Closed);
+        }
+        let Some((claim, ident)) = self.pending_ident.take() else { return Err(SessionError::Closed) };
+        let tag = if ident.is_some() { Tag::ClientIdent } else { Tag::SessionReconnect };
+        match (answer, ident) {
+            (Answer::New, Some(ident)) => {
+                self.st = SessionState { client_cookie: claim.client_cookie, ..SessionState::default() };
+                self.st.peer_global_seq = claim.global_seq;
+                self.send_server_ident(&ident, false);
+            }
+            (Answer::Reuse(st), Some(ident)) => {
+                self.st = st;
+                self.st.client_cookie = claim.client_cookie;
+                self.st.peer_global_seq = claim.global_seq;
+                self.st.connect_seq = 0;
+                self.send_server_ident(&ident, false);
+            }
+            (Answer::Resume(st), None) => {
+                let Some(req) = claim.reconnect else { return Err(self.unexpected(tag)) };
+                self.st = st;
+                self.st.connect_seq = req.connect_seq;
+                self.st.peer_global_seq = req.global_seq;
+                self.st.discard_requeued_up_to(req.msg_seq);
+                self.queue_control(&SessionReconnectOk { msg_seq: self.st.in_seq });
+                let Some(mut peer) = self.st.peer.clone() else {
+                    return Err(self.unexpected(Tag::SessionReconnect));
+                };
+                peer.resumed = true;
+                peer.addrs = claim.addrs;
+                self.become_ready(SessionEvent::Accepted(peer.clone()), peer);
+            }
+            (Answer::Refuse(d), _) => {
+                self.state = State::SessionAccepting;
+                match d {
+                    Decision::Reset { full } => self.queue_control(&SessionReset { full }),
+                    Decision::Retry(cs) => self.queue_control(&SessionRetry { connect_seq: cs }),
+                    Decision::RetryGlobal(gs) => self.queue_control(&SessionRetryGlobal { global_seq: gs }),
+                    Decision::Wait => self.queue_control(&Wait {}),
+                    _ => {
+                        self.state = State::Closed;
+                        return Err(SessionError::Stale);
+                    }
+                }
+            }
+            // The owner answered a reconnect as if it were a new session or vice versa.
+            _ => {
+                self.state = State::Closed;
+                return Err(self.unexpected(tag));
+            }
+        }
+        Ok(())
+    }
+
+    /// A client that does not know its IP (ANY:0.0.0.0:0) is known by the address its
+    /// packets come from, as Ceph fills in peer_addrs_for_me.
+    fn fill_blank_addrs(&self, addrs: &EntityAddrVec) -> EntityAddrVec {
+        let Side::Server { peer_socket, .. } = &self.side else { return addrs.clone() };
+        let mut addrs = addrs.clone();
         for a in &mut addrs.0 {
             let blank = a.addr.is_none_or(|s| s.ip().is_unspecified());
             if blank {
                 a.addr = Some(SocketAddr::new(peer_socket.ip(), a.addr.map_or(0, |s| s.port())));
             }
         }
-        let lossy = self.policy.lossy || ident.flags & MSG_CONNECT_LOSSY != 0;
-        self.policy.lossy = lossy;
+        addrs
+    }
+
+    fn send_server_ident(&mut self, ident: &ClientIdent, _resumed: bool) {
+        let Side::Server { server_cookie, .. } = &self.side else { return };
+        let lossy = self.policy.lossy;
+        let server_cookie = if lossy { 0 } else { *server_cookie };
+        self.st.restart_numbering();
+        self.st.server_cookie = server_cookie;
         let peer_type = self.peer_type.unwrap_or(EntityType::Client);
         let reply = ServerIdent {
             addrs: self.cfg.my_addrs.clone(),
@@ -868,9 +1134,10 @@ impl Session {
             supported_features: self.cfg.features_supported,
             required_features: self.policy.features_required | CEPH_FEATURE_MSG_ADDR2,
             flags: if lossy { MSG_CONNECT_LOSSY } else { 0 },
-            server_cookie: if lossy { 0 } else { server_cookie },
+            server_cookie,
         };
         self.queue_control(&reply);
+        let addrs = self.fill_blank_addrs(&ident.addrs);
         let peer = self.peer_info(
             EntityName { ty: peer_type, num: ident.gid },
             addrs,
@@ -879,7 +1146,6 @@ impl Session {
             ident.client_cookie,
         );
         self.become_ready(SessionEvent::Accepted(peer.clone()), peer);
-        Ok(())
     }
 
     fn target_is_ours(&self, target: &EntityAddr) -> bool {
@@ -902,11 +1168,14 @@ impl Session {
             global_id: self.auth.as_ref().map_or(0, |a| a.global_id),
             con_mode: self.auth.as_ref().map_or(CON_MODE_CRC, |a| a.con_mode),
             peer_cookie: cookie,
+            resumed: false,
         }
     }
 
     fn become_ready(&mut self, ev: SessionEvent, peer: PeerInfo) {
+        self.st.peer = Some(peer.clone());
         self.peer = Some(peer);
+        self.next_keepalive = self.cfg.keepalive_interval.map(|i| self.last_rx + i);
         self.state = State::Ready;
         self.events.push_back(ev);
     }
@@ -915,15 +1184,15 @@ impl Session {
         let (hdr, mut msg) =
             parse_message_frame(frame).map_err(|err| SessionError::Decode { tag: Tag::Message, err })?;
         self.trim_sent(hdr.ack_seq);
-        if hdr.seq <= self.in_seq {
+        if hdr.seq <= self.st.in_seq {
             // A resend of something we already have (Ceph drops these silently).
             self.dropped_dups += 1;
             return Ok(());
         }
-        if hdr.seq > self.in_seq + 1 {
-            self.skipped_seqs += hdr.seq - self.in_seq - 1;
+        if hdr.seq > self.st.in_seq + 1 {
+            self.skipped_seqs += hdr.seq - self.st.in_seq - 1;
         }
-        self.in_seq = hdr.seq;
+        self.st.in_seq = hdr.seq;
         msg.seq = hdr.seq;
         msg.src = self.peer.as_ref().map(|p| p.name);
         self.events.push_back(SessionEvent::Message(msg));
@@ -931,14 +1200,15 @@ impl Session {
     }
 
     fn trim_sent(&mut self, ack: u64) {
-        while self.sent.front().is_some_and(|m| m.seq <= ack) {
-            self.sent.pop_front();
-        }
+        self.st.trim_sent(ack);
     }
 
     /// Queues a message. It is sent once the session is READY, in queue order.
-    pub fn send_message(&mut self, msg: Message) {
-        self.out_queue.push_back(msg);
+    pub fn send_message(&mut self, mut msg: Message) {
+        // A message forwarded from another session carries that session's seq; here
+        // seq 0 means "not yet numbered", which the resend logic relies on.
+        msg.seq = 0;
+        self.st.out_queue.push_back(msg);
     }
 
     /// Queues a KEEPALIVE2 stamped `stamp` (the caller's wall clock).
@@ -950,10 +1220,10 @@ impl Session {
     pub fn wants_transmit(&self) -> bool {
         !self.tx_frames.is_empty()
             || (self.state == State::Ready
-                && (!self.out_queue.is_empty()
+                && (!self.st.out_queue.is_empty()
                     || self.keepalive_pending.is_some()
                     || self.keepalive_ack_pending.is_some()
-                    || (!self.policy.lossy && self.in_seq > self.acked_in_seq)))
+                    || (!self.policy.lossy && self.st.in_seq > self.acked_in_seq)))
     }
 
     /// Moves bytes to send into `out`, stopping once about `budget` bytes were added.
@@ -979,20 +1249,20 @@ impl Session {
             added += self.encode_out(f, out);
         }
         while added < budget {
-            let Some(mut msg) = self.out_queue.pop_front() else { break };
-            self.out_seq += 1;
-            msg.seq = self.out_seq;
-            let frame = message_frame(&msg, self.out_seq, self.in_seq);
-            self.acked_in_seq = self.in_seq;
+            let Some(mut msg) = self.st.out_queue.pop_front() else { break };
+            self.st.out_seq += 1;
+            msg.seq = self.st.out_seq;
+            let frame = message_frame(&msg, self.st.out_seq, self.st.in_seq);
+            self.acked_in_seq = self.st.in_seq;
             added += self.encode_out(&frame, out);
             if !self.policy.lossy {
-                self.sent.push_back(msg);
+                self.st.sent.push_back(msg);
             }
         }
-        if !self.policy.lossy && self.in_seq > self.acked_in_seq {
+        if !self.policy.lossy && self.st.in_seq > self.acked_in_seq {
             // Nothing to piggy-back the ack on: send it on its own.
-            added += self.encode_out(&Ack { seq: self.in_seq }.to_frame(), out);
-            self.acked_in_seq = self.in_seq;
+            added += self.encode_out(&Ack { seq: self.st.in_seq }.to_frame(), out);
+            self.acked_in_seq = self.st.in_seq;
         }
         added
     }
@@ -1006,7 +1276,12 @@ impl Session {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Closed => None,
-            State::Ready => Some(self.last_rx + self.cfg.idle_timeout),
+            State::Ready => {
+                let idle = self.last_rx + self.cfg.idle_timeout;
+                Some(self.next_keepalive.map_or(idle, |k| k.min(idle)))
+            }
+            // The owner is deciding; its answer is not bounded by the peer.
+            State::SessionAcceptingExisting => None,
             _ => Some(self.handshake_deadline),
         }
     }
@@ -1018,7 +1293,16 @@ impl Session {
             State::Ready if now >= self.last_rx + self.cfg.idle_timeout => {
                 SessionError::IdleTimeout(self.cfg.idle_timeout)
             }
-            State::Ready => return Ok(()),
+            State::Ready => {
+                if let Some(due) = self.next_keepalive.filter(|due| now >= *due) {
+                    self.events.push_back(SessionEvent::KeepaliveDue);
+                    let every = self.cfg.keepalive_interval.unwrap_or(self.cfg.idle_timeout);
+                    // Skip missed beats rather than bursting after a stall.
+                    self.next_keepalive = Some(due.max(now - every) + every);
+                }
+                return Ok(());
+            }
+            State::SessionAcceptingExisting => return Ok(()),
             _ if now >= self.handshake_deadline => SessionError::HandshakeTimeout(self.cfg.ready_timeout),
             _ => return Ok(()),
         };
@@ -1030,9 +1314,20 @@ impl Session {
     /// owner can decide what to do with them.
     pub fn close(&mut self) -> Vec<Message> {
         self.state = State::Closed;
-        let mut left: Vec<Message> = self.sent.drain(..).collect();
-        left.extend(self.out_queue.drain(..));
-        left
+        self.st.drain()
+    }
+
+    /// Closes this transport and hands back what a lossless session keeps for the
+    /// next one: unacknowledged messages requeued in front, in order, with their seq.
+    pub fn into_state(mut self) -> SessionState {
+        self.st.requeue_sent();
+        std::mem::take(&mut self.st)
+    }
+
+    /// Lets `pending` ride on this session: messages queued elsewhere while the
+    /// transport was being set up.
+    pub fn absorb(&mut self, pending: &mut SessionState) {
+        self.st.out_queue.append(&mut pending.out_queue);
     }
 }
 

@@ -37,6 +37,7 @@ fn cfg(name: EntityName, addrs: EntityAddrVec) -> SessionConfig {
         limits: limits(),
         ready_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
+        keepalive_interval: None,
     }
 }
 
@@ -134,6 +135,10 @@ fn pump(c: &mut Session, s: &mut Session, now: Instant) {
             return;
         }
         s.handle_bytes(now, &a).unwrap();
+        if s.state() == State::SessionAcceptingExisting {
+            // No earlier session exists in these tests.
+            s.answer(Answer::New).unwrap();
+        }
         c.handle_bytes(now, &b).unwrap();
     }
 }
@@ -918,6 +923,9 @@ fn secure_mode_seals_everything_after_auth_done() {
         }
         wire_c2s.extend_from_slice(&a);
         s.handle_bytes(t0, &a).unwrap();
+        if s.state() == State::SessionAcceptingExisting {
+            s.answer(Answer::New).unwrap();
+        }
         c.handle_bytes(t0, &b).unwrap();
     }
     assert!(c.is_ready() && s.is_ready());

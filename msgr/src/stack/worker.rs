@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::{SocketFactory, StackBackend};
 use crate::event::{EventCenter, Submitter};
-use crate::messenger::io::{LocalConn, LocalListener};
+use crate::messenger::io::{LocalConn, LocalListener, Parked};
 
 /// The event center type every worker runs.
 pub type Center = EventCenter<WorkerLocal>;
@@ -44,6 +44,8 @@ pub struct WorkerLocal {
     pub conns: HashMap<u64, LocalConn>,
     /// Listening sockets owned by this worker, by listener id.
     pub listeners: HashMap<u64, LocalListener>,
+    /// Lossless sessions between transports (waiting to reconnect, or for the peer to).
+    pub parked: HashMap<u64, Parked>,
 }
 
 /// The part of a worker other threads can see.
@@ -220,7 +222,8 @@ fn worker_main(
         }
     };
     let mut center: Center = EventCenter::new(net.driver);
-    let mut local = WorkerLocal { id, net: net.sockets, conns: HashMap::new(), listeners: HashMap::new() };
+    let mut local =
+        WorkerLocal { id, net: net.sockets, conns: HashMap::new(), listeners: HashMap::new(), parked: HashMap::new() };
     CURRENT.with(|c| *c.borrow_mut() = Some((stack_id, id)));
     if ready.send(Ok(center.submitter())).is_err() {
         return;
