@@ -341,6 +341,7 @@ fn on_identify(local: &mut WorkerLocal, id: u64, claim: Claim) -> Result<(), Con
     let msgr = Arc::clone(&lc.msgr);
     let peer_type = lc.session.peer_type().unwrap_or(EntityType::Client);
     let policy = msgr.policy_for(peer_type);
+    lc.session.set_global_seq(msgr.next_global_seq());
     let existing = msgr.lookup(&claim.addrs).filter(|e| e.id() != lc.conn.id());
     let wins = peer_wins_race(&claim.addrs, &msgr.my_addrs());
     let snapshot = existing.as_ref().map(|e| {

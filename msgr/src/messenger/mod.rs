@@ -165,7 +165,7 @@ impl MsgrInner {
     /// A client session to `target` carrying `state` from an earlier transport.
     pub(crate) fn client_session(&self, target: EntityAddr, peer_type: EntityType, state: SessionState) -> Session {
         let policy = self.policy_for(peer_type);
-        let gs = self.global_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let gs = self.next_global_seq();
         Session::resume_client(
             self.session_config(),
             target,
@@ -196,6 +196,11 @@ impl MsgrInner {
     /// The connection registered for a peer's addresses, if any.
     pub(crate) fn lookup(&self, addrs: &EntityAddrVec) -> Option<ConnectionRef> {
         lock(&self.conns).get(addrs).cloned()
+    }
+
+    /// Ceph's `get_global_seq()`: a fresh connection-attempt number.
+    pub(crate) fn next_global_seq(&self) -> u64 {
+        self.global_seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Ceph's `get_global_seq(old)`: later attempts must present more than `gs`.

@@ -954,6 +954,9 @@ impl Session {
         self.st.restart_numbering();
         self.st.server_cookie = ident.server_cookie;
         self.st.connect_seq = 0;
+        // Ceph's peer_global_seq: a later CLIENT_IDENT from this peer on a transport it
+        // opened before this SERVER_IDENT (a lost connect race) is recognisably stale.
+        self.st.peer_global_seq = ident.global_seq;
         self.become_ready(SessionEvent::Connected(peer.clone()), peer);
         Ok(())
     }
@@ -1048,6 +1051,13 @@ impl Session {
         self.pending_ident = Some((claim, None));
         self.state = State::SessionAcceptingExisting;
         Ok(())
+    }
+
+    /// Sets the global_seq this session presents from now on. A server takes a fresh
+    /// one when it answers an identification, as Ceph's `send_server_ident` does, so
+    /// the peer can tell transports it opened before this answer from later ones.
+    pub fn set_global_seq(&mut self, global_seq: u64) {
+        self.global_seq = global_seq;
     }
 
     /// The owner's verdict on the peer that identified with [`SessionEvent::Identify`].
