@@ -1,5 +1,5 @@
 //! Command-line plumbing shared by every `msgr` subcommand: config sources and the
-//! `serve` / `ping` implementations.
+//! `serve` / `ping` / `hold` implementations.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -420,6 +420,180 @@ pub fn ping(
     m.shutdown();
     m.wait();
     Ok(report)
+}
+
+/// How `msgr hold` runs.
+#[derive(Debug, Clone)]
+pub struct HoldOptions {
+    /// Sessions to open.
+    pub connections: usize,
+    /// Sessions dialled but not yet answered at any one time, so the server's accept
+    /// queue (`ms_tcp_listen_backlog`) is not overrun by a burst of SYNs.
+    pub in_flight: usize,
+    /// Give up when no session makes progress for this long.
+    pub timeout: Duration,
+}
+
+/// What `msgr hold` got: each session either replied or failed.
+#[derive(Debug, Default, Clone)]
+pub struct HoldReport {
+    /// Sessions dialled.
+    pub opened: usize,
+    /// Sessions whose ping came back.
+    pub replied: usize,
+    /// Sessions that were reset, refused, answered wrongly or not at all.
+    pub failed: usize,
+    /// Text of the first failure.
+    pub first_error: Option<String>,
+}
+
+struct HoldState {
+    report: HoldReport,
+    /// Per session: its ping came back (a second reply is a failure).
+    answered: Vec<bool>,
+    last_progress: Instant,
+}
+
+/// Counts replies and failures of every held session (shared by all their messengers).
+struct HoldDispatcher {
+    state: Mutex<HoldState>,
+    cond: Condvar,
+}
+
+impl HoldDispatcher {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HoldState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fail(&self, what: String) {
+        let mut s = self.lock();
+        s.report.failed += 1;
+        s.report.first_error.get_or_insert(what);
+        s.last_progress = Instant::now();
+        self.cond.notify_all();
+    }
+
+    /// Waits until `done` holds; false if nothing changed for `timeout`.
+    fn wait(&self, timeout: Duration, done: impl Fn(&HoldReport) -> bool) -> bool {
+        let mut s = self.lock();
+        while !done(&s.report) {
+            if s.last_progress.elapsed() >= timeout {
+                return false;
+            }
+            s = self.cond.wait_timeout(s, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+}
+
+impl Dispatcher for HoldDispatcher {
+    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
+        m.msg_type == MSG_PING
+    }
+    fn ms_fast_dispatch(&self, _con: &ConnectionRef, m: Message) {
+        // Each session's ping carries its index, so a reply proves which session it closed.
+        let index = MPing::decode(&m)
+            .ok()
+            .and_then(|p| <[u8; 8]>::try_from(&p.payload[..]).ok())
+            .map(|b| u64::from_le_bytes(b) as usize);
+        let mut s = self.lock();
+        match index.filter(|i| s.answered.get(*i) == Some(&false)) {
+            Some(i) => {
+                s.answered[i] = true;
+                s.report.replied += 1;
+                s.last_progress = Instant::now();
+                self.cond.notify_all();
+            }
+            None => {
+                drop(s);
+                self.fail(format!("unexpected or repeated reply {index:?}"));
+            }
+        }
+    }
+    fn ms_handle_reset(&self, con: &ConnectionRef) -> bool {
+        let why = con.last_error().map_or_else(|| "connection reset".into(), |e| e.to_string());
+        self.fail(format!("connection reset: {why}"));
+        true
+    }
+    fn ms_handle_refused(&self, con: &ConnectionRef) -> bool {
+        let why = con.last_error().map_or_else(|| "refused".into(), |e| e.to_string());
+        self.fail(why);
+        true
+    }
+}
+
+/// Sessions opened by [`hold`]; they stay open until this is closed or dropped.
+pub struct Held {
+    msgrs: Vec<Messenger>,
+    /// How the sessions fared.
+    pub report: HoldReport,
+}
+
+impl Held {
+    /// Closes every session.
+    pub fn close(self) {
+        for m in &self.msgrs {
+            m.shutdown();
+        }
+        for m in &self.msgrs {
+            m.wait();
+        }
+    }
+}
+
+/// `msgr hold`: opens `opts.connections` lossy client sessions to `target`, sends one
+/// MPing on each and waits for every reply (or a failure), then returns them open.
+///
+/// A messenger keeps one session per peer address, so each session has a messenger of
+/// its own; they all share the process's network stack and its workers.
+pub fn hold(
+    common: &CommonArgs,
+    target: &EntityAddr,
+    peer_type: EntityType,
+    opts: &HoldOptions,
+) -> Result<Held, CliError> {
+    let cfg = common.config("client.admin")?;
+    let name = common.entity("client.admin")?;
+    let addrs = EntityAddrVec(vec![target.clone()]);
+    let n = opts.connections;
+    let in_flight = opts.in_flight.max(1);
+    let d = Arc::new(HoldDispatcher {
+        state: Mutex::new(HoldState {
+            report: HoldReport::default(),
+            answered: vec![false; n],
+            last_progress: Instant::now(),
+        }),
+        cond: Condvar::new(),
+    });
+    let mut msgrs = Vec::with_capacity(n);
+    for i in 0..n {
+        let room = |r: &HoldReport| r.opened.saturating_sub(r.replied + r.failed) < in_flight;
+        if !d.wait(opts.timeout, room) {
+            break;
+        }
+        let m = crate::messenger(&cfg, name)?;
+        m.set_default_policy(Policy::lossy_client(0));
+        m.add_dispatcher_tail(d.clone());
+        d.lock().report.opened += 1;
+        let ping = MPing::new(Bytes::copy_from_slice(&(i as u64).to_le_bytes())).encode();
+        match m.connect_to(peer_type, &addrs) {
+            Ok(con) => {
+                if let Err(e) = con.send_message(ping) {
+                    d.fail(con.last_error().map_or_else(|| e.to_string(), |c| c.to_string()));
+                }
+            }
+            Err(e) => d.fail(e.to_string()),
+        }
+        msgrs.push(m);
+    }
+    let all_answered = d.wait(opts.timeout, |r| r.replied + r.failed >= r.opened);
+    let mut report = d.lock().report.clone();
+    if !all_answered || report.opened < n {
+        let missing = n.saturating_sub(report.replied + report.failed);
+        report.failed += missing;
+        report.first_error.get_or_insert(format!("{missing} sessions made no progress within {:?}", opts.timeout));
+    }
+    Ok(Held { msgrs, report })
 }
 
 #[cfg(test)]

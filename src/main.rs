@@ -1,4 +1,4 @@
-//! `msgr` — command-line front end: `serve`, `ping`, `config`.
+//! `msgr` — command-line front end: `serve`, `ping`, `hold`, `mon`, `config`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -52,6 +52,25 @@ enum Cmd {
         /// replies and exit non-zero if there is any.
         #[arg(long)]
         verify: bool,
+    },
+    /// Open many client sessions to a server, one MPing round trip on each, and hold them
+    /// open until stdin closes (a load generator for scale tests).
+    Hold {
+        /// Server address: IP:PORT or v2:IP:PORT/NONCE.
+        #[arg(long, value_name = "ADDR")]
+        connect: String,
+        /// Number of sessions (each on a messenger of its own).
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Most sessions dialled and not yet answered at once.
+        #[arg(long, default_value_t = 256)]
+        in_flight: usize,
+        /// Entity type of the server (mon, osd, mds, mgr, client).
+        #[arg(long, default_value = "osd")]
+        peer_type: String,
+        /// Give up when no session makes progress for this many seconds.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
     },
     /// Talk to a Ceph monitor (msgr2; auth from the config).
     Mon {
@@ -146,6 +165,30 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 eprintln!("msgr ping: error: {e}");
             }
             Ok(if r.errors == 0 && r.count == count { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Hold { connect, connections, in_flight, peer_type, timeout } => {
+            let target = cli::parse_addr(&connect)?;
+            let pt: EntityType =
+                peer_type.parse().map_err(|_| CliError::Usage(format!("unknown --peer-type '{peer_type}'")))?;
+            let opts = cli::HoldOptions { connections, in_flight, timeout: secs(timeout, "--timeout")? };
+            let held = cli::hold(&cli.common, &target, pt, &opts)?;
+            let r = held.report.clone();
+            say!(
+                "msgr hold: {target}: sessions {connections} opened {} replied {} failed {}",
+                r.opened,
+                r.replied,
+                r.failed
+            );
+            if let Some(e) = &r.first_error {
+                eprintln!("msgr hold: error: {e}");
+            }
+            let ok = r.replied == connections && r.failed == 0;
+            if ok {
+                // Whoever started us decides when the sessions go: at the end of stdin.
+                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            }
+            held.close();
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Mon { mon_host, keyring, timeout, req } => {
             let mut common = cli.common.clone();

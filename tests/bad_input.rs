@@ -8,6 +8,10 @@
 //!    its dispatcher through `ms_handle_reset`, with a typed `last_error()`;
 //! 4. a fresh well-behaved client completes another round trip (the server keeps serving).
 //!
+//! Some peers complete a real handshake first, driven by the crate's own client
+//! `Session` over a raw socket: one then misbehaves (a second HELLO, garbage), another
+//! is merely slow, writing every byte of the handshake and its messages on its own.
+//!
 //! The client-side cases point a messenger at a raw `TcpListener` that answers with a
 //! bad banner, or at a port nobody listens on.
 
@@ -38,6 +42,8 @@ const WAIT: Duration = Duration::from_secs(10);
 const GOOD_CLIENT: EntityName = EntityName { ty: EntityType::Client, num: -1 };
 /// Entity name the hostile peer uses when it completes a handshake.
 const HOSTILE_CLIENT: EntityName = EntityName { ty: EntityType::Client, num: 777 };
+/// Pause between the single-byte writes of a dribbling peer.
+const DRIBBLE_GAP: Duration = Duration::from_micros(500);
 
 // ---------------------------------------------------------------------------------------
 // Recording dispatcher
@@ -648,6 +654,11 @@ fn message_before_client_ident_is_rejected() {
 struct DrivenClient {
     s: Session,
     sock: TcpStream,
+    /// Write every byte with its own `write()` and feed the session what arrives one byte
+    /// at a time, so both ends have to reassemble everything from 1-byte pieces.
+    dribble: bool,
+    /// `write()` calls made so far.
+    writes: usize,
 }
 
 impl DrivenClient {
@@ -673,14 +684,25 @@ impl DrivenClient {
             0,
             Instant::now(),
         );
-        DrivenClient { s, sock }
+        DrivenClient { s, sock, dribble: false, writes: 0 }
     }
 
     fn flush(&mut self) -> Result<(), String> {
         let mut out = Vec::new();
         self.s.poll_transmit(&mut out, usize::MAX);
         for b in out {
-            self.sock.write_all(&b).map_err(|e| format!("driven client write: {e}"))?;
+            if !self.dribble {
+                self.sock.write_all(&b).map_err(|e| format!("driven client write: {e}"))?;
+                self.writes += 1;
+                continue;
+            }
+            for byte in b.iter() {
+                self.sock.write_all(std::slice::from_ref(byte)).map_err(|e| format!("driven client write: {e}"))?;
+                self.writes += 1;
+                // With TCP_NODELAY each write leaves as its own segment; the pause lets
+                // the server read it before the next one arrives, so it really sees 1-byte reads.
+                std::thread::sleep(DRIBBLE_GAP);
+            }
         }
         Ok(())
     }
@@ -706,7 +728,10 @@ impl DrivenClient {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(format!("read while waiting for {what}: {e}")),
             };
-            self.s.handle_bytes(Instant::now(), &buf[..n]).map_err(|e| format!("driven client session: {e}"))?;
+            let chunk = if self.dribble { 1 } else { n };
+            for piece in buf[..n].chunks(chunk) {
+                self.s.handle_bytes(Instant::now(), piece).map_err(|e| format!("driven client session: {e}"))?;
+            }
         }
     }
 
@@ -718,6 +743,22 @@ impl DrivenClient {
 
     fn handshake(&mut self) {
         self.pump_until("READY", |s| s.is_ready());
+    }
+
+    /// Sends an MPing through the session and pumps until the server's echo arrives.
+    fn echo(&mut self, payload: Bytes) {
+        self.s.send_message(MPing::new(payload.clone()).encode());
+        let mut got = None;
+        self.pump_until("the echo of a ping", |s| {
+            while let Some(ev) = s.poll_event() {
+                if let SessionEvent::Message(m) = ev {
+                    got = Some(m);
+                }
+            }
+            got.is_some()
+        });
+        let m = got.expect("pump_until returned without the echo");
+        assert_eq!(MPing::decode(&m).expect("MPing reply").payload, payload, "echoed payload");
     }
 
     fn into_raw(self) -> RawPeer {
@@ -792,6 +833,112 @@ fn aborted_frame_is_dropped_and_session_continues() {
     server.stop();
 }
 
+/// Another MPing round trip for `c` on the connection it already has to `server`, which
+/// must still be connection `conn` (a reset would make `connect_to` dial a new one).
+fn ping_again(c: &Client, server: &Server, conn: u64, label: &str) {
+    let con = c.m.connect_to(EntityType::Osd, &server.addrs).expect("connect_to");
+    assert_eq!(con.id(), conn, "the good client's connection was replaced ({label})");
+    let payload = Bytes::from(format!("good ping {label}"));
+    con.send_message(MPing::new(payload.clone()).encode()).expect("send ping");
+    c.rec.wait_for(&format!("ping reply ({label})"), |evs| {
+        evs.iter().any(|e| e.kind == Kind::Pong && e.payload.as_ref() == Some(&payload)).then_some(())
+    });
+    assert_eq!(con.state(), ConnState::Open, "good client's connection ({label})");
+}
+
+/// Deterministic noise (xorshift64), so a failure can be replayed byte for byte.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn handshake_and_messages_dribbled_one_byte_at_a_time() {
+    let server = Server::start();
+    let good = good_round_trip(&server, "before the dribbling peer");
+    let mut c = DrivenClient::connect(&server);
+    c.dribble = true;
+    // Banner, HELLO, AUTH_REQUEST, AUTH_SIGNATURE and CLIENT_IDENT, each byte on its own.
+    c.handshake();
+    let conn = wait_hostile_accept(&server);
+    let handshake_writes = c.writes;
+    // A ping without a data segment and one whose data spans several hundred bytes, so
+    // the 1-byte reads cross every segment and the epilogue of a MESSAGE frame.
+    c.echo(Bytes::from_static(b"dribbled"));
+    c.echo(Bytes::from((0..300u32).map(|i| (i * 7) as u8).collect::<Vec<u8>>()));
+    // Proof that the bytes really went out one per write: at least the banner, HELLO and
+    // AUTH_SIGNATURE for the handshake, and two MESSAGE frames after it.
+    assert!(handshake_writes >= 26 + 72 + 32, "only {handshake_writes} writes for the whole handshake");
+    assert!(c.writes > handshake_writes + 2 * 60, "only {} writes after the handshake", c.writes - handshake_writes);
+    let evs = server.rec.snapshot();
+    assert!(!evs.iter().any(|e| e.kind == Kind::Reset), "server reset a connection: {evs:#?}");
+    assert_eq!(server.m.connection_count(), 2, "the dribbling peer and the good client are both connected");
+    let after = good_round_trip(&server, "after the dribbling peer");
+    eprintln!(
+        "dribbling peer (connection {conn}): {} single-byte writes, {handshake_writes} of them for the handshake",
+        c.writes
+    );
+    drop(c);
+    good.stop();
+    after.stop();
+    server.stop();
+}
+
+#[test]
+fn garbage_after_a_valid_handshake_closes_only_that_connection() {
+    let server = Server::start();
+    let good = good_round_trip(&server, "before the hostile peer");
+    let good_conn = good.m.connect_to(EntityType::Osd, &server.addrs).expect("connect_to").id();
+    let mut hostile = DrivenClient::connect(&server);
+    hostile.handshake();
+    let conn = wait_hostile_accept(&server);
+    // The session works before it turns hostile.
+    hostile.echo(Bytes::from_static(b"still friendly"));
+    ping_again(&good, &server, good_conn, "while the hostile peer is open");
+    let garbage = noise(4096, 0x9e37_79b9_7f4a_7c15);
+    let wire_crc = u32::from_le_bytes([garbage[28], garbage[29], garbage[30], garbage[31]]);
+    let mut raw = hostile.into_raw();
+    raw.send(&garbage);
+    raw.expect_closed();
+    let ev = server.hostile_reset();
+    assert_eq!(ev.conn, conn, "the reset is for the hostile connection");
+    let err = ev.err.clone().expect("last_error");
+    // The first 32 bytes of noise are read as a preamble, whose crc cannot match.
+    assert!(
+        matches!(err, ConnError::Protocol(SessionError::Frame(FrameError::BadPreambleCrc { expected, got }))
+            if expected == wire_crc && got != wire_crc),
+        "{err:?}"
+    );
+    ping_again(&good, &server, good_conn, "after the hostile peer was dropped");
+    let evs = server.rec.snapshot();
+    let resets: Vec<&Ev> = evs.iter().filter(|e| e.kind == Kind::Reset).collect();
+    assert_eq!(resets.len(), 1, "only the hostile connection was reset: {resets:#?}");
+    let seen = good.rec.snapshot();
+    assert!(!seen.iter().any(|e| matches!(e.kind, Kind::Reset | Kind::Refused)), "good client: {seen:#?}");
+    wait_until_count(&server, 1);
+    good.stop();
+    server.stop();
+}
+
+/// Waits (up to [`WAIT`]) until the server holds exactly `n` connections.
+fn wait_until_count(server: &Server, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while server.m.connection_count() != n {
+        assert!(
+            Instant::now() < deadline,
+            "server holds {} connections, expected {n}, after {WAIT:?}",
+            server.m.connection_count()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Peers that stop
 // ---------------------------------------------------------------------------------------
@@ -860,6 +1007,28 @@ fn silent_peer_mid_frame_hits_handshake_timeout() {
     let err = ev.err.expect("last_error");
     assert!(
         matches!(err, ConnError::Protocol(SessionError::HandshakeTimeout(d)) if d == Duration::from_secs(2)),
+        "{err:?}"
+    );
+    let after = good_round_trip(&server, "after the hostile peer");
+    during.stop();
+    after.stop();
+    server.stop();
+}
+
+#[test]
+fn peer_that_stops_after_hello_is_dropped_at_the_ready_timeout() {
+    // Between frames rather than mid-frame: the decoder waits for nothing, only the
+    // handshake deadline can end this connection.
+    let server = Server::start_with(&[("ms_connection_ready_timeout", "1")]);
+    let mut raw = RawPeer::connect(server.sock);
+    raw.send(&cat(&[&good_banner(), &hello_frame(server.sock)]));
+    let during = good_round_trip(&server, "while a hostile peer is stalled");
+    raw.expect_closed();
+    let ev = server.hostile_reset();
+    server.assert_never_accepted(ev.conn);
+    let err = ev.err.expect("last_error");
+    assert!(
+        matches!(err, ConnError::Protocol(SessionError::HandshakeTimeout(d)) if d == Duration::from_secs(1)),
         "{err:?}"
     );
     let after = good_round_trip(&server, "after the hostile peer");

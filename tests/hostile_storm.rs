@@ -13,41 +13,10 @@ use msgr::messenger::{ConnState, Policy};
 use msgr::proto::{EntityAddrVec, EntityType};
 
 mod common;
+use common::process::{raise_nofile, rss_kib};
 use common::traffic::{config, messenger, stop, test_message, wait_until, Recorder};
 
 const STORM: usize = 10_000;
-
-/// Resident memory of this process in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Raises this process's soft open-file limit to its hard limit; returns the limit.
-fn raise_nofile() -> u64 {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let hard: u64 = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(4))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let pid = std::process::id().to_string();
-    let ok = std::process::Command::new("prlimit")
-        .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        hard
-    } else {
-        0
-    }
-}
 
 /// The hostile side, in its own process (its sockets count against its own limit): a
 /// third of the connections say nothing, a third send garbage, a third a banner then

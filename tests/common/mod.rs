@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod process;
 pub mod traffic;
 
 use std::path::{Path, PathBuf};

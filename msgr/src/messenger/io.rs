@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::connection::{ConnState, Connection, ConnectionRef};
 use super::dispatch::ConnEvent;
@@ -234,6 +234,11 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
             Err(e) => {
                 buf.truncate(start);
                 if e.kind() == io::ErrorKind::WouldBlock {
+                    if start == 0 {
+                        // Nothing partial waits, so give the chunk back: kept between
+                        // reads, every idle connection would pin READ_CHUNK zeroed bytes.
+                        *buf = BytesMut::new();
+                    }
                     return Ok(());
                 }
                 if e.kind() == io::ErrorKind::Interrupted {
