@@ -394,3 +394,101 @@ fn injected_socket_failures_reset_connections_and_the_messengers_carry_on() {
     wait_until("a reset per failed connection", || rec.resets.load(Ordering::SeqCst) >= 20);
     drop((client, server));
 }
+
+/// Fast-dispatches `MSG_FAST` messages, recording their index and thread.
+#[derive(Default)]
+struct FastLog {
+    seen: Mutex<Vec<(u64, String)>>,
+}
+
+impl Dispatcher for FastLog {
+    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
+        m.msg_type == MSG_FAST
+    }
+    fn ms_fast_dispatch(&self, _con: &ConnectionRef, m: Message) {
+        let i = u64::from_le_bytes(m.front[..8].try_into().unwrap());
+        let thread = std::thread::current().name().unwrap_or("?").to_string();
+        self.seen.lock().unwrap().push((i, thread));
+    }
+}
+
+const MSG_FAST: u16 = 0x7003;
+
+#[test]
+fn injected_delays_hold_client_messages_back_but_keep_them_in_order() {
+    const COUNT: u64 = 500;
+    const FAST_EVERY: u64 = 10;
+    // Only the server delays, and only what its client peers send.
+    let server_cfg = config(&[
+        ("ms_inject_delay_type", "client"),
+        ("ms_inject_delay_max", "0.05"),
+        ("ms_inject_delay_probability", "0.5"),
+    ]);
+    let server = messenger(&server_cfg, EntityType::Osd, 1);
+    server.set_default_policy(Policy::stateless_server(0));
+    let rec = Arc::new(Recorder::default());
+    let fast = Arc::new(FastLog::default());
+    server.add_dispatcher_tail(fast.clone());
+    server.add_dispatcher_tail(rec.clone());
+    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let client = messenger(&config(&[]), EntityType::Client, -1);
+    client.set_default_policy(Policy::lossy_client(0));
+    let con = client.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
+    for i in 0..COUNT {
+        con.send_message(test_message(1, i, len_of(1, i))).unwrap();
+        if i % FAST_EVERY == 0 {
+            let mut front = BytesMut::new();
+            front.put_u64_le(i / FAST_EVERY);
+            con.send_message(Message::new(MSG_FAST, front.freeze())).unwrap();
+        }
+    }
+    let fast_count = COUNT / FAST_EVERY;
+    assert_eq!(rec.tally.wait_for(COUNT), COUNT, "all arrived");
+    wait_until("fast messages", || fast.seen.lock().unwrap().len() as u64 >= fast_count);
+    // Nothing extra arrives later (exactly once).
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rec.tally.count(), COUNT);
+    rec.tally.assert_in_order("server");
+    let seen = fast.seen.lock().unwrap().clone();
+    assert_eq!(seen.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..fast_count).collect::<Vec<_>>());
+    // Delayed or not, fast dispatch still runs on the connection's worker.
+    assert!(seen.iter().all(|(_, t)| t.starts_with("msgr-worker-")), "{seen:?}");
+    // Binomial(550, 0.5): no delay at all has probability 2^-550.
+    let delayed = server.injected_delays();
+    assert!((1..=COUNT + fast_count).contains(&delayed), "{delayed} delays injected");
+    assert_eq!(client.injected_delays(), 0, "the client's settings are off");
+    wait_until("throttle bytes returned", || server.throttle().current() == 0);
+    assert_eq!(con.state(), ConnState::Open);
+    drop((client, server));
+}
+
+#[test]
+fn shutdown_drops_messages_held_by_injected_delays_without_waiting() {
+    const COUNT: u64 = 20;
+    let server_cfg = config(&[
+        ("ms_inject_delay_type", "client"),
+        ("ms_inject_delay_max", "3600"),
+        ("ms_inject_delay_probability", "1"),
+    ]);
+    let server = messenger(&server_cfg, EntityType::Osd, 1);
+    server.set_default_policy(Policy::stateless_server(0));
+    let rec = Arc::new(Recorder::default());
+    server.add_dispatcher_tail(rec.clone());
+    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let client = messenger(&config(&[]), EntityType::Client, -1);
+    client.set_default_policy(Policy::lossy_client(0));
+    let con = client.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
+    for i in 0..COUNT {
+        con.send_message(test_message(2, i, 1000)).unwrap();
+    }
+    wait_until("every message held", || server.injected_delays() == COUNT);
+    assert!(server.throttle().current() > 0, "held messages count against the throttle");
+    let start = Instant::now();
+    server.shutdown();
+    server.wait();
+    // Only a guard against hanging on the hour-long delays.
+    assert!(start.elapsed() < WAIT, "shutdown took {:?}", start.elapsed());
+    assert_eq!(rec.tally.count(), 0, "held messages are dropped, not delivered");
+    assert_eq!(server.throttle().current(), 0, "their throttle bytes were returned");
+    drop((client, server));
+}

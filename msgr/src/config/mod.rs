@@ -56,9 +56,11 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::proto::entity::EntityType;
+
 pub use ini::{MAX_FILE_BYTES, MAX_LINE_BYTES};
 pub use options::{find_option, OptionDef, OptionKind, OPTIONS};
-pub use value::{parse_value, MsType, Value, ValueError};
+pub use value::{parse_value, MsType, Probability, Value, ValueError};
 
 /// Environment variables read for options, in order of increasing precedence.
 pub const ENV_VARS: [&str; 2] = ["CEPH_ARGS", "MSGR_ARGS"];
@@ -742,6 +744,29 @@ impl Config {
     /// N (0 = never); for testing fault handling.
     pub fn ms_inject_socket_failures(&self) -> u64 {
         self.uint("ms_inject_socket_failures")
+    }
+
+    /// `ms_inject_delay_type`: peer types whose received messages may be held
+    /// back before dispatch; empty (the default) turns delay injection off.
+    pub fn ms_inject_delay_type(&self) -> &[EntityType] {
+        match self.value("ms_inject_delay_type") {
+            Ok((_, Value::EntityTypes(types))) => types,
+            _ => &[],
+        }
+    }
+
+    /// `ms_inject_delay_max`: longest time a message is held back.
+    pub fn ms_inject_delay_max(&self) -> Duration {
+        self.duration("ms_inject_delay_max")
+    }
+
+    /// `ms_inject_delay_probability`: chance (0..=1) that a message from an
+    /// `ms_inject_delay_type` peer is held back (0 = never).
+    pub fn ms_inject_delay_probability(&self) -> f64 {
+        match self.value("ms_inject_delay_probability") {
+            Ok((_, Value::Probability(p))) => p.get(),
+            _ => 0.0,
+        }
     }
 
     /// `keyring`: path of the keyring file (empty if unset).

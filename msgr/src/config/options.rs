@@ -33,6 +33,11 @@ pub enum OptionKind {
     Seconds,
     /// One of `async+posix`, `async+rdma`, `async+dpdk` (or legacy `async`).
     MsType,
+    /// A decimal number from 0 to 1 inclusive, e.g. `0.5`.
+    Probability,
+    /// Entity type names (`mon`, `osd`, `client`, ...) separated by spaces or
+    /// commas; empty means none.
+    EntityTypes,
 }
 
 impl OptionKind {
@@ -45,6 +50,8 @@ impl OptionKind {
             OptionKind::Size { .. } => "size",
             OptionKind::Seconds => "seconds",
             OptionKind::MsType => "ms_type",
+            OptionKind::Probability => "probability",
+            OptionKind::EntityTypes => "entity types",
         }
     }
 }
@@ -152,6 +159,24 @@ pub static OPTIONS: &[OptionDef] = &[
         kind: OptionKind::Uint { min: 0, max: u64::MAX },
         default: "0",
         description: "inject a socket failure about once every N operations (0 = off)",
+    },
+    OptionDef {
+        name: "ms_inject_delay_type",
+        kind: OptionKind::EntityTypes,
+        default: "",
+        description: "hold back messages received from peers of these types, e.g. \"osd client\" (empty = off)",
+    },
+    OptionDef {
+        name: "ms_inject_delay_max",
+        kind: OptionKind::Seconds,
+        default: "1",
+        description: "longest time a message is held back by ms_inject_delay_type",
+    },
+    OptionDef {
+        name: "ms_inject_delay_probability",
+        kind: OptionKind::Probability,
+        default: "0",
+        description: "chance (0..1) that a message from an ms_inject_delay_type peer is held back",
     },
     OptionDef {
         name: "keyring",

@@ -46,6 +46,9 @@ fn defaults_match_ceph() {
     assert_eq!(c.ms_connection_ready_timeout(), Duration::from_secs(10));
     assert_eq!(c.ms_connection_idle_timeout(), Duration::from_secs(900));
     assert_eq!(c.ms_inject_socket_failures(), 0);
+    assert!(c.ms_inject_delay_type().is_empty());
+    assert_eq!(c.ms_inject_delay_max(), Duration::from_secs(1));
+    assert_eq!(c.ms_inject_delay_probability(), 0.0);
     assert_eq!(c.keyring(), "");
     assert_eq!(c.mon_host(), "");
 }
@@ -301,11 +304,46 @@ fn bad_values_of_each_kind_are_refused() {
         ("ms_bind_port_min", "0"),
         ("ms_bind_port_max", "65536"),
         ("ms_tcp_listen_backlog", "0"),
+        ("ms_inject_delay_probability", "1.5"),
+        ("ms_inject_delay_probability", "-0.1"),
+        ("ms_inject_delay_max", "-1"),
+        ("ms_inject_delay_type", "osd disk"),
     ];
     for (key, value) in cases {
         let r = ConfigBuilder::new("client.admin").set(key, value);
         assert!(matches!(r, Err(ConfigError::InvalidValue { ref name, .. }) if name == key), "{key} = {value}");
     }
+}
+
+#[test]
+fn inject_delay_options_through_the_builder() -> TestResult {
+    let text = "\
+[global]
+ms inject delay type = osd, client
+ms_inject_delay_max = 0.05
+ms_inject_delay_probability = 0.5
+";
+    let c = from_file("osd.1", text)?;
+    assert_eq!(c.ms_inject_delay_type(), [crate::proto::EntityType::Osd, crate::proto::EntityType::Client]);
+    assert_eq!(c.ms_inject_delay_max(), Duration::from_millis(50));
+    assert_eq!(c.ms_inject_delay_probability(), 0.5);
+    Ok(())
+}
+
+#[test]
+fn bad_inject_delay_values_name_the_option() {
+    let r = ConfigBuilder::new("client.admin").set("ms_inject_delay_probability", "2");
+    assert_eq!(
+        err_text(r),
+        "command line: option 'ms_inject_delay_probability' = '2': \
+         not a probability (expected a number from 0 to 1, e.g. 0.5)"
+    );
+    let r = from_file("client.admin", "[global]\nms_inject_delay_type = osd disk\n");
+    assert_eq!(
+        err_text(r),
+        "/etc/ceph/ceph.conf:2: option 'ms_inject_delay_type' = 'osd disk': \
+         unknown entity type 'disk' (expected mon, mds, osd, client, mgr or auth)"
+    );
 }
 
 #[test]

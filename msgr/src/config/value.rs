@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::options::OptionKind;
+use crate::proto::entity::EntityType;
 
 /// The network stack selected by `ms_type`.
 ///
@@ -57,6 +58,50 @@ impl FromStr for MsType {
     }
 }
 
+/// A probability: a finite number from 0 to 1 inclusive.
+///
+/// ```
+/// use msgr::config::Probability;
+///
+/// assert_eq!("0.25".parse::<Probability>().map(Probability::get), Ok(0.25));
+/// assert!("1.5".parse::<Probability>().is_err());
+/// assert!("nan".parse::<Probability>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default)]
+pub struct Probability(f64);
+
+// Sound: the only constructors refuse NaN, so equality is reflexive.
+impl Eq for Probability {}
+
+impl Probability {
+    /// `p` if it is within `0.0..=1.0` (so never NaN).
+    pub fn new(p: f64) -> Option<Probability> {
+        // `+ 0.0` turns -0.0 into 0.0, so it displays as "0".
+        (0.0..=1.0).contains(&p).then_some(Probability(p + 0.0))
+    }
+
+    /// The value, within `0.0..=1.0`.
+    pub const fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Probability {
+    /// The shortest decimal that parses back to the same value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for Probability {
+    type Err = ValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // f64's parser also takes "inf" and "NaN"; `new` refuses both.
+        s.parse::<f64>().ok().and_then(Probability::new).ok_or(ValueError::NotProbability)
+    }
+}
+
 /// Why a piece of text is not a valid value for an option.
 ///
 /// It is reported inside [`ConfigError::InvalidValue`](super::ConfigError::InvalidValue),
@@ -96,6 +141,12 @@ pub enum ValueError {
     /// Not a known `ms_type`.
     #[error("unknown ms_type (expected async+posix, async+rdma or async+dpdk)")]
     UnknownMsType,
+    /// Not a number from 0 to 1.
+    #[error("not a probability (expected a number from 0 to 1, e.g. 0.5)")]
+    NotProbability,
+    /// A word in an entity type list that names no entity type.
+    #[error("unknown entity type '{0}' (expected mon, mds, osd, client, mgr or auth)")]
+    UnknownEntityType(String),
 }
 
 /// A parsed, validated option value.
@@ -114,6 +165,10 @@ pub enum Value {
     Seconds(Duration),
     /// The messenger stack.
     MsType(MsType),
+    /// A probability.
+    Probability(Probability),
+    /// A set of entity types, sorted and without duplicates.
+    EntityTypes(Vec<EntityType>),
 }
 
 impl fmt::Display for Value {
@@ -125,6 +180,16 @@ impl fmt::Display for Value {
             Value::Uint(n) | Value::Size(n) => write!(f, "{n}"),
             Value::Seconds(d) => f.write_str(&format_seconds(*d)),
             Value::MsType(t) => f.write_str(t.as_str()),
+            Value::Probability(p) => write!(f, "{p}"),
+            Value::EntityTypes(types) => {
+                for (i, t) in types.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" ")?;
+                    }
+                    f.write_str(t.as_str())?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -160,7 +225,22 @@ pub fn parse_value(kind: OptionKind, text: &str) -> Result<Value, ValueError> {
         }
         OptionKind::Seconds => parse_seconds(text).map(Value::Seconds),
         OptionKind::MsType => text.parse().map(Value::MsType),
+        OptionKind::Probability => text.parse().map(Value::Probability),
+        OptionKind::EntityTypes => parse_entity_types(text).map(Value::EntityTypes),
     }
+}
+
+/// Parses entity type names separated by spaces and/or commas (Ceph writes
+/// `"osd mds mon client"`); the result is sorted and deduplicated.
+pub(crate) fn parse_entity_types(text: &str) -> Result<Vec<EntityType>, ValueError> {
+    let mut types = text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|word| !word.is_empty())
+        .map(|word| word.parse::<EntityType>().map_err(|_| ValueError::UnknownEntityType(word.to_owned())))
+        .collect::<Result<Vec<_>, _>>()?;
+    types.sort_unstable();
+    types.dedup();
+    Ok(types)
 }
 
 fn range_error(min: u64, max: u64) -> ValueError {
@@ -446,6 +526,51 @@ mod tests {
             assert_eq!(t.as_str().parse(), Ok(t));
             assert_eq!(t.to_string(), t.as_str());
         }
+    }
+
+    #[test]
+    fn probability_accepts_zero_to_one() {
+        for (text, p) in [("0", 0.0), ("1", 1.0), ("0.5", 0.5), (".25", 0.25), ("1e-3", 0.001), ("-0", 0.0)] {
+            assert_eq!(parse_value(OptionKind::Probability, text), Ok(Value::Probability(Probability(p))), "{text}");
+        }
+    }
+
+    #[test]
+    fn probability_rejects_out_of_range_and_garbage() {
+        for bad in ["", "-0.1", "1.0001", "2", "nan", "NaN", "inf", "-inf", "half", "50%"] {
+            assert_eq!(parse_value(OptionKind::Probability, bad), Err(ValueError::NotProbability), "{bad}");
+        }
+    }
+
+    #[test]
+    fn probability_display_round_trips() {
+        for text in ["0", "1", "0.5", "0.05", "0.123456789"] {
+            let v = parse_value(OptionKind::Probability, text).unwrap();
+            assert_eq!(v.to_string(), text);
+            assert_eq!(parse_value(OptionKind::Probability, &v.to_string()), Ok(v));
+        }
+    }
+
+    #[test]
+    fn entity_types_split_on_spaces_and_commas() {
+        use EntityType::*;
+        let kind = OptionKind::EntityTypes;
+        assert_eq!(parse_value(kind, ""), Ok(Value::EntityTypes(vec![])));
+        assert_eq!(parse_value(kind, "client"), Ok(Value::EntityTypes(vec![Client])));
+        let all = Value::EntityTypes(vec![Mon, Mds, Osd, Client]);
+        assert_eq!(parse_value(kind, "osd mds mon client"), Ok(all.clone()));
+        assert_eq!(parse_value(kind, "osd,mds, mon ,,client\tosd"), Ok(all.clone()));
+        assert_eq!(all.to_string(), "mon mds osd client");
+        assert_eq!(parse_value(kind, &all.to_string()), Ok(all));
+    }
+
+    #[test]
+    fn entity_types_reject_unknown_names() {
+        let kind = OptionKind::EntityTypes;
+        assert_eq!(parse_value(kind, "osd disk"), Err(ValueError::UnknownEntityType("disk".into())));
+        // Names are lowercase, as Ceph spells them.
+        assert_eq!(parse_value(kind, "OSD"), Err(ValueError::UnknownEntityType("OSD".into())));
+        assert_eq!(parse_value(kind, "osd.3"), Err(ValueError::UnknownEntityType("osd.3".into())));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod connection;
+mod delay;
 pub mod dispatch;
 pub mod error;
 pub(crate) mod io;
@@ -120,6 +121,8 @@ pub(crate) struct MsgrInner {
     stopping: AtomicBool,
     fast_dispatched: AtomicU64,
     client_auth: RwLock<Option<ClientAuthFactory>>,
+    /// `ms_inject_delay_*`; `None` when off.
+    delay: Option<delay::Delayer>,
 }
 
 /// Makes the auth provider for an outgoing connection to a peer of the given type.
@@ -236,8 +239,17 @@ impl MsgrInner {
         }
     }
 
-    /// Hands a received message to a fast dispatcher or the dispatch queue.
+    /// Hands a received message to a fast dispatcher or the dispatch queue,
+    /// unless delay injection holds it back for later.
     pub(crate) fn deliver(&self, conn: &ConnectionRef, m: Message) {
+        // why: ms_inject_delay_*; when off this is one test of a None.
+        let Some(m) = delay::intercept(self.delay.as_ref(), conn, m) else { return };
+        self.deliver_now(conn, m);
+    }
+
+    /// Hands a received message to a fast dispatcher or the dispatch queue,
+    /// bypassing delay injection (the delay thread's hand-over comes here).
+    pub(crate) fn deliver_now(&self, conn: &ConnectionRef, m: Message) {
         let fast = {
             let list = self.dispatchers.read().unwrap_or_else(|e| e.into_inner());
             list.iter().find(|d| d.ms_can_fast_dispatch(&m)).cloned()
@@ -297,6 +309,7 @@ impl Messenger {
             auth_name,
             nonce,
             settings: Settings::from_config(cfg),
+            delay: delay::Delayer::from_config(cfg, &name, &throttle),
             workers: stack.workers().to_vec(),
             local_listen: stack.local_listen_table(),
             throttle,
@@ -343,6 +356,11 @@ impl Messenger {
     /// Messages delivered through fast dispatch so far.
     pub fn fast_dispatched(&self) -> u64 {
         self.inner.fast_dispatched.load(Ordering::Relaxed)
+    }
+
+    /// Messages held back by delay injection (`ms_inject_delay_*`) so far.
+    pub fn injected_delays(&self) -> u64 {
+        self.inner.delay.as_ref().map_or(0, |d| d.injected())
     }
 
     /// Live connections (any state but closed).
@@ -555,6 +573,9 @@ impl Messenger {
         lock(&self.inner.conns).clear();
         for c in lock(&self.inner.all).drain().map(|(_, c)| c) {
             c.set_state(ConnState::Closed);
+        }
+        if let Some(d) = &self.inner.delay {
+            d.stop();
         }
         self.inner.dispatch_queue.stop();
     }
