@@ -673,6 +673,7 @@ impl DrivenClient {
             limits: FrameLimits::default(),
             ready_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
+            keepalive_interval: None,
         };
         let s = Session::new_client(
             cfg,

@@ -1,5 +1,5 @@
 //! A server-side session (auth none) fed arbitrary client bytes in chunks: banner,
-//! HELLO, AUTH, IDENT and messages in any order or shape must end in progress or a
+//! HELLO, AUTH, IDENT, SESSION_RECONNECT and messages in any order or shape must end in progress or a
 //! typed error for this session, never a panic.
 #![no_main]
 
@@ -11,7 +11,8 @@ use msgr::proto::addr::EntityAddrVec;
 use msgr::proto::auth::NoneServerAuth;
 use msgr::proto::entity::{EntityName, EntityType};
 use msgr::proto::frame::FrameLimits;
-use msgr::proto::session::{PolicyFn, Session, SessionConfig, SessionPolicy};
+use msgr::proto::reconnect::{Decision, SessionState};
+use msgr::proto::session::{Answer, PolicyFn, Session, SessionConfig, SessionEvent, SessionPolicy};
 
 fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
@@ -23,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
         limits: FrameLimits { max_frame: 1 << 20, max_control: 64 << 10 },
         ready_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
+        keepalive_interval: None,
     };
     let policy_for: PolicyFn = Arc::new(|_| SessionPolicy { lossy: false, features_required: 0 });
     let peer = "127.0.0.1:40000".parse().unwrap();
@@ -37,7 +39,22 @@ fuzz_target!(|data: &[u8]| {
         if s.handle_input(now).is_err() {
             return;
         }
-        while s.poll_event().is_some() {}
+        while let Some(ev) = s.poll_event() {
+            // Answer a lossless identification in a way the chunk's size picks, so the
+            // fuzzer reaches every post-identification path (resume, reuse, refusals).
+            if let SessionEvent::Identify(claim) = ev {
+                let answer = match (n % 4, claim.reconnect.is_some()) {
+                    (0, true) => Answer::Resume(SessionState::new_client(claim.client_cookie)),
+                    (0, false) => Answer::Reuse(SessionState::new_client(claim.client_cookie)),
+                    (1, _) => Answer::Refuse(Decision::Reset { full: n % 2 == 0 }),
+                    (2, _) => Answer::Refuse(Decision::Wait),
+                    _ => Answer::New,
+                };
+                if s.answer(answer).is_err() {
+                    return;
+                }
+            }
+        }
         out.clear();
         s.poll_transmit(&mut out, 1 << 20);
     }

@@ -167,7 +167,7 @@ pub(crate) fn intercept(delayer: Option<&Delayer>, conn: &ConnectionRef, m: Mess
 
 /// The delay thread's sink: delivers a due message on its connection's worker.
 fn hand_over(held: Held, released: Released<Held>) {
-    let worker = Arc::clone(&held.conn.worker);
+    let worker = held.conn.worker();
     worker.submit(Box::new(move |_local, _center| {
         let mut held = held;
         if let (Some(msgr), Some(m)) = (held.conn.msgr.upgrade(), held.msg.take()) {

@@ -1061,7 +1061,16 @@ impl Session {
     }
 
     /// The owner's verdict on the peer that identified with [`SessionEvent::Identify`].
+    /// An error closes the session, as input errors do.
     pub fn answer(&mut self, answer: Answer) -> Result<(), SessionError> {
+        let r = self.apply_answer(answer);
+        if r.is_err() {
+            self.state = State::Closed;
+        }
+        r
+    }
+
+    fn apply_answer(&mut self, answer: Answer) -> Result<(), SessionError> {
         if self.state != State::SessionAcceptingExisting {
             return Err(SessionError::Closed);
         }
