@@ -342,3 +342,67 @@ proptest! {
         lossy_case(sizes, cut)?;
     }
 }
+
+/// KEEPALIVE2 goes out on its own every `ms_keepalive_interval`; when the peer falls
+/// silent (its bytes stuck behind a 60 s latency spike), the idle timeout declares the
+/// transport dead and the lossless session carries on over a new one.
+#[test]
+fn keepalives_flow_by_themselves_and_a_silent_peer_is_detected() {
+    let net = MemNetwork::new();
+    // Connection 0: from byte 1500 on, server→client bytes arrive only after 60 s
+    // (about 25 keepalive acks after the handshake). Later connections are clean.
+    net.set_fault_hook(|info| {
+        let mut to_client = FaultPlan::default();
+        if info.index == 0 {
+            to_client.delay = Some((1500, Duration::from_secs(60)));
+        }
+        (FaultPlan::default(), to_client)
+    });
+    let cfg = ConfigBuilder::new("osd.0")
+        .set("ms_keepalive_interval", "0.02")
+        .and_then(|b| b.set("ms_connection_idle_timeout", "0.5"))
+        .and_then(|b| b.set("ms_initial_backoff", "0.001"))
+        .and_then(|b| b.build())
+        .expect("config");
+    let start = |num: i64, sink: &Arc<Sink>| {
+        let stack = NetworkStack::start(Arc::new(MemStack::new(Arc::clone(&net))), 2).expect("mem stack");
+        let m = Messenger::new(stack, EntityName { ty: EntityType::Osd, num }, &cfg).expect("messenger");
+        m.set_default_policy(Policy::lossless_peer(0));
+        m.add_dispatcher_tail(Arc::clone(sink) as Arc<dyn Dispatcher>);
+        m
+    };
+    let (sa, sb) = (Arc::new(Sink::default()), Arc::new(Sink::default()));
+    let (a, b) = (start(1, &sa), start(2, &sb));
+    let addr = b.bind(server_addr(2)).expect("bind");
+    let con = a.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).expect("connect");
+    // Acks to keepalives we never asked for: the interval timer sends them.
+    let first = Instant::now();
+    let mut stamps = HashSet::new();
+    while stamps.len() < 3 {
+        assert!(first.elapsed() < PATIENCE, "no keepalive acks without sending any");
+        if let Some(s) = con.last_keepalive_ack() {
+            stamps.insert((s.sec, s.nsec));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Then the server's bytes stop arriving: the client must notice and reconnect.
+    let deadline = Instant::now() + PATIENCE;
+    while net.connections_opened() < 2 {
+        assert!(Instant::now() < deadline, "a silent peer was never detected");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let why = con.last_error().map(|e| e.to_string()).unwrap_or_default();
+    assert!(why.contains("no traffic"), "dead transport reported as {why:?}");
+    for i in 0..50 {
+        con.send_message(message(1, i, 100)).expect("send");
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while sb.count(1) < 50 {
+        assert!(Instant::now() < deadline, "session did not carry on after the dead transport");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(sb.of(1), (0..50).collect::<Vec<u64>>());
+    assert_ne!(con.state(), ConnState::Closed);
+    net.clear_fault_hook();
+    stop(&[&a, &b]);
+}

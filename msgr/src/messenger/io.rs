@@ -579,7 +579,11 @@ fn on_timer(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     if let Err(e) = lc.session.handle_timeout(Instant::now()) {
         return fault(local, center, id, ConnError::Protocol(e));
     }
-    update_timer(local, center, id);
+    // A timeout may have made a keepalive due: queue it and write it out.
+    if let Err(e) = handle_session_events(local, id) {
+        return fault(local, center, id, e);
+    }
+    flush(local, center, id);
 }
 
 /// Closes a connection on an error and tells the dispatchers; a lossless session
@@ -674,6 +678,14 @@ fn park(
             at,
             Box::new(move |local: &mut WorkerLocal, center: &mut Center| redial(local, center, id)),
         ));
+    } else {
+        // A peer that never comes back must not pin its session forever: after the
+        // idle timeout the session is dropped and reported as a reset.
+        let at = Instant::now() + msgr.settings.idle_timeout;
+        timer = Some(center.create_time_event_at(
+            at,
+            Box::new(move |local: &mut WorkerLocal, center: &mut Center| expire_parked(local, center, id)),
+        ));
     }
     local.parked.insert(id, Parked { conn, msgr, state, dial, timer });
     // Anything sent while the transport was going down is still in the outbox.
@@ -727,6 +739,7 @@ fn finish_closed(msgr: &Arc<MsgrInner>, conn: &ConnectionRef, err: Option<ConnEr
         conn.publish(|p| p.last_error = Some(e.clone()));
     }
     conn.set_state(ConnState::Closed);
+    conn.set_existing(|e| e.phase = Phase::Closed);
     msgr.forget(conn);
     if err.is_none() || msgr.is_stopping() {
         return;
@@ -797,6 +810,13 @@ pub(crate) fn close_messenger(local: &mut WorkerLocal, center: &mut Center, msgr
     for id in ls {
         remove_listener(local, center, id);
     }
+}
+
+fn expire_parked(local: &mut WorkerLocal, _center: &mut Center, id: u64) {
+    let Some(p) = local.parked.remove(&id) else { return };
+    p.conn.worker().sub_load();
+    let err = ConnError::Protocol(SessionError::IdleTimeout(p.msgr.settings.idle_timeout));
+    finish_closed(&p.msgr, &p.conn, Some(err), Some(false));
 }
 
 fn drop_parked(local: &mut WorkerLocal, center: &mut Center, id: u64) {
