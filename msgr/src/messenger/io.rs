@@ -664,29 +664,34 @@ fn park(
     conn.set_state(ConnState::Connecting);
     let phase = if dial.is_some() { Phase::Connecting } else { Phase::Standby };
     conn.set_existing(|e| e.phase = phase);
-    let mut timer = None;
-    if let Some(d) = &mut dial {
-        let s = &msgr.settings;
-        d.backoff = match backoff {
-            Backoff::Now => Duration::ZERO,
-            Backoff::Max => s.max_backoff,
-            Backoff::Grow if d.backoff.is_zero() => s.initial_backoff,
-            Backoff::Grow => (d.backoff * 2).min(s.max_backoff),
-        };
-        let at = Instant::now() + d.backoff;
-        timer = Some(center.create_time_event_at(
-            at,
-            Box::new(move |local: &mut WorkerLocal, center: &mut Center| redial(local, center, id)),
-        ));
-    } else {
+    let at = match &mut dial {
+        Some(d) => {
+            let s = &msgr.settings;
+            d.backoff = match backoff {
+                Backoff::Now => Duration::ZERO,
+                Backoff::Max => s.max_backoff,
+                Backoff::Grow if d.backoff.is_zero() => s.initial_backoff,
+                Backoff::Grow => (d.backoff * 2).min(s.max_backoff),
+            };
+            Instant::now() + d.backoff
+        }
         // A peer that never comes back must not pin its session forever: after the
         // idle timeout the session is dropped and reported as a reset.
-        let at = Instant::now() + msgr.settings.idle_timeout;
-        timer = Some(center.create_time_event_at(
-            at,
-            Box::new(move |local: &mut WorkerLocal, center: &mut Center| expire_parked(local, center, id)),
-        ));
-    }
+        None => Instant::now() + msgr.settings.idle_timeout,
+    };
+    let redials = dial.is_some();
+    let timer = Some(center.create_time_event_at(
+        at,
+        Box::new(
+            move |local: &mut WorkerLocal, center: &mut Center| {
+                if redials {
+                    redial(local, center, id)
+                } else {
+                    expire_parked(local, center, id)
+                }
+            },
+        ),
+    ));
     local.parked.insert(id, Parked { conn, msgr, state, dial, timer });
     // Anything sent while the transport was going down is still in the outbox.
     flush_parked(local, center, id);
