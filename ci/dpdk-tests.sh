@@ -84,6 +84,21 @@ for size in 64 4096 65536; do
 done
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 
+log "lossless async+dpdk client -> async+posix server with injected socket failures"
+start_server "$tmp/lserve.log" ip netns exec "$ns" "$bin" -o ms_inject_socket_failures=200 serve --bind 198.18.8.1:0 --policy lossless
+pids+=("$SERVER_PID")
+in_ns timeout 600 "$bin" "${dpdk[@]}" -o ms_inject_socket_failures=200 -o ms_initial_backoff=0.01 -o ms_max_backoff=0.2 \
+  ping --connect "$SERVER_ADDR" --policy lossless --verify --count 20000 --window 4 --size 64 --timeout 60 \
+  | tee "$tmp/lping.out"
+sleep 2.5
+kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+grep -q "verify: 20000 replies checked, lost 0, duplicated 0, reordered 0, corrupted 0" "$tmp/lping.out" \
+  || { log "lossless DPDK run under injected faults found errors"; exit 1; }
+cf=$(sed -n 's/^injected socket failures: \([0-9]*\)$/\1/p' "$tmp/lping.out")
+sf=$(sed -n 's/.*injected socket failures \([0-9]*\)$/\1/p' "$tmp/lserve.log" | tail -n1)
+log "FAULTS async+dpdk 20000 pings: injected client $cf + server ${sf:-0}"
+[ $(( ${cf:-0} + ${sf:-0} )) -gt 0 ] || { log "no fault was injected over DPDK"; exit 1; }
+
 log "msgr mon over async+dpdk against a real ceph-mon on the kernel side of the TAP"
 MON_IP=198.18.8.1 in_ns bash ci/mon.sh start "$tmp/mon" >"$tmp/mon.log" 2>&1 || { cat "$tmp/mon.log"; exit 1; }
 conf=$(sed -n 's/^mon up: [^ ]* \(.*\)$/\1/p' "$tmp/mon.log" | tail -n1)

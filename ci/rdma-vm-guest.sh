@@ -34,6 +34,22 @@ log "server at $SERVER_ADDR"
 for size in 64 4096 1048576; do
   timeout 120 "$bin" ping --ms-type async+rdma --connect "$SERVER_ADDR" --count 100 --size "$size"
 done
+# A lossless session over RDMA while about one socket operation in 200 fails on each
+# side: every fault tears down a queue pair, the session resumes on a new one.
+main_pid=$SERVER_PID main_addr=$SERVER_ADDR
+start_server "$tmp/lserve.log" "$bin" -o ms_inject_socket_failures=200 serve --bind 127.0.0.1:0 --policy lossless
+timeout 600 "$bin" -o ms_inject_socket_failures=200 -o ms_initial_backoff=0.01 -o ms_max_backoff=0.2 \
+  ping --connect "$SERVER_ADDR" --policy lossless --verify --count 10000 --window 4 --size 64 --timeout 60 \
+  | tee "$tmp/lping.out"
+sleep 2.5
+kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+SERVER_PID=$main_pid SERVER_ADDR=$main_addr
+grep -q "verify: 10000 replies checked, lost 0, duplicated 0, reordered 0, corrupted 0" "$tmp/lping.out" \
+  || { log "lossless RDMA run under injected faults found errors"; exit 1; }
+cf=$(sed -n 's/^injected socket failures: \([0-9]*\)$/\1/p' "$tmp/lping.out")
+sf=$(sed -n 's/.*injected socket failures \([0-9]*\)$/\1/p' "$tmp/lserve.log" | tail -n1)
+log "FAULTS async+rdma 10000 pings: injected client $cf + server ${sf:-0}"
+[ $(( ${cf:-0} + ${sf:-0} )) -gt 0 ] || { log "no fault was injected over RDMA"; exit 1; }
 if timeout 60 "$bin" ping --connect "127.0.0.1:$(free_port)" --count 1 --timeout 10 2>"$tmp/refused.err"; then
   log "ping over RDMA to a closed port succeeded?"; exit 1
 fi

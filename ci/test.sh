@@ -29,6 +29,7 @@ cargo test --workspace --doc 2>&1 | tee "$log_dir/doc.log"
 log "two processes on loopback: msgr serve + msgr ping"
 cargo build --release --bin msgr
 bash ci/ping-pair.sh target/release/msgr
+bash ci/fault-runs.sh target/release/msgr
 log "wire check: msgr mon traffic to a real ceph-mon, decoded independently"
 bash ci/wire-check.sh target/release/msgr
 log "RDMA: device tests, messenger suite, CLI and benchmarks inside the soft-RoCE VM"

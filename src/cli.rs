@@ -1,6 +1,7 @@
 //! Command-line plumbing shared by every `msgr` subcommand: config sources and the
 //! `serve` / `ping` / `hold` implementations.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,24 +122,42 @@ impl Dispatcher for EchoDispatcher {
     }
 }
 
-/// `msgr serve`: binds and answers pings until killed (or for `run_for`).
-pub fn serve(common: &CommonArgs, bind: SocketAddr, run_for: Option<Duration>) -> Result<(), CliError> {
+/// `msgr serve`: binds and answers pings until killed (or for `run_for`). `lossless`
+/// keeps client sessions across faults (Ceph's stateful server) instead of dropping
+/// them (stateless server).
+pub fn serve(common: &CommonArgs, bind: SocketAddr, run_for: Option<Duration>, lossless: bool) -> Result<(), CliError> {
     let cfg = common.config("osd.0")?;
     let name = common.entity("osd.0")?;
     let m = crate::messenger(&cfg, name)?;
-    m.set_default_policy(Policy::stateless_server(0));
+    m.set_default_policy(if lossless { Policy::stateful_server(0) } else { Policy::stateless_server(0) });
     let echo = Arc::new(EchoDispatcher { served: AtomicU64::new(0) });
     m.add_dispatcher_tail(echo.clone());
     let me = m.bind(bind)?;
     println!("msgr serve: {} listening on {} (ms_type {})", name, me, cfg.ms_type());
     let start = Instant::now();
+    let injecting = cfg.ms_inject_socket_failures() != 0;
+    let mut last_report = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(200));
         if run_for.is_some_and(|d| start.elapsed() >= d) {
             break;
         }
+        // With injection on, say how many faults so far: a server that is killed
+        // never reaches the summary below.
+        if injecting && last_report.elapsed() >= Duration::from_secs(2) {
+            last_report = Instant::now();
+            println!(
+                "msgr serve: answered {} pings, injected socket failures {}",
+                echo.served.load(Ordering::Relaxed),
+                msgr::stack::inject::injected_failures()
+            );
+        }
     }
-    println!("msgr serve: answered {} pings", echo.served.load(Ordering::Relaxed));
+    println!(
+        "msgr serve: answered {} pings, injected socket failures {}",
+        echo.served.load(Ordering::Relaxed),
+        msgr::stack::inject::injected_failures()
+    );
     m.shutdown();
     m.wait();
     Ok(())
@@ -157,6 +176,15 @@ pub struct PingReport {
     pub first_error: Option<String>,
     /// With `--verify`: what the checks found.
     pub verify: VerifyCounts,
+    /// Pings in flight when their session was lost (lossy reset or the server's
+    /// restart); they are sent again under new numbers, so they are not errors.
+    pub lost_to_reset: u64,
+    /// `ms_handle_reset` seen (lossy: the client dialled again).
+    pub resets: u64,
+    /// `ms_handle_remote_reset` seen (lossless: the server had restarted).
+    pub remote_resets: u64,
+    /// Why the last reset or refusal happened.
+    pub last_reset: Option<String>,
 }
 
 /// What `--verify` found: each is also counted in [`PingReport::errors`].
@@ -185,6 +213,8 @@ pub struct PingOptions {
     pub verify: bool,
     /// Lossless client policy instead of lossy.
     pub lossless: bool,
+    /// Pings kept in flight at once (1 = one round trip at a time).
+    pub window: usize,
 }
 
 /// Bytes of a verified payload before the filler: sequence (8) and crc32c (4).
@@ -239,62 +269,96 @@ impl PingReport {
 }
 
 struct PingState {
+    /// Pings still to send.
     remaining: u64,
-    /// Sequence number of the ping outstanding.
-    seq: u64,
-    sent_at: Option<Instant>,
+    /// Sequence number of the last ping sent.
+    last_seq: u64,
+    /// Pings sent and not yet answered, oldest first, with their send time.
+    outstanding: VecDeque<(u64, Instant)>,
+    /// The connection pings go out on (replaced after a lossy reset).
+    con: Option<ConnectionRef>,
+    /// A lossy connection was reset: the main thread dials again.
+    redial: bool,
+    /// The server answered at least once (a refusal before that means nobody is there).
+    ever_connected: bool,
     report: PingReport,
     done: bool,
 }
 
-/// Sends the next ping from the worker as soon as the previous reply arrives, so a
-/// round trip crosses no thread boundary on the client side.
+/// Keeps up to `window` pings in flight; sends the next one from the worker as soon
+/// as a reply arrives, so a round trip crosses no thread boundary on the client side.
 struct PingDispatcher {
     payload: Bytes,
     size: usize,
     verify: bool,
+    window: usize,
     state: Mutex<PingState>,
     cond: Condvar,
 }
 
 impl PingDispatcher {
-    fn fail(&self, what: String) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, PingState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fail(&self, s: &mut PingState, what: String) {
         s.report.errors += 1;
         s.report.first_error.get_or_insert(what);
         s.done = true;
         self.cond.notify_all();
     }
 
-    fn send_next(&self, con: &ConnectionRef, s: &mut PingState) {
-        if s.remaining == 0 {
-            s.done = true;
-            self.cond.notify_all();
-            return;
+    /// Sends pings until `window` are outstanding or none remain.
+    fn fill(&self, s: &mut PingState) {
+        let Some(con) = s.con.clone() else { return };
+        while s.outstanding.len() < self.window && s.remaining > 0 {
+            s.remaining -= 1;
+            s.last_seq += 1;
+            let seq = s.last_seq;
+            let payload = if self.verify { ping_payload(seq, self.size, true) } else { self.payload.clone() };
+            s.outstanding.push_back((seq, Instant::now()));
+            if let Err(e) = con.send_message(MPing::new(payload).encode()) {
+                // The connection closed before we could send: say why (e.g. refused).
+                let why = con.last_error().map_or_else(|| e.to_string(), |c| c.to_string());
+                if !s.ever_connected {
+                    return self.fail(s, why);
+                }
+                // A server that answered before is restarting: dial again shortly.
+                s.report.last_reset.replace(why);
+                self.session_lost(s);
+                s.con = None;
+                s.redial = true;
+                self.cond.notify_all();
+                return;
+            }
         }
-        s.remaining -= 1;
-        s.seq += 1;
-        s.sent_at = Some(Instant::now());
-        let payload = if self.verify { ping_payload(s.seq, self.size, true) } else { self.payload.clone() };
-        if let Err(e) = con.send_message(MPing::new(payload).encode()) {
-            // The connection closed before we could send: say why (e.g. refused).
-            let why = con.last_error().map_or_else(|| e.to_string(), |c| c.to_string());
-            s.report.errors += 1;
-            s.report.first_error.get_or_insert(why);
+        if s.remaining == 0 && s.outstanding.is_empty() {
             s.done = true;
             self.cond.notify_all();
         }
     }
-}
 
-impl PingDispatcher {
-    fn verified_reply(&self, con: &ConnectionRef, s: &mut PingState, m: &Message, now: Instant) {
+    /// Everything in flight went down with a session: count it, do not call it lost.
+    fn session_lost(&self, s: &mut PingState) {
+        let n = s.outstanding.len() as u64;
+        s.report.lost_to_reset += n;
+        // Those pings are sent again under new numbers.
+        s.remaining += n;
+        s.outstanding.clear();
+    }
+
+    fn reply(&self, s: &mut PingState, m: &Message, now: Instant) {
         let bad = |s: &mut PingState, what: String| {
             s.report.errors += 1;
             s.report.first_error.get_or_insert(what);
         };
+        let Some(&(front, t0)) = s.outstanding.front() else {
+            return bad(s, "reply with no ping outstanding".into());
+        };
         let seq = match MPing::decode(m).map_err(|e| format!("bad reply: {e}")) {
-            Ok(p) => check_payload(&p.payload, self.size),
+            Ok(p) if self.verify => check_payload(&p.payload, self.size),
+            Ok(p) if p.payload == self.payload => Ok(front),
+            Ok(_) => Err("reply payload differs from the request".into()),
             Err(e) => Err(e),
         };
         match seq {
@@ -303,25 +367,26 @@ impl PingDispatcher {
                 bad(s, e);
                 return;
             }
-            Ok(n) if n < s.seq => {
-                // Already answered: not the reply we wait for, which may still come.
+            Ok(n) if n < front => {
                 s.report.verify.duplicated += 1;
                 bad(s, format!("reply {n} arrived twice"));
                 return;
             }
-            Ok(n) if n > s.seq => {
+            Ok(n) if n > front => {
+                // An earlier reply is missing or overtaken: count it and move on past it.
                 s.report.verify.reordered += 1;
-                bad(s, format!("reply {n} arrived while {} was outstanding", s.seq));
+                bad(s, format!("reply {n} arrived while {front} was outstanding"));
+                s.outstanding.retain(|(q, _)| *q != n);
                 return;
             }
             Ok(_) => {}
         }
-        s.report.verify.checked += 1;
-        if let Some(t0) = s.sent_at.take() {
-            s.report.count += 1;
-            s.report.rtts_us.push(now.duration_since(t0).as_secs_f64() * 1e6);
+        s.outstanding.pop_front();
+        if self.verify {
+            s.report.verify.checked += 1;
         }
-        self.send_next(con, s);
+        s.report.count += 1;
+        s.report.rtts_us.push(now.duration_since(t0).as_secs_f64() * 1e6);
     }
 }
 
@@ -331,46 +396,65 @@ impl Dispatcher for PingDispatcher {
     }
     fn ms_fast_dispatch(&self, con: &ConnectionRef, m: Message) {
         let now = Instant::now();
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if s.done {
+        let mut s = self.lock();
+        if s.done || !s.con.as_ref().is_some_and(|c| Arc::ptr_eq(c, con)) {
             return;
         }
-        if self.verify {
-            return self.verified_reply(con, &mut s, &m, now);
+        s.ever_connected = true;
+        self.reply(&mut s, &m, now);
+        self.fill(&mut s);
+    }
+    fn ms_handle_connect(&self, _con: &ConnectionRef) {
+        self.lock().ever_connected = true;
+    }
+    fn ms_handle_remote_reset(&self, con: &ConnectionRef) {
+        // Lossless: the server restarted and our session with it is gone, with the
+        // pings it held. The connection carries on with a new session.
+        let mut s = self.lock();
+        if s.done || !s.con.as_ref().is_some_and(|c| Arc::ptr_eq(c, con)) {
+            return;
         }
-        match (MPing::decode(&m), s.sent_at.take()) {
-            (Ok(p), Some(t0)) if p.payload == self.payload => {
-                s.report.count += 1;
-                s.report.rtts_us.push(now.duration_since(t0).as_secs_f64() * 1e6);
-            }
-            (Ok(_), Some(_)) => {
-                s.report.errors += 1;
-                s.report.first_error.get_or_insert("reply payload differs from the request".into());
-            }
-            (Err(e), _) => {
-                s.report.errors += 1;
-                s.report.first_error.get_or_insert(format!("bad reply: {e}"));
-            }
-            (Ok(_), None) => {
-                s.report.errors += 1;
-                s.report.first_error.get_or_insert("reply with no ping outstanding".into());
-            }
-        }
-        self.send_next(con, &mut s);
+        s.report.remote_resets += 1;
+        self.session_lost(&mut s);
+        self.fill(&mut s);
     }
     fn ms_handle_reset(&self, con: &ConnectionRef) -> bool {
+        let mut s = self.lock();
+        if s.done || !s.con.as_ref().is_some_and(|c| Arc::ptr_eq(c, con)) {
+            return true;
+        }
+        // Lossy (or a lossless session given up): dial again and carry on, as a
+        // client of a stateless server does.
+        s.report.resets += 1;
         let why = con.last_error().map_or_else(|| "connection reset".into(), |e| e.to_string());
-        self.fail(format!("connection reset: {why}"));
+        s.report.last_reset.replace(why);
+        self.session_lost(&mut s);
+        s.con = None;
+        s.redial = true;
+        self.cond.notify_all();
         true
     }
     fn ms_handle_refused(&self, con: &ConnectionRef) -> bool {
+        let mut s = self.lock();
         let why = con.last_error().map_or_else(|| "refused".into(), |e| e.to_string());
-        self.fail(why);
+        if !s.ever_connected {
+            // Nobody has ever answered there: report it rather than retry blindly.
+            self.fail(&mut s, why);
+        } else if con.state() == msgr::messenger::ConnState::Closed {
+            // A restarting server, on a lossy connection (a lossless one redials by
+            // itself): keep dialling until the timeout.
+            s.con = None;
+            s.redial = true;
+            s.report.last_reset.replace(why);
+            self.session_lost(&mut s);
+            self.cond.notify_all();
+        }
         true
     }
 }
 
-/// `msgr ping`: `opts.count` sequential MPing round trips of `opts.size` payload bytes.
+/// `msgr ping`: `opts.count` MPing round trips of `opts.size` payload bytes, up to
+/// `opts.window` in flight.
 pub fn ping(
     common: &CommonArgs,
     target: &EntityAddr,
@@ -386,32 +470,56 @@ pub fn ping(
         payload: ping_payload(0, opts.size, false),
         size: opts.size,
         verify: opts.verify,
+        window: opts.window.max(1),
         state: Mutex::new(PingState {
             remaining: count,
-            seq: 0,
-            sent_at: None,
+            last_seq: 0,
+            outstanding: VecDeque::new(),
+            con: None,
+            redial: true,
+            ever_connected: false,
             report: PingReport::default(),
-            done: false,
+            done: count == 0,
         }),
         cond: Condvar::new(),
     });
     m.add_dispatcher_tail(d.clone());
-    let con = m.connect_to(peer_type, &EntityAddrVec(vec![target.clone()]))?;
-    {
-        let mut s = d.state.lock().unwrap_or_else(|e| e.into_inner());
-        d.send_next(&con, &mut s);
-    }
+    let addrs = EntityAddrVec(vec![target.clone()]);
     let report = {
-        let mut s = d.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = d.lock();
         let mut last_progress = (s.report.count, Instant::now());
         while !s.done {
+            if s.redial {
+                s.redial = false;
+                drop(s);
+                if d.lock().ever_connected {
+                    // Do not hammer a server that is restarting.
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let con = m.connect_to(peer_type, &addrs)?;
+                s = d.lock();
+                if con.state() == msgr::messenger::ConnState::Closed {
+                    s.redial = true;
+                    drop(s);
+                    std::thread::sleep(Duration::from_millis(20));
+                    s = d.lock();
+                    continue;
+                }
+                s.con = Some(con);
+                d.fill(&mut s);
+                continue;
+            }
             let (g, _) = d.cond.wait_timeout(s, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner());
             s = g;
             if s.report.count != last_progress.0 {
                 last_progress = (s.report.count, Instant::now());
             } else if last_progress.1.elapsed() >= timeout {
                 s.report.errors += 1;
-                s.report.first_error.get_or_insert(format!("no reply within {timeout:?}"));
+                let why = match s.report.last_reset.take() {
+                    Some(r) => format!("no reply within {timeout:?} (last reset: {r})"),
+                    None => format!("no reply within {timeout:?}"),
+                };
+                s.report.first_error.get_or_insert(why);
                 s.done = true;
             }
         }

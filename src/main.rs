@@ -27,6 +27,10 @@ enum Cmd {
         /// Exit after this many seconds (default: run until killed).
         #[arg(long, value_name = "SECS")]
         duration: Option<f64>,
+        /// Client sessions: lossy (dropped on a fault, Ceph's stateless server) or
+        /// lossless (kept across faults and resumed, Ceph's stateful server).
+        #[arg(long, default_value = "lossy")]
+        policy: String,
     },
     /// Send MPing round trips to a server and print count, errors and round-trip times.
     Ping {
@@ -52,6 +56,9 @@ enum Cmd {
         /// replies and exit non-zero if there is any.
         #[arg(long)]
         verify: bool,
+        /// Pings in flight at once.
+        #[arg(long, default_value_t = 1)]
+        window: usize,
     },
     /// Open many client sessions to a server, one MPing round trip on each, and hold them
     /// open until stdin closes (a load generator for scale tests).
@@ -127,23 +134,31 @@ fn secs(v: f64, what: &str) -> Result<Duration, CliError> {
         .map_err(|_| CliError::Usage(format!("{what} must be a non-negative number of seconds")))
 }
 
+/// `--policy`: lossless or lossy.
+fn lossless(policy: &str) -> Result<bool, CliError> {
+    match policy {
+        "lossy" => Ok(false),
+        "lossless" => Ok(true),
+        other => Err(CliError::Usage(format!("--policy must be lossy or lossless, not '{other}'"))),
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.cmd {
-        Cmd::Serve { bind, duration } => {
+        Cmd::Serve { bind, duration, policy } => {
             let run_for = duration.map(|d| secs(d, "--duration")).transpose()?;
-            cli::serve(&cli.common, bind, run_for)?;
+            cli::serve(&cli.common, bind, run_for, lossless(&policy)?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Ping { connect, count, size, peer_type, timeout, policy, verify } => {
+        Cmd::Ping { connect, count, size, peer_type, timeout, policy, verify, window } => {
             let target = cli::parse_addr(&connect)?;
             let pt: EntityType =
                 peer_type.parse().map_err(|_| CliError::Usage(format!("unknown --peer-type '{peer_type}'")))?;
-            let lossless = match policy.as_str() {
-                "lossy" => false,
-                "lossless" => true,
-                other => return Err(CliError::Usage(format!("--policy must be lossy or lossless, not '{other}'"))),
-            };
-            let opts = cli::PingOptions { count, size, timeout: secs(timeout, "--timeout")?, verify, lossless };
+            if window == 0 {
+                return Err(CliError::Usage("--window must be at least 1".into()));
+            }
+            let lossless = lossless(&policy)?;
+            let opts = cli::PingOptions { count, size, timeout: secs(timeout, "--timeout")?, verify, lossless, window };
             let r = cli::ping(&cli.common, &target, pt, &opts)?;
             let (min, avg, p99, max) = r.summary();
             println!(
@@ -161,6 +176,13 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     v.corrupted
                 );
             }
+            if r.resets + r.remote_resets > 0 || r.lost_to_reset > 0 {
+                println!(
+                    "sessions: {} resets, {} remote resets (server restarted), {} pings in flight lost with them and sent again",
+                    r.resets, r.remote_resets, r.lost_to_reset
+                );
+            }
+            println!("injected socket failures: {}", msgr::stack::inject::injected_failures());
             if let Some(e) = &r.first_error {
                 eprintln!("msgr ping: error: {e}");
             }
