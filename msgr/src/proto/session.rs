@@ -1011,7 +1011,7 @@ impl Session {
         if lossy {
             // Lossy sessions are never resumed, so there is nothing to look up.
             self.st = SessionState::default();
-            self.send_server_ident(&ident, false);
+            self.send_server_ident(&ident);
             return Ok(());
         }
         let claim = Claim {
@@ -1078,20 +1078,21 @@ impl Session {
         let tag = if ident.is_some() { Tag::ClientIdent } else { Tag::SessionReconnect };
         match (answer, ident) {
             (Answer::New, Some(ident)) => {
-                self.st = SessionState { client_cookie: claim.client_cookie, ..SessionState::default() };
+                self.adopt_state(SessionState::default());
+                self.st.client_cookie = claim.client_cookie;
                 self.st.peer_global_seq = claim.global_seq;
-                self.send_server_ident(&ident, false);
+                self.send_server_ident(&ident);
             }
             (Answer::Reuse(st), Some(ident)) => {
-                self.st = st;
+                self.adopt_state(st);
                 self.st.client_cookie = claim.client_cookie;
                 self.st.peer_global_seq = claim.global_seq;
                 self.st.connect_seq = 0;
-                self.send_server_ident(&ident, false);
+                self.send_server_ident(&ident);
             }
             (Answer::Resume(st), None) => {
                 let Some(req) = claim.reconnect else { return Err(self.unexpected(tag)) };
-                self.st = st;
+                self.adopt_state(st);
                 self.st.connect_seq = req.connect_seq;
                 self.st.peer_global_seq = req.global_seq;
                 self.st.discard_requeued_up_to(req.msg_seq);
@@ -1125,6 +1126,13 @@ impl Session {
         Ok(())
     }
 
+    /// Takes over `st` as this session's state; messages queued on this transport
+    /// while the owner decided go after the ones the state already holds.
+    fn adopt_state(&mut self, st: SessionState) {
+        let mut queued = std::mem::replace(&mut self.st, st).out_queue;
+        self.st.out_queue.append(&mut queued);
+    }
+
     /// A client that does not know its IP (ANY:0.0.0.0:0) is known by the address its
     /// packets come from, as Ceph fills in peer_addrs_for_me.
     fn fill_blank_addrs(&self, addrs: &EntityAddrVec) -> EntityAddrVec {
@@ -1139,7 +1147,7 @@ impl Session {
         addrs
     }
 
-    fn send_server_ident(&mut self, ident: &ClientIdent, _resumed: bool) {
+    fn send_server_ident(&mut self, ident: &ClientIdent) {
         let Side::Server { server_cookie, .. } = &self.side else { return };
         let lossy = self.policy.lossy;
         let server_cookie = if lossy { 0 } else { *server_cookie };
@@ -1317,7 +1325,8 @@ impl Session {
                     self.events.push_back(SessionEvent::KeepaliveDue);
                     let every = self.cfg.keepalive_interval.unwrap_or(self.cfg.idle_timeout);
                     // Skip missed beats rather than bursting after a stall.
-                    self.next_keepalive = Some(due.max(now - every) + every);
+                    let next = due + every;
+                    self.next_keepalive = Some(if next > now { next } else { now + every });
                 }
                 return Ok(());
             }
@@ -1341,12 +1350,6 @@ impl Session {
     pub fn into_state(mut self) -> SessionState {
         self.st.requeue_sent();
         std::mem::take(&mut self.st)
-    }
-
-    /// Lets `pending` ride on this session: messages queued elsewhere while the
-    /// transport was being set up.
-    pub fn absorb(&mut self, pending: &mut SessionState) {
-        self.st.out_queue.append(&mut pending.out_queue);
     }
 }
 

@@ -981,3 +981,6 @@ fn secure_mode_with_a_short_secret_is_a_typed_error() {
     let done = AuthDone { con_mode: CON_MODE_SECURE, ..auth_done() };
     assert!(matches!(c.handle_bytes(t0, &wire(&done)), Err(SessionError::Secure(_))));
 }
+
+#[path = "reconnect_tests.rs"]
+mod reconnect;
