@@ -14,6 +14,7 @@
 //! # drop(m);
 //! ```
 
+pub mod bench;
 pub mod cli;
 pub mod monc;
 

@@ -1,0 +1,5 @@
+//! `msgr bench`: messenger throughput and round-trip latency, side by side with the raw
+//! transport. This module holds what the runs produce: round-trip statistics and the
+//! rows of the report.
+
+pub mod stats;
