@@ -2,4 +2,5 @@
 //! transport. This module holds what the runs produce: round-trip statistics and the
 //! rows of the report.
 
+pub mod raw;
 pub mod stats;

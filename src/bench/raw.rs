@@ -1,0 +1,246 @@
+//! The raw baseline: the same sizes and depths over a plain TCP socket with the least
+//! framing that still delimits messages (a 4-byte length), echoed by a server that
+//! does nothing else. It is the floor `msgr bench` measures the messenger against.
+//!
+//! Each job is one connection with a writer and a reader thread, so a deep window of
+//! large messages cannot deadlock on full socket buffers. The writer may run at most
+//! `depth` messages ahead of the reader: a bounded channel of send times is the window.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cpu_time::ThreadTime;
+
+use super::stats::RttStats;
+
+/// A job gives up on a peer silent for this long.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest message the raw server accepts (the length prefix is not trusted further).
+const MAX_RAW_MSG: usize = 64 << 20;
+
+/// An echo server on a plain TCP socket, one thread per connection.
+pub struct RawServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    cpu: Arc<std::sync::Mutex<Duration>>,
+}
+
+impl RawServer {
+    /// Listens on `bind` and echoes every length-prefixed message back.
+    pub fn start(bind: SocketAddr) -> io::Result<RawServer> {
+        let listener = TcpListener::bind(bind)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let cpu = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+        let (stop2, cpu2) = (Arc::clone(&stop), Arc::clone(&cpu));
+        thread::Builder::new().name("raw-accept".into()).spawn(move || {
+            for s in listener.incoming() {
+                if stop2.load(Ordering::Acquire) {
+                    break;
+                }
+                let Ok(s) = s else { continue };
+                let cpu = Arc::clone(&cpu2);
+                let _ = thread::Builder::new().name("raw-echo".into()).spawn(move || {
+                    let t0 = ThreadTime::now();
+                    let _ = echo(s);
+                    *cpu.lock().unwrap_or_else(|e| e.into_inner()) += t0.elapsed();
+                });
+            }
+        })?;
+        Ok(RawServer { addr, stop, cpu })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// CPU time its connection threads used, counted when each connection ends.
+    pub fn cpu(&self) -> Duration {
+        *self.cpu.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn echo(mut s: TcpStream) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    let mut buf = Vec::new();
+    loop {
+        let mut len = [0u8; 4];
+        match s.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let n = u32::from_le_bytes(len) as usize;
+        if n > MAX_RAW_MSG {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("raw message of {n} bytes")));
+        }
+        buf.resize(4 + n, 0);
+        buf[..4].copy_from_slice(&len);
+        s.read_exact(&mut buf[4..])?;
+        s.write_all(&buf)?;
+    }
+}
+
+/// When a job stops sending.
+#[derive(Clone, Copy, Debug)]
+pub enum Until {
+    /// After this many messages.
+    Count(u64),
+    /// At this instant.
+    Deadline(Instant),
+}
+
+/// What one job measured.
+#[derive(Debug, Default)]
+pub struct JobResult {
+    /// Round-trip times.
+    pub rtt: RttStats,
+    /// Replies received.
+    pub msgs: u64,
+    /// Replies that were not the message sent, or I/O failures.
+    pub errors: u64,
+    /// CPU time of the job's two threads.
+    pub cpu: Duration,
+}
+
+/// The payload of message `seq`: a pattern the reader can check.
+fn fill(buf: &mut [u8], seq: u64) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = (i as u64).wrapping_mul(31).wrapping_add(seq) as u8;
+    }
+}
+
+/// Runs one connection to `addr`: `size`-byte messages, `depth` in flight, until
+/// `until`; with `verify`, every echo is compared with what was sent.
+pub fn run_job(addr: SocketAddr, size: usize, depth: usize, until: Until, verify: bool) -> io::Result<JobResult> {
+    if size > MAX_RAW_MSG {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("raw messages are at most {MAX_RAW_MSG} bytes"),
+        ));
+    }
+    let s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    // A server that stops answering ends the job with an error instead of a hang.
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut w = s.try_clone()?;
+    let mut r = s;
+    // The window: a send time per message in flight.
+    let (tx, rx) = mpsc::sync_channel::<Instant>(depth.max(1));
+    let writer = thread::Builder::new().name("raw-send".into()).spawn(move || -> io::Result<(u64, Duration)> {
+        let t0 = ThreadTime::now();
+        let mut frame = vec![0u8; 4 + size];
+        frame[..4].copy_from_slice(&(size as u32).to_le_bytes());
+        let mut sent = 0u64;
+        loop {
+            let more = match until {
+                Until::Count(n) => sent < n,
+                Until::Deadline(t) => Instant::now() < t,
+            };
+            if !more {
+                break;
+            }
+            if verify {
+                fill(&mut frame[4..], sent);
+            }
+            if tx.send(Instant::now()).is_err() {
+                break;
+            }
+            w.write_all(&frame)?;
+            sent += 1;
+        }
+        Ok((sent, t0.elapsed()))
+    })?;
+    let t0 = ThreadTime::now();
+    let mut res = JobResult::default();
+    let mut buf = vec![0u8; 4 + size];
+    let mut want = vec![0u8; size];
+    // Replies come back in order; the channel closes when the writer is done.
+    while let Ok(sent_at) = rx.recv() {
+        if let Err(e) = r.read_exact(&mut buf) {
+            res.errors += 1;
+            drop(rx);
+            let _ = writer.join();
+            return Err(e);
+        }
+        res.rtt.record(sent_at.elapsed());
+        if verify {
+            fill(&mut want, res.msgs);
+            if buf[4..] != want[..] || buf[..4] != (size as u32).to_le_bytes() {
+                res.errors += 1;
+            }
+        }
+        res.msgs += 1;
+    }
+    let (sent, wcpu) = match writer.join() {
+        Ok(r) => r?,
+        Err(_) => return Err(io::Error::other("raw writer thread panicked")),
+    };
+    if sent != res.msgs {
+        res.errors += sent.abs_diff(res.msgs);
+    }
+    res.cpu = t0.elapsed() + wcpu;
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_round_trips_are_counted_and_verified() {
+        let server = RawServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        for (size, depth) in [(0usize, 1usize), (64, 8), (100_000, 4)] {
+            let r = run_job(server.addr(), size, depth, Until::Count(200), true).unwrap();
+            assert_eq!((r.msgs, r.errors), (200, 0), "size {size} depth {depth}");
+            assert_eq!(r.rtt.count(), 200);
+            assert!(r.cpu > Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn a_deadline_ends_the_job_with_every_reply_read() {
+        let server = RawServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let until = Until::Deadline(Instant::now() + Duration::from_millis(200));
+        let r = run_job(server.addr(), 4096, 16, until, true).unwrap();
+        assert!(r.msgs > 0);
+        assert_eq!(r.errors, 0);
+        assert_eq!(r.rtt.count(), r.msgs);
+    }
+
+    #[test]
+    fn a_server_that_goes_away_is_an_error_not_a_hang() {
+        // A listener that accepts and closes at once.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = thread::spawn(move || {
+            if let Ok((s, _)) = l.accept() {
+                drop(s);
+            }
+        });
+        assert!(run_job(addr, 64, 4, Until::Count(1000), false).is_err());
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn oversized_messages_are_refused_up_front() {
+        let server = RawServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(run_job(server.addr(), MAX_RAW_MSG + 1, 1, Until::Count(1), false).is_err());
+    }
+}
