@@ -34,6 +34,11 @@ total=$(( ${client_faults:-0} + ${server_faults:-0} ))
 log "FAULTS posix $count pings in ${secs}s: injected client $client_faults + server $server_faults = $total"
 grep -q "verify: $count replies checked, lost 0, duplicated 0, reordered 0, corrupted 0" "$tmp/ping.out" \
   || { log "verified run found errors"; exit 1; }
+# Pings lost with a reset are sent again and would pass the check above, so a lossless
+# session must show no reset of any kind, and the server must have answered each once.
+if grep -q "^sessions:" "$tmp/ping.out"; then log "the lossless session was reset"; exit 1; fi
+answered=$(sed -n 's/.*answered \([0-9]*\) pings.*/\1/p' "$tmp/serve.log" | tail -n1)
+[ "$answered" = "$count" ] || { log "server answered ${answered:-?} pings, expected $count"; exit 1; }
 [ "$total" -ge 1000 ] || { log "only $total faults injected: the run does not count (need >= 1000)"; exit 1; }
 fi
 

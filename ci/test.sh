@@ -30,6 +30,22 @@ log "two processes on loopback: msgr serve + msgr ping"
 cargo build --release --bin msgr
 bash ci/ping-pair.sh target/release/msgr
 bash ci/fault-runs.sh target/release/msgr
+log "msgr bench: a short verified run with the raw baseline, JSON checked"
+target/release/msgr bench --duration 2 --warmup 0.2 --size 64,64k --verify --json "$log_dir/bench.json"
+python3 - "$log_dir/bench.json" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+need = ["transport", "ms_type", "size", "depth", "msgs", "msgs_per_sec", "mb_per_sec", "rtt_us_min",
+        "rtt_us_p50", "rtt_us_p90", "rtt_us_p99", "rtt_us_p999", "rtt_us_max",
+        "cpu_ns_per_msg_client", "cpu_ns_per_msg_server", "errors"]
+rows = doc["rows"]
+assert {r["transport"] for r in rows} == {"msgr", "raw"}, rows
+for r in rows:
+    missing = [k for k in need if k not in r]
+    assert not missing, missing
+    assert r["msgs"] > 0 and r["errors"] == 0, r
+print("bench json ok:", len(rows), "rows")
+PY
 log "wire check: msgr mon traffic to a real ceph-mon, decoded independently"
 bash ci/wire-check.sh target/release/msgr
 log "RDMA: device tests, messenger suite, CLI and benchmarks inside the soft-RoCE VM"

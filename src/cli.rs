@@ -171,7 +171,7 @@ pub struct PingReport {
     /// Failures (resets, refusals, wrong replies, timeouts).
     pub errors: u64,
     /// Round-trip times in microseconds, in completion order.
-    pub rtts_us: Vec<f64>,
+    pub rtt: crate::bench::stats::RttStats,
     /// Text of the first error.
     pub first_error: Option<String>,
     /// With `--verify`: what the checks found.
@@ -215,6 +215,8 @@ pub struct PingOptions {
     pub lossless: bool,
     /// Pings kept in flight at once (1 = one round trip at a time).
     pub window: usize,
+    /// Stop sending at this instant even if `count` is not reached.
+    pub until: Option<Instant>,
 }
 
 /// Bytes of a verified payload before the filler: sequence (8) and crc32c (4).
@@ -257,14 +259,8 @@ fn check_payload(p: &[u8], size: usize) -> Result<u64, String> {
 impl PingReport {
     /// "min/avg/p99/max" over the round trips.
     pub fn summary(&self) -> (f64, f64, f64, f64) {
-        if self.rtts_us.is_empty() {
-            return (0.0, 0.0, 0.0, 0.0);
-        }
-        let mut v = self.rtts_us.clone();
-        v.sort_by(|a, b| a.total_cmp(b));
-        let avg = v.iter().sum::<f64>() / v.len() as f64;
-        let p99 = v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1];
-        (v[0], avg, p99, v[v.len() - 1])
+        let q = self.rtt.quantiles();
+        (q.min, self.rtt.mean_us(), q.p99, q.max)
     }
 }
 
@@ -288,6 +284,7 @@ struct PingState {
 /// Keeps up to `window` pings in flight; sends the next one from the worker as soon
 /// as a reply arrives, so a round trip crosses no thread boundary on the client side.
 struct PingDispatcher {
+    until: Option<Instant>,
     payload: Bytes,
     size: usize,
     verify: bool,
@@ -311,6 +308,9 @@ impl PingDispatcher {
     /// Sends pings until `window` are outstanding or none remain.
     fn fill(&self, s: &mut PingState) {
         let Some(con) = s.con.clone() else { return };
+        if self.until.is_some_and(|t| Instant::now() >= t) {
+            s.remaining = 0;
+        }
         while s.outstanding.len() < self.window && s.remaining > 0 {
             s.remaining -= 1;
             s.last_seq += 1;
@@ -386,7 +386,7 @@ impl PingDispatcher {
             s.report.verify.checked += 1;
         }
         s.report.count += 1;
-        s.report.rtts_us.push(now.duration_since(t0).as_secs_f64() * 1e6);
+        s.report.rtt.record(now.duration_since(t0));
     }
 }
 
@@ -467,6 +467,7 @@ pub fn ping(
     let m: Messenger = crate::messenger(&cfg, name)?;
     m.set_default_policy(if opts.lossless { Policy::lossless_client(0) } else { Policy::lossy_client(0) });
     let d = Arc::new(PingDispatcher {
+        until: opts.until,
         payload: ping_payload(0, opts.size, false),
         size: opts.size,
         verify: opts.verify,

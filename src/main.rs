@@ -95,6 +95,46 @@ enum Cmd {
     },
     /// Print the effective configuration and where each value came from.
     Config,
+    /// Throughput and round-trip latency per message size, with the raw TCP baseline
+    /// in the same run. Without --connect, a `msgr serve` is started on loopback.
+    Bench {
+        /// A running `msgr serve` (IP:PORT or v2:IP:PORT/NONCE); default: start one.
+        #[arg(long, value_name = "ADDR")]
+        connect: Option<String>,
+        /// Entity type of the server.
+        #[arg(long, default_value = "osd")]
+        peer_type: String,
+        /// Connections, each with its own messenger.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Messages in flight per connection.
+        #[arg(long, default_value_t = 1)]
+        depth: usize,
+        /// Payload sizes, e.g. 64,4k,64k,1m.
+        #[arg(long, default_value = "64,4k,64k,1m")]
+        size: String,
+        /// Measured seconds per size.
+        #[arg(long, default_value_t = 3.0)]
+        duration: f64,
+        /// Messages per connection per size instead of a duration.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Unmeasured seconds per size first.
+        #[arg(long, default_value_t = 0.5)]
+        warmup: f64,
+        /// Connection policy: lossy or lossless.
+        #[arg(long, default_value = "lossy")]
+        policy: String,
+        /// Number and checksum every message and check every reply.
+        #[arg(long)]
+        verify: bool,
+        /// Baseline measured in the same run: raw (plain TCP echo) or none.
+        #[arg(long, default_value = "raw")]
+        baseline: String,
+        /// Also write the report as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -158,7 +198,15 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 return Err(CliError::Usage("--window must be at least 1".into()));
             }
             let lossless = lossless(&policy)?;
-            let opts = cli::PingOptions { count, size, timeout: secs(timeout, "--timeout")?, verify, lossless, window };
+            let opts = cli::PingOptions {
+                count,
+                size,
+                timeout: secs(timeout, "--timeout")?,
+                verify,
+                lossless,
+                window,
+                until: None,
+            };
             let r = cli::ping(&cli.common, &target, pt, &opts)?;
             let (min, avg, p99, max) = r.summary();
             println!(
@@ -182,11 +230,58 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     r.resets, r.remote_resets, r.lost_to_reset
                 );
             }
-            println!("injected socket failures: {}", msgr::stack::inject::injected_failures());
+            // Only under injection, so the usual output stays one line per run.
+            let injected = msgr::stack::inject::injected_failures();
+            if injected > 0 {
+                println!("injected socket failures: {injected}");
+            }
             if let Some(e) = &r.first_error {
                 eprintln!("msgr ping: error: {e}");
             }
             Ok(if r.errors == 0 && r.count == count { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Bench {
+            connect,
+            peer_type,
+            jobs,
+            depth,
+            size,
+            duration,
+            count,
+            warmup,
+            policy,
+            verify,
+            baseline,
+            json,
+        } => {
+            let sizes = msgr_cli::bench::stats::parse_sizes(&size).map_err(CliError::Usage)?;
+            if jobs == 0 || depth == 0 {
+                return Err(CliError::Usage("--jobs and --depth must be at least 1".into()));
+            }
+            let baseline_raw = match baseline.as_str() {
+                "raw" => true,
+                "none" => false,
+                other => return Err(CliError::Usage(format!("--baseline must be raw or none, not '{other}'"))),
+            };
+            let opts = msgr_cli::bench::run::BenchOptions {
+                connect: connect.as_deref().map(cli::parse_addr).transpose()?,
+                peer_type: peer_type
+                    .parse()
+                    .map_err(|_| CliError::Usage(format!("unknown --peer-type '{peer_type}'")))?,
+                jobs,
+                depth,
+                sizes,
+                duration: secs(duration, "--duration")?,
+                count,
+                warmup: secs(warmup, "--warmup")?,
+                lossless: lossless(&policy)?,
+                verify,
+                baseline_raw,
+                json,
+            };
+            let rows = msgr_cli::bench::run::run(&cli.common, &opts)?;
+            let errors: u64 = rows.iter().map(|r| r.errors).sum();
+            Ok(if errors == 0 && rows.iter().all(|r| r.msgs > 0) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Hold { connect, connections, in_flight, peer_type, timeout } => {
             let target = cli::parse_addr(&connect)?;

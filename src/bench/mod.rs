@@ -3,4 +3,5 @@
 //! rows of the report.
 
 pub mod raw;
+pub mod run;
 pub mod stats;

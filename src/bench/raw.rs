@@ -4,7 +4,7 @@
 //!
 //! Each job is one connection with a writer and a reader thread, so a deep window of
 //! large messages cannot deadlock on full socket buffers. The writer may run at most
-//! `depth` messages ahead of the reader: a bounded channel of send times is the window.
+//! `depth` messages ahead of the replies: a bounded channel of send times is the window.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -141,8 +141,9 @@ pub fn run_job(addr: SocketAddr, size: usize, depth: usize, until: Until, verify
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut w = s.try_clone()?;
     let mut r = s;
-    // The window: a send time per message in flight.
-    let (tx, rx) = mpsc::sync_channel::<Instant>(depth.max(1));
+    // The window: a send time per message in flight. The reader holds the oldest one
+    // while it waits for its reply, so the channel holds the other depth - 1.
+    let (tx, rx) = mpsc::sync_channel::<Instant>(depth.max(1) - 1);
     let writer = thread::Builder::new().name("raw-send".into()).spawn(move || -> io::Result<(u64, Duration)> {
         let t0 = ThreadTime::now();
         let mut frame = vec![0u8; 4 + size];
@@ -212,6 +213,31 @@ mod tests {
             assert_eq!(r.rtt.count(), 200);
             assert!(r.cpu > Duration::ZERO);
         }
+    }
+
+    #[test]
+    fn depth_one_means_one_message_in_flight() {
+        // A server that answers only after it has seen whether a second request comes
+        // early: with depth 1 it never does.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = thread::spawn(move || -> bool {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let mut early = false;
+            let mut frame = [0u8; 4 + 8];
+            for _ in 0..5 {
+                s.read_exact(&mut frame).unwrap();
+                let mut peek = [0u8; 1];
+                // Nothing more may arrive before we answer.
+                early |= s.peek(&mut peek).is_ok();
+                s.write_all(&frame).unwrap();
+            }
+            early
+        });
+        let r = run_job(addr, 8, 1, Until::Count(5), false).unwrap();
+        assert_eq!(r.msgs, 5);
+        assert!(!t.join().unwrap(), "a second message was sent before the first reply");
     }
 
     #[test]

@@ -89,6 +89,15 @@ impl RttStats {
         self.max_ns = self.max_ns.max(other.max_ns);
     }
 
+    /// Mean round trip in microseconds (0 when empty).
+    pub fn mean_us(&self) -> f64 {
+        if self.hist.is_empty() {
+            0.0
+        } else {
+            self.hist.mean() / 1e3
+        }
+    }
+
     /// Round trips recorded.
     pub fn count(&self) -> u64 {
         self.hist.len()
