@@ -92,12 +92,9 @@ in_ns timeout 600 "$bin" "${dpdk[@]}" -o ms_inject_socket_failures=200 -o ms_ini
   | tee "$tmp/lping.out"
 sleep 2.5
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
-grep -q "verify: 20000 replies checked, lost 0, duplicated 0, reordered 0, corrupted 0" "$tmp/lping.out" \
-  || { log "lossless DPDK run under injected faults found errors"; exit 1; }
-cf=$(sed -n 's/^injected socket failures: \([0-9]*\)$/\1/p' "$tmp/lping.out")
-sf=$(sed -n 's/.*injected socket failures \([0-9]*\)$/\1/p' "$tmp/lserve.log" | tail -n1)
-log "FAULTS async+dpdk 20000 pings: injected client $cf + server ${sf:-0}"
-[ $(( ${cf:-0} + ${sf:-0} )) -gt 0 ] || { log "no fault was injected over DPDK"; exit 1; }
+verified_ok 20000 "$tmp/lping.out" "lossless DPDK run under injected faults" || exit 1
+fault_total "async+dpdk 20000 pings" "$tmp/lping.out" "$tmp/lserve.log"
+[ "$FAULT_TOTAL" -gt 0 ] || { log "no fault was injected over DPDK"; exit 1; }
 
 log "msgr mon over async+dpdk against a real ceph-mon on the kernel side of the TAP"
 MON_IP=198.18.8.1 in_ns bash ci/mon.sh start "$tmp/mon" >"$tmp/mon.log" 2>&1 || { cat "$tmp/mon.log"; exit 1; }

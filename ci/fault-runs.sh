@@ -28,12 +28,9 @@ secs=$(( $(date +%s) - start ))
 # The server prints its count every 2 s; let it print once more after the last ping.
 sleep 2.5
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
-client_faults=$(sed -n 's/^injected socket failures: \([0-9]*\)$/\1/p' "$tmp/ping.out")
-server_faults=$(sed -n 's/.*injected socket failures \([0-9]*\)$/\1/p' "$tmp/serve.log" | tail -n1)
-total=$(( ${client_faults:-0} + ${server_faults:-0} ))
-log "FAULTS posix $count pings in ${secs}s: injected client $client_faults + server $server_faults = $total"
-grep -q "verify: $count replies checked, lost 0, duplicated 0, reordered 0, corrupted 0" "$tmp/ping.out" \
-  || { log "verified run found errors"; exit 1; }
+fault_total "posix $count pings in ${secs}s" "$tmp/ping.out" "$tmp/serve.log"
+total=$FAULT_TOTAL
+verified_ok "$count" "$tmp/ping.out" "posix $count pings" || exit 1
 # Pings lost with a reset are sent again and would pass the check above, so a lossless
 # session must show no reset of any kind, and the server must have answered each once.
 if grep -q "^sessions:" "$tmp/ping.out"; then log "the lossless session was reset"; exit 1; fi
@@ -62,8 +59,7 @@ kill_restart() {
   cat "$tmp/kping.out"
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
   [ "$rc" = 0 ] || { log "$policy ping did not survive the server's kill -9 (exit $rc)"; exit 1; }
-  grep -q "verify: 100000 replies checked, lost 0, duplicated 0, reordered 0, corrupted 0" "$tmp/kping.out" \
-    || { log "$policy: verified run found errors"; exit 1; }
+  verified_ok 100000 "$tmp/kping.out" "$policy after kill -9" || exit 1
 }
 kill_restart lossless
 grep -qE "sessions: 0 resets, [1-9][0-9]* remote resets" "$tmp/kping.out" \

@@ -64,3 +64,20 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["executable"])'
 }
+
+# verified_ok COUNT PING_OUT LABEL: `msgr ping --verify` in PING_OUT checked all COUNT
+# replies and found nothing lost, duplicated, reordered or corrupted.
+verified_ok() {
+  grep -q "verify: $1 replies checked, lost 0, duplicated 0, reordered 0, corrupted 0" "$2" \
+    || { log "$3: verified run found errors"; return 1; }
+}
+
+# fault_total LABEL PING_OUT SERVE_LOG: logs the socket failures injected in the ping
+# and in the server (its last report) and sets FAULT_TOTAL to their sum.
+fault_total() {
+  local cf sf
+  cf=$(sed -n 's/^injected socket failures: \([0-9]*\)$/\1/p' "$2")
+  sf=$(sed -n 's/.*injected socket failures \([0-9]*\)$/\1/p' "$3" | tail -n1)
+  FAULT_TOTAL=$(( ${cf:-0} + ${sf:-0} ))
+  log "FAULTS $1: injected client ${cf:-0} + server ${sf:-0} = $FAULT_TOTAL"
+}

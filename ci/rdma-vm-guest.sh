@@ -44,12 +44,9 @@ timeout 600 "$bin" -o ms_inject_socket_failures=200 -o ms_initial_backoff=0.01 -
 sleep 2.5
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 SERVER_PID=$main_pid SERVER_ADDR=$main_addr
-grep -q "verify: 10000 replies checked, lost 0, duplicated 0, reordered 0, corrupted 0" "$tmp/lping.out" \
-  || { log "lossless RDMA run under injected faults found errors"; exit 1; }
-cf=$(sed -n 's/^injected socket failures: \([0-9]*\)$/\1/p' "$tmp/lping.out")
-sf=$(sed -n 's/.*injected socket failures \([0-9]*\)$/\1/p' "$tmp/lserve.log" | tail -n1)
-log "FAULTS async+rdma 10000 pings: injected client $cf + server ${sf:-0}"
-[ $(( ${cf:-0} + ${sf:-0} )) -gt 0 ] || { log "no fault was injected over RDMA"; exit 1; }
+verified_ok 10000 "$tmp/lping.out" "lossless RDMA run under injected faults" || exit 1
+fault_total "async+rdma 10000 pings" "$tmp/lping.out" "$tmp/lserve.log"
+[ "$FAULT_TOTAL" -gt 0 ] || { log "no fault was injected over RDMA"; exit 1; }
 if timeout 60 "$bin" ping --connect "127.0.0.1:$(free_port)" --count 1 --timeout 10 2>"$tmp/refused.err"; then
   log "ping over RDMA to a closed port succeeded?"; exit 1
 fi

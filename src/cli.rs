@@ -324,12 +324,7 @@ impl PingDispatcher {
                     return self.fail(s, why);
                 }
                 // A server that answered before is restarting: dial again shortly.
-                s.report.last_reset.replace(why);
-                self.session_lost(s);
-                s.con = None;
-                s.redial = true;
-                self.cond.notify_all();
-                return;
+                return self.redial(s, why);
             }
         }
         if s.remaining == 0 && s.outstanding.is_empty() {
@@ -345,6 +340,16 @@ impl PingDispatcher {
         // Those pings are sent again under new numbers.
         s.remaining += n;
         s.outstanding.clear();
+    }
+
+    /// The connection is gone (`why`): what was in flight is sent again once the main
+    /// thread has dialled a new one.
+    fn redial(&self, s: &mut PingState, why: String) {
+        s.report.last_reset.replace(why);
+        self.session_lost(s);
+        s.con = None;
+        s.redial = true;
+        self.cond.notify_all();
     }
 
     fn reply(&self, s: &mut PingState, m: &Message, now: Instant) {
@@ -427,11 +432,7 @@ impl Dispatcher for PingDispatcher {
         // client of a stateless server does.
         s.report.resets += 1;
         let why = con.last_error().map_or_else(|| "connection reset".into(), |e| e.to_string());
-        s.report.last_reset.replace(why);
-        self.session_lost(&mut s);
-        s.con = None;
-        s.redial = true;
-        self.cond.notify_all();
+        self.redial(&mut s, why);
         true
     }
     fn ms_handle_refused(&self, con: &ConnectionRef) -> bool {
@@ -443,11 +444,7 @@ impl Dispatcher for PingDispatcher {
         } else if con.state() == msgr::messenger::ConnState::Closed {
             // A restarting server, on a lossy connection (a lossless one redials by
             // itself): keep dialling until the timeout.
-            s.con = None;
-            s.redial = true;
-            s.report.last_reset.replace(why);
-            self.session_lost(&mut s);
-            self.cond.notify_all();
+            self.redial(&mut s, why);
         }
         true
     }

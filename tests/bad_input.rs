@@ -1002,14 +1002,17 @@ fn silent_peer_mid_frame_hits_handshake_timeout() {
     raw.send(&cat(&[&good_banner(), &h[..h.len() / 2]]));
     // Other peers are served while this one sits on half a frame.
     let during = good_round_trip(&server, "while a hostile peer is stalled");
+    assert_dropped_at_ready_timeout(server, raw, during, Duration::from_secs(2));
+}
+
+/// The stalled `raw` peer is closed with a HandshakeTimeout of `limit`, was never
+/// accepted, and other clients are served before and after.
+fn assert_dropped_at_ready_timeout(server: Server, mut raw: RawPeer, during: Client, limit: Duration) {
     raw.expect_closed();
     let ev = server.hostile_reset();
     server.assert_never_accepted(ev.conn);
     let err = ev.err.expect("last_error");
-    assert!(
-        matches!(err, ConnError::Protocol(SessionError::HandshakeTimeout(d)) if d == Duration::from_secs(2)),
-        "{err:?}"
-    );
+    assert!(matches!(err, ConnError::Protocol(SessionError::HandshakeTimeout(d)) if d == limit), "{err:?}");
     let after = good_round_trip(&server, "after the hostile peer");
     during.stop();
     after.stop();
@@ -1024,18 +1027,7 @@ fn peer_that_stops_after_hello_is_dropped_at_the_ready_timeout() {
     let mut raw = RawPeer::connect(server.sock);
     raw.send(&cat(&[&good_banner(), &hello_frame(server.sock)]));
     let during = good_round_trip(&server, "while a hostile peer is stalled");
-    raw.expect_closed();
-    let ev = server.hostile_reset();
-    server.assert_never_accepted(ev.conn);
-    let err = ev.err.expect("last_error");
-    assert!(
-        matches!(err, ConnError::Protocol(SessionError::HandshakeTimeout(d)) if d == Duration::from_secs(1)),
-        "{err:?}"
-    );
-    let after = good_round_trip(&server, "after the hostile peer");
-    during.stop();
-    after.stop();
-    server.stop();
+    assert_dropped_at_ready_timeout(server, raw, during, Duration::from_secs(1));
 }
 
 // ---------------------------------------------------------------------------------------

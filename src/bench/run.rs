@@ -167,7 +167,7 @@ impl Drop for LocalServer {
     }
 }
 
-/// One measured round of `jobs` messenger connections.
+/// One measured round of `jobs` connections.
 struct Round {
     rtt: RttStats,
     msgs: u64,
@@ -175,6 +175,58 @@ struct Round {
     reconnects: u64,
     elapsed: Duration,
     client_cpu: Duration,
+}
+
+impl Round {
+    fn new(elapsed: Duration, client_cpu: Duration) -> Round {
+        Round { rtt: RttStats::new(), msgs: 0, errors: 0, reconnects: 0, elapsed, client_cpu }
+    }
+
+    /// Adds one job's figures.
+    fn add(&mut self, rtt: &RttStats, msgs: u64, errors: u64) {
+        self.rtt.merge(rtt);
+        self.msgs += msgs;
+        self.errors += errors;
+    }
+
+    /// A job that did not run to the end.
+    fn failed(&mut self, what: &str, e: &str) {
+        self.errors += 1;
+        eprintln!("msgr bench: {what} failed: {e}");
+    }
+
+    /// The report row; `server_cpu` is what the server spent during the round, if known.
+    fn into_row(
+        self,
+        transport: Transport,
+        ms_type: String,
+        size: usize,
+        depth: usize,
+        server_cpu: Option<Duration>,
+    ) -> Row {
+        Row {
+            transport,
+            ms_type,
+            size,
+            depth,
+            msgs: self.msgs,
+            elapsed: self.elapsed,
+            cpu_ns_per_msg_client: per_msg(Some(self.client_cpu), self.msgs),
+            cpu_ns_per_msg_server: per_msg(server_cpu, self.msgs),
+            rtt: self.rtt,
+            reconnects: self.reconnects,
+            errors: self.errors,
+        }
+    }
+}
+
+/// Runs `job` on `jobs` threads at once and collects their results; a job that
+/// panicked is an error like any other.
+fn run_jobs<T: Send>(jobs: usize, job: impl Fn() -> Result<T, String> + Sync) -> Vec<Result<T, String>> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..jobs).map(|_| s.spawn(&job)).collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("job thread panicked".into()))).collect()
+    })
 }
 
 fn msgr_round(common: &CommonArgs, o: &BenchOptions, target: &EntityAddr, size: usize, span: Duration) -> Round {
@@ -190,35 +242,18 @@ fn msgr_round(common: &CommonArgs, o: &BenchOptions, target: &EntityAddr, size: 
         window: o.depth,
         until,
     };
-    let reports: Vec<Result<cli::PingReport, String>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..o.jobs)
-            .map(|_| s.spawn(|| cli::ping(common, target, o.peer_type, &opts).map_err(|e| e.to_string())))
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("job thread panicked".into()))).collect()
-    });
-    let mut r = Round {
-        rtt: RttStats::new(),
-        msgs: 0,
-        errors: 0,
-        reconnects: 0,
-        elapsed: t0.elapsed(),
-        client_cpu: cpu0.elapsed(),
-    };
+    let reports = run_jobs(o.jobs, || cli::ping(common, target, o.peer_type, &opts).map_err(|e| e.to_string()));
+    let mut r = Round::new(t0.elapsed(), cpu0.elapsed());
     for rep in reports {
         match rep {
             Ok(p) => {
-                r.rtt.merge(&p.rtt);
-                r.msgs += p.count;
-                r.errors += p.errors;
+                r.add(&p.rtt, p.count, p.errors);
                 r.reconnects += p.resets + p.remote_resets;
                 if let Some(e) = p.first_error {
                     eprintln!("msgr bench: job error: {e}");
                 }
             }
-            Err(e) => {
-                r.errors += 1;
-                eprintln!("msgr bench: job failed: {e}");
-            }
+            Err(e) => r.failed("job", &e),
         }
     }
     r
@@ -230,31 +265,16 @@ fn raw_round(server: &RawServer, o: &BenchOptions, size: usize, span: Duration) 
         Some(n) => Until::Count(n),
         None => Until::Deadline(t0 + span),
     };
-    let results: Vec<std::io::Result<raw::JobResult>> = std::thread::scope(|s| {
-        let hs: Vec<_> =
-            (0..o.jobs).map(|_| s.spawn(|| raw::run_job(server.addr(), size, o.depth, until, o.verify))).collect();
-        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("job thread panicked")))).collect()
-    });
-    let mut r = Round {
-        rtt: RttStats::new(),
-        msgs: 0,
-        errors: 0,
-        reconnects: 0,
-        elapsed: t0.elapsed(),
-        client_cpu: Duration::ZERO,
-    };
+    let results =
+        run_jobs(o.jobs, || raw::run_job(server.addr(), size, o.depth, until, o.verify).map_err(|e| e.to_string()));
+    let mut r = Round::new(t0.elapsed(), Duration::ZERO);
     for res in results {
         match res {
             Ok(j) => {
-                r.rtt.merge(&j.rtt);
-                r.msgs += j.msgs;
-                r.errors += j.errors;
+                r.add(&j.rtt, j.msgs, j.errors);
                 r.client_cpu += j.cpu;
             }
-            Err(e) => {
-                r.errors += 1;
-                eprintln!("msgr bench: raw job failed: {e}");
-            }
+            Err(e) => r.failed("raw job", &e),
         }
     }
     r
@@ -324,19 +344,7 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         };
-        let msgr_row = Row {
-            transport: Transport::Msgr,
-            ms_type: settings.ms_type.clone(),
-            size,
-            depth: o.depth,
-            msgs: m.msgs,
-            elapsed: m.elapsed,
-            rtt: m.rtt,
-            cpu_ns_per_msg_client: per_msg(Some(m.client_cpu), m.msgs),
-            cpu_ns_per_msg_server: per_msg(scpu, m.msgs),
-            reconnects: m.reconnects,
-            errors: m.errors,
-        };
+        let msgr_row = m.into_row(Transport::Msgr, settings.ms_type.clone(), size, o.depth, scpu);
         let raw_row = raw_server.as_ref().map(|srv| {
             if !o.warmup.is_zero() {
                 let warm = BenchOptions { count: None, ..o.clone() };
@@ -346,19 +354,7 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
             let r = raw_round(srv, o, size, o.duration);
             // The echo threads add their CPU time when their connection ends.
             std::thread::sleep(Duration::from_millis(50));
-            Row {
-                transport: Transport::Raw,
-                ms_type: "tcp".into(),
-                size,
-                depth: o.depth,
-                msgs: r.msgs,
-                elapsed: r.elapsed,
-                rtt: r.rtt,
-                cpu_ns_per_msg_client: per_msg(Some(r.client_cpu), r.msgs),
-                cpu_ns_per_msg_server: per_msg(Some(srv.cpu().saturating_sub(s0)), r.msgs),
-                reconnects: 0,
-                errors: r.errors,
-            }
+            r.into_row(Transport::Raw, "tcp".into(), size, o.depth, Some(srv.cpu().saturating_sub(s0)))
         });
         let ratio =
             raw_row.as_ref().filter(|r| r.msgs_per_sec() > 0.0).map(|r| msgr_row.msgs_per_sec() / r.msgs_per_sec());

@@ -74,7 +74,8 @@ pub struct Parked {
     msgr: Arc<MsgrInner>,
     state: SessionState,
     dial: Option<Dial>,
-    timer: Option<TimerId>,
+    // Redial (with `dial`) or expiry (without).
+    timer: TimerId,
 }
 
 /// A listening socket as its worker sees it.
@@ -107,17 +108,11 @@ pub(crate) fn start_connect(
         }
         Err(e) => {
             let err = ConnError::from(e);
+            let refused = matches!(err, ConnError::Refused(_));
             if !session.policy().lossy && !msgr.is_stopping() {
                 // Nothing was registered; the session waits for the next attempt.
-                let refused = matches!(err, ConnError::Refused(_));
-                conn.publish(|p| p.last_error = Some(err));
-                if refused {
-                    msgr.dispatch_queue.enqueue_event(Arc::clone(&conn), ConnEvent::Refused);
-                }
-                let state = session.into_state();
-                return park(local, center, msgr, conn, state, Some(dial), Backoff::Grow);
+                return keep_session(local, center, msgr, conn, session, Some(dial), Some(err), refused, Backoff::Grow);
             }
-            let refused = matches!(err, ConnError::Refused(_));
             conn.worker().sub_load();
             finish_closed(&msgr, &conn, Some(err), Some(refused));
         }
@@ -420,9 +415,7 @@ fn release(
         let lc = teardown(center, lc);
         Some(lc.session.into_state())
     } else if let Some(p) = local.parked.remove(&eid) {
-        if let Some(t) = p.timer {
-            center.delete_time_event(t);
-        }
+        center.delete_time_event(p.timer);
         Some(p.state)
     } else {
         None
@@ -619,22 +612,39 @@ fn close_conn(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option
         } else {
             Backoff::Grow
         };
-        if let Some(e) = err {
-            let refused = matches!(e, ConnError::Refused(_)) || (lc.connecting && lc.dial.is_some());
-            lc.conn.publish(|p| p.last_error = Some(e));
-            if refused && lc.dial.is_some() {
-                lc.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.conn), ConnEvent::Refused);
-            }
-        }
+        let refused = matches!(err, Some(ConnError::Refused(_))) || lc.connecting;
         let LocalConn { conn, msgr, session, dial, .. } = lc;
-        let state = session.into_state();
-        return park(local, center, msgr, conn, state, dial, backoff);
+        return keep_session(local, center, msgr, conn, session, dial, err, refused, backoff);
     }
     let never_connected = lc.connecting;
     lc.session.close();
     lc.conn.worker().sub_load();
     let refused = err.as_ref().map(|e| matches!(e, ConnError::Refused(_)) || never_connected);
     finish_closed(&lc.msgr, &lc.conn, err, refused);
+}
+
+/// A lossless session outlives its failed transport: the error is published, a
+/// refused dial is reported (`ms_handle_refused`), and the session is parked until the
+/// next transport.
+#[allow(clippy::too_many_arguments)]
+fn keep_session(
+    local: &mut WorkerLocal,
+    center: &mut Center,
+    msgr: Arc<MsgrInner>,
+    conn: ConnectionRef,
+    session: Session,
+    dial: Option<Dial>,
+    err: Option<ConnError>,
+    refused: bool,
+    backoff: Backoff,
+) {
+    if let Some(e) = err {
+        conn.publish(|p| p.last_error = Some(e));
+    }
+    if refused && dial.is_some() {
+        msgr.dispatch_queue.enqueue_event(Arc::clone(&conn), ConnEvent::Refused);
+    }
+    park(local, center, msgr, conn, session.into_state(), dial, backoff);
 }
 
 /// How long a lossless connection waits before dialling again.
@@ -679,19 +689,10 @@ fn park(
         // idle timeout the session is dropped and reported as a reset.
         None => Instant::now() + msgr.settings.idle_timeout,
     };
-    let redials = dial.is_some();
-    let timer = Some(center.create_time_event_at(
+    let timer = center.create_time_event_at(
         at,
-        Box::new(
-            move |local: &mut WorkerLocal, center: &mut Center| {
-                if redials {
-                    redial(local, center, id)
-                } else {
-                    expire_parked(local, center, id)
-                }
-            },
-        ),
-    ));
+        Box::new(move |local: &mut WorkerLocal, center: &mut Center| on_parked_timer(local, center, id)),
+    );
     local.parked.insert(id, Parked { conn, msgr, state, dial, timer });
     // Anything sent while the transport was going down is still in the outbox.
     flush_parked(local, center, id);
@@ -703,33 +704,36 @@ fn flush_parked(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     p.conn.clear_scheduled();
     let out = p.conn.take_outbox();
     for m in out.msgs {
-        let mut m = m;
-        m.seq = 0;
         p.state.push(m);
     }
     if out.mark_down {
         if let Some(p) = local.parked.remove(&id) {
-            if let Some(t) = p.timer {
-                center.delete_time_event(t);
-            }
-            p.conn.worker().sub_load();
-            finish_closed(&p.msgr, &p.conn, None, None);
+            end_parked(center, p, None);
         }
     }
 }
 
-/// The backoff of parked connection `id` is over: dial again, carrying its session.
-fn redial(local: &mut WorkerLocal, center: &mut Center, id: u64) {
+/// Ends a parked session for good.
+fn end_parked(center: &mut Center, p: Parked, err: Option<ConnError>) {
+    // A no-op when this is the timer that just fired.
+    center.delete_time_event(p.timer);
+    p.conn.worker().sub_load();
+    finish_closed(&p.msgr, &p.conn, err, None);
+}
+
+/// A parked session's timer: if we dial, the backoff is over and we dial again,
+/// carrying the session; otherwise the peer did not come back in time.
+fn on_parked_timer(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     let Some(p) = local.parked.remove(&id) else { return };
-    let Parked { conn, msgr, mut state, dial, .. } = p;
-    let Some(dial) = dial else {
-        local.parked.insert(id, Parked { conn, msgr, state, dial: None, timer: None });
-        return;
-    };
-    if msgr.is_stopping() {
-        conn.worker().sub_load();
-        return finish_closed(&msgr, &conn, Some(ConnError::Shutdown), None);
+    if p.dial.is_none() {
+        let err = ConnError::Protocol(SessionError::IdleTimeout(p.msgr.settings.idle_timeout));
+        return end_parked(center, p, Some(err));
     }
+    if p.msgr.is_stopping() {
+        return end_parked(center, p, Some(ConnError::Shutdown));
+    }
+    let Parked { conn, msgr, mut state, dial, .. } = p;
+    let Some(dial) = dial else { return };
     if state.server_cookie() != 0 {
         state.connect_seq += 1;
     }
@@ -817,20 +821,9 @@ pub(crate) fn close_messenger(local: &mut WorkerLocal, center: &mut Center, msgr
     }
 }
 
-fn expire_parked(local: &mut WorkerLocal, _center: &mut Center, id: u64) {
-    let Some(p) = local.parked.remove(&id) else { return };
-    p.conn.worker().sub_load();
-    let err = ConnError::Protocol(SessionError::IdleTimeout(p.msgr.settings.idle_timeout));
-    finish_closed(&p.msgr, &p.conn, Some(err), Some(false));
-}
-
 fn drop_parked(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     if let Some(p) = local.parked.remove(&id) {
-        if let Some(t) = p.timer {
-            center.delete_time_event(t);
-        }
-        p.conn.worker().sub_load();
-        finish_closed(&p.msgr, &p.conn, Some(ConnError::Shutdown), None);
+        end_parked(center, p, Some(ConnError::Shutdown));
     }
 }
 

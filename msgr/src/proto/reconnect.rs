@@ -85,8 +85,11 @@ impl SessionState {
         self.connect_seq
     }
 
-    /// Queues a message behind everything already queued.
-    pub fn push(&mut self, m: Message) {
+    /// Queues a message behind everything already queued. A message forwarded from
+    /// another session carries that session's seq; here seq 0 means "not yet
+    /// numbered", which the resend logic relies on.
+    pub fn push(&mut self, mut m: Message) {
+        m.seq = 0;
         self.out_queue.push_back(m);
     }
 

@@ -761,7 +761,7 @@ impl Session {
             }
             (State::Ready, Tag::Ack) => {
                 let a: Ack = Self::decode(&frame)?;
-                self.trim_sent(a.seq);
+                self.st.trim_sent(a.seq);
                 Ok(())
             }
             _ => {
@@ -1210,7 +1210,7 @@ impl Session {
     fn ready_message(&mut self, frame: &Frame) -> Result<(), SessionError> {
         let (hdr, mut msg) =
             parse_message_frame(frame).map_err(|err| SessionError::Decode { tag: Tag::Message, err })?;
-        self.trim_sent(hdr.ack_seq);
+        self.st.trim_sent(hdr.ack_seq);
         if hdr.seq <= self.st.in_seq {
             // A resend of something we already have (Ceph drops these silently).
             self.dropped_dups += 1;
@@ -1226,16 +1226,9 @@ impl Session {
         Ok(())
     }
 
-    fn trim_sent(&mut self, ack: u64) {
-        self.st.trim_sent(ack);
-    }
-
     /// Queues a message. It is sent once the session is READY, in queue order.
-    pub fn send_message(&mut self, mut msg: Message) {
-        // A message forwarded from another session carries that session's seq; here
-        // seq 0 means "not yet numbered", which the resend logic relies on.
-        msg.seq = 0;
-        self.st.out_queue.push_back(msg);
+    pub fn send_message(&mut self, msg: Message) {
+        self.st.push(msg);
     }
 
     /// Queues a KEEPALIVE2 stamped `stamp` (the caller's wall clock).
