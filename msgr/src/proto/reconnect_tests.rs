@@ -160,7 +160,7 @@ fn full_reset_drops_the_queue_and_reports_a_remote_reset() {
 #[test]
 fn partial_reset_keeps_the_queue_and_starts_a_new_session() {
     let t0 = Instant::now();
-    let (mut c2, mut s2) = reconnecting(t0, true);
+    let (mut c2, _s2) = reconnecting(t0, true);
     events(&mut c2);
     c2.handle_bytes(t0, &wire(&SessionReset { full: false })).unwrap();
     assert!(events(&mut c2).is_empty(), "a partial reset is not a remote reset");
@@ -171,7 +171,7 @@ fn partial_reset_keeps_the_queue_and_starts_a_new_session() {
 #[test]
 fn retry_resends_the_reconnect_with_a_higher_connect_seq() {
     let t0 = Instant::now();
-    let (mut c2, mut s2) = reconnecting(t0, false);
+    let (mut c2, _s2) = reconnecting(t0, false);
     c2.handle_bytes(t0, &wire(&SessionRetry { connect_seq: 6 })).unwrap();
     let f = frames(&out(&mut c2), false);
     let r = SessionReconnect::from_frame(&f[0]).unwrap();
@@ -182,7 +182,7 @@ fn retry_resends_the_reconnect_with_a_higher_connect_seq() {
 #[test]
 fn retry_global_resends_with_a_higher_global_seq_and_tells_the_owner() {
     let t0 = Instant::now();
-    let (mut c2, mut s2) = reconnecting(t0, false);
+    let (mut c2, _s2) = reconnecting(t0, false);
     events(&mut c2);
     c2.handle_bytes(t0, &wire(&SessionRetryGlobal { global_seq: 40 })).unwrap();
     assert_eq!(events(&mut c2), vec![SessionEvent::GlobalSeqAtLeast(41)]);
@@ -193,7 +193,7 @@ fn retry_global_resends_with_a_higher_global_seq_and_tells_the_owner() {
 #[test]
 fn wait_is_a_back_off_error_while_connecting_or_reconnecting() {
     let t0 = Instant::now();
-    let (mut c2, mut s2) = reconnecting(t0, false);
+    let (mut c2, _s2) = reconnecting(t0, false);
     assert_eq!(c2.handle_bytes(t0, &wire(&Wait {})), Err(SessionError::Wait));
 
     let mut c3 = client_with(t0, lossless());
@@ -247,7 +247,7 @@ fn an_answer_that_does_not_fit_the_claim_is_an_error_not_a_panic() {
     assert!(s.answer(Answer::Resume(SessionState::default())).is_err());
     assert_eq!(s.state(), State::Closed);
     // New offered for a SESSION_RECONNECT.
-    let (mut c2, mut s2) = reconnecting(t0, false);
+    let (_c2, mut s2) = reconnecting(t0, false);
     assert!(s2.answer(Answer::New).is_err());
     // An answer nobody asked for.
     let mut s3 = server_with(t0, lossless());
