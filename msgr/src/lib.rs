@@ -10,6 +10,7 @@
 //! - [`config`]: Ceph-style configuration (`ceph.conf`, environment, command line).
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod event;
 pub mod message;

@@ -774,6 +774,11 @@ impl Config {
         self.string("keyring")
     }
 
+    /// `admin_socket`: path of the daemon's admin socket (empty if unset).
+    pub fn admin_socket(&self) -> &str {
+        self.string("admin_socket")
+    }
+
     /// `mon_host`: monitor addresses (empty if unset).
     pub fn mon_host(&self) -> &str {
         self.string("mon_host")

@@ -186,6 +186,12 @@ pub static OPTIONS: &[OptionDef] = &[
     },
     OptionDef { name: "mon_host", kind: OptionKind::Str, default: "", description: "monitor addresses" },
     OptionDef {
+        name: "admin_socket",
+        kind: OptionKind::Str,
+        default: "",
+        description: "Unix socket path where a daemon answers `perf dump` and other admin commands (empty = none)",
+    },
+    OptionDef {
         name: "auth_client_required",
         kind: OptionKind::Str,
         default: "cephx, none",

@@ -20,6 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::connection::{ConnState, Connection, ConnectionRef};
 use super::dispatch::ConnEvent;
 use super::error::ConnError;
+use super::perf::{Counter, PerfCounters};
 use super::MsgrInner;
 use crate::event::{Interest, TimerId};
 use crate::proto::addr::EntityAddr;
@@ -85,6 +86,13 @@ pub struct LocalListener {
     fd: RawFd,
 }
 
+/// Counts on the messenger's and this worker's perf counters at once.
+#[inline]
+fn count(worker: &PerfCounters, msgr: &MsgrInner, c: Counter, n: i64) {
+    worker.add(c, n);
+    msgr.perf.add(c, n);
+}
+
 fn now_utime() -> UTime {
     let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     UTime { sec: d.as_secs() as u32, nsec: d.subsec_nanos() }
@@ -107,6 +115,7 @@ pub(crate) fn start_connect(
             install(local, center, lc);
         }
         Err(e) => {
+            count(&local.perf, &msgr, Counter::ConnectionFaults, 1);
             let err = ConnError::from(e);
             let refused = matches!(err, ConnError::Refused(_));
             if !session.policy().lossy && !msgr.is_stopping() {
@@ -177,6 +186,8 @@ fn install(local: &mut WorkerLocal, center: &mut Center, lc: LocalConn) {
         finish_closed(&msgr, &conn, Some(ConnError::from(e)), Some(false));
         return;
     }
+    count(&local.perf, &msgr, Counter::CreatedConnections, 1);
+    count(&local.perf, &msgr, Counter::ActiveConnections, 1);
     // Messages may have been queued before the socket existed.
     flush(local, center, id);
 }
@@ -249,6 +260,8 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
             return Err(ConnError::PeerClosed { mid_frame });
         }
         total += got;
+        count(&local.perf, &lc.msgr, Counter::ReadCalls, 1);
+        count(&local.perf, &lc.msgr, Counter::RecvBytes, got as i64);
         lc.session.handle_input(Instant::now()).map_err(ConnError::Protocol)?;
         handle_session_events(local, id)?;
     }
@@ -289,6 +302,9 @@ fn handle_session_events(local: &mut WorkerLocal, id: u64) -> Result<(), ConnErr
         match ev {
             SessionEvent::Connected(peer) | SessionEvent::Accepted(peer) => {
                 let accepted = lc.session.role() == Role::Server;
+                if peer.resumed {
+                    count(&local.perf, &lc.msgr, Counter::Reconnects, 1);
+                }
                 lc.was_ready = true;
                 if let Some(d) = &mut lc.dial {
                     d.backoff = Duration::ZERO;
@@ -319,12 +335,16 @@ fn handle_session_events(local: &mut WorkerLocal, id: u64) -> Result<(), ConnErr
                 let ev = if accepted { ConnEvent::Accept } else { ConnEvent::Connect };
                 lc.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.conn), ev);
             }
-            SessionEvent::Message(m) => lc.msgr.deliver(&lc.conn, m),
+            SessionEvent::Message(m) => {
+                count(&local.perf, &lc.msgr, Counter::RecvMessages, 1);
+                lc.msgr.deliver(&lc.conn, m);
+            }
             SessionEvent::KeepaliveAck(stamp) => lc.conn.publish(|p| p.last_keepalive_ack = Some(stamp)),
             SessionEvent::LearnedAddr(a) => lc.msgr.learned_addr(&a),
             SessionEvent::KeepaliveDue => lc.session.send_keepalive(now_utime()),
             SessionEvent::GlobalSeqAtLeast(gs) => lc.msgr.global_seq_at_least(gs),
             SessionEvent::RemoteReset { .. } => {
+                count(&local.perf, &lc.msgr, Counter::RemoteResets, 1);
                 lc.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.conn), ConnEvent::RemoteReset);
             }
             SessionEvent::Identify(claim) => on_identify(local, id, claim)?,
@@ -412,7 +432,7 @@ fn release(
 ) {
     let eid = existing.id();
     let state = if let Some(lc) = local.conns.remove(&eid) {
-        let lc = teardown(center, lc);
+        let lc = teardown(&local.perf, center, lc);
         Some(lc.session.into_state())
     } else if let Some(p) = local.parked.remove(&eid) {
         center.delete_time_event(p.timer);
@@ -430,6 +450,7 @@ fn release(
         // The peer restarted: what we queued for its old incarnation is void.
         state.reset();
         if let Some(msgr) = existing.msgr.upgrade() {
+            count(&local.perf, &msgr, Counter::RemoteResets, 1);
             msgr.dispatch_queue.enqueue_event(Arc::clone(&existing), ConnEvent::RemoteReset);
         }
     }
@@ -508,7 +529,11 @@ fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(),
         let queued: usize = lc.wq.iter().map(Bytes::len).sum();
         if queued < WRITE_BUDGET && lc.session.wants_transmit() {
             let mut parts = Vec::new();
+            let (frames0, msgs0) = lc.session.tx_counts();
             lc.session.poll_transmit(&mut parts, WRITE_BUDGET - queued);
+            let (frames1, msgs1) = lc.session.tx_counts();
+            count(&local.perf, &lc.msgr, Counter::FramesWritten, (frames1 - frames0) as i64);
+            count(&local.perf, &lc.msgr, Counter::SendMessages, (msgs1 - msgs0) as i64);
             lc.wq.extend(parts.into_iter().filter(|b| !b.is_empty()));
         }
         if lc.wq.is_empty() {
@@ -521,6 +546,8 @@ fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(),
         match sent {
             Ok(0) => break,
             Ok(mut n) => {
+                count(&local.perf, &lc.msgr, Counter::WriteCalls, 1);
+                count(&local.perf, &lc.msgr, Counter::SendBytes, n as i64);
                 while n > 0 {
                     let Some(front) = lc.wq.front_mut() else { break };
                     if n >= front.len() {
@@ -586,7 +613,8 @@ fn fault(local: &mut WorkerLocal, center: &mut Center, id: u64, err: ConnError) 
 }
 
 /// Unhooks a connection's transport from the event loop and shuts it down.
-fn teardown(center: &mut Center, mut lc: LocalConn) -> LocalConn {
+fn teardown(perf: &PerfCounters, center: &mut Center, mut lc: LocalConn) -> LocalConn {
+    count(perf, &lc.msgr, Counter::ActiveConnections, -1);
     let _ = center.delete_file_event(lc.fd, Interest::BOTH);
     if let Some((t, _)) = lc.timer.take() {
         center.delete_time_event(t);
@@ -597,9 +625,12 @@ fn teardown(center: &mut Center, mut lc: LocalConn) -> LocalConn {
 
 fn close_conn(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option<ConnError>) {
     let Some(lc) = local.conns.remove(&id) else { return };
-    let mut lc = teardown(center, lc);
+    let mut lc = teardown(&local.perf, center, lc);
     let lossless = !lc.session.policy().lossy;
     let survivable = err.as_ref().is_some_and(|e| !matches!(e, ConnError::Shutdown | ConnError::Replaced));
+    if survivable {
+        count(&local.perf, &lc.msgr, Counter::ConnectionFaults, 1);
+    }
     // A session exists to keep if we dial (and so can redial), or if a session was
     // established on this connection at some point (the peer will come back).
     let has_session = lc.dial.is_some() || lc.conn.existing().server_cookie != 0;

@@ -22,6 +22,7 @@ mod delay;
 pub mod dispatch;
 pub mod error;
 pub(crate) mod io;
+pub mod perf;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -120,6 +121,7 @@ pub(crate) struct MsgrInner {
     next_global_id: AtomicU64,
     stopping: AtomicBool,
     fast_dispatched: AtomicU64,
+    pub(crate) perf: perf::PerfCounters,
     client_auth: RwLock<Option<ClientAuthFactory>>,
     /// `ms_inject_delay_*`; `None` when off.
     delay: Option<delay::Delayer>,
@@ -324,6 +326,7 @@ impl Messenger {
             next_global_id: AtomicU64::new(4096),
             stopping: AtomicBool::new(false),
             fast_dispatched: AtomicU64::new(0),
+            perf: perf::PerfCounters::new(),
             client_auth: RwLock::new(None),
         });
         inner
@@ -361,6 +364,36 @@ impl Messenger {
     /// Messages held back by delay injection (`ms_inject_delay_*`) so far.
     pub fn injected_delays(&self) -> u64 {
         self.inner.delay.as_ref().map_or(0, |d| d.injected())
+    }
+
+    /// This messenger's perf counters.
+    pub fn perf(&self) -> &perf::PerfCounters {
+        &self.inner.perf
+    }
+
+    /// Perf counters as Ceph's `perf dump` shows them: one section for this messenger
+    /// (its counters plus dispatch queue depth, throttle use and waits, fast-dispatched
+    /// messages) and one per worker of its stack (`AsyncMessenger::Worker-N`, shared
+    /// with any other messenger on the same stack).
+    ///
+    /// ```no_run
+    /// # fn m() -> msgr::messenger::Messenger { unimplemented!() }
+    /// let dump = m().perf_dump();
+    /// println!("{}", dump["AsyncMessenger::Worker-0"]["msgr_send_messages"]);
+    /// ```
+    pub fn perf_dump(&self) -> serde_json::Value {
+        let i = &self.inner;
+        let mut me = i.perf.to_json();
+        me.insert("msgr_dispatch_queue_len".into(), i.dispatch_queue.len().into());
+        me.insert("msgr_dispatch_throttle_bytes".into(), i.throttle.current().into());
+        me.insert("msgr_dispatch_throttle_waits".into(), i.throttle.waits().into());
+        me.insert("msgr_fast_dispatched".into(), i.fast_dispatched.load(Ordering::Relaxed).into());
+        let mut out = serde_json::Map::new();
+        out.insert(format!("msgr.{}", i.name), serde_json::Value::Object(me));
+        for w in &i.workers {
+            out.insert(format!("AsyncMessenger::Worker-{}", w.id()), serde_json::Value::Object(w.perf().to_json()));
+        }
+        serde_json::Value::Object(out)
     }
 
     /// Live connections (any state but closed).

@@ -337,6 +337,8 @@ pub struct Session {
     // Counters.
     skipped_seqs: u64,
     dropped_dups: u64,
+    frames_out: u64,
+    msgs_out: u64,
 }
 
 impl fmt::Debug for Session {
@@ -396,6 +398,8 @@ impl Session {
             next_keepalive: None,
             skipped_seqs: 0,
             dropped_dups: 0,
+            frames_out: 0,
+            msgs_out: 0,
         };
         let banner = our_banner().encode();
         s.queue_raw(banner);
@@ -530,6 +534,12 @@ impl Session {
         self.skipped_seqs
     }
 
+    /// Frames and messages encoded for sending so far (for perf counters: the owner
+    /// compares them around [`Session::poll_transmit`]).
+    pub fn tx_counts(&self) -> (u64, u64) {
+        (self.frames_out, self.msgs_out)
+    }
+
     /// The buffer received bytes go into. Append, then call [`Session::handle_input`].
     pub fn recv_buf(&mut self) -> &mut BytesMut {
         &mut self.rx
@@ -608,6 +618,7 @@ impl Session {
 
     /// Encodes `frame` for the wire in the current mode (crc, or sealed once secure).
     fn encode_out(&mut self, frame: &Frame, out: &mut Vec<Bytes>) -> usize {
+        self.frames_out += 1;
         let before = out.len();
         match &mut self.tx_secure {
             Some(tx) => tx.encode_frame(frame, out),
@@ -1274,6 +1285,7 @@ impl Session {
             msg.seq = self.st.out_seq;
             let frame = message_frame(&msg, self.st.out_seq, self.st.in_seq);
             self.acked_in_seq = self.st.in_seq;
+            self.msgs_out += 1;
             added += self.encode_out(&frame, out);
             if !self.policy.lossy {
                 self.st.sent.push_back(msg);

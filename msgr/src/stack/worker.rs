@@ -16,12 +16,16 @@ use std::time::Duration;
 use super::{SocketFactory, StackBackend};
 use crate::event::{EventCenter, Submitter};
 use crate::messenger::io::{LocalConn, LocalListener, Parked};
+use crate::messenger::perf::PerfCounters;
 
 /// The event center type every worker runs.
 pub type Center = EventCenter<WorkerLocal>;
 
 /// A closure run on a worker thread.
 pub type WorkerTask = Box<dyn FnOnce(&mut WorkerLocal, &mut Center) + Send>;
+
+/// What a worker thread hands back once it runs.
+type Ready = (Submitter<WorkerLocal>, Arc<PerfCounters>);
 
 /// Longest a worker sleeps without checking its stop flag.
 const MAX_WAIT: Duration = Duration::from_millis(500);
@@ -46,6 +50,8 @@ pub struct WorkerLocal {
     pub listeners: HashMap<u64, LocalListener>,
     /// Lossless sessions between transports (waiting to reconnect, or for the peer to).
     pub parked: HashMap<u64, Parked>,
+    /// This worker's perf counters (also reachable from [`WorkerShared::perf`]).
+    pub perf: Arc<PerfCounters>,
 }
 
 /// The part of a worker other threads can see.
@@ -54,12 +60,18 @@ pub struct WorkerShared {
     id: usize,
     submitter: Submitter<WorkerLocal>,
     load: AtomicUsize,
+    perf: Arc<PerfCounters>,
 }
 
 impl WorkerShared {
     /// Worker index.
     pub fn id(&self) -> usize {
         self.id
+    }
+
+    /// This worker's perf counters, summed over every messenger that uses it.
+    pub fn perf(&self) -> &PerfCounters {
+        &self.perf
     }
 
     /// Number of connections assigned to this worker.
@@ -133,7 +145,7 @@ impl NetworkStack {
         let mut threads = Vec::new();
         let mut failure = None;
         for id in 0..num_workers.max(1) {
-            let (tx, rx) = mpsc::channel::<io::Result<Submitter<WorkerLocal>>>();
+            let (tx, rx) = mpsc::channel::<io::Result<Ready>>();
             let b = Arc::clone(&backend);
             let stop_flag = Arc::clone(&stop);
             let name = format!("msgr-worker-{id}");
@@ -141,8 +153,8 @@ impl NetworkStack {
                 worker_main(stack_id, id, b, stop_flag, tx);
             })?;
             match rx.recv() {
-                Ok(Ok(submitter)) => {
-                    workers.push(Arc::new(WorkerShared { stack_id, id, submitter, load: AtomicUsize::new(0) }));
+                Ok(Ok((submitter, perf))) => {
+                    workers.push(Arc::new(WorkerShared { stack_id, id, submitter, load: AtomicUsize::new(0), perf }));
                     threads.push(t);
                 }
                 Ok(Err(e)) => {
@@ -212,7 +224,7 @@ fn worker_main(
     id: usize,
     backend: Arc<dyn StackBackend>,
     stop: Arc<AtomicBool>,
-    ready: mpsc::Sender<io::Result<Submitter<WorkerLocal>>>,
+    ready: mpsc::Sender<io::Result<Ready>>,
 ) {
     let net = match backend.init_worker(id) {
         Ok(n) => n,
@@ -222,10 +234,17 @@ fn worker_main(
         }
     };
     let mut center: Center = EventCenter::new(net.driver);
-    let mut local =
-        WorkerLocal { id, net: net.sockets, conns: HashMap::new(), listeners: HashMap::new(), parked: HashMap::new() };
+    let perf = Arc::new(PerfCounters::new());
+    let mut local = WorkerLocal {
+        id,
+        net: net.sockets,
+        conns: HashMap::new(),
+        listeners: HashMap::new(),
+        parked: HashMap::new(),
+        perf: Arc::clone(&perf),
+    };
     CURRENT.with(|c| *c.borrow_mut() = Some((stack_id, id)));
-    if ready.send(Ok(center.submitter())).is_err() {
+    if ready.send(Ok((center.submitter(), perf))).is_err() {
         return;
     }
     drop(ready);
