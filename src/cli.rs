@@ -53,6 +53,27 @@ pub enum CliError {
     /// Talking to a monitor failed (boxed: it carries connection details).
     #[error(transparent)]
     Mon(Box<crate::monc::MonError>),
+    /// A local resource (socket, file, child process) could not be had.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// A `msgr bench` control exchange failed.
+    #[error(transparent)]
+    BenchControl(#[from] crate::bench::control::ControlError),
+    /// A `msgr bench` run could not go on.
+    #[error("msgr bench: {0}")]
+    Bench(String),
+}
+
+impl CliError {
+    /// An [`CliError::Io`] saying what was being done.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> CliError {
+        CliError::Io { what: what.into(), source }
+    }
 }
 
 impl From<crate::monc::MonError> for CliError {

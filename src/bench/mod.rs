@@ -2,6 +2,8 @@
 //! transport. This module holds what the runs produce: round-trip statistics and the
 //! rows of the report.
 
+pub mod control;
+pub mod progress;
 pub mod raw;
 pub mod run;
 pub mod stats;
