@@ -238,6 +238,9 @@ pub struct PingOptions {
     pub window: usize,
     /// Stop sending at this instant even if `count` is not reached.
     pub until: Option<Instant>,
+    /// Counts replies as they arrive, for a live progress line (shared by the jobs
+    /// of a `msgr bench` round).
+    pub progress: Option<Arc<AtomicU64>>,
 }
 
 /// Bytes of a verified payload before the filler: sequence (8) and crc32c (4).
@@ -310,6 +313,7 @@ struct PingDispatcher {
     size: usize,
     verify: bool,
     window: usize,
+    progress: Option<Arc<AtomicU64>>,
     state: Mutex<PingState>,
     cond: Condvar,
 }
@@ -413,6 +417,9 @@ impl PingDispatcher {
         }
         s.report.count += 1;
         s.report.rtt.record(now.duration_since(t0));
+        if let Some(p) = &self.progress {
+            p.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -490,6 +497,7 @@ pub fn ping(
         size: opts.size,
         verify: opts.verify,
         window: opts.window.max(1),
+        progress: opts.progress.clone(),
         state: Mutex::new(PingState {
             remaining: count,
             last_seq: 0,

@@ -206,6 +206,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 lossless,
                 window,
                 until: None,
+                progress: None,
             };
             let r = cli::ping(&cli.common, &target, pt, &opts)?;
             let (min, avg, p99, max) = r.summary();

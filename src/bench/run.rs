@@ -241,6 +241,7 @@ fn msgr_round(common: &CommonArgs, o: &BenchOptions, target: &EntityAddr, size: 
         lossless: o.lossless,
         window: o.depth,
         until,
+        progress: None,
     };
     let reports = run_jobs(o.jobs, || cli::ping(common, target, o.peer_type, &opts).map_err(|e| e.to_string()));
     let mut r = Round::new(t0.elapsed(), cpu0.elapsed());
@@ -265,8 +266,9 @@ fn raw_round(server: &RawServer, o: &BenchOptions, size: usize, span: Duration) 
         Some(n) => Until::Count(n),
         None => Until::Deadline(t0 + span),
     };
-    let results =
-        run_jobs(o.jobs, || raw::run_job(server.addr(), size, o.depth, until, o.verify).map_err(|e| e.to_string()));
+    let results = run_jobs(o.jobs, || {
+        raw::run_job(server.addr(), size, o.depth, until, o.verify, None).map_err(|e| e.to_string())
+    });
     let mut r = Round::new(t0.elapsed(), Duration::ZERO);
     for res in results {
         match res {
