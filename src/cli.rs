@@ -143,44 +143,94 @@ impl Dispatcher for EchoDispatcher {
     }
 }
 
+/// A messenger answering every MPing with an echo: `msgr serve`, and the messenger half
+/// of `msgr bench server` (which adds its control dispatcher). Built by
+/// [`EchoServer::start`], run by [`EchoServer::run`].
+pub struct EchoServer {
+    m: Messenger,
+    echo: Arc<EchoDispatcher>,
+    /// The entity it runs as.
+    pub name: EntityName,
+    /// Where it listens.
+    pub addr: EntityAddr,
+    /// Its stack.
+    pub ms_type: String,
+    injecting: bool,
+}
+
+impl EchoServer {
+    /// Binds `bind` as `-n` (default `osd.0`). `lossless` keeps client sessions across
+    /// faults (Ceph's stateful server) instead of dropping them (stateless server).
+    /// `extra` dispatchers come before the echo, so they may claim message types of
+    /// their own; they are in place before the first connection is accepted.
+    pub fn start(
+        common: &CommonArgs,
+        bind: SocketAddr,
+        lossless: bool,
+        extra: Vec<Arc<dyn Dispatcher>>,
+    ) -> Result<EchoServer, CliError> {
+        let cfg = common.config("osd.0")?;
+        let name = common.entity("osd.0")?;
+        let m = crate::messenger(&cfg, name)?;
+        m.set_default_policy(if lossless { Policy::stateful_server(0) } else { Policy::stateless_server(0) });
+        for d in extra {
+            m.add_dispatcher_tail(d);
+        }
+        let echo = Arc::new(EchoDispatcher { served: AtomicU64::new(0) });
+        m.add_dispatcher_tail(echo.clone());
+        let addr = m.bind(bind)?;
+        Ok(EchoServer {
+            m,
+            echo,
+            name,
+            addr,
+            ms_type: cfg.ms_type().to_string(),
+            injecting: cfg.ms_inject_socket_failures() != 0,
+        })
+    }
+
+    /// Pings answered so far.
+    pub fn served(&self) -> u64 {
+        self.echo.served.load(Ordering::Relaxed)
+    }
+
+    /// Serves until killed, or for `run_for`, then shuts the messenger down. `who`
+    /// prefixes its status lines.
+    pub fn run(self, who: &str, run_for: Option<Duration>) {
+        let start = Instant::now();
+        let mut last_report = Instant::now();
+        let status = |s: &EchoServer| {
+            println!(
+                "{who}: answered {} pings, injected socket failures {}",
+                s.served(),
+                msgr::stack::inject::injected_failures()
+            )
+        };
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            if run_for.is_some_and(|d| start.elapsed() >= d) {
+                break;
+            }
+            // With injection on, say how many faults so far: a server that is killed
+            // never reaches the summary below.
+            if self.injecting && last_report.elapsed() >= Duration::from_secs(2) {
+                last_report = Instant::now();
+                status(&self);
+            }
+        }
+        status(&self);
+        self.m.shutdown();
+        self.m.wait();
+    }
+}
+
 /// `msgr serve`: binds and answers pings until killed (or for `run_for`). `lossless`
 /// keeps client sessions across faults (Ceph's stateful server) instead of dropping
 /// them (stateless server).
 pub fn serve(common: &CommonArgs, bind: SocketAddr, run_for: Option<Duration>, lossless: bool) -> Result<(), CliError> {
-    let cfg = common.config("osd.0")?;
-    let name = common.entity("osd.0")?;
-    let m = crate::messenger(&cfg, name)?;
-    m.set_default_policy(if lossless { Policy::stateful_server(0) } else { Policy::stateless_server(0) });
-    let echo = Arc::new(EchoDispatcher { served: AtomicU64::new(0) });
-    m.add_dispatcher_tail(echo.clone());
-    let me = m.bind(bind)?;
-    println!("msgr serve: {} listening on {} (ms_type {})", name, me, cfg.ms_type());
-    let start = Instant::now();
-    let injecting = cfg.ms_inject_socket_failures() != 0;
-    let mut last_report = Instant::now();
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        if run_for.is_some_and(|d| start.elapsed() >= d) {
-            break;
-        }
-        // With injection on, say how many faults so far: a server that is killed
-        // never reaches the summary below.
-        if injecting && last_report.elapsed() >= Duration::from_secs(2) {
-            last_report = Instant::now();
-            println!(
-                "msgr serve: answered {} pings, injected socket failures {}",
-                echo.served.load(Ordering::Relaxed),
-                msgr::stack::inject::injected_failures()
-            );
-        }
-    }
-    println!(
-        "msgr serve: answered {} pings, injected socket failures {}",
-        echo.served.load(Ordering::Relaxed),
-        msgr::stack::inject::injected_failures()
-    );
-    m.shutdown();
-    m.wait();
+    let s = EchoServer::start(common, bind, lossless, Vec::new())?;
+    println!("msgr serve: {} listening on {} (ms_type {})", s.name, s.addr, s.ms_type);
+    s.run("msgr serve", run_for);
     Ok(())
 }
 
