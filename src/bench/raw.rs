@@ -31,7 +31,6 @@ const MAX_RAW_MSG: usize = 64 << 20;
 pub struct RawServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    cpu: Arc<std::sync::Mutex<Duration>>,
 }
 
 impl RawServer {
@@ -40,33 +39,22 @@ impl RawServer {
         let listener = TcpListener::bind(bind)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let cpu = Arc::new(std::sync::Mutex::new(Duration::ZERO));
-        let (stop2, cpu2) = (Arc::clone(&stop), Arc::clone(&cpu));
+        let stop2 = Arc::clone(&stop);
         thread::Builder::new().name("raw-accept".into()).spawn(move || {
             for s in listener.incoming() {
                 if stop2.load(Ordering::Acquire) {
                     break;
                 }
                 let Ok(s) = s else { continue };
-                let cpu = Arc::clone(&cpu2);
-                let _ = thread::Builder::new().name("raw-echo".into()).spawn(move || {
-                    let t0 = ThreadTime::now();
-                    let _ = echo(s);
-                    *cpu.lock().unwrap_or_else(|e| e.into_inner()) += t0.elapsed();
-                });
+                let _ = thread::Builder::new().name("raw-echo".into()).spawn(move || echo(s));
             }
         })?;
-        Ok(RawServer { addr, stop, cpu })
+        Ok(RawServer { addr, stop })
     }
 
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    /// CPU time its connection threads used, counted when each connection ends.
-    pub fn cpu(&self) -> Duration {
-        *self.cpu.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
