@@ -53,6 +53,27 @@ pub enum CliError {
     /// Talking to a monitor failed (boxed: it carries connection details).
     #[error(transparent)]
     Mon(Box<crate::monc::MonError>),
+    /// A local resource (socket, file, child process) could not be had.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// A `msgr bench` control exchange failed.
+    #[error(transparent)]
+    BenchControl(#[from] crate::bench::control::ControlError),
+    /// A `msgr bench` run could not go on.
+    #[error("msgr bench: {0}")]
+    Bench(String),
+}
+
+impl CliError {
+    /// An [`CliError::Io`] saying what was being done.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> CliError {
+        CliError::Io { what: what.into(), source }
+    }
 }
 
 impl From<crate::monc::MonError> for CliError {
@@ -122,44 +143,94 @@ impl Dispatcher for EchoDispatcher {
     }
 }
 
+/// A messenger answering every MPing with an echo: `msgr serve`, and the messenger half
+/// of `msgr bench server` (which adds its control dispatcher). Built by
+/// [`EchoServer::start`], run by [`EchoServer::run`].
+pub struct EchoServer {
+    m: Messenger,
+    echo: Arc<EchoDispatcher>,
+    /// The entity it runs as.
+    pub name: EntityName,
+    /// Where it listens.
+    pub addr: EntityAddr,
+    /// Its stack.
+    pub ms_type: String,
+    injecting: bool,
+}
+
+impl EchoServer {
+    /// Binds `bind` as `-n` (default `osd.0`). `lossless` keeps client sessions across
+    /// faults (Ceph's stateful server) instead of dropping them (stateless server).
+    /// `extra` dispatchers come before the echo, so they may claim message types of
+    /// their own; they are in place before the first connection is accepted.
+    pub fn start(
+        common: &CommonArgs,
+        bind: SocketAddr,
+        lossless: bool,
+        extra: Vec<Arc<dyn Dispatcher>>,
+    ) -> Result<EchoServer, CliError> {
+        let cfg = common.config("osd.0")?;
+        let name = common.entity("osd.0")?;
+        let m = crate::messenger(&cfg, name)?;
+        m.set_default_policy(if lossless { Policy::stateful_server(0) } else { Policy::stateless_server(0) });
+        for d in extra {
+            m.add_dispatcher_tail(d);
+        }
+        let echo = Arc::new(EchoDispatcher { served: AtomicU64::new(0) });
+        m.add_dispatcher_tail(echo.clone());
+        let addr = m.bind(bind)?;
+        Ok(EchoServer {
+            m,
+            echo,
+            name,
+            addr,
+            ms_type: cfg.ms_type().to_string(),
+            injecting: cfg.ms_inject_socket_failures() != 0,
+        })
+    }
+
+    /// Pings answered so far.
+    pub fn served(&self) -> u64 {
+        self.echo.served.load(Ordering::Relaxed)
+    }
+
+    /// Serves until killed, or for `run_for`, then shuts the messenger down. `who`
+    /// prefixes its status lines.
+    pub fn run(self, who: &str, run_for: Option<Duration>) {
+        let start = Instant::now();
+        let mut last_report = Instant::now();
+        let status = |s: &EchoServer| {
+            println!(
+                "{who}: answered {} pings, injected socket failures {}",
+                s.served(),
+                msgr::stack::inject::injected_failures()
+            )
+        };
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            if run_for.is_some_and(|d| start.elapsed() >= d) {
+                break;
+            }
+            // With injection on, say how many faults so far: a server that is killed
+            // never reaches the summary below.
+            if self.injecting && last_report.elapsed() >= Duration::from_secs(2) {
+                last_report = Instant::now();
+                status(&self);
+            }
+        }
+        status(&self);
+        self.m.shutdown();
+        self.m.wait();
+    }
+}
+
 /// `msgr serve`: binds and answers pings until killed (or for `run_for`). `lossless`
 /// keeps client sessions across faults (Ceph's stateful server) instead of dropping
 /// them (stateless server).
 pub fn serve(common: &CommonArgs, bind: SocketAddr, run_for: Option<Duration>, lossless: bool) -> Result<(), CliError> {
-    let cfg = common.config("osd.0")?;
-    let name = common.entity("osd.0")?;
-    let m = crate::messenger(&cfg, name)?;
-    m.set_default_policy(if lossless { Policy::stateful_server(0) } else { Policy::stateless_server(0) });
-    let echo = Arc::new(EchoDispatcher { served: AtomicU64::new(0) });
-    m.add_dispatcher_tail(echo.clone());
-    let me = m.bind(bind)?;
-    println!("msgr serve: {} listening on {} (ms_type {})", name, me, cfg.ms_type());
-    let start = Instant::now();
-    let injecting = cfg.ms_inject_socket_failures() != 0;
-    let mut last_report = Instant::now();
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        if run_for.is_some_and(|d| start.elapsed() >= d) {
-            break;
-        }
-        // With injection on, say how many faults so far: a server that is killed
-        // never reaches the summary below.
-        if injecting && last_report.elapsed() >= Duration::from_secs(2) {
-            last_report = Instant::now();
-            println!(
-                "msgr serve: answered {} pings, injected socket failures {}",
-                echo.served.load(Ordering::Relaxed),
-                msgr::stack::inject::injected_failures()
-            );
-        }
-    }
-    println!(
-        "msgr serve: answered {} pings, injected socket failures {}",
-        echo.served.load(Ordering::Relaxed),
-        msgr::stack::inject::injected_failures()
-    );
-    m.shutdown();
-    m.wait();
+    let s = EchoServer::start(common, bind, lossless, Vec::new())?;
+    println!("msgr serve: {} listening on {} (ms_type {})", s.name, s.addr, s.ms_type);
+    s.run("msgr serve", run_for);
     Ok(())
 }
 
@@ -217,6 +288,9 @@ pub struct PingOptions {
     pub window: usize,
     /// Stop sending at this instant even if `count` is not reached.
     pub until: Option<Instant>,
+    /// Counts replies as they arrive, for a live progress line (shared by the jobs
+    /// of a `msgr bench` round).
+    pub progress: Option<Arc<AtomicU64>>,
 }
 
 /// Bytes of a verified payload before the filler: sequence (8) and crc32c (4).
@@ -289,6 +363,7 @@ struct PingDispatcher {
     size: usize,
     verify: bool,
     window: usize,
+    progress: Option<Arc<AtomicU64>>,
     state: Mutex<PingState>,
     cond: Condvar,
 }
@@ -392,6 +467,9 @@ impl PingDispatcher {
         }
         s.report.count += 1;
         s.report.rtt.record(now.duration_since(t0));
+        if let Some(p) = &self.progress {
+            p.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -469,6 +547,7 @@ pub fn ping(
         size: opts.size,
         verify: opts.verify,
         window: opts.window.max(1),
+        progress: opts.progress.clone(),
         state: Mutex::new(PingState {
             remaining: count,
             last_seq: 0,

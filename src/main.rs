@@ -1,10 +1,10 @@
-//! `msgr` — command-line front end: `serve`, `ping`, `hold`, `mon`, `config`.
+//! `msgr` — command-line front end: `serve`, `ping`, `hold`, `mon`, `config`, `bench`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use msgr::proto::EntityType;
 use msgr_cli::cli::{self, CliError, CommonArgs};
 
@@ -96,45 +96,96 @@ enum Cmd {
     /// Print the effective configuration and where each value came from.
     Config,
     /// Throughput and round-trip latency per message size, with the raw TCP baseline
-    /// in the same run. Without --connect, a `msgr serve` is started on loopback.
+    /// in the same run.
+    ///
+    /// With no subcommand, a `msgr bench server` child is started on loopback (with
+    /// this command's -c, --ms-type and -o) and measured from this process; `bench
+    /// server` and `bench client` split the two across processes or machines.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
-        /// A running `msgr serve` (IP:PORT or v2:IP:PORT/NONCE); default: start one.
+        /// Same as `msgr bench client --connect ADDR` (kept for scripts written before
+        /// `bench client` existed).
         #[arg(long, value_name = "ADDR")]
         connect: Option<String>,
-        /// Entity type of the server.
-        #[arg(long, default_value = "osd")]
-        peer_type: String,
-        /// Connections, each with its own messenger.
-        #[arg(long, default_value_t = 1)]
-        jobs: usize,
-        /// Messages in flight per connection.
-        #[arg(long, default_value_t = 1)]
-        depth: usize,
-        /// Payload sizes, e.g. 64,4k,64k,1m.
-        #[arg(long, default_value = "64,4k,64k,1m")]
-        size: String,
-        /// Measured seconds per size.
-        #[arg(long, default_value_t = 3.0)]
-        duration: f64,
-        /// Messages per connection per size instead of a duration.
-        #[arg(long)]
-        count: Option<u64>,
-        /// Unmeasured seconds per size first.
-        #[arg(long, default_value_t = 0.5)]
-        warmup: f64,
-        /// Connection policy: lossy or lossless.
+        // Boxed: the largest variant otherwise, by far.
+        #[command(flatten)]
+        run: Box<BenchRunArgs>,
+        #[command(subcommand)]
+        role: Option<BenchRole>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchRole {
+    /// The measured side: echoes msgr and raw TCP messages, reports its CPU time.
+    ///
+    /// A messenger echoing every MPing, a raw TCP echo on the same IP (--raw-port), and
+    /// the answer to `msgr bench client`'s control request (this process's CPU time and
+    /// the raw echo's port). Runs until killed, or for --duration.
+    Server {
+        /// Address to listen on; port 0 picks a free port in ms_bind_port_min..max.
+        #[arg(long, value_name = "ADDR")]
+        bind: SocketAddr,
+        /// Client sessions: lossy (dropped on a fault) or lossless (kept and resumed).
         #[arg(long, default_value = "lossy")]
         policy: String,
-        /// Number and checksum every message and check every reply.
-        #[arg(long)]
-        verify: bool,
-        /// Baseline measured in the same run: raw (plain TCP echo) or none.
-        #[arg(long, default_value = "raw")]
-        baseline: String,
-        /// Also write the report as JSON to this file.
-        #[arg(long, value_name = "FILE")]
-        json: Option<std::path::PathBuf>,
+        /// TCP port of the raw echo on the --bind IP (0: any free port).
+        #[arg(long, value_name = "PORT", default_value_t = 0)]
+        raw_port: u16,
+        /// Exit after this many seconds (default: run until killed).
+        #[arg(long, value_name = "SECS")]
+        duration: Option<f64>,
     },
+    /// The measuring side, against a `msgr bench server` here or on another machine.
+    ///
+    /// The server's CPU time and raw echo port come from a control request to it. A
+    /// peer that does not answer one (`msgr serve`, a Ceph OSD) is still measured, with
+    /// its CPU unknown and no raw baseline.
+    Client {
+        /// The `msgr bench server`'s address (IP:PORT or v2:IP:PORT/NONCE).
+        #[arg(long, value_name = "ADDR")]
+        connect: String,
+        #[command(flatten)]
+        run: Box<BenchRunArgs>,
+    },
+}
+
+/// What a measuring run takes: `msgr bench` and `msgr bench client` alike.
+#[derive(Args, Debug)]
+struct BenchRunArgs {
+    /// Entity type of the server.
+    #[arg(long, default_value = "osd")]
+    peer_type: String,
+    /// Connections, each with its own messenger.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Messages in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    depth: usize,
+    /// Payload sizes, e.g. 64,4k,64k,1m.
+    #[arg(long, default_value = "64,4k,64k,1m")]
+    size: String,
+    /// Measured seconds per size.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Messages per connection per size instead of a duration.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Unmeasured seconds per size first.
+    #[arg(long, default_value_t = 0.5)]
+    warmup: f64,
+    /// Connection policy: lossy or lossless.
+    #[arg(long, default_value = "lossy")]
+    policy: String,
+    /// Number and checksum every message and check every reply.
+    #[arg(long)]
+    verify: bool,
+    /// Baseline measured in the same run: raw (the server's plain TCP echo) or none.
+    #[arg(long, default_value = "raw")]
+    baseline: String,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -206,6 +257,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 lossless,
                 window,
                 until: None,
+                progress: None,
             };
             let r = cli::ping(&cli.common, &target, pt, &opts)?;
             let (min, avg, p99, max) = r.summary();
@@ -240,49 +292,20 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }
             Ok(if r.errors == 0 && r.count == count { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Cmd::Bench {
-            connect,
-            peer_type,
-            jobs,
-            depth,
-            size,
-            duration,
-            count,
-            warmup,
-            policy,
-            verify,
-            baseline,
-            json,
-        } => {
-            let sizes = msgr_cli::bench::stats::parse_sizes(&size).map_err(CliError::Usage)?;
-            if jobs == 0 || depth == 0 {
-                return Err(CliError::Usage("--jobs and --depth must be at least 1".into()));
+        Cmd::Bench { connect, run, role } => match role {
+            Some(BenchRole::Server { bind, policy, raw_port, duration }) => {
+                let o = msgr_cli::bench::server::ServerOptions {
+                    bind,
+                    lossless: lossless(&policy)?,
+                    raw_port,
+                    run_for: duration.map(|d| secs(d, "--duration")).transpose()?,
+                };
+                msgr_cli::bench::server::serve(&cli.common, &o)?;
+                Ok(ExitCode::SUCCESS)
             }
-            let baseline_raw = match baseline.as_str() {
-                "raw" => true,
-                "none" => false,
-                other => return Err(CliError::Usage(format!("--baseline must be raw or none, not '{other}'"))),
-            };
-            let opts = msgr_cli::bench::run::BenchOptions {
-                connect: connect.as_deref().map(cli::parse_addr).transpose()?,
-                peer_type: peer_type
-                    .parse()
-                    .map_err(|_| CliError::Usage(format!("unknown --peer-type '{peer_type}'")))?,
-                jobs,
-                depth,
-                sizes,
-                duration: secs(duration, "--duration")?,
-                count,
-                warmup: secs(warmup, "--warmup")?,
-                lossless: lossless(&policy)?,
-                verify,
-                baseline_raw,
-                json,
-            };
-            let rows = msgr_cli::bench::run::run(&cli.common, &opts)?;
-            let errors: u64 = rows.iter().map(|r| r.errors).sum();
-            Ok(if errors == 0 && rows.iter().all(|r| r.msgs > 0) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-        }
+            Some(BenchRole::Client { connect, run }) => bench(&cli.common, Some(&connect), *run),
+            None => bench(&cli.common, connect.as_deref(), *run),
+        },
         Cmd::Hold { connect, connections, in_flight, peer_type, timeout } => {
             let target = cli::parse_addr(&connect)?;
             let pt: EntityType =
@@ -322,6 +345,40 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `msgr bench` / `msgr bench client`: measures against `connect`, or against a
+/// `msgr bench server` child when there is none.
+fn bench(common: &CommonArgs, connect: Option<&str>, a: BenchRunArgs) -> Result<ExitCode, CliError> {
+    let sizes = msgr_cli::bench::stats::parse_sizes(&a.size).map_err(CliError::Usage)?;
+    if a.jobs == 0 || a.depth == 0 {
+        return Err(CliError::Usage("--jobs and --depth must be at least 1".into()));
+    }
+    let baseline_raw = match a.baseline.as_str() {
+        "raw" => true,
+        "none" => false,
+        other => return Err(CliError::Usage(format!("--baseline must be raw or none, not '{other}'"))),
+    };
+    let opts = msgr_cli::bench::run::BenchOptions {
+        connect: connect.map(cli::parse_addr).transpose()?,
+        peer_type: a
+            .peer_type
+            .parse()
+            .map_err(|_| CliError::Usage(format!("unknown --peer-type '{}'", a.peer_type)))?,
+        jobs: a.jobs,
+        depth: a.depth,
+        sizes,
+        duration: secs(a.duration, "--duration")?,
+        count: a.count,
+        warmup: secs(a.warmup, "--warmup")?,
+        lossless: lossless(&a.policy)?,
+        verify: a.verify,
+        baseline_raw,
+        json: a.json,
+    };
+    let rows = msgr_cli::bench::run::run(common, &opts)?;
+    let errors: u64 = rows.iter().map(|r| r.errors).sum();
+    Ok(if errors == 0 && rows.iter().all(|r| r.msgs > 0) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn mon(common: &CommonArgs, mon_host: Option<&str>, timeout: Duration, req: MonReq) -> Result<ExitCode, CliError> {

@@ -1,7 +1,12 @@
 //! `msgr bench`: messenger throughput and round-trip latency, side by side with the raw
-//! transport. This module holds what the runs produce: round-trip statistics and the
-//! rows of the report.
+//! transport. `msgr bench server` is the measured side (an echoing messenger, a raw TCP
+//! echo and the control request that reports its CPU time); `msgr bench client` is the
+//! measuring side; `msgr bench` alone runs both on loopback, the server as a child
+//! process.
 
+pub mod control;
+pub mod progress;
 pub mod raw;
 pub mod run;
+pub mod server;
 pub mod stats;

@@ -2,13 +2,16 @@
 //! framing that still delimits messages (a 4-byte length), echoed by a server that
 //! does nothing else. It is the floor `msgr bench` measures the messenger against.
 //!
-//! Each job is one connection with a writer and a reader thread, so a deep window of
-//! large messages cannot deadlock on full socket buffers. The writer may run at most
-//! `depth` messages ahead of the replies: a bounded channel of send times is the window.
+//! At depth 1 a job is one thread that writes a message and reads its echo, a plain
+//! blocking ping-pong: msgr's client sends the next ping from the thread that got the
+//! reply, so a baseline with a thread hop per round trip would flatter msgr. Deeper, a
+//! job is a writer and a reader thread, so a deep window of large messages cannot
+//! deadlock on full socket buffers; the writer may run at most `depth` messages ahead
+//! of the replies: a bounded channel of send times is the window.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -28,7 +31,6 @@ const MAX_RAW_MSG: usize = 64 << 20;
 pub struct RawServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    cpu: Arc<std::sync::Mutex<Duration>>,
 }
 
 impl RawServer {
@@ -37,33 +39,22 @@ impl RawServer {
         let listener = TcpListener::bind(bind)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let cpu = Arc::new(std::sync::Mutex::new(Duration::ZERO));
-        let (stop2, cpu2) = (Arc::clone(&stop), Arc::clone(&cpu));
+        let stop2 = Arc::clone(&stop);
         thread::Builder::new().name("raw-accept".into()).spawn(move || {
             for s in listener.incoming() {
                 if stop2.load(Ordering::Acquire) {
                     break;
                 }
                 let Ok(s) = s else { continue };
-                let cpu = Arc::clone(&cpu2);
-                let _ = thread::Builder::new().name("raw-echo".into()).spawn(move || {
-                    let t0 = ThreadTime::now();
-                    let _ = echo(s);
-                    *cpu.lock().unwrap_or_else(|e| e.into_inner()) += t0.elapsed();
-                });
+                let _ = thread::Builder::new().name("raw-echo".into()).spawn(move || echo(s));
             }
         })?;
-        Ok(RawServer { addr, stop, cpu })
+        Ok(RawServer { addr, stop })
     }
 
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    /// CPU time its connection threads used, counted when each connection ends.
-    pub fn cpu(&self) -> Duration {
-        *self.cpu.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -114,7 +105,7 @@ pub struct JobResult {
     pub msgs: u64,
     /// Replies that were not the message sent, or I/O failures.
     pub errors: u64,
-    /// CPU time of the job's two threads.
+    /// CPU time of the job's thread(s).
     pub cpu: Duration,
 }
 
@@ -125,9 +116,25 @@ fn fill(buf: &mut [u8], seq: u64) {
     }
 }
 
+/// True while a job should send more, `sent` messages so far.
+fn more(until: Until, sent: u64) -> bool {
+    match until {
+        Until::Count(n) => sent < n,
+        Until::Deadline(t) => Instant::now() < t,
+    }
+}
+
 /// Runs one connection to `addr`: `size`-byte messages, `depth` in flight, until
-/// `until`; with `verify`, every echo is compared with what was sent.
-pub fn run_job(addr: SocketAddr, size: usize, depth: usize, until: Until, verify: bool) -> io::Result<JobResult> {
+/// `until`; with `verify`, every echo is compared with what was sent. Each reply adds
+/// one to `progress`, if given.
+pub fn run_job(
+    addr: SocketAddr,
+    size: usize,
+    depth: usize,
+    until: Until,
+    verify: bool,
+    progress: Option<&AtomicU64>,
+) -> io::Result<JobResult> {
     if size > MAX_RAW_MSG {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -139,6 +146,9 @@ pub fn run_job(addr: SocketAddr, size: usize, depth: usize, until: Until, verify
     // A server that stops answering ends the job with an error instead of a hang.
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
+    if depth <= 1 {
+        return ping_pong(s, size, until, verify, progress);
+    }
     let mut w = s.try_clone()?;
     let mut r = s;
     // The window: a send time per message in flight. The reader holds the oldest one
@@ -149,14 +159,7 @@ pub fn run_job(addr: SocketAddr, size: usize, depth: usize, until: Until, verify
         let mut frame = vec![0u8; 4 + size];
         frame[..4].copy_from_slice(&(size as u32).to_le_bytes());
         let mut sent = 0u64;
-        loop {
-            let more = match until {
-                Until::Count(n) => sent < n,
-                Until::Deadline(t) => Instant::now() < t,
-            };
-            if !more {
-                break;
-            }
+        while more(until, sent) {
             if verify {
                 fill(&mut frame[4..], sent);
             }
@@ -188,6 +191,9 @@ pub fn run_job(addr: SocketAddr, size: usize, depth: usize, until: Until, verify
             }
         }
         res.msgs += 1;
+        if let Some(p) = progress {
+            p.fetch_add(1, Ordering::Relaxed);
+        }
     }
     let (sent, wcpu) = match writer.join() {
         Ok(r) => r?,
@@ -200,6 +206,40 @@ pub fn run_job(addr: SocketAddr, size: usize, depth: usize, until: Until, verify
     Ok(res)
 }
 
+/// Depth 1 on the calling thread: write a message, read its echo, repeat.
+fn ping_pong(
+    mut s: TcpStream,
+    size: usize,
+    until: Until,
+    verify: bool,
+    progress: Option<&AtomicU64>,
+) -> io::Result<JobResult> {
+    let t0 = ThreadTime::now();
+    let mut res = JobResult::default();
+    let mut frame = vec![0u8; 4 + size];
+    frame[..4].copy_from_slice(&(size as u32).to_le_bytes());
+    let mut buf = vec![0u8; 4 + size];
+    while more(until, res.msgs) {
+        if verify {
+            fill(&mut frame[4..], res.msgs);
+        }
+        let sent_at = Instant::now();
+        s.write_all(&frame)?;
+        s.read_exact(&mut buf)?;
+        res.rtt.record(sent_at.elapsed());
+        // The frame still holds what was sent, length included: the echo must equal it.
+        if verify && buf != frame {
+            res.errors += 1;
+        }
+        res.msgs += 1;
+        if let Some(p) = progress {
+            p.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    res.cpu = t0.elapsed();
+    Ok(res)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,7 +248,7 @@ mod tests {
     fn echo_round_trips_are_counted_and_verified() {
         let server = RawServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
         for (size, depth) in [(0usize, 1usize), (64, 8), (100_000, 4)] {
-            let r = run_job(server.addr(), size, depth, Until::Count(200), true).unwrap();
+            let r = run_job(server.addr(), size, depth, Until::Count(200), true, None).unwrap();
             assert_eq!((r.msgs, r.errors), (200, 0), "size {size} depth {depth}");
             assert_eq!(r.rtt.count(), 200);
             assert!(r.cpu > Duration::ZERO);
@@ -235,16 +275,55 @@ mod tests {
             }
             early
         });
-        let r = run_job(addr, 8, 1, Until::Count(5), false).unwrap();
+        let r = run_job(addr, 8, 1, Until::Count(5), false, None).unwrap();
         assert_eq!(r.msgs, 5);
         assert!(!t.join().unwrap(), "a second message was sent before the first reply");
+    }
+
+    #[test]
+    fn depth_one_is_a_single_thread_ping_pong_counted_and_verified() {
+        let server = RawServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        for size in [0usize, 64, 100_000] {
+            let progress = AtomicU64::new(0);
+            let s = TcpStream::connect(server.addr()).unwrap();
+            let r = ping_pong(s, size, Until::Count(300), true, Some(&progress)).unwrap();
+            assert_eq!((r.msgs, r.errors, r.rtt.count()), (300, 0, 300), "size {size}");
+            assert_eq!(progress.load(Ordering::Relaxed), 300);
+            assert!(r.cpu > Duration::ZERO);
+        }
+        // Through run_job, with a deadline instead of a count.
+        let until = Until::Deadline(Instant::now() + Duration::from_millis(100));
+        let r = run_job(server.addr(), 64, 1, until, true, None).unwrap();
+        assert!(r.msgs > 0);
+        assert_eq!((r.errors, r.rtt.count()), (0, r.msgs));
+    }
+
+    #[test]
+    fn depth_one_catches_a_damaged_echo() {
+        // Echoes five frames, flipping one payload byte of the third.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut frame = [0u8; 4 + 16];
+            for i in 0..5 {
+                s.read_exact(&mut frame).unwrap();
+                if i == 2 {
+                    frame[10] ^= 0x40;
+                }
+                s.write_all(&frame).unwrap();
+            }
+        });
+        let r = run_job(addr, 16, 1, Until::Count(5), true, None).unwrap();
+        assert_eq!((r.msgs, r.errors), (5, 1));
+        t.join().unwrap();
     }
 
     #[test]
     fn a_deadline_ends_the_job_with_every_reply_read() {
         let server = RawServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
         let until = Until::Deadline(Instant::now() + Duration::from_millis(200));
-        let r = run_job(server.addr(), 4096, 16, until, true).unwrap();
+        let r = run_job(server.addr(), 4096, 16, until, true, None).unwrap();
         assert!(r.msgs > 0);
         assert_eq!(r.errors, 0);
         assert_eq!(r.rtt.count(), r.msgs);
@@ -260,13 +339,23 @@ mod tests {
                 drop(s);
             }
         });
-        assert!(run_job(addr, 64, 4, Until::Count(1000), false).is_err());
+        assert!(run_job(addr, 64, 4, Until::Count(1000), false, None).is_err());
+        t.join().unwrap();
+        // The same at depth 1, where one thread writes and reads.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = thread::spawn(move || {
+            if let Ok((s, _)) = l.accept() {
+                drop(s);
+            }
+        });
+        assert!(run_job(addr, 64, 1, Until::Count(1000), false, None).is_err());
         t.join().unwrap();
     }
 
     #[test]
     fn oversized_messages_are_refused_up_front() {
         let server = RawServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
-        assert!(run_job(server.addr(), MAX_RAW_MSG + 1, 1, Until::Count(1), false).is_err());
+        assert!(run_job(server.addr(), MAX_RAW_MSG + 1, 1, Until::Count(1), false, None).is_err());
     }
 }

@@ -1,28 +1,36 @@
-//! Running `msgr bench`: for each size, `jobs` connections each keeping `depth`
-//! messages in flight for a duration (or a count), after a warm-up; optionally the
-//! same over the raw TCP baseline, in the same invocation.
+//! The measuring side of `msgr bench`: for each size, `jobs` connections each keeping
+//! `depth` messages in flight for a duration (or a count), after a warm-up; optionally
+//! the same over the raw TCP baseline, in the same invocation.
 //!
-//! Without `--connect` the server is a `msgr serve` child process on loopback, so the
-//! CPU time of client and server can be told apart (the client's from this process,
-//! the server's from `/proc/PID/stat`).
+//! The server is a `msgr bench server`: given (`msgr bench client --connect`), or
+//! started here as a child process on loopback (`msgr bench`). Either way it is another
+//! process, so the CPU time of client and server can be told apart: the client's from
+//! this process, the server's from the bench control request before and after each
+//! round ([`super::control`]), which works across machines too. Its raw echo serves the
+//! baseline, so both baselines' ends are in different processes, as msgr's are.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, IsTerminal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicU64;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use cpu_time::ProcessTime;
 use msgr::proto::{EntityAddr, EntityType};
 
-use super::raw::{self, RawServer, Until};
+use super::control::{ControlClient, ControlReply, CONTROL_TIMEOUT};
+use super::progress::{progress_line, with_progress, Span};
+use super::raw::{self, Until};
+use super::server;
 use super::stats::{format_row, header, Row, RttStats, Transport};
 use crate::cli::{self, CliError, CommonArgs, PingOptions};
 
 /// How `msgr bench` runs.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// A running `msgr serve` to measure against; `None` starts one locally.
+    /// A running `msgr bench server` to measure against; `None` starts one locally.
     pub connect: Option<EntityAddr>,
     /// Entity type of the server.
     pub peer_type: EntityType,
@@ -42,7 +50,7 @@ pub struct BenchOptions {
     pub lossless: bool,
     /// Check every reply's sequence and checksum.
     pub verify: bool,
-    /// Also measure the raw TCP baseline.
+    /// Also measure the raw TCP baseline (served by the `msgr bench server`).
     pub baseline_raw: bool,
     /// Write the report as JSON here.
     pub json: Option<PathBuf>,
@@ -57,6 +65,12 @@ pub struct Settings {
     pub policy: &'static str,
     /// local (server started here) or client (against `--connect`).
     pub mode: &'static str,
+    /// The server's msgr address.
+    pub server: String,
+    /// The server's raw echo, if the baseline runs.
+    pub raw: Option<SocketAddr>,
+    /// Whether the server answers the bench control request (its CPU is known).
+    pub server_cpu_known: bool,
     /// CPU model.
     pub cpu: String,
     /// Kernel release.
@@ -69,6 +83,9 @@ impl Settings {
             "ms_type": self.ms_type,
             "policy": self.policy,
             "mode": self.mode,
+            "server": self.server,
+            "raw": self.raw.map(|a| a.to_string()),
+            "server_cpu_known": self.server_cpu_known,
             "cpu": self.cpu,
             "kernel": self.kernel,
             "jobs": o.jobs,
@@ -98,26 +115,24 @@ fn kernel() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// CPU time (user + system) of process `pid` from `/proc/PID/stat`, which counts in
-/// USER_HZ = 100 ticks per second on Linux: 10 ms resolution, fine over a measured row.
-fn proc_cpu(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; fields resume after its closing parenthesis.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
+/// How long `msgr bench` waits for its server child to say where it listens (a stack
+/// such as DPDK takes a while to start).
+const CHILD_START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A `msgr serve` child process.
+/// A `msgr bench server` child process, killed when dropped.
 struct LocalServer {
     child: Child,
     addr: EntityAddr,
+    /// The stack it says it runs (its config may differ from ours: it reads the
+    /// `osd.0` sections).
+    ms_type: String,
 }
 
 impl LocalServer {
+    /// Starts `msgr bench server --bind 127.0.0.1:0` with this process's `-c`,
+    /// `--ms-type` and `-o`, and waits for its address.
     fn start(common: &CommonArgs, lossless: bool) -> Result<LocalServer, CliError> {
-        let exe = std::env::current_exe().map_err(|e| CliError::Usage(format!("cannot find the msgr binary: {e}")))?;
+        let exe = std::env::current_exe().map_err(|e| CliError::io("cannot find the msgr binary", e))?;
         let mut cmd = Command::new(exe);
         if let Some(c) = &common.conf {
             cmd.arg("-c").arg(c);
@@ -128,35 +143,52 @@ impl LocalServer {
         for o in &common.options {
             cmd.args(["-o", o]);
         }
-        cmd.args(["serve", "--bind", "127.0.0.1:0", "--policy", if lossless { "lossless" } else { "lossy" }]);
+        cmd.args(["bench", "server", "--bind", "127.0.0.1:0", "--policy", if lossless { "lossless" } else { "lossy" }]);
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| CliError::Usage(format!("cannot start msgr serve: {e}")))?;
-        let out = child.stdout.take().ok_or_else(|| CliError::Usage("msgr serve has no stdout".into()))?;
-        let mut lines = BufReader::new(out).lines();
-        let addr = loop {
-            match lines.next() {
-                Some(Ok(l)) => {
-                    if let Some(a) = l.split(" listening on ").nth(1).and_then(|r| r.split_whitespace().next()) {
-                        break cli::parse_addr(a)?;
+            .map_err(|e| CliError::io("cannot start msgr bench server", e))?;
+        let Some(out) = child.stdout.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(CliError::Bench("msgr bench server has no stdout".into()));
+        };
+        // A thread reads the child's output for as long as it runs, so it never blocks
+        // on a full pipe, and the wait for the address below can time out.
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let deadline = Instant::now() + CHILD_START_TIMEOUT;
+        let found = loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) => {
+                    if let Some((a, t)) = server::parse_listening_line(&l) {
+                        let addr = cli::parse_addr(a).map_err(|e| CliError::Bench(format!("server child: {e}")));
+                        break addr.map(|a| (a, t.to_string()));
                     }
                 }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(CliError::Usage("msgr serve exited before listening".into()));
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    break Err(CliError::Bench(format!(
+                        "msgr bench server did not listen within {CHILD_START_TIMEOUT:?}"
+                    )))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    break Err(CliError::Bench("msgr bench server exited before listening".into()))
                 }
             }
         };
-        // Keep draining its output so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Ok(LocalServer { child, addr })
-    }
-
-    fn cpu(&self) -> Option<Duration> {
-        proc_cpu(self.child.id())
+        match found {
+            Ok((addr, ms_type)) => Ok(LocalServer { child, addr, ms_type }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
     }
 }
 
@@ -165,6 +197,76 @@ impl Drop for LocalServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The server's CPU time, read through the bench control request before and after
+/// each round. A server that does not answer (not a `msgr bench server`, or one that
+/// stopped answering) is warned about once and its CPU is unknown from then on: every
+/// further wait would only add seconds to each row.
+struct ServerProbe {
+    ctl: ControlClient,
+    live: bool,
+    /// The counters JSON of the latest reply.
+    counters: Option<String>,
+}
+
+impl ServerProbe {
+    /// Asks the server once; the reply (if any) says where its raw echo listens.
+    fn start(
+        common: &CommonArgs,
+        target: &EntityAddr,
+        peer_type: EntityType,
+    ) -> Result<(ServerProbe, Option<ControlReply>), CliError> {
+        let mut p = ServerProbe { ctl: ControlClient::new(common, target, peer_type)?, live: true, counters: None };
+        let first = match p.ctl.query(CONTROL_TIMEOUT) {
+            Ok(r) => {
+                p.counters = Some(r.counters_json.clone());
+                Some(r)
+            }
+            Err(e) => {
+                eprintln!(
+                    "msgr bench: warning: {target} does not answer the bench control request ({e}); \
+                     is it a `msgr bench server`? Server CPU is reported as unknown."
+                );
+                p.live = false;
+                None
+            }
+        };
+        Ok((p, first))
+    }
+
+    /// The server's CPU time so far, if it is known.
+    fn cpu(&mut self) -> Option<Duration> {
+        if !self.live {
+            return None;
+        }
+        match self.ctl.query(CONTROL_TIMEOUT) {
+            Ok(r) => {
+                self.counters = Some(r.counters_json.clone());
+                r.cpu()
+            }
+            Err(e) => {
+                eprintln!(
+                    "msgr bench: warning: the server stopped answering the bench control request ({e}); \
+                     server CPU is unknown from here on."
+                );
+                self.live = false;
+                None
+            }
+        }
+    }
+}
+
+/// What `run` measures against: the server's figures before and after `work`.
+fn server_cpu_during<T>(probe: &mut ServerProbe, work: impl FnOnce() -> T) -> (T, Option<Duration>) {
+    let before = probe.cpu();
+    let r = work();
+    let after = probe.cpu();
+    let spent = match (before, after) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    (r, spent)
 }
 
 /// One measured round of `jobs` connections.
@@ -229,7 +331,14 @@ fn run_jobs<T: Send>(jobs: usize, job: impl Fn() -> Result<T, String> + Sync) ->
     })
 }
 
-fn msgr_round(common: &CommonArgs, o: &BenchOptions, target: &EntityAddr, size: usize, span: Duration) -> Round {
+fn msgr_round(
+    common: &CommonArgs,
+    o: &BenchOptions,
+    target: &EntityAddr,
+    size: usize,
+    span: Duration,
+    progress: Option<Arc<AtomicU64>>,
+) -> Round {
     let cpu0 = ProcessTime::now();
     let t0 = Instant::now();
     let until = o.count.is_none().then(|| t0 + span);
@@ -241,6 +350,7 @@ fn msgr_round(common: &CommonArgs, o: &BenchOptions, target: &EntityAddr, size: 
         lossless: o.lossless,
         window: o.depth,
         until,
+        progress,
     };
     let reports = run_jobs(o.jobs, || cli::ping(common, target, o.peer_type, &opts).map_err(|e| e.to_string()));
     let mut r = Round::new(t0.elapsed(), cpu0.elapsed());
@@ -259,14 +369,14 @@ fn msgr_round(common: &CommonArgs, o: &BenchOptions, target: &EntityAddr, size: 
     r
 }
 
-fn raw_round(server: &RawServer, o: &BenchOptions, size: usize, span: Duration) -> Round {
+fn raw_round(addr: SocketAddr, o: &BenchOptions, size: usize, span: Duration, progress: Option<&AtomicU64>) -> Round {
     let t0 = Instant::now();
     let until = match o.count {
         Some(n) => Until::Count(n),
         None => Until::Deadline(t0 + span),
     };
     let results =
-        run_jobs(o.jobs, || raw::run_job(server.addr(), size, o.depth, until, o.verify).map_err(|e| e.to_string()));
+        run_jobs(o.jobs, || raw::run_job(addr, size, o.depth, until, o.verify, progress).map_err(|e| e.to_string()));
     let mut r = Round::new(t0.elapsed(), Duration::ZERO);
     for res in results {
         match res {
@@ -287,16 +397,20 @@ fn per_msg(cpu: Option<Duration>, msgs: u64) -> f64 {
     }
 }
 
+/// Where the raw baseline runs: the server's IP and the raw port in its control reply,
+/// or why it is skipped.
+fn raw_target(target: &EntityAddr, reply: Option<&ControlReply>) -> Result<SocketAddr, &'static str> {
+    let ip = target.addr.ok_or("the server address has no IP")?.ip();
+    match reply {
+        None => Err("the server does not say where its raw echo listens (is it a `msgr bench server`?)"),
+        Some(r) if r.raw_port == 0 => Err("the server has no raw echo"),
+        Some(r) => Ok(SocketAddr::new(ip, r.raw_port)),
+    }
+}
+
 /// Runs the benchmark, prints the report and returns its rows.
 pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> {
     let cfg = common.config("client.admin")?;
-    let settings = Settings {
-        ms_type: cfg.ms_type().to_string(),
-        policy: if o.lossless { "lossless" } else { "lossy" },
-        mode: if o.connect.is_some() { "client" } else { "local" },
-        cpu: cpu_model(),
-        kernel: kernel(),
-    };
     let local = match &o.connect {
         Some(_) => None,
         None => Some(LocalServer::start(common, o.lossless)?),
@@ -304,15 +418,37 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
     let target = match (&o.connect, &local) {
         (Some(a), _) => a.clone(),
         (None, Some(l)) => l.addr.clone(),
-        (None, None) => return Err(CliError::Usage("no server".into())),
+        (None, None) => return Err(CliError::Bench("no server".into())),
     };
-    let raw_server = if o.baseline_raw {
-        Some(
-            RawServer::start("127.0.0.1:0".parse::<SocketAddr>().map_err(|e| CliError::Usage(e.to_string()))?)
-                .map_err(|e| CliError::Usage(format!("cannot start the raw baseline server: {e}")))?,
-        )
+    if let Some(l) = local.as_ref().filter(|l| l.ms_type != cfg.ms_type().as_str()) {
+        eprintln!(
+            "msgr bench: warning: the server child runs {} and this client {}: the config gives them different \
+             ms_type (pass --ms-type to set both)",
+            l.ms_type,
+            cfg.ms_type()
+        );
+    }
+    let (mut probe, first) = ServerProbe::start(common, &target, o.peer_type)?;
+    let raw_addr = if o.baseline_raw {
+        match raw_target(&target, first.as_ref()) {
+            Ok(a) => Some(a),
+            Err(why) => {
+                eprintln!("msgr bench: raw baseline skipped: {why}");
+                None
+            }
+        }
     } else {
         None
+    };
+    let settings = Settings {
+        ms_type: cfg.ms_type().to_string(),
+        policy: if o.lossless { "lossless" } else { "lossy" },
+        mode: if o.connect.is_some() { "client" } else { "local" },
+        server: target.to_string(),
+        raw: raw_addr,
+        server_cpu_known: first.as_ref().is_some_and(|r| r.cpu_ns.is_some()),
+        cpu: cpu_model(),
+        kernel: kernel(),
     };
     let what = match o.count {
         Some(n) => format!("{n} messages per job"),
@@ -330,31 +466,44 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
         o.warmup.as_secs_f64(),
         if o.verify { " | verified" } else { "" }
     );
-    println!("cpu: {} | kernel {} | latency is round trip", settings.cpu, settings.kernel);
+    println!(
+        "cpu: {} | kernel {} | latency is round trip | server cpu {} | raw echo {}",
+        settings.cpu,
+        settings.kernel,
+        if settings.server_cpu_known { "from bench control" } else { "unknown" },
+        raw_addr.map_or_else(|| "none".to_string(), |a| a.to_string())
+    );
     println!("{}", header());
+    // Only a person watching wants the live line; a pipe or a file gets rows only.
+    let show = std::io::stdout().is_terminal();
+    let span = match o.count {
+        Some(n) => Span::Count(n.saturating_mul(o.jobs as u64)),
+        None => Span::Time(o.duration),
+    };
+    let warm = BenchOptions { count: None, ..o.clone() };
     let mut rows = Vec::new();
     for &size in &o.sizes {
         if !o.warmup.is_zero() {
-            let warm = BenchOptions { count: None, ..o.clone() };
-            let _ = msgr_round(common, &warm, &target, size, o.warmup);
+            let _ = msgr_round(common, &warm, &target, size, o.warmup, None);
         }
-        let scpu0 = local.as_ref().and_then(LocalServer::cpu);
-        let m = msgr_round(common, o, &target, size, o.duration);
-        let scpu = match (scpu0, local.as_ref().and_then(LocalServer::cpu)) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-            _ => None,
-        };
+        let counter = Arc::new(AtomicU64::new(0));
+        let line = |n: u64, t: Duration| progress_line(size, Transport::Msgr, t, span, n);
+        let (m, scpu) = server_cpu_during(&mut probe, || {
+            with_progress(show, &counter, line, || {
+                msgr_round(common, o, &target, size, o.duration, show.then(|| Arc::clone(&counter)))
+            })
+        });
         let msgr_row = m.into_row(Transport::Msgr, settings.ms_type.clone(), size, o.depth, scpu);
-        let raw_row = raw_server.as_ref().map(|srv| {
+        let raw_row = raw_addr.map(|addr| {
             if !o.warmup.is_zero() {
-                let warm = BenchOptions { count: None, ..o.clone() };
-                let _ = raw_round(srv, &warm, size, o.warmup);
+                let _ = raw_round(addr, &warm, size, o.warmup, None);
             }
-            let s0 = srv.cpu();
-            let r = raw_round(srv, o, size, o.duration);
-            // The echo threads add their CPU time when their connection ends.
-            std::thread::sleep(Duration::from_millis(50));
-            r.into_row(Transport::Raw, "tcp".into(), size, o.depth, Some(srv.cpu().saturating_sub(s0)))
+            let counter = AtomicU64::new(0);
+            let line = |n: u64, t: Duration| progress_line(size, Transport::Raw, t, span, n);
+            let (r, scpu) = server_cpu_during(&mut probe, || {
+                with_progress(show, &counter, line, || raw_round(addr, o, size, o.duration, show.then_some(&counter)))
+            });
+            r.into_row(Transport::Raw, "tcp".into(), size, o.depth, scpu)
         });
         let ratio =
             raw_row.as_ref().filter(|r| r.msgs_per_sec() > 0.0).map(|r| msgr_row.msgs_per_sec() / r.msgs_per_sec());
@@ -366,13 +515,20 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
         }
     }
     if let Some(path) = &o.json {
+        // The server's counters as of the last control reply; null if it never answered
+        // or sent something that is not JSON.
+        let counters = probe
+            .counters
+            .as_deref()
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+            .unwrap_or(serde_json::Value::Null);
         let doc = serde_json::json!({
             "settings": settings.to_json(o),
+            "server_counters": counters,
             "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
         });
-        let text = serde_json::to_string_pretty(&doc).map_err(|e| CliError::Usage(format!("json: {e}")))?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", path.display())))?;
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| CliError::Bench(format!("json: {e}")))?;
+        std::fs::write(path, text + "\n").map_err(|e| CliError::io(format!("cannot write {}", path.display()), e))?;
     }
     Ok(rows)
 }
@@ -382,16 +538,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn proc_stat_cpu_of_this_process_is_readable() {
-        // Burn a little CPU so the tick counters move past zero.
-        let t = Instant::now();
-        let mut x = 0u64;
-        while t.elapsed() < Duration::from_millis(50) {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-        }
-        assert_ne!(x, 42);
-        assert!(proc_cpu(std::process::id()).is_some());
-        assert!(proc_cpu(u32::MAX).is_none());
+    fn the_raw_baseline_goes_to_the_server_ip_and_its_raw_port() {
+        let target = cli::parse_addr("v2:10.1.2.3:6800/7").unwrap();
+        let reply = |raw_port| ControlReply { nonce: 1, cpu_ns: Some(1), raw_port, counters_json: "{}".into() };
+        assert_eq!(raw_target(&target, Some(&reply(40000))), Ok("10.1.2.3:40000".parse().unwrap()));
+        assert!(raw_target(&target, Some(&reply(0))).unwrap_err().contains("no raw echo"));
+        assert!(raw_target(&target, None).unwrap_err().contains("msgr bench server"));
     }
 
     #[test]

@@ -1,0 +1,81 @@
+//! `msgr bench server`: in one process, a messenger answering every MPing with an echo
+//! (the same as `msgr serve`), the raw TCP echo on the same IP, and the answer to the
+//! bench control request, which tells a client in another process or on another
+//! machine what this process spent in CPU time and where the raw echo listens.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::control::ControlServer;
+use super::raw::RawServer;
+use crate::cli::{CliError, CommonArgs, EchoServer};
+
+/// How `msgr bench server` runs.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Where the messenger listens.
+    pub bind: SocketAddr,
+    /// Lossless client sessions (Ceph's stateful server) instead of lossy.
+    pub lossless: bool,
+    /// Port of the raw echo on `bind`'s IP; 0 picks a free one.
+    pub raw_port: u16,
+    /// Exit after this long instead of running until killed.
+    pub run_for: Option<Duration>,
+}
+
+/// The line `msgr bench server` prints once it listens; `msgr bench` reads the
+/// messenger's address back from it (the token after `listening on`).
+pub fn listening_line(name: &str, addr: &str, raw: Option<SocketAddr>, ms_type: &str) -> String {
+    let raw = raw.map_or_else(|| "none".to_string(), |a| a.to_string());
+    format!("msgr bench server: {name} listening on {addr} raw {raw} (ms_type {ms_type})")
+}
+
+/// The messenger address and the `ms_type` in a [`listening_line`].
+pub fn parse_listening_line(line: &str) -> Option<(&str, &str)> {
+    let rest = line.strip_prefix("msgr bench server: ")?.split(" listening on ").nth(1)?;
+    let addr = rest.split_whitespace().next()?;
+    let ms_type = rest.rsplit_once("(ms_type ")?.1.strip_suffix(')')?;
+    Some((addr, ms_type))
+}
+
+/// Runs `msgr bench server` until killed (or for `o.run_for`).
+pub fn serve(common: &CommonArgs, o: &ServerOptions) -> Result<(), CliError> {
+    let raw_bind = SocketAddr::new(o.bind.ip(), o.raw_port);
+    let raw = match RawServer::start(raw_bind) {
+        Ok(r) => Some(r),
+        // An address the kernel does not own (a DPDK port's IP) has no raw echo; the
+        // messenger is still worth measuring, and clients are told there is none.
+        Err(e) if o.raw_port == 0 => {
+            eprintln!("msgr bench server: no raw echo: cannot listen on {raw_bind}: {e}");
+            None
+        }
+        Err(e) => return Err(CliError::io(format!("cannot listen on {raw_bind} for the raw echo"), e)),
+    };
+    let raw_addr = raw.as_ref().map(RawServer::addr);
+    let control = Arc::new(ControlServer::new(raw_addr.map_or(0, |a| a.port())));
+    let s = EchoServer::start(common, o.bind, o.lossless, vec![control])?;
+    println!("{}", listening_line(&s.name.to_string(), &s.addr.to_string(), raw_addr, &s.ms_type));
+    s.run("msgr bench server", o.run_for);
+    drop(raw);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listening_line_gives_back_the_address() {
+        let l =
+            listening_line("osd.0", "v2:127.0.0.1:6800/42", Some("127.0.0.1:40000".parse().unwrap()), "async+posix");
+        assert_eq!(
+            l,
+            "msgr bench server: osd.0 listening on v2:127.0.0.1:6800/42 raw 127.0.0.1:40000 (ms_type async+posix)"
+        );
+        assert_eq!(parse_listening_line(&l), Some(("v2:127.0.0.1:6800/42", "async+posix")));
+        assert!(listening_line("osd.0", "v2:1.2.3.4:1/2", None, "async+dpdk").contains(" raw none "));
+        assert_eq!(parse_listening_line("msgr serve: osd.0 listening on v2:127.0.0.1:1/2 (ms_type x)"), None);
+        assert_eq!(parse_listening_line("msgr bench server: osd.0 starting"), None);
+    }
+}
