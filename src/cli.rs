@@ -61,6 +61,9 @@ pub enum CliError {
         /// The system's error.
         source: std::io::Error,
     },
+    /// The admin socket could not be opened or did not answer.
+    #[error(transparent)]
+    Admin(#[from] msgr::admin::AdminError),
     /// A `msgr bench` control exchange failed.
     #[error(transparent)]
     BenchControl(#[from] crate::bench::control::ControlError),
@@ -156,6 +159,29 @@ pub struct EchoServer {
     /// Its stack.
     pub ms_type: String,
     injecting: bool,
+    // Open while the server runs when `admin_socket` is set.
+    _admin: Option<msgr::admin::AdminSocket>,
+}
+
+/// Opens the daemon's admin socket if `admin_socket` is set, answering `perf dump`
+/// and `perf schema` for messenger `m` (Ceph's `ceph daemon NAME perf dump`).
+pub fn open_admin_socket(
+    cfg: &msgr::config::Config,
+    m: &Messenger,
+) -> Result<Option<msgr::admin::AdminSocket>, CliError> {
+    let path = cfg.admin_socket();
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let mut cmds = msgr::admin::Commands::new();
+    let src = m.perf_source();
+    cmds.add(
+        "perf dump",
+        "dump perf counters (per messenger and per worker)",
+        Arc::new(move |_| src.dump().ok_or_else(|| "the messenger has shut down".to_string())),
+    );
+    cmds.add("perf schema", "describe every perf counter", Arc::new(|_| Ok(msgr::messenger::perf::schema())));
+    Ok(Some(msgr::admin::AdminSocket::bind(std::path::Path::new(path), cmds)?))
 }
 
 impl EchoServer {
@@ -179,7 +205,9 @@ impl EchoServer {
         let echo = Arc::new(EchoDispatcher { served: AtomicU64::new(0) });
         m.add_dispatcher_tail(echo.clone());
         let addr = m.bind(bind)?;
+        let admin = open_admin_socket(&cfg, &m)?;
         Ok(EchoServer {
+            _admin: admin,
             m,
             echo,
             name,
@@ -187,6 +215,11 @@ impl EchoServer {
             ms_type: cfg.ms_type().to_string(),
             injecting: cfg.ms_inject_socket_failures() != 0,
         })
+    }
+
+    /// A handle on the server messenger's perf counters.
+    pub fn perf_source(&self) -> msgr::messenger::PerfSource {
+        self.m.perf_source()
     }
 
     /// Pings answered so far.

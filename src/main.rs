@@ -95,6 +95,19 @@ enum Cmd {
     },
     /// Print the effective configuration and where each value came from.
     Config,
+    /// Send a command to a running daemon's admin socket and print its JSON answer,
+    /// e.g. `msgr daemon perf dump --socket /run/msgr/osd.0.asok` (as `ceph daemon`).
+    Daemon {
+        /// The admin socket (default: `admin_socket` from the config).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<std::path::PathBuf>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+        /// The command: `perf dump`, `perf schema`, `help`, or a JSON command.
+        #[arg(required = true, num_args = 1..)]
+        command: Vec<String>,
+    },
     /// Throughput and round-trip latency per message size, with the raw TCP baseline
     /// in the same run.
     ///
@@ -336,6 +349,21 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 common.options.push(format!("keyring={k}"));
             }
             mon(&common, mon_host.as_deref(), secs(timeout, "--timeout")?, req)
+        }
+        Cmd::Daemon { socket, timeout, command } => {
+            let path = match socket {
+                Some(p) => p,
+                None => {
+                    let cfg = cli.common.config("client.admin")?;
+                    if cfg.admin_socket().is_empty() {
+                        return Err(CliError::Usage("give --socket PATH (admin_socket is not set)".into()));
+                    }
+                    cfg.admin_socket().into()
+                }
+            };
+            let out = msgr::admin::request(&path, &command.join(" "), secs(timeout, "--timeout")?)?;
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Config => {
             let cfg = cli.common.config("client.admin")?;

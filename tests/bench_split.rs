@@ -145,3 +145,44 @@ fn client_against_a_plain_serve_warns_and_finishes_without_server_cpu() {
     // One control timeout (a few seconds), not one per round and never a hang.
     assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}", t0.elapsed());
 }
+
+#[test]
+fn perf_counters_reach_the_bench_report_and_the_admin_socket() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let asok = dir.path().join("osd.0.asok");
+    let asok_opt = format!("admin_socket={}", asok.display());
+    let (_server, addr) = start_server(&["-o", &asok_opt, "bench", "server", "--bind", "127.0.0.1:0"]);
+    let json = dir.path().join("bench.json");
+    let (out, doc) = client_json(&addr, &json, Duration::from_secs(120));
+    assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("server perf counters"), "{stdout}");
+    let msgs = doc["rows"][0]["msgs"].as_i64().expect("msgr row");
+    let me = &doc["server_counters"]["msgr.osd.0"];
+    // Warm-up, probes and the measured round all went through the server messenger.
+    assert!(me["msgr_recv_messages"].as_i64().is_some_and(|n| n >= msgs), "{me}");
+    assert!(me["msgr_send_messages"].as_i64().is_some_and(|n| n >= msgs), "{me}");
+    assert!(me["msgr_write_calls"].as_i64().is_some_and(|n| n > 0), "{me}");
+    assert_eq!(me["msgr_connection_faults"], 0, "clients hanging up are not faults: {me}");
+
+    let dump =
+        run_client(&["daemon", "perf", "dump", "--socket", asok.to_str().expect("utf-8")], Duration::from_secs(30));
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("perf dump is JSON");
+    let now = v["msgr.osd.0"]["msgr_recv_messages"].as_i64().expect("messenger section");
+    assert!(now >= msgs);
+    let workers: i64 = v
+        .as_object()
+        .expect("sections")
+        .iter()
+        .filter(|(k, _)| k.starts_with("AsyncMessenger::Worker-"))
+        .map(|(_, w)| w["msgr_recv_messages"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(workers, now, "one messenger on the stack: its workers' counts add up to its own");
+
+    let missing = dir.path().join("nobody.asok");
+    let e =
+        run_client(&["daemon", "perf", "dump", "--socket", missing.to_str().expect("utf-8")], Duration::from_secs(30));
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("admin_socket"), "{}", String::from_utf8_lossy(&e.stderr));
+}

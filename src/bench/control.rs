@@ -25,13 +25,13 @@
 //! assert_eq!(ControlReply::decode(&reply.encode()).unwrap(), reply);
 //! ```
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cpu_time::ProcessTime;
 use msgr::message::Message;
-use msgr::messenger::{ConnectionRef, Dispatcher, Messenger, Policy};
+use msgr::messenger::{ConnectionRef, Dispatcher, Messenger, PerfSource, Policy};
 use msgr::proto::{EntityAddr, EntityAddrVec, EntityType};
 
 use crate::cli::{CliError, CommonArgs};
@@ -254,11 +254,11 @@ fn check_type(m: &Message, want: u16) -> Result<(), ControlError> {
     }
 }
 
-/// The server's counters as a JSON object, sent in every control reply so the client
-/// can put the server's side of a round next to its own figures. For now `{}`: this is
-/// where the messenger's perf counters go once they exist.
-pub fn server_counters_json() -> String {
-    "{}".to_string()
+/// The server's counters as a JSON object (its messenger's `perf dump`), sent in every
+/// control reply so the client can put the server's side of a round next to its own
+/// figures; `{}` while none are known.
+pub fn server_counters_json(src: Option<&PerfSource>) -> String {
+    src.and_then(PerfSource::dump).map_or_else(|| "{}".to_string(), |v| v.to_string())
 }
 
 /// CPU time of this process (all threads, user + system) in ns: what a control reply
@@ -272,12 +272,18 @@ fn process_cpu_ns() -> Option<u64> {
 /// and a small message; no reason to queue it behind anything).
 pub struct ControlServer {
     raw_port: u16,
+    counters: OnceLock<PerfSource>,
 }
 
 impl ControlServer {
     /// A server whose replies name `raw_port` (0: no raw echo).
     pub fn new(raw_port: u16) -> ControlServer {
-        ControlServer { raw_port }
+        ControlServer { raw_port, counters: OnceLock::new() }
+    }
+
+    /// Where replies take the server's counters from (set once the messenger exists).
+    pub fn set_counters(&self, src: PerfSource) {
+        let _ = self.counters.set(src);
     }
 
     /// The reply to `req`, as of now.
@@ -286,7 +292,7 @@ impl ControlServer {
             nonce: req.nonce,
             cpu_ns: process_cpu_ns(),
             raw_port: self.raw_port,
-            counters_json: server_counters_json(),
+            counters_json: server_counters_json(self.counters.get()),
         }
     }
 }

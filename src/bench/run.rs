@@ -514,14 +514,17 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
             rows.push(r);
         }
     }
+    // The server's counters as of the last control reply; null if it never answered
+    // or sent something that is not JSON.
+    let counters = probe
+        .counters
+        .as_deref()
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+        .unwrap_or(serde_json::Value::Null);
+    for line in counters_summary(&counters) {
+        println!("{line}");
+    }
     if let Some(path) = &o.json {
-        // The server's counters as of the last control reply; null if it never answered
-        // or sent something that is not JSON.
-        let counters = probe
-            .counters
-            .as_deref()
-            .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
-            .unwrap_or(serde_json::Value::Null);
         let doc = serde_json::json!({
             "settings": settings.to_json(o),
             "server_counters": counters,
@@ -533,9 +536,63 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
     Ok(rows)
 }
 
+/// One line per section of a server's `perf dump` (its messenger, then each worker):
+/// the counters a reader of a benchmark wants next to the rows. Whole-run totals,
+/// warm-ups and the raw rounds' control exchanges included.
+pub fn counters_summary(dump: &serde_json::Value) -> Vec<String> {
+    let Some(sections) = dump.as_object() else { return Vec::new() };
+    let n = |sec: &serde_json::Value, k: &str| sec.get(k).and_then(serde_json::Value::as_i64).unwrap_or(0);
+    let mut lines = Vec::new();
+    if !sections.is_empty() {
+        lines.push("server perf counters (whole run, `perf dump`):".to_string());
+    }
+    for (name, sec) in sections {
+        let mut l = format!(
+            "  {name}: msgs in {} out {} | bytes in {} out {} | reads {} writes {} ({} frames/write) | conns created {} active {} faults {} reconnects {}",
+            n(sec, "msgr_recv_messages"),
+            n(sec, "msgr_send_messages"),
+            n(sec, "msgr_recv_bytes"),
+            n(sec, "msgr_send_bytes"),
+            n(sec, "msgr_read_calls"),
+            n(sec, "msgr_write_calls"),
+            sec.get("msgr_frames_per_write").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
+            n(sec, "msgr_created_connections"),
+            n(sec, "msgr_active_connections"),
+            n(sec, "msgr_connection_faults"),
+            n(sec, "msgr_reconnects"),
+        );
+        if sec.get("msgr_dispatch_queue_len").is_some() {
+            l.push_str(&format!(
+                " | dispatch queue {} throttle waits {}",
+                n(sec, "msgr_dispatch_queue_len"),
+                n(sec, "msgr_dispatch_throttle_waits")
+            ));
+        }
+        lines.push(l);
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_counters_summary_has_a_line_per_section_and_nothing_for_no_dump() {
+        assert!(counters_summary(&serde_json::Value::Null).is_empty());
+        assert!(counters_summary(&serde_json::json!({})).is_empty());
+        let dump = serde_json::json!({
+            "msgr.osd.0": {"msgr_recv_messages": 5, "msgr_write_calls": 2, "msgr_frames_per_write": 2.5,
+                           "msgr_dispatch_queue_len": 0, "msgr_dispatch_throttle_waits": 3},
+            "AsyncMessenger::Worker-0": {"msgr_send_messages": 7},
+        });
+        let l = counters_summary(&dump);
+        assert_eq!(l.len(), 3);
+        assert!(l[1].contains("AsyncMessenger::Worker-0: msgs in 0 out 7"), "{}", l[1]);
+        assert!(!l[1].contains("throttle"));
+        assert!(l[2].contains("msgr.osd.0: msgs in 5") && l[2].contains("(2.5 frames/write)"), "{}", l[2]);
+        assert!(l[2].contains("throttle waits 3"));
+    }
 
     #[test]
     fn the_raw_baseline_goes_to_the_server_ip_and_its_raw_port() {

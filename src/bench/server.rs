@@ -54,7 +54,9 @@ pub fn serve(common: &CommonArgs, o: &ServerOptions) -> Result<(), CliError> {
     };
     let raw_addr = raw.as_ref().map(RawServer::addr);
     let control = Arc::new(ControlServer::new(raw_addr.map_or(0, |a| a.port())));
-    let s = EchoServer::start(common, o.bind, o.lossless, vec![control])?;
+    let s =
+        EchoServer::start(common, o.bind, o.lossless, vec![control.clone() as Arc<dyn msgr::messenger::Dispatcher>])?;
+    control.set_counters(s.perf_source());
     println!("{}", listening_line(&s.name.to_string(), &s.addr.to_string(), raw_addr, &s.ms_type));
     s.run("msgr bench server", o.run_for);
     drop(raw);

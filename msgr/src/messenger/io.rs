@@ -628,7 +628,9 @@ fn close_conn(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option
     let mut lc = teardown(&local.perf, center, lc);
     let lossless = !lc.session.policy().lossy;
     let survivable = err.as_ref().is_some_and(|e| !matches!(e, ConnError::Shutdown | ConnError::Replaced));
-    if survivable {
+    // A lossy peer hanging up between frames is how its sessions normally end.
+    let clean_end = lc.session.policy().lossy && matches!(err, Some(ConnError::PeerClosed { mid_frame: false }));
+    if survivable && !clean_end {
         count(&local.perf, &lc.msgr, Counter::ConnectionFaults, 1);
     }
     // A session exists to keep if we dial (and so can redial), or if a session was

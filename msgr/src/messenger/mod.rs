@@ -267,6 +267,31 @@ impl MsgrInner {
     }
 }
 
+/// A weak handle on a messenger's perf counters; see [`Messenger::perf_source`].
+#[derive(Clone)]
+pub struct PerfSource(std::sync::Weak<MsgrInner>);
+
+impl PerfSource {
+    /// The messenger's `perf dump`, or `None` once it is gone.
+    pub fn dump(&self) -> Option<serde_json::Value> {
+        self.0.upgrade().map(|i| perf_dump(&i))
+    }
+}
+
+fn perf_dump(i: &MsgrInner) -> serde_json::Value {
+    let mut me = i.perf.to_json();
+    me.insert("msgr_dispatch_queue_len".into(), i.dispatch_queue.len().into());
+    me.insert("msgr_dispatch_throttle_bytes".into(), i.throttle.current().into());
+    me.insert("msgr_dispatch_throttle_waits".into(), i.throttle.waits().into());
+    me.insert("msgr_fast_dispatched".into(), i.fast_dispatched.load(Ordering::Relaxed).into());
+    let mut out = serde_json::Map::new();
+    out.insert(format!("msgr.{}", i.name), serde_json::Value::Object(me));
+    for w in &i.workers {
+        out.insert(format!("AsyncMessenger::Worker-{}", w.id()), serde_json::Value::Object(w.perf().to_json()));
+    }
+    serde_json::Value::Object(out)
+}
+
 fn nonzero_random() -> u64 {
     loop {
         let v: u64 = rand::random();
@@ -382,18 +407,13 @@ impl Messenger {
     /// println!("{}", dump["AsyncMessenger::Worker-0"]["msgr_send_messages"]);
     /// ```
     pub fn perf_dump(&self) -> serde_json::Value {
-        let i = &self.inner;
-        let mut me = i.perf.to_json();
-        me.insert("msgr_dispatch_queue_len".into(), i.dispatch_queue.len().into());
-        me.insert("msgr_dispatch_throttle_bytes".into(), i.throttle.current().into());
-        me.insert("msgr_dispatch_throttle_waits".into(), i.throttle.waits().into());
-        me.insert("msgr_fast_dispatched".into(), i.fast_dispatched.load(Ordering::Relaxed).into());
-        let mut out = serde_json::Map::new();
-        out.insert(format!("msgr.{}", i.name), serde_json::Value::Object(me));
-        for w in &i.workers {
-            out.insert(format!("AsyncMessenger::Worker-{}", w.id()), serde_json::Value::Object(w.perf().to_json()));
-        }
-        serde_json::Value::Object(out)
+        perf_dump(&self.inner)
+    }
+
+    /// A handle that dumps this messenger's counters for as long as it lives, for
+    /// code that cannot hold the messenger (an admin socket command, a dispatcher).
+    pub fn perf_source(&self) -> PerfSource {
+        PerfSource(Arc::downgrade(&self.inner))
     }
 
     /// Live connections (any state but closed).

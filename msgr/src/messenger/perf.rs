@@ -85,7 +85,7 @@ impl Counter {
             Counter::SendBytes => "bytes written to transports",
             Counter::CreatedConnections => "transports dialled or accepted",
             Counter::ActiveConnections => "transports open now",
-            Counter::ConnectionFaults => "transports failed on an error",
+            Counter::ConnectionFaults => "transports failed on an error (not a lossy peer hanging up between frames)",
             Counter::Reconnects => "lossless sessions resumed on a new transport",
             Counter::RemoteResets => "sessions reset by the peer",
             Counter::ReadCalls => "read calls that returned data",
