@@ -674,6 +674,7 @@ impl DrivenClient {
             ready_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             keepalive_interval: None,
+            rx_pool: None,
         };
         let s = Session::new_client(
             cfg,

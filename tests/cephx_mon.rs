@@ -59,6 +59,7 @@ impl Conn {
             ready_timeout: EXCHANGE_DEADLINE,
             idle_timeout: Duration::from_secs(60),
             keepalive_interval: None,
+            rx_pool: None,
         };
         let target = EntityAddr::from_str(&format!("v2:127.0.0.1:{port}/0")).expect("target address");
         let name = AuthName::from_str("client.admin").expect("name");

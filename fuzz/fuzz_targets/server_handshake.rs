@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         ready_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         keepalive_interval: None,
+        rx_pool: None,
     };
     let policy_for: PolicyFn = Arc::new(|_| SessionPolicy { lossy: false, features_required: 0 });
     let peer = "127.0.0.1:40000".parse().unwrap();

@@ -241,6 +241,12 @@ impl ConnectedSocket for PosixConnectedSocket {
         retry_eintr(|| self.sock.read(buf))
     }
 
+    // recv(2) on a TCP socket returns all that is queued up to the buffer's size, and
+    // epoll is level-triggered here: anything arriving later is reported again.
+    fn short_read_drains(&self) -> bool {
+        true
+    }
+
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if self.shut {
             return Err(shut_down_error());

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 
 use super::connection::{ConnState, Connection, ConnectionRef};
 use super::dispatch::ConnEvent;
@@ -36,7 +36,7 @@ use crate::stack::{ConnectedSocket, ServerSocket};
 /// Most bytes read per readable event before giving other connections a turn.
 const READ_BUDGET: usize = 1 << 20;
 /// Read chunk size when the session has no better hint.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
 /// Most bytes framed ahead of the socket per flush; bounds memory per connection.
 const WRITE_BUDGET: usize = 512 * 1024;
 /// Most buffers per vectored write (well under IOV_MAX).
@@ -50,6 +50,8 @@ pub struct LocalConn {
     fd: RawFd,
     session: Session,
     wq: VecDeque<Bytes>,
+    // Scratch for what the session transmits, kept to reuse its allocation.
+    parts: Vec<Bytes>,
     connecting: bool,
     timer: Option<(TimerId, Instant)>,
     read_paused: bool,
@@ -162,6 +164,7 @@ impl LocalConn {
             fd,
             session,
             wq: VecDeque::new(),
+            parts: Vec::new(),
             connecting,
             timer: None,
             read_paused: false,
@@ -230,21 +233,15 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         if total >= READ_BUDGET {
             return Ok(());
         }
-        let want = lc.session.read_hint().clamp(READ_CHUNK, READ_BUDGET);
-        let buf = lc.session.recv_buf();
-        let start = buf.len();
-        buf.resize(start + want, 0);
-        let r = lc.socket.read(&mut buf[start..]);
+        let buf = lc.session.read_buf(READ_CHUNK);
+        let offered = buf.len();
+        let r = lc.socket.read(buf);
         let got = match r {
             Ok(n) => n,
             Err(e) => {
-                buf.truncate(start);
+                lc.session.commit_read(0);
                 if e.kind() == io::ErrorKind::WouldBlock {
-                    if start == 0 {
-                        // Nothing partial waits, so give the chunk back: kept between
-                        // reads, every idle connection would pin READ_CHUNK zeroed bytes.
-                        *buf = BytesMut::new();
-                    }
+                    lc.session.rx_idle();
                     return Ok(());
                 }
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -253,17 +250,24 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
                 return Err(ConnError::from(e));
             }
         };
-        buf.truncate(start + got);
+        lc.session.commit_read(got);
         if got == 0 {
             // A partial banner or frame stays in the receive buffer until complete.
-            let mid_frame = start > 0;
+            let mid_frame = lc.session.has_partial_input();
             return Err(ConnError::PeerClosed { mid_frame });
         }
         total += got;
         count(&local.perf, &lc.msgr, Counter::ReadCalls, 1);
         count(&local.perf, &lc.msgr, Counter::RecvBytes, got as i64);
         lc.session.handle_input(Instant::now()).map_err(ConnError::Protocol)?;
+        let drained = got < offered && lc.socket.short_read_drains();
+        if drained {
+            lc.session.rx_idle();
+        }
         handle_session_events(local, id)?;
+        if drained {
+            return Ok(());
+        }
     }
 }
 
@@ -528,20 +532,25 @@ fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(),
     loop {
         let queued: usize = lc.wq.iter().map(Bytes::len).sum();
         if queued < WRITE_BUDGET && lc.session.wants_transmit() {
-            let mut parts = Vec::new();
             let (frames0, msgs0) = lc.session.tx_counts();
-            lc.session.poll_transmit(&mut parts, WRITE_BUDGET - queued);
+            lc.session.poll_transmit(&mut lc.parts, WRITE_BUDGET - queued);
             let (frames1, msgs1) = lc.session.tx_counts();
             count(&local.perf, &lc.msgr, Counter::FramesWritten, (frames1 - frames0) as i64);
             count(&local.perf, &lc.msgr, Counter::SendMessages, (msgs1 - msgs0) as i64);
-            lc.wq.extend(parts.into_iter().filter(|b| !b.is_empty()));
+            lc.wq.extend(lc.parts.drain(..).filter(|b| !b.is_empty()));
         }
         if lc.wq.is_empty() {
             break;
         }
         let sent = {
-            let iov: Vec<IoSlice<'_>> = lc.wq.iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
-            lc.socket.send(&iov)
+            // On the stack: a vectored write allocates nothing.
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            for (slot, b) in iov.iter_mut().zip(&lc.wq) {
+                *slot = IoSlice::new(b);
+                n += 1;
+            }
+            lc.socket.send(&iov[..n])
         };
         match sent {
             Ok(0) => break,

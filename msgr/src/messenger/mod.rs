@@ -45,6 +45,7 @@ use crate::proto::entity::{AuthName, EntityName, EntityType};
 use crate::proto::frame::FrameLimits;
 use crate::proto::frames::CEPH_FEATURES_ALL;
 use crate::proto::reconnect::SessionState;
+use crate::proto::rxpool::RxPool;
 use crate::proto::session::{PolicyFn, Session, SessionConfig};
 use crate::stack::worker::{on_worker_thread, NetworkStack, WorkerShared};
 use crate::stack::SocketOptions;
@@ -101,6 +102,11 @@ impl Settings {
     }
 }
 
+/// Idle large-frame receive buffers a messenger keeps for reuse, at most. Beyond it
+/// buffers go back to the allocator; a spike of large frames costs page faults again,
+/// never unbounded memory.
+const RX_POOL_IDLE: usize = 32 << 20;
+
 /// State shared by the messenger handle, its connections and its workers' tasks.
 pub(crate) struct MsgrInner {
     pub(crate) name: EntityName,
@@ -122,6 +128,8 @@ pub(crate) struct MsgrInner {
     stopping: AtomicBool,
     fast_dispatched: AtomicU64,
     pub(crate) perf: perf::PerfCounters,
+    // Large frames' receive buffers, shared by all of this messenger's sessions.
+    rx_pool: RxPool,
     client_auth: RwLock<Option<ClientAuthFactory>>,
     /// `ms_inject_delay_*`; `None` when off.
     delay: Option<delay::Delayer>,
@@ -149,6 +157,7 @@ impl MsgrInner {
             ready_timeout: self.settings.ready_timeout,
             idle_timeout: self.settings.idle_timeout,
             keepalive_interval: self.settings.keepalive_interval,
+            rx_pool: Some(self.rx_pool.clone()),
         }
     }
 
@@ -283,6 +292,7 @@ fn perf_dump(i: &MsgrInner) -> serde_json::Value {
     me.insert("msgr_dispatch_queue_len".into(), i.dispatch_queue.len().into());
     me.insert("msgr_dispatch_throttle_bytes".into(), i.throttle.current().into());
     me.insert("msgr_dispatch_throttle_waits".into(), i.throttle.waits().into());
+    me.insert("msgr_rx_pool_idle_bytes".into(), i.rx_pool.idle_bytes().into());
     me.insert("msgr_fast_dispatched".into(), i.fast_dispatched.load(Ordering::Relaxed).into());
     let mut out = serde_json::Map::new();
     out.insert(format!("msgr.{}", i.name), serde_json::Value::Object(me));
@@ -352,6 +362,7 @@ impl Messenger {
             stopping: AtomicBool::new(false),
             fast_dispatched: AtomicU64::new(0),
             perf: perf::PerfCounters::new(),
+            rx_pool: RxPool::new(RX_POOL_IDLE),
             client_auth: RwLock::new(None),
         });
         inner

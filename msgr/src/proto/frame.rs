@@ -592,6 +592,28 @@ impl FrameDecoder {
         self.hint
     }
 
+    /// Total on-wire length of the frame in progress, once its preamble has been
+    /// parsed (after `decode` returned `Ok(None)` for lack of its remaining bytes).
+    pub fn pending_len(&self) -> Option<usize> {
+        self.pending.map(|p| p.crc_onwire_len())
+    }
+
+    /// Completes the frame in progress from `raw`: all of its on-wire bytes, preamble
+    /// included, gathered by the caller outside the stream buffer (a large frame is read
+    /// straight into a buffer of its own). `Ok(None)`, changing nothing, when no frame is
+    /// in progress or `raw` is not its length.
+    pub fn decode_gathered(&mut self, raw: Bytes) -> Result<Option<Frame>, FrameError> {
+        self.failed.check()?;
+        let Some(pre) = self.pending.filter(|p| p.crc_onwire_len() == raw.len()) else {
+            return Ok(None);
+        };
+        self.pending = None;
+        self.hint = PREAMBLE_LEN;
+        let r = crc_rev1_disassemble(&pre, &raw).map(Some);
+        self.failed.record(&r);
+        r
+    }
+
     /// Decodes the next frame from the front of `buf`; see the type documentation.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         self.failed.check()?;

@@ -10,6 +10,7 @@ pub mod entity;
 pub mod frame;
 pub mod frames;
 pub mod header;
+pub mod rxpool;
 pub mod secure;
 // The real crate adds the session state machine and authentication here:
 pub mod auth;

@@ -31,12 +31,18 @@ use super::frames::{
 };
 use super::header::{message_frame, parse_message_frame};
 use super::reconnect::{Decision, ReconnectRequest, SessionState};
+use super::rxpool::{RxBuf, RxPool, MAX_POOLED};
 use super::secure::{SecureError, SecureKeys, SecureRx, SecureTx};
 use crate::message::Message;
 
 /// Upper bound on the pre-auth transcript kept for AUTH_SIGNATURE. A handshake is a few
 /// KiB; a peer that sends more before authenticating is refused.
 const MAX_PRE_AUTH: usize = 1 << 20;
+/// Most bytes offered to one read of the stream buffer.
+const MAX_READ: usize = 1 << 20;
+/// Frames from this size on are read into a buffer of their own (see [`RxPool`]):
+/// below it, several frames per read beat one read per frame.
+const LARGE_FRAME: usize = 32 * 1024;
 
 /// Which end of the connection this session is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +222,9 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// Ask the owner for a KEEPALIVE2 this often while READY (`None`: never).
     pub keepalive_interval: Option<Duration>,
+    /// Where large frames' receive buffers come from and go back to (`None`: the
+    /// allocator, every time).
+    pub rx_pool: Option<RxPool>,
 }
 
 /// Who is on the other end, known once the session is READY.
@@ -310,6 +319,12 @@ pub struct Session {
     policy: SessionPolicy,
     global_seq: u64,
     rx: BytesMut,
+    // Length of `rx` before `read_buf` grew it for a read.
+    rx_mark: Option<usize>,
+    // A large frame being read into its own buffer, and how much of it is filled.
+    rx_large: Option<(RxBuf, usize)>,
+    // Bytes arrived since the last `handle_input`.
+    rx_fresh: bool,
     decoder: RxCodec,
     // Set once AUTH_DONE chose secure mode: every later frame we send is sealed.
     tx_secure: Option<SecureTx>,
@@ -377,6 +392,9 @@ impl Session {
             policy,
             global_seq,
             rx: BytesMut::with_capacity(4096),
+            rx_mark: None,
+            rx_large: None,
+            rx_fresh: false,
             decoder,
             tx_secure: None,
             tx_frames: VecDeque::new(),
@@ -540,19 +558,66 @@ impl Session {
         (self.frames_out, self.msgs_out)
     }
 
-    /// The buffer received bytes go into. Append, then call [`Session::handle_input`].
-    pub fn recv_buf(&mut self) -> &mut BytesMut {
-        &mut self.rx
+    /// Where the next read goes: fill a prefix of this slice, report how much with
+    /// [`Session::commit_read`] (also after a failed read, with 0), then call
+    /// [`Session::handle_input`]. `chunk` is the read size to offer when the frame in
+    /// progress asks for no more; a large frame is read into a buffer of its own,
+    /// exactly up to its end, so its payload is never copied.
+    pub fn read_buf(&mut self, chunk: usize) -> &mut [u8] {
+        if let Some((buf, filled)) = &mut self.rx_large {
+            return &mut buf.as_mut_slice()[*filled..];
+        }
+        let start = self.rx.len();
+        let want = self.decoder.pending_hint().clamp(chunk.max(1), chunk.max(MAX_READ));
+        self.rx.resize(start + want, 0);
+        self.rx_mark = Some(start);
+        &mut self.rx[start..]
+    }
+
+    /// The first `n` bytes of the slice [`Session::read_buf`] gave hold received data.
+    pub fn commit_read(&mut self, n: usize) {
+        self.rx_fresh |= n > 0;
+        if let Some((buf, filled)) = &mut self.rx_large {
+            *filled = (*filled + n).min(buf.len());
+        } else if let Some(start) = self.rx_mark.take() {
+            let end = (start + n).min(self.rx.len());
+            self.rx.truncate(end);
+        }
+    }
+
+    /// Nothing more to read for now: an empty stream buffer is given back, so an idle
+    /// session pins no receive memory.
+    pub fn rx_idle(&mut self) {
+        if self.rx.is_empty() && self.rx.capacity() > 0 {
+            self.rx = BytesMut::new();
+        }
+    }
+
+    /// Received bytes wait for the rest of their banner or frame.
+    pub fn has_partial_input(&self) -> bool {
+        !self.rx.is_empty() || self.rx_large.is_some()
     }
 
     /// Bytes the frame in progress still needs (a read-size hint).
     pub fn read_hint(&self) -> usize {
-        self.decoder.pending_hint()
+        match &self.rx_large {
+            Some((buf, filled)) => buf.len() - filled,
+            None => self.decoder.pending_hint(),
+        }
     }
 
-    /// Appends `data` and processes it: convenience for tests and in-memory pairs.
-    pub fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<(), SessionError> {
-        self.rx.extend_from_slice(data);
+    /// Takes in `data` and processes it: convenience for tests and in-memory pairs.
+    pub fn handle_bytes(&mut self, now: Instant, mut data: &[u8]) -> Result<(), SessionError> {
+        while !data.is_empty() {
+            let dst = self.read_buf(data.len());
+            let n = dst.len().min(data.len());
+            dst[..n].copy_from_slice(&data[..n]);
+            self.commit_read(n);
+            data = &data[n..];
+            if !data.is_empty() {
+                self.handle_input(now)?;
+            }
+        }
         self.handle_input(now)
     }
 
@@ -569,10 +634,9 @@ impl Session {
     }
 
     fn process_input(&mut self, now: Instant) -> Result<(), SessionError> {
-        if self.rx.is_empty() {
-            return Ok(());
+        if std::mem::take(&mut self.rx_fresh) {
+            self.last_rx = now;
         }
-        self.last_rx = now;
         if matches!(self.state, State::BannerConnecting | State::BannerAccepting) {
             let Some((banner, used)) = Banner::decode(&self.rx)? else {
                 return Ok(());
@@ -582,8 +646,20 @@ impl Session {
             self.handle_banner(banner)?;
         }
         while self.state != State::Closed {
-            let frame = match self.decoder.decode(&mut self.rx) {
+            let decoded = match self.rx_large.take() {
+                Some((buf, filled)) if filled == buf.len() => match &mut self.decoder {
+                    RxCodec::Crc(d) => d.decode_gathered(buf.freeze()),
+                    RxCodec::Secure(_) => Ok(None),
+                },
+                Some(partial) => {
+                    self.rx_large = Some(partial);
+                    break;
+                }
+                None => self.decoder.decode(&mut self.rx),
+            };
+            let frame = match decoded {
                 Ok(Some(f)) => f,
+                Ok(None) if self.start_large_frame() => continue,
                 Ok(None) => break,
                 // A frame the sender aborted (late_status) is dropped, as Ceph does;
                 // the stream stays in sync.
@@ -597,6 +673,26 @@ impl Session {
             self.handle_frame(frame, now)?;
         }
         Ok(())
+    }
+
+    /// Moves a large frame in progress out of the stream buffer into one of its own,
+    /// which the rest of it is then read into. Only once READY: before that a frame
+    /// header alone must not make us allocate more than one stream read would.
+    fn start_large_frame(&mut self) -> bool {
+        let RxCodec::Crc(d) = &self.decoder else { return false };
+        let Some(total) = d.pending_len() else { return false };
+        let have = self.rx.len();
+        if self.state != State::Ready || !(LARGE_FRAME..=MAX_POOLED).contains(&total) || have >= total {
+            return false;
+        }
+        let mut buf = match &self.cfg.rx_pool {
+            Some(pool) => pool.take(total),
+            None => RxBuf::unpooled(total),
+        };
+        buf.as_mut_slice()[..have].copy_from_slice(&self.rx);
+        self.rx.clear();
+        self.rx_large = Some((buf, have));
+        true
     }
 
     fn record_rx(&mut self, bytes: &[u8]) -> Result<(), SessionError> {

@@ -38,6 +38,7 @@ fn cfg(name: EntityName, addrs: EntityAddrVec) -> SessionConfig {
         ready_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         keepalive_interval: None,
+        rx_pool: None,
     }
 }
 
@@ -562,6 +563,63 @@ fn repeated_hello_after_ready_is_refused() {
 }
 
 // ---- READY ----
+
+#[test]
+fn large_frames_are_read_into_pooled_buffers_in_any_chunking() {
+    let t0 = Instant::now();
+    let pool = crate::proto::rxpool::RxPool::new(8 << 20);
+    let policy_for: PolicyFn = Arc::new(move |_| lossy());
+    let mut scfg = cfg(EntityName { ty: EntityType::Osd, num: 0 }, EntityAddrVec(vec![server_addr()]));
+    scfg.rx_pool = Some(pool.clone());
+    let mut s = Session::new_server(scfg, sa(CLIENT_SOCK), policy_for, Box::new(NoneServerAuth::new(4100)), 5, 77, t0);
+    let mut c = client(t0);
+    pump(&mut c, &mut s, t0);
+    assert!(c.is_ready() && s.is_ready());
+    events(&mut s);
+    // Small and large (over the 32 KiB threshold) messages interleaved, so a read ends
+    // mid-preamble, mid-frame and exactly on frame ends.
+    let sizes = [10usize, 40_000, 100, 300_000, 33_000, 1, 65_536];
+    for round in 0..2u8 {
+        for (i, &n) in sizes.iter().enumerate() {
+            c.send_message(MPing::new(Bytes::from(vec![round * 16 + i as u8; n])).encode());
+        }
+        let wire = out(&mut c);
+        for chunk in wire.chunks(7_001 + usize::from(round) * 12_345) {
+            s.handle_bytes(t0, chunk).unwrap();
+        }
+        let got: Vec<Message> = events(&mut s)
+            .into_iter()
+            .filter_map(|e| if let SessionEvent::Message(m) = e { Some(m) } else { None })
+            .collect();
+        assert_eq!(got.len(), sizes.len());
+        for (i, m) in got.iter().enumerate() {
+            assert_eq!(MPing::decode(m).unwrap().payload, Bytes::from(vec![round * 16 + i as u8; sizes[i]]));
+        }
+        assert!(!s.has_partial_input());
+        let idle = pool.idle_bytes();
+        drop(got);
+        // The four large frames' buffers are back in the pool; a second round takes
+        // them out again instead of allocating.
+        assert!(pool.idle_bytes() >= idle + 4 * 32 * 1024, "idle {} -> {}", idle, pool.idle_bytes());
+    }
+}
+
+#[test]
+fn a_large_frame_header_before_ready_is_not_given_its_own_buffer() {
+    let t0 = Instant::now();
+    let mut s = server(t0);
+    out(&mut s);
+    // A MESSAGE preamble announcing 512 KiB, before any handshake: the stream buffer
+    // grows with what arrives (at most one read's worth), nothing is set aside for the
+    // whole frame.
+    let mut f = encode_frame_to_vec(&message_frame(&MPing::new(Bytes::from(vec![1u8; 512 * 1024])).encode(), 1, 0));
+    f.truncate(4096);
+    let mut bytes = banner_bytes().to_vec();
+    bytes.extend(f);
+    let _ = s.handle_bytes(t0, &bytes);
+    assert!(s.read_hint() > 0);
+    assert!(s.rx_large.is_none());
+}
 
 #[test]
 fn full_handshake_then_messages_both_ways_in_order() {

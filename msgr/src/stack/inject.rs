@@ -105,6 +105,10 @@ impl ConnectedSocket for FaultySocket {
     fn needs_write_interest(&self) -> bool {
         self.inner.needs_write_interest()
     }
+
+    fn short_read_drains(&self) -> bool {
+        self.inner.short_read_drains()
+    }
 }
 
 #[cfg(test)]
