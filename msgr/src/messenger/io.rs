@@ -35,8 +35,8 @@ use crate::stack::{ConnectedSocket, ServerSocket};
 
 /// Most bytes read per readable event before giving other connections a turn.
 const READ_BUDGET: usize = 1 << 20;
-/// Read chunk size when the session has no better hint.
-const READ_CHUNK: usize = 16 * 1024;
+/// Each worker's scratch buffer for reads: the most one read takes in, outside large frames.
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
 /// Most bytes framed ahead of the socket per flush; bounds memory per connection.
 const WRITE_BUDGET: usize = 512 * 1024;
 /// Most buffers per vectored write (well under IOV_MAX).
@@ -233,24 +233,22 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         if total >= READ_BUDGET {
             return Ok(());
         }
-        let buf = lc.session.read_buf(READ_CHUNK);
-        let offered = buf.len();
-        let r = lc.socket.read(buf);
+        // A large frame in progress is read straight into its own buffer; anything
+        // else goes through the worker's scratch buffer, which is initialised once,
+        // so a read costs no allocation or zeroing and an idle connection no memory.
+        let (r, offered, direct) = match lc.session.large_read_buf() {
+            Some(buf) => (lc.socket.read(buf), buf.len(), true),
+            None => (lc.socket.read(&mut local.rx_scratch), local.rx_scratch.len(), false),
+        };
         let got = match r {
             Ok(n) => n,
-            Err(e) => {
-                lc.session.commit_read(0);
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    lc.session.rx_idle();
-                    return Ok(());
-                }
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(ConnError::from(e));
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                lc.session.rx_idle();
+                return Ok(());
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ConnError::from(e)),
         };
-        lc.session.commit_read(got);
         if got == 0 {
             // A partial banner or frame stays in the receive buffer until complete.
             let mid_frame = lc.session.has_partial_input();
@@ -259,7 +257,14 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         total += got;
         count(&local.perf, &lc.msgr, Counter::ReadCalls, 1);
         count(&local.perf, &lc.msgr, Counter::RecvBytes, got as i64);
-        lc.session.handle_input(Instant::now()).map_err(ConnError::Protocol)?;
+        let now = Instant::now();
+        let handled = if direct {
+            lc.session.commit_large_read(got);
+            lc.session.handle_input(now)
+        } else {
+            lc.session.handle_bytes(now, &local.rx_scratch[..got])
+        };
+        handled.map_err(ConnError::Protocol)?;
         let drained = got < offered && lc.socket.short_read_drains();
         if drained {
             lc.session.rx_idle();

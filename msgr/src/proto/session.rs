@@ -38,8 +38,6 @@ use crate::message::Message;
 /// Upper bound on the pre-auth transcript kept for AUTH_SIGNATURE. A handshake is a few
 /// KiB; a peer that sends more before authenticating is refused.
 const MAX_PRE_AUTH: usize = 1 << 20;
-/// Most bytes offered to one read of the stream buffer.
-const MAX_READ: usize = 1 << 20;
 /// Frames from this size on are read into a buffer of their own (see [`RxPool`]):
 /// below it, several frames per read beat one read per frame.
 const LARGE_FRAME: usize = 32 * 1024;
@@ -319,8 +317,6 @@ pub struct Session {
     policy: SessionPolicy,
     global_seq: u64,
     rx: BytesMut,
-    // Length of `rx` before `read_buf` grew it for a read.
-    rx_mark: Option<usize>,
     // A large frame being read into its own buffer, and how much of it is filled.
     rx_large: Option<(RxBuf, usize)>,
     // Bytes arrived since the last `handle_input`.
@@ -392,7 +388,6 @@ impl Session {
             policy,
             global_seq,
             rx: BytesMut::with_capacity(4096),
-            rx_mark: None,
             rx_large: None,
             rx_fresh: false,
             decoder,
@@ -558,30 +553,19 @@ impl Session {
         (self.frames_out, self.msgs_out)
     }
 
-    /// Where the next read goes: fill a prefix of this slice, report how much with
-    /// [`Session::commit_read`] (also after a failed read, with 0), then call
-    /// [`Session::handle_input`]. `chunk` is the read size to offer when the frame in
-    /// progress asks for no more; a large frame is read into a buffer of its own,
-    /// exactly up to its end, so its payload is never copied.
-    pub fn read_buf(&mut self, chunk: usize) -> &mut [u8] {
-        if let Some((buf, filled)) = &mut self.rx_large {
-            return &mut buf.as_mut_slice()[*filled..];
-        }
-        let start = self.rx.len();
-        let want = self.decoder.pending_hint().clamp(chunk.max(1), chunk.max(MAX_READ));
-        self.rx.resize(start + want, 0);
-        self.rx_mark = Some(start);
-        &mut self.rx[start..]
+    /// The unfilled rest of the large frame in progress, if one is: read into it
+    /// directly (then [`Session::commit_large_read`] and [`Session::handle_input`]),
+    /// so its payload is never copied. `None`: hand bytes to [`Session::handle_bytes`].
+    pub fn large_read_buf(&mut self) -> Option<&mut [u8]> {
+        let (buf, filled) = self.rx_large.as_mut()?;
+        Some(&mut buf.as_mut_slice()[*filled..])
     }
 
-    /// The first `n` bytes of the slice [`Session::read_buf`] gave hold received data.
-    pub fn commit_read(&mut self, n: usize) {
-        self.rx_fresh |= n > 0;
+    /// The first `n` bytes of the slice [`Session::large_read_buf`] gave hold received data.
+    pub fn commit_large_read(&mut self, n: usize) {
         if let Some((buf, filled)) = &mut self.rx_large {
             *filled = (*filled + n).min(buf.len());
-        } else if let Some(start) = self.rx_mark.take() {
-            let end = (start + n).min(self.rx.len());
-            self.rx.truncate(end);
+            self.rx_fresh |= n > 0;
         }
     }
 
@@ -606,19 +590,28 @@ impl Session {
         }
     }
 
-    /// Takes in `data` and processes it: convenience for tests and in-memory pairs.
+    /// Takes in received bytes and processes them.
     pub fn handle_bytes(&mut self, now: Instant, mut data: &[u8]) -> Result<(), SessionError> {
-        while !data.is_empty() {
-            let dst = self.read_buf(data.len());
-            let n = dst.len().min(data.len());
-            dst[..n].copy_from_slice(&data[..n]);
-            self.commit_read(n);
-            data = &data[n..];
-            if !data.is_empty() {
-                self.handle_input(now)?;
+        loop {
+            self.rx_fresh |= !data.is_empty();
+            match &mut self.rx_large {
+                Some((buf, filled)) => {
+                    let n = (buf.len() - *filled).min(data.len());
+                    buf.as_mut_slice()[*filled..*filled + n].copy_from_slice(&data[..n]);
+                    *filled += n;
+                    data = &data[n..];
+                }
+                None => {
+                    self.rx.extend_from_slice(data);
+                    data = &[];
+                }
+            }
+            // Completes a large frame, or starts one that the rest of `data` goes into.
+            self.handle_input(now)?;
+            if data.is_empty() {
+                return Ok(());
             }
         }
-        self.handle_input(now)
     }
 
     /// Processes everything complete in the receive buffer.
