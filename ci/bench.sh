@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: builds msgr and runs `msgr bench` on the embedded default stack
-# (async+posix on loopback, a `msgr serve` child as the server) with the raw TCP
-# baseline in the same run, then the serve/ping pair across two processes.
+# (async+posix on loopback, a `msgr bench server` child as the server) with the raw
+# TCP baseline in the same run, then the serve/ping pair across two processes.
 # Installs what it needs. BENCH_ARGS adds or overrides msgr bench options.
 set -euo pipefail
 cd "$(dirname "$0")/.."

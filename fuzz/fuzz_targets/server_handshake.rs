@@ -12,6 +12,7 @@ use msgr::proto::auth::NoneServerAuth;
 use msgr::proto::entity::{EntityName, EntityType};
 use msgr::proto::frame::FrameLimits;
 use msgr::proto::reconnect::{Decision, SessionState};
+use msgr::proto::rxpool::RxPool;
 use msgr::proto::session::{Answer, PolicyFn, Session, SessionConfig, SessionEvent, SessionPolicy};
 
 fuzz_target!(|data: &[u8]| {
@@ -25,7 +26,8 @@ fuzz_target!(|data: &[u8]| {
         ready_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         keepalive_interval: None,
-        rx_pool: None,
+        // Large frames after READY go through the pooled path.
+        rx_pool: Some(RxPool::new(1 << 20)),
     };
     let policy_for: PolicyFn = Arc::new(|_| SessionPolicy { lossy: false, features_required: 0 });
     let peer = "127.0.0.1:40000".parse().unwrap();
@@ -35,9 +37,9 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     while !rest.is_empty() {
         let n = (usize::from(rest[0] % 64) + 1).min(rest.len());
-        s.recv_buf().extend_from_slice(&rest[..n]);
+        let chunk = &rest[..n];
         rest = &rest[n..];
-        if s.handle_input(now).is_err() {
+        if s.handle_bytes(now, chunk).is_err() {
             return;
         }
         while let Some(ev) = s.poll_event() {

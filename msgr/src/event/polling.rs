@@ -54,7 +54,7 @@ pub struct PollingDriver<S: CompletionSource> {
 
 impl<S: CompletionSource> PollingDriver<S> {
     /// A driver polling `source`, busy for `window` after the last work; an idle source
-    /// without a notification fd is polled after naps of up to [`MAX_IDLE_NAP`].
+    /// without a notification fd is polled after naps of up to `MAX_IDLE_NAP`.
     pub fn new(source: S, window: Duration) -> io::Result<Self> {
         Self::with_max_idle_nap(source, window, MAX_IDLE_NAP)
     }

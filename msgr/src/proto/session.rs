@@ -2,8 +2,8 @@
 //!
 //! A [`Session`] is one side of one msgr2 connection: banner, HELLO, AUTH, IDENT and
 //! then MESSAGE / KEEPALIVE2 / ACK traffic. It never touches a socket, a thread or the
-//! clock: the caller feeds received bytes ([`Session::recv_buf`] +
-//! [`Session::handle_input`]) and the current time, drains bytes to send
+//! clock: the caller feeds received bytes ([`Session::handle_bytes`], or straight into
+//! a large frame's own buffer through [`Session::large_read_buf`]) and the current time, drains bytes to send
 //! ([`Session::poll_transmit`]) and events ([`Session::poll_event`]), and arms a timer
 //! for [`Session::poll_timeout`]. Any error it returns is fatal for this connection
 //! only; the caller closes the transport and reports the typed error.
