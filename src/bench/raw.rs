@@ -7,9 +7,10 @@
 //! reply, so a baseline with a thread hop per round trip would flatter msgr. Deeper, a
 //! job is a writer and a reader thread, so a deep window of large messages cannot
 //! deadlock on full socket buffers; the writer may run at most `depth` messages ahead
-//! of the replies: a bounded channel of send times is the window.
+//! of the replies: a bounded channel of send times is the window. The server and a
+//! deep job's reader buffer their I/O, so pipelined messages share syscalls.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -26,6 +27,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest message the raw server accepts (the length prefix is not trusted further).
 const MAX_RAW_MSG: usize = 64 << 20;
+
+/// Read and write buffer of the echo server and of a pipelining job's reader.
+const RAW_BUF: usize = 64 * 1024;
 
 /// An echo server on a plain TCP socket, one thread per connection.
 pub struct RawServer {
@@ -66,12 +70,17 @@ impl Drop for RawServer {
     }
 }
 
-fn echo(mut s: TcpStream) -> io::Result<()> {
+/// Echoes messages back. Reads and writes are buffered and replies go out when no more
+/// input is already buffered: one reply per write at depth 1, a batch per write when
+/// the client pipelines, as a real echo server would do (and as msgr does).
+fn echo(s: TcpStream) -> io::Result<()> {
     s.set_nodelay(true)?;
+    let mut r = BufReader::with_capacity(RAW_BUF, s.try_clone()?);
+    let mut w = BufWriter::with_capacity(RAW_BUF, s);
     let mut buf = Vec::new();
     loop {
         let mut len = [0u8; 4];
-        match s.read_exact(&mut len) {
+        match r.read_exact(&mut len) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
@@ -82,8 +91,11 @@ fn echo(mut s: TcpStream) -> io::Result<()> {
         }
         buf.resize(4 + n, 0);
         buf[..4].copy_from_slice(&len);
-        s.read_exact(&mut buf[4..])?;
-        s.write_all(&buf)?;
+        r.read_exact(&mut buf[4..])?;
+        w.write_all(&buf)?;
+        if r.buffer().is_empty() {
+            w.flush()?;
+        }
     }
 }
 
@@ -150,7 +162,7 @@ pub fn run_job(
         return ping_pong(s, size, until, verify, progress);
     }
     let mut w = s.try_clone()?;
-    let mut r = s;
+    let r = s;
     // The window: a send time per message in flight. The reader holds the oldest one
     // while it waits for its reply, so the channel holds the other depth - 1.
     let (tx, rx) = mpsc::sync_channel::<Instant>(depth.max(1) - 1);
@@ -175,6 +187,8 @@ pub fn run_job(
     let mut res = JobResult::default();
     let mut buf = vec![0u8; 4 + size];
     let mut want = vec![0u8; size];
+    // Pipelined replies arrive many per segment: take them in a read at a time.
+    let mut r = BufReader::with_capacity(RAW_BUF, r);
     // Replies come back in order; the channel closes when the writer is done.
     while let Ok(sent_at) = rx.recv() {
         if let Err(e) = r.read_exact(&mut buf) {
