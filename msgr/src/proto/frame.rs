@@ -221,6 +221,16 @@ pub enum FrameError {
     /// epilogue).
     #[error("secure frame authentication failed ({0})")]
     DecryptFailed(&'static str),
+    /// Bytes gathered outside the stream buffer are not the frame in progress
+    /// (`expected` 0: no frame was in progress). A bug on our side, never the peer's;
+    /// the connection is closed rather than the frame dropped.
+    #[error("gathered frame of {got} bytes, frame in progress is {expected}")]
+    GatheredLength {
+        /// On-wire length of the frame in progress (0: none).
+        expected: usize,
+        /// Bytes gathered.
+        got: usize,
+    },
 }
 
 impl FrameError {
@@ -600,16 +610,15 @@ impl FrameDecoder {
 
     /// Completes the frame in progress from `raw`: all of its on-wire bytes, preamble
     /// included, gathered by the caller outside the stream buffer (a large frame is read
-    /// straight into a buffer of its own). `Ok(None)`, changing nothing, when no frame is
-    /// in progress or `raw` is not its length.
-    pub fn decode_gathered(&mut self, raw: Bytes) -> Result<Option<Frame>, FrameError> {
+    /// straight into a buffer of its own).
+    pub fn decode_gathered(&mut self, raw: Bytes) -> Result<Frame, FrameError> {
         self.failed.check()?;
-        let Some(pre) = self.pending.filter(|p| p.crc_onwire_len() == raw.len()) else {
-            return Ok(None);
+        let expected = self.pending_len().unwrap_or(0);
+        let r = match self.pending.take() {
+            Some(pre) if expected == raw.len() => crc_rev1_disassemble(&pre, &raw),
+            _ => Err(FrameError::GatheredLength { expected, got: raw.len() }),
         };
-        self.pending = None;
         self.hint = PREAMBLE_LEN;
-        let r = crc_rev1_disassemble(&pre, &raw).map(Some);
         self.failed.record(&r);
         r
     }
@@ -737,6 +746,22 @@ mod tests {
 
     fn dec() -> FrameDecoder {
         FrameDecoder::new(FrameLimits::default())
+    }
+
+    #[test]
+    fn gathered_frame_completes_the_pending_one_and_a_wrong_length_is_fatal() {
+        let f = Frame::control(Tag::Hello, Bytes::from(vec![5u8; 40_000]));
+        let wire = encode_frame_to_vec(&f);
+        let mut d = FrameDecoder::new(FrameLimits::default());
+        let mut head = BytesMut::from(&wire[..100]);
+        assert_eq!(d.decode(&mut head).unwrap(), None);
+        assert_eq!(d.pending_len(), Some(wire.len()));
+        assert_eq!(d.decode_gathered(Bytes::from(wire.clone())).unwrap(), f);
+        assert_eq!(d.pending_len(), None);
+        // Nothing in progress any more: the same bytes again are an error, not a frame.
+        let e = d.decode_gathered(Bytes::from(wire.clone())).unwrap_err();
+        assert_eq!(e, FrameError::GatheredLength { expected: 0, got: wire.len() });
+        assert!(d.is_poisoned());
     }
 
     fn decode_all(wire: &[u8]) -> Result<Option<Frame>, FrameError> {

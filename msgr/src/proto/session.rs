@@ -593,15 +593,15 @@ impl Session {
     /// Takes in received bytes and processes them.
     pub fn handle_bytes(&mut self, now: Instant, mut data: &[u8]) -> Result<(), SessionError> {
         loop {
-            self.rx_fresh |= !data.is_empty();
-            match &mut self.rx_large {
-                Some((buf, filled)) => {
-                    let n = (buf.len() - *filled).min(data.len());
-                    buf.as_mut_slice()[*filled..*filled + n].copy_from_slice(&data[..n]);
-                    *filled += n;
+            match self.large_read_buf() {
+                Some(dst) => {
+                    let n = dst.len().min(data.len());
+                    dst[..n].copy_from_slice(&data[..n]);
+                    self.commit_large_read(n);
                     data = &data[n..];
                 }
                 None => {
+                    self.rx_fresh |= !data.is_empty();
                     self.rx.extend_from_slice(data);
                     data = &[];
                 }
@@ -640,10 +640,7 @@ impl Session {
         }
         while self.state != State::Closed {
             let decoded = match self.rx_large.take() {
-                Some((buf, filled)) if filled == buf.len() => match &mut self.decoder {
-                    RxCodec::Crc(d) => d.decode_gathered(buf.freeze()),
-                    RxCodec::Secure(_) => Ok(None),
-                },
+                Some((buf, filled)) if filled == buf.len() => self.decoder.decode_gathered(buf.freeze()).map(Some),
                 Some(partial) => {
                     self.rx_large = Some(partial);
                     break;
@@ -1471,6 +1468,14 @@ impl RxCodec {
         match self {
             RxCodec::Crc(d) => d.decode(buf),
             RxCodec::Secure(d) => d.decode(buf),
+        }
+    }
+
+    /// Large frames are only gathered in crc mode (see `Session::start_large_frame`).
+    fn decode_gathered(&mut self, raw: Bytes) -> Result<Frame, FrameError> {
+        match self {
+            RxCodec::Crc(d) => d.decode_gathered(raw),
+            RxCodec::Secure(_) => Err(FrameError::GatheredLength { expected: 0, got: raw.len() }),
         }
     }
 
