@@ -6,9 +6,11 @@
 #      made for the run;
 # then, in a namespace: `msgr ping` over async+dpdk both ways, `msgr mon get-version`
 # over async+dpdk against a real ceph-mon on the kernel side of the TAP, and the
-# benchmark (msgr ping over the TAP with DPDK on either end, and kernel TCP over a veth
-# pair as the reference). Every namespace and TAP it creates is removed at exit.
-# Usage: ci/dpdk-tests.sh      Environment: T_DPDK_MSGS (messages each way, default 10000)
+# benchmark (`msgr bench` over the TAP with DPDK on either end, and msgr + raw kernel
+# TCP over a veth pair as the reference; JSON in target/bench/). Every namespace and TAP
+# it creates is removed at exit.
+# Usage: ci/dpdk-tests.sh      Environment: T_DPDK_MSGS (messages each way, default
+# 10000), BENCH_SECS (seconds per benchmark row, default 2), BENCH_SIZES (default 64,4k,64k)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . ci/lib.sh
@@ -65,23 +67,32 @@ eal="--no-pci --no-huge --no-shconf -m 512 --log-level=*:error --vdev=net_tap0,i
 dpdk=(--ms-type async+dpdk -o ms_dpdk_host_ipv4_addr=198.18.8.2 -o ms_dpdk_gateway_ipv4_addr=198.18.8.1
   -o "ms_dpdk_extra_eal_args=$eal")
 
-log "msgr serve over async+dpdk, msgr ping from the kernel side"
-start_server "$tmp/dserve.log" ip netns exec "$ns" "$bin" serve "${dpdk[@]}" --bind 198.18.8.2:0
+# bench_rows LABEL JSON-STEM CLIENT-ARGS...: `msgr bench client` at depth 1 and 16 (the
+# client runs in the namespace); rows are printed with LABEL, JSON goes to target/bench/.
+mkdir -p target/bench
+bench_rows() {
+  local label=$1 stem=$2 depth; shift 2
+  for depth in 1 16; do
+    in_ns timeout 300 "$bin" bench client "$@" --size "${BENCH_SIZES:-64,4k,64k}" --depth "$depth" \
+      --duration "${BENCH_SECS:-2}" --warmup 0.3 --json "target/bench/$stem-d$depth.json" \
+      | sed "s/^/BENCH $label | /" || { log "msgr bench ($label, depth $depth) failed"; exit 1; }
+  done
+}
+
+log "bench: msgr bench server over async+dpdk, client on the kernel side of the TAP"
+# The raw row is kernel TCP -> TAP -> the server's raw echo on its own DPDK stack
+# (smoltcp): the same path as msgr's, without msgr.
+start_server "$tmp/dserve.log" ip netns exec "$ns" "$bin" bench server "${dpdk[@]}" --bind 198.18.8.2:0
 pids+=("$SERVER_PID")
-dserver=$SERVER_ADDR
-for size in 64 4096 65536; do
-  line=$(in_ns timeout 120 "$bin" ping --connect "$dserver" --count "${BENCH_COUNT:-2000}" --size "$size")
-  echo "BENCH async+posix client -> async+dpdk server (net_tap) $size | $line"
-done
+bench_rows "async+posix client -> async+dpdk server (net_tap)" dpdk-tap-server --connect "$SERVER_ADDR"
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 
-log "msgr serve on the kernel side, msgr ping over async+dpdk"
-start_server "$tmp/pserve.log" ip netns exec "$ns" "$bin" serve --bind 198.18.8.1:0
+log "bench: msgr bench server on the kernel side, client over async+dpdk"
+# No raw row: a raw kernel-TCP client here would not cross the TAP (the server's IP is local).
+start_server "$tmp/pserve.log" ip netns exec "$ns" "$bin" bench server --bind 198.18.8.1:0
 pids+=("$SERVER_PID")
-for size in 64 4096 65536; do
-  line=$(in_ns timeout 120 "$bin" ping "${dpdk[@]}" --connect "$SERVER_ADDR" --count "${BENCH_COUNT:-2000}" --size "$size")
-  echo "BENCH async+dpdk client -> async+posix server (net_tap) $size | $line"
-done
+bench_rows "async+dpdk client -> async+posix server (net_tap)" dpdk-tap-client "${dpdk[@]}" --baseline none \
+  --connect "$SERVER_ADDR"
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 
 log "lossless async+dpdk client -> async+posix server with injected socket failures"
@@ -106,7 +117,7 @@ epoch=$(in_ns timeout 60 ceph -c "$conf" osd stat -f json | python3 -c 'import s
 case $out in "osdmap version $epoch "*) ;; *) log "expected osdmap version $epoch (from the ceph CLI), got: $out"; exit 1 ;; esac
 MON_IP=198.18.8.1 bash ci/mon.sh stop "$tmp/mon" >/dev/null 2>&1 || true
 
-log "reference: kernel TCP over a veth pair between two namespaces, msgr ping async+posix"
+log "reference: kernel TCP over a veth pair between two namespaces: msgr bench async+posix and raw TCP"
 ip netns add "$ns-b"
 ip link add vma netns "$ns" type veth peer name vmb netns "$ns-b"
 in_ns ip addr add 198.18.10.1/24 dev vma
@@ -114,10 +125,8 @@ in_ns ip link set vma up
 ip netns exec "$ns-b" ip addr add 198.18.10.2/24 dev vmb
 ip netns exec "$ns-b" ip link set vmb up
 ip netns exec "$ns-b" ip link set lo up
-start_server "$tmp/vserve.log" ip netns exec "$ns-b" "$bin" serve --bind 198.18.10.2:0
+start_server "$tmp/vserve.log" ip netns exec "$ns-b" "$bin" bench server --bind 198.18.10.2:0
 pids+=("$SERVER_PID")
-for size in 64 4096 65536; do
-  line=$(in_ns timeout 120 "$bin" ping --connect "$SERVER_ADDR" --count "${BENCH_COUNT:-2000}" --size "$size")
-  echo "BENCH async+posix client -> async+posix server (veth) $size | $line"
-done
+bench_rows "async+posix over veth, with raw kernel TCP" veth --connect "$SERVER_ADDR"
+kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 log "DPDK suite passed"

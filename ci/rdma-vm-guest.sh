@@ -4,7 +4,8 @@
 #   2. the messenger suite over async+rdma (target/release/rdma-messenger-test);
 #   3. the msgr CLI over async+rdma: serve + ping, a refused connection, a killed server;
 #   4. the perftest baseline (ci/rxe-vm/selftest.sh);
-#   5. the benchmark: msgr ping over async+rdma and async+posix, same VM boot.
+#   5. the benchmark: msgr bench over async+rdma and async+posix (each with the raw
+#      kernel TCP echo in the same run), same VM boot.
 # Usage (in the VM): bash ci/rdma-vm-guest.sh DEVICE-TEST-BINARY...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,15 +69,19 @@ unset MSGR_ARGS
 log "perftest baseline"
 bash ci/rxe-vm/selftest.sh
 
-log "benchmark: msgr ping round trips, async+rdma vs async+posix, same VM boot"
+log "benchmark: msgr bench, async+rdma and async+posix, same VM boot (raw = kernel TCP in the VM)"
+# One bare `msgr bench` per stack and depth: it starts its own server child with the
+# same options, and measures the raw TCP echo in the same invocation. JSON lands in
+# target/bench/ on the shared directory (copied to docs/bench/ by hand).
+mkdir -p target/bench
 for ms_type in async+rdma async+posix; do
   export MSGR_ARGS="--ms_type=$ms_type --ms_async_rdma_device_name=$MSGR_RDMA_DEVICE \
 --ms_async_rdma_gid_idx=$MSGR_RDMA_GID_IDX --ms_async_rdma_buffer_size=64K"
-  start_server "$tmp/bench-$ms_type.log" timeout 300 "$bin" serve --bind 127.0.0.1:0
-  for size in 64 4096 65536; do
-    line=$(timeout 120 "$bin" ping --connect "$SERVER_ADDR" --count "${BENCH_COUNT:-500}" --size "$size")
-    echo "BENCH msgr $ms_type $size | $line"
+  for depth in 1 16; do
+    timeout 300 "$bin" bench --size "${BENCH_SIZES:-64,4k,64k}" --depth "$depth" \
+      --duration "${BENCH_SECS:-2}" --warmup 0.3 --json "target/bench/vm-${ms_type#async+}-d$depth.json" \
+      | sed "s/^/BENCH vm $ms_type | /" || { log "msgr bench over $ms_type depth $depth failed"; exit 1; }
   done
-  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 done
+unset MSGR_ARGS
 log "RDMA VM suite passed"

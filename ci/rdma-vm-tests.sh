@@ -3,7 +3,8 @@
 # them inside the soft-RoCE VM (ci/rxe-vm/run.sh: rxe0 on lo, GID index 1) in one boot:
 # device tests, the messenger suite, the CLI over async+rdma, the perftest baseline and
 # the msgr-vs-posix benchmark (ci/rdma-vm-guest.sh).
-# Usage: ci/rdma-vm-tests.sh
+# Usage: ci/rdma-vm-tests.sh   (BENCH_SECS per row, default 2, and BENCH_SIZES, default
+# 64,4k,64k, reach the benchmark in the guest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . ci/lib.sh
@@ -14,4 +15,5 @@ suite=$(test_bins --release --features rdma --test rdma_messenger)
 [ -n "$suite" ] || { log "the rdma_messenger suite did not build"; exit 1; }
 cp "$suite" target/release/rdma-messenger-test
 cargo build --release --features rdma --bin msgr
-ci/rxe-vm/run.sh -q --share "$PWD" -- bash ci/rdma-vm-guest.sh $device_bins
+ci/rxe-vm/run.sh -q --share "$PWD" -e "BENCH_SECS=${BENCH_SECS:-2}" \
+  -e "BENCH_SIZES=${BENCH_SIZES:-64,4k,64k}" -- bash ci/rdma-vm-guest.sh $device_bins

@@ -2,10 +2,14 @@
 """Draws `msgr bench --json` results as an SVG: msgs/s and p99 round trip against
 message size, one line per transport (msgr, raw) and stack. Standard library only.
 
-Usage: docs/plot_bench.py OUT.svg RESULT.json [RESULT.json ...]
+Usage: docs/plot_bench.py OUT.svg [NAME[|RAW NAME]=]RESULT.json [...]
 
-Rows are grouped by (transport, ms_type, depth); each group is one line, its points
-sorted by size. Axes are logarithmic.
+Rows are grouped by (transport, name, depth); each group is one line, its points
+sorted by size. A msgr row's name is NAME when given, else "msgr <ms_type>" (so runs
+whose client used the same stack against different servers can be told apart). A raw
+row's name is RAW NAME when given, else "raw TCP"; when several files give raw rows the
+same name, size and depth, the first file's is drawn. One colour per name; depth 1
+solid, deeper dashed. Axes are logarithmic.
 """
 import json
 import math
@@ -34,14 +38,21 @@ def human_num(v):
     return f"{v:g}"
 
 
-def load(paths):
+def load(args):
     groups = defaultdict(dict)
-    for p in paths:
-        with open(p) as f:
+    for arg in args:
+        names, sep, path = arg.partition("=")
+        if not sep:
+            names, path = "", arg
+        name, _, raw_name = names.partition("|")
+        with open(path) as f:
             doc = json.load(f)
         for r in doc["rows"]:
-            key = (r["transport"], r.get("ms_type", "?"), r["depth"])
-            groups[key][r["size"]] = r
+            if r["transport"] == "raw":
+                key = ("raw", raw_name or "raw TCP", r["depth"])
+            else:
+                key = (r["transport"], name or f'msgr {r.get("ms_type", "?")}', r["depth"])
+            groups[key].setdefault(r["size"], r)
     return groups
 
 
@@ -56,8 +67,8 @@ def log_ticks(lo, hi):
 
 
 def panel(out, x0, title, ylabel, series, field, sizes):
-    """One log-log panel at x offset x0; series: [(label, colour, {size: row})]."""
-    vals = [row[field] for _, _, pts in series for row in pts.values() if row[field] > 0]
+    """One log-log panel at x offset x0; series: [(label, colour, dashed, {size: row})]."""
+    vals = [row[field] for *_, pts in series for row in pts.values() if row[field] > 0]
     if not vals:
         return
     ylo, yhi = min(vals) / 1.5, max(vals) * 1.5
@@ -84,10 +95,10 @@ def panel(out, x0, title, ylabel, series, field, sizes):
         f'<text x="{x0 - 52}" y="{MARGIN_T + PANEL_H / 2}" text-anchor="middle" font-size="12" '
         f'transform="rotate(-90 {x0 - 52} {MARGIN_T + PANEL_H / 2})">{ylabel}</text>'
     )
-    for label, colour, pts in series:
+    for _, colour, dashed, pts in series:
         xs = sorted(s for s in pts if pts[s][field] > 0)
         coords = " ".join(f"{sx(s):.1f},{sy(pts[s][field]):.1f}" for s in xs)
-        dash = ' stroke-dasharray="6,4"' if label.startswith("raw") else ""
+        dash = ' stroke-dasharray="6,4"' if dashed else ""
         out.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
         for s in xs:
             out.append(f'<circle cx="{sx(s):.1f}" cy="{sy(pts[s][field]):.1f}" r="3" fill="{colour}"/>')
@@ -99,13 +110,15 @@ def main():
     groups = load(sys.argv[2:])
     if not groups:
         sys.exit("no rows in the given files")
-    # msgr and raw at the same depth share a colour; raw is dashed.
-    depths = sorted({d for _, _, d in groups})
+    # One colour per name (msgr before raw, then in argument order); depth 1 solid,
+    # deeper dashed.
+    order = [(t, n) for t, n, _ in groups]  # dicts keep insertion (argument) order
+    names = list(dict.fromkeys(n for t, n in sorted(order, key=lambda tn: tn[0] == "raw")))
     series = []
-    for (transport, ms_type, depth), pts in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0])):
-        label = f"{transport} ({ms_type}, depth {depth})" if transport == "msgr" else f"raw TCP (depth {depth})"
-        series.append((label, COLOURS[depths.index(depth) % len(COLOURS)], pts))
-    sizes = sorted({s for _, _, pts in series for s in pts})
+    for (_, name, depth), pts in sorted(groups.items(), key=lambda kv: (names.index(kv[0][1]), kv[0][2])):
+        colour = COLOURS[names.index(name) % len(COLOURS)]
+        series.append((f"{name} (depth {depth})", colour, depth > 1, pts))
+    sizes = sorted({s for *_, pts in series for s in pts})
     H = MARGIN_T + PANEL_H + 60 + 16 * len(series)
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="13">',
@@ -114,8 +127,8 @@ def main():
     panel(out, MARGIN_L, "throughput", "messages per second", series, "msgs_per_sec", sizes)
     panel(out, MARGIN_L + PANEL_W + GAP, "p99 round trip", "microseconds", series, "rtt_us_p99", sizes)
     y = MARGIN_T + PANEL_H + 62
-    for label, colour, _ in series:
-        dash = ' stroke-dasharray="6,4"' if label.startswith("raw") else ""
+    for label, colour, dashed, _ in series:
+        dash = ' stroke-dasharray="6,4"' if dashed else ""
         out.append(f'<line x1="{MARGIN_L}" x2="{MARGIN_L + 30}" y1="{y - 4}" y2="{y - 4}" stroke="{colour}" stroke-width="2"{dash}/>')
         out.append(f'<text x="{MARGIN_L + 38}" y="{y}">{label}</text>')
         y += 16

@@ -222,6 +222,11 @@ impl EchoServer {
         self.m.perf_source()
     }
 
+    /// The server messenger's network stack (see [`Messenger::stack`]).
+    pub fn stack(&self) -> Option<Arc<msgr::stack::worker::NetworkStack>> {
+        self.m.stack()
+    }
+
     /// Pings answered so far.
     pub fn served(&self) -> u64 {
         self.echo.served.load(Ordering::Relaxed)

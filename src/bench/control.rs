@@ -25,6 +25,7 @@
 //! assert_eq!(ControlReply::decode(&reply.encode()).unwrap(), reply);
 //! ```
 
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -271,14 +272,20 @@ fn process_cpu_ns() -> Option<u64> {
 /// The server side: answers control requests, on the worker (a getrusage-class call
 /// and a small message; no reason to queue it behind anything).
 pub struct ControlServer {
-    raw_port: u16,
+    raw_port: AtomicU16,
     counters: OnceLock<PerfSource>,
 }
 
 impl ControlServer {
     /// A server whose replies name `raw_port` (0: no raw echo).
     pub fn new(raw_port: u16) -> ControlServer {
-        ControlServer { raw_port, counters: OnceLock::new() }
+        ControlServer { raw_port: AtomicU16::new(raw_port), counters: OnceLock::new() }
+    }
+
+    /// Names `port` in replies from now on: a raw echo on the messenger's own stack
+    /// can only start once the messenger (and its control dispatcher) exists.
+    pub fn set_raw_port(&self, port: u16) {
+        self.raw_port.store(port, Ordering::Relaxed);
     }
 
     /// Where replies take the server's counters from (set once the messenger exists).
@@ -291,7 +298,7 @@ impl ControlServer {
         ControlReply {
             nonce: req.nonce,
             cpu_ns: process_cpu_ns(),
-            raw_port: self.raw_port,
+            raw_port: self.raw_port.load(Ordering::Relaxed),
             counters_json: server_counters_json(self.counters.get()),
         }
     }

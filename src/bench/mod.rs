@@ -9,4 +9,5 @@ pub mod progress;
 pub mod raw;
 pub mod run;
 pub mod server;
+pub mod stack_echo;
 pub mod stats;

@@ -1,7 +1,9 @@
 //! `msgr bench server`: in one process, a messenger answering every MPing with an echo
-//! (the same as `msgr serve`), the raw TCP echo on the same IP, and the answer to the
-//! bench control request, which tells a client in another process or on another
-//! machine what this process spent in CPU time and where the raw echo listens.
+//! (the same as `msgr serve`), the raw TCP echo on the same IP (a kernel socket, or the
+//! messenger's own stack where the kernel does not own the IP: [`super::stack_echo`]),
+//! and the answer to the bench control request, which tells a client in another process
+//! or on another machine what this process spent in CPU time and where the raw echo
+//! listens.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use super::control::ControlServer;
 use super::raw::RawServer;
+use super::stack_echo::StackEcho;
 use crate::cli::{CliError, CommonArgs, EchoServer};
 
 /// How `msgr bench server` runs.
@@ -39,24 +42,52 @@ pub fn parse_listening_line(line: &str) -> Option<(&str, &str)> {
     Some((addr, ms_type))
 }
 
+/// The raw echo a bench server runs: a kernel TCP socket, or, where the kernel does
+/// not own the IP (a DPDK port's), the messenger's own stack.
+enum RawEcho {
+    Kernel(RawServer),
+    Stack(StackEcho),
+}
+
+impl RawEcho {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            RawEcho::Kernel(r) => r.addr(),
+            RawEcho::Stack(r) => r.addr(),
+        }
+    }
+}
+
 /// Runs `msgr bench server` until killed (or for `o.run_for`).
 pub fn serve(common: &CommonArgs, o: &ServerOptions) -> Result<(), CliError> {
     let raw_bind = SocketAddr::new(o.bind.ip(), o.raw_port);
-    let raw = match RawServer::start(raw_bind) {
-        Ok(r) => Some(r),
-        // An address the kernel does not own (a DPDK port's IP) has no raw echo; the
-        // messenger is still worth measuring, and clients are told there is none.
-        Err(e) if o.raw_port == 0 => {
-            eprintln!("msgr bench server: no raw echo: cannot listen on {raw_bind}: {e}");
-            None
-        }
+    let kernel = match RawServer::start(raw_bind) {
+        Ok(r) => Ok(r),
+        // An address the kernel does not own (a DPDK port's IP): the echo goes on the
+        // messenger's stack below, once that exists.
+        Err(e) if o.raw_port == 0 => Err(e),
         Err(e) => return Err(CliError::io(format!("cannot listen on {raw_bind} for the raw echo"), e)),
     };
-    let raw_addr = raw.as_ref().map(RawServer::addr);
-    let control = Arc::new(ControlServer::new(raw_addr.map_or(0, |a| a.port())));
+    let control = Arc::new(ControlServer::new(kernel.as_ref().map_or(0, |r| r.addr().port())));
     let s =
         EchoServer::start(common, o.bind, o.lossless, vec![control.clone() as Arc<dyn msgr::messenger::Dispatcher>])?;
     control.set_counters(s.perf_source());
+    let raw = match kernel {
+        Ok(r) => Some(RawEcho::Kernel(r)),
+        Err(kernel_err) => match s.stack().map(|st| StackEcho::start(st, raw_bind)) {
+            Some(Ok(r)) => {
+                eprintln!("msgr bench server: raw echo on {} over {} (kernel: {kernel_err})", r.addr(), s.ms_type);
+                Some(RawEcho::Stack(r))
+            }
+            Some(Err(e)) => {
+                eprintln!("msgr bench server: no raw echo: kernel: {kernel_err}; {}: {e}", s.ms_type);
+                None
+            }
+            None => None,
+        },
+    };
+    let raw_addr = raw.as_ref().map(RawEcho::addr);
+    control.set_raw_port(raw_addr.map_or(0, |a| a.port()));
     println!("{}", listening_line(&s.name.to_string(), &s.addr.to_string(), raw_addr, &s.ms_type));
     s.run("msgr bench server", o.run_for);
     drop(raw);

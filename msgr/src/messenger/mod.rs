@@ -421,6 +421,13 @@ impl Messenger {
         perf_dump(&self.inner)
     }
 
+    /// The network stack this messenger runs on, for tools that put their own sockets
+    /// on the same workers (`msgr bench server`'s raw echo over DPDK); `None` once the
+    /// messenger has shut down. Holding it keeps the workers running.
+    pub fn stack(&self) -> Option<Arc<NetworkStack>> {
+        lock(&self.stack).clone()
+    }
+
     /// A handle that dumps this messenger's counters for as long as it lives, for
     /// code that cannot hold the messenger (an admin socket command, a dispatcher).
     pub fn perf_source(&self) -> PerfSource {
