@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -232,9 +232,9 @@ impl EchoServer {
         self.echo.served.load(Ordering::Relaxed)
     }
 
-    /// Serves until killed, or for `run_for`, then shuts the messenger down. `who`
-    /// prefixes its status lines.
-    pub fn run(self, who: &str, run_for: Option<Duration>) {
+    /// Serves until killed, for `run_for`, or until `stop` is set, then shuts the
+    /// messenger down. `who` prefixes its status lines.
+    pub fn run(self, who: &str, run_for: Option<Duration>, stop: &AtomicBool) {
         let start = Instant::now();
         let mut last_report = Instant::now();
         let status = |s: &EchoServer| {
@@ -246,7 +246,7 @@ impl EchoServer {
         };
         loop {
             std::thread::sleep(Duration::from_millis(200));
-            if run_for.is_some_and(|d| start.elapsed() >= d) {
+            if run_for.is_some_and(|d| start.elapsed() >= d) || stop.load(Ordering::Acquire) {
                 break;
             }
             // With injection on, say how many faults so far: a server that is killed
@@ -268,7 +268,7 @@ impl EchoServer {
 pub fn serve(common: &CommonArgs, bind: SocketAddr, run_for: Option<Duration>, lossless: bool) -> Result<(), CliError> {
     let s = EchoServer::start(common, bind, lossless, Vec::new())?;
     println!("msgr serve: {} listening on {} (ms_type {})", s.name, s.addr, s.ms_type);
-    s.run("msgr serve", run_for);
+    s.run("msgr serve", run_for, &AtomicBool::new(false));
     Ok(())
 }
 

@@ -148,6 +148,10 @@ enum BenchRole {
         /// Exit after this many seconds (default: run until killed).
         #[arg(long, value_name = "SECS")]
         duration: Option<f64>,
+        /// Also exit when standard input closes (so a server started by a script or a
+        /// parent process goes when its parent does).
+        #[arg(long)]
+        exit_on_stdin_eof: bool,
     },
     /// The measuring side, against a `msgr bench server` here or on another machine.
     ///
@@ -306,12 +310,13 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(if r.errors == 0 && r.count == count { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Bench { connect, run, role } => match role {
-            Some(BenchRole::Server { bind, policy, raw_port, duration }) => {
+            Some(BenchRole::Server { bind, policy, raw_port, duration, exit_on_stdin_eof }) => {
                 let o = msgr_cli::bench::server::ServerOptions {
                     bind,
                     lossless: lossless(&policy)?,
                     raw_port,
                     run_for: duration.map(|d| secs(d, "--duration")).transpose()?,
+                    exit_on_stdin_eof,
                 };
                 msgr_cli::bench::server::serve(&cli.common, &o)?;
                 Ok(ExitCode::SUCCESS)

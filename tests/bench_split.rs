@@ -19,6 +19,18 @@ impl Drop for Killed {
     }
 }
 
+/// The lines `out` yields, from a thread of their own, so a reader can wait with a
+/// deadline; the channel disconnects at EOF.
+fn lines_of(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    rx
+}
+
 /// Starts `msgr ARGS` and returns it with the messenger address from its
 /// `... listening on ADDR ...` line.
 fn start_server(args: &[&str]) -> (Killed, String) {
@@ -30,12 +42,7 @@ fn start_server(args: &[&str]) -> (Killed, String) {
         .expect("start the server");
     let out = child.stdout.take().expect("server stdout");
     let guard = Killed(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let rx = lines_of(out);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let l = rx
@@ -185,4 +192,103 @@ fn perf_counters_reach_the_bench_report_and_the_admin_socket() {
         run_client(&["daemon", "perf", "dump", "--socket", missing.to_str().expect("utf-8")], Duration::from_secs(30));
     assert!(!e.status.success());
     assert!(String::from_utf8_lossy(&e.stderr).contains("admin_socket"), "{}", String::from_utf8_lossy(&e.stderr));
+}
+
+/// The children of `pid` still running (not zombies), from `/proc/*/stat`.
+fn live_children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        // "PID (COMM) STATE PPID ...": COMM may hold spaces, so split after the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
+        let mut f = rest.split_whitespace();
+        let (state, ppid) = (f.next(), f.next().and_then(|p| p.parse::<u32>().ok()));
+        if ppid == Some(pid) && state != Some("Z") {
+            if let Some(child) = head.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                out.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `pid` has exited (gone, or a zombie waiting for whoever adopted it).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+#[test]
+fn a_bare_bench_killed_with_sigkill_takes_its_server_child_with_it() {
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_msgr"))
+        .args(["bench", "--size", "64", "--duration", "60", "--warmup", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start msgr bench");
+    let bench_pid = bench.id();
+    let out = bench.stdout.take().expect("bench stdout");
+    let rx = lines_of(out);
+    // The settings header is printed once the server child listens.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let l = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        match l {
+            Ok(l) if l.starts_with("msgr bench: ") => break,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = bench.kill();
+                panic!("no settings header from msgr bench: {e}");
+            }
+        }
+    }
+    let children = live_children(bench_pid);
+    assert_eq!(children.len(), 1, "msgr bench should have one server child, has {children:?}");
+    let server = children[0];
+
+    bench.kill().expect("SIGKILL msgr bench");
+    bench.wait().expect("reap msgr bench");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !exited(server) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !exited(server) {
+        let _ = Command::new("kill").args(["-9", &server.to_string()]).status();
+        panic!("the server child {server} outlived its SIGKILLed parent by 20 s");
+    }
+}
+
+#[test]
+fn a_bench_server_with_exit_on_stdin_eof_stops_cleanly_when_stdin_closes() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msgr"))
+        .args(["bench", "server", "--bind", "127.0.0.1:0", "--exit-on-stdin-eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the server");
+    let out = child.stdout.take().expect("server stdout");
+    let stdin = child.stdin.take();
+    let mut guard = Killed(child);
+    let rx = lines_of(out);
+    let first = rx.recv_timeout(Duration::from_secs(30)).expect("a listening line");
+    assert!(first.contains(" listening on "), "first line: {first:?}");
+    drop(stdin);
+    // Everything it prints until its stdout closes; the last words come from the clean
+    // shutdown path, which a kill would skip.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut rest = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(l) => rest.push(l),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("still running 20 s after stdin closed: {rest:?}"),
+        }
+    }
+    assert!(rest.iter().any(|l| l.starts_with("msgr bench server: answered 0 pings")), "after EOF: {rest:?}");
+    let status = guard.0.wait().expect("wait for the server");
+    assert!(status.success(), "exit status {status}");
 }

@@ -12,7 +12,7 @@
 use std::io::{BufRead, BufReader, IsTerminal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -119,9 +119,16 @@ fn kernel() -> String {
 /// such as DPDK takes a while to start).
 const CHILD_START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A `msgr bench server` child process, killed when dropped.
+/// How long a dropped [`LocalServer`] may take to shut down on its own (a DPDK port
+/// closes and checks its mbufs) before it is killed.
+const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `msgr bench server` child process, stopped when dropped. It runs with
+/// `--exit-on-stdin-eof` and `stdin` is its only writer, so it also goes when this
+/// process dies without running `Drop` (SIGKILL): the kernel closes the pipe.
 struct LocalServer {
     child: Child,
+    stdin: Option<ChildStdin>,
     addr: EntityAddr,
     /// The stack it says it runs (its config may differ from ours: it reads the
     /// `osd.0` sections).
@@ -143,8 +150,10 @@ impl LocalServer {
         for o in &common.options {
             cmd.args(["-o", o]);
         }
-        cmd.args(["bench", "server", "--bind", "127.0.0.1:0", "--policy", if lossless { "lossless" } else { "lossy" }]);
+        cmd.args(["bench", "server", "--bind", "127.0.0.1:0", "--exit-on-stdin-eof"]);
+        cmd.args(["--policy", if lossless { "lossless" } else { "lossy" }]);
         let mut child = cmd
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -181,8 +190,9 @@ impl LocalServer {
                 }
             }
         };
+        let stdin = child.stdin.take();
         match found {
-            Ok((addr, ms_type)) => Ok(LocalServer { child, addr, ms_type }),
+            Ok((addr, ms_type)) => Ok(LocalServer { child, stdin, addr, ms_type }),
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -193,7 +203,18 @@ impl LocalServer {
 }
 
 impl Drop for LocalServer {
+    /// Closes the child's stdin so it shuts its messenger down cleanly; kills it if it
+    /// has not exited within [`CHILD_STOP_TIMEOUT`].
     fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + CHILD_STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => break,
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

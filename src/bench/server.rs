@@ -5,7 +5,9 @@
 //! or on another machine what this process spent in CPU time and where the raw echo
 //! listens.
 
+use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +27,10 @@ pub struct ServerOptions {
     pub raw_port: u16,
     /// Exit after this long instead of running until killed.
     pub run_for: Option<Duration>,
+    /// Exit when standard input reaches EOF. Bare `msgr bench` starts its server child
+    /// with this and holds the pipe's write end, so the child goes when the client
+    /// does, even when the client is killed with SIGKILL (the kernel closes the pipe).
+    pub exit_on_stdin_eof: bool,
 }
 
 /// The line `msgr bench server` prints once it listens; `msgr bench` reads the
@@ -58,7 +64,8 @@ impl RawEcho {
     }
 }
 
-/// Runs `msgr bench server` until killed (or for `o.run_for`).
+/// Runs `msgr bench server` until killed (or for `o.run_for`, or until stdin closes
+/// with `o.exit_on_stdin_eof`).
 pub fn serve(common: &CommonArgs, o: &ServerOptions) -> Result<(), CliError> {
     let raw_bind = SocketAddr::new(o.bind.ip(), o.raw_port);
     let kernel = match RawServer::start(raw_bind) {
@@ -88,8 +95,21 @@ pub fn serve(common: &CommonArgs, o: &ServerOptions) -> Result<(), CliError> {
     };
     let raw_addr = raw.as_ref().map(RawEcho::addr);
     control.set_raw_port(raw_addr.map_or(0, |a| a.port()));
+    let stop = Arc::new(AtomicBool::new(false));
+    if o.exit_on_stdin_eof {
+        let stop = Arc::clone(&stop);
+        // Detached: it ends with the process. A read error counts as EOF, since the
+        // parent is gone either way.
+        std::thread::Builder::new()
+            .name("stdin-eof".into())
+            .spawn(move || {
+                let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
+                stop.store(true, Ordering::Release);
+            })
+            .map_err(|e| CliError::io("cannot start the stdin watcher", e))?;
+    }
     println!("{}", listening_line(&s.name.to_string(), &s.addr.to_string(), raw_addr, &s.ms_type));
-    s.run("msgr bench server", o.run_for);
+    s.run("msgr bench server", o.run_for, &stop);
     drop(raw);
     Ok(())
 }
