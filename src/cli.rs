@@ -294,6 +294,8 @@ pub struct PingReport {
     pub remote_resets: u64,
     /// Why the last reset or refusal happened.
     pub last_reset: Option<String>,
+    /// The client messenger's `perf dump` as the run ended.
+    pub counters: serde_json::Value,
 }
 
 /// What `--verify` found: each is also counted in [`PingReport::errors`].
@@ -640,6 +642,7 @@ pub fn ping(
         }
         s.report.clone()
     };
+    let report = PingReport { counters: m.perf_dump(), ..report };
     m.shutdown();
     m.wait();
     Ok(report)

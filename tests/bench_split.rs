@@ -171,6 +171,12 @@ fn perf_counters_reach_the_bench_report_and_the_admin_socket() {
     assert!(me["msgr_send_messages"].as_i64().is_some_and(|n| n >= msgs), "{me}");
     assert!(me["msgr_write_calls"].as_i64().is_some_and(|n| n > 0), "{me}");
     assert_eq!(me["msgr_connection_faults"], 0, "clients hanging up are not faults: {me}");
+    // The client's own messengers, added up over warm-up and measured round.
+    assert!(stdout.contains("client perf counters"), "{stdout}");
+    let client = &doc["client_counters"]["msgr.client.?"];
+    assert!(client["msgr_send_messages"].as_i64().is_some_and(|n| n >= msgs), "{client}");
+    assert!(client["msgr_frames_written"].as_i64().is_some_and(|n| n >= msgs), "{client}");
+    assert!(client.get("msgr_active_connections").is_none(), "a summed gauge means nothing: {client}");
 
     let dump =
         run_client(&["daemon", "perf", "dump", "--socket", asok.to_str().expect("utf-8")], Duration::from_secs(30));
@@ -186,6 +192,17 @@ fn perf_counters_reach_the_bench_report_and_the_admin_socket() {
         .map(|(_, w)| w["msgr_recv_messages"].as_i64().unwrap_or(0))
         .sum();
     assert_eq!(workers, now, "one messenger on the stack: its workers' counts add up to its own");
+
+    // `perf schema` describes every value `perf dump` shows.
+    let schema =
+        run_client(&["daemon", "perf", "schema", "--socket", asok.to_str().expect("utf-8")], Duration::from_secs(30));
+    assert!(schema.status.success(), "{}", String::from_utf8_lossy(&schema.stderr));
+    let schema: serde_json::Value = serde_json::from_slice(&schema.stdout).expect("perf schema is JSON");
+    for (section, values) in v.as_object().expect("sections") {
+        for key in values.as_object().expect("a section is an object").keys() {
+            assert!(schema[key]["description"].is_string(), "{section}.{key} is not in perf schema: {schema}");
+        }
+    }
 
     let missing = dir.path().join("nobody.asok");
     let e =

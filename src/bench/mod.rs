@@ -5,6 +5,7 @@
 //! process.
 
 pub mod control;
+pub mod counters;
 pub mod progress;
 pub mod raw;
 pub mod run;

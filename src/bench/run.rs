@@ -21,6 +21,7 @@ use cpu_time::ProcessTime;
 use msgr::proto::{EntityAddr, EntityType};
 
 use super::control::{ControlClient, ControlReply, CONTROL_TIMEOUT};
+use super::counters::{counters_summary, CounterTotals};
 use super::progress::{progress_line, with_progress, Span};
 use super::raw::{self, Until};
 use super::server;
@@ -352,6 +353,7 @@ fn run_jobs<T: Send>(jobs: usize, job: impl Fn() -> Result<T, String> + Sync) ->
     })
 }
 
+/// One msgr round; each job's messenger adds its counters to `counters`.
 fn msgr_round(
     common: &CommonArgs,
     o: &BenchOptions,
@@ -359,6 +361,7 @@ fn msgr_round(
     size: usize,
     span: Duration,
     progress: Option<Arc<AtomicU64>>,
+    counters: &mut CounterTotals,
 ) -> Round {
     let cpu0 = ProcessTime::now();
     let t0 = Instant::now();
@@ -378,6 +381,7 @@ fn msgr_round(
     for rep in reports {
         match rep {
             Ok(p) => {
+                counters.add(&p.counters);
                 r.add(&p.rtt, p.count, p.errors);
                 r.reconnects += p.resets + p.remote_resets;
                 if let Some(e) = p.first_error {
@@ -503,15 +507,17 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
     };
     let warm = BenchOptions { count: None, ..o.clone() };
     let mut rows = Vec::new();
+    let mut client_counters = CounterTotals::new();
     for &size in &o.sizes {
         if !o.warmup.is_zero() {
-            let _ = msgr_round(common, &warm, &target, size, o.warmup, None);
+            let _ = msgr_round(common, &warm, &target, size, o.warmup, None, &mut client_counters);
         }
         let counter = Arc::new(AtomicU64::new(0));
         let line = |n: u64, t: Duration| progress_line(size, Transport::Msgr, t, span, n);
         let (m, scpu) = server_cpu_during(&mut probe, || {
             with_progress(show, &counter, line, || {
-                msgr_round(common, o, &target, size, o.duration, show.then(|| Arc::clone(&counter)))
+                let progress = show.then(|| Arc::clone(&counter));
+                msgr_round(common, o, &target, size, o.duration, progress, &mut client_counters)
             })
         });
         let msgr_row = m.into_row(Transport::Msgr, settings.ms_type.clone(), size, o.depth, scpu);
@@ -542,13 +548,21 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
         .as_deref()
         .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
         .unwrap_or(serde_json::Value::Null);
-    for line in counters_summary(&counters) {
+    for line in counters_summary("server perf counters (whole run, `perf dump`):", &counters) {
+        println!("{line}");
+    }
+    let client_counters = client_counters.to_json();
+    for line in counters_summary(
+        "client perf counters (whole run; the jobs' messengers added up, and the workers they share):",
+        &client_counters,
+    ) {
         println!("{line}");
     }
     if let Some(path) = &o.json {
         let doc = serde_json::json!({
             "settings": settings.to_json(o),
             "server_counters": counters,
+            "client_counters": client_counters,
             "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&doc).map_err(|e| CliError::Bench(format!("json: {e}")))?;
@@ -557,63 +571,9 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
     Ok(rows)
 }
 
-/// One line per section of a server's `perf dump` (its messenger, then each worker):
-/// the counters a reader of a benchmark wants next to the rows. Whole-run totals,
-/// warm-ups and the raw rounds' control exchanges included.
-pub fn counters_summary(dump: &serde_json::Value) -> Vec<String> {
-    let Some(sections) = dump.as_object() else { return Vec::new() };
-    let n = |sec: &serde_json::Value, k: &str| sec.get(k).and_then(serde_json::Value::as_i64).unwrap_or(0);
-    let mut lines = Vec::new();
-    if !sections.is_empty() {
-        lines.push("server perf counters (whole run, `perf dump`):".to_string());
-    }
-    for (name, sec) in sections {
-        let mut l = format!(
-            "  {name}: msgs in {} out {} | bytes in {} out {} | reads {} writes {} ({} frames/write) | conns created {} active {} faults {} reconnects {}",
-            n(sec, "msgr_recv_messages"),
-            n(sec, "msgr_send_messages"),
-            n(sec, "msgr_recv_bytes"),
-            n(sec, "msgr_send_bytes"),
-            n(sec, "msgr_read_calls"),
-            n(sec, "msgr_write_calls"),
-            sec.get("msgr_frames_per_write").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
-            n(sec, "msgr_created_connections"),
-            n(sec, "msgr_active_connections"),
-            n(sec, "msgr_connection_faults"),
-            n(sec, "msgr_reconnects"),
-        );
-        if sec.get("msgr_dispatch_queue_len").is_some() {
-            l.push_str(&format!(
-                " | dispatch queue {} throttle waits {}",
-                n(sec, "msgr_dispatch_queue_len"),
-                n(sec, "msgr_dispatch_throttle_waits")
-            ));
-        }
-        lines.push(l);
-    }
-    lines
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_counters_summary_has_a_line_per_section_and_nothing_for_no_dump() {
-        assert!(counters_summary(&serde_json::Value::Null).is_empty());
-        assert!(counters_summary(&serde_json::json!({})).is_empty());
-        let dump = serde_json::json!({
-            "msgr.osd.0": {"msgr_recv_messages": 5, "msgr_write_calls": 2, "msgr_frames_per_write": 2.5,
-                           "msgr_dispatch_queue_len": 0, "msgr_dispatch_throttle_waits": 3},
-            "AsyncMessenger::Worker-0": {"msgr_send_messages": 7},
-        });
-        let l = counters_summary(&dump);
-        assert_eq!(l.len(), 3);
-        assert!(l[1].contains("AsyncMessenger::Worker-0: msgs in 0 out 7"), "{}", l[1]);
-        assert!(!l[1].contains("throttle"));
-        assert!(l[2].contains("msgr.osd.0: msgs in 5") && l[2].contains("(2.5 frames/write)"), "{}", l[2]);
-        assert!(l[2].contains("throttle waits 3"));
-    }
 
     #[test]
     fn the_raw_baseline_goes_to_the_server_ip_and_its_raw_port() {

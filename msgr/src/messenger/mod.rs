@@ -297,7 +297,7 @@ fn perf_dump(i: &MsgrInner) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     out.insert(format!("msgr.{}", i.name), serde_json::Value::Object(me));
     for w in &i.workers {
-        out.insert(format!("AsyncMessenger::Worker-{}", w.id()), serde_json::Value::Object(w.perf().to_json()));
+        out.insert(format!("{}{}", perf::WORKER_SECTION_PREFIX, w.id()), serde_json::Value::Object(w.perf().to_json()));
     }
     serde_json::Value::Object(out)
 }

@@ -144,17 +144,45 @@ impl PerfCounters {
     }
 }
 
-/// The description of every counter, as `perf schema` prints it.
+/// How a worker's section in `perf dump` is named: this and the worker's number. A
+/// worker belongs to its stack, which every messenger of that `ms_type` in the process
+/// shares, so each of their dumps shows the same worker sections.
+pub const WORKER_SECTION_PREFIX: &str = "AsyncMessenger::Worker-";
+
+/// Values a messenger's `perf dump` section has besides its [`Counter`]s (they live
+/// in the dispatch queue, the throttle and the receive pool): (name, is a gauge,
+/// description).
+pub const MESSENGER_EXTRAS: [(&str, bool, &str); 5] = [
+    ("msgr_dispatch_queue_len", true, "messages waiting for the dispatch thread"),
+    ("msgr_dispatch_throttle_bytes", true, "bytes of received messages held against ms_dispatch_throttle_bytes"),
+    ("msgr_dispatch_throttle_waits", false, "times a worker stopped reading because the dispatch throttle was full"),
+    ("msgr_rx_pool_idle_bytes", true, "large-frame receive buffers kept idle for reuse"),
+    ("msgr_fast_dispatched", false, "messages handed to ms_fast_dispatch on the worker thread"),
+];
+
+/// True for a `perf dump` value that only goes up, so dumps of several messengers
+/// can be added up (gauges and ratios cannot).
+///
+/// ```
+/// use msgr::messenger::perf::is_cumulative;
+/// assert!(is_cumulative("msgr_send_messages"));
+/// assert!(!is_cumulative("msgr_active_connections"));
+/// assert!(!is_cumulative("msgr_frames_per_write"));
+/// ```
+pub fn is_cumulative(name: &str) -> bool {
+    Counter::ALL.iter().any(|c| c.name() == name && !c.is_gauge())
+        || MESSENGER_EXTRAS.iter().any(|&(n, gauge, _)| n == name && !gauge)
+}
+
+/// The description of every value in `perf dump`, as `perf schema` prints it.
 pub fn schema() -> serde_json::Value {
     let mut m = serde_json::Map::new();
+    let kind = |gauge| if gauge { "gauge" } else { "counter" };
     for c in Counter::ALL {
-        m.insert(
-            c.name().into(),
-            serde_json::json!({
-                "type": if c.is_gauge() { "gauge" } else { "counter" },
-                "description": c.description(),
-            }),
-        );
+        m.insert(c.name().into(), serde_json::json!({"type": kind(c.is_gauge()), "description": c.description()}));
+    }
+    for (name, gauge, description) in MESSENGER_EXTRAS {
+        m.insert(name.into(), serde_json::json!({"type": kind(gauge), "description": description}));
     }
     m.insert(
         "msgr_frames_per_write".into(),
@@ -201,5 +229,7 @@ mod tests {
             assert!(s[c.name()]["description"].is_string(), "{}", c.name());
         }
         assert_eq!(s["msgr_active_connections"]["type"], "gauge");
+        assert_eq!(s["msgr_dispatch_throttle_waits"]["type"], "counter");
+        assert_eq!(s["msgr_dispatch_queue_len"]["type"], "gauge");
     }
 }
