@@ -35,8 +35,13 @@ use crate::stack::{ConnectedSocket, ServerSocket};
 
 /// Most bytes read per readable event before giving other connections a turn.
 const READ_BUDGET: usize = 1 << 20;
-/// Each worker's scratch buffer for reads: the most one read takes in, outside large frames.
-pub(crate) const READ_CHUNK: usize = 64 * 1024;
+/// Each worker's scratch buffer for reads: the most one read takes in, outside large
+/// frames. Small on purpose: after each full read the replies it produced are written
+/// before the next read (see `do_read`), so a burst of small messages is answered in
+/// pieces the peer can work on while this side handles the rest, instead of the two
+/// ends taking turns on whole bursts. On loopback, 8 KiB beat 64 KiB and 16 KiB for
+/// 64 B messages 128 deep (≈ 2× msgs/s) without losing at 4 KiB or 64 KiB.
+pub(crate) const READ_CHUNK: usize = 8 * 1024;
 /// Most bytes framed ahead of the socket per flush; bounds memory per connection.
 const WRITE_BUDGET: usize = 512 * 1024;
 /// Most buffers per vectored write (well under IOV_MAX).
@@ -272,6 +277,13 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         handle_session_events(local, id)?;
         if drained {
             return Ok(());
+        }
+        // More is waiting: send what this read produced first, unless a large frame is
+        // half read (its reply comes when it is whole; writing then would only split
+        // a batch of large replies).
+        let Some(lc) = local.conns.get_mut(&id) else { return Ok(()) };
+        if !direct && lc.session.large_read_buf().is_none() {
+            flush(local, center, id);
         }
     }
 }

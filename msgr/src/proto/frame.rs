@@ -432,11 +432,12 @@ fn segment_len_u32(index: usize, len: usize) -> u32 {
 
 /// Appends the frame's crc-mode wire bytes to `out` as buffers for a vectored write.
 ///
-/// `out` receives one small buffer holding the preamble, segment 0 and its crc (copied),
-/// then segments 1..3 as given (not copied — large data stays zero-copy), then the
-/// epilogue when more than one segment is announced. The announced count is
-/// [`Frame::wire_segments`]; announced-but-empty segments keep their alignment and get crc
-/// `0xFFFFFFFF` in the epilogue (crc of nothing with seed -1), unannounced ones are zero.
+/// Segments of [`ZERO_COPY_MIN`] bytes or more are handed over as given (not copied);
+/// everything else (preamble, small segments, crcs, epilogue) is copied into one
+/// buffer between them. The announced count is [`Frame::wire_segments`];
+/// announced-but-empty segments keep their alignment and get crc `0xFFFFFFFF` in the
+/// epilogue (crc of nothing with seed -1), unannounced ones are zero. To gather many
+/// frames into few buffers, use a [`FrameWriter`].
 ///
 /// # Panics
 /// If a segment is 4 GiB or longer (not representable on the wire).
@@ -450,45 +451,127 @@ fn segment_len_u32(index: usize, len: usize) -> u32 {
 /// assert_eq!(bufs.iter().map(|b| b.len()).sum::<usize>(), f.wire_len());
 /// ```
 pub fn encode_frame(frame: &Frame, out: &mut Vec<Bytes>) {
-    let n = frame.wire_segments();
-    let mut lens = [0u32; 4];
-    let mut aligns = [0u16; 4];
-    for i in 0..n {
-        lens[i] = segment_len_u32(i, frame.segments[i].len());
-        aligns[i] = frame.aligns[i];
-    }
-    // Counts above 4 were clamped above, so the cast is exact.
-    let pre = Preamble { tag: frame.tag, num_segments: n as u8, lens, aligns };
-    crc_rev1_assemble(&pre, &frame.segments, out);
+    let mut w = FrameWriter::new();
+    w.push_frame(frame, out);
+    w.finish(out);
 }
 
-/// crc-mode rev1 assembly (`asm_crc_rev1`).
-fn crc_rev1_assemble(pre: &Preamble, segments: &[Bytes; 4], out: &mut Vec<Bytes>) {
-    let seg0 = &segments[0];
-    let mut head = BytesMut::with_capacity(PREAMBLE_LEN + seg0.len() + SEGMENT_CRC_LEN);
-    head.put_slice(&pre.encode());
-    if !seg0.is_empty() {
-        head.put_slice(seg0);
-        head.put_u32_le(segment_crc(seg0));
+/// Segments at least this long go to the wire by reference; shorter ones are copied
+/// next to the frame's preamble and epilogue. Copying a few hundred bytes is cheaper
+/// than the iovec entry, and the buffer it saves, that would carry them.
+pub const ZERO_COPY_MIN: usize = 1024;
+
+/// How much a [`FrameWriter`] grows its staging buffer by at least, so that steady
+/// traffic reuses one allocation instead of making one per frame.
+const STAGE_CHUNK: usize = 64 * 1024;
+
+/// Gathers the crc-mode wire bytes of consecutive frames for vectored writes: the
+/// small pieces of every frame (preamble, small segments, crcs, epilogue) are copied
+/// into one staging buffer, large segments are passed by reference between them. A
+/// burst of small messages becomes one buffer, so one write call takes many frames,
+/// and the staging buffer is reused once the bytes handed out are dropped.
+///
+/// ```
+/// use bytes::Bytes;
+/// use msgr::proto::{Frame, FrameWriter, Tag};
+/// let mut w = FrameWriter::new();
+/// let mut bufs = Vec::new();
+/// for _ in 0..100 {
+///     w.push_frame(&Frame::control(Tag::Keepalive2, Bytes::from_static(&[0; 12])), &mut bufs);
+/// }
+/// w.finish(&mut bufs);
+/// assert_eq!(bufs.len(), 1);
+/// ```
+#[derive(Debug, Default)]
+pub struct FrameWriter {
+    stage: BytesMut,
+}
+
+impl FrameWriter {
+    /// A writer with nothing staged.
+    pub fn new() -> FrameWriter {
+        FrameWriter::default()
     }
-    out.push(head.freeze());
-    let n = usize::from(pre.num_segments);
-    if n <= 1 {
-        return;
-    }
-    let mut epilogue = BytesMut::with_capacity(EPILOGUE_LEN);
-    epilogue.put_u8(LATE_STATUS_COMPLETE);
-    for (i, seg) in segments.iter().enumerate().skip(1) {
-        if i < n {
-            epilogue.put_u32_le(segment_crc(seg));
-            if !seg.is_empty() {
-                out.push(seg.clone());
-            }
-        } else {
-            epilogue.put_u32_le(0);
+
+    /// Room for `n` more bytes: the old allocation back if every buffer split from it
+    /// has been dropped (written), else a new one of [`STAGE_CHUNK`] at least.
+    fn room(&mut self, n: usize) {
+        if self.stage.capacity() - self.stage.len() < n && !self.stage.try_reclaim(n) {
+            self.stage.reserve(n.max(STAGE_CHUNK));
         }
     }
-    out.push(epilogue.freeze());
+
+    /// Appends `frame`, pushing to `out` what must precede a large segment.
+    ///
+    /// # Panics
+    /// If a segment is 4 GiB or longer (not representable on the wire).
+    pub fn push_frame(&mut self, frame: &Frame, out: &mut Vec<Bytes>) {
+        let n = frame.wire_segments();
+        let mut lens = [0u32; 4];
+        let mut aligns = [0u16; 4];
+        for i in 0..n {
+            lens[i] = segment_len_u32(i, frame.segments[i].len());
+            aligns[i] = frame.aligns[i];
+        }
+        // Counts above 4 were clamped above, so the cast is exact.
+        let pre = Preamble { tag: frame.tag, num_segments: n as u8, lens, aligns };
+        self.crc_rev1_assemble(&pre, &frame.segments, out);
+    }
+
+    /// crc-mode rev1 assembly (`asm_crc_rev1`).
+    fn crc_rev1_assemble(&mut self, pre: &Preamble, segments: &[Bytes; 4], out: &mut Vec<Bytes>) {
+        let n = usize::from(pre.num_segments);
+        let seg0 = &segments[0];
+        self.room(PREAMBLE_LEN + SEGMENT_CRC_LEN);
+        self.stage.put_slice(&pre.encode());
+        if !seg0.is_empty() {
+            self.put_segment(seg0, out);
+            self.room(SEGMENT_CRC_LEN);
+            self.stage.put_u32_le(segment_crc(seg0));
+        }
+        if n <= 1 {
+            return;
+        }
+        for seg in segments.iter().take(n).skip(1) {
+            self.put_segment(seg, out);
+        }
+        self.room(EPILOGUE_LEN);
+        self.stage.put_u8(LATE_STATUS_COMPLETE);
+        for (i, seg) in segments.iter().enumerate().skip(1) {
+            self.stage.put_u32_le(if i < n { segment_crc(seg) } else { 0 });
+        }
+    }
+
+    /// A segment's bytes: copied if small, else by reference after what is staged.
+    fn put_segment(&mut self, seg: &Bytes, out: &mut Vec<Bytes>) {
+        if seg.len() >= ZERO_COPY_MIN {
+            self.finish(out);
+            out.push(seg.clone());
+        } else if !seg.is_empty() {
+            self.room(seg.len());
+            self.stage.put_slice(seg);
+        }
+    }
+
+    /// Appends bytes encoded elsewhere (a secure frame) after what is staged.
+    pub fn push_bytes(&mut self, b: Bytes, out: &mut Vec<Bytes>) {
+        self.finish(out);
+        if !b.is_empty() {
+            out.push(b);
+        }
+    }
+
+    /// Moves what is staged to `out`; call it before handing `out` to a write.
+    pub fn finish(&mut self, out: &mut Vec<Bytes>) {
+        if !self.stage.is_empty() {
+            out.push(self.stage.split().freeze());
+        }
+    }
+
+    /// Bytes staged and not yet moved to an output.
+    pub fn staged(&self) -> usize {
+        self.stage.len()
+    }
 }
 
 /// The frame's wire bytes in one contiguous buffer (convenience for tests and tools).
@@ -878,11 +961,12 @@ mod tests {
         let f = message(b"front", b"mid", &vec![7u8; 10000]);
         let mut bufs = Vec::new();
         encode_frame(&f, &mut bufs);
-        assert_eq!(bufs.len(), 5);
-        assert_eq!(bufs[0].len(), 32 + 41 + 4);
-        // data segment handed over as the same allocation
-        assert_eq!(bufs[3].as_ptr(), f.segments[3].as_ptr());
-        assert_eq!(bufs[4].len(), EPILOGUE_LEN);
+        // Preamble, header, its crc, front and middle copied together; then the data
+        // segment handed over as the same allocation; then the epilogue.
+        assert_eq!(bufs.len(), 3);
+        assert_eq!(bufs[0].len(), 32 + 41 + 4 + 5 + 3);
+        assert_eq!(bufs[1].as_ptr(), f.segments[3].as_ptr());
+        assert_eq!(bufs[2].len(), EPILOGUE_LEN);
         // decoded segments point into the (frozen) receive buffer
         let wire = encode_frame_to_vec(&f);
         let mut buf = BytesMut::from(&wire[..]);
@@ -890,6 +974,55 @@ mod tests {
         let g = dec().decode(&mut buf).unwrap().unwrap();
         let p = g.segments[3].as_ptr() as usize;
         assert!(p >= base && p < base + wire.len());
+    }
+
+    #[test]
+    fn a_frame_writer_gathers_small_frames_and_keeps_large_segments_by_reference() {
+        let small = message(b"front", b"", &[1u8; ZERO_COPY_MIN - 1]);
+        let large = message(b"front", b"", &[2u8; ZERO_COPY_MIN]);
+        let frames =
+            [small.clone(), small.clone(), large.clone(), small.clone(), Frame::control(Tag::Wait, Bytes::new())];
+        let mut w = FrameWriter::new();
+        let mut bufs = Vec::new();
+        for f in &frames {
+            w.push_frame(f, &mut bufs);
+        }
+        assert!(w.staged() > 0);
+        w.finish(&mut bufs);
+        assert_eq!(w.staged(), 0);
+        // Two small frames and the large one's head; its data by reference; its
+        // epilogue, the last small frame and the control frame.
+        assert_eq!(bufs.len(), 3);
+        assert_eq!(bufs[1].as_ptr(), large.segments[3].as_ptr());
+        let wire: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        let want: Vec<u8> = frames.iter().flat_map(encode_frame_to_vec).collect();
+        assert_eq!(wire, want, "same bytes as frame-by-frame encoding");
+        // Bytes encoded elsewhere go after what is staged, in order.
+        w.push_frame(&small, &mut bufs);
+        w.push_bytes(Bytes::from_static(b"sealed"), &mut bufs);
+        w.finish(&mut bufs);
+        assert_eq!(&bufs[bufs.len() - 1][..], b"sealed");
+        assert_eq!(bufs[bufs.len() - 2].len(), small.wire_len());
+    }
+
+    #[test]
+    fn a_frame_writer_reuses_its_buffer_once_the_bytes_it_handed_out_are_dropped() {
+        let f = message(b"front", b"", &[3u8; 64]);
+        let mut w = FrameWriter::new();
+        let mut first = None;
+        for round in 0..1000 {
+            let mut bufs = Vec::new();
+            for _ in 0..16 {
+                w.push_frame(&f, &mut bufs);
+            }
+            w.finish(&mut bufs);
+            assert_eq!(bufs.len(), 1);
+            let base = bufs[0].as_ptr() as usize;
+            let start = *first.get_or_insert(base);
+            // Written and dropped (as after a write call): the same allocation serves
+            // every round instead of a new one per frame or per round.
+            assert!(base >= start && base < start + STAGE_CHUNK * 2, "round {round}: a new allocation");
+        }
     }
 
     #[test]

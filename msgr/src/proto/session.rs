@@ -22,7 +22,7 @@ use super::auth::{AuthError, AuthOutcome, ClientAuth, ServerAuth, ServerAuthStep
 use super::banner::{Banner, BannerError, FEATURE_REVISION_1};
 use super::encoding::DecodeError;
 use super::entity::{EntityName, EntityType};
-use super::frame::{encode_frame, encode_frame_to_vec, Frame, FrameDecoder, FrameError, FrameLimits, Tag};
+use super::frame::{encode_frame_to_vec, Frame, FrameDecoder, FrameError, FrameLimits, FrameWriter, Tag};
 use super::frames::{
     Ack, AuthBadMethod, AuthDone, AuthReplyMore, AuthRequest, AuthRequestMore, AuthSignature, ClientIdent,
     ControlFrame, Hello, IdentMissingFeatures, Keepalive2, Keepalive2Ack, ServerIdent, SessionReconnect,
@@ -325,6 +325,8 @@ pub struct Session {
     // Set once AUTH_DONE chose secure mode: every later frame we send is sealed.
     tx_secure: Option<SecureTx>,
     tx_frames: VecDeque<Bytes>,
+    /// Gathers the frames of one `poll_transmit` into few buffers; empty in between.
+    tx_writer: FrameWriter,
     events: VecDeque<SessionEvent>,
     // Pre-auth transcript for AUTH_SIGNATURE; `None` once signatures are exchanged.
     pre_auth: Option<(Vec<u8>, Vec<u8>)>,
@@ -393,6 +395,7 @@ impl Session {
             decoder,
             tx_secure: None,
             tx_frames: VecDeque::new(),
+            tx_writer: FrameWriter::new(),
             events: VecDeque::new(),
             pre_auth: Some((Vec::new(), Vec::new())),
             pre_auth_tx: None,
@@ -703,20 +706,33 @@ impl Session {
     }
 
     /// Encodes `frame` for the wire in the current mode (crc, or sealed once secure).
+    /// Encodes `frame` for the wire; its small pieces may stay staged in
+    /// `tx_writer` until [`FrameWriter::finish`] moves them to `out`. Returns the
+    /// frame's wire length.
     fn encode_out(&mut self, frame: &Frame, out: &mut Vec<Bytes>) -> usize {
         self.frames_out += 1;
-        let before = out.len();
+        let (before, staged) = (out.len(), self.tx_writer.staged());
         match &mut self.tx_secure {
-            Some(tx) => tx.encode_frame(frame, out),
-            None => encode_frame(frame, out),
+            Some(tx) => {
+                self.tx_writer.finish(out);
+                tx.encode_frame(frame, out);
+            }
+            None => self.tx_writer.push_frame(frame, out),
         }
-        out[before..].iter().map(Bytes::len).sum()
+        let moved: usize = out[before..].iter().map(Bytes::len).sum();
+        moved + self.tx_writer.staged() - staged
+    }
+
+    /// One frame's wire bytes, nothing left staged.
+    fn encode_one(&mut self, frame: &Frame) -> Vec<Bytes> {
+        let mut parts = Vec::with_capacity(3);
+        self.encode_out(frame, &mut parts);
+        self.tx_writer.finish(&mut parts);
+        parts
     }
 
     fn queue_frame(&mut self, frame: &Frame) {
-        let mut parts = Vec::with_capacity(2);
-        self.encode_out(frame, &mut parts);
-        for p in parts {
+        for p in self.encode_one(frame) {
             self.queue_raw(p);
         }
     }
@@ -955,8 +971,7 @@ impl Session {
             None => outcome.signature(&[]),
         };
         let frame = AuthSignature { sha256: sig }.to_frame();
-        let mut parts = Vec::with_capacity(1);
-        self.encode_out(&frame, &mut parts);
+        let parts = self.encode_one(&frame);
         // The signature frame itself is not part of the transcript the peer checks.
         let tx = self.pre_auth.take().map(|(_, tx)| tx).unwrap_or_default();
         self.tx_frames.extend(parts);
@@ -1382,6 +1397,7 @@ impl Session {
             added += self.encode_out(&Ack { seq: self.st.in_seq }.to_frame(), out);
             self.acked_in_seq = self.st.in_seq;
         }
+        self.tx_writer.finish(out);
         added
     }
 
