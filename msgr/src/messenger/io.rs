@@ -278,11 +278,11 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         if drained {
             return Ok(());
         }
-        // More is waiting: send what this read produced first, unless a large frame is
-        // half read (its reply comes when it is whole; writing then would only split
-        // a batch of large replies).
+        // The read filled the buffer, so more is likely waiting: send what this read
+        // produced first, unless a large frame is half read (its reply comes when it
+        // is whole; writing then would only split a batch of large replies).
         let Some(lc) = local.conns.get_mut(&id) else { return Ok(()) };
-        if !direct && lc.session.large_read_buf().is_none() {
+        if !direct && got == offered && lc.session.large_read_buf().is_none() {
             flush(local, center, id);
         }
     }
