@@ -553,14 +553,6 @@ impl FrameWriter {
         }
     }
 
-    /// Appends bytes encoded elsewhere (a secure frame) after what is staged.
-    pub fn push_bytes(&mut self, b: Bytes, out: &mut Vec<Bytes>) {
-        self.finish(out);
-        if !b.is_empty() {
-            out.push(b);
-        }
-    }
-
     /// Moves what is staged to `out`; call it before handing `out` to a write.
     pub fn finish(&mut self, out: &mut Vec<Bytes>) {
         if !self.stage.is_empty() {
@@ -997,12 +989,6 @@ mod tests {
         let wire: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
         let want: Vec<u8> = frames.iter().flat_map(encode_frame_to_vec).collect();
         assert_eq!(wire, want, "same bytes as frame-by-frame encoding");
-        // Bytes encoded elsewhere go after what is staged, in order.
-        w.push_frame(&small, &mut bufs);
-        w.push_bytes(Bytes::from_static(b"sealed"), &mut bufs);
-        w.finish(&mut bufs);
-        assert_eq!(&bufs[bufs.len() - 1][..], b"sealed");
-        assert_eq!(bufs[bufs.len() - 2].len(), small.wire_len());
     }
 
     #[test]

@@ -706,9 +706,8 @@ impl Session {
     }
 
     /// Encodes `frame` for the wire in the current mode (crc, or sealed once secure).
-    /// Encodes `frame` for the wire; its small pieces may stay staged in
-    /// `tx_writer` until [`FrameWriter::finish`] moves them to `out`. Returns the
-    /// frame's wire length.
+    /// In crc mode its small pieces may stay staged in `tx_writer` until
+    /// [`FrameWriter::finish`] moves them to `out`. Returns the frame's wire length.
     fn encode_out(&mut self, frame: &Frame, out: &mut Vec<Bytes>) -> usize {
         self.frames_out += 1;
         let (before, staged) = (out.len(), self.tx_writer.staged());
