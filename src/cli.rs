@@ -223,7 +223,7 @@ impl EchoServer {
     }
 
     /// The server messenger's network stack (see [`Messenger::stack`]).
-    pub fn stack(&self) -> Option<Arc<msgr::stack::worker::NetworkStack>> {
+    pub fn stack(&self) -> Option<Arc<msgr::messenger::Stack>> {
         self.m.stack()
     }
 

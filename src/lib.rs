@@ -21,9 +21,9 @@ pub mod monc;
 use std::sync::Arc;
 
 use msgr::config::{Config, MsType};
+use msgr::messenger::{stack_for as get_or_start, Stack as NetworkStack};
 use msgr::messenger::{Messenger, MsgrError};
 use msgr::proto::EntityName;
-use msgr::stack::worker::{get_or_start, NetworkStack};
 
 /// Why a stack could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,7 @@ mod tests {
                 continue;
             }
             let cfg = ConfigBuilder::new("client.admin").set("ms_type", t.as_str()).unwrap().build().unwrap();
-            let e = stack_for(&cfg).err().expect("must fail");
+            let e = stack_for(&cfg).expect_err("must fail");
             assert!(matches!(e, FacadeError::NotBuilt { feature, .. } if feature == feat));
             assert!(e.to_string().contains(&format!("--features {feat}")), "{e}");
         }

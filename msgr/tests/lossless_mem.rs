@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use msgr::config::{Config, ConfigBuilder};
 use msgr::message::Message;
+use msgr::messenger::Stack;
 use msgr::messenger::{ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
 use msgr::proto::{EntityAddrVec, EntityName, EntityType};
 use msgr::stack::mem::{FaultPlan, MemNetwork, MemStack};
-use msgr::stack::worker::NetworkStack;
 use proptest::prelude::*;
 
 const MSG_TEST: u16 = 0x7002;
@@ -106,7 +106,7 @@ fn config() -> Config {
 
 fn messenger(net: &Arc<MemNetwork>, num: i64, policy: Policy, sink: &Arc<Sink>) -> Messenger {
     // Two workers each, so sessions really move between worker threads.
-    let stack = NetworkStack::start(Arc::new(MemStack::new(Arc::clone(net))), 2).expect("mem stack");
+    let stack = Stack::start(Arc::new(MemStack::new(Arc::clone(net))), 2).expect("mem stack");
     let m = Messenger::new(stack, EntityName { ty: EntityType::Osd, num }, &config()).expect("messenger");
     m.set_default_policy(policy);
     m.add_dispatcher_tail(Arc::clone(sink) as Arc<dyn Dispatcher>);
@@ -365,7 +365,7 @@ fn keepalives_flow_by_themselves_and_a_silent_peer_is_detected() {
         .and_then(|b| b.build())
         .expect("config");
     let start = |num: i64, sink: &Arc<Sink>| {
-        let stack = NetworkStack::start(Arc::new(MemStack::new(Arc::clone(&net))), 2).expect("mem stack");
+        let stack = Stack::start(Arc::new(MemStack::new(Arc::clone(&net))), 2).expect("mem stack");
         let m = Messenger::new(stack, EntityName { ty: EntityType::Osd, num }, &cfg).expect("messenger");
         m.set_default_policy(Policy::lossless_peer(0));
         m.add_dispatcher_tail(Arc::clone(sink) as Arc<dyn Dispatcher>);

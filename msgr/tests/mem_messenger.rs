@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use msgr::config::{Config, ConfigBuilder};
 use msgr::message::Message;
+use msgr::messenger::Stack;
 use msgr::messenger::{ConnError, ConnState, ConnectionRef, Dispatcher, Messenger, MsgrError, Policy};
 use msgr::proto::session::SessionError;
 use msgr::proto::{EntityAddr, EntityAddrVec, EntityName, EntityType};
 use msgr::stack::mem::{FaultPlan, MemConnInfo, MemNetwork, MemStack};
-use msgr::stack::worker::NetworkStack;
 
 /// Message type of test messages (outside Ceph's range of real types).
 const MSG_TEST: u16 = 0x7a01;
@@ -335,14 +335,14 @@ struct Rig {
     cli: Arc<Recorder>,
     addrs: Vec<EntityAddrVec>,
     net: Arc<MemNetwork>,
-    stack: Option<Arc<NetworkStack>>,
+    stack: Option<Arc<Stack>>,
 }
 
 impl Rig {
     fn new(o: Opts) -> Rig {
         count_library_panics();
         let net = MemNetwork::new();
-        let stack = NetworkStack::start(Arc::new(MemStack::new(Arc::clone(&net))), 2).expect("start the mem stack");
+        let stack = Stack::start(Arc::new(MemStack::new(Arc::clone(&net))), 2).expect("start the mem stack");
         let server =
             Messenger::new(Arc::clone(&stack), EntityName { ty: EntityType::Osd, num: 0 }, &config("osd.0", "60"))
                 .expect("server messenger");

@@ -15,14 +15,13 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use msgr::event::{FileCallback, Interest};
-use msgr::stack::worker::{Center, NetworkStack, WorkerLocal, WorkerShared};
+use msgr::event::{EventSource, FileCallback, Interest};
+use msgr::messenger::{Center, Stack as NetworkStack, Worker as WorkerShared, WorkerLocal};
 use msgr::stack::{ConnectedSocket, ServerSocket, SocketOptions};
 
 /// Bytes a connection may hold read but not yet echoed before it stops reading.
@@ -44,7 +43,8 @@ thread_local! {
 /// One echo's state on one worker.
 struct Echo {
     listener: Box<dyn ServerSocket>,
-    conns: HashMap<RawFd, EchoConn>,
+    listener_src: EventSource,
+    conns: HashMap<EventSource, EchoConn>,
     buf: Box<[u8]>,
 }
 
@@ -119,14 +119,18 @@ fn on_worker<T: Send + 'static>(
 }
 
 fn listen(local: &mut WorkerLocal, center: &mut Center, id: u64, addr: SocketAddr) -> io::Result<SocketAddr> {
-    let listener = local.net.listen(addr, &SocketOptions::default())?;
-    let fd = listener.fd();
+    let mut listener = local.net.listen(addr, &SocketOptions::default())?;
+    let src = listener.register(center.readiness())?;
     let bound = listener.local_addr();
-    let echo =
-        Rc::new(RefCell::new(Echo { listener, conns: HashMap::new(), buf: vec![0; READ_BUF].into_boxed_slice() }));
+    let echo = Rc::new(RefCell::new(Echo {
+        listener,
+        listener_src: src,
+        conns: HashMap::new(),
+        buf: vec![0; READ_BUF].into_boxed_slice(),
+    }));
     let state = Rc::clone(&echo);
     let cb: FileCallback<WorkerLocal> = Rc::new(move |_, center: &mut Center, _, _| on_accept(&state, center));
-    center.create_file_event(fd, Interest::READABLE, cb)?;
+    center.create_file_event(src, Interest::READABLE, cb)?;
     ECHOES.with(|e| e.borrow_mut().insert(id, echo));
     Ok(bound)
 }
@@ -134,7 +138,7 @@ fn listen(local: &mut WorkerLocal, center: &mut Center, id: u64, addr: SocketAdd
 fn stop(center: &mut Center, id: u64) {
     let Some(echo) = ECHOES.with(|e| e.borrow_mut().remove(&id)) else { return };
     let mut echo = echo.borrow_mut();
-    let _ = center.delete_file_event(echo.listener.fd(), Interest::BOTH);
+    let _ = center.delete_file_event(echo.listener_src, Interest::BOTH);
     for (fd, mut c) in echo.conns.drain() {
         let _ = center.delete_file_event(fd, Interest::BOTH);
         c.socket.shutdown();
@@ -144,7 +148,7 @@ fn stop(center: &mut Center, id: u64) {
 fn on_accept(state: &Rc<RefCell<Echo>>, center: &mut Center) {
     loop {
         let accepted = state.borrow_mut().listener.accept();
-        let socket = match accepted {
+        let mut socket = match accepted {
             Ok((s, _)) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -152,7 +156,7 @@ fn on_accept(state: &Rc<RefCell<Echo>>, center: &mut Center) {
             // so a persistent error cannot spin the worker.
             Err(_) => return,
         };
-        let fd = socket.fd();
+        let Ok(fd) = socket.register(center.readiness()) else { continue };
         if center.create_file_event(fd, Interest::READABLE, conn_callback(state)).is_err() {
             continue;
         }
@@ -167,17 +171,13 @@ fn conn_callback(state: &Rc<RefCell<Echo>>) -> FileCallback<WorkerLocal> {
     Rc::new(move |_, center: &mut Center, fd, _| on_conn(&state, center, fd))
 }
 
-fn on_conn(state: &Rc<RefCell<Echo>>, center: &mut Center, fd: RawFd) {
+fn on_conn(state: &Rc<RefCell<Echo>>, center: &mut Center, fd: EventSource) {
     let mut guard = state.borrow_mut();
     let echo = &mut *guard;
     let Some(c) = echo.conns.get_mut(&fd) else { return };
     let alive = pump(c, &mut echo.buf).and_then(|()| {
-        // Kernel sockets report freed space as writability and keep reporting unread
-        // input, so interest follows the backlog; other stacks signal both through
-        // readability and need READABLE only.
-        if !c.socket.needs_write_interest() {
-            return Ok(());
-        }
+        // Readiness is level-triggered on every stack, so interest follows the backlog:
+        // writable while replies wait, readable while there is room for more.
         let want = match (c.unsent() > 0, c.unsent() < MAX_PENDING) {
             (true, true) => Interest::BOTH,
             (true, false) => Interest::WRITABLE,

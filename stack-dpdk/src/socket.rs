@@ -2,15 +2,15 @@
 //!
 //! A connection lives on the worker that created (or accepted) it: every frame of it is
 //! steered there ([`crate::steer`]), and the stack asks the messenger for a local listen
-//! table, so every worker listens itself and keeps what it accepts. Readiness is an
-//! eventfd per socket that the worker's poll loop keeps in line with the TCP socket.
+//! table, so every worker listens itself and keeps what it accepts. A socket has no
+//! descriptor: it registers a token with its worker's readiness table, and the worker's
+//! poll loop posts the TCP socket's readiness there — no eventfd, no system call.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use msgr::event::EventFd;
+use msgr::event::{EventSource, Readiness};
 use msgr::stack::{ConnectedSocket, ServerSocket, SocketFactory, SocketOptions};
 use smoltcp::iface::SocketHandle;
 
@@ -21,7 +21,6 @@ use crate::worker::{with, SharedNet};
 pub struct DpdkConnectedSocket<P: FramePort> {
     net: SharedNet<P>,
     handle: Option<SocketHandle>,
-    efd: Arc<EventFd>,
     peer: SocketAddr,
     local: SocketAddr,
 }
@@ -34,8 +33,9 @@ impl<P: FramePort + Send + 'static> ConnectedSocket for DpdkConnectedSocket<P>
 where
     P::Frame: Send,
 {
-    fn fd(&self) -> RawFd {
-        self.efd.fd()
+    fn register(&mut self, ready: &Readiness) -> io::Result<EventSource> {
+        let h = self.handle.ok_or_else(closed)?;
+        with(&self.net, |w| w.register_conn(h, ready))
     }
 
     fn is_connected(&mut self) -> io::Result<bool> {
@@ -64,10 +64,6 @@ where
     fn local_addr(&self) -> Option<SocketAddr> {
         Some(self.local)
     }
-
-    fn needs_write_interest(&self) -> bool {
-        false
-    }
 }
 
 impl<P: FramePort> DpdkConnectedSocket<P> {
@@ -89,7 +85,6 @@ impl<P: FramePort> Drop for DpdkConnectedSocket<P> {
 pub struct DpdkServerSocket<P: FramePort> {
     net: SharedNet<P>,
     id: u64,
-    efd: Arc<EventFd>,
     local: SocketAddr,
 }
 
@@ -97,13 +92,13 @@ impl<P: FramePort + Send + 'static> ServerSocket for DpdkServerSocket<P>
 where
     P::Frame: Send,
 {
-    fn fd(&self) -> RawFd {
-        self.efd.fd()
+    fn register(&mut self, ready: &Readiness) -> io::Result<EventSource> {
+        with(&self.net, |w| w.register_listener(self.id, ready))
     }
 
     fn accept(&mut self) -> io::Result<(Box<dyn ConnectedSocket>, SocketAddr)> {
-        let (handle, efd, peer, local) = with(&self.net, |w| w.accept(self.id))?;
-        let s = DpdkConnectedSocket { net: Arc::clone(&self.net), handle: Some(handle), efd, peer, local };
+        let (handle, peer, local) = with(&self.net, |w| w.accept(self.id))?;
+        let s = DpdkConnectedSocket { net: Arc::clone(&self.net), handle: Some(handle), peer, local };
         Ok((Box::new(s), peer))
     }
 
@@ -135,12 +130,12 @@ where
     P::Frame: Send,
 {
     fn listen(&mut self, addr: SocketAddr, _opts: &SocketOptions) -> io::Result<Box<dyn ServerSocket>> {
-        let (id, efd, local) = with(&self.net, |w| w.listen(addr))?;
-        Ok(Box::new(DpdkServerSocket { net: Arc::clone(&self.net), id, efd, local }))
+        let (id, local) = with(&self.net, |w| w.listen(addr))?;
+        Ok(Box::new(DpdkServerSocket { net: Arc::clone(&self.net), id, local }))
     }
 
     fn connect(&mut self, addr: SocketAddr, _opts: &SocketOptions) -> io::Result<Box<dyn ConnectedSocket>> {
-        let (handle, efd, local) = with(&self.net, |w| w.connect(addr))?;
-        Ok(Box::new(DpdkConnectedSocket { net: Arc::clone(&self.net), handle: Some(handle), efd, peer: addr, local }))
+        let (handle, local) = with(&self.net, |w| w.connect(addr))?;
+        Ok(Box::new(DpdkConnectedSocket { net: Arc::clone(&self.net), handle: Some(handle), peer: addr, local }))
     }
 }

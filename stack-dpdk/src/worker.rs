@@ -16,7 +16,7 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant as StdInstant};
 
-use msgr::event::{CompletionSource, EventFd};
+use msgr::event::{CompletionSource, EventSource, Interest, Readiness, Registration};
 use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::{Duration as NetDuration, Instant};
@@ -84,27 +84,19 @@ pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
 
 #[derive(Debug)]
 struct Conn {
-    efd: Arc<EventFd>,
-    signalled: bool,
+    /// Where the socket's readiness goes once registered on this worker.
+    reg: Option<Registration>,
     open_reported: bool,
-    write_blocked: bool,
     was_established: bool,
     /// The socket object is gone: finish the close, then remove.
     closing_until: Option<StdInstant>,
 }
 
 impl Conn {
-    /// A connection signalled through `efd`; `established` for an accepted one (its
+    /// A connection, not registered yet; `established` for an accepted one (its
     /// handshake is done, nobody waits for `is_connected`).
-    fn new(efd: &Arc<EventFd>, established: bool) -> Self {
-        Conn {
-            efd: Arc::clone(efd),
-            signalled: false,
-            open_reported: established,
-            write_blocked: false,
-            was_established: established,
-            closing_until: None,
-        }
+    fn new(established: bool) -> Self {
+        Conn { reg: None, open_reported: established, was_established: established, closing_until: None }
     }
 }
 
@@ -115,8 +107,8 @@ struct Listener {
     backlog: Vec<SocketHandle>,
     /// Established, waiting for `accept`.
     ready: VecDeque<SocketHandle>,
-    efd: Arc<EventFd>,
-    signalled: bool,
+    /// Where its readiness goes once registered.
+    reg: Option<Registration>,
 }
 
 /// Counters of one worker.
@@ -305,8 +297,7 @@ impl<P: FramePort> NetWorker<P> {
             let (port, addr) = (l.port, l.addr);
             self.fill_backlog(id, port, addr);
             if let Some(l) = self.listeners.get_mut(&id) {
-                let want = !l.ready.is_empty();
-                sync_efd(&l.efd, &mut l.signalled, want);
+                l.post();
             }
         }
     }
@@ -331,8 +322,8 @@ impl<P: FramePort> NetWorker<P> {
         }
     }
 
-    /// Brings every connection's eventfd in line with whether it has work, and removes
-    /// closed connections whose socket is gone.
+    /// Posts every connection's readiness, and removes closed connections whose socket
+    /// is gone.
     fn update_conns(&mut self) {
         let now = StdInstant::now();
         let mut dead = Vec::new();
@@ -348,8 +339,10 @@ impl<P: FramePort> NetWorker<P> {
                 }
                 continue;
             }
-            let want = has_work(s, c);
-            sync_efd(&c.efd, &mut c.signalled, want);
+            let want = readiness(s, c);
+            if let Some(reg) = &mut c.reg {
+                reg.post(want);
+            }
         }
         for h in dead {
             self.conns.remove(&h);
@@ -367,8 +360,36 @@ impl<P: FramePort> NetWorker<P> {
             return;
         }
         let s = self.sockets.get::<tcp::Socket>(h);
-        let want = has_work(s, c);
-        sync_efd(&c.efd, &mut c.signalled, want);
+        let want = readiness(s, c);
+        if let Some(reg) = &mut c.reg {
+            reg.post(want);
+        }
+    }
+
+    /// Registers connection `h`'s socket on the worker whose table is `ready`.
+    pub fn register_conn(&mut self, h: SocketHandle, ready: &Readiness) -> io::Result<EventSource> {
+        let c = self.conns.get_mut(&h).ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        if c.reg.is_some() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "DPDK socket registered twice"));
+        }
+        let reg = Registration::new(ready);
+        let src = reg.source();
+        c.reg = Some(reg);
+        self.refresh(h);
+        Ok(src)
+    }
+
+    /// Registers listener `id` on the worker whose table is `ready`.
+    pub fn register_listener(&mut self, id: u64, ready: &Readiness) -> io::Result<EventSource> {
+        let l = self.listeners.get_mut(&id).ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        if l.reg.is_some() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "DPDK listener registered twice"));
+        }
+        let reg = Registration::new(ready);
+        let src = reg.source();
+        l.reg = Some(reg);
+        l.post();
+        Ok(src)
     }
 
     // ----- sockets ------------------------------------------------------------------
@@ -387,9 +408,9 @@ impl<P: FramePort> NetWorker<P> {
         }
     }
 
-    /// Listens on `addr` (port 0: a free ephemeral port); returns the listener id, its
-    /// eventfd and the bound address.
-    pub fn listen(&mut self, addr: SocketAddr) -> io::Result<(u64, Arc<EventFd>, SocketAddr)> {
+    /// Listens on `addr` (port 0: a free ephemeral port); returns the listener id and
+    /// the bound address.
+    pub fn listen(&mut self, addr: SocketAddr) -> io::Result<(u64, SocketAddr)> {
         let ip = self.local_ip_for(addr)?;
         let port = match addr.port() {
             0 => self.free_port(Ipv4Addr::UNSPECIFIED, 0)?,
@@ -400,22 +421,11 @@ impl<P: FramePort> NetWorker<P> {
         }
         let id = self.next_listener;
         self.next_listener += 1;
-        let efd = Arc::new(EventFd::new()?);
-        self.listeners.insert(
-            id,
-            Listener {
-                port,
-                addr: ip,
-                backlog: Vec::new(),
-                ready: VecDeque::new(),
-                efd: Arc::clone(&efd),
-                signalled: false,
-            },
-        );
+        self.listeners.insert(id, Listener { port, addr: ip, backlog: Vec::new(), ready: VecDeque::new(), reg: None });
         self.fill_backlog(id, port, ip);
         let bound =
             SocketAddr::V4(SocketAddrV4::new(ip.map_or(Ipv4Addr::UNSPECIFIED, |a| Ipv4Addr::from(a.octets())), port));
-        Ok((id, efd, bound))
+        Ok((id, bound))
     }
 
     /// Stops listening; connections already accepted live on.
@@ -429,21 +439,18 @@ impl<P: FramePort> NetWorker<P> {
     }
 
     /// Takes one established connection of listener `id`.
-    pub fn accept(&mut self, id: u64) -> io::Result<(SocketHandle, Arc<EventFd>, SocketAddr, SocketAddr)> {
+    pub fn accept(&mut self, id: u64) -> io::Result<(SocketHandle, SocketAddr, SocketAddr)> {
         let l = self.listeners.get_mut(&id).ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
-        let Some(h) = l.ready.pop_front() else {
-            sync_efd(&l.efd, &mut l.signalled, false);
+        let popped = l.ready.pop_front();
+        l.post();
+        let Some(h) = popped else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
-        let want = !l.ready.is_empty();
-        sync_efd(&l.efd, &mut l.signalled, want);
         let s = self.sockets.get::<tcp::Socket>(h);
         let (peer, local) = (s.remote_endpoint().map(to_std), s.local_endpoint().map(to_std));
-        let efd = Arc::new(EventFd::new()?);
-        self.conns.insert(h, Conn::new(&efd, true));
-        self.refresh(h);
+        self.conns.insert(h, Conn::new(true));
         let unknown = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-        Ok((h, efd, peer.unwrap_or(unknown), local.unwrap_or(unknown)))
+        Ok((h, peer.unwrap_or(unknown), local.unwrap_or(unknown)))
     }
 
     fn free_port(&mut self, remote: Ipv4Addr, remote_port: u16) -> io::Result<u16> {
@@ -466,7 +473,7 @@ impl<P: FramePort> NetWorker<P> {
     }
 
     /// Starts a connection to `addr` from a local port this worker owns.
-    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<(SocketHandle, Arc<EventFd>, SocketAddr)> {
+    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<(SocketHandle, SocketAddr)> {
         let SocketAddr::V4(remote) = addr else {
             return Err(io::Error::new(io::ErrorKind::Unsupported, "the DPDK stack speaks IPv4 only"));
         };
@@ -480,9 +487,8 @@ impl<P: FramePort> NetWorker<P> {
             )
         })?;
         let h = self.sockets.add(s);
-        let efd = Arc::new(EventFd::new()?);
-        self.conns.insert(h, Conn::new(&efd, false));
-        Ok((h, efd, SocketAddr::V4(SocketAddrV4::new(self.settings.ip, port))))
+        self.conns.insert(h, Conn::new(false));
+        Ok((h, SocketAddr::V4(SocketAddrV4::new(self.settings.ip, port))))
     }
 
     fn conn_socket(&mut self, h: SocketHandle) -> io::Result<&mut tcp::Socket<'static>> {
@@ -553,9 +559,6 @@ impl<P: FramePort> NetWorker<P> {
                 break;
             }
         }
-        if let Some(c) = self.conns.get_mut(&h) {
-            c.write_blocked = sent < total;
-        }
         self.refresh(h);
         if sent == 0 && total > 0 {
             return Err(io::ErrorKind::WouldBlock.into());
@@ -571,24 +574,39 @@ impl<P: FramePort> NetWorker<P> {
             return;
         }
         c.closing_until = Some(StdInstant::now() + CLOSE_LINGER);
+        // Nobody watches the socket any more.
+        c.reg = None;
         self.sockets.get_mut::<tcp::Socket>(h).close();
     }
 }
 
-fn has_work(s: &tcp::Socket<'_>, c: &Conn) -> bool {
+/// A connection's readiness: readable when a read would not block (data, the end of
+/// the stream, an error, or a connection just opened that the owner has not seen yet),
+/// writable when a send would not (room in the send buffer, or an error to meet).
+fn readiness(s: &tcp::Socket<'_>, c: &Conn) -> Interest {
     let state = s.state();
-    if s.can_recv() || (!s.may_recv() && !matches!(state, State::SynSent | State::SynReceived)) {
-        return true;
+    let connecting = matches!(state, State::SynSent | State::SynReceived);
+    let mut r = Interest::NONE;
+    if s.can_recv() || (!s.may_recv() && !connecting) {
+        r |= Interest::READABLE;
     }
-    let open = !matches!(state, State::SynSent | State::SynReceived | State::Listen);
-    (open && !c.open_reported) || (c.write_blocked && s.can_send())
+    let open = !connecting && state != State::Listen;
+    if open && !c.open_reported {
+        r |= Interest::READABLE;
+    }
+    if s.can_send() || (!s.may_send() && !connecting) {
+        r |= Interest::WRITABLE;
+    }
+    r
 }
 
-fn sync_efd(efd: &EventFd, signalled: &mut bool, want: bool) {
-    if want && !*signalled {
-        *signalled = efd.notify().is_ok();
-    } else if !want && *signalled && efd.drain().is_ok() {
-        *signalled = false;
+impl Listener {
+    /// Posts the listener's readiness: readable while a connection waits.
+    fn post(&mut self) {
+        let want = if self.ready.is_empty() { Interest::NONE } else { Interest::READABLE };
+        if let Some(reg) = &mut self.reg {
+            reg.post(want);
+        }
     }
 }
 
@@ -746,6 +764,21 @@ mod tests {
         }
     }
 
+    fn token(src: EventSource) -> msgr::event::Token {
+        match src {
+            EventSource::Token(t) => t,
+            EventSource::Fd(_) => panic!("DPDK sockets have no descriptor"),
+        }
+    }
+
+    /// Whether `src` is reported ready in a watched direction by `ready`.
+    fn fires(ready: &Readiness, src: EventSource) -> bool {
+        let mut fired = Vec::new();
+        ready.set_interest(token(src), Interest::READABLE);
+        ready.collect(&mut fired);
+        fired.iter().any(|f| f.source == src)
+    }
+
     fn server_addr() -> SocketAddr {
         "10.9.0.2:6800".parse().unwrap()
     }
@@ -753,10 +786,12 @@ mod tests {
     #[test]
     fn connect_accept_exchange_and_close() {
         let (mut a, mut b) = pair(1, 1);
-        let (lid, lefd, bound) = b[0].listen("0.0.0.0:6800".parse().unwrap()).unwrap();
+        let ready = Readiness::new(msgr::event::Parker::new().unwrap());
+        let (lid, bound) = b[0].listen("0.0.0.0:6800".parse().unwrap()).unwrap();
+        let lsrc = b[0].register_listener(lid, &ready).unwrap();
         assert_eq!(bound.port(), 6800);
         assert_eq!(b[0].listen("0.0.0.0:6800".parse().unwrap()).unwrap_err().kind(), io::ErrorKind::AddrInUse);
-        let (h, efd, local) = a[0].connect(server_addr()).unwrap();
+        let (h, local) = a[0].connect(server_addr()).unwrap();
         assert!(!a[0].is_connected(h).unwrap());
         until(&mut a, &mut b, |a, _| a[0].is_connected(h).unwrap());
         assert!(local.port() >= steer::EPHEMERAL_FIRST);
@@ -765,8 +800,10 @@ mod tests {
             accepted = b[0].accept(lid).ok();
             accepted.is_some()
         });
-        assert_eq!(lefd.drain().unwrap(), 0, "listener drained after its only connection was taken");
-        let (bh, befd, peer, _) = accepted.unwrap();
+        assert!(!fires(&ready, lsrc), "listener not ready after its only connection was taken");
+        let (bh, peer, _) = accepted.unwrap();
+        let bsrc = b[0].register_conn(bh, &ready).unwrap();
+        ready.set_interest(token(bsrc), Interest::READABLE);
         assert_eq!(peer, SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 1), local.port())));
 
         // 300 KB one way, through 64 KB windows: the writer meets back-pressure.
@@ -790,13 +827,11 @@ mod tests {
         });
         assert_eq!(got, data);
         assert!(blocked > 0, "the sender had to wait for the window");
-        assert!(!b[0].conns[&bh].signalled, "nothing left to read: the eventfd is drained");
+        assert!(!fires(&ready, bsrc), "nothing left to read: not readable");
 
         // The client closes: the server reads the rest, then end of stream.
         a[0].send(h, &[IoSlice::new(b"bye")]).unwrap();
-        until(&mut a, &mut b, |_, b| b[0].conns[&bh].signalled);
-        assert_eq!(befd.drain().unwrap(), 1, "new data signalled the reader's eventfd once");
-        b[0].conns.get_mut(&bh).unwrap().signalled = false;
+        until(&mut a, &mut b, |_, _| fires(&ready, bsrc));
         a[0].close(h);
         let mut tail = Vec::new();
         until(&mut a, &mut b, |_, b| {
@@ -811,7 +846,6 @@ mod tests {
             }
         });
         assert_eq!(tail, b"bye");
-        assert!(efd.fd() >= 0);
         b[0].close(bh);
         until(&mut a, &mut b, |a, b| a[0].stats().conns == 0 && b[0].stats().conns == 0);
     }
@@ -819,7 +853,7 @@ mod tests {
     #[test]
     fn refused_connection_is_an_error() {
         let (mut a, mut b) = pair(1, 1);
-        let (h, _, _) = a[0].connect(server_addr()).unwrap();
+        let (h, _) = a[0].connect(server_addr()).unwrap();
         let mut r = Ok(false);
         until(&mut a, &mut b, |a, _| {
             r = a[0].is_connected(h);

@@ -13,7 +13,7 @@ use std::io::{self, IoSlice, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 
-use msgr::event::EpollDriver;
+use msgr::event::{EpollDriver, EventSource, Readiness};
 use msgr::stack::{ConnectedSocket, ServerSocket, SocketFactory, SocketOptions, StackBackend, WorkerNet};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -95,8 +95,10 @@ fn shut_down_error() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "socket was shut down")
 }
 
-impl SocketFactory for PosixSocketFactory {
-    fn listen(&mut self, addr: SocketAddr, opts: &SocketOptions) -> io::Result<Box<dyn ServerSocket>> {
+impl PosixSocketFactory {
+    /// [`SocketFactory::listen`], as the concrete type (for stacks that use kernel TCP
+    /// underneath, e.g. RDMA's side channel).
+    pub fn listen_tcp(&mut self, addr: SocketAddr, opts: &SocketOptions) -> io::Result<PosixServerSocket> {
         let sock = new_tcp_socket(&addr)?;
         // Lets a restarted daemon rebind while old connections sit in TIME_WAIT; it does
         // not allow two live listeners, so a taken port still fails with AddrInUse.
@@ -108,10 +110,11 @@ impl SocketFactory for PosixSocketFactory {
         let backlog = i32::try_from(opts.listen_backlog).unwrap_or(i32::MAX);
         sock.listen(backlog)?;
         let local = inet_addr(&sock.local_addr()?)?;
-        Ok(Box::new(PosixServerSocket { sock, local, opts: opts.clone() }))
+        Ok(PosixServerSocket { sock, local, opts: opts.clone() })
     }
 
-    fn connect(&mut self, addr: SocketAddr, opts: &SocketOptions) -> io::Result<Box<dyn ConnectedSocket>> {
+    /// [`SocketFactory::connect`], as the concrete type.
+    pub fn connect_tcp(&mut self, addr: SocketAddr, opts: &SocketOptions) -> io::Result<PosixConnectedSocket> {
         let sock = new_tcp_socket(&addr)?;
         sock.set_tcp_nodelay(opts.nodelay)?;
         // Must precede connect: the window scale is fixed by the SYN.
@@ -121,7 +124,17 @@ impl SocketFactory for PosixSocketFactory {
             Err(e) if is_in_progress(&e) => false,
             Err(e) => return Err(e),
         };
-        Ok(Box::new(PosixConnectedSocket::new(sock, connected, addr)))
+        Ok(PosixConnectedSocket::new(sock, connected, addr))
+    }
+}
+
+impl SocketFactory for PosixSocketFactory {
+    fn listen(&mut self, addr: SocketAddr, opts: &SocketOptions) -> io::Result<Box<dyn ServerSocket>> {
+        Ok(Box::new(self.listen_tcp(addr, opts)?))
+    }
+
+    fn connect(&mut self, addr: SocketAddr, opts: &SocketOptions) -> io::Result<Box<dyn ConnectedSocket>> {
+        Ok(Box::new(self.connect_tcp(addr, opts)?))
     }
 }
 
@@ -133,12 +146,15 @@ pub struct PosixServerSocket {
     opts: SocketOptions,
 }
 
-impl ServerSocket for PosixServerSocket {
-    fn fd(&self) -> RawFd {
+impl AsRawFd for PosixServerSocket {
+    fn as_raw_fd(&self) -> RawFd {
         self.sock.as_raw_fd()
     }
+}
 
-    fn accept(&mut self) -> io::Result<(Box<dyn ConnectedSocket>, SocketAddr)> {
+impl PosixServerSocket {
+    /// [`ServerSocket::accept`], as the concrete type.
+    pub fn accept_tcp(&mut self) -> io::Result<(PosixConnectedSocket, SocketAddr)> {
         // socket2 uses accept4(SOCK_CLOEXEC) on Linux, so no window exists in which a
         // fork+exec elsewhere in the process could inherit the descriptor.
         let (sock, peer) = retry_eintr(|| self.sock.accept())?;
@@ -147,7 +163,18 @@ impl ServerSocket for PosixServerSocket {
         sock.set_nonblocking(true)?;
         sock.set_tcp_nodelay(self.opts.nodelay)?;
         apply_rcvbuf(&sock, &self.opts)?;
-        Ok((Box::new(PosixConnectedSocket::new(sock, true, peer)), peer))
+        Ok((PosixConnectedSocket::new(sock, true, peer), peer))
+    }
+}
+
+impl ServerSocket for PosixServerSocket {
+    fn register(&mut self, _ready: &Readiness) -> io::Result<EventSource> {
+        Ok(EventSource::Fd(self.sock.as_raw_fd()))
+    }
+
+    fn accept(&mut self) -> io::Result<(Box<dyn ConnectedSocket>, SocketAddr)> {
+        let (sock, peer) = self.accept_tcp()?;
+        Ok((Box::new(sock), peer))
     }
 
     fn local_addr(&self) -> SocketAddr {
@@ -172,6 +199,12 @@ pub struct PosixConnectedSocket {
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
     shut: bool,
+}
+
+impl AsRawFd for PosixConnectedSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
 }
 
 impl PosixConnectedSocket {
@@ -201,8 +234,9 @@ impl PosixConnectedSocket {
 }
 
 impl ConnectedSocket for PosixConnectedSocket {
-    fn fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+    // A kernel socket is a descriptor any worker's epoll can watch.
+    fn register(&mut self, _ready: &Readiness) -> io::Result<EventSource> {
+        Ok(EventSource::Fd(self.sock.as_raw_fd()))
     }
 
     fn is_connected(&mut self) -> io::Result<bool> {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use msgr::event::{EventDriver, FiredEvent, Interest};
+use msgr::event::{EventDriver, EventSource, FiredEvent, Interest, Parker, Readiness};
 use msgr::stack::{ConnectedSocket, ServerSocket, SocketFactory, SocketOptions, StackBackend, WorkerNet};
 use msgr_stack_posix::PosixStack;
 
@@ -15,7 +15,36 @@ const PATIENCE: Duration = Duration::from_secs(20);
 struct Rig {
     driver: Box<dyn EventDriver>,
     sockets: Box<dyn SocketFactory>,
+    ready: Readiness,
     fired: Vec<FiredEvent>,
+}
+
+/// The descriptor a posix socket registers with (it has no token).
+trait Fd {
+    fn fd(&mut self) -> RawFd;
+}
+
+fn as_fd(src: io::Result<EventSource>) -> RawFd {
+    match src {
+        Ok(EventSource::Fd(fd)) => fd,
+        other => panic!("a posix socket registers its descriptor, got {other:?}"),
+    }
+}
+
+fn readiness() -> Readiness {
+    Readiness::new(Parker::new().unwrap())
+}
+
+impl Fd for dyn ConnectedSocket + '_ {
+    fn fd(&mut self) -> RawFd {
+        as_fd(self.register(&readiness()))
+    }
+}
+
+impl Fd for dyn ServerSocket + '_ {
+    fn fd(&mut self) -> RawFd {
+        as_fd(self.register(&readiness()))
+    }
 }
 
 impl Rig {
@@ -24,7 +53,8 @@ impl Rig {
         assert_eq!(stack.name(), "async+posix");
         assert!(!stack.local_listen_table());
         let WorkerNet { driver, sockets } = stack.init_worker(0).unwrap();
-        Rig { driver, sockets, fired: Vec::new() }
+        let ready = Readiness::new(driver.parker());
+        Rig { driver, sockets, ready, fired: Vec::new() }
     }
 
     fn watch(&mut self, fd: RawFd, what: Interest) {
@@ -41,8 +71,8 @@ impl Rig {
         loop {
             let now = Instant::now();
             assert!(now < deadline, "fd {fd} never became ready");
-            self.driver.wait(&mut self.fired, Some(deadline - now)).unwrap();
-            if self.fired.iter().any(|ev| ev.fd == fd) {
+            self.driver.wait(&mut self.fired, Some(deadline - now), &self.ready).unwrap();
+            if self.fired.iter().any(|ev| ev.source == EventSource::Fd(fd)) {
                 return;
             }
         }

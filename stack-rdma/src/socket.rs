@@ -1,26 +1,26 @@
 //! The byte-stream socket contract over RC queue pairs.
 //!
 //! A connection is a TCP side channel (a posix socket to the messenger's address) plus a
-//! QP on the worker that uses it; see [`crate::worker`]. The socket's descriptor is an
-//! eventfd that the worker signals when there is data, room to send, an error or an end
-//! of stream, so the messenger drives it exactly like a kernel socket, except that it
-//! never needs write interest.
+//! QP on the worker that uses it; see [`crate::worker`]. The socket has no descriptor of
+//! its own: it registers a token with its worker's readiness table and the worker posts
+//! its readiness there (data, room to send, an error, the end of the stream) as
+//! completions arrive — no eventfd, no system call.
 //!
 //! An accepted connection is handed by the listening worker to the least-loaded one, as
 //! for posix. Its QP must live on the CQs of the worker that serves it, so it is created
-//! on first use on that worker's thread, found through a thread-local that each RDMA
-//! worker sets when it starts.
+//! when the socket is registered on that worker's thread, found through a thread-local
+//! that each RDMA worker sets when it starts.
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use msgr::event::EventFd;
+use msgr::event::{EventSource, Readiness};
 use msgr::stack::{ConnectedSocket, ServerSocket, SocketFactory, SocketOptions};
-use msgr_stack_posix::PosixSocketFactory;
+use msgr_stack_posix::{PosixConnectedSocket, PosixServerSocket, PosixSocketFactory};
 
 use crate::worker::{with, SharedWorker};
 
@@ -42,7 +42,7 @@ fn current() -> io::Result<SharedWorker> {
 
 enum State {
     /// Accepted, not yet bound to a worker's QP.
-    Unattached(Box<dyn ConnectedSocket>),
+    Unattached(PosixConnectedSocket),
     /// Bound: the QP number names the connection in its worker.
     Attached { worker: SharedWorker, qpn: u32 },
     /// Shut down (or attaching failed).
@@ -52,7 +52,6 @@ enum State {
 /// A connection over an RC queue pair.
 pub struct RdmaConnectedSocket {
     state: State,
-    efd: Arc<EventFd>,
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
     /// Why attaching failed, reported by every later call.
@@ -60,28 +59,20 @@ pub struct RdmaConnectedSocket {
 }
 
 impl RdmaConnectedSocket {
-    fn unattached(tcp: Box<dyn ConnectedSocket>) -> io::Result<Self> {
+    fn unattached(tcp: PosixConnectedSocket) -> Self {
         let (peer, local) = (tcp.peer_addr(), tcp.local_addr());
-        Ok(RdmaConnectedSocket {
-            state: State::Unattached(tcp),
-            efd: Arc::new(EventFd::new()?),
-            peer,
-            local,
-            attach_error: None,
-        })
+        RdmaConnectedSocket { state: State::Unattached(tcp), peer, local, attach_error: None }
     }
 
-    /// Binds an accepted socket to this thread's worker on first use.
+    /// Binds an accepted socket to this thread's worker (at registration).
     fn attached(&mut self) -> io::Result<(&SharedWorker, u32)> {
         self.state = match std::mem::replace(&mut self.state, State::Closed) {
             State::Unattached(tcp) => {
                 let worker = current()?;
-                match with(&worker, |w| w.attach(tcp, Arc::clone(&self.efd), false)) {
+                match with(&worker, |w| w.attach(tcp, false)) {
                     Ok(qpn) => State::Attached { worker, qpn },
                     Err(e) => {
                         self.attach_error = Some((e.kind(), e.to_string()));
-                        // Readable, so that the messenger comes back and meets the error.
-                        let _ = self.efd.notify();
                         State::Closed
                     }
                 }
@@ -99,8 +90,9 @@ impl RdmaConnectedSocket {
 }
 
 impl ConnectedSocket for RdmaConnectedSocket {
-    fn fd(&self) -> RawFd {
-        self.efd.fd()
+    fn register(&mut self, ready: &Readiness) -> io::Result<EventSource> {
+        let (w, qpn) = self.attached()?;
+        with(w, |w| w.register(qpn, ready))
     }
 
     fn is_connected(&mut self) -> io::Result<bool> {
@@ -133,10 +125,6 @@ impl ConnectedSocket for RdmaConnectedSocket {
     fn local_addr(&self) -> Option<SocketAddr> {
         self.local
     }
-
-    fn needs_write_interest(&self) -> bool {
-        false
-    }
 }
 
 impl Drop for RdmaConnectedSocket {
@@ -147,17 +135,18 @@ impl Drop for RdmaConnectedSocket {
 
 /// A listening socket: the TCP side channel's listener.
 pub struct RdmaServerSocket {
-    tcp: Box<dyn ServerSocket>,
+    tcp: PosixServerSocket,
 }
 
 impl ServerSocket for RdmaServerSocket {
-    fn fd(&self) -> RawFd {
-        self.tcp.fd()
+    fn register(&mut self, _ready: &Readiness) -> io::Result<EventSource> {
+        // New connections arrive on the kernel's TCP listener.
+        Ok(EventSource::Fd(self.tcp.as_raw_fd()))
     }
 
     fn accept(&mut self) -> io::Result<(Box<dyn ConnectedSocket>, SocketAddr)> {
-        let (tcp, peer) = self.tcp.accept()?;
-        Ok((Box::new(RdmaConnectedSocket::unattached(tcp)?), peer))
+        let (tcp, peer) = self.tcp.accept_tcp()?;
+        Ok((Box::new(RdmaConnectedSocket::unattached(tcp)), peer))
     }
 
     fn local_addr(&self) -> SocketAddr {
@@ -180,17 +169,15 @@ impl RdmaSocketFactory {
 
 impl SocketFactory for RdmaSocketFactory {
     fn listen(&mut self, addr: SocketAddr, opts: &SocketOptions) -> io::Result<Box<dyn ServerSocket>> {
-        Ok(Box::new(RdmaServerSocket { tcp: self.tcp.listen(addr, opts)? }))
+        Ok(Box::new(RdmaServerSocket { tcp: self.tcp.listen_tcp(addr, opts)? }))
     }
 
     fn connect(&mut self, addr: SocketAddr, opts: &SocketOptions) -> io::Result<Box<dyn ConnectedSocket>> {
-        let tcp = self.tcp.connect(addr, opts)?;
+        let tcp = self.tcp.connect_tcp(addr, opts)?;
         let (peer, local) = (tcp.peer_addr().or(Some(addr)), tcp.local_addr());
-        let efd = Arc::new(EventFd::new()?);
-        let qpn = with(&self.worker, |w| w.attach(tcp, Arc::clone(&efd), true))?;
+        let qpn = with(&self.worker, |w| w.attach(tcp, true))?;
         Ok(Box::new(RdmaConnectedSocket {
             state: State::Attached { worker: Arc::clone(&self.worker), qpn },
-            efd,
             peer,
             local,
             attach_error: None,

@@ -27,8 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use msgr::event::{CompletionSource, EpollDriver, EventDriver, EventFd, FiredEvent, Interest};
+use msgr::event::{CompletionSource, Epoll, EventSource, FiredEvent, Interest, Readiness, Registration};
 use msgr::stack::ConnectedSocket;
+use msgr_stack_posix::PosixConnectedSocket;
 
 use crate::config::{RdmaConfig, OPT_CONN_CREDITS, OPT_RECEIVE_BUFFERS};
 use crate::credit::{CreditError, CreditFlow};
@@ -96,12 +97,12 @@ struct RxChunk {
 struct Conn {
     qp: QueuePair,
     /// The TCP side channel; `None` once closed.
-    tcp: Option<Box<dyn ConnectedSocket>>,
+    tcp: Option<PosixConnectedSocket>,
     tcp_fd: RawFd,
     tcp_interest: Interest,
     tcp_connecting: bool,
-    efd: Arc<EventFd>,
-    signalled: bool,
+    /// Where the socket's readiness goes once it is registered on this worker.
+    reg: Option<Registration>,
     hs: SideChannel,
     phase: Phase,
     local: LocalPath,
@@ -193,7 +194,7 @@ pub struct WorkerRdma {
     dev: Arc<Device>,
     cfg: Arc<RdmaConfig>,
     /// Completion channel and side-channel sockets: the source's notification fd.
-    side: EpollDriver,
+    side: Epoll,
     sends_outstanding: u32,
     send_limit: u32,
     max_qp_wr: u32,
@@ -230,7 +231,7 @@ impl WorkerRdma {
         let recv_cq = CompletionQueue::new(&dev.ctx, &channel, recv_limit)?;
         let send_pool = RegisteredPool::growable(&pd, cfg.buffer_size, send_limit, SLAB_CHUNKS)?;
         let recv_pool = RegisteredPool::growable(&pd, cfg.buffer_size, recv_limit, SLAB_CHUNKS)?;
-        let mut side = EpollDriver::new()?;
+        let mut side = Epoll::new()?;
         side.add_event(channel.fd(), Interest::NONE, Interest::READABLE)?;
         Ok(Arc::new(Mutex::new(WorkerRdma {
             conns: HashMap::new(),
@@ -272,7 +273,7 @@ impl WorkerRdma {
     /// # Errors
     ///
     /// QP creation or receive posting failed, or the receive pool is exhausted.
-    pub fn attach(&mut self, tcp: Box<dyn ConnectedSocket>, efd: Arc<EventFd>, connecting: bool) -> io::Result<u32> {
+    pub fn attach(&mut self, tcp: PosixConnectedSocket, connecting: bool) -> io::Result<u32> {
         let window = self.cfg.conn_credits;
         let sq_cap = (2 * window + 2).min(self.max_qp_wr);
         let mut qp = QueuePair::new_rc(
@@ -296,15 +297,14 @@ impl WorkerRdma {
         // The peer's information is not needed for INIT.
         let spec = modify_spec(QpState::Reset, QpState::Init, &local, &info).map_err(io::Error::other)?;
         qp.modify(QpState::Init, &spec)?;
-        let tcp_fd = tcp.fd();
+        let tcp_fd = tcp.as_raw_fd();
         let mut conn = Conn {
             qp,
             tcp: Some(tcp),
             tcp_fd,
             tcp_interest: Interest::NONE,
             tcp_connecting: connecting,
-            efd,
-            signalled: false,
+            reg: None,
             hs: SideChannel::new(&info),
             phase: Phase::Handshaking,
             local,
@@ -540,6 +540,8 @@ impl WorkerRdma {
     pub fn close(&mut self, qpn: u32, now: Instant) {
         let Some(conn) = self.conns.get_mut(&qpn) else { return };
         conn.socket_gone = true;
+        // Nobody watches the socket any more.
+        conn.reg = None;
         match conn.phase {
             Phase::Open if conn.fault.is_none() && conn.sq_outstanding > 0 => {
                 conn.phase = Phase::Closing { until: now + LINGER };
@@ -750,17 +752,6 @@ impl WorkerRdma {
         }
     }
 
-    /// Whether the socket of `conn` has something to do now.
-    fn has_work(&self, conn: &Conn) -> bool {
-        if conn.fault.is_some() || conn.peer_closed || !conn.rx.is_empty() {
-            return true;
-        }
-        if conn.phase != Phase::Open {
-            return false;
-        }
-        !conn.open_reported || (conn.write_blocked && self.can_post_data(conn))
-    }
-
     fn can_post_data(&self, conn: &Conn) -> bool {
         conn.flow.as_ref().is_some_and(CreditFlow::can_send_data)
             && conn.sq_outstanding < conn.sq_cap
@@ -768,20 +759,49 @@ impl WorkerRdma {
             && self.send_pool.in_use() < self.send_pool.max_chunks()
     }
 
-    /// Brings each touched connection's eventfd in line with whether it has work:
-    /// signalled when it has, drained when not, so a level-triggered driver neither
-    /// misses it nor spins on it.
+    /// The readiness of `conn`'s socket: readable when a read would not block (data,
+    /// end of stream, an error, or a connection just opened that the owner has not seen
+    /// yet), writable when a send could post.
+    fn readiness(&self, conn: &Conn) -> Interest {
+        if conn.fault.is_some() || conn.peer_closed {
+            return Interest::BOTH;
+        }
+        let mut r = Interest::NONE;
+        if !conn.rx.is_empty() || (conn.phase == Phase::Open && !conn.open_reported) {
+            r |= Interest::READABLE;
+        }
+        if conn.phase == Phase::Open && self.can_post_data(conn) {
+            r |= Interest::WRITABLE;
+        }
+        r
+    }
+
+    /// Posts each touched connection's readiness to the worker it is registered on
+    /// (level semantics; nothing is posted when nothing changed).
     fn sync_signals(&mut self) {
         for qpn in std::mem::take(&mut self.touched) {
             let Some(conn) = self.conns.get(&qpn) else { continue };
-            let want = self.has_work(conn);
+            let want = self.readiness(conn);
             let Some(conn) = self.conns.get_mut(&qpn) else { continue };
-            if want && !conn.signalled {
-                conn.signalled = conn.efd.notify().is_ok();
-            } else if !want && conn.signalled && conn.efd.drain().is_ok() {
-                conn.signalled = false;
+            if let Some(reg) = &mut conn.reg {
+                reg.post(want);
             }
         }
+    }
+
+    /// Registers connection `qpn`'s socket on this worker's `ready`: its readiness is
+    /// posted there from now on.
+    pub fn register(&mut self, qpn: u32, ready: &Readiness) -> io::Result<EventSource> {
+        let conn = self.conns.get_mut(&qpn).ok_or_else(gone)?;
+        if conn.reg.is_some() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "RDMA socket registered twice"));
+        }
+        let reg = Registration::new(ready);
+        let src = reg.source();
+        conn.reg = Some(reg);
+        self.touch(qpn);
+        self.sync_signals();
+        Ok(src)
     }
 
     // ----- socket calls -------------------------------------------------------------
@@ -950,7 +970,8 @@ impl WorkerRdma {
         let mut fired = std::mem::take(&mut self.fired);
         self.side.wait(&mut fired, Some(Duration::ZERO))?;
         for ev in &fired {
-            if let Some(&qpn) = self.by_fd.get(&ev.fd) {
+            let EventSource::Fd(fd) = ev.source else { continue };
+            if let Some(&qpn) = self.by_fd.get(&fd) {
                 self.progress(qpn);
             }
         }

@@ -1,4 +1,5 @@
-//! Level-triggered epoll driver.
+//! Level-triggered epoll: a raw descriptor set ([`Epoll`]) and the driver built on it
+//! ([`EpollDriver`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -6,13 +7,10 @@ use std::ptr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::driver::{EventDriver, Waker};
-use super::eventfd::EventFd;
-use super::{FiredEvent, Interest};
+use super::driver::EventDriver;
+use super::ready::{Parker, Readiness};
+use super::{EventSource, FiredEvent, Interest};
 
-/// epoll user data of the internal waker; real descriptors are registered with their
-/// (non-negative) fd number, which can never reach this value.
-const WAKE_TOKEN: u64 = u64::MAX;
 /// Initial size of the buffer the kernel fills; it grows when a wait fills it.
 const INITIAL_EVENTS: usize = 64;
 /// The buffer stops growing here: more ready descriptors than this are still reported,
@@ -27,22 +25,21 @@ struct KernelTimespec {
     tv_nsec: i64,
 }
 
-/// An [`EventDriver`] over a level-triggered epoll instance.
+/// A level-triggered epoll set of descriptors, each registered with its own number.
 ///
 /// Timeouts have microsecond resolution through `epoll_pwait2` (Linux 5.11+); on older
 /// kernels, or where a sandbox filters the call, it falls back to `epoll_wait` with the
 /// timeout rounded up to whole milliseconds, so a wait never ends before its timeout.
 #[derive(Debug)]
-pub struct EpollDriver {
+pub struct Epoll {
     epfd: OwnedFd,
-    waker: Arc<EventFd>,
     events: Vec<libc::epoll_event>,
     /// Cleared for good the first time the kernel refuses `epoll_pwait2`.
     use_pwait2: bool,
 }
 
-impl EpollDriver {
-    /// Creates an epoll instance (`EPOLL_CLOEXEC`) with its waker registered.
+impl Epoll {
+    /// Creates an epoll instance (`EPOLL_CLOEXEC`).
     pub fn new() -> io::Result<Self> {
         // SAFETY: epoll_create1 takes no pointers; the result is checked below.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -52,14 +49,7 @@ impl EpollDriver {
         // SAFETY: `fd` is a freshly created descriptor that nothing else owns, so
         // `OwnedFd` may take ownership and close it exactly once.
         let epfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let driver = EpollDriver {
-            epfd,
-            waker: Arc::new(EventFd::new()?),
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; INITIAL_EVENTS],
-            use_pwait2: true,
-        };
-        driver.ctl(libc::EPOLL_CTL_ADD, driver.waker.fd(), libc::EPOLLIN as u32, WAKE_TOKEN)?;
-        Ok(driver)
+        Ok(Epoll { epfd, events: vec![libc::epoll_event { events: 0, u64: 0 }; INITIAL_EVENTS], use_pwait2: true })
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
@@ -76,7 +66,7 @@ impl EpollDriver {
     }
 
     /// Moves `fd` from being watched for `cur` to being watched for `new`.
-    fn update(&self, fd: RawFd, cur: Interest, new: Interest) -> io::Result<()> {
+    pub fn update(&self, fd: RawFd, cur: Interest, new: Interest) -> io::Result<()> {
         let token = u64::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
         let events = epoll_events(new);
         match (cur.is_empty(), new.is_empty()) {
@@ -99,6 +89,38 @@ impl EpollDriver {
                 r => r,
             },
         }
+    }
+
+    /// Watches `fd` for `cur | add`.
+    pub fn add_event(&mut self, fd: RawFd, cur: Interest, add: Interest) -> io::Result<()> {
+        self.update(fd, cur, cur | add)
+    }
+
+    /// Watches `fd` for `cur - del`; stops watching it when nothing remains.
+    pub fn del_event(&mut self, fd: RawFd, cur: Interest, del: Interest) -> io::Result<()> {
+        self.update(fd, cur, cur.difference(del))
+    }
+
+    /// Waits up to `timeout` (`None`: forever) and replaces `fired` with the ready
+    /// descriptors. A signal interruption reports nothing, not an error.
+    pub fn wait(&mut self, fired: &mut Vec<FiredEvent>, timeout: Option<Duration>) -> io::Result<()> {
+        fired.clear();
+        let n = match self.wait_raw(timeout) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for ev in &self.events[..n] {
+            // Copy the fields out: `epoll_event` is packed on some targets.
+            let (bits, token) = (ev.events, ev.u64);
+            // Tokens are fd numbers that fit in RawFd (see `update`).
+            fired.push(FiredEvent { source: EventSource::Fd(token as RawFd), mask: interest_from_epoll(bits) });
+        }
+        if n == self.events.len() && n < MAX_EVENTS {
+            let len = (n * 2).min(MAX_EVENTS);
+            self.events.resize(len, libc::epoll_event { events: 0, u64: 0 });
+        }
+        Ok(())
     }
 
     /// One epoll wait into `self.events`; returns how many entries the kernel filled.
@@ -149,52 +171,69 @@ impl EpollDriver {
     }
 }
 
-/// The epoll descriptor itself, so that a driver can be nested in another epoll set (it
-/// is readable while any of its own descriptors is ready): the RDMA stack watches its
+/// The epoll descriptor itself, so that a set can be nested in another epoll set (it is
+/// readable while any of its own descriptors is ready): the RDMA stack watches its
 /// completion channel and side-channel sockets through one such inner set.
-impl AsRawFd for EpollDriver {
+impl AsRawFd for Epoll {
     fn as_raw_fd(&self) -> RawFd {
         self.epfd.as_raw_fd()
     }
 }
 
+/// An [`EventDriver`] over a level-triggered [`Epoll`] set, woken through its
+/// [`Parker`]'s eventfd.
+#[derive(Debug)]
+pub struct EpollDriver {
+    epoll: Epoll,
+    parker: Arc<Parker>,
+}
+
+impl EpollDriver {
+    /// Creates an epoll instance with a new parker registered.
+    pub fn new() -> io::Result<Self> {
+        Self::with_parker(Parker::new()?)
+    }
+
+    /// Creates an epoll instance woken through `parker`.
+    pub fn with_parker(parker: Arc<Parker>) -> io::Result<Self> {
+        let mut epoll = Epoll::new()?;
+        epoll.add_event(parker.fd(), Interest::NONE, Interest::READABLE)?;
+        Ok(EpollDriver { epoll, parker })
+    }
+}
+
 impl EventDriver for EpollDriver {
     fn add_event(&mut self, fd: RawFd, cur: Interest, add: Interest) -> io::Result<()> {
-        self.update(fd, cur, cur | add)
+        self.epoll.add_event(fd, cur, add)
     }
 
     fn del_event(&mut self, fd: RawFd, cur: Interest, del: Interest) -> io::Result<()> {
-        self.update(fd, cur, cur.difference(del))
+        self.epoll.del_event(fd, cur, del)
     }
 
-    fn wait(&mut self, fired: &mut Vec<FiredEvent>, timeout: Option<Duration>) -> io::Result<()> {
-        fired.clear();
-        let n = match self.wait_raw(timeout) {
-            Ok(n) => n,
-            // A signal is not an error of the loop: report "nothing happened".
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        for ev in &self.events[..n] {
-            // Copy the fields out: `epoll_event` is packed on some targets.
-            let (bits, token) = (ev.events, ev.u64);
-            if token == WAKE_TOKEN {
-                self.waker.drain()?;
-                continue;
-            }
-            // Tokens other than WAKE_TOKEN are fd numbers that fit in RawFd (see update).
-            fired.push(FiredEvent { fd: token as RawFd, mask: interest_from_epoll(bits) });
+    fn wait(&mut self, fired: &mut Vec<FiredEvent>, timeout: Option<Duration>, ready: &Readiness) -> io::Result<()> {
+        let parked = timeout != Some(Duration::ZERO) && self.parker.try_park(ready);
+        let r = self.epoll.wait(fired, if parked { timeout } else { Some(Duration::ZERO) });
+        if parked {
+            self.parker.unpark();
         }
-        if n == self.events.len() && n < MAX_EVENTS {
-            let len = (n * 2).min(MAX_EVENTS);
-            self.events.resize(len, libc::epoll_event { events: 0, u64: 0 });
-        }
-        Ok(())
+        r?;
+        take_parker_event(fired, &self.parker)
     }
 
-    fn waker(&self) -> Arc<dyn Waker> {
-        self.waker.clone()
+    fn parker(&self) -> Arc<Parker> {
+        Arc::clone(&self.parker)
     }
+}
+
+/// Removes the parker's descriptor from `fired`, draining it if it fired.
+pub(crate) fn take_parker_event(fired: &mut Vec<FiredEvent>, parker: &Parker) -> io::Result<()> {
+    let pfd = EventSource::Fd(parker.fd());
+    if let Some(i) = fired.iter().position(|e| e.source == pfd) {
+        fired.swap_remove(i);
+        parker.drain()?;
+    }
+    Ok(())
 }
 
 fn epoll_events(interest: Interest) -> u32 {
@@ -239,6 +278,7 @@ fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{EventFd, Waker};
     use std::collections::HashSet;
     use std::io::Write;
     use std::os::unix::net::UnixStream;
@@ -254,19 +294,29 @@ mod tests {
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
     }
 
+    fn rd(d: &EpollDriver) -> Readiness {
+        Readiness::new(d.parker())
+    }
+
     fn poll(d: &mut EpollDriver) -> Vec<FiredEvent> {
         let mut fired = Vec::new();
-        d.wait(&mut fired, Some(Duration::ZERO)).unwrap();
+        let r = rd(d);
+        d.wait(&mut fired, Some(Duration::ZERO), &r).unwrap();
         fired
+    }
+
+    fn fd_ev(fd: RawFd, mask: Interest) -> FiredEvent {
+        FiredEvent { source: EventSource::Fd(fd), mask }
     }
 
     /// Waits (up to 10 s in total) until `fd` is reported, returning its mask.
     fn wait_for(d: &mut EpollDriver, fd: RawFd) -> Interest {
         let give_up = Instant::now() + Duration::from_secs(10);
         let mut fired = Vec::new();
+        let r = rd(d);
         while Instant::now() < give_up {
-            d.wait(&mut fired, Some(Duration::from_millis(100))).unwrap();
-            if let Some(ev) = fired.iter().find(|ev| ev.fd == fd) {
+            d.wait(&mut fired, Some(Duration::from_millis(100)), &r).unwrap();
+            if let Some(ev) = fired.iter().find(|ev| ev.source == EventSource::Fd(fd)) {
                 return ev.mask;
             }
         }
@@ -286,7 +336,7 @@ mod tests {
         d.add_event(efd.fd(), Interest::NONE, Interest::READABLE).unwrap();
         assert!(poll(&mut d).is_empty());
         efd.notify().unwrap();
-        assert_eq!(poll(&mut d), vec![FiredEvent { fd: efd.fd(), mask: Interest::READABLE }]);
+        assert_eq!(poll(&mut d), vec![fd_ev(efd.fd(), Interest::READABLE)]);
         // Level-triggered: still reported until drained.
         assert_eq!(poll(&mut d).len(), 1);
         assert_eq!(efd.drain().unwrap(), 1);
@@ -300,12 +350,12 @@ mod tests {
         let fd = efd.fd();
         // An eventfd is always writable.
         d.add_event(fd, Interest::NONE, Interest::WRITABLE).unwrap();
-        assert_eq!(poll(&mut d), vec![FiredEvent { fd, mask: Interest::WRITABLE }]);
+        assert_eq!(poll(&mut d), vec![fd_ev(fd, Interest::WRITABLE)]);
         efd.notify().unwrap();
         d.add_event(fd, Interest::WRITABLE, Interest::READABLE).unwrap();
-        assert_eq!(poll(&mut d), vec![FiredEvent { fd, mask: Interest::BOTH }]);
+        assert_eq!(poll(&mut d), vec![fd_ev(fd, Interest::BOTH)]);
         d.del_event(fd, Interest::BOTH, Interest::WRITABLE).unwrap();
-        assert_eq!(poll(&mut d), vec![FiredEvent { fd, mask: Interest::READABLE }]);
+        assert_eq!(poll(&mut d), vec![fd_ev(fd, Interest::READABLE)]);
         d.del_event(fd, Interest::READABLE, Interest::READABLE).unwrap();
         assert!(poll(&mut d).is_empty());
         // Deleting what is not registered is a no-op, as is adding nothing.
@@ -323,10 +373,10 @@ mod tests {
         efd.notify().unwrap();
         // Caller thinks it is registered (EPOLL_CTL_MOD gets ENOENT).
         d.add_event(fd, Interest::WRITABLE, Interest::READABLE).unwrap();
-        assert_eq!(poll(&mut d), vec![FiredEvent { fd, mask: Interest::BOTH }]);
+        assert_eq!(poll(&mut d), vec![fd_ev(fd, Interest::BOTH)]);
         // Caller thinks it is not registered (EPOLL_CTL_ADD gets EEXIST).
         d.add_event(fd, Interest::NONE, Interest::READABLE).unwrap();
-        assert_eq!(poll(&mut d), vec![FiredEvent { fd, mask: Interest::READABLE }]);
+        assert_eq!(poll(&mut d), vec![fd_ev(fd, Interest::READABLE)]);
     }
 
     #[test]
@@ -343,30 +393,33 @@ mod tests {
     #[test]
     fn waker_interrupts_blocking_wait_and_is_not_reported() {
         let mut d = EpollDriver::new().unwrap();
-        let waker = d.waker();
+        let waker = d.parker();
         let t = thread::spawn(move || {
             thread::sleep(Duration::from_millis(50));
             waker.wake();
         });
-        let mut fired = vec![FiredEvent { fd: 99, mask: Interest::BOTH }];
-        d.wait(&mut fired, None).unwrap();
+        let mut fired = vec![fd_ev(99, Interest::BOTH)];
+        let r = rd(&d);
+        d.wait(&mut fired, None, &r).unwrap();
         assert!(fired.is_empty(), "stale entries cleared, waker not reported");
         t.join().unwrap();
         // The wake was consumed.
         assert!(poll(&mut d).is_empty());
-        assert_eq!(d.waker.drain().unwrap(), 0);
+        assert_eq!(d.parker.wakes(), 1);
     }
 
     #[test]
     fn wakes_before_wait_coalesce_into_one_early_return() {
         let mut d = EpollDriver::new().unwrap();
-        let waker = d.waker();
+        let waker = d.parker();
         waker.wake();
         waker.wake();
         let mut fired = Vec::new();
-        d.wait(&mut fired, None).unwrap();
+        let r = rd(&d);
+        // Not parked when woken: no eventfd write, and the wait does not block.
+        d.wait(&mut fired, None, &r).unwrap();
         assert!(fired.is_empty());
-        assert_eq!(d.waker.drain().unwrap(), 0);
+        assert_eq!(d.parker.wakes(), 0);
     }
 
     #[test]
@@ -375,7 +428,8 @@ mod tests {
         let timeout = Duration::from_micros(2500);
         let start = Instant::now();
         let mut fired = Vec::new();
-        d.wait(&mut fired, Some(timeout)).unwrap();
+        let r = rd(&d);
+        d.wait(&mut fired, Some(timeout), &r).unwrap();
         assert!(fired.is_empty());
         assert!(start.elapsed() >= timeout);
     }
@@ -383,26 +437,27 @@ mod tests {
     #[test]
     fn epoll_wait_fallback() {
         let mut d = EpollDriver::new().unwrap();
-        d.use_pwait2 = false;
+        d.epoll.use_pwait2 = false;
         let timeout = Duration::from_micros(1500);
         let start = Instant::now();
         let mut fired = Vec::new();
-        d.wait(&mut fired, Some(timeout)).unwrap();
+        let r = rd(&d);
+        d.wait(&mut fired, Some(timeout), &r).unwrap();
         assert!(fired.is_empty());
         assert!(start.elapsed() >= timeout);
 
         let efd = EventFd::new().unwrap();
         d.add_event(efd.fd(), Interest::NONE, Interest::READABLE).unwrap();
         efd.notify().unwrap();
-        assert_eq!(poll(&mut d), vec![FiredEvent { fd: efd.fd(), mask: Interest::READABLE }]);
+        assert_eq!(poll(&mut d), vec![fd_ev(efd.fd(), Interest::READABLE)]);
 
-        let waker = d.waker();
+        let waker = d.parker();
         let t = thread::spawn(move || waker.wake());
         efd.drain().unwrap();
-        d.wait(&mut fired, None).unwrap();
+        d.wait(&mut fired, None, &r).unwrap();
         assert!(fired.is_empty());
         t.join().unwrap();
-        assert!(!d.use_pwait2, "the fallback sticks");
+        assert!(!d.epoll.use_pwait2, "the fallback sticks");
     }
 
     #[test]
@@ -477,8 +532,8 @@ mod tests {
         let first = poll(&mut d);
         assert_eq!(first.len(), INITIAL_EVENTS);
         // The buffer grew, so the next wait sees every ready descriptor.
-        let second: HashSet<RawFd> = poll(&mut d).iter().map(|ev| ev.fd).collect();
-        let all: HashSet<RawFd> = efds.iter().map(|e| e.fd()).collect();
+        let second: HashSet<EventSource> = poll(&mut d).iter().map(|ev| ev.source).collect();
+        let all: HashSet<EventSource> = efds.iter().map(|e| EventSource::Fd(e.fd())).collect();
         assert_eq!(second, all);
     }
 }

@@ -4,16 +4,22 @@
 //! of an [`EventDriver`] supplied by its network stack (epoll for posix). Everything a
 //! worker does runs as a callback from [`EventCenter::process_events`]. Other threads
 //! reach a worker only by [`Submitter::submit`]ting a closure to it.
+//!
+//! A readiness source is an [`EventSource`]: a kernel descriptor the driver watches, or
+//! a [`Token`] whose readiness a kernel-bypass stack posts to the center's
+//! [`Readiness`] (no descriptor, no system call). Callbacks treat both alike.
 
 mod driver;
 mod epoll;
 mod eventfd;
 mod polling;
+mod ready;
 
 pub use driver::{EventDriver, Waker};
-pub use epoll::EpollDriver;
+pub use epoll::{Epoll, EpollDriver};
 pub use eventfd::EventFd;
 pub use polling::{CompletionSource, PollingDriver};
+pub use ready::{Parker, Readiness, Registration, Token};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -108,19 +114,49 @@ impl Sub for Interest {
     }
 }
 
-/// A descriptor a driver found ready.
+/// Where a socket's readiness comes from.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum EventSource {
+    /// A kernel descriptor, watched by the driver (epoll).
+    Fd(RawFd),
+    /// A token whose readiness the stack posts to the center's [`Readiness`].
+    Token(Token),
+}
+
+impl From<RawFd> for EventSource {
+    fn from(fd: RawFd) -> Self {
+        EventSource::Fd(fd)
+    }
+}
+
+impl From<Token> for EventSource {
+    fn from(t: Token) -> Self {
+        EventSource::Token(t)
+    }
+}
+
+impl fmt::Display for EventSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventSource::Fd(fd) => write!(f, "fd {fd}"),
+            EventSource::Token(t) => write!(f, "token {}", t.0),
+        }
+    }
+}
+
+/// A source found ready.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct FiredEvent {
-    /// The descriptor.
-    pub fd: RawFd,
+    /// The descriptor or token.
+    pub source: EventSource,
     /// The directions that are ready. Errors and hangups are reported as
     /// [`Interest::BOTH`] so that the owner meets them on its next read or write.
     pub mask: Interest,
 }
 
-/// Called when a descriptor is ready, with the ready directions (never empty, and only
-/// directions the descriptor is currently registered for).
-pub type FileCallback<C> = Rc<dyn Fn(&mut C, &mut EventCenter<C>, RawFd, Interest)>;
+/// Called when a source is ready, with the ready directions (never empty, and only
+/// directions the source is currently registered for).
+pub type FileCallback<C> = Rc<dyn Fn(&mut C, &mut EventCenter<C>, EventSource, Interest)>;
 /// Called once when a timer expires.
 pub type TimerCallback<C> = Box<dyn FnOnce(&mut C, &mut EventCenter<C>)>;
 /// A closure sent to a center from any thread.
@@ -210,7 +246,7 @@ impl<C: 'static> Shared<C> {
 /// ```
 pub struct EventCenter<C: 'static> {
     driver: Box<dyn EventDriver>,
-    files: HashMap<RawFd, FileEntry<C>>,
+    files: HashMap<EventSource, FileEntry<C>>,
     /// Pending timers in firing order: deadline, then creation order.
     timers: BTreeMap<(Instant, u64), TimerCallback<C>>,
     /// Deadline of every pending timer, to find it in `timers`. A timer is pending
@@ -223,12 +259,15 @@ pub struct EventCenter<C: 'static> {
     fired: Vec<FiredEvent>,
     external: VecDeque<ExternalEvent<C>>,
     shared: Arc<Shared<C>>,
+    readiness: Readiness,
 }
 
 impl<C: 'static> EventCenter<C> {
     /// Creates a center running on `driver`.
     pub fn new(driver: Box<dyn EventDriver>) -> Self {
-        let waker = driver.waker();
+        let parker = driver.parker();
+        let readiness = Readiness::new(Arc::clone(&parker));
+        let waker: Arc<dyn Waker> = parker;
         EventCenter {
             driver,
             files: HashMap::new(),
@@ -243,65 +282,82 @@ impl<C: 'static> EventCenter<C> {
                 wake_pending: AtomicBool::new(false),
                 waker,
             }),
+            readiness,
         }
     }
 
-    /// Adds `mask` to the interest for `fd` and sets its callback (one callback per fd,
-    /// called with the fired mask). An empty `mask` registers the callback alone, for a
-    /// later [`add_interest`](EventCenter::add_interest).
-    pub fn create_file_event(&mut self, fd: RawFd, mask: Interest, cb: FileCallback<C>) -> io::Result<()> {
-        match self.files.get_mut(&fd) {
+    /// Adds `mask` to the interest for `src` and sets its callback (one callback per
+    /// source, called with the fired mask). An empty `mask` registers the callback
+    /// alone, for a later [`add_interest`](EventCenter::add_interest).
+    pub fn create_file_event(
+        &mut self,
+        src: impl Into<EventSource>,
+        mask: Interest,
+        cb: FileCallback<C>,
+    ) -> io::Result<()> {
+        let src = src.into();
+        match self.files.get_mut(&src) {
             Some(entry) => {
                 if !entry.mask.contains(mask) {
-                    self.driver.add_event(fd, entry.mask, mask)?;
-                    entry.mask |= mask;
+                    let new = entry.mask | mask;
+                    watch(&mut *self.driver, &self.readiness, src, entry.mask, new)?;
+                    entry.mask = new;
                 }
                 entry.cb = cb;
             }
             None => {
-                self.driver.add_event(fd, Interest::NONE, mask)?;
-                self.files.insert(fd, FileEntry { mask, cb, batch: self.batch });
+                watch(&mut *self.driver, &self.readiness, src, Interest::NONE, mask)?;
+                self.files.insert(src, FileEntry { mask, cb, batch: self.batch });
             }
         }
         Ok(())
     }
 
-    /// Adds interest bits for an fd that already has a callback
+    /// Adds interest bits for a source that already has a callback
     /// ([`io::ErrorKind::NotFound`] otherwise).
-    pub fn add_interest(&mut self, fd: RawFd, mask: Interest) -> io::Result<()> {
-        let Some(entry) = self.files.get_mut(&fd) else {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("fd {fd} has no file event")));
+    pub fn add_interest(&mut self, src: impl Into<EventSource>, mask: Interest) -> io::Result<()> {
+        let src = src.into();
+        let Some(entry) = self.files.get_mut(&src) else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{src} has no file event")));
         };
         if !entry.mask.contains(mask) {
-            self.driver.add_event(fd, entry.mask, mask)?;
-            entry.mask |= mask;
+            let new = entry.mask | mask;
+            watch(&mut *self.driver, &self.readiness, src, entry.mask, new)?;
+            entry.mask = new;
         }
         Ok(())
     }
 
-    /// Removes interest bits; removes the fd (and drops its callback) when none remain.
-    /// Unknown fd → `Ok`.
+    /// Removes interest bits; removes the source (and drops its callback) when none
+    /// remain. Unknown source → `Ok`.
     ///
     /// The center forgets the bits even if the driver reports an error, so a callback
     /// is never again called for them.
-    pub fn delete_file_event(&mut self, fd: RawFd, mask: Interest) -> io::Result<()> {
-        let Some(entry) = self.files.get_mut(&fd) else {
+    pub fn delete_file_event(&mut self, src: impl Into<EventSource>, mask: Interest) -> io::Result<()> {
+        let src = src.into();
+        let Some(entry) = self.files.get_mut(&src) else {
             return Ok(());
         };
         let cur = entry.mask;
         let new = cur.difference(mask);
-        let result = if new == cur { Ok(()) } else { self.driver.del_event(fd, cur, mask) };
+        let result = if new == cur { Ok(()) } else { watch(&mut *self.driver, &self.readiness, src, cur, new) };
         if new.is_empty() {
-            self.files.remove(&fd);
+            self.files.remove(&src);
         } else {
             entry.mask = new;
         }
         result
     }
 
-    /// The directions `fd` is registered for ([`Interest::NONE`] if it is not).
-    pub fn interest(&self, fd: RawFd) -> Interest {
-        self.files.get(&fd).map_or(Interest::NONE, |e| e.mask)
+    /// The directions `src` is registered for ([`Interest::NONE`] if it is not).
+    pub fn interest(&self, src: impl Into<EventSource>) -> Interest {
+        self.files.get(&src.into()).map_or(Interest::NONE, |e| e.mask)
+    }
+
+    /// Where this worker's token sockets post their readiness (see [`Readiness`]); a
+    /// stack's socket takes it when it is registered on this worker.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
     }
 
     /// Runs `cb` once, `after` from now (microsecond resolution; never earlier).
@@ -350,20 +406,21 @@ impl<C: 'static> EventCenter<C> {
     /// iteration, so I/O is never starved.
     pub fn process_events(&mut self, ctx: &mut C, max_wait: Duration) -> io::Result<usize> {
         let mut timeout = max_wait;
-        if self.shared.wake_pending.load(Ordering::Acquire) {
+        if self.shared.wake_pending.load(Ordering::Acquire) || self.readiness.has_ready() {
             timeout = Duration::ZERO;
         } else if let Some(&(deadline, _)) = self.timers.keys().next() {
             timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
         }
 
         let mut fired = mem::take(&mut self.fired);
-        let waited = self.driver.wait(&mut fired, Some(timeout));
+        let waited = self.driver.wait(&mut fired, Some(timeout), &self.readiness);
         self.batch += 1;
         let mut ran = 0;
         if let Err(e) = waited {
             self.fired = fired;
             return Err(e);
         }
+        self.readiness.collect(&mut fired);
         for ev in fired.drain(..) {
             ran += self.dispatch_file_event(ctx, ev);
         }
@@ -381,7 +438,7 @@ impl<C: 'static> EventCenter<C> {
 
     fn dispatch_file_event(&mut self, ctx: &mut C, ev: FiredEvent) -> usize {
         // Earlier callbacks of this batch may have changed the registration.
-        let Some(entry) = self.files.get(&ev.fd) else {
+        let Some(entry) = self.files.get(&ev.source) else {
             return 0;
         };
         // Registered after this batch's wait: the readiness belongs to whatever the
@@ -395,7 +452,7 @@ impl<C: 'static> EventCenter<C> {
         }
         // The callback may replace or delete its own registration.
         let cb = Rc::clone(&entry.cb);
-        cb(ctx, self, ev.fd, mask);
+        cb(ctx, self, ev.source, mask);
         1
     }
 
@@ -457,6 +514,29 @@ impl<C: 'static> fmt::Debug for EventCenter<C> {
             .field("file_events", &self.files.len())
             .field("timers", &self.timer_deadlines.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Moves `src` from being watched for `cur` to `new`: descriptors through the driver,
+/// tokens in the readiness table.
+fn watch(
+    driver: &mut dyn EventDriver,
+    ready: &Readiness,
+    src: EventSource,
+    cur: Interest,
+    new: Interest,
+) -> io::Result<()> {
+    match src {
+        EventSource::Fd(fd) if new.contains(cur) => driver.add_event(fd, cur, new.difference(cur)),
+        EventSource::Fd(fd) if cur.contains(new) => driver.del_event(fd, cur, cur.difference(new)),
+        EventSource::Fd(fd) => {
+            driver.del_event(fd, cur, cur.difference(new))?;
+            driver.add_event(fd, cur & new, new.difference(cur))
+        }
+        EventSource::Token(t) => {
+            ready.set_interest(t, new);
+            Ok(())
+        }
     }
 }
 
@@ -522,7 +602,6 @@ mod tests {
     use std::io::Write;
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
-    use std::sync::atomic::AtomicUsize;
     use std::thread;
 
     /// What the callbacks of a test record.
@@ -536,7 +615,7 @@ mod tests {
     }
 
     // These pin the closures' argument types, which `Rc::new`/`Box::new` cannot infer.
-    fn file_cb<C>(f: impl Fn(&mut C, &mut EventCenter<C>, RawFd, Interest) + 'static) -> FileCallback<C> {
+    fn file_cb<C>(f: impl Fn(&mut C, &mut EventCenter<C>, EventSource, Interest) + 'static) -> FileCallback<C> {
         Rc::new(f)
     }
 
@@ -711,7 +790,7 @@ mod tests {
             efd.fd(),
             Interest::READABLE,
             file_cb(move |ctx: &mut Ctx, _, fd, mask| {
-                assert_eq!(fd, e.fd());
+                assert_eq!(fd, EventSource::Fd(e.fd()));
                 assert_eq!(mask, Interest::READABLE);
                 ctx.log.push(format!("drained {}", e.drain().unwrap()));
             }),
@@ -808,9 +887,12 @@ mod tests {
     }
 
     /// Two signalled eventfds, each with a callback that acts on itself and the other.
-    fn two_signalled(c: &mut EventCenter<Ctx>, act: fn(&mut EventCenter<Ctx>, RawFd, RawFd)) -> [EventFd; 2] {
+    fn two_signalled(
+        c: &mut EventCenter<Ctx>,
+        act: fn(&mut EventCenter<Ctx>, EventSource, EventSource),
+    ) -> [EventFd; 2] {
         let efds = [EventFd::new().unwrap(), EventFd::new().unwrap()];
-        let fds = [efds[0].fd(), efds[1].fd()];
+        let fds = [EventSource::Fd(efds[0].fd()), EventSource::Fd(efds[1].fd())];
         for (i, efd) in efds.iter().enumerate() {
             let other = fds[1 - i];
             let cb = file_cb(move |ctx: &mut Ctx, c: &mut EventCenter<Ctx>, me, mask| {
@@ -966,59 +1048,82 @@ mod tests {
         assert_eq!(next, [PER_THREAD; THREADS]);
     }
 
-    /// An epoll driver whose waker counts wakes.
-    struct CountingDriver {
-        inner: EpollDriver,
-        waker: Arc<CountingWaker>,
-    }
-
-    struct CountingWaker {
-        inner: Arc<dyn Waker>,
-        wakes: AtomicUsize,
-    }
-
-    impl Waker for CountingWaker {
-        fn wake(&self) {
-            self.wakes.fetch_add(1, Ordering::SeqCst);
-            self.inner.wake();
-        }
-    }
-
-    impl EventDriver for CountingDriver {
-        fn add_event(&mut self, fd: RawFd, cur: Interest, add: Interest) -> io::Result<()> {
-            self.inner.add_event(fd, cur, add)
-        }
-        fn del_event(&mut self, fd: RawFd, cur: Interest, del: Interest) -> io::Result<()> {
-            self.inner.del_event(fd, cur, del)
-        }
-        fn wait(&mut self, fired: &mut Vec<FiredEvent>, timeout: Option<Duration>) -> io::Result<()> {
-            self.inner.wait(fired, timeout)
-        }
-        fn waker(&self) -> Arc<dyn Waker> {
-            self.waker.clone()
-        }
-    }
-
     #[test]
     fn submits_between_iterations_cost_one_wake() {
-        let inner = EpollDriver::new().unwrap();
-        let waker = Arc::new(CountingWaker { inner: inner.waker(), wakes: AtomicUsize::new(0) });
-        let mut c = EventCenter::<usize>::new(Box::new(CountingDriver { inner, waker: Arc::clone(&waker) }));
+        let mut c = center::<usize>();
         let mut count = 0;
+        let parker = c.driver_mut().parker();
+        // As if the worker were blocked in its wait: the first submit writes the
+        // eventfd, the others find a wake already owed.
+        assert!(parker.try_park(c.readiness()));
         let s = c.submitter();
         for _ in 0..1000 {
             s.submit(ext(|n: &mut usize, _| *n += 1));
         }
-        assert_eq!(waker.wakes.load(Ordering::SeqCst), 1);
+        assert_eq!(parker.wakes(), 1);
+        parker.unpark();
         assert_eq!(c.process_events(&mut count, Duration::from_secs(10)).unwrap(), 1000);
         assert_eq!(count, 1000);
+        // Submits while the worker runs cost no eventfd write at all.
         s.submit(ext(|n: &mut usize, _| *n += 1));
         s.clone().submit(ext(|n: &mut usize, _| *n += 1));
-        assert_eq!(waker.wakes.load(Ordering::SeqCst), 2);
+        assert_eq!(parker.wakes(), 1);
         assert_eq!(c.process_events(&mut count, Duration::from_secs(10)).unwrap(), 2);
-        // The driver's own waker is the one the center uses.
-        c.driver_mut().waker().wake();
-        assert_eq!(waker.wakes.load(Ordering::SeqCst), 3);
+    }
+
+    /// Token sources: readiness posted by a "stack" (here the test) reaches callbacks
+    /// with no descriptor involved, level-triggered, filtered by interest.
+    #[test]
+    fn token_events_fire_like_descriptors() {
+        let mut c = center::<Vec<(EventSource, Interest)>>();
+        let mut log = Vec::new();
+        let ready = c.readiness().clone();
+        let t = ready.token();
+        c.create_file_event(t, Interest::READABLE, file_cb(|log: &mut Vec<_>, _, src, m| log.push((src, m)))).unwrap();
+        assert_eq!(c.interest(t), Interest::READABLE);
+        assert_eq!(c.process_events(&mut log, Duration::ZERO).unwrap(), 0);
+        ready.set(t, Interest::BOTH);
+        assert_eq!(c.process_events(&mut log, Duration::from_secs(10)).unwrap(), 1);
+        assert_eq!(log, [(EventSource::Token(t), Interest::READABLE)]);
+        // Still ready: reported again (level semantics), and the wait does not block.
+        let start = Instant::now();
+        assert_eq!(c.process_events(&mut log, Duration::from_secs(10)).unwrap(), 1);
+        assert!(start.elapsed() < Duration::from_secs(5));
+        c.add_interest(t, Interest::WRITABLE).unwrap();
+        c.process_events(&mut log, Duration::ZERO).unwrap();
+        assert_eq!(log.last(), Some(&(EventSource::Token(t), Interest::BOTH)));
+        ready.set(t, Interest::NONE);
+        log.clear();
+        assert_eq!(c.process_events(&mut log, Duration::ZERO).unwrap(), 0);
+        c.delete_file_event(t, Interest::BOTH).unwrap();
+        ready.set(t, Interest::READABLE);
+        assert_eq!(c.process_events(&mut log, Duration::ZERO).unwrap(), 0, "no interest: no callback");
+        assert_eq!(c.driver_mut().parker().wakes(), 0, "no system call on the token path");
+    }
+
+    /// A post from another thread wakes a center blocked in its wait.
+    #[test]
+    fn token_post_from_another_thread_wakes_a_blocked_center() {
+        let mut c = center::<Vec<EventSource>>();
+        let mut log = Vec::new();
+        let ready = c.readiness().clone();
+        let t = ready.token();
+        c.create_file_event(t, Interest::READABLE, file_cb(|log: &mut Vec<_>, _, src, _| log.push(src))).unwrap();
+        let parker = c.driver_mut().parker();
+        let th = thread::spawn(move || {
+            let give_up = Instant::now() + Duration::from_secs(10);
+            while !parker.is_parked() && Instant::now() < give_up {
+                thread::yield_now();
+            }
+            ready.set(t, Interest::READABLE);
+        });
+        let start = Instant::now();
+        while log.is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(20), "the post never woke the center");
+            c.process_events(&mut log, Duration::from_secs(30)).unwrap();
+        }
+        th.join().unwrap();
+        assert_eq!(log[0], EventSource::Token(t));
     }
 
     #[test]

@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::error::ConnError;
+use super::worker::Worker;
 use super::MsgrInner;
 use crate::message::Message;
 use crate::proto::addr::EntityAddrVec;
 use crate::proto::entity::{EntityName, EntityType};
 use crate::proto::frames::UTime;
 use crate::proto::reconnect::{Existing, Phase};
-use crate::stack::worker::WorkerShared;
 
 /// Shared handle to a connection.
 pub type ConnectionRef = Arc<Connection>;
@@ -72,7 +72,7 @@ pub struct Connection {
     pub(crate) info: Mutex<Published>,
     // The worker that owns the connection's transport. A lossless session moves to the
     // worker of the transport a peer reconnects on, so this can change.
-    worker: Mutex<Arc<WorkerShared>>,
+    worker: Mutex<Arc<Worker>>,
     // What a new transport from the same peer is compared with (Ceph's "existing").
     pub(crate) existing: Mutex<Existing>,
     pub(crate) msgr: Weak<MsgrInner>,
@@ -97,7 +97,7 @@ impl Connection {
         peer_type: Option<EntityType>,
         peer_addrs: EntityAddrVec,
         outgoing: bool,
-        worker: Arc<WorkerShared>,
+        worker: Arc<Worker>,
         msgr: Weak<MsgrInner>,
     ) -> ConnectionRef {
         Arc::new(Connection {
@@ -241,7 +241,9 @@ impl Connection {
     fn schedule(&self) {
         if !self.scheduled.swap(true, Ordering::AcqRel) {
             let id = self.id;
-            self.worker().schedule_flush(id, || Box::new(move |local, center| super::io::flush(local, center, id)));
+            super::worker::schedule_flush(&self.worker(), id, || {
+                Box::new(move |local, center| super::io::flush(local, center, id))
+            });
         }
     }
 
@@ -254,13 +256,13 @@ impl Connection {
     }
 
     /// The worker that owns this connection now.
-    pub(crate) fn worker(&self) -> Arc<WorkerShared> {
+    pub(crate) fn worker(&self) -> Arc<Worker> {
         Arc::clone(&lock(&self.worker))
     }
 
     /// Hands the connection to another worker (a lossless session moving onto the
     /// transport its peer reconnected on).
-    pub(crate) fn move_to(&self, w: Arc<WorkerShared>) {
+    pub(crate) fn move_to(&self, w: Arc<Worker>) {
         let mut cur = lock(&self.worker);
         cur.sub_load();
         w.add_load();

@@ -8,30 +8,28 @@
 //! thread (one wake-up).
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 
 use super::connection::{ConnState, Connection, ConnectionRef};
 use super::dispatch::ConnEvent;
 use super::error::ConnError;
 use super::perf::{Counter, PerfCounters};
+use super::worker::{Center, Worker, WorkerLocal};
 use super::MsgrInner;
-use crate::event::{Interest, TimerId};
+use crate::event::{EventSource, Interest, TimerId};
 use crate::proto::addr::EntityAddr;
 use crate::proto::entity::EntityType;
 use crate::proto::frames::UTime;
 use crate::proto::reconnect::{decide_ident, decide_reconnect, peer_wins_race, Decision, Phase, SessionState};
 use crate::proto::session::{Answer, Claim, Role, Session, SessionError, SessionEvent};
 use crate::stack::inject::FaultySocket;
-use crate::stack::worker::WorkerShared;
-use crate::stack::worker::{take_pending, Center, WorkerLocal};
-use crate::stack::{ConnectedSocket, ServerSocket};
+use crate::stack::{ConnectedSocket, RecvMode, ServerSocket};
 
 /// Most bytes read per readable event before giving other connections a turn.
 const READ_BUDGET: usize = 1 << 20;
@@ -44,15 +42,15 @@ const READ_BUDGET: usize = 1 << 20;
 pub(crate) const READ_CHUNK: usize = 8 * 1024;
 /// Most bytes framed ahead of the socket per flush; bounds memory per connection.
 const WRITE_BUDGET: usize = 512 * 1024;
-/// Most buffers per vectored write (well under IOV_MAX).
-const MAX_IOV: usize = 64;
 
 /// A connection as its worker sees it.
 pub struct LocalConn {
     conn: ConnectionRef,
     msgr: Arc<MsgrInner>,
     socket: Box<dyn ConnectedSocket>,
-    fd: RawFd,
+    // How the worker hears of the socket: registered when the connection is installed.
+    src: EventSource,
+    recv_mode: RecvMode,
     session: Session,
     wq: VecDeque<Bytes>,
     // Scratch for what the session transmits, kept to reuse its allocation.
@@ -90,7 +88,7 @@ pub struct Parked {
 pub struct LocalListener {
     socket: Box<dyn ServerSocket>,
     msgr: Arc<MsgrInner>,
-    fd: RawFd,
+    src: EventSource,
 }
 
 /// Counts on the messenger's and this worker's perf counters at once.
@@ -117,9 +115,7 @@ pub(crate) fn start_connect(
     match local.net.connect(dial.addr, &msgr.settings.socket) {
         Ok(socket) => {
             let socket = FaultySocket::wrap(socket, msgr.settings.inject_every);
-            let mut lc = LocalConn::new(conn, msgr, socket, session, true);
-            lc.dial = Some(dial);
-            install(local, center, lc);
+            install(local, center, conn, msgr, socket, session, Some(dial));
         }
         Err(e) => {
             count(&local.perf, &msgr, Counter::ConnectionFaults, 1);
@@ -149,51 +145,55 @@ pub(crate) fn adopt_accepted(
     msgr.track(&conn);
     let session = msgr.server_session(peer);
     let socket = FaultySocket::wrap(socket, msgr.settings.inject_every);
-    let lc = LocalConn::new(conn, msgr, socket, session, false);
-    install(local, center, lc);
+    install(local, center, conn, msgr, socket, session, None);
 }
 
-impl LocalConn {
-    fn new(
-        conn: ConnectionRef,
-        msgr: Arc<MsgrInner>,
-        socket: Box<dyn ConnectedSocket>,
-        session: Session,
-        connecting: bool,
-    ) -> Self {
-        let fd = socket.fd();
-        LocalConn {
-            conn,
-            msgr,
-            socket,
-            fd,
-            session,
-            wq: VecDeque::new(),
-            parts: Vec::new(),
-            connecting,
-            timer: None,
-            read_paused: false,
-            dial: None,
-            was_ready: false,
+/// Registers `socket` on this worker and takes it over as `conn`'s transport, carrying
+/// `session`; `dial` is set when we dialled it. A socket that cannot be registered
+/// fails the connection.
+fn install(
+    local: &mut WorkerLocal,
+    center: &mut Center,
+    conn: ConnectionRef,
+    msgr: Arc<MsgrInner>,
+    mut socket: Box<dyn ConnectedSocket>,
+    session: Session,
+    dial: Option<Dial>,
+) {
+    let id = conn.id();
+    let registered = socket.register(center.readiness()).and_then(|src| {
+        center.create_file_event(src, Interest::READABLE | Interest::WRITABLE, conn_callback(id)).map(|()| src)
+    });
+    let src = match registered {
+        Ok(src) => src,
+        Err(e) => {
+            socket.shutdown();
+            count(&local.perf, &msgr, Counter::ConnectionFaults, 1);
+            let err = ConnError::from(e);
+            if !session.policy().lossy && !msgr.is_stopping() && dial.is_some() {
+                return keep_session(local, center, msgr, conn, session, dial, Some(err), false, Backoff::Grow);
+            }
+            conn.worker().sub_load();
+            return finish_closed(&msgr, &conn, Some(err), Some(false));
         }
-    }
-}
-
-fn install(local: &mut WorkerLocal, center: &mut Center, lc: LocalConn) {
-    let id = lc.conn.id();
-    let fd = lc.fd;
-    let cb = conn_callback(id);
-    let conn = Arc::clone(&lc.conn);
-    let msgr = Arc::clone(&lc.msgr);
+    };
+    let recv_mode = socket.recv_mode();
+    let lc = LocalConn {
+        conn,
+        msgr: Arc::clone(&msgr),
+        socket,
+        src,
+        recv_mode,
+        session,
+        wq: VecDeque::new(),
+        parts: Vec::new(),
+        connecting: dial.is_some(),
+        timer: None,
+        read_paused: false,
+        dial,
+        was_ready: false,
+    };
     local.conns.insert(id, lc);
-    if let Err(e) = center.create_file_event(fd, Interest::READABLE | Interest::WRITABLE, cb) {
-        if let Some(lc) = local.conns.remove(&id) {
-            drop(lc);
-        }
-        conn.worker().sub_load();
-        finish_closed(&msgr, &conn, Some(ConnError::from(e)), Some(false));
-        return;
-    }
     count(&local.perf, &msgr, Counter::CreatedConnections, 1);
     count(&local.perf, &msgr, Counter::ActiveConnections, 1);
     // Messages may have been queued before the socket existed.
@@ -224,6 +224,25 @@ fn on_conn_event(local: &mut WorkerLocal, center: &mut Center, id: u64, mask: In
     flush(local, center, id);
 }
 
+/// What one read produced.
+enum Got {
+    /// Into the large frame's own buffer (`n` bytes of `offered`).
+    Direct(usize, usize),
+    /// Into the worker's scratch buffer.
+    Scratch(usize),
+    /// The stack's own buffer.
+    Owned(Bytes),
+}
+
+impl Got {
+    fn len(&self) -> usize {
+        match self {
+            Got::Direct(n, _) | Got::Scratch(n) => *n,
+            Got::Owned(b) => b.len(),
+        }
+    }
+}
+
 fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), ConnError> {
     let mut total = 0;
     loop {
@@ -238,15 +257,24 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         if total >= READ_BUDGET {
             return Ok(());
         }
-        // A large frame in progress is read straight into its own buffer; anything
-        // else goes through the worker's scratch buffer, which is initialised once,
-        // so a read costs no allocation or zeroing and an idle connection no memory.
-        let (r, offered, direct) = match lc.session.large_read_buf() {
-            Some(buf) => (lc.socket.read(buf), buf.len(), true),
-            None => (lc.socket.read(&mut local.rx_scratch), local.rx_scratch.len(), false),
+        // A large frame in progress is read straight into its own buffer. Otherwise a
+        // kernel socket reads into the worker's scratch buffer, which is initialised
+        // once, so a read costs no allocation or zeroing and an idle connection no
+        // memory; a stack with buffers of its own hands them up.
+        let r = match (lc.session.large_read_buf(), lc.recv_mode) {
+            (Some(buf), _) => {
+                let offered = buf.len();
+                lc.socket.read(buf).map(|n| Got::Direct(n, offered))
+            }
+            (None, RecvMode::Owned) => lc.socket.recv_owned().map(Got::Owned),
+            (None, RecvMode::Slice | RecvMode::Append) => lc.socket.read(&mut local.rx_scratch).map(Got::Scratch),
         };
+        let copied = lc.socket.take_copied();
+        if copied.rx > 0 {
+            count(&local.perf, &lc.msgr, Counter::RecvCopiedBytes, copied.rx as i64);
+        }
         let got = match r {
-            Ok(n) => n,
+            Ok(g) => g,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 lc.session.rx_idle();
                 return Ok(());
@@ -254,23 +282,26 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ConnError::from(e)),
         };
-        if got == 0 {
+        let n = got.len();
+        if n == 0 {
             // A partial banner or frame stays in the receive buffer until complete.
             let mid_frame = lc.session.has_partial_input();
             return Err(ConnError::PeerClosed { mid_frame });
         }
-        total += got;
+        total += n;
         count(&local.perf, &lc.msgr, Counter::ReadCalls, 1);
-        count(&local.perf, &lc.msgr, Counter::RecvBytes, got as i64);
+        count(&local.perf, &lc.msgr, Counter::RecvBytes, n as i64);
         let now = Instant::now();
-        let handled = if direct {
-            lc.session.commit_large_read(got);
-            lc.session.handle_input(now)
-        } else {
-            lc.session.handle_bytes(now, &local.rx_scratch[..got])
+        let (handled, full) = match got {
+            Got::Direct(n, offered) => {
+                lc.session.commit_large_read(n);
+                (lc.session.handle_input(now), n == offered)
+            }
+            Got::Scratch(n) => (lc.session.handle_bytes(now, &local.rx_scratch[..n]), n == local.rx_scratch.len()),
+            Got::Owned(b) => (lc.session.handle_bytes(now, &b), false),
         };
         handled.map_err(ConnError::Protocol)?;
-        let drained = got < offered && lc.socket.short_read_drains();
+        let drained = !full && lc.socket.short_read_drains();
         if drained {
             lc.session.rx_idle();
         }
@@ -282,7 +313,7 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         // produced first, unless a large frame is half read (its reply comes when it
         // is whole; writing then would only split a batch of large replies).
         let Some(lc) = local.conns.get_mut(&id) else { return Ok(()) };
-        if !direct && got == offered && lc.session.large_read_buf().is_none() {
+        if full && lc.session.large_read_buf().is_none() {
             flush(local, center, id);
         }
     }
@@ -292,7 +323,7 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
 fn pause_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     let Some(lc) = local.conns.get_mut(&id) else { return };
     lc.read_paused = true;
-    let _ = center.delete_file_event(lc.fd, Interest::READABLE);
+    let _ = center.delete_file_event(lc.src, Interest::READABLE);
     let worker = lc.conn.worker();
     let throttle = Arc::clone(&lc.msgr.throttle);
     let resume = Box::new(move || {
@@ -309,8 +340,8 @@ fn resume_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
         return;
     }
     lc.read_paused = false;
-    let fd = lc.fd;
-    if let Err(e) = center.create_file_event(fd, Interest::READABLE, conn_callback(id)) {
+    let src = lc.src;
+    if let Err(e) = center.create_file_event(src, Interest::READABLE, conn_callback(id)) {
         fault(local, center, id, ConnError::from(e));
     }
     // Data may already be buffered in the socket; level-triggered epoll reports it.
@@ -446,7 +477,7 @@ fn release(
     local: &mut WorkerLocal,
     center: &mut Center,
     existing: ConnectionRef,
-    to: Arc<WorkerShared>,
+    to: Arc<Worker>,
     new_id: u64,
     reset_first: bool,
     resume: bool,
@@ -507,9 +538,9 @@ fn adopt(
     lc.read_paused = false;
     let answer = if resume { Answer::Resume(state) } else { Answer::Reuse(state) };
     let answered = lc.session.answer(answer);
-    let fd = lc.fd;
+    let src = lc.src;
     local.conns.insert(eid, lc);
-    if let Err(e) = center.create_file_event(fd, Interest::READABLE, conn_callback(eid)) {
+    if let Err(e) = center.create_file_event(src, Interest::READABLE, conn_callback(eid)) {
         return fault(local, center, eid, ConnError::from(e));
     }
     if let Err(e) = answered {
@@ -559,44 +590,31 @@ fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(),
         if lc.wq.is_empty() {
             break;
         }
-        let sent = {
-            // On the stack: a vectored write allocates nothing.
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut n = 0;
-            for (slot, b) in iov.iter_mut().zip(&lc.wq) {
-                *slot = IoSlice::new(b);
-                n += 1;
-            }
-            lc.socket.send(&iov[..n])
-        };
+        let sent = lc.socket.send_owned(&mut lc.wq);
+        let copied = lc.socket.take_copied();
+        if copied.tx > 0 {
+            count(&local.perf, &lc.msgr, Counter::SendCopiedBytes, copied.tx as i64);
+        }
         match sent {
             Ok(0) => break,
-            Ok(mut n) => {
+            Ok(n) => {
                 count(&local.perf, &lc.msgr, Counter::WriteCalls, 1);
                 count(&local.perf, &lc.msgr, Counter::SendBytes, n as i64);
-                while n > 0 {
-                    let Some(front) = lc.wq.front_mut() else { break };
-                    if n >= front.len() {
-                        n -= front.len();
-                        lc.wq.pop_front();
-                    } else {
-                        front.advance(n);
-                        n = 0;
-                    }
-                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ConnError::from(e)),
         }
     }
-    let want_write = (!lc.wq.is_empty() || lc.session.wants_transmit()) && lc.socket.needs_write_interest();
-    let fd = lc.fd;
-    let has_write = center.interest(fd).contains(Interest::WRITABLE);
+    // Level-triggered writability is asked for only while there is something to write,
+    // so a writable socket with nothing queued never wakes the worker.
+    let want_write = !lc.wq.is_empty() || lc.session.wants_transmit();
+    let src = lc.src;
+    let has_write = center.interest(src).contains(Interest::WRITABLE);
     if want_write && !has_write {
-        center.create_file_event(fd, Interest::WRITABLE, conn_callback(id))?;
+        center.create_file_event(src, Interest::WRITABLE, conn_callback(id))?;
     } else if !want_write && has_write {
-        center.delete_file_event(fd, Interest::WRITABLE)?;
+        center.delete_file_event(src, Interest::WRITABLE)?;
     }
     Ok(())
 }
@@ -641,7 +659,7 @@ fn fault(local: &mut WorkerLocal, center: &mut Center, id: u64, err: ConnError) 
 /// Unhooks a connection's transport from the event loop and shuts it down.
 fn teardown(perf: &PerfCounters, center: &mut Center, mut lc: LocalConn) -> LocalConn {
     count(perf, &lc.msgr, Counter::ActiveConnections, -1);
-    let _ = center.delete_file_event(lc.fd, Interest::BOTH);
+    let _ = center.delete_file_event(lc.src, Interest::BOTH);
     if let Some((t, _)) = lc.timer.take() {
         center.delete_time_event(t);
     }
@@ -824,11 +842,12 @@ pub(crate) fn install_listener(
     socket: Box<dyn ServerSocket>,
 ) -> io::Result<u64> {
     let id = super::next_conn_id();
-    let fd = socket.fd();
+    let mut socket = socket;
+    let src = socket.register(center.readiness())?;
     let cb: crate::event::FileCallback<WorkerLocal> =
-        Rc::new(move |local: &mut WorkerLocal, center: &mut Center, _fd, _mask| on_accept(local, center, id));
-    center.create_file_event(fd, Interest::READABLE, cb)?;
-    local.listeners.insert(id, LocalListener { socket, msgr, fd });
+        Rc::new(move |local: &mut WorkerLocal, center: &mut Center, _src, _mask| on_accept(local, center, id));
+    center.create_file_event(src, Interest::READABLE, cb)?;
+    local.listeners.insert(id, LocalListener { socket, msgr, src });
     Ok(id)
 }
 
@@ -860,7 +879,7 @@ fn on_accept(local: &mut WorkerLocal, center: &mut Center, id: u64) {
 /// Removes a listener.
 pub(crate) fn remove_listener(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     if let Some(l) = local.listeners.remove(&id) {
-        let _ = center.delete_file_event(l.fd, Interest::BOTH);
+        let _ = center.delete_file_event(l.src, Interest::BOTH);
     }
 }
 
@@ -883,19 +902,6 @@ pub(crate) fn close_messenger(local: &mut WorkerLocal, center: &mut Center, msgr
 fn drop_parked(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     if let Some(p) = local.parked.remove(&id) {
         end_parked(center, p, Some(ConnError::Shutdown));
-    }
-}
-
-/// Flushes connections that got work from code running on this worker.
-pub(crate) fn flush_pending(local: &mut WorkerLocal, center: &mut Center) {
-    loop {
-        let ids = take_pending();
-        if ids.is_empty() {
-            return;
-        }
-        for id in ids {
-            flush(local, center, id);
-        }
     }
 }
 

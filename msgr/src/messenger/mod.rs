@@ -6,7 +6,7 @@
 //! use msgr::message::types::{MPing, TypedMessage};
 //! use msgr::messenger::{Messenger, Policy};
 //! use msgr::proto::{EntityName, EntityType};
-//! # fn stack() -> Arc<msgr::stack::worker::NetworkStack> { unimplemented!() }
+//! # fn stack() -> Arc<msgr::messenger::Stack> { unimplemented!() }
 //!
 //! let cfg = Config::default();
 //! let client = Messenger::new(stack(), EntityName { ty: EntityType::Client, num: -1 }, &cfg).unwrap();
@@ -24,6 +24,7 @@ pub mod error;
 pub(crate) mod io;
 pub mod perf;
 pub mod policy;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +37,7 @@ pub use connection::{ConnState, Connection, ConnectionRef, SendError};
 pub use dispatch::{ConnEvent, DispatchQueue, Dispatcher, Throttle};
 pub use error::{ConnError, MsgrError};
 pub use policy::{Policy, PolicySet};
+pub use worker::{stack_for, Center, Stack, Task, Worker, WorkerLocal};
 
 use crate::config::Config;
 use crate::message::Message;
@@ -47,7 +49,7 @@ use crate::proto::frames::CEPH_FEATURES_ALL;
 use crate::proto::reconnect::SessionState;
 use crate::proto::rxpool::RxPool;
 use crate::proto::session::{PolicyFn, Session, SessionConfig};
-use crate::stack::worker::{on_worker_thread, NetworkStack, WorkerShared};
+use crate::stack::worker::on_worker_thread;
 use crate::stack::SocketOptions;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -113,7 +115,7 @@ pub(crate) struct MsgrInner {
     pub(crate) auth_name: AuthName,
     pub(crate) nonce: u32,
     pub(crate) settings: Settings,
-    pub(crate) workers: Vec<Arc<WorkerShared>>,
+    pub(crate) workers: Vec<Arc<Worker>>,
     pub(crate) local_listen: bool,
     pub(crate) throttle: Arc<Throttle>,
     pub(crate) dispatch_queue: Arc<DispatchQueue>,
@@ -122,7 +124,7 @@ pub(crate) struct MsgrInner {
     policies: RwLock<PolicySet>,
     conns: Mutex<HashMap<EntityAddrVec, ConnectionRef>>,
     all: Mutex<HashMap<u64, ConnectionRef>>,
-    listeners: Mutex<Vec<(Arc<WorkerShared>, u64)>>,
+    listeners: Mutex<Vec<(Arc<Worker>, u64)>>,
     global_seq: AtomicU64,
     next_global_id: AtomicU64,
     stopping: AtomicBool,
@@ -143,7 +145,7 @@ impl MsgrInner {
         self.stopping.load(Ordering::Acquire)
     }
 
-    pub(crate) fn least_loaded(&self) -> Arc<WorkerShared> {
+    pub(crate) fn least_loaded(&self) -> Arc<Worker> {
         crate::stack::worker::least_loaded(&self.workers)
     }
 
@@ -297,7 +299,10 @@ fn perf_dump(i: &MsgrInner) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     out.insert(format!("msgr.{}", i.name), serde_json::Value::Object(me));
     for w in &i.workers {
-        out.insert(format!("{}{}", perf::WORKER_SECTION_PREFIX, w.id()), serde_json::Value::Object(w.perf().to_json()));
+        out.insert(
+            format!("{}{}", perf::WORKER_SECTION_PREFIX, w.id()),
+            serde_json::Value::Object(w.shared().to_json()),
+        );
     }
     serde_json::Value::Object(out)
 }
@@ -314,20 +319,20 @@ fn nonzero_random() -> u64 {
 /// A messenger: binds, accepts, dials, and dispatches messages for one entity.
 pub struct Messenger {
     inner: Arc<MsgrInner>,
-    stack: Mutex<Option<Arc<NetworkStack>>>,
+    stack: Mutex<Option<Arc<Stack>>>,
 }
 
 impl Messenger {
     /// A messenger for entity `name` on `stack`, configured from `cfg`
     /// (`ms_dispatch_throttle_bytes`, bind port range, socket options, limits).
-    pub fn new(stack: Arc<NetworkStack>, name: EntityName, cfg: &Config) -> Result<Messenger, MsgrError> {
+    pub fn new(stack: Arc<Stack>, name: EntityName, cfg: &Config) -> Result<Messenger, MsgrError> {
         let auth_name = AuthName { ty: name.ty, id: if name.num >= 0 { name.num.to_string() } else { "admin".into() } };
         Messenger::with_auth_name(stack, name, auth_name, cfg)
     }
 
     /// Like [`Messenger::new`] with an explicit auth name (e.g. `client.admin`).
     pub fn with_auth_name(
-        stack: Arc<NetworkStack>,
+        stack: Arc<Stack>,
         name: EntityName,
         auth_name: AuthName,
         cfg: &Config,
@@ -424,7 +429,7 @@ impl Messenger {
     /// The network stack this messenger runs on, for tools that put their own sockets
     /// on the same workers (`msgr bench server`'s raw echo over DPDK); `None` once the
     /// messenger has shut down. Holding it keeps the workers running.
-    pub fn stack(&self) -> Option<Arc<NetworkStack>> {
+    pub fn stack(&self) -> Option<Arc<Stack>> {
         lock(&self.stack).clone()
     }
 
@@ -472,9 +477,9 @@ impl Messenger {
 
     fn on_worker<T: Send + 'static>(
         &self,
-        worker: &Arc<WorkerShared>,
+        worker: &Arc<Worker>,
         what: &'static str,
-        f: impl FnOnce(&mut crate::stack::worker::WorkerLocal, &mut crate::stack::worker::Center) -> T + Send + 'static,
+        f: impl FnOnce(&mut WorkerLocal, &mut Center) -> T + Send + 'static,
     ) -> Result<T, MsgrError> {
         if on_worker_thread() {
             return Err(MsgrError::OnWorkerThread(what));
@@ -499,7 +504,7 @@ impl Messenger {
         }
         let s = &self.inner.settings;
         let ports: Vec<u16> = if addr.port() == 0 { (s.port_min..=s.port_max).collect() } else { vec![addr.port()] };
-        let workers: Vec<Arc<WorkerShared>> =
+        let workers: Vec<Arc<Worker>> =
             if self.inner.local_listen { self.inner.workers.clone() } else { vec![Arc::clone(&self.inner.workers[0])] };
         let mut last_err = None;
         for port in ports {
@@ -522,9 +527,9 @@ impl Messenger {
         }
     }
 
-    fn listen_on(&self, workers: &[Arc<WorkerShared>], sa: SocketAddr) -> std::io::Result<SocketAddr> {
+    fn listen_on(&self, workers: &[Arc<Worker>], sa: SocketAddr) -> std::io::Result<SocketAddr> {
         let mut bound = sa;
-        let mut done: Vec<(Arc<WorkerShared>, u64)> = Vec::new();
+        let mut done: Vec<(Arc<Worker>, u64)> = Vec::new();
         for w in workers {
             let msgr = Arc::clone(&self.inner);
             let opts = self.inner.settings.socket.clone();

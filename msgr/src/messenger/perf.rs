@@ -39,11 +39,17 @@ pub enum Counter {
     WriteCalls,
     /// Frames written (messages, acks, keepalives, handshake).
     FramesWritten,
+    /// Bytes copied by msgr on receive (stack rings or chunks to buffers, the session's
+    /// own appends and gathers); the kernel's copies are not counted.
+    RecvCopiedBytes,
+    /// Bytes copied by msgr on send (segments into staging buffers, stacks' copies into
+    /// registered memory or TCP rings); the kernel's copies are not counted.
+    SendCopiedBytes,
 }
 
 impl Counter {
     /// Every counter, in dump order.
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 14] = [
         Counter::RecvMessages,
         Counter::SendMessages,
         Counter::RecvBytes,
@@ -56,6 +62,8 @@ impl Counter {
         Counter::ReadCalls,
         Counter::WriteCalls,
         Counter::FramesWritten,
+        Counter::RecvCopiedBytes,
+        Counter::SendCopiedBytes,
     ];
 
     /// The name in `perf dump`.
@@ -73,6 +81,8 @@ impl Counter {
             Counter::ReadCalls => "msgr_read_calls",
             Counter::WriteCalls => "msgr_write_calls",
             Counter::FramesWritten => "msgr_frames_written",
+            Counter::RecvCopiedBytes => "msgr_recv_copied_bytes",
+            Counter::SendCopiedBytes => "msgr_send_copied_bytes",
         }
     }
 
@@ -91,6 +101,8 @@ impl Counter {
             Counter::ReadCalls => "read calls that returned data",
             Counter::WriteCalls => "write calls that moved data",
             Counter::FramesWritten => "frames written",
+            Counter::RecvCopiedBytes => "bytes msgr copied on receive (not counting the kernel's copies)",
+            Counter::SendCopiedBytes => "bytes msgr copied on send (not counting the kernel's copies)",
         }
     }
 

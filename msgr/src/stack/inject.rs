@@ -6,12 +6,15 @@
 //! operation returns `ConnectionReset` and the underlying socket is shut down, so the
 //! peer sees the connection die too and both ends go through their fault paths.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::ConnectedSocket;
+use bytes::{Bytes, BytesMut};
+
+use super::{ConnectedSocket, Copied, RecvMode};
+use crate::event::{EventSource, Readiness};
 
 static INJECTED: AtomicU64 = AtomicU64::new(0);
 static SEEDS: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
@@ -72,12 +75,16 @@ impl FaultySocket {
 }
 
 impl ConnectedSocket for FaultySocket {
-    fn fd(&self) -> RawFd {
-        self.inner.fd()
+    fn register(&mut self, ready: &Readiness) -> io::Result<EventSource> {
+        self.inner.register(ready)
     }
 
     fn is_connected(&mut self) -> io::Result<bool> {
         self.inner.is_connected()
+    }
+
+    fn recv_mode(&self) -> RecvMode {
+        self.inner.recv_mode()
     }
 
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -85,9 +92,28 @@ impl ConnectedSocket for FaultySocket {
         self.inner.read(buf)
     }
 
+    fn read_into(&mut self, dst: &mut BytesMut, max: usize) -> io::Result<usize> {
+        self.roll()?;
+        self.inner.read_into(dst, max)
+    }
+
+    fn recv_owned(&mut self) -> io::Result<Bytes> {
+        self.roll()?;
+        self.inner.recv_owned()
+    }
+
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         self.roll()?;
         self.inner.send(bufs)
+    }
+
+    fn send_owned(&mut self, queue: &mut VecDeque<Bytes>) -> io::Result<usize> {
+        self.roll()?;
+        self.inner.send_owned(queue)
+    }
+
+    fn take_copied(&mut self) -> Copied {
+        self.inner.take_copied()
     }
 
     fn shutdown(&mut self) {
@@ -100,10 +126,6 @@ impl ConnectedSocket for FaultySocket {
 
     fn local_addr(&self) -> Option<SocketAddr> {
         self.inner.local_addr()
-    }
-
-    fn needs_write_interest(&self) -> bool {
-        self.inner.needs_write_interest()
     }
 
     fn short_read_drains(&self) -> bool {
@@ -130,9 +152,11 @@ mod tests {
     #[test]
     fn zero_means_no_wrapper() {
         let (a, _b) = pair();
-        let fd = a.fd();
+        let addr = a.local_addr();
         let a = FaultySocket::wrap(a, 0);
-        assert_eq!(a.fd(), fd);
+        assert_eq!(a.local_addr(), addr);
+        let a = FaultySocket::wrap(a, 3);
+        assert_eq!(a.local_addr(), addr);
     }
 
     #[test]

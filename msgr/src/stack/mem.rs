@@ -3,19 +3,16 @@
 //!
 //! A [`MemNetwork`] plays the part of the kernel and the wire: it keeps the listeners by
 //! address, hands out ports, and connects sockets with a pair of bounded byte pipes, one
-//! per direction, so backpressure is as real as on TCP. Every socket end owns an
-//! [`EventFd`] as its descriptor, so the ordinary [`EpollDriver`] drives it:
+//! per direction, so backpressure is as real as on TCP.
 //!
-//! * the eventfd stays signalled (level semantics) while the end has something to read,
-//!   or the peer has closed or the connection is cut, and is drained once the reader has
-//!   consumed everything;
-//! * it is also poked on every new arrival and every wake-up, as a kernel socket's wait
-//!   queue is, so edge-triggered drivers see a fresh edge each time;
-//! * an eventfd always polls writable, so writability is reported honestly by `send`
-//!   returning `WouldBlock` when the pipe is full; the writer's eventfd is then signalled
-//!   as soon as the reader frees space. (With the level-triggered [`EpollDriver`] a loop
-//!   that keeps `WRITABLE` interest on a mem socket is therefore woken on every wait; the
-//!   readable wake-up alone is enough to resume a blocked writer.)
+//! It is written against the stack contract alone ([`crate::stack`] and
+//! [`crate::event`]), as any other stack would be, and it has no descriptors: a socket
+//! takes a token from the worker it is registered on and the network posts that
+//! token's readiness (level semantics) from whichever thread changed it — the peer's
+//! worker writing, a delay expiring, a cut — waking the owning worker only if it
+//! sleeps. An end is readable while it has bytes to read or the peer has closed or the
+//! connection is cut, writable while its outgoing pipe has room (or the connection is
+//! dead, so that the writer meets the error).
 //!
 //! Faults are planned per connection and direction with a [`FaultPlan`] returned by the
 //! network's fault hook when the connection is made: short writes at exact stream
@@ -25,13 +22,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::{ConnectedSocket, ServerSocket, SocketFactory, SocketOptions, StackBackend, WorkerNet};
-use crate::event::{EpollDriver, EventFd};
+use crate::event::{EpollDriver, EventSource, Interest, Readiness, Registration};
 
 /// Capacity of each direction's pipe unless [`MemNetwork::with_pipe_capacity`] says otherwise.
 pub const DEFAULT_PIPE_CAPACITY: usize = 256 * 1024;
@@ -187,7 +183,6 @@ impl MemNetwork {
     }
 
     fn listen(&self, addr: SocketAddr, opts: &SocketOptions) -> io::Result<Arc<Listener>> {
-        let efd = EventFd::new()?;
         let mut st = lock(&self.state);
         let addr = if addr.port() == 0 {
             let port = st.free_listen_port(addr.ip())?;
@@ -199,7 +194,8 @@ impl MemNetwork {
             addr
         };
         let backlog = usize::try_from(opts.listen_backlog).unwrap_or(usize::MAX).max(1);
-        let listener = Arc::new(Listener { addr, efd, backlog, pending: Mutex::new(VecDeque::new()) });
+        let listener =
+            Arc::new(Listener { addr, backlog, pending: Mutex::new(VecDeque::new()), reg: Mutex::new(None) });
         st.listeners.insert(addr, listener.clone());
         Ok(listener)
     }
@@ -291,13 +287,20 @@ impl NetState {
     }
 }
 
+/// Posts `ready` if the end or listener is registered on a worker.
+fn post(reg: &mut Option<Registration>, ready: Interest) {
+    if let Some(r) = reg {
+        r.post(ready);
+    }
+}
+
 /// A listening address and its queue of connections not yet accepted.
 struct Listener {
     addr: SocketAddr,
-    /// Signalled exactly while `pending` is non-empty.
-    efd: EventFd,
     backlog: usize,
+    /// Readable exactly while non-empty; the registration is taken under this lock.
     pending: Mutex<VecDeque<MemSocket>>,
+    reg: Mutex<Option<Registration>>,
 }
 
 impl Listener {
@@ -308,9 +311,7 @@ impl Listener {
             return false;
         }
         q.push_back(sock);
-        // Poked on every arrival so an edge-triggered driver sees each one. A failed
-        // notify cannot lose the connection: it stays queued for the next accept.
-        let _ = self.efd.notify();
+        post(&mut lock(&self.reg), Interest::READABLE);
         true
     }
 }
@@ -333,11 +334,8 @@ struct ConnState {
 }
 
 struct End {
-    /// The end's descriptor; `None` once the socket is dropped, which closes it as
-    /// closing a kernel socket would (and so removes it from any epoll set).
-    efd: Option<EventFd>,
-    /// Mirrors whether the eventfd counter is non-zero, to avoid needless syscalls.
-    signalled: bool,
+    /// Where the end's readiness goes; `None` until registered and once dropped.
+    reg: Option<Registration>,
     /// Shut down or dropped: its own I/O fails, the peer sees end-of-stream.
     closed: bool,
 }
@@ -349,8 +347,6 @@ struct Pipe {
     written: u64,
     /// Stream offset of the first byte still in `buf`.
     read: u64,
-    /// The writer got `WouldBlock` and has not sent since: wake it when space frees.
-    writer_blocked: bool,
     /// Sorted, deduplicated split offsets; those at or below `written` are spent.
     splits: Vec<u64>,
     cut_at: Option<u64>,
@@ -371,7 +367,6 @@ impl Pipe {
             capacity,
             written: 0,
             read: 0,
-            writer_blocked: false,
             splits,
             cut_at: plan.cut_at,
             delay: plan.delay,
@@ -411,43 +406,35 @@ impl Pipe {
 }
 
 impl ConnState {
-    /// Whether end `e` has anything to report: a read that would not block, or a blocked
-    /// writer that can now make progress (or learn of an error).
-    fn ready(&self, e: usize, now: Instant) -> bool {
+    /// End `e`'s readiness now: readable when a read would not block (bytes, end of
+    /// stream, a cut), writable when a send would not (room, or an error to meet).
+    fn readiness(&self, e: usize, now: Instant) -> Interest {
+        if self.ends[e].closed {
+            return Interest::BOTH;
+        }
         let peer = 1 - e;
         let inp = &self.pipes[peer];
         let drained = inp.read == inp.written;
-        let readable = inp.readable_len(now) > 0 || (drained && (self.broken || self.ends[peer].closed));
-        let out = &self.pipes[e];
-        let writable = out.writer_blocked && (out.has_space() || self.broken || self.ends[peer].closed);
-        readable || writable || self.ends[e].closed
-    }
-
-    /// Signals end `e` unconditionally: something happened that it must look at.
-    fn poke(&mut self, e: usize) {
-        let end = &mut self.ends[e];
-        if let Some(efd) = &end.efd {
-            // Cannot fail for an eventfd we own (a full counter counts as success); were
-            // it to, `signalled` stays false and the next settle retries.
-            if efd.notify().is_ok() {
-                end.signalled = true;
-            }
+        let dead = self.broken || self.ends[peer].closed;
+        let mut ready = Interest::NONE;
+        if inp.readable_len(now) > 0 || (drained && dead) {
+            ready |= Interest::READABLE;
         }
+        if self.pipes[e].has_space() || dead {
+            ready |= Interest::WRITABLE;
+        }
+        ready
     }
 
-    /// Brings end `e`'s eventfd in line with `ready`: drained when there is nothing to do,
-    /// signalled when there is.
+    /// Posts end `e`'s readiness to the worker it is registered on.
     fn settle(&mut self, e: usize, now: Instant) {
-        let want = self.ready(e, now);
-        let end = &mut self.ends[e];
-        let Some(efd) = &end.efd else { return };
-        if want && !end.signalled {
-            if efd.notify().is_ok() {
-                end.signalled = true;
-            }
-        } else if !want && end.signalled && efd.drain().is_ok() {
-            end.signalled = false;
-        }
+        let ready = self.readiness(e, now);
+        post(&mut self.ends[e].reg, ready);
+    }
+
+    /// Something changed for end `e` (a delay expired, the peer closed): post it.
+    fn poke(&mut self, e: usize) {
+        self.settle(e, Instant::now());
     }
 
     fn break_connection(&mut self) {
@@ -475,10 +462,10 @@ impl Conn {
         transferred: Arc<AtomicU64>,
     ) -> io::Result<Self> {
         let cut_now = to_server.cut_at == Some(0) || to_client.cut_at == Some(0);
-        let end = || -> io::Result<End> { Ok(End { efd: Some(EventFd::new()?), signalled: false, closed: false }) };
+        let end = || End { reg: None, closed: false };
         let mut state = ConnState {
             pipes: [Pipe::new(to_server, capacity), Pipe::new(to_client, capacity)],
-            ends: [end()?, end()?],
+            ends: [end(), end()],
             broken: false,
         };
         if cut_now {
@@ -525,7 +512,6 @@ impl Conn {
         let now = Instant::now();
         let pipe = &mut st.pipes[e];
         if !pipe.has_space() {
-            pipe.writer_blocked = true;
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let accepted = pipe.send_allowance(wanted);
@@ -558,7 +544,6 @@ impl Conn {
             left -= take;
         }
         pipe.written += keep as u64;
-        pipe.writer_blocked = false;
         self.transferred.fetch_add(keep as u64, Ordering::Relaxed);
         if keep > 0 {
             st.poke(1 - e);
@@ -589,7 +574,8 @@ impl Conn {
                 out[from_front..n].copy_from_slice(&back[..n - from_front]);
                 pipe.buf.drain(..n);
                 pipe.read += n as u64;
-                Ok((n, was_full && pipe.writer_blocked))
+                // The writer's readiness changes only when room appears.
+                Ok((n, was_full))
             } else if out.is_empty() {
                 Ok((0, false))
             } else if pipe.read != pipe.written {
@@ -618,7 +604,6 @@ fn shut_down_error() -> io::Error {
 /// One end of an in-memory connection, or a refused connect.
 struct MemSocket {
     kind: SocketKind,
-    fd: RawFd,
     local: SocketAddr,
     peer: SocketAddr,
 }
@@ -628,27 +613,23 @@ enum SocketKind {
         conn: Arc<Conn>,
         end: usize,
     },
-    /// A connect that found no listener. The eventfd is left signalled so that the
-    /// event loop comes to look and learns the failure from `is_connected`.
+    /// A connect that found no listener: readable and writable once registered, so that
+    /// the event loop comes to look and learns the failure from `is_connected`.
     Refused {
-        _efd: EventFd,
+        reg: Option<Registration>,
         shut: bool,
     },
 }
 
 impl MemSocket {
     fn end(conn: &Arc<Conn>, end: usize) -> MemSocket {
-        let fd = lock(&conn.state).ends[end].efd.as_ref().map_or(-1, EventFd::fd);
         let (local, peer) =
             if end == CLIENT { (conn.info.client, conn.info.server) } else { (conn.info.server, conn.info.client) };
-        MemSocket { kind: SocketKind::Connected { conn: conn.clone(), end }, fd, local, peer }
+        MemSocket { kind: SocketKind::Connected { conn: conn.clone(), end }, local, peer }
     }
 
     fn refused(local: SocketAddr, peer: SocketAddr) -> io::Result<MemSocket> {
-        let efd = EventFd::new()?;
-        efd.notify()?;
-        let fd = efd.fd();
-        Ok(MemSocket { kind: SocketKind::Refused { _efd: efd, shut: false }, fd, local, peer })
+        Ok(MemSocket { kind: SocketKind::Refused { reg: None, shut: false }, local, peer })
     }
 }
 
@@ -656,9 +637,32 @@ fn refused_error() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionRefused, "no listener at that in-memory address")
 }
 
+fn already_registered() -> io::Error {
+    io::Error::new(io::ErrorKind::AlreadyExists, "in-memory socket registered twice")
+}
+
 impl ConnectedSocket for MemSocket {
-    fn fd(&self) -> RawFd {
-        self.fd
+    fn register(&mut self, ready: &Readiness) -> io::Result<EventSource> {
+        let mut reg = Registration::new(ready);
+        let src = reg.source();
+        match &mut self.kind {
+            SocketKind::Connected { conn, end } => {
+                let mut st = lock(&conn.state);
+                if st.ends[*end].reg.is_some() {
+                    return Err(already_registered());
+                }
+                st.ends[*end].reg = Some(reg);
+                st.settle(*end, Instant::now());
+            }
+            SocketKind::Refused { reg: slot, .. } => {
+                if slot.is_some() {
+                    return Err(already_registered());
+                }
+                reg.post(Interest::BOTH);
+                *slot = Some(reg);
+            }
+        }
+        Ok(src)
     }
 
     fn is_connected(&mut self) -> io::Result<bool> {
@@ -704,11 +708,6 @@ impl ConnectedSocket for MemSocket {
     fn local_addr(&self) -> Option<SocketAddr> {
         Some(self.local)
     }
-
-    fn needs_write_interest(&self) -> bool {
-        // Freed pipe space is signalled through this end's eventfd becoming readable.
-        false
-    }
 }
 
 impl Drop for MemSocket {
@@ -716,8 +715,9 @@ impl Drop for MemSocket {
         if let SocketKind::Connected { conn, end } = &self.kind {
             let mut st = lock(&conn.state);
             st.close_end(*end);
-            st.ends[*end].efd = None;
-            st.ends[*end].signalled = false;
+            // Gone from the worker's table, as a closed kernel socket leaves every
+            // epoll set.
+            st.ends[*end].reg = None;
         }
     }
 }
@@ -729,17 +729,25 @@ struct MemServerSocket {
 }
 
 impl ServerSocket for MemServerSocket {
-    fn fd(&self) -> RawFd {
-        self.listener.efd.fd()
+    fn register(&mut self, ready: &Readiness) -> io::Result<EventSource> {
+        let q = lock(&self.listener.pending);
+        let mut slot = lock(&self.listener.reg);
+        if slot.is_some() {
+            return Err(already_registered());
+        }
+        let mut reg = Registration::new(ready);
+        reg.post(if q.is_empty() { Interest::NONE } else { Interest::READABLE });
+        let src = reg.source();
+        *slot = Some(reg);
+        Ok(src)
     }
 
     fn accept(&mut self) -> io::Result<(Box<dyn ConnectedSocket>, SocketAddr)> {
         let mut q = lock(&self.listener.pending);
         let sock = q.pop_front();
         if q.is_empty() {
-            // Under the queue lock, so a concurrent enqueue's notify cannot be lost.
-            // A failed drain only leaves a spurious wake-up behind.
-            let _ = self.listener.efd.drain();
+            // Under the queue lock, so a concurrent enqueue's post cannot be lost.
+            post(&mut lock(&self.listener.reg), Interest::NONE);
         }
         drop(q);
         match sock {
@@ -759,6 +767,7 @@ impl ServerSocket for MemServerSocket {
 impl Drop for MemServerSocket {
     fn drop(&mut self) {
         self.net.unlisten(&self.listener);
+        *lock(&self.listener.reg) = None;
         // Connections nobody accepted are reset, as the kernel does when a listener
         // closes with a non-empty accept queue.
         let pending: Vec<MemSocket> = lock(&self.listener.pending).drain(..).collect();
@@ -796,8 +805,9 @@ impl SocketFactory for MemSocketFactory {
     }
 }
 
-/// The in-memory stack (`async+mem`): every worker gets an [`EpollDriver`] and sockets on
-/// the shared [`MemNetwork`].
+/// The in-memory stack (`async+mem`): every worker gets an [`EpollDriver`] (which
+/// watches no descriptor of this stack: sockets are tokens) and sockets on the shared
+/// [`MemNetwork`].
 #[derive(Clone, Debug)]
 pub struct MemStack {
     net: Arc<MemNetwork>,
@@ -845,11 +855,19 @@ mod tests {
         "127.0.0.1:0".parse().unwrap()
     }
 
+    /// One worker's view: a driver, the readiness table its center would have, and the
+    /// sources of the sockets it watches (by their addresses, which are unique per end).
     struct Rig {
         net: Arc<MemNetwork>,
         driver: Box<dyn EventDriver>,
         sockets: Box<dyn SocketFactory>,
+        ready: Readiness,
+        srcs: HashMap<(SocketAddr, Option<SocketAddr>), EventSource>,
         fired: Vec<FiredEvent>,
+    }
+
+    fn key(sock: &dyn ConnectedSocket) -> (SocketAddr, Option<SocketAddr>) {
+        (sock.local_addr().unwrap(), sock.peer_addr())
     }
 
     impl Rig {
@@ -858,45 +876,74 @@ mod tests {
             assert_eq!(stack.name(), "async+mem");
             assert!(!stack.local_listen_table());
             let WorkerNet { driver, sockets } = stack.init_worker(0).unwrap();
-            Rig { net, driver, sockets, fired: Vec::new() }
+            let ready = Readiness::new(driver.parker());
+            Rig { net, driver, sockets, ready, srcs: HashMap::new(), fired: Vec::new() }
         }
 
-        fn watch(&mut self, fd: RawFd) {
-            self.driver.add_event(fd, Interest::NONE, Interest::READABLE).unwrap();
+        fn watch_for(&mut self, sock: &mut dyn ConnectedSocket, interest: Interest) {
+            let src = sock.register(&self.ready).unwrap();
+            let EventSource::Token(t) = src else { panic!("mem sockets have no descriptor") };
+            self.ready.set_interest(t, interest);
+            self.srcs.insert(key(sock), src);
         }
 
-        /// Waits until the driver reports `fd`; false if it never did within PATIENCE.
-        fn wait_for(&mut self, fd: RawFd) -> bool {
-            self.wait_for_within(fd, PATIENCE)
+        /// Registers `sock` here, watching it for reading.
+        fn watch(&mut self, sock: &mut dyn ConnectedSocket) {
+            self.watch_for(sock, Interest::READABLE);
         }
 
-        fn wait_for_within(&mut self, fd: RawFd, limit: Duration) -> bool {
+        /// Registers `sock` here, watching it for writing.
+        fn watch_write(&mut self, sock: &mut dyn ConnectedSocket) {
+            self.watch_for(sock, Interest::WRITABLE);
+        }
+
+        fn watch_listener(&mut self, l: &mut dyn ServerSocket) -> EventSource {
+            let src = l.register(&self.ready).unwrap();
+            let EventSource::Token(t) = src else { panic!("mem listeners have no descriptor") };
+            self.ready.set_interest(t, Interest::READABLE);
+            src
+        }
+
+        /// Waits until `sock` is reported; false if it never was within PATIENCE.
+        fn wait_for(&mut self, sock: &dyn ConnectedSocket) -> bool {
+            self.wait_for_within(sock, PATIENCE)
+        }
+
+        fn wait_for_within(&mut self, sock: &dyn ConnectedSocket, limit: Duration) -> bool {
+            let src = self.srcs[&key(sock)];
+            self.wait_for_src(src, limit)
+        }
+
+        fn wait_for_src(&mut self, src: EventSource, limit: Duration) -> bool {
             let deadline = Instant::now() + limit;
             loop {
                 let now = Instant::now();
                 if now >= deadline {
                     return false;
                 }
-                self.driver.wait(&mut self.fired, Some(deadline - now)).unwrap();
-                if self.fired.iter().any(|ev| ev.fd == fd) {
+                self.driver.wait(&mut self.fired, Some(deadline - now), &self.ready).unwrap();
+                self.ready.collect(&mut self.fired);
+                if self.fired.iter().any(|ev| ev.source == src) {
                     return true;
                 }
             }
         }
 
-        /// Listener, connected client end, accepted server end.
+        /// Listener, connected client end, accepted server end (none registered).
         fn pair(&mut self) -> (Box<dyn ServerSocket>, Box<dyn ConnectedSocket>, Box<dyn ConnectedSocket>) {
             let mut listener = self.sockets.listen(any_addr(), &opts()).unwrap();
-            self.watch(listener.fd());
+            let lsrc = self.watch_listener(listener.as_mut());
             let mut client = self.sockets.connect(listener.local_addr(), &opts()).unwrap();
             assert!(client.is_connected().unwrap());
-            assert!(self.wait_for(listener.fd()));
+            assert!(self.wait_for_src(lsrc, PATIENCE));
             let (server, from) = listener.accept().unwrap();
             assert_eq!(Some(from), client.local_addr());
             assert_eq!(server.peer_addr(), client.local_addr());
             assert_eq!(server.local_addr(), Some(listener.local_addr()));
             assert_eq!(client.peer_addr(), Some(listener.local_addr()));
-            self.driver.del_event(listener.fd(), Interest::READABLE, Interest::READABLE).unwrap();
+            if let EventSource::Token(t) = lsrc {
+                self.ready.set_interest(t, Interest::NONE);
+            }
             (listener, client, server)
         }
 
@@ -910,7 +957,7 @@ mod tests {
                     Ok(0) => panic!("unexpected end of stream after {} bytes", got.len()),
                     Ok(n) => got.extend_from_slice(&buf[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        assert!(self.wait_for(sock.fd()), "no readiness after {} bytes", got.len())
+                        assert!(self.wait_for(sock), "no readiness after {} bytes", got.len())
                     }
                     Err(e) => panic!("read failed after {} bytes: {e}", got.len()),
                 }
@@ -927,7 +974,7 @@ mod tests {
                     Ok(0) => return (got, Ok(())),
                     Ok(n) => got.extend_from_slice(&buf[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        assert!(self.wait_for(sock.fd()), "no readiness after {} bytes", got.len())
+                        assert!(self.wait_for(sock), "no readiness after {} bytes", got.len())
                     }
                     Err(e) => return (got, Err(e)),
                 }
@@ -959,8 +1006,8 @@ mod tests {
     fn round_trip_both_directions() {
         let mut rig = Rig::new(MemNetwork::new());
         let (_l, mut client, mut server) = rig.pair();
-        rig.watch(client.fd());
-        rig.watch(server.fd());
+        rig.watch(client.as_mut());
+        rig.watch(server.as_mut());
 
         let parts = [pattern(100, 1), pattern(3000, 2), Vec::new(), pattern(7, 3)];
         let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
@@ -987,11 +1034,11 @@ mod tests {
         // Consumed everything: the eventfd must have been drained, so a driver that
         // starts watching it now sees nothing.
         let mut probe = [0u8; 8];
-        rig.watch(server.fd());
-        assert!(!rig.wait_for_within(server.fd(), Duration::from_millis(50)));
+        rig.watch(server.as_mut());
+        assert!(!rig.wait_for_within(server.as_ref(), Duration::from_millis(50)));
         assert_eq!(server.read(&mut probe).unwrap_err().kind(), io::ErrorKind::WouldBlock);
         client.send(&[IoSlice::new(b"d")]).unwrap();
-        assert!(rig.wait_for(server.fd()));
+        assert!(rig.wait_for(server.as_ref()));
         assert_eq!(server.read(&mut probe).unwrap(), 1);
         assert_eq!(probe[0], b'd');
     }
@@ -1000,7 +1047,7 @@ mod tests {
     fn backpressure_blocks_then_wakes_the_writer() {
         let mut rig = Rig::new(MemNetwork::with_pipe_capacity(1000));
         let (_l, mut client, mut server) = rig.pair();
-        rig.watch(client.fd());
+        rig.watch_write(client.as_mut());
         let data = pattern(1500, 4);
         assert_eq!(client.send(&[IoSlice::new(&data)]).unwrap(), 1000);
         let e = client.send(&[IoSlice::new(&data[1000..])]).unwrap_err();
@@ -1009,12 +1056,12 @@ mod tests {
         let mut buf = [0u8; 300];
         assert_eq!(server.read(&mut buf).unwrap(), 300);
         assert_eq!(&buf[..], &data[..300]);
-        assert!(rig.wait_for(client.fd()), "writer not woken after space freed");
+        assert!(rig.wait_for(client.as_ref()), "writer not woken after space freed");
         assert_eq!(client.send(&[IoSlice::new(&data[1000..])]).unwrap(), 300);
         assert_eq!(client.send(&[IoSlice::new(&data[1300..])]).unwrap_err().kind(), io::ErrorKind::WouldBlock);
-        rig.watch(server.fd());
+        rig.watch(server.as_mut());
         assert_eq!(rig.read_exact(server.as_mut(), 1000), &data[300..1300]);
-        assert!(rig.wait_for(client.fd()));
+        assert!(rig.wait_for(client.as_ref()));
         assert_eq!(client.send(&[IoSlice::new(&data[1300..])]).unwrap(), 200);
         assert_eq!(rig.read_exact(server.as_mut(), 200), &data[1300..]);
     }
@@ -1031,7 +1078,7 @@ mod tests {
         let writer = std::thread::spawn(move || {
             let mut rig = Rig::new(net);
             let mut client = client;
-            rig.watch(client.fd());
+            rig.watch_write(client.as_mut());
             let mut off = 0;
             while off < data.len() {
                 let end = (off + 3000).min(data.len());
@@ -1040,7 +1087,7 @@ mod tests {
                     Ok(n) => off += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         blocked2.store(true, Ordering::Relaxed);
-                        assert!(rig.wait_for(client.fd()), "writer never woken at {off}");
+                        assert!(rig.wait_for(client.as_ref()), "writer never woken at {off}");
                     }
                     Err(e) => panic!("send failed: {e}"),
                 }
@@ -1048,7 +1095,7 @@ mod tests {
             client
         });
         let mut server = server;
-        rig.watch(server.fd());
+        rig.watch(server.as_mut());
         let got = rig.read_exact(server.as_mut(), expect.len());
         let _client = writer.join().unwrap();
         assert!(got == expect, "stream corrupted");
@@ -1064,7 +1111,7 @@ mod tests {
         let data = pattern(300, 6);
         assert_eq!(send_all(client.as_mut(), &data[..200]), vec![10, 15, 75, 100]);
         assert_eq!(send_all(client.as_mut(), &data[200..]), vec![100]);
-        rig.watch(server.fd());
+        rig.watch(server.as_mut());
         assert_eq!(rig.read_exact(server.as_mut(), 300), data);
         // The other direction has its own (empty) plan.
         assert_eq!(send_all(server.as_mut(), &data), vec![300]);
@@ -1078,7 +1125,7 @@ mod tests {
         let (_l, mut client, mut server) = rig.pair();
         assert_eq!(client.send(&[IoSlice::new(b"abc"), IoSlice::new(b"defgh")]).unwrap(), 5);
         assert_eq!(client.send(&[IoSlice::new(b"fgh")]).unwrap(), 3);
-        rig.watch(server.fd());
+        rig.watch(server.as_mut());
         assert_eq!(rig.read_exact(server.as_mut(), 8), b"abcdefgh");
     }
 
@@ -1088,8 +1135,8 @@ mod tests {
         with_plans(&net, FaultPlan { cut_at: Some(50), ..Default::default() }, FaultPlan::default());
         let mut rig = Rig::new(net.clone());
         let (_l, mut client, mut server) = rig.pair();
-        rig.watch(client.fd());
-        rig.watch(server.fd());
+        rig.watch(client.as_mut());
+        rig.watch(server.as_mut());
         let data = pattern(100, 7);
         // Server→client bytes already on their way survive the cut.
         assert_eq!(server.send(&[IoSlice::new(b"hello")]).unwrap(), 5);
@@ -1117,7 +1164,7 @@ mod tests {
         });
         let mut rig = Rig::new(net);
         let (_l, mut client, mut server) = rig.pair();
-        rig.watch(client.fd());
+        rig.watch(client.as_mut());
         assert_eq!(server.send(&[IoSlice::new(&[1u8; 10])]).unwrap(), 10);
         assert_eq!(server.send(&[IoSlice::new(&[2u8])]).unwrap_err().kind(), io::ErrorKind::BrokenPipe);
         let (got, end) = rig.read_to_end(client.as_mut());
@@ -1125,8 +1172,8 @@ mod tests {
         assert_eq!(end.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
 
         let (_l2, mut client, mut server) = rig.pair();
-        rig.watch(client.fd());
-        assert!(rig.wait_for(client.fd()));
+        rig.watch(client.as_mut());
+        assert!(rig.wait_for(client.as_ref()));
         assert_eq!(client.read(&mut [0u8; 4]).unwrap_err().kind(), io::ErrorKind::ConnectionReset);
         assert_eq!(server.send(&[IoSlice::new(b"a")]).unwrap_err().kind(), io::ErrorKind::BrokenPipe);
     }
@@ -1138,7 +1185,7 @@ mod tests {
         with_plans(&net, FaultPlan::default(), FaultPlan { delay: Some((5, delay)), ..Default::default() });
         let mut rig = Rig::new(net);
         let (_l, mut client, mut server) = rig.pair();
-        rig.watch(client.fd());
+        rig.watch(client.as_mut());
         let data = pattern(12, 8);
         let sent_at = Instant::now();
         assert_eq!(server.send(&[IoSlice::new(&data[..10])]).unwrap(), 10);
@@ -1167,7 +1214,7 @@ mod tests {
         let (_l, mut client, mut server) = rig.pair();
         let data = pattern(50, 9);
         assert_eq!(send_all(client.as_mut(), &data), vec![7, 7, 7, 7, 7, 7, 7, 1]);
-        rig.watch(server.fd());
+        rig.watch(server.as_mut());
         assert_eq!(rig.read_exact(server.as_mut(), 50), data);
         assert_eq!(send_all(server.as_mut(), b"abc"), vec![1, 1, 1]);
     }
@@ -1176,8 +1223,8 @@ mod tests {
     fn connect_without_listener_is_refused_by_is_connected() {
         let mut rig = Rig::new(MemNetwork::new());
         let mut sock = rig.sockets.connect("127.0.0.1:7".parse().unwrap(), &opts()).unwrap();
-        rig.watch(sock.fd());
-        assert!(rig.wait_for(sock.fd()), "a refused socket must wake the loop");
+        rig.watch(sock.as_mut());
+        assert!(rig.wait_for(sock.as_ref()), "a refused socket must wake the loop");
         assert_eq!(sock.is_connected().unwrap_err().kind(), io::ErrorKind::ConnectionRefused);
         assert_eq!(sock.read(&mut [0u8; 4]).unwrap_err().kind(), io::ErrorKind::ConnectionRefused);
         assert_eq!(rig.net.connections_opened(), 0);
@@ -1196,11 +1243,11 @@ mod tests {
         let (_l1, mut c1, mut s1) = rig.pair();
         let (_l2, mut c2, mut s2) = rig.pair();
         s1.send(&[IoSlice::new(b"pending")]).unwrap();
-        for s in [&c1, &s1, &c2, &s2] {
-            rig.watch(s.fd());
+        for s in [&mut c1, &mut s1, &mut c2, &mut s2] {
+            rig.watch(s.as_mut());
         }
         rig.net.cut_all();
-        assert!(rig.wait_for(s2.fd()));
+        assert!(rig.wait_for(s2.as_ref()));
         let (got, end) = rig.read_to_end(c1.as_mut());
         assert_eq!(got, b"pending");
         assert_eq!(end.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
@@ -1211,7 +1258,7 @@ mod tests {
         // New connections are unaffected.
         let (_l3, mut c3, mut s3) = rig.pair();
         c3.send(&[IoSlice::new(b"ok")]).unwrap();
-        rig.watch(s3.fd());
+        rig.watch(s3.as_mut());
         assert_eq!(rig.read_exact(s3.as_mut(), 2), b"ok");
     }
 
@@ -1219,7 +1266,7 @@ mod tests {
     fn peer_close_gives_eof_and_broken_pipe() {
         let mut rig = Rig::new(MemNetwork::new());
         let (_l, mut client, mut server) = rig.pair();
-        rig.watch(server.fd());
+        rig.watch(server.as_mut());
         client.send(&[IoSlice::new(b"bye")]).unwrap();
         drop(client);
         let (got, end) = rig.read_to_end(server.as_mut());
@@ -1228,12 +1275,12 @@ mod tests {
         assert_eq!(server.send(&[IoSlice::new(b"x")]).unwrap_err().kind(), io::ErrorKind::BrokenPipe);
 
         let (_l, mut client, mut server) = rig.pair();
-        rig.watch(client.fd());
+        rig.watch(client.as_mut());
         server.shutdown();
         server.shutdown();
         assert_eq!(server.read(&mut [0u8; 1]).unwrap_err().kind(), io::ErrorKind::NotConnected);
         assert_eq!(server.send(&[IoSlice::new(b"x")]).unwrap_err().kind(), io::ErrorKind::NotConnected);
-        assert!(rig.wait_for(client.fd()));
+        assert!(rig.wait_for(client.as_ref()));
         assert_eq!(client.read(&mut [0u8; 1]).unwrap(), 0);
     }
 
@@ -1241,11 +1288,11 @@ mod tests {
     fn peer_close_wakes_a_blocked_writer() {
         let mut rig = Rig::new(MemNetwork::with_pipe_capacity(16));
         let (_l, mut client, server) = rig.pair();
-        rig.watch(client.fd());
+        rig.watch_write(client.as_mut());
         assert_eq!(client.send(&[IoSlice::new(&[0u8; 32])]).unwrap(), 16);
         assert_eq!(client.send(&[IoSlice::new(&[0u8; 16])]).unwrap_err().kind(), io::ErrorKind::WouldBlock);
         drop(server);
-        assert!(rig.wait_for(client.fd()));
+        assert!(rig.wait_for(client.as_ref()));
         assert_eq!(client.send(&[IoSlice::new(&[0u8; 16])]).unwrap_err().kind(), io::ErrorKind::BrokenPipe);
     }
 
@@ -1296,10 +1343,10 @@ mod tests {
         assert!(l.accept().is_ok());
         assert_eq!(l.accept().err().unwrap().kind(), io::ErrorKind::WouldBlock);
         // Drained listener stays quiet until the next connect.
-        rig.watch(l.fd());
-        assert!(!rig.wait_for_within(l.fd(), Duration::from_millis(50)));
+        let src = rig.watch_listener(l.as_mut());
+        assert!(!rig.wait_for_src(src, Duration::from_millis(50)));
         let _c = rig.sockets.connect(l.local_addr(), &opts()).unwrap();
-        assert!(rig.wait_for(l.fd()));
+        assert!(rig.wait_for_src(src, PATIENCE));
     }
 
     #[test]

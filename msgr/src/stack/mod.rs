@@ -2,21 +2,35 @@
 //!
 //! A stack moves bytes and nothing else: msgr2 framing, sessions and dispatch live above
 //! it and are identical on every stack. As in Ceph, every stack offers a byte-stream
-//! [`ConnectedSocket`] (RDMA and DPDK included) whose readiness is reported through the
-//! worker's [`EventDriver`] by a file descriptor — a kernel
-//! socket for posix, an eventfd signalled by the completion poller for RDMA, a userspace
-//! descriptor owned by the polling driver for DPDK.
+//! [`ConnectedSocket`] (RDMA and DPDK included). How a worker learns that a socket is
+//! ready is the stack's choice, made when the socket is registered on the worker that
+//! will own it ([`ConnectedSocket::register`]): a kernel descriptor its event driver
+//! watches (posix), or a [`Token`](crate::event::Token) whose readiness the stack posts
+//! to the worker's [`Readiness`] (RDMA, DPDK, the in-memory stack) — no descriptor per
+//! socket, no system call per message.
+//!
+//! Received bytes reach the protocol in the way that costs the stack the fewest copies
+//! ([`RecvMode`]): read into a slice the worker gives (the kernel copies), appended by
+//! the stack to the connection's buffer (one copy out of a userspace TCP ring), or
+//! handed up as the stack's own buffers (RDMA's registered chunks, no copy). Sends take
+//! owned [`Bytes`] ([`ConnectedSocket::send_owned`]), so a stack that can transmit
+//! straight from them keeps them until the device is done.
 //!
 //! Objects returned by a [`WorkerNet`] are created on, and used only from, the worker
 //! thread that owns them; the `Send` bound on [`ConnectedSocket`] exists so that stacks
-//! whose sockets may migrate (posix: an accepted fd handed to the least-loaded worker)
-//! can do so.
+//! whose sockets may migrate (posix: an accepted socket handed to the least-loaded
+//! worker, which then registers it) can do so.
+//!
+//! Nothing here knows the messenger: a stack is written against these traits and
+//! [`crate::event`] alone.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 
-use crate::event::EventDriver;
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::event::{EventDriver, EventSource, Readiness};
 
 /// Socket options a messenger asks of a stack (Ceph's `SocketOptions`).
 #[derive(Clone, Debug)]
@@ -35,46 +49,119 @@ impl Default for SocketOptions {
     }
 }
 
+/// How a socket hands received bytes up; see the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvMode {
+    /// [`ConnectedSocket::read`] into a slice the worker provides (kernel sockets).
+    Slice,
+    /// [`ConnectedSocket::read_into`] appends to the connection's stream buffer (a
+    /// userspace TCP copies once out of its ring); large frames still use `read`.
+    Append,
+    /// [`ConnectedSocket::recv_owned`] hands up the stack's own buffers (no copy).
+    Owned,
+}
+
+/// Bytes a stack copied from one buffer to another, since it was last asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// On receive (e.g. out of a TCP ring).
+    pub rx: u64,
+    /// On send (e.g. into a registered buffer or a TCP ring).
+    pub tx: u64,
+}
+
+/// Most buffers one default [`ConnectedSocket::send_owned`] passes to `send`.
+pub const MAX_SEND_PARTS: usize = 64;
+
 /// A connected, non-blocking byte stream.
 ///
 /// Every method must return promptly: "would block" is reported as
 /// [`io::ErrorKind::WouldBlock`], never by waiting.
 pub trait ConnectedSocket: Send {
-    /// Descriptor the worker's event driver watches for readability/writability.
-    fn fd(&self) -> RawFd;
+    /// Binds the socket to the worker whose [`Readiness`] is `ready` and says how that
+    /// worker learns of its readiness: a descriptor for its driver, or a token the
+    /// stack posts to `ready` (level semantics: readable while a read would not block,
+    /// writable while a send would not, both on error or end of stream). Called once, on
+    /// the owning worker's thread, before any I/O.
+    fn register(&mut self, ready: &Readiness) -> io::Result<EventSource>;
     /// For an outgoing connection: `Ok(true)` once the connection is established,
     /// `Ok(false)` while it is still in progress, `Err` if it failed (e.g. refused).
     fn is_connected(&mut self) -> io::Result<bool>;
+    /// How this socket hands received bytes up.
+    fn recv_mode(&self) -> RecvMode {
+        RecvMode::Slice
+    }
     /// Reads available bytes; `Ok(0)` means the peer closed the stream.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// [`RecvMode::Append`]: appends up to `max` available bytes to `dst`; `Ok(0)`
+    /// means the peer closed the stream.
+    fn read_into(&mut self, dst: &mut BytesMut, max: usize) -> io::Result<usize> {
+        let _ = (dst, max);
+        Err(io::Error::new(io::ErrorKind::Unsupported, "this socket does not append (RecvMode::Slice)"))
+    }
+    /// [`RecvMode::Owned`]: the next received bytes, as the stack's own buffer; an
+    /// empty buffer means the peer closed the stream.
+    fn recv_owned(&mut self) -> io::Result<Bytes> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "this socket does not hand up owned buffers"))
+    }
     /// Writes as much of `bufs` as the stack accepts now, in order; returns the count.
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Sends from the front of `queue`, removing (or advancing) what was accepted, and
+    /// returns how many bytes that was. A stack that transmits straight from the
+    /// buffers keeps clones of them until it is done; the default copies through
+    /// [`send`](ConnectedSocket::send).
+    fn send_owned(&mut self, queue: &mut VecDeque<Bytes>) -> io::Result<usize> {
+        let sent = {
+            // On the stack: a vectored write allocates nothing.
+            let mut iov = [IoSlice::new(&[]); MAX_SEND_PARTS];
+            let mut n = 0;
+            for (slot, b) in iov.iter_mut().zip(queue.iter()) {
+                *slot = IoSlice::new(b);
+                n += 1;
+            }
+            self.send(&iov[..n])?
+        };
+        consume(queue, sent);
+        Ok(sent)
+    }
     /// Shuts both directions down; further I/O fails. Idempotent.
     fn shutdown(&mut self);
     /// The peer's address, if known.
     fn peer_addr(&self) -> Option<SocketAddr>;
     /// Our side's address, if known.
     fn local_addr(&self) -> Option<SocketAddr>;
-    /// True when the worker must ask the driver for write readiness after a short send
-    /// (kernel sockets). Sockets whose fd is an eventfd signal "space freed" through
-    /// readability instead (mem, RDMA); an eventfd is always writable to epoll, so
-    /// asking for it would spin the worker.
-    fn needs_write_interest(&self) -> bool {
-        true
-    }
     /// True when a read that returned less than it was offered emptied the socket and
     /// readiness is level-triggered, so the worker stops there instead of reading again
     /// only to see `WouldBlock` (kernel TCP: one syscall saved per message).
     fn short_read_drains(&self) -> bool {
         false
     }
+    /// Bytes this socket copied since the last call (for "bytes copied" counters).
+    fn take_copied(&mut self) -> Copied {
+        Copied::default()
+    }
+}
+
+/// Removes the first `n` bytes from `queue` (whole buffers, then the front of one).
+pub fn consume(queue: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = queue.front_mut() else { return };
+        if n >= front.len() {
+            n -= front.len();
+            queue.pop_front();
+        } else {
+            front.advance(n);
+            return;
+        }
+    }
 }
 
 /// A listening socket.
 pub trait ServerSocket: Send {
-    /// Descriptor that becomes readable when a connection is waiting.
-    fn fd(&self) -> RawFd;
-    /// Accepts one pending connection (non-blocking; `WouldBlock` when none).
+    /// As [`ConnectedSocket::register`]: readable while a connection is waiting.
+    fn register(&mut self, ready: &Readiness) -> io::Result<EventSource>;
+    /// Accepts one pending connection (non-blocking; `WouldBlock` when none). The socket
+    /// is not registered yet: the worker that will own it registers it.
     fn accept(&mut self) -> io::Result<(Box<dyn ConnectedSocket>, SocketAddr)>;
     /// The address actually bound (port filled in).
     fn local_addr(&self) -> SocketAddr;
@@ -118,4 +205,20 @@ pub mod worker;
 /// it fails plainly instead of pretending to work.
 pub fn not_implemented(ms_type: &str) -> io::Error {
     io::Error::new(io::ErrorKind::Unsupported, format!("ms_type = {ms_type}: this stack is not implemented yet"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consume_takes_whole_buffers_then_part_of_one() {
+        let mut q: VecDeque<Bytes> = ["abc", "de", "fgh"].iter().map(|s| Bytes::from_static(s.as_bytes())).collect();
+        consume(&mut q, 4);
+        assert_eq!(q, [Bytes::from_static(b"e"), Bytes::from_static(b"fgh")]);
+        consume(&mut q, 0);
+        assert_eq!(q.len(), 2);
+        consume(&mut q, 10);
+        assert!(q.is_empty());
+    }
 }

@@ -1,12 +1,18 @@
 //! NetworkStack and Worker: `ms_async_op_threads` threads, each running one EventCenter.
 //!
-//! A stack instance is shared by every messenger of the process that uses the same
-//! `ms_type` (see [`get_or_start`]), as Ceph's StackSingleton is. Each worker owns the
-//! sockets and connections assigned to it; other threads reach them only by submitting
-//! external events, so connection state needs no locks on the I/O path.
+//! A stack instance is shared by every user of the process that uses the same `ms_type`
+//! (see [`get_or_start`]), as Ceph's StackSingleton is. Each worker owns the sockets
+//! and connections assigned to it; other threads reach them only by submitting external
+//! events, so connection state needs no locks on the I/O path.
+//!
+//! The worker is generic over its context `C` (what its callbacks get mutably, see
+//! [`WorkerContext`]), as [`EventCenter`] is: the messenger supplies its own, and so can
+//! a test or a tool; nothing here knows what runs on the worker.
 
+use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,17 +22,41 @@ use std::time::Duration;
 
 use super::{SocketFactory, StackBackend};
 use crate::event::{EventCenter, Submitter};
-use crate::messenger::io::{LocalConn, LocalListener, Parked};
-use crate::messenger::perf::PerfCounters;
-
-/// The event center type every worker runs.
-pub type Center = EventCenter<WorkerLocal>;
 
 /// A closure run on a worker thread.
-pub type WorkerTask = Box<dyn FnOnce(&mut WorkerLocal, &mut Center) + Send>;
+pub type WorkerTask<C> = Box<dyn FnOnce(&mut C, &mut EventCenter<C>) + Send>;
+
+/// What runs on a worker: created on the worker thread once the stack has initialised
+/// it, handed to every callback, told when the loop iterates, fails and stops.
+pub trait WorkerContext: Sized + 'static {
+    /// The part of a worker's state other threads may see (e.g. its counters).
+    type Shared: Send + Sync + 'static;
+
+    /// Builds worker `id`'s context around the socket factory its stack made.
+    fn create(id: usize, sockets: Box<dyn SocketFactory>) -> Self;
+
+    /// What other threads see of this worker (called once, after `create`).
+    fn shared(&self) -> Arc<Self::Shared>;
+
+    /// After every loop iteration, before the worker may wait again.
+    fn after_events(&mut self, center: &mut EventCenter<Self>) {
+        let _ = center;
+    }
+
+    /// The event driver failed (its epoll descriptor is gone): nothing on this worker
+    /// can make progress; the loop ends after this.
+    fn driver_failed(&mut self, center: &mut EventCenter<Self>, err: &io::Error) {
+        let _ = (center, err);
+    }
+
+    /// The worker is stopping: release everything it owns.
+    fn stop(&mut self, center: &mut EventCenter<Self>) {
+        let _ = center;
+    }
+}
 
 /// What a worker thread hands back once it runs.
-type Ready = (Submitter<WorkerLocal>, Arc<PerfCounters>);
+type Ready<C> = (Submitter<C>, Arc<<C as WorkerContext>::Shared>);
 
 /// Longest a worker sleeps without checking its stop flag.
 const MAX_WAIT: Duration = Duration::from_millis(500);
@@ -34,9 +64,6 @@ const MAX_WAIT: Duration = Duration::from_millis(500);
 thread_local! {
     // (stack instance id, worker id) of the worker running on this thread, if any.
     static CURRENT: RefCell<Option<(usize, usize)>> = const { RefCell::new(None) };
-    // Connections that got work from code running on this worker (e.g. a reply sent
-    // from fast dispatch); flushed before the worker goes back to waiting.
-    static PENDING: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A map keyed by our own connection and listener ids. They come from a counter, never
@@ -66,42 +93,30 @@ impl Hasher for IdHasher {
     }
 }
 
-/// State a worker thread owns: its sockets and connections.
-pub struct WorkerLocal {
-    /// Worker index within its stack.
-    pub id: usize,
-    /// Creates sockets on this worker.
-    pub net: Box<dyn SocketFactory>,
-    /// Connections owned by this worker, by connection id.
-    pub conns: IdMap<LocalConn>,
-    /// Listening sockets owned by this worker, by listener id.
-    pub listeners: IdMap<LocalListener>,
-    /// Lossless sessions between transports (waiting to reconnect, or for the peer to).
-    pub parked: IdMap<Parked>,
-    /// This worker's perf counters (also reachable from [`WorkerShared::perf`]).
-    pub perf: Arc<PerfCounters>,
-    /// Where connections' reads land before their sessions take them in.
-    pub rx_scratch: Box<[u8]>,
-}
-
 /// The part of a worker other threads can see.
-pub struct WorkerShared {
+pub struct WorkerShared<C: WorkerContext> {
     stack_id: usize,
     id: usize,
-    submitter: Submitter<WorkerLocal>,
+    submitter: Submitter<C>,
     load: AtomicUsize,
-    perf: Arc<PerfCounters>,
+    shared: Arc<C::Shared>,
 }
 
-impl WorkerShared {
+impl<C: WorkerContext> fmt::Debug for WorkerShared<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerShared").field("id", &self.id).field("load", &self.load()).finish_non_exhaustive()
+    }
+}
+
+impl<C: WorkerContext> WorkerShared<C> {
     /// Worker index.
     pub fn id(&self) -> usize {
         self.id
     }
 
-    /// This worker's perf counters, summed over every messenger that uses it.
-    pub fn perf(&self) -> &PerfCounters {
-        &self.perf
+    /// What the worker's context shares with other threads.
+    pub fn shared(&self) -> &C::Shared {
+        &self.shared
     }
 
     /// Number of connections assigned to this worker.
@@ -109,16 +124,18 @@ impl WorkerShared {
         self.load.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn add_load(&self) {
+    /// Counts one more connection on this worker.
+    pub fn add_load(&self) {
         self.load.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn sub_load(&self) {
+    /// Counts one connection fewer on this worker.
+    pub fn sub_load(&self) {
         self.load.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Runs `task` on this worker's thread.
-    pub fn submit(&self, task: WorkerTask) {
+    pub fn submit(&self, task: WorkerTask<C>) {
         self.submitter.submit(task);
     }
 
@@ -126,21 +143,11 @@ impl WorkerShared {
     pub fn is_current(&self) -> bool {
         CURRENT.with(|c| *c.borrow() == Some((self.stack_id, self.id)))
     }
-
-    /// Asks this worker to flush connection `conn` soon. From the worker's own thread
-    /// this costs no wake-up: the flush happens before the worker waits again.
-    pub fn schedule_flush(&self, conn: u64, task: impl FnOnce() -> WorkerTask) {
-        if self.is_current() {
-            PENDING.with(|p| p.borrow_mut().push(conn));
-        } else {
-            self.submit(task());
-        }
-    }
 }
 
 /// The worker of `workers` with the fewest connections (ties: lowest index). A stack
 /// always has at least one worker (`NetworkStack::start` starts `max(1)`).
-pub(crate) fn least_loaded(workers: &[Arc<WorkerShared>]) -> Arc<WorkerShared> {
+pub fn least_loaded<C: WorkerContext>(workers: &[Arc<WorkerShared<C>>]) -> Arc<WorkerShared<C>> {
     let w = workers.iter().min_by_key(|w| w.load()).unwrap_or(&workers[0]);
     Arc::clone(w)
 }
@@ -150,41 +157,42 @@ pub fn on_worker_thread() -> bool {
     CURRENT.with(|c| c.borrow().is_some())
 }
 
-/// Takes the connections scheduled from this worker thread.
-pub(crate) fn take_pending() -> Vec<u64> {
-    PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()))
-}
-
 /// A running stack: a backend and its worker threads.
-pub struct NetworkStack {
+pub struct NetworkStack<C: WorkerContext> {
     backend: Arc<dyn StackBackend>,
-    workers: Vec<Arc<WorkerShared>>,
+    workers: Vec<Arc<WorkerShared<C>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
 }
 
+impl<C: WorkerContext> fmt::Debug for NetworkStack<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NetworkStack").field("name", &self.name()).field("workers", &self.workers.len()).finish()
+    }
+}
+
 static NEXT_STACK_ID: AtomicUsize = AtomicUsize::new(1);
 
-impl NetworkStack {
+impl<C: WorkerContext> NetworkStack<C> {
     /// Starts `num_workers` worker threads on `backend`. A backend that cannot
     /// initialise a worker (no RDMA device, EAL failure…) fails the start with its error.
-    pub fn start(backend: Arc<dyn StackBackend>, num_workers: usize) -> io::Result<Arc<NetworkStack>> {
+    pub fn start(backend: Arc<dyn StackBackend>, num_workers: usize) -> io::Result<Arc<NetworkStack<C>>> {
         let stack_id = NEXT_STACK_ID.fetch_add(1, Ordering::Relaxed);
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
         let mut threads = Vec::new();
         let mut failure = None;
         for id in 0..num_workers.max(1) {
-            let (tx, rx) = mpsc::channel::<io::Result<Ready>>();
+            let (tx, rx) = mpsc::channel::<io::Result<Ready<C>>>();
             let b = Arc::clone(&backend);
             let stop_flag = Arc::clone(&stop);
             let name = format!("msgr-worker-{id}");
             let t = std::thread::Builder::new().name(name).spawn(move || {
-                worker_main(stack_id, id, b, stop_flag, tx);
+                worker_main::<C>(stack_id, id, b, stop_flag, tx);
             })?;
             match rx.recv() {
-                Ok(Ok((submitter, perf))) => {
-                    workers.push(Arc::new(WorkerShared { stack_id, id, submitter, load: AtomicUsize::new(0), perf }));
+                Ok(Ok((submitter, shared))) => {
+                    workers.push(Arc::new(WorkerShared { stack_id, id, submitter, load: AtomicUsize::new(0), shared }));
                     threads.push(t);
                 }
                 Ok(Err(e)) => {
@@ -218,12 +226,12 @@ impl NetworkStack {
     }
 
     /// All workers.
-    pub fn workers(&self) -> &[Arc<WorkerShared>] {
+    pub fn workers(&self) -> &[Arc<WorkerShared<C>>] {
         &self.workers
     }
 
     /// The worker with the fewest connections (ties: lowest index).
-    pub fn least_loaded(&self) -> Arc<WorkerShared> {
+    pub fn least_loaded(&self) -> Arc<WorkerShared<C>> {
         least_loaded(&self.workers)
     }
 
@@ -243,18 +251,18 @@ impl NetworkStack {
     }
 }
 
-impl Drop for NetworkStack {
+impl<C: WorkerContext> Drop for NetworkStack<C> {
     fn drop(&mut self) {
         self.shutdown();
     }
 }
 
-fn worker_main(
+fn worker_main<C: WorkerContext>(
     stack_id: usize,
     id: usize,
     backend: Arc<dyn StackBackend>,
     stop: Arc<AtomicBool>,
-    ready: mpsc::Sender<io::Result<Ready>>,
+    ready: mpsc::Sender<io::Result<Ready<C>>>,
 ) {
     let net = match backend.init_worker(id) {
         Ok(n) => n,
@@ -263,51 +271,45 @@ fn worker_main(
             return;
         }
     };
-    let mut center: Center = EventCenter::new(net.driver);
-    let perf = Arc::new(PerfCounters::new());
-    let mut local = WorkerLocal {
-        id,
-        net: net.sockets,
-        conns: IdMap::default(),
-        listeners: IdMap::default(),
-        parked: IdMap::default(),
-        perf: Arc::clone(&perf),
-        rx_scratch: vec![0; crate::messenger::io::READ_CHUNK].into_boxed_slice(),
-    };
+    let mut center: EventCenter<C> = EventCenter::new(net.driver);
+    let mut local = C::create(id, net.sockets);
     CURRENT.with(|c| *c.borrow_mut() = Some((stack_id, id)));
-    if ready.send(Ok((center.submitter(), perf))).is_err() {
+    if ready.send(Ok((center.submitter(), local.shared()))).is_err() {
         return;
     }
     drop(ready);
     while !stop.load(Ordering::Acquire) {
         if let Err(e) = center.process_events(&mut local, MAX_WAIT) {
             // The driver itself failed (epoll fd gone): nothing on this worker can make
-            // progress, so fail every connection rather than spin.
-            crate::messenger::io::fail_all(&mut local, &mut center, &e);
+            // progress, so fail everything rather than spin.
+            local.driver_failed(&mut center, &e);
             break;
         }
-        crate::messenger::io::flush_pending(&mut local, &mut center);
+        local.after_events(&mut center);
     }
-    crate::messenger::io::close_all(&mut local, &mut center);
+    local.stop(&mut center);
     CURRENT.with(|c| *c.borrow_mut() = None);
 }
 
-/// Process-wide registry: one running stack per `ms_type`.
-static REGISTRY: OnceLock<Mutex<HashMap<&'static str, Weak<NetworkStack>>>> = OnceLock::new();
+/// Process-wide registry: one running stack per `ms_type` and worker context type.
+type Registry = HashMap<(&'static str, TypeId), Box<dyn Any + Send>>;
+static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
 
-/// Returns the running stack for `name`, starting it with `make` if there is none.
-/// Holders keep it alive; when the last one drops it, the workers stop.
-pub fn get_or_start(
+/// Returns the running stack for `name` with workers of context `C`, starting it with
+/// `make` if there is none. Holders keep it alive; when the last one drops it, the
+/// workers stop.
+pub fn get_or_start<C: WorkerContext>(
     name: &'static str,
     num_workers: usize,
     make: impl FnOnce() -> io::Result<Arc<dyn StackBackend>>,
-) -> io::Result<Arc<NetworkStack>> {
+) -> io::Result<Arc<NetworkStack<C>>> {
     let reg = REGISTRY.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = reg.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(s) = map.get(name).and_then(Weak::upgrade) {
+    let key = (name, TypeId::of::<C>());
+    if let Some(s) = map.get(&key).and_then(|b| b.downcast_ref::<Weak<NetworkStack<C>>>()).and_then(Weak::upgrade) {
         return Ok(s);
     }
     let stack = NetworkStack::start(make()?, num_workers)?;
-    map.insert(name, Arc::downgrade(&stack));
+    map.insert(key, Box::new(Arc::downgrade(&stack)));
     Ok(stack)
 }

@@ -1,0 +1,106 @@
+//! What the messenger runs on each worker of its network stack: the worker's
+//! connections, listeners and parked sessions ([`WorkerLocal`], the workers' context),
+//! and the flush of connections that got work from code running on the worker.
+
+use std::cell::RefCell;
+use std::io;
+use std::sync::Arc;
+
+use super::io::{LocalConn, LocalListener, Parked};
+use super::perf::PerfCounters;
+use crate::event::EventCenter;
+use crate::stack::worker::{self, IdMap, WorkerContext, WorkerShared, WorkerTask};
+use crate::stack::{SocketFactory, StackBackend};
+
+/// The event center every messenger worker runs.
+pub type Center = EventCenter<WorkerLocal>;
+/// A messenger worker as other threads see it.
+pub type Worker = WorkerShared<WorkerLocal>;
+/// A network stack whose workers run messengers.
+pub type Stack = worker::NetworkStack<WorkerLocal>;
+/// A closure run on a messenger worker.
+pub type Task = WorkerTask<WorkerLocal>;
+
+thread_local! {
+    // Connections that got work from code running on this worker (e.g. a reply sent
+    // from fast dispatch); flushed before the worker goes back to waiting.
+    static PENDING: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// State a worker thread owns: its sockets and connections.
+pub struct WorkerLocal {
+    /// Worker index within its stack.
+    pub id: usize,
+    /// Creates sockets on this worker.
+    pub net: Box<dyn SocketFactory>,
+    /// Connections owned by this worker, by connection id.
+    pub(crate) conns: IdMap<LocalConn>,
+    /// Listening sockets owned by this worker, by listener id.
+    pub(crate) listeners: IdMap<LocalListener>,
+    /// Lossless sessions between transports (waiting to reconnect, or for the peer to).
+    pub(crate) parked: IdMap<Parked>,
+    /// This worker's perf counters (also reachable from [`WorkerShared::shared`]).
+    pub(crate) perf: Arc<PerfCounters>,
+    /// Where connections' reads land before their sessions take them in.
+    pub(crate) rx_scratch: Box<[u8]>,
+}
+
+impl WorkerContext for WorkerLocal {
+    type Shared = PerfCounters;
+
+    fn create(id: usize, net: Box<dyn SocketFactory>) -> Self {
+        WorkerLocal {
+            id,
+            net,
+            conns: IdMap::default(),
+            listeners: IdMap::default(),
+            parked: IdMap::default(),
+            perf: Arc::new(PerfCounters::new()),
+            rx_scratch: vec![0; super::io::READ_CHUNK].into_boxed_slice(),
+        }
+    }
+
+    fn shared(&self) -> Arc<PerfCounters> {
+        Arc::clone(&self.perf)
+    }
+
+    fn after_events(&mut self, center: &mut Center) {
+        loop {
+            let ids = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            if ids.is_empty() {
+                return;
+            }
+            for id in ids {
+                super::io::flush(self, center, id);
+            }
+        }
+    }
+
+    fn driver_failed(&mut self, center: &mut Center, err: &io::Error) {
+        super::io::fail_all(self, center, err);
+    }
+
+    fn stop(&mut self, center: &mut Center) {
+        super::io::close_all(self, center);
+    }
+}
+
+/// Asks `worker` to flush connection `conn` soon. From the worker's own thread this
+/// costs no wake-up: the flush happens before the worker waits again.
+pub(crate) fn schedule_flush(worker: &Worker, conn: u64, task: impl FnOnce() -> Task) {
+    if worker.is_current() {
+        PENDING.with(|p| p.borrow_mut().push(conn));
+    } else {
+        worker.submit(task());
+    }
+}
+
+/// The running stack for `name` whose workers run messengers, started with `make` if
+/// none runs (one per `ms_type` per process; see [`worker::get_or_start`]).
+pub fn stack_for(
+    name: &'static str,
+    num_workers: usize,
+    make: impl FnOnce() -> io::Result<Arc<dyn StackBackend>>,
+) -> io::Result<Arc<Stack>> {
+    worker::get_or_start::<WorkerLocal>(name, num_workers, make)
+}
