@@ -164,6 +164,31 @@ fn a_frame_started_by_copy_finishes_by_copy_and_the_next_one_is_zero_copy() {
     assert_eq!(s.copy_counts().rx - before.rx, m1.wire_len() as u64, "the first frame, copied once");
 }
 
+#[test]
+fn a_handshake_fed_owned_pieces_cut_anywhere_reaches_ready() {
+    for piece_len in [1, 7, 100, 4096] {
+        let t0 = Instant::now();
+        let (mut c, mut s) = (client(t0), server(t0));
+        c.send_message(MPing::new(Bytes::from_static(b"owned")).encode());
+        loop {
+            let a = Bytes::from(out(&mut c));
+            let b = Bytes::from(out(&mut s));
+            if a.is_empty() && b.is_empty() {
+                break;
+            }
+            for p in a.chunks(piece_len) {
+                s.handle_owned(t0, a.slice_ref(p)).unwrap();
+            }
+            for p in b.chunks(piece_len) {
+                c.handle_owned(t0, b.slice_ref(p)).unwrap();
+            }
+        }
+        assert!(c.is_ready() && s.is_ready(), "pieces of {piece_len}");
+        assert_eq!(MPing::decode(&messages(&mut s)[0]).unwrap().payload, Bytes::from_static(b"owned"));
+        assert!(!s.has_partial_input() && !c.has_partial_input());
+    }
+}
+
 // ---- equivalence with handle_bytes ----
 
 /// How a test feeds one piece.
