@@ -14,6 +14,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::crc::{preamble_crc, segment_crc};
+use super::rope::Rope;
 
 /// Length of the preamble.
 pub const PREAMBLE_LEN: usize = 32;
@@ -485,6 +486,7 @@ const STAGE_CHUNK: usize = 64 * 1024;
 #[derive(Debug, Default)]
 pub struct FrameWriter {
     stage: BytesMut,
+    copied: u64,
 }
 
 impl FrameWriter {
@@ -550,6 +552,7 @@ impl FrameWriter {
         } else if !seg.is_empty() {
             self.room(seg.len());
             self.stage.put_slice(seg);
+            self.copied += seg.len() as u64;
         }
     }
 
@@ -563,6 +566,13 @@ impl FrameWriter {
     /// Bytes staged and not yet moved to an output.
     pub fn staged(&self) -> usize {
         self.stage.len()
+    }
+
+    /// Segment bytes copied into the staging buffer so far, cumulative (segments below
+    /// [`ZERO_COPY_MIN`]). The preamble, crcs and epilogue it encodes are not copies of
+    /// anything and are not counted.
+    pub fn copied(&self) -> u64 {
+        self.copied
     }
 }
 
@@ -690,7 +700,7 @@ impl FrameDecoder {
         self.failed.check()?;
         let expected = self.pending_len().unwrap_or(0);
         let r = match self.pending.take() {
-            Some(pre) if expected == raw.len() => crc_rev1_disassemble(&pre, &raw),
+            Some(pre) if expected == raw.len() => crc_rev1_disassemble(&pre, &mut Contiguous::after_preamble(&raw)),
             _ => Err(FrameError::GatheredLength { expected, got: raw.len() }),
         };
         self.hint = PREAMBLE_LEN;
@@ -700,8 +710,43 @@ impl FrameDecoder {
 
     /// Decodes the next frame from the front of `buf`; see the type documentation.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        self.guarded(|d| d.step(buf))
+    }
+
+    /// Decodes the next frame from the front of `rope`, the received stream kept as the
+    /// pieces it arrived in. Works like [`FrameDecoder::decode`], and the two may take
+    /// turns on one stream as long as the bytes held are moved from one to the other
+    /// in order (the frame in progress is remembered, not where its bytes are). A
+    /// segment that lies inside one piece is a slice of that piece, so memory handed up
+    /// by a stack is not copied; only segments that straddle pieces are gathered
+    /// ([`Rope::gathered`]). A frame is taken only once all of it is held.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use msgr::proto::{encode_frame_to_vec, Frame, FrameDecoder, FrameLimits, Rope, Tag};
+    /// let f = Frame::control(Tag::Hello, Bytes::from(vec![9u8; 4000]));
+    /// let wire = Bytes::from(encode_frame_to_vec(&f));
+    /// let mut rope = Rope::new();
+    /// rope.push(wire.slice(..20)); // preamble cut in two
+    /// rope.push(wire.slice(20..));
+    /// let mut dec = FrameDecoder::new(FrameLimits::default());
+    /// let g = dec.decode_rope(&mut rope).unwrap().unwrap();
+    /// assert_eq!(g, f);
+    /// assert_eq!(g.payload().as_ptr(), wire[32..].as_ptr()); // not copied
+    /// assert_eq!(rope.gathered(), 0);
+    /// ```
+    pub fn decode_rope(&mut self, rope: &mut Rope) -> Result<Option<Frame>, FrameError> {
+        self.guarded(|d| d.step_rope(rope))
+    }
+
+    /// Runs one decoding step with the poisoning rules: a poisoned decoder refuses, a
+    /// fatal error poisons, and any error forgets the frame in progress.
+    fn guarded(
+        &mut self,
+        step: impl FnOnce(&mut Self) -> Result<Option<Frame>, FrameError>,
+    ) -> Result<Option<Frame>, FrameError> {
         self.failed.check()?;
-        let r = self.step(buf);
+        let r = step(self);
         if r.is_err() {
             self.pending = None;
         }
@@ -709,30 +754,56 @@ impl FrameDecoder {
         r
     }
 
-    fn step(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    /// The preamble of the frame at the front of a stream of `have` bytes once the whole
+    /// frame is there. The preamble is validated as soon as `peek` can copy it out (it
+    /// is not consumed), so a hostile length is refused before anything waits for it.
+    fn whole_frame(
+        &mut self,
+        have: usize,
+        peek: impl FnOnce(&mut [u8; PREAMBLE_LEN]) -> bool,
+    ) -> Result<Option<Preamble>, FrameError> {
         let pre = match self.pending {
             Some(p) => p,
             None => {
-                let Some(head) = buf.get(..PREAMBLE_LEN) else {
-                    self.hint = PREAMBLE_LEN - buf.len();
-                    return Ok(None);
-                };
                 let mut p = [0u8; PREAMBLE_LEN];
-                p.copy_from_slice(head);
+                if !peek(&mut p) {
+                    self.hint = PREAMBLE_LEN.saturating_sub(have).max(1);
+                    return Ok(None);
+                }
                 let pre = Preamble::parse(&p, &self.limits)?;
                 self.pending = Some(pre);
                 pre
             }
         };
         let total = pre.crc_onwire_len();
-        if buf.len() < total {
-            self.hint = total - buf.len();
+        if have < total {
+            self.hint = total - have;
             return Ok(None);
         }
         self.pending = None;
-        let raw = buf.split_to(total).freeze();
+        Ok(Some(pre))
+    }
+
+    fn step(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        let peek = |p: &mut [u8; PREAMBLE_LEN]| match buf.get(..PREAMBLE_LEN) {
+            Some(head) => {
+                p.copy_from_slice(head);
+                true
+            }
+            None => false,
+        };
+        let Some(pre) = self.whole_frame(buf.len(), peek)? else { return Ok(None) };
+        let raw = buf.split_to(pre.crc_onwire_len()).freeze();
         self.hint = PREAMBLE_LEN.saturating_sub(buf.len()).max(1);
-        crc_rev1_disassemble(&pre, &raw).map(Some)
+        crc_rev1_disassemble(&pre, &mut Contiguous::after_preamble(&raw)).map(Some)
+    }
+
+    fn step_rope(&mut self, rope: &mut Rope) -> Result<Option<Frame>, FrameError> {
+        let Some(pre) = self.whole_frame(rope.len(), |p| rope.peek(p))? else { return Ok(None) };
+        rope.advance(PREAMBLE_LEN);
+        let r = crc_rev1_disassemble(&pre, rope);
+        self.hint = PREAMBLE_LEN.saturating_sub(rope.len()).max(1);
+        r.map(Some)
     }
 }
 
@@ -749,30 +820,77 @@ fn le32_at(raw: &[u8], at: usize) -> u32 {
     raw.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
+/// Where crc-mode disassembly takes a frame's bytes from, in wire order, once the
+/// preamble is consumed. The caller has checked that the whole frame is there, so a
+/// source never runs short; if one did, it yields empty or zeroed bytes, which fail the
+/// crc checks instead of panicking.
+trait FrameBytes {
+    /// The next `len` bytes, a segment's contents.
+    fn segment(&mut self, len: usize) -> Bytes;
+    /// The next `N` bytes, a crc or the epilogue, copied to be parsed.
+    fn field<const N: usize>(&mut self) -> [u8; N];
+}
+
+/// One frame's bytes in one buffer (the stream buffer's front, or a gathered frame).
+struct Contiguous<'a> {
+    raw: &'a Bytes,
+    at: usize,
+}
+
+impl<'a> Contiguous<'a> {
+    fn after_preamble(raw: &'a Bytes) -> Self {
+        Contiguous { raw, at: PREAMBLE_LEN }
+    }
+}
+
+impl FrameBytes for Contiguous<'_> {
+    fn segment(&mut self, len: usize) -> Bytes {
+        let s = sub(self.raw, self.at, len);
+        self.at = self.at.saturating_add(len);
+        s
+    }
+
+    fn field<const N: usize>(&mut self) -> [u8; N] {
+        let mut f = [0u8; N];
+        if let Some(b) = self.raw.get(self.at..self.at.saturating_add(N)) {
+            f.copy_from_slice(b);
+        }
+        self.at = self.at.saturating_add(N);
+        f
+    }
+}
+
+impl FrameBytes for Rope {
+    fn segment(&mut self, len: usize) -> Bytes {
+        self.take(len)
+    }
+
+    fn field<const N: usize>(&mut self) -> [u8; N] {
+        self.take_array().unwrap_or([0; N])
+    }
+}
+
 /// crc-mode rev1 disassembly (`disasm_first_crc_rev1` + `disasm_remaining_crc_rev1`):
-/// splits `raw` (exactly one frame) into segments and checks crcs and late_status.
-fn crc_rev1_disassemble(pre: &Preamble, raw: &Bytes) -> Result<Frame, FrameError> {
+/// takes one frame's segments from `src` (its preamble already consumed) and checks
+/// crcs and late_status.
+fn crc_rev1_disassemble(pre: &Preamble, src: &mut impl FrameBytes) -> Result<Frame, FrameError> {
     let n = usize::from(pre.num_segments).min(MAX_SEGMENTS);
     let mut segments: [Bytes; 4] = Default::default();
-    let mut off = PREAMBLE_LEN;
     let len0 = pre.lens[0] as usize;
     if len0 > 0 {
-        segments[0] = sub(raw, off, len0);
-        off += len0;
-        let expected = le32_at(raw, off);
-        off += SEGMENT_CRC_LEN;
+        segments[0] = src.segment(len0);
+        let expected = u32::from_le_bytes(src.field());
         let got = segment_crc(&segments[0]);
         if expected != got {
             return Err(FrameError::BadSegmentCrc { index: 0, expected, got });
         }
     }
     for (seg, &len) in segments.iter_mut().zip(&pre.lens).take(n).skip(1) {
-        *seg = sub(raw, off, len as usize);
-        off += len as usize;
+        *seg = src.segment(len as usize);
     }
     if n > 1 {
-        let epilogue = sub(raw, off, EPILOGUE_LEN);
-        let late_status = epilogue.first().copied().unwrap_or(0);
+        let epilogue: [u8; EPILOGUE_LEN] = src.field();
+        let late_status = epilogue[0];
         for (i, seg) in segments.iter().enumerate().take(n).skip(1) {
             let expected = le32_at(&epilogue, 1 + 4 * (i - 1));
             let got = segment_crc(seg);
@@ -1199,6 +1317,113 @@ mod tests {
         assert_eq!(p.crc_onwire_len(), 1024);
     }
 
+    #[test]
+    fn a_frame_writer_counts_the_segment_bytes_it_copies() {
+        let mut w = FrameWriter::new();
+        let mut bufs = Vec::new();
+        // Preamble, crcs and epilogue are encoded, not copied: a frame without segments
+        // copies nothing.
+        w.push_frame(&Frame::control(Tag::Wait, Bytes::new()), &mut bufs);
+        assert_eq!(w.copied(), 0);
+        w.push_frame(&message(b"front", b"mid", &[1u8; ZERO_COPY_MIN - 1]), &mut bufs);
+        assert_eq!(w.copied(), (41 + 5 + 3 + ZERO_COPY_MIN - 1) as u64);
+        // A large segment goes by reference; only the small ones around it count.
+        w.push_frame(&message(b"front", b"", &[2u8; ZERO_COPY_MIN]), &mut bufs);
+        assert_eq!(w.copied(), (41 + 5 + 3 + ZERO_COPY_MIN - 1 + 41 + 5) as u64);
+    }
+
+    /// Pieces of `wire` cut at `cuts` (offsets, any order, out-of-range ones ignored).
+    fn cut(wire: &Bytes, cuts: &[usize]) -> Vec<Bytes> {
+        let mut at: Vec<usize> = cuts.iter().copied().filter(|&c| c > 0 && c < wire.len()).collect();
+        at.sort_unstable();
+        at.dedup();
+        at.push(wire.len());
+        let mut start = 0;
+        at.into_iter()
+            .map(|end| {
+                let p = wire.slice(start..end);
+                start = end;
+                p
+            })
+            .collect()
+    }
+
+    /// Every outcome of decoding the pieces one by one, through a rope or through a
+    /// stream buffer, stopping at the first fatal error.
+    fn outcomes(pieces: &[Bytes], rope: bool) -> Vec<Result<Frame, FrameError>> {
+        let mut d = dec();
+        let (mut r, mut buf) = (Rope::new(), BytesMut::new());
+        let mut got = Vec::new();
+        for p in pieces {
+            if rope {
+                r.push(p.clone());
+            } else {
+                buf.extend_from_slice(p);
+            }
+            loop {
+                let step = if rope { d.decode_rope(&mut r) } else { d.decode(&mut buf) };
+                match step {
+                    Ok(Some(f)) => got.push(Ok(f)),
+                    Ok(None) => break,
+                    Err(e) => {
+                        let fatal = e.is_fatal();
+                        got.push(Err(e));
+                        if fatal {
+                            return got;
+                        }
+                    }
+                }
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn rope_decoding_slices_segments_out_of_the_pieces() {
+        let f = message(b"front", b"", &[3u8; 5000]);
+        let wire = Bytes::from(encode_frame_to_vec(&f));
+        let data_at = 32 + 41 + 4 + 5;
+        // The small head ends one piece, the data segment starts the next (as an RDMA
+        // sender lays it out); then the epilogue is cut in two.
+        let pieces = cut(&wire, &[data_at, wire.len() - 5]);
+        let mut r = Rope::new();
+        let mut d = dec();
+        r.push(pieces[0].clone());
+        assert_eq!(d.decode_rope(&mut r).unwrap(), None);
+        assert_eq!(d.pending_len(), Some(wire.len()));
+        r.push(pieces[1].clone());
+        assert_eq!(d.decode_rope(&mut r).unwrap(), None);
+        assert_eq!(d.pending_hint(), 5);
+        r.push(pieces[2].clone());
+        let g = d.decode_rope(&mut r).unwrap().unwrap();
+        assert_eq!(g, f);
+        assert_eq!(g.segments[0].as_ptr(), wire[32..].as_ptr());
+        assert_eq!(g.segments[3].as_ptr(), pieces[1].as_ptr());
+        assert_eq!(r.gathered(), 0, "the epilogue is parsed, not gathered");
+        assert!(r.is_empty());
+        // A segment cut in two is gathered, once.
+        let mut r = Rope::new();
+        for p in cut(&wire, &[data_at + 100]) {
+            r.push(p);
+        }
+        let g = dec().decode_rope(&mut r).unwrap().unwrap();
+        assert_eq!(g, f);
+        assert_eq!(r.gathered(), 5000);
+    }
+
+    #[test]
+    fn rope_decoding_refuses_a_huge_length_on_the_preamble_alone() {
+        let limits = FrameLimits { max_frame: 1 << 20, max_control: 4096 };
+        let mut r = Rope::new();
+        r.push(Bytes::from(raw_preamble(17, 1, [u32::MAX, 0, 0, 0], 0)));
+        let mut d = FrameDecoder::new(limits);
+        assert!(matches!(d.decode_rope(&mut r), Err(FrameError::SegmentTooLong { index: 0, len: u32::MAX, .. })));
+        assert!(d.is_poisoned());
+        assert_eq!(d.pending_len(), None);
+        assert_eq!(r.len(), 32, "nothing consumed, nothing gathered");
+        assert_eq!(r.gathered(), 0);
+    }
+
     fn arb_frame() -> impl Strategy<Value = Frame> {
         (prop::sample::select(Tag::ALL.to_vec()), prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 4))
             .prop_map(|(tag, segs)| {
@@ -1235,6 +1460,27 @@ mod tests {
             let mut w = raw_preamble(tag, nseg, l, 0);
             w.extend_from_slice(&body);
             let _ = decode_all(&w);
+        }
+
+        #[test]
+        fn rope_decoding_matches_stream_decoding_for_any_cuts(
+            frames in prop::collection::vec(arb_frame(), 1..6),
+            cuts in prop::collection::vec(0usize..3000, 0..12),
+            flip in prop::option::of((0usize..3000, 1u8..=255)),
+        ) {
+            let mut wire: Vec<u8> = frames.iter().flat_map(encode_frame_to_vec).collect();
+            if let Some((at, x)) = flip {
+                let n = wire.len();
+                wire[at % n] ^= x;
+            }
+            let wire = Bytes::from(wire);
+            let pieces = cut(&wire, &cuts);
+            let want = outcomes(std::slice::from_ref(&wire), false);
+            prop_assert_eq!(&outcomes(&pieces, true), &want);
+            prop_assert_eq!(&outcomes(&pieces, false), &want);
+            if flip.is_none() {
+                prop_assert_eq!(want.len(), frames.len());
+            }
         }
 
         #[test]

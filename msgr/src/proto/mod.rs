@@ -10,6 +10,7 @@ pub mod entity;
 pub mod frame;
 pub mod frames;
 pub mod header;
+pub mod rope;
 pub mod rxpool;
 pub mod secure;
 // The real crate adds the session state machine and authentication here:
@@ -29,3 +30,4 @@ pub use frame::{
 };
 pub use frames::{Control, ControlFrame, UTime};
 pub use header::{message_frame, parse_message_frame, MsgHeader2, MSG_FLAG_COMPLETE_NOCRC};
+pub use rope::Rope;

@@ -2,11 +2,31 @@
 //!
 //! A [`Session`] is one side of one msgr2 connection: banner, HELLO, AUTH, IDENT and
 //! then MESSAGE / KEEPALIVE2 / ACK traffic. It never touches a socket, a thread or the
-//! clock: the caller feeds received bytes ([`Session::handle_bytes`], or straight into
-//! a large frame's own buffer through [`Session::large_read_buf`]) and the current time, drains bytes to send
+//! clock: the caller feeds received bytes and the current time, drains bytes to send
 //! ([`Session::poll_transmit`]) and events ([`Session::poll_event`]), and arms a timer
 //! for [`Session::poll_timeout`]. Any error it returns is fatal for this connection
 //! only; the caller closes the transport and reports the typed error.
+//!
+//! # Feeding received bytes
+//!
+//! Pick the entry point by what the stack has in hand; every one of them consumes input
+//! in stream order exactly once, and they may be mixed on one session.
+//!
+//! - Bytes in a buffer of the caller's that it reuses (a socket read into a scratch
+//!   buffer): [`Session::handle_bytes`] copies them. With a socket, read a large frame
+//!   in progress straight into its own buffer instead ([`Session::large_read_buf`],
+//!   [`Session::commit_large_read`], [`Session::handle_input`]), so its payload is
+//!   never copied.
+//! - Bytes the stack owns and hands over (RDMA receive chunks):
+//!   [`Session::handle_owned`] keeps them as they are, and once the connection is past
+//!   its banner in crc mode a segment that lies inside one of them is handed up as a
+//!   slice of it, not copied.
+//! - Bytes the stack copies out of a ring of its own (a userspace TCP stack):
+//!   [`Session::read_target`] says where they go (a large frame's own buffer, or the
+//!   end of the stream buffer) and [`Session::commit_read`] takes them in, so they are
+//!   copied once, by the stack, with no scratch buffer between.
+//!
+//! [`Session::copy_counts`] tells how many bytes the session itself copied.
 //!
 //! State names follow Ceph's ProtocolV2 (`BANNER_CONNECTING`, `HELLO_ACCEPTING`, …).
 
@@ -15,14 +35,17 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::addr::{AddrType, EntityAddr, EntityAddrVec};
 use super::auth::{AuthError, AuthOutcome, ClientAuth, ServerAuth, ServerAuthStep};
 use super::banner::{Banner, BannerError, FEATURE_REVISION_1};
 use super::encoding::DecodeError;
 use super::entity::{EntityName, EntityType};
-use super::frame::{encode_frame_to_vec, Frame, FrameDecoder, FrameError, FrameLimits, FrameWriter, Tag};
+use super::frame::{
+    encode_frame_to_vec, Frame, FrameDecoder, FrameError, FrameLimits, FrameWriter, Tag, EPILOGUE_LEN, PREAMBLE_LEN,
+    SEGMENT_CRC_LEN,
+};
 use super::frames::{
     Ack, AuthBadMethod, AuthDone, AuthReplyMore, AuthRequest, AuthRequestMore, AuthSignature, ClientIdent,
     ControlFrame, Hello, IdentMissingFeatures, Keepalive2, Keepalive2Ack, ServerIdent, SessionReconnect,
@@ -31,6 +54,7 @@ use super::frames::{
 };
 use super::header::{message_frame, parse_message_frame};
 use super::reconnect::{Decision, ReconnectRequest, SessionState};
+use super::rope::Rope;
 use super::rxpool::{RxBuf, RxPool, MAX_POOLED};
 use super::secure::{SecureError, SecureKeys, SecureRx, SecureTx};
 use crate::message::Message;
@@ -41,6 +65,24 @@ const MAX_PRE_AUTH: usize = 1 << 20;
 /// Frames from this size on are read into a buffer of their own (see [`RxPool`]):
 /// below it, several frames per read beat one read per frame.
 const LARGE_FRAME: usize = 32 * 1024;
+/// A frame in progress of up to this many on-wire bytes keeps the received pieces it
+/// lies in ([`Session::handle_owned`]) until it is complete, so its segments can be
+/// slices of them; a longer one is gathered into a buffer of its own as it arrives and
+/// its pieces are released at once. A stack's pieces are memory it lends (RDMA chunks
+/// of a registered pool, typically 128 KiB), and what a frame pins is not available to
+/// receive into: 1 MiB is 8 such chunks, a small share of a receive pool, and covers
+/// every control frame at the default `max_control`. Segments longer than a chunk
+/// straddle pieces and are gathered anyway, so holding on to the pieces of a larger
+/// frame would save no copy worth the memory.
+const ROPE_PIN_MAX: usize = 1 << 20;
+/// A frame in progress spread over more received pieces than this is gathered as for
+/// [`ROPE_PIN_MAX`]: each piece pins the whole buffer it is a slice of, so a peer that
+/// dribbles a frame out in tiny sends must not hold on to one buffer per byte. 32 is
+/// four times what a 1 MiB frame takes in 128 KiB chunks, so only a stream cut far finer
+/// than its frames gets there.
+const ROPE_MAX_PIECES: usize = 32;
+/// Bytes a frame occupies on the wire besides its segments, at most (crc mode).
+const FRAME_OVERHEAD: usize = PREAMBLE_LEN + SEGMENT_CRC_LEN + EPILOGUE_LEN;
 
 /// Which end of the connection this session is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -301,6 +343,36 @@ pub enum Answer {
     Refuse(Decision),
 }
 
+/// Where a stack that copies received bytes out of buffers of its own puts them
+/// ([`Session::read_target`]); then it calls [`Session::commit_read`].
+#[derive(Debug)]
+pub enum ReadTarget<'a> {
+    /// The unfilled rest of the large frame in progress: write from its start, then
+    /// commit the count written.
+    Large(&'a mut [u8]),
+    /// The session's stream buffer: append at its end (`extend_from_slice`, `put_slice`)
+    /// and never remove or change what it holds; then commit the count appended.
+    Stream(&'a mut BytesMut),
+}
+
+/// Bytes a session copied itself, cumulative since it was created (the caller diffs
+/// them, like [`Session::tx_counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyCounts {
+    /// Received bytes copied: everything [`Session::handle_bytes`] takes, bytes moved
+    /// from the stream buffer into a large frame's own buffer, received pieces
+    /// [`Session::handle_owned`] does not keep as they are, and segments gathered
+    /// because they straddle pieces. Not counted: bytes a stack writes through
+    /// [`Session::read_target`] or [`Session::large_read_buf`] (the stack copied
+    /// those), and the small fields parsed in place (preambles, crcs, epilogues).
+    pub rx: u64,
+    /// Segment bytes copied to be sent: small segments the frame writer stages next to
+    /// preambles and epilogues (large ones go by reference), and in secure mode every
+    /// segment byte (sealing writes a new buffer). Bytes encoded rather than copied
+    /// (preambles, crcs, epilogues, padding) are not counted.
+    pub tx: u64,
+}
+
 /// How a server session picks its policy once the peer's HELLO names its type.
 pub type PolicyFn = std::sync::Arc<dyn Fn(EntityType) -> SessionPolicy + Send + Sync>;
 
@@ -316,11 +388,22 @@ pub struct Session {
     state: State,
     policy: SessionPolicy,
     global_seq: u64,
+    // Received bytes held in order: `rx_large` (a large frame, always alone), else
+    // `rope` or `rx`, never both non-empty (whatever joins a non-empty rope is pushed
+    // onto it, and the rope is moved into `rx` before `rx` grows).
     rx: BytesMut,
     // A large frame being read into its own buffer, and how much of it is filled.
     rx_large: Option<(RxBuf, usize)>,
+    // Owned pieces from `handle_owned`, decoded without copying.
+    rope: Rope,
     // Bytes arrived since the last `handle_input`.
     rx_fresh: bool,
+    // Length of `rx` when it was handed out by `read_target`, until the append is taken in.
+    rx_mark: Option<usize>,
+    // Received bytes copied other than by the rope (which counts its own).
+    rx_copied: u64,
+    // Segment bytes copied while sealing in secure mode (the writer counts the rest).
+    tx_sealed: u64,
     decoder: RxCodec,
     // Set once AUTH_DONE chose secure mode: every later frame we send is sealed.
     tx_secure: Option<SecureTx>,
@@ -391,7 +474,11 @@ impl Session {
             global_seq,
             rx: BytesMut::with_capacity(4096),
             rx_large: None,
+            rope: Rope::new(),
             rx_fresh: false,
+            rx_mark: None,
+            rx_copied: 0,
+            tx_sealed: 0,
             decoder,
             tx_secure: None,
             tx_frames: VecDeque::new(),
@@ -556,6 +643,12 @@ impl Session {
         (self.frames_out, self.msgs_out)
     }
 
+    /// Bytes the session copied itself so far (see [`CopyCounts`]), for perf counters:
+    /// the owner diffs them to report copies per payload byte.
+    pub fn copy_counts(&self) -> CopyCounts {
+        CopyCounts { rx: self.rx_copied + self.rope.gathered(), tx: self.tx_writer.copied() + self.tx_sealed }
+    }
+
     /// The unfilled rest of the large frame in progress, if one is: read into it
     /// directly (then [`Session::commit_large_read`] and [`Session::handle_input`]),
     /// so its payload is never copied. `None`: hand bytes to [`Session::handle_bytes`].
@@ -582,7 +675,7 @@ impl Session {
 
     /// Received bytes wait for the rest of their banner or frame.
     pub fn has_partial_input(&self) -> bool {
-        !self.rx.is_empty() || self.rx_large.is_some()
+        !self.rx.is_empty() || self.rx_large.is_some() || !self.rope.is_empty()
     }
 
     /// Bytes the frame in progress still needs (a read-size hint).
@@ -593,27 +686,121 @@ impl Session {
         }
     }
 
-    /// Takes in received bytes and processes them.
+    /// Takes in received bytes (copying them) and processes them.
     pub fn handle_bytes(&mut self, now: Instant, mut data: &[u8]) -> Result<(), SessionError> {
         loop {
-            match self.large_read_buf() {
-                Some(dst) => {
-                    let n = dst.len().min(data.len());
-                    dst[..n].copy_from_slice(&data[..n]);
-                    self.commit_large_read(n);
-                    data = &data[n..];
-                }
-                None => {
-                    self.rx_fresh |= !data.is_empty();
-                    self.rx.extend_from_slice(data);
-                    data = &[];
-                }
-            }
+            let n = self.copy_in(data);
+            data = &data[n..];
             // Completes a large frame, or starts one that the rest of `data` goes into.
             self.handle_input(now)?;
             if data.is_empty() {
                 return Ok(());
             }
+        }
+    }
+
+    /// Takes in received bytes the caller hands over and processes them. Once past the
+    /// banner in crc mode they are kept as they are and frames are decoded out of
+    /// them: a segment that lies inside one `data` is a slice of it (the buffer it came
+    /// from stays alive as long as the message does), only one that straddles two is
+    /// gathered. A frame in progress longer than 1 MiB or spread over more than 32
+    /// pieces is gathered as it arrives instead, releasing the pieces, so a frame pins
+    /// a bounded share of the stack's memory. Copied as [`Session::handle_bytes`]
+    /// copies: the banner, anything in secure mode (decryption writes a new buffer
+    /// anyway), and the rest of a frame whose start was copied.
+    pub fn handle_owned(&mut self, now: Instant, mut data: Bytes) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Closed);
+        }
+        loop {
+            let copy = self.owned_copy_len().min(data.len());
+            if copy > 0 {
+                let n = self.copy_in(&data[..copy]);
+                data.advance(n);
+            } else if !data.is_empty() {
+                self.rx_fresh = true;
+                self.rope.push(std::mem::take(&mut data));
+            }
+            self.handle_input(now)?;
+            if data.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Where a stack that copies received bytes out of its own buffers puts the next
+    /// ones: the rest of a large frame's own buffer, or the end of the stream buffer.
+    /// Write or append there, then call [`Session::commit_read`] with the count.
+    pub fn read_target(&mut self) -> ReadTarget<'_> {
+        match &mut self.rx_large {
+            Some((buf, filled)) => ReadTarget::Large(&mut buf.as_mut_slice()[*filled..]),
+            None => {
+                // Pieces handed over earlier come first in the stream.
+                let held = self.rope.len();
+                self.rope.drain_to(&mut self.rx, held);
+                self.rx_mark.get_or_insert(self.rx.len());
+                ReadTarget::Stream(&mut self.rx)
+            }
+        }
+    }
+
+    /// Takes in the `n` bytes written or appended where [`Session::read_target`] said
+    /// and processes them, as [`Session::handle_input`] does (received-time
+    /// bookkeeping included). Appends to the stream buffer are measured, so a wrong `n`
+    /// cannot desynchronise the stream; it must still be the count appended.
+    pub fn commit_read(&mut self, now: Instant, n: usize) -> Result<(), SessionError> {
+        match self.rx_mark {
+            Some(mark) => {
+                debug_assert_eq!(self.rx.len().saturating_sub(mark), n, "bytes appended to the stream buffer")
+            }
+            None => self.commit_large_read(n),
+        }
+        self.handle_input(now)
+    }
+
+    /// Copies the first bytes of `data` to where the stream continues: a large frame's
+    /// own buffer up to its end, else behind what is held. Returns how many it took.
+    fn copy_in(&mut self, data: &[u8]) -> usize {
+        let n = match self.large_read_buf() {
+            Some(dst) => {
+                let n = dst.len().min(data.len());
+                dst[..n].copy_from_slice(&data[..n]);
+                self.commit_large_read(n);
+                n
+            }
+            None => {
+                self.rx_fresh |= !data.is_empty();
+                if self.rope.is_empty() {
+                    self.rx.extend_from_slice(data);
+                } else {
+                    self.rope.push(Bytes::copy_from_slice(data));
+                }
+                data.len()
+            }
+        };
+        self.rx_copied += n as u64;
+        n
+    }
+
+    /// How many of the next owned bytes go the copying way ([`Session::copy_in`]); 0:
+    /// keep them as they are.
+    fn owned_copy_len(&self) -> usize {
+        if let Some((buf, filled)) = &self.rx_large {
+            return buf.len() - filled;
+        }
+        let RxCodec::Crc(d) = &self.decoder else { return usize::MAX };
+        if matches!(self.state, State::BannerConnecting | State::BannerAccepting) {
+            return usize::MAX;
+        }
+        if self.rx.is_empty() {
+            return 0;
+        }
+        // The frame in progress started in the stream buffer: finish it there (up to
+        // its preamble first, if that is not whole yet), then go back to zero copy.
+        let end = d.pending_len().unwrap_or(PREAMBLE_LEN);
+        match end.checked_sub(self.rx.len()) {
+            Some(n) if n > 0 => n,
+            _ => usize::MAX,
         }
     }
 
@@ -630,6 +817,9 @@ impl Session {
     }
 
     fn process_input(&mut self, now: Instant) -> Result<(), SessionError> {
+        if let Some(mark) = self.rx_mark.take() {
+            self.rx_fresh |= self.rx.len() > mark;
+        }
         if std::mem::take(&mut self.rx_fresh) {
             self.last_rx = now;
         }
@@ -648,7 +838,7 @@ impl Session {
                     self.rx_large = Some(partial);
                     break;
                 }
-                None => self.decoder.decode(&mut self.rx),
+                None => self.decode_stream(),
             };
             let frame = match decoded {
                 Ok(Some(f)) => f,
@@ -668,24 +858,74 @@ impl Session {
         Ok(())
     }
 
-    /// Moves a large frame in progress out of the stream buffer into one of its own,
-    /// which the rest of it is then read into. Only once READY: before that a frame
-    /// header alone must not make us allocate more than one stream read would.
+    /// The next frame from the received bytes held outside a large frame's buffer.
+    fn decode_stream(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.rope.is_empty() {
+            return self.decoder.decode(&mut self.rx);
+        }
+        match &mut self.decoder {
+            RxCodec::Crc(d) => d.decode_rope(&mut self.rope),
+            RxCodec::Secure(d) => {
+                // AUTH_DONE chose secure mode while owned pieces were held: decryption
+                // writes a new buffer anyway, so they join the stream buffer.
+                let held = self.rope.len();
+                self.rope.drain_to(&mut self.rx, held);
+                d.decode(&mut self.rx)
+            }
+        }
+    }
+
+    /// The decoder needs more of the frame in progress: decides where the rest of it
+    /// gathers. True if held bytes were moved (decode again).
+    ///
+    /// Owned pieces are kept while the frame is short and spread over few of them
+    /// ([`ROPE_PIN_MAX`], [`ROPE_MAX_PIECES`]; before READY, also no longer than a
+    /// control frame may be); else they are copied out and released. A large frame
+    /// (held as pieces or in the stream buffer) gets a buffer of its own, which the
+    /// rest of it is then read or copied into; only once READY, since before that a
+    /// frame header alone must not make us allocate more than one stream read would.
+    /// Anything else gathers in the stream buffer, which grows only as bytes arrive.
     fn start_large_frame(&mut self) -> bool {
         let RxCodec::Crc(d) = &self.decoder else { return false };
-        let Some(total) = d.pending_len() else { return false };
-        let have = self.rx.len();
-        if self.state != State::Ready || !(LARGE_FRAME..=MAX_POOLED).contains(&total) || have >= total {
-            return false;
+        let total = d.pending_len();
+        let large = total.filter(|&t| self.state == State::Ready && (LARGE_FRAME..=MAX_POOLED).contains(&t));
+        if !self.rope.is_empty() {
+            let pin_max = match self.state {
+                State::Ready => ROPE_PIN_MAX,
+                _ => self.cfg.limits.max_control.saturating_add(FRAME_OVERHEAD).min(ROPE_PIN_MAX),
+            };
+            if self.rope.pieces() <= ROPE_MAX_PIECES && total.is_none_or(|t| t <= pin_max) {
+                return false;
+            }
+            match large {
+                Some(total) => {
+                    let mut buf = self.large_buf(total);
+                    let have = self.rope.drain_into(buf.as_mut_slice());
+                    self.rx_large = Some((buf, have));
+                }
+                None => {
+                    let held = self.rope.len();
+                    self.rope.drain_to(&mut self.rx, held);
+                }
+            }
+            return true;
         }
-        let mut buf = match &self.cfg.rx_pool {
-            Some(pool) => pool.take(total),
-            None => RxBuf::unpooled(total),
-        };
+        let have = self.rx.len();
+        let Some(total) = large.filter(|&t| have < t) else { return false };
+        let mut buf = self.large_buf(total);
         buf.as_mut_slice()[..have].copy_from_slice(&self.rx);
+        self.rx_copied += have as u64;
         self.rx.clear();
         self.rx_large = Some((buf, have));
         true
+    }
+
+    /// A receive buffer of `len` bytes for one large frame.
+    fn large_buf(&self, len: usize) -> RxBuf {
+        match &self.cfg.rx_pool {
+            Some(pool) => pool.take(len),
+            None => RxBuf::unpooled(len),
+        }
     }
 
     fn record_rx(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
@@ -715,6 +955,7 @@ impl Session {
             Some(tx) => {
                 self.tx_writer.finish(out);
                 tx.encode_frame(frame, out);
+                self.tx_sealed += frame.segments.iter().map(|s| s.len() as u64).sum::<u64>();
             }
             None => self.tx_writer.push_frame(frame, out),
         }

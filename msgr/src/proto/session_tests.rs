@@ -1042,3 +1042,6 @@ fn secure_mode_with_a_short_secret_is_a_typed_error() {
 
 #[path = "reconnect_tests.rs"]
 mod reconnect;
+
+#[path = "owned_rx_tests.rs"]
+mod owned_rx;
