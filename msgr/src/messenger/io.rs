@@ -27,7 +27,7 @@ use crate::proto::addr::EntityAddr;
 use crate::proto::entity::EntityType;
 use crate::proto::frames::UTime;
 use crate::proto::reconnect::{decide_ident, decide_reconnect, peer_wins_race, Decision, Phase, SessionState};
-use crate::proto::session::{Answer, Claim, Role, Session, SessionError, SessionEvent};
+use crate::proto::session::{Answer, Claim, CopyCounts, ReadTarget, Role, Session, SessionError, SessionEvent};
 use crate::stack::inject::FaultySocket;
 use crate::stack::{ConnectedSocket, RecvMode, ServerSocket};
 
@@ -62,6 +62,8 @@ pub struct LocalConn {
     dial: Option<Dial>,
     // The session reached READY on this transport.
     was_ready: bool,
+    // The session's copy counters when last added to the perf counters.
+    copies_seen: CopyCounts,
 }
 
 /// Where an outgoing connection dials, and how long it waited last time.
@@ -192,6 +194,7 @@ fn install(
         read_paused: false,
         dial,
         was_ready: false,
+        copies_seen: CopyCounts::default(),
     };
     local.conns.insert(id, lc);
     count(&local.perf, &msgr, Counter::CreatedConnections, 1);
@@ -230,6 +233,8 @@ enum Got {
     Direct(usize, usize),
     /// Into the worker's scratch buffer.
     Scratch(usize),
+    /// Appended to the session's stream buffer by the stack.
+    Appended(usize),
     /// The stack's own buffer.
     Owned(Bytes),
 }
@@ -237,7 +242,7 @@ enum Got {
 impl Got {
     fn len(&self) -> usize {
         match self {
-            Got::Direct(n, _) | Got::Scratch(n) => *n,
+            Got::Direct(n, _) | Got::Scratch(n) | Got::Appended(n) => *n,
             Got::Owned(b) => b.len(),
         }
     }
@@ -260,14 +265,24 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         // A large frame in progress is read straight into its own buffer. Otherwise a
         // kernel socket reads into the worker's scratch buffer, which is initialised
         // once, so a read costs no allocation or zeroing and an idle connection no
-        // memory; a stack with buffers of its own hands them up.
-        let r = match (lc.session.large_read_buf(), lc.recv_mode) {
-            (Some(buf), _) => {
-                let offered = buf.len();
-                lc.socket.read(buf).map(|n| Got::Direct(n, offered))
-            }
-            (None, RecvMode::Owned) => lc.socket.recv_owned().map(Got::Owned),
-            (None, RecvMode::Slice | RecvMode::Append) => lc.socket.read(&mut local.rx_scratch).map(Got::Scratch),
+        // memory; a userspace TCP appends to the session's stream buffer (its one
+        // copy); RDMA hands up its registered chunks (none).
+        let r = match lc.recv_mode {
+            RecvMode::Slice => match lc.session.large_read_buf() {
+                Some(buf) => {
+                    let offered = buf.len();
+                    lc.socket.read(buf).map(|n| Got::Direct(n, offered))
+                }
+                None => lc.socket.read(&mut local.rx_scratch).map(Got::Scratch),
+            },
+            RecvMode::Append => match lc.session.read_target() {
+                ReadTarget::Large(buf) => {
+                    let offered = buf.len();
+                    lc.socket.read(buf).map(|n| Got::Direct(n, offered))
+                }
+                ReadTarget::Stream(buf) => lc.socket.read_into(buf, READ_CHUNK).map(Got::Appended),
+            },
+            RecvMode::Owned => lc.socket.recv_owned().map(Got::Owned),
         };
         let copied = lc.socket.take_copied();
         if copied.rx > 0 {
@@ -298,8 +313,10 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
                 (lc.session.handle_input(now), n == offered)
             }
             Got::Scratch(n) => (lc.session.handle_bytes(now, &local.rx_scratch[..n]), n == local.rx_scratch.len()),
-            Got::Owned(b) => (lc.session.handle_bytes(now, &b), false),
+            Got::Appended(n) => (lc.session.commit_read(now, n), n == READ_CHUNK),
+            Got::Owned(b) => (lc.session.handle_owned(now, b), false),
         };
+        count_session_copies(&local.perf, lc);
         handled.map_err(ConnError::Protocol)?;
         let drained = !full && lc.socket.short_read_drains();
         if drained {
@@ -317,6 +334,19 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
             flush(local, center, id);
         }
     }
+}
+
+/// Adds what the session copied since last time to the copied-bytes counters.
+fn count_session_copies(perf: &PerfCounters, lc: &mut LocalConn) {
+    let now = lc.session.copy_counts();
+    let (rx, tx) = (now.rx - lc.copies_seen.rx, now.tx - lc.copies_seen.tx);
+    if rx > 0 {
+        count(perf, &lc.msgr, Counter::RecvCopiedBytes, rx as i64);
+    }
+    if tx > 0 {
+        count(perf, &lc.msgr, Counter::SendCopiedBytes, tx as i64);
+    }
+    lc.copies_seen = now;
 }
 
 /// Stops reading until the dispatch throttle has room again.
@@ -586,6 +616,7 @@ fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(),
             count(&local.perf, &lc.msgr, Counter::FramesWritten, (frames1 - frames0) as i64);
             count(&local.perf, &lc.msgr, Counter::SendMessages, (msgs1 - msgs0) as i64);
             lc.wq.extend(lc.parts.drain(..).filter(|b| !b.is_empty()));
+            count_session_copies(&local.perf, lc);
         }
         if lc.wq.is_empty() {
             break;
