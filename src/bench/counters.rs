@@ -53,6 +53,23 @@ impl CounterTotals {
     }
 }
 
+/// Bytes msgr copied (received, sent) according to the messenger sections (`msgr.*`) of
+/// a `perf dump`; worker sections count the same bytes again and are left out.
+pub fn copied_bytes(dump: &Value) -> (u64, u64) {
+    let Some(sections) = dump.as_object() else { return (0, 0) };
+    let mut rx = 0u64;
+    let mut tx = 0u64;
+    for (name, sec) in sections {
+        if name.starts_with(WORKER_SECTION_PREFIX) {
+            continue;
+        }
+        let n = |k: &str| sec.get(k).and_then(Value::as_u64).unwrap_or(0);
+        rx = rx.saturating_add(n("msgr_recv_copied_bytes"));
+        tx = tx.saturating_add(n("msgr_send_copied_bytes"));
+    }
+    (rx, tx)
+}
+
 /// One line per section of a `perf dump` (a messenger, then each worker) under
 /// `title`: the counters a reader of a benchmark wants next to the rows. Gauges are
 /// shown only where the dump has them (a live server's, not summed totals).
@@ -78,6 +95,11 @@ pub fn counters_summary(title: &str, dump: &Value) -> Vec<String> {
             l.push_str(&format!(" active {}", n(sec, "msgr_active_connections")));
         }
         l.push_str(&format!(" faults {} reconnects {}", n(sec, "msgr_connection_faults"), n(sec, "msgr_reconnects")));
+        l.push_str(&format!(
+            " | copied in {} out {}",
+            n(sec, "msgr_recv_copied_bytes"),
+            n(sec, "msgr_send_copied_bytes")
+        ));
         if sec.get("msgr_dispatch_queue_len").is_some() {
             l.push_str(&format!(" | dispatch queue {}", n(sec, "msgr_dispatch_queue_len")));
         }
@@ -111,6 +133,17 @@ mod tests {
         assert!(!l[1].contains("throttle") && !l[1].contains("active"), "{}", l[1]);
         assert!(l[2].contains("msgr.osd.0: msgs in 5") && l[2].contains("(2.50 frames/write)"), "{}", l[2]);
         assert!(l[2].contains("active 1 faults 0") && l[2].contains("throttle waits 3"), "{}", l[2]);
+    }
+
+    #[test]
+    fn copied_bytes_come_from_the_messenger_sections_only() {
+        assert_eq!(copied_bytes(&Value::Null), (0, 0));
+        let dump = json!({
+            "msgr.osd.0": {"msgr_recv_copied_bytes": 100, "msgr_send_copied_bytes": 7},
+            "msgr.osd.1": {"msgr_recv_copied_bytes": 1},
+            "AsyncMessenger::Worker-0": {"msgr_recv_copied_bytes": 1000, "msgr_send_copied_bytes": 1000},
+        });
+        assert_eq!(copied_bytes(&dump), (101, 7));
     }
 
     #[test]

@@ -21,11 +21,11 @@ use cpu_time::ProcessTime;
 use msgr::proto::{EntityAddr, EntityType};
 
 use super::control::{ControlClient, ControlReply, CONTROL_TIMEOUT};
-use super::counters::{counters_summary, CounterTotals};
+use super::counters::{copied_bytes, counters_summary, CounterTotals};
 use super::progress::{progress_line, with_progress, Span};
 use super::raw::{self, Until};
 use super::server;
-use super::stats::{format_row, header, Row, RttStats, Transport};
+use super::stats::{format_row, header, Copied, Row, RttStats, Transport};
 use crate::cli::{self, CliError, CommonArgs, PingOptions};
 
 /// How `msgr bench` runs.
@@ -257,6 +257,15 @@ impl ServerProbe {
         Ok((p, first))
     }
 
+    /// Bytes the server's messenger copied (rx, tx) as of the latest reply.
+    fn copied(&self) -> Option<(u64, u64)> {
+        if !self.live {
+            return None;
+        }
+        let dump = serde_json::from_str::<serde_json::Value>(self.counters.as_deref()?).ok()?;
+        Some(copied_bytes(&dump))
+    }
+
     /// The server's CPU time so far, if it is known.
     fn cpu(&mut self) -> Option<Duration> {
         if !self.live {
@@ -279,16 +288,28 @@ impl ServerProbe {
     }
 }
 
+/// What the server spent during some work: CPU time and bytes copied (rx, tx), each
+/// if known.
+#[derive(Clone, Copy, Debug, Default)]
+struct ServerSpent {
+    cpu: Option<Duration>,
+    copied: Option<(u64, u64)>,
+}
+
 /// What `run` measures against: the server's figures before and after `work`.
-fn server_cpu_during<T>(probe: &mut ServerProbe, work: impl FnOnce() -> T) -> (T, Option<Duration>) {
-    let before = probe.cpu();
+fn server_spent_during<T>(probe: &mut ServerProbe, work: impl FnOnce() -> T) -> (T, ServerSpent) {
+    let before = (probe.cpu(), probe.copied());
     let r = work();
-    let after = probe.cpu();
-    let spent = match (before, after) {
+    let after = (probe.cpu(), probe.copied());
+    let cpu = match (before.0, after.0) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
-    (r, spent)
+    let copied = match (before.1, after.1) {
+        (Some(a), Some(b)) => Some((b.0.saturating_sub(a.0), b.1.saturating_sub(a.1))),
+        _ => None,
+    };
+    (r, ServerSpent { cpu, copied })
 }
 
 /// One measured round of `jobs` connections.
@@ -299,11 +320,13 @@ struct Round {
     reconnects: u64,
     elapsed: Duration,
     client_cpu: Duration,
+    /// Bytes the client's messengers copied (rx, tx); `None` for the raw baseline.
+    client_copied: Option<(u64, u64)>,
 }
 
 impl Round {
     fn new(elapsed: Duration, client_cpu: Duration) -> Round {
-        Round { rtt: RttStats::new(), msgs: 0, errors: 0, reconnects: 0, elapsed, client_cpu }
+        Round { rtt: RttStats::new(), msgs: 0, errors: 0, reconnects: 0, elapsed, client_cpu, client_copied: None }
     }
 
     /// Adds one job's figures.
@@ -319,15 +342,14 @@ impl Round {
         eprintln!("msgr bench: {what} failed: {e}");
     }
 
-    /// The report row; `server_cpu` is what the server spent during the round, if known.
-    fn into_row(
-        self,
-        transport: Transport,
-        ms_type: String,
-        size: usize,
-        depth: usize,
-        server_cpu: Option<Duration>,
-    ) -> Row {
+    /// The report row; `server` is what the server spent during the round.
+    fn into_row(self, transport: Transport, ms_type: String, size: usize, depth: usize, server: ServerSpent) -> Row {
+        let copied = |c: Option<(u64, u64)>| match c {
+            Some((rx, tx)) => Copied::per_payload_byte(rx, tx, self.msgs, size),
+            None => Copied::UNKNOWN,
+        };
+        // The raw echo is not a messenger: the server's counters do not cover it.
+        let server_copied = if transport == Transport::Msgr { server.copied } else { None };
         Row {
             transport,
             ms_type,
@@ -336,7 +358,9 @@ impl Round {
             msgs: self.msgs,
             elapsed: self.elapsed,
             cpu_ns_per_msg_client: per_msg(Some(self.client_cpu), self.msgs),
-            cpu_ns_per_msg_server: per_msg(server_cpu, self.msgs),
+            cpu_ns_per_msg_server: per_msg(server.cpu, self.msgs),
+            copied_client: copied(self.client_copied),
+            copied_server: copied(server_copied),
             rtt: self.rtt,
             reconnects: self.reconnects,
             errors: self.errors,
@@ -378,10 +402,13 @@ fn msgr_round(
     };
     let reports = run_jobs(o.jobs, || cli::ping(common, target, o.peer_type, &opts).map_err(|e| e.to_string()));
     let mut r = Round::new(t0.elapsed(), cpu0.elapsed());
+    let mut copied = (0u64, 0u64);
     for rep in reports {
         match rep {
             Ok(p) => {
                 counters.add(&p.counters);
+                let (rx, tx) = copied_bytes(&p.counters);
+                copied = (copied.0 + rx, copied.1 + tx);
                 r.add(&p.rtt, p.count, p.errors);
                 r.reconnects += p.resets + p.remote_resets;
                 if let Some(e) = p.first_error {
@@ -391,6 +418,7 @@ fn msgr_round(
             Err(e) => r.failed("job", &e),
         }
     }
+    r.client_copied = Some(copied);
     r
 }
 
@@ -514,7 +542,7 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
         }
         let counter = Arc::new(AtomicU64::new(0));
         let line = |n: u64, t: Duration| progress_line(size, Transport::Msgr, t, span, n);
-        let (m, scpu) = server_cpu_during(&mut probe, || {
+        let (m, scpu) = server_spent_during(&mut probe, || {
             with_progress(show, &counter, line, || {
                 let progress = show.then(|| Arc::clone(&counter));
                 msgr_round(common, o, &target, size, o.duration, progress, &mut client_counters)
@@ -527,7 +555,7 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
             }
             let counter = AtomicU64::new(0);
             let line = |n: u64, t: Duration| progress_line(size, Transport::Raw, t, span, n);
-            let (r, scpu) = server_cpu_during(&mut probe, || {
+            let (r, scpu) = server_spent_during(&mut probe, || {
                 with_progress(show, &counter, line, || raw_round(addr, o, size, o.duration, show.then_some(&counter)))
             });
             r.into_row(Transport::Raw, "tcp".into(), size, o.depth, scpu)

@@ -139,6 +139,40 @@ impl Transport {
     }
 }
 
+/// Bytes copied per payload byte in each direction of one end: a message's payload is
+/// received once and sent once per round trip, so 1.0 means one copy of every byte.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Copied {
+    /// On receive.
+    pub rx: f64,
+    /// On send.
+    pub tx: f64,
+}
+
+impl Copied {
+    /// Not known.
+    pub const UNKNOWN: Copied = Copied { rx: f64::NAN, tx: f64::NAN };
+
+    /// `rx` and `tx` bytes copied while `msgs` messages of `size` payload bytes went
+    /// each way.
+    pub fn per_payload_byte(rx: u64, tx: u64, msgs: u64, size: usize) -> Copied {
+        let payload = msgs as f64 * size as f64;
+        if payload > 0.0 {
+            Copied { rx: rx as f64 / payload, tx: tx as f64 / payload }
+        } else {
+            Copied::UNKNOWN
+        }
+    }
+
+    fn label(&self) -> String {
+        if self.rx.is_nan() || self.tx.is_nan() {
+            "-".into()
+        } else {
+            format!("{:.2}/{:.2}", self.rx, self.tx)
+        }
+    }
+}
+
 /// One row of the report: one transport, one message size, one depth.
 #[derive(Clone, Debug)]
 pub struct Row {
@@ -160,6 +194,10 @@ pub struct Row {
     pub cpu_ns_per_msg_client: f64,
     /// CPU time the server spent per message, in ns.
     pub cpu_ns_per_msg_server: f64,
+    /// Bytes msgr copied per payload byte on the client (NaN when not known, e.g. raw).
+    pub copied_client: Copied,
+    /// Bytes msgr copied per payload byte on the server (NaN when not known).
+    pub copied_server: Copied,
     /// Sessions re-established during the row.
     pub reconnects: u64,
     /// Failed or wrong replies.
@@ -202,6 +240,10 @@ impl Row {
             "rtt_us_max": q.max,
             "cpu_ns_per_msg_client": self.cpu_ns_per_msg_client,
             "cpu_ns_per_msg_server": self.cpu_ns_per_msg_server,
+            "copied_per_byte_client_rx": self.copied_client.rx,
+            "copied_per_byte_client_tx": self.copied_client.tx,
+            "copied_per_byte_server_rx": self.copied_server.rx,
+            "copied_per_byte_server_tx": self.copied_server.tx,
             "reconnects": self.reconnects,
             "errors": self.errors,
         })
@@ -211,7 +253,7 @@ impl Row {
 /// The table header, aligned with [`format_row`].
 pub fn header() -> String {
     format!(
-        "{:<5} {:>8} {:>5} {:>10} {:>11} {:>9}   {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}   {:>8} {:>8} {:>6} {:>6}  {}",
+        "{:<5} {:>8} {:>5} {:>10} {:>11} {:>9}   {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}   {:>8} {:>8} {:>9} {:>9} {:>6} {:>6}  {}",
         "path",
         "size",
         "depth",
@@ -226,13 +268,27 @@ pub fn header() -> String {
         "max",
         "cpu/msg",
         "cpu/msg",
+        "copied/B",
+        "copied/B",
         "recon",
         "errors",
         "vs raw"
     ) + "\n"
         + &format!(
-            "{:<5} {:>8} {:>5} {:>10} {:>11} {:>9}   {:^63}   {:>8} {:>8} {:>6} {:>6}",
-            "", "bytes", "", "", "", "", "round trip, us", "client", "server", "", ""
+            "{:<5} {:>8} {:>5} {:>10} {:>11} {:>9}   {:^63}   {:>8} {:>8} {:>9} {:>9} {:>6} {:>6}",
+            "",
+            "bytes",
+            "",
+            "",
+            "",
+            "",
+            "round trip, us",
+            "client",
+            "server",
+            "cli rx/tx",
+            "srv rx/tx",
+            "",
+            ""
         )
 }
 
@@ -250,7 +306,7 @@ pub fn size_label(size: usize) -> String {
 pub fn format_row(r: &Row, vs_raw: Option<f64>) -> String {
     let q = r.rtt.quantiles();
     let mut line = format!(
-        "{:<5} {:>8} {:>5} {:>10} {:>11.0} {:>9.1}   {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1}   {:>8.0} {:>8.0} {:>6} {:>6}",
+        "{:<5} {:>8} {:>5} {:>10} {:>11.0} {:>9.1}   {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1}   {:>8.0} {:>8.0} {:>9} {:>9} {:>6} {:>6}",
         r.transport.as_str(),
         size_label(r.size),
         r.depth,
@@ -265,6 +321,8 @@ pub fn format_row(r: &Row, vs_raw: Option<f64>) -> String {
         q.max,
         r.cpu_ns_per_msg_client,
         r.cpu_ns_per_msg_server,
+        r.copied_client.label(),
+        r.copied_server.label(),
         r.reconnects,
         r.errors
     );
@@ -310,6 +368,8 @@ mod tests {
             rtt,
             cpu_ns_per_msg_client: 1500.0,
             cpu_ns_per_msg_server: 1200.0,
+            copied_client: Copied::per_payload_byte(1000 * size as u64, 0, msgs, size),
+            copied_server: Copied::UNKNOWN,
             reconnects: 0,
             errors: 0,
         }
@@ -385,6 +445,8 @@ mod tests {
             "rtt_us_max",
             "cpu_ns_per_msg_client",
             "cpu_ns_per_msg_server",
+            "copied_per_byte_client_rx",
+            "copied_per_byte_server_tx",
             "errors",
         ] {
             assert!(v.get(k).is_some(), "missing {k} in {v}");
@@ -402,6 +464,15 @@ mod tests {
         assert!(line.starts_with("msgr       64k     1       1000"), "{line}");
         let with_ratio = format_row(&row(Transport::Msgr, 1000, 1.0, 64), Some(0.873));
         assert!(with_ratio.ends_with("  0.87x"), "{with_ratio}");
+    }
+
+    #[test]
+    fn copies_are_per_payload_byte_and_unknown_without_payload() {
+        let c = Copied::per_payload_byte(4096, 2048, 2, 1024);
+        assert_eq!((c.rx, c.tx), (2.0, 1.0));
+        assert_eq!(c.label(), "2.00/1.00");
+        assert!(Copied::per_payload_byte(1, 1, 0, 64).rx.is_nan());
+        assert_eq!(Copied::UNKNOWN.label(), "-");
     }
 
     #[test]
