@@ -37,13 +37,17 @@ import json, sys
 doc = json.load(open(sys.argv[1]))
 need = ["transport", "ms_type", "size", "depth", "msgs", "msgs_per_sec", "mb_per_sec", "rtt_us_min",
         "rtt_us_p50", "rtt_us_p90", "rtt_us_p99", "rtt_us_p999", "rtt_us_max",
-        "cpu_ns_per_msg_client", "cpu_ns_per_msg_server", "errors"]
+        "cpu_ns_per_msg_client", "cpu_ns_per_msg_server", "copied_per_byte_client_rx", "copied_per_byte_client_tx",
+        "copied_per_byte_server_rx", "copied_per_byte_server_tx", "errors"]
 rows = doc["rows"]
 assert {r["transport"] for r in rows} == {"msgr", "raw"}, rows
 for r in rows:
     missing = [k for k in need if k not in r]
     assert not missing, missing
     assert r["msgs"] > 0 and r["errors"] == 0, r
+    if r["transport"] == "msgr":
+        # Copies are counted on both ends: numbers, not the null of "unknown".
+        assert all(isinstance(r[k], (int, float)) for k in need if k.startswith("copied_")), r
 print("bench json ok:", len(rows), "rows")
 PY
 log "wire check: msgr mon traffic to a real ceph-mon, decoded independently"
