@@ -23,6 +23,7 @@ pub use ready::{Parker, Readiness, Registration, Token};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::io;
 use std::mem;
 use std::ops::{BitAnd, BitOr, BitOrAssign, Sub};
@@ -115,12 +116,49 @@ impl Sub for Interest {
 }
 
 /// Where a socket's readiness comes from.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum EventSource {
     /// A kernel descriptor, watched by the driver (epoll).
     Fd(RawFd),
     /// A token whose readiness the stack posts to the center's [`Readiness`].
     Token(Token),
+}
+
+impl Hash for EventSource {
+    // One word, so that the center's map hashes it in one multiply (see `IdHasher`).
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(match self {
+            EventSource::Fd(fd) => u64::from(*fd as u32),
+            EventSource::Token(t) => t.0 | 1 << 63,
+        });
+    }
+}
+
+/// A map keyed by our own ids (descriptors, tokens, connection numbers). They never
+/// come from a peer, so a multiplicative hash is safe, and it costs a fraction of
+/// SipHash on lookups made several times per event.
+pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Fibonacci hashing of a u64 id: spreads sequential ids over the high bits the table
+/// probes with.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used for our keys; fold anything else in for completeness.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 impl From<RawFd> for EventSource {
@@ -246,7 +284,7 @@ impl<C: 'static> Shared<C> {
 /// ```
 pub struct EventCenter<C: 'static> {
     driver: Box<dyn EventDriver>,
-    files: HashMap<EventSource, FileEntry<C>>,
+    files: IdMap<EventSource, FileEntry<C>>,
     /// Pending timers in firing order: deadline, then creation order.
     timers: BTreeMap<(Instant, u64), TimerCallback<C>>,
     /// Deadline of every pending timer, to find it in `timers`. A timer is pending
@@ -270,7 +308,7 @@ impl<C: 'static> EventCenter<C> {
         let waker: Arc<dyn Waker> = parker;
         EventCenter {
             driver,
-            files: HashMap::new(),
+            files: IdMap::default(),
             timers: BTreeMap::new(),
             timer_deadlines: HashMap::new(),
             next_timer: 0,

@@ -15,9 +15,7 @@
 //! [`Parker`]; a post made while the worker runs (the common case: the stack posts from
 //! its own poll, on the worker thread) costs a lock and no wake-up.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::driver::Waker;
 use super::eventfd::EventFd;
-use super::{EventSource, FiredEvent, Interest};
+use super::{EventSource, FiredEvent, IdMap, Interest};
 
 /// Names a socket that reports readiness through a [`Readiness`] rather than a
 /// descriptor. Unique within its `Readiness` and never reused.
@@ -128,29 +126,6 @@ impl Waker for Parker {
     }
 }
 
-/// A map keyed by token numbers: ours, from a counter, so a cheap multiplicative hash
-/// is safe.
-type TokenMap<V> = HashMap<u64, V, BuildHasherDefault<TokenHasher>>;
-
-#[derive(Default)]
-struct TokenHasher(u64);
-
-impl Hasher for TokenHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 #[derive(Clone, Copy, Default, Debug)]
 struct Entry {
     /// What the stack last posted.
@@ -169,7 +144,7 @@ impl Entry {
 
 #[derive(Default)]
 struct Table {
-    entries: TokenMap<Entry>,
+    entries: IdMap<u64, Entry>,
     /// Tokens that fire (or did at their last change; `collect` prunes the rest).
     hot: Vec<u64>,
 }

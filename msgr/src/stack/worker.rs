@@ -13,7 +13,6 @@ use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock, Weak};
@@ -66,32 +65,10 @@ thread_local! {
     static CURRENT: RefCell<Option<(usize, usize)>> = const { RefCell::new(None) };
 }
 
-/// A map keyed by our own connection and listener ids. They come from a counter, never
-/// from a peer, so a multiplicative hash is safe, and it costs a fraction of SipHash
-/// on lookups made several times per event.
-pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+/// A map keyed by our own connection and listener ids (see [`crate::event::IdMap`]).
+pub type IdMap<V> = crate::event::IdMap<u64, V>;
 
-/// Fibonacci hashing of a u64 id: spreads sequential ids over the high bits the table
-/// probes with.
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used for u64 keys; fold anything else in for completeness.
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
+pub use crate::event::IdHasher;
 
 /// The part of a worker other threads can see.
 pub struct WorkerShared<C: WorkerContext> {
