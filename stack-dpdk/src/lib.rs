@@ -37,6 +37,7 @@ use msgr::stack::{StackBackend, WorkerNet};
 pub use config::DpdkConfig;
 use device::{Frame, FramePort};
 use dpdk::{Eal, Mbuf, Mempool, Port};
+pub use worker::WorkerStats;
 use worker::{NetSettings, NetSource, NetWorker, Shared};
 
 /// Descriptors per rx and per tx queue.
@@ -87,6 +88,25 @@ impl FramePort for QueuePort {
 static ACTIVE_POOL: Mutex<Option<Weak<Mempool>>> = Mutex::new(None);
 /// Mbufs still in use when the last stack stopped, after its port was closed.
 static LAST_LEAK: Mutex<Option<u32>> = Mutex::new(None);
+/// What the workers of the stack running now share (for [`stack_stats`]).
+static ACTIVE_SHARED: Mutex<Option<Weak<Shared<Mbuf>>>> = Mutex::new(None);
+/// The counters of the last stack that stopped, added up over its workers.
+static LAST_STATS: Mutex<Option<WorkerStats>> = Mutex::new(None);
+
+/// The running stack's counters, added up over its workers as they last published them
+/// (every `worker::SWEEP_EVERY`), or `None` when no DPDK stack runs. Among them, the TCP
+/// payload bytes smoltcp copied between frames and its sockets' rings
+/// ([`device::DeviceStats::rx_tcp_payload`], `tx_tcp_payload`): the copies inside the
+/// TCP implementation, apart from the one each way the sockets report to the messenger.
+pub fn stack_stats() -> Option<WorkerStats> {
+    let g = ACTIVE_SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    g.as_ref().and_then(Weak::upgrade).map(|s| s.totals())
+}
+
+/// The counters of the last stack that stopped (final values), or `None` if none did.
+pub fn stack_stats_at_last_shutdown() -> Option<WorkerStats> {
+    *LAST_STATS.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Mbufs of the running stack's pool in use now (in rx rings, queues and sockets), or
 /// `None` when no DPDK stack runs.
@@ -132,6 +152,8 @@ impl DpdkStack {
         let pool = Mempool::new(eal, mbufs, POOL_CACHE).map_err(io::Error::other)?;
         let port = Port::start(cfg.port_id, queues, RING_SIZE, &pool).map_err(io::Error::other)?;
         *ACTIVE_POOL.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&pool));
+        let shared = Arc::new(Shared::new(workers));
+        *ACTIVE_SHARED.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&shared));
         let settings = NetSettings {
             mac: worker::mac_for(cfg.host),
             ip: cfg.host,
@@ -145,7 +167,7 @@ impl DpdkStack {
             eal,
             port: Some(Arc::new(port)),
             pool: Some(pool),
-            shared: Arc::new(Shared { inboxes: (0..workers).map(|_| Default::default()).collect() }),
+            shared,
             settings,
             workers,
             idle_sleep: cfg.idle_sleep,
@@ -187,6 +209,7 @@ impl Drop for DpdkStack {
     /// queued between workers are freed, the port is stopped and closed (its rings give
     /// their mbufs back), and what is then still out of the pool is a leak.
     fn drop(&mut self) {
+        *LAST_STATS.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.shared.totals());
         for inbox in &self.shared.inboxes {
             drop(std::mem::take(&mut *inbox.lock()));
         }
