@@ -238,8 +238,9 @@ pub struct NetWorker<P: FramePort> {
     /// A socket was used since the last interface poll (data to send, a window to open,
     /// a close or a connect): poll the interface even if nothing arrived.
     need_poll: bool,
-    /// When smoltcp last said it wants to be polled again, if at all.
-    next_poll_at: Option<Instant>,
+    /// When smoltcp wants to be polled again: `None` while unknown (it was polled since
+    /// it was last asked), `Some(None)` for "only when something arrives".
+    next_poll_at: Option<Option<Instant>>,
     next_sweep: StdInstant,
     /// Rounds that found nothing to do.
     idle_rounds: u32,
@@ -379,13 +380,19 @@ impl<P: FramePort> NetWorker<P> {
         let now_std = StdInstant::now();
         let now = self.net_time(now_std);
         let sweep = now_std >= self.next_sweep;
-        let due = self.need_poll || self.dev.rx_pending() > 0 || sweep || self.next_poll_at.is_some_and(|at| at <= now);
+        let mut due = self.need_poll || self.dev.rx_pending() > 0 || sweep;
+        if !due {
+            // Asking walks every socket, as a poll does: ask once, on the first quiet
+            // round after a poll, and remember the answer until the next poll. A busy
+            // connection keeps this round from coming, so it costs one walk per round.
+            let at = *self.next_poll_at.get_or_insert_with(|| self.iface.poll_at(now, &self.sockets));
+            due = at.is_some_and(|at| at <= now);
+        }
         if due {
             self.need_poll = false;
+            self.next_poll_at = None;
             self.stats.iface_polls += 1;
             let _ = self.iface.poll(now, &mut self.dev, &mut self.sockets);
-            // Walks every socket, as the poll did; an idle round then skips both.
-            self.next_poll_at = self.iface.poll_at(now, &self.sockets);
         }
         moved += self.dev.flush();
         self.dev.take_touched(&mut self.touched);
