@@ -72,22 +72,25 @@ mkdir -p target/bench
 log "bench over memif: two async+dpdk processes, msgr and the raw echo on the same stacks"
 # The server's raw echo and the client's raw jobs both run on their process's DPDK
 # stack (the kernel owns neither address), so msgr and raw rows cross the same
-# smoltcp + memif path. One worker each: two busy-polling workers on two cores.
+# smoltcp + memif path. One worker each, pinned to a core each (ms_dpdk_coremask):
+# left to the scheduler, the two busy-polling workers may share a CPU and take turns.
 msock=$tmp/memif.sock
-memif_dpdk() { # memif_dpdk IP: the stack options of one memif process (one word each)
-  echo --ms-type async+dpdk -o ms_async_op_threads=1 -o "ms_dpdk_host_ipv4_addr=$1" -o ms_dpdk_netmask_ipv4_addr=255.255.255.0
+memif_dpdk() { # memif_dpdk IP COREMASK: the stack options of one memif process (one word each)
+  echo --ms-type async+dpdk -o ms_async_op_threads=1 -o "ms_dpdk_coremask=$2" -o "ms_dpdk_host_ipv4_addr=$1" \
+    -o ms_dpdk_netmask_ipv4_addr=255.255.255.0
 }
 memif_eal() { # memif_eal ROLE PREFIX: its EAL arguments (memif needs a --file-prefix each)
   echo "--no-pci --no-huge -m 512 --file-prefix $2 --log-level=*:error --vdev=net_memif0,role=$1,socket=$msock"
 }
 # Bounded: the server exits by itself after --duration even if this script dies.
 # shellcheck disable=SC2046
-start_server "$tmp/mserve.log" "$bin" $(memif_dpdk 10.88.0.1) \
+start_server "$tmp/mserve.log" "$bin" $(memif_dpdk 10.88.0.1 0x1) \
   -o "ms_dpdk_extra_eal_args=$(memif_eal server msgr-bench-s-$$)" bench server --bind 10.88.0.1:0 --duration 900
 pids+=("$SERVER_PID")
+cpu2() { [ "$(nproc)" -gt 1 ] && echo 0x2 || echo 0x1; }
 memif_client() { # memif_client ARGS...: `msgr bench client` over memif against the server
   # shellcheck disable=SC2046
-  timeout 300 "$bin" $(memif_dpdk 10.88.0.2) -o "ms_dpdk_extra_eal_args=$(memif_eal client msgr-bench-c-$$)" \
+  timeout 300 "$bin" $(memif_dpdk 10.88.0.2 "$(cpu2)") -o "ms_dpdk_extra_eal_args=$(memif_eal client msgr-bench-c-$$)" \
     bench client --connect "$SERVER_ADDR" "$@"
 }
 for depth in 1 16; do

@@ -196,10 +196,12 @@ const MEMIF_PEER: &str = "MSGR_MEMIF_PEER";
 /// itself), whatever it waits for.
 const MEMIF_CHILD_DEADLINE: Duration = Duration::from_secs(240);
 
-/// EAL arguments of one memif process. memif needs DPDK's multi-process channel, so
-/// each process has its own `--file-prefix` instead of `--in-memory`/`--no-shconf`;
-/// hugepage files are unlinked at once, so nothing is left in hugetlbfs.
-fn memif_config(ip: &str, prefix: &str, vdev: &str) -> Config {
+/// The config of one memif process. memif needs DPDK's multi-process channel, so each
+/// process has its own `--file-prefix` instead of `--in-memory`/`--no-shconf`; hugepage
+/// files are unlinked at once, so nothing is left in hugetlbfs. Each process's worker
+/// is pinned to a core of its own (`coremask`), so the two busy-polling workers never
+/// share a CPU.
+fn memif_config(ip: &str, coremask: &str, prefix: &str, vdev: &str) -> Config {
     let mem = match std::env::var("MSGR_DPDK_MEM").as_deref() {
         Ok("huge") => "--huge-unlink",
         _ => "--no-huge -m 512",
@@ -208,6 +210,7 @@ fn memif_config(ip: &str, prefix: &str, vdev: &str) -> Config {
     config(&[
         ("ms_type", "async+dpdk"),
         ("ms_async_op_threads", "1"),
+        ("ms_dpdk_coremask", coremask),
         ("ms_dpdk_host_ipv4_addr", ip),
         ("ms_dpdk_netmask_ipv4_addr", "255.255.255.0"),
         ("ms_dpdk_extra_eal_args", &extra),
@@ -225,6 +228,13 @@ fn copies(dump: &serde_json::Value) -> String {
         v("msgr_recv_copied_bytes") / v("msgr_recv_bytes").max(1.0),
         v("msgr_send_copied_bytes") / v("msgr_send_bytes").max(1.0)
     )
+}
+
+/// The client's core mask: the second CPU if this process may use one, else the first
+/// (a one-CPU machine: both workers share it, slowly but correctly).
+fn peer_core() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus > 1 { "0x2" } else { "0x1" }.to_string()
 }
 
 /// The memif child; kills it (and reaps it) when dropped, so a failing parent leaves no
@@ -260,7 +270,7 @@ fn memif_two_dpdk_processes() {
     let (me, peer) = (format!("msgr-memif-s{pid}"), format!("msgr-memif-c{pid}"));
     let _dirs = (RuntimeDir(me.clone()), RuntimeDir(peer.clone()));
     let vdev = format!("--vdev=net_memif0,role=server,socket={}", sock.display());
-    let cfg = memif_config("198.18.11.1", &me, &vdev);
+    let cfg = memif_config("198.18.11.1", "0x1", &me, &vdev);
     let (srv, sd, addr) = server(&cfg, n, "198.18.11.1:0");
 
     // The client: this test binary again, running only `memif_peer_process`.
@@ -324,7 +334,7 @@ fn memif_peer_process() {
     let addr: EntityAddr = addr.parse().expect("server address");
     let n = messages();
     let vdev = format!("--vdev=net_memif0,role=client,socket={sock}");
-    let cfg = memif_config("198.18.11.2", prefix, &vdev);
+    let cfg = memif_config("198.18.11.2", &peer_core(), prefix, &vdev);
     let (cli, cd) = client(&cfg);
     let con = cli.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
     let start = Instant::now();

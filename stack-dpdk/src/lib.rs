@@ -13,7 +13,11 @@
 //! * [`socket`]: the `ConnectedSocket` / `ServerSocket` contract.
 //!
 //! One port, one rx/tx queue pair per worker (`ms_async_op_threads`); every worker
-//! listens itself (a local listen table) and keeps its connections.
+//! listens itself (a local listen table) and keeps its connections. When
+//! `ms_dpdk_coremask` is set and names a core for every worker, worker i is pinned to
+//! its i-th core, as Ceph's DPDK workers run on the mask's lcores: two DPDK processes on
+//! one host then need masks of their own (0x1 and 0x2), or the scheduler may put both
+//! busy-polling workers on one CPU, where they take turns.
 //!
 //! Not implemented: IPv6, IP fragmentation (MTU 1500 frames only), TCP offloads (LRO,
 //! TSO, checksum offload: smoltcp computes checksums in software), hardware RSS (frames
@@ -48,6 +52,8 @@ const BURST: usize = 32;
 const TX_LIMIT: usize = 512;
 /// Mbufs each lcore keeps in its pool cache.
 const POOL_CACHE: u32 = 256;
+/// How late a worker's nap may end (Linux's default, 50 µs, is as long as a nap).
+const TIMER_SLACK: Duration = Duration::from_micros(1);
 /// How long a worker keeps polling without a nap after it last moved a frame.
 const BUSY_WINDOW: Duration = Duration::from_micros(200);
 
@@ -130,6 +136,9 @@ pub struct DpdkStack {
     settings: NetSettings,
     workers: usize,
     idle_sleep: Duration,
+    /// The CPU each worker is pinned to, if they are ([`DpdkConfig::pinning`]).
+    pinning: Option<Vec<usize>>,
+    coremask: String,
 }
 
 impl DpdkStack {
@@ -171,6 +180,8 @@ impl DpdkStack {
             settings,
             workers,
             idle_sleep: cfg.idle_sleep,
+            pinning: cfg.pinning(workers),
+            coremask: cfg.coremask.clone(),
         })
     }
 }
@@ -183,6 +194,20 @@ impl StackBackend for DpdkStack {
     fn init_worker(&self, worker_id: usize) -> io::Result<WorkerNet> {
         // An lcore id gives the worker a mempool cache; without one it still works.
         let _ = self.eal.register_thread();
+        // An idle worker naps for tens of microseconds; let the naps be that short.
+        let _ = dpdk::set_timer_slack(TIMER_SLACK);
+        if let Some(cpu) = self.pinning.as_ref().and_then(|p| p.get(worker_id)) {
+            dpdk::pin_to_cpu(*cpu).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot pin DPDK worker {worker_id} to CPU {cpu} (ms_dpdk_coremask = {}): {e}; name CPUs this \
+                         process may run on",
+                        self.coremask
+                    ),
+                )
+            })?;
+        }
         let (Some(port), Some(pool)) = (&self.port, &self.pool) else {
             return Err(io::Error::other("the DPDK stack is stopping"));
         };
