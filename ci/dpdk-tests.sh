@@ -4,17 +4,22 @@
 #   1. two async+dpdk messengers on a net_ring loopback (no kernel on the path);
 #   2. async+dpdk <-> async+posix over net_tap, both directions, in a network namespace
 #      made for the run;
-# then, in a namespace: `msgr ping` over async+dpdk both ways, `msgr mon get-version`
-# over async+dpdk against a real ceph-mon on the kernel side of the TAP, and the
-# benchmark (`msgr bench` over the TAP with DPDK on either end, and msgr + raw kernel
-# TCP over a veth pair as the reference; JSON in target/bench/). Every namespace and TAP
-# it creates is removed at exit.
+#   3. two async+dpdk processes joined by net_memif (shared memory, no kernel on the
+#      data path), 10,000 mixed-size messages each way, no mbuf leaked in either;
+# then the kernel-free benchmark: `msgr bench server` and `msgr bench client` as two
+# async+dpdk processes over memif, msgr and the raw echo on the same stacks (client and
+# server side), and the server's system calls per message counted with strace; then, in
+# a namespace: `msgr ping` over async+dpdk both ways, `msgr mon get-version` over
+# async+dpdk against a real ceph-mon on the kernel side of the TAP, and the benchmark
+# over the TAP with DPDK on either end, and msgr + raw kernel TCP over a veth pair as the
+# reference (JSON in target/bench/). Every namespace, TAP and DPDK runtime directory it
+# creates is removed at exit.
 # Usage: ci/dpdk-tests.sh      Environment: T_DPDK_MSGS (messages each way, default
 # 10000), BENCH_SECS (seconds per benchmark row, default 2), BENCH_SIZES (default 64,4k,64k)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . ci/lib.sh
-apt_install dpdk dpdk-dev libdpdk-dev pkg-config clang libclang-dev iproute2 ceph-mon ceph-common
+apt_install dpdk dpdk-dev libdpdk-dev pkg-config clang libclang-dev iproute2 ceph-mon ceph-common strace
 [ "$(id -u)" = 0 ] || { log "the DPDK suite needs root (TAP devices, namespaces, hugepages)"; exit 1; }
 [ -c /dev/net/tun ] || { mkdir -p /dev/net; mknod /dev/net/tun c 10 200; }
 
@@ -43,6 +48,8 @@ cleanup() {
   MON_IP=198.18.8.1 bash ci/mon.sh stop "$tmp/mon" >/dev/null 2>&1 || true
   ip netns del "$ns" 2>/dev/null || true
   ip netns del "$ns-b" 2>/dev/null || true
+  # EAL runtime directories of the memif processes (left behind by a killed process).
+  rm -rf /var/run/dpdk/msgr-memif-* /var/run/dpdk/msgr-bench-*-$$ 2>/dev/null || true
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -57,7 +64,56 @@ for mode in $modes; do
   MSGR_DPDK_MEM=$mode MSGR_DPDK_TESTS=1 "$suite" --exact ring_two_dpdk_messengers --nocapture
   log "net_tap: async+dpdk <-> async+posix, both directions ($mode)"
   MSGR_DPDK_MEM=$mode MSGR_DPDK_TESTS=1 in_ns "$suite" --exact tap_dpdk_and_posix_both_directions --nocapture
+  log "net_memif: two async+dpdk processes ($mode)"
+  MSGR_DPDK_MEM=$mode MSGR_DPDK_TESTS=1 timeout 600 "$suite" --exact memif_two_dpdk_processes --nocapture
 done
+
+mkdir -p target/bench
+log "bench over memif: two async+dpdk processes, msgr and the raw echo on the same stacks"
+# The server's raw echo and the client's raw jobs both run on their process's DPDK
+# stack (the kernel owns neither address), so msgr and raw rows cross the same
+# smoltcp + memif path. One worker each, pinned to a core each (ms_dpdk_coremask):
+# left to the scheduler, the two busy-polling workers may share a CPU and take turns.
+msock=$tmp/memif.sock
+memif_dpdk() { # memif_dpdk IP COREMASK: the stack options of one memif process (one word each)
+  echo --ms-type async+dpdk -o ms_async_op_threads=1 -o "ms_dpdk_coremask=$2" -o "ms_dpdk_host_ipv4_addr=$1" \
+    -o ms_dpdk_netmask_ipv4_addr=255.255.255.0
+}
+memif_eal() { # memif_eal ROLE PREFIX: its EAL arguments (memif needs a --file-prefix each)
+  echo "--no-pci --no-huge -m 512 --file-prefix $2 --log-level=*:error --vdev=net_memif0,role=$1,socket=$msock"
+}
+# Bounded: the server exits by itself after --duration even if this script dies.
+# shellcheck disable=SC2046
+start_server "$tmp/mserve.log" "$bin" $(memif_dpdk 10.88.0.1 0x1) \
+  -o "ms_dpdk_extra_eal_args=$(memif_eal server msgr-bench-s-$$)" bench server --bind 10.88.0.1:0 --duration 900
+pids+=("$SERVER_PID")
+cpu2() { [ "$(nproc)" -gt 1 ] && echo 0x2 || echo 0x1; }
+memif_client() { # memif_client ARGS...: `msgr bench client` over memif against the server
+  # shellcheck disable=SC2046
+  timeout 300 "$bin" $(memif_dpdk 10.88.0.2 "$(cpu2)") -o "ms_dpdk_extra_eal_args=$(memif_eal client msgr-bench-c-$$)" \
+    bench client --connect "$SERVER_ADDR" "$@"
+}
+for depth in 1 16; do
+  memif_client --size "${BENCH_SIZES_MEMIF:-64,4k}" --depth "$depth" --duration "${BENCH_SECS:-2}" --warmup 0.3 \
+    --json "target/bench/memif-d$depth.json" | sed "s/^/BENCH async+dpdk <-> async+dpdk (memif) | /" \
+    || { log "msgr bench over memif (depth $depth) failed"; exit 1; }
+done
+log "server system calls per message over memif (strace -c -f on the server, 4 KiB depth 1)"
+strace -c -f -p "$SERVER_PID" -o "$tmp/strace.out" 2>/dev/null &
+strace_pid=$!
+sleep 0.5
+memif_client --size 4k --depth 1 --duration 3 --warmup 0 --baseline none --json "$tmp/sc.json" >/dev/null \
+  || { kill -INT "$strace_pid" 2>/dev/null; log "msgr bench over memif under strace failed"; exit 1; }
+kill -INT "$strace_pid"; wait "$strace_pid" 2>/dev/null || true
+python3 - "$tmp/strace.out" "$tmp/sc.json" <<'PY'
+import json, sys
+calls = next((int(l.split()[3]) for l in open(sys.argv[1]) if l.split() and l.split()[-1] == "total"), 0)
+msgs = json.load(open(sys.argv[2]))["server_counters"]["msgr.osd.0"]["msgr_recv_messages"]
+print(f"BENCH memif server syscalls: {calls} system calls while it answered {msgs} messages "
+      f"(whole run, idle start-up included): {calls / max(msgs, 1):.4f} per message")
+PY
+grep -v "^-\|^%" "$tmp/strace.out" | sort -k4 -n -r | head -5 | sed "s/^/BENCH memif server syscalls | /"
+kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 
 # The CLI over a persistent multi-queue TAP whose kernel side is 198.18.8.1.
 in_ns ip tuntap add dev dtapc mode tap multi_queue
@@ -69,7 +125,6 @@ dpdk=(--ms-type async+dpdk -o ms_dpdk_host_ipv4_addr=198.18.8.2 -o ms_dpdk_gatew
 
 # bench_rows LABEL JSON-STEM CLIENT-ARGS...: `msgr bench client` at depth 1 and 16 (the
 # client runs in the namespace); rows are printed with LABEL, JSON goes to target/bench/.
-mkdir -p target/bench
 bench_rows() {
   local label=$1 stem=$2 depth; shift 2
   for depth in 1 16; do
@@ -88,11 +143,11 @@ bench_rows "async+posix client -> async+dpdk server (net_tap)" dpdk-tap-server -
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 
 log "bench: msgr bench server on the kernel side, client over async+dpdk"
-# No raw row: a raw kernel-TCP client here would not cross the TAP (the server's IP is local).
+# The raw client runs on the client's DPDK stack (a kernel socket here would not cross the
+# TAP: the server's IP is local), to the server's kernel raw echo: DPDK -> TAP -> kernel.
 start_server "$tmp/pserve.log" ip netns exec "$ns" "$bin" bench server --bind 198.18.8.1:0
 pids+=("$SERVER_PID")
-bench_rows "async+dpdk client -> async+posix server (net_tap)" dpdk-tap-client "${dpdk[@]}" --baseline none \
-  --connect "$SERVER_ADDR"
+bench_rows "async+dpdk client -> async+posix server (net_tap)" dpdk-tap-client "${dpdk[@]}" --connect "$SERVER_ADDR"
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 
 log "lossless async+dpdk client -> async+posix server with injected socket failures"

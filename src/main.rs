@@ -200,6 +200,11 @@ struct BenchRunArgs {
     /// Baseline measured in the same run: raw (the server's plain TCP echo) or none.
     #[arg(long, default_value = "raw")]
     baseline: String,
+    /// Where the raw baseline's client runs: kernel (TCP sockets), stack (the
+    /// messenger stack's own sockets, on its workers) or auto (stack for async+dpdk,
+    /// whose traffic a kernel socket would not follow; kernel otherwise).
+    #[arg(long, default_value = "auto", value_name = "WHERE")]
+    raw_client: String,
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
@@ -407,6 +412,9 @@ fn bench(common: &CommonArgs, connect: Option<&str>, a: BenchRunArgs) -> Result<
         lossless: lossless(&a.policy)?,
         verify: a.verify,
         baseline_raw,
+        raw_client: msgr_cli::bench::run::RawClient::parse(&a.raw_client).ok_or_else(|| {
+            CliError::Usage(format!("--raw-client must be kernel, stack or auto, not '{}'", a.raw_client))
+        })?,
         json: a.json,
     };
     let rows = msgr_cli::bench::run::run(common, &opts)?;

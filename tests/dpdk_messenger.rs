@@ -5,6 +5,10 @@
 //!   net_ring loopback — no kernel anywhere on the path.
 //! * `tap_dpdk_and_posix_both_directions`: the DPDK stack on net_tap, the kernel on the
 //!   other side of the TAP, a posix messenger there; DPDK as server and as client.
+//! * `memif_two_dpdk_processes`: two `async+dpdk` processes joined by DPDK's net_memif
+//!   (shared memory; a unix socket only to set it up): this test's process serves, and
+//!   runs this test binary again as the client (`memif_peer_process`, which does nothing
+//!   unless the parent started it). No kernel on the data path, two address spaces.
 //!
 //! EAL can be initialised once per process and a port is closed when its stack stops,
 //! so each test needs its own process (cargo-nextest, or the test binary run once per
@@ -15,7 +19,8 @@
 #![cfg(feature = "dpdk")]
 
 use std::io::Write;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -181,4 +186,177 @@ fn startup_errors_say_what_to_change() {
     ]));
     assert!(e.contains("no DPDK port") && e.contains("ms_dpdk_extra_eal_args"), "{e}");
     eprintln!("start-up errors: ok");
+}
+
+/// Where the memif client process finds its server: the memif socket and the server
+/// messenger's address, `SOCKET;ADDR`. Set by `memif_two_dpdk_processes` for its child.
+const MEMIF_PEER: &str = "MSGR_MEMIF_PEER";
+
+/// How long the memif child may run in all before the parent kills it (and it kills
+/// itself), whatever it waits for.
+const MEMIF_CHILD_DEADLINE: Duration = Duration::from_secs(240);
+
+/// The config of one memif process. memif needs DPDK's multi-process channel, so each
+/// process has its own `--file-prefix` instead of `--in-memory`/`--no-shconf`; hugepage
+/// files are unlinked at once, so nothing is left in hugetlbfs. Each process's worker
+/// is pinned to a core of its own (`coremask`), so the two busy-polling workers never
+/// share a CPU.
+fn memif_config(ip: &str, coremask: &str, prefix: &str, vdev: &str) -> Config {
+    let mem = match std::env::var("MSGR_DPDK_MEM").as_deref() {
+        Ok("huge") => "--huge-unlink",
+        _ => "--no-huge -m 512",
+    };
+    let extra = format!("--no-pci {mem} --file-prefix {prefix} --log-level=*:error {vdev}");
+    config(&[
+        ("ms_type", "async+dpdk"),
+        ("ms_async_op_threads", "1"),
+        ("ms_dpdk_coremask", coremask),
+        ("ms_dpdk_host_ipv4_addr", ip),
+        ("ms_dpdk_netmask_ipv4_addr", "255.255.255.0"),
+        ("ms_dpdk_extra_eal_args", &extra),
+        ("ms_dpdk_rx_buffer_count_per_core", "4096"),
+    ])
+}
+
+/// Copies per received and per sent byte, from a messenger's perf dump (its `msgr.*`
+/// section).
+fn copies(dump: &serde_json::Value) -> String {
+    let sec = dump.as_object().and_then(|m| m.iter().find(|(k, _)| k.starts_with("msgr.")).map(|(_, v)| v));
+    let v = |k: &str| sec.and_then(|s| s[k].as_f64()).unwrap_or(0.0);
+    format!(
+        "copied {:.3} per byte received, {:.3} per byte sent",
+        v("msgr_recv_copied_bytes") / v("msgr_recv_bytes").max(1.0),
+        v("msgr_send_copied_bytes") / v("msgr_send_bytes").max(1.0)
+    )
+}
+
+/// The client's core mask: the second CPU if this process may use one, else the first
+/// (a one-CPU machine: both workers share it, slowly but correctly).
+fn peer_core() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus > 1 { "0x2" } else { "0x1" }.to_string()
+}
+
+/// The memif child; kills it (and reaps it) when dropped, so a failing parent leaves no
+/// orphan. Its stdin is a pipe the child watches: if the parent dies without dropping
+/// this (SIGKILL), the kernel closes the pipe and the child exits by itself.
+struct MemifChild(Child);
+
+impl Drop for MemifChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Removes a DPDK runtime directory (`/var/run/dpdk/PREFIX`) when dropped.
+struct RuntimeDir(String);
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&self.0));
+    }
+}
+
+#[test]
+fn memif_two_dpdk_processes() {
+    if !enabled("memif_two_dpdk_processes") {
+        return;
+    }
+    let n = messages();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sock = dir.path().join("memif.sock");
+    let pid = std::process::id();
+    let (me, peer) = (format!("msgr-memif-s{pid}"), format!("msgr-memif-c{pid}"));
+    let _dirs = (RuntimeDir(me.clone()), RuntimeDir(peer.clone()));
+    let vdev = format!("--vdev=net_memif0,role=server,socket={}", sock.display());
+    let cfg = memif_config("198.18.11.1", "0x1", &me, &vdev);
+    let (srv, sd, addr) = server(&cfg, n, "198.18.11.1:0");
+
+    // The client: this test binary again, running only `memif_peer_process`.
+    let exe = std::env::current_exe().expect("test binary");
+    let child = Command::new(exe)
+        .args(["--exact", "memif_peer_process", "--nocapture", "--test-threads=1"])
+        .env("MSGR_DPDK_TESTS", "1")
+        .env(MEMIF_PEER, format!("{};{addr};{peer}", sock.display()))
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start the memif client process");
+    let mut child = MemifChild(child);
+
+    let got = sd.tally.wait_for(n);
+    // The child exits once it has its n and has checked its pool; give it until its own
+    // deadline, then kill it.
+    let deadline = Instant::now() + MEMIF_CHILD_DEADLINE;
+    let status = loop {
+        match child.0.try_wait().expect("wait for the memif client") {
+            Some(s) => break Some(s),
+            None if Instant::now() >= deadline => break None,
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let status =
+        status.unwrap_or_else(|| panic!("the memif client process did not finish in {MEMIF_CHILD_DEADLINE:?}"));
+    assert!(status.success(), "the memif client process failed ({status}); its output is above");
+    assert_eq!(got, n, "server received");
+    assert_eq!(sd.tally.count(), n, "nothing arrives twice");
+    sd.tally.assert_in_order("memif server");
+    eprintln!("memif server process: {}", copies(&srv.perf_dump()));
+    stop(&[&srv]);
+    assert_eq!(msgr_stack_dpdk::mbufs_in_use(), None, "the stack is gone, its pool freed");
+    assert_eq!(msgr_stack_dpdk::mbufs_leaked_at_last_shutdown(), Some(0), "server: every mbuf back in the pool");
+    if let Some(st) = msgr_stack_dpdk::stack_stats_at_last_shutdown() {
+        eprintln!("memif server process: smoltcp {:?}", st.device);
+    }
+}
+
+#[test]
+fn memif_peer_process() {
+    let Ok(peer) = std::env::var(MEMIF_PEER) else {
+        eprintln!("memif_peer_process: the client half of memif_two_dpdk_processes, which starts it; nothing to do");
+        return;
+    };
+    // Bounded whatever happens: the parent is gone (stdin closes) or the run hangs.
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        let _ = writeln!(std::io::stderr(), "memif client: the parent process is gone; exiting");
+        std::process::exit(3);
+    });
+    std::thread::spawn(|| {
+        std::thread::sleep(MEMIF_CHILD_DEADLINE);
+        let _ = writeln!(std::io::stderr(), "memif client: no result within {MEMIF_CHILD_DEADLINE:?}; exiting");
+        std::process::exit(4);
+    });
+    let mut parts = peer.split(';');
+    let (Some(sock), Some(addr), Some(prefix)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("{MEMIF_PEER} = '{peer}': expected SOCKET;ADDR;PREFIX");
+    };
+    let addr: EntityAddr = addr.parse().expect("server address");
+    let n = messages();
+    let vdev = format!("--vdev=net_memif0,role=client,socket={sock}");
+    let cfg = memif_config("198.18.11.2", &peer_core(), prefix, &vdev);
+    let (cli, cd) = client(&cfg);
+    let con = cli.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
+    let start = Instant::now();
+    for i in 0..n {
+        con.send_message(test_message(11, i, mixed_len(i))).unwrap();
+    }
+    assert_eq!(cd.tally.wait_for(n), n, "memif client received");
+    let secs = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(cd.tally.count(), n, "nothing arrives twice");
+    cd.tally.assert_in_order("memif client");
+    assert_eq!(con.state(), ConnState::Open);
+    let mib = cd.tally.bytes.load(Ordering::SeqCst) as f64 / 1048576.0;
+    eprintln!(
+        "memif client process: {n} messages each way in {secs:.2} s ({mib:.1} MiB received, {:.1} MiB/s); {}",
+        mib / secs,
+        copies(&cli.perf_dump())
+    );
+    stop(&[&cli]);
+    assert_eq!(msgr_stack_dpdk::mbufs_in_use(), None, "the stack is gone, its pool freed");
+    assert_eq!(msgr_stack_dpdk::mbufs_leaked_at_last_shutdown(), Some(0), "client: every mbuf back in the pool");
+    if let Some(st) = msgr_stack_dpdk::stack_stats_at_last_shutdown() {
+        eprintln!("memif client process: smoltcp {:?}", st.device);
+    }
 }

@@ -11,4 +11,5 @@ pub mod raw;
 pub mod run;
 pub mod server;
 pub mod stack_echo;
+pub mod stack_raw;
 pub mod stats;

@@ -28,7 +28,7 @@ use super::stats::RttStats;
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest message the raw server accepts (the length prefix is not trusted further).
-const MAX_RAW_MSG: usize = 64 << 20;
+pub(crate) const MAX_RAW_MSG: usize = 64 << 20;
 
 /// Read and write buffer of the echo server and of a pipelining job's reader.
 const RAW_BUF: usize = 64 * 1024;
@@ -124,14 +124,14 @@ pub struct JobResult {
 }
 
 /// The payload of message `seq`: a pattern the reader can check.
-fn fill(buf: &mut [u8], seq: u64) {
+pub(crate) fn fill(buf: &mut [u8], seq: u64) {
     for (i, b) in buf.iter_mut().enumerate() {
         *b = (i as u64).wrapping_mul(31).wrapping_add(seq) as u8;
     }
 }
 
 /// True while a job should send more, `sent` messages so far.
-fn more(until: Until, sent: u64) -> bool {
+pub(crate) fn more(until: Until, sent: u64) -> bool {
     match until {
         Until::Count(n) => sent < n,
         Until::Deadline(t) => Instant::now() < t,

@@ -8,6 +8,11 @@
 //! this process, the server's from the bench control request before and after each
 //! round ([`super::control`]), which works across machines too. Its raw echo serves the
 //! baseline, so both baselines' ends are in different processes, as msgr's are.
+//!
+//! The raw client runs where msgr's traffic runs: kernel TCP sockets for a kernel
+//! stack, the messenger stack's own sockets on its workers for one that bypasses the
+//! kernel ([`super::stack_raw`], `async+dpdk`), so a DPDK client's raw row crosses the
+//! same userspace TCP and wire as its msgr row.
 
 use std::io::{BufRead, BufReader, IsTerminal};
 use std::net::SocketAddr;
@@ -18,6 +23,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use cpu_time::ProcessTime;
+use msgr::config::MsType;
+use msgr::messenger::Stack as NetworkStack;
 use msgr::proto::{EntityAddr, EntityType};
 
 use super::control::{ControlClient, ControlReply, CONTROL_TIMEOUT};
@@ -25,6 +32,7 @@ use super::counters::{copied_bytes, counters_summary, CounterTotals};
 use super::progress::{progress_line, with_progress, Span};
 use super::raw::{self, Until};
 use super::server;
+use super::stack_raw::{self, StackJob};
 use super::stats::{format_row, header, Copied, Row, RttStats, Transport};
 use crate::cli::{self, CliError, CommonArgs, PingOptions};
 
@@ -53,8 +61,51 @@ pub struct BenchOptions {
     pub verify: bool,
     /// Also measure the raw TCP baseline (served by the `msgr bench server`).
     pub baseline_raw: bool,
+    /// Where the raw baseline's client runs.
+    pub raw_client: RawClient,
     /// Write the report as JSON here.
     pub json: Option<PathBuf>,
+}
+
+/// Where the raw baseline's client sockets live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawClient {
+    /// Kernel TCP sockets, a thread per job (two when it pipelines).
+    Kernel,
+    /// The messenger stack's own sockets, on its workers ([`super::stack_raw`]).
+    Stack,
+    /// `Stack` for a stack that bypasses the kernel's TCP (`async+dpdk`), where a
+    /// kernel socket would take another path than msgr's; `Kernel` otherwise.
+    Auto,
+}
+
+impl RawClient {
+    /// `kernel`, `stack` or `auto`.
+    pub fn parse(s: &str) -> Option<RawClient> {
+        match s {
+            "kernel" => Some(RawClient::Kernel),
+            "stack" => Some(RawClient::Stack),
+            "auto" => Some(RawClient::Auto),
+            _ => None,
+        }
+    }
+
+    /// `Kernel` or `Stack` for a client on `ms_type`.
+    pub fn resolve(self, ms_type: MsType) -> RawClient {
+        match (self, ms_type) {
+            (RawClient::Auto, MsType::Dpdk) => RawClient::Stack,
+            (RawClient::Auto, _) => RawClient::Kernel,
+            (c, _) => c,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RawClient::Kernel => "kernel",
+            RawClient::Stack => "stack",
+            RawClient::Auto => "auto",
+        }
+    }
 }
 
 /// What the run was, for the report header and the JSON `settings`.
@@ -70,6 +121,8 @@ pub struct Settings {
     pub server: String,
     /// The server's raw echo, if the baseline runs.
     pub raw: Option<SocketAddr>,
+    /// Where the raw client runs: `kernel` or `stack`.
+    pub raw_client: &'static str,
     /// Whether the server answers the bench control request (its CPU is known).
     pub server_cpu_known: bool,
     /// CPU model.
@@ -86,6 +139,7 @@ impl Settings {
             "mode": self.mode,
             "server": self.server,
             "raw": self.raw.map(|a| a.to_string()),
+            "raw_client": self.raw_client,
             "server_cpu_known": self.server_cpu_known,
             "cpu": self.cpu,
             "kernel": self.kernel,
@@ -422,14 +476,30 @@ fn msgr_round(
     r
 }
 
-fn raw_round(addr: SocketAddr, o: &BenchOptions, size: usize, span: Duration, progress: Option<&AtomicU64>) -> Round {
+/// One raw round: kernel sockets, or `stack`'s own when given.
+fn raw_round(
+    addr: SocketAddr,
+    o: &BenchOptions,
+    size: usize,
+    span: Duration,
+    progress: Option<Arc<AtomicU64>>,
+    stack: Option<&Arc<NetworkStack>>,
+) -> Round {
+    let cpu0 = ProcessTime::now();
     let t0 = Instant::now();
     let until = match o.count {
         Some(n) => Until::Count(n),
         None => Until::Deadline(t0 + span),
     };
-    let results =
-        run_jobs(o.jobs, || raw::run_job(addr, size, o.depth, until, o.verify, progress).map_err(|e| e.to_string()));
+    let results = match stack {
+        None => run_jobs(o.jobs, || {
+            raw::run_job(addr, size, o.depth, until, o.verify, progress.as_deref()).map_err(|e| e.to_string())
+        }),
+        Some(st) => run_jobs(o.jobs, || {
+            let spec = StackJob { addr, size, depth: o.depth, until, verify: o.verify, progress: progress.clone() };
+            stack_raw::run_job(st, spec).map_err(|e| e.to_string())
+        }),
+    };
     let mut r = Round::new(t0.elapsed(), Duration::ZERO);
     for res in results {
         match res {
@@ -439,6 +509,10 @@ fn raw_round(addr: SocketAddr, o: &BenchOptions, size: usize, span: Duration, pr
             }
             Err(e) => r.failed("raw job", &e),
         }
+    }
+    if stack.is_some() {
+        // The jobs ran on the stack's workers: the process's CPU, as for msgr's rows.
+        r.client_cpu = cpu0.elapsed();
     }
     r
 }
@@ -493,12 +567,20 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
     } else {
         None
     };
+    // The raw client on the messenger's own stack: the process's one, which the probe's
+    // control messenger keeps running for the whole run.
+    let raw_client = o.raw_client.resolve(cfg.ms_type());
+    let raw_stack = match (raw_addr, raw_client) {
+        (Some(_), RawClient::Stack) => Some(crate::stack_for(&cfg)?),
+        _ => None,
+    };
     let settings = Settings {
         ms_type: cfg.ms_type().to_string(),
         policy: if o.lossless { "lossless" } else { "lossy" },
         mode: if o.connect.is_some() { "client" } else { "local" },
         server: target.to_string(),
         raw: raw_addr,
+        raw_client: raw_client.as_str(),
         server_cpu_known: first.as_ref().is_some_and(|r| r.cpu_ns.is_some()),
         cpu: cpu_model(),
         kernel: kernel(),
@@ -520,11 +602,12 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
         if o.verify { " | verified" } else { "" }
     );
     println!(
-        "cpu: {} | kernel {} | latency is round trip | server cpu {} | raw echo {}",
+        "cpu: {} | kernel {} | latency is round trip | server cpu {} | raw echo {}{}",
         settings.cpu,
         settings.kernel,
         if settings.server_cpu_known { "from bench control" } else { "unknown" },
-        raw_addr.map_or_else(|| "none".to_string(), |a| a.to_string())
+        raw_addr.map_or_else(|| "none".to_string(), |a| a.to_string()),
+        raw_stack.as_ref().map_or_else(String::new, |st| format!(" (raw client on the {} stack)", st.name()))
     );
     println!("{}", header());
     // Only a person watching wants the live line; a pipe or a file gets rows only.
@@ -550,15 +633,19 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
         });
         let msgr_row = m.into_row(Transport::Msgr, settings.ms_type.clone(), size, o.depth, scpu);
         let raw_row = raw_addr.map(|addr| {
+            let st = raw_stack.as_ref();
             if !o.warmup.is_zero() {
-                let _ = raw_round(addr, &warm, size, o.warmup, None);
+                let _ = raw_round(addr, &warm, size, o.warmup, None, st);
             }
-            let counter = AtomicU64::new(0);
+            let counter = Arc::new(AtomicU64::new(0));
             let line = |n: u64, t: Duration| progress_line(size, Transport::Raw, t, span, n);
             let (r, scpu) = server_spent_during(&mut probe, || {
-                with_progress(show, &counter, line, || raw_round(addr, o, size, o.duration, show.then_some(&counter)))
+                with_progress(show, &counter, line, || {
+                    raw_round(addr, o, size, o.duration, show.then(|| Arc::clone(&counter)), st)
+                })
             });
-            r.into_row(Transport::Raw, "tcp".into(), size, o.depth, scpu)
+            let label = st.map_or_else(|| "tcp".to_string(), |st| format!("tcp on {}", st.name()));
+            r.into_row(Transport::Raw, label, size, o.depth, scpu)
         });
         let ratio =
             raw_row.as_ref().filter(|r| r.msgs_per_sec() > 0.0).map(|r| msgr_row.msgs_per_sec() / r.msgs_per_sec());
@@ -586,6 +673,15 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
     ) {
         println!("{line}");
     }
+    // smoltcp's own copies (frames <-> socket rings), apart from msgr's counters.
+    #[cfg(feature = "dpdk")]
+    if let Some(st) = msgr_stack_dpdk::stack_stats() {
+        println!(
+            "client async+dpdk stack (whole run): smoltcp copied {} TCP payload bytes from frames into its rings and {} \
+             from its rings into frames (inside the TCP, as the kernel's copies are; retransmissions included)",
+            st.device.rx_tcp_payload, st.device.tx_tcp_payload
+        );
+    }
     if let Some(path) = &o.json {
         let doc = serde_json::json!({
             "settings": settings.to_json(o),
@@ -610,6 +706,20 @@ mod tests {
         assert_eq!(raw_target(&target, Some(&reply(40000))), Ok("10.1.2.3:40000".parse().unwrap()));
         assert!(raw_target(&target, Some(&reply(0))).unwrap_err().contains("no raw echo"));
         assert!(raw_target(&target, None).unwrap_err().contains("msgr bench server"));
+    }
+
+    #[test]
+    fn the_raw_client_follows_the_stack_unless_told() {
+        for (arg, t, want) in [
+            ("auto", MsType::Dpdk, RawClient::Stack),
+            ("auto", MsType::Posix, RawClient::Kernel),
+            ("auto", MsType::Rdma, RawClient::Kernel),
+            ("kernel", MsType::Dpdk, RawClient::Kernel),
+            ("stack", MsType::Posix, RawClient::Stack),
+        ] {
+            assert_eq!(RawClient::parse(arg).map(|c| c.resolve(t)), Some(want), "{arg} on {t:?}");
+        }
+        assert_eq!(RawClient::parse("dpdk"), None);
     }
 
     #[test]

@@ -47,6 +47,9 @@ impl From<DpdkConfigError> for io::Error {
 pub struct DpdkConfig {
     /// EAL core mask, as given (hex).
     pub coremask: String,
+    /// `ms_dpdk_coremask` was set (not left at its default): see
+    /// [`DpdkConfig::pinning`].
+    pub coremask_set: bool,
     /// EAL memory channels.
     pub memory_channels: u32,
     /// hugetlbfs directory, if any.
@@ -106,8 +109,10 @@ impl DpdkConfig {
         }
         let gateway = cfg.get_str(OPT_GATEWAY)?;
         let hugepages = cfg.get_str("ms_dpdk_hugepages")?.trim();
+        let coremask_set = !matches!(cfg.source_of(OPT_COREMASK), None | Some(msgr::config::Source::Default));
         Ok(DpdkConfig {
             coremask,
+            coremask_set,
             memory_channels: u32::try_from(cfg.get_u64("ms_dpdk_memory_channel")?).unwrap_or(4),
             hugepages: (!hugepages.is_empty()).then(|| hugepages.to_owned()),
             port_id: u16::try_from(cfg.get_u64("ms_dpdk_port_id")?).unwrap_or(0),
@@ -119,6 +124,29 @@ impl DpdkConfig {
             idle_sleep: Duration::from_micros(cfg.get_u64("ms_dpdk_idle_sleep_us")?),
             tcp_buffer: usize::try_from(cfg.get_size("ms_dpdk_tcp_buffer_size")?).unwrap_or(1 << 20),
         })
+    }
+
+    /// The CPUs the core mask names, lowest first.
+    pub fn cores(&self) -> Vec<usize> {
+        let hex = self.coremask.trim_start_matches("0x").trim_start_matches("0X");
+        // Validated as hex digits in from_config; least significant digit last.
+        hex.chars()
+            .rev()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                let v = c.to_digit(16).unwrap_or(0);
+                (0..4).filter(move |b| v & (1 << b) != 0).map(move |b| i * 4 + b)
+            })
+            .collect()
+    }
+
+    /// The CPU each of `workers` workers is pinned to, by worker id, or `None` when they
+    /// are left to the scheduler: pinned only when `ms_dpdk_coremask` was set and names
+    /// a core for every worker (as Ceph's DPDK workers run on the mask's lcores). The
+    /// default mask (one core, for EAL) pins nothing.
+    pub fn pinning(&self, workers: usize) -> Option<Vec<usize>> {
+        let cores = self.cores();
+        (self.coremask_set && cores.len() >= workers).then(|| cores.into_iter().take(workers).collect())
     }
 
     /// The EAL command line (program name first).
@@ -178,6 +206,24 @@ mod tests {
                 "256"
             ]
         );
+    }
+
+    #[test]
+    fn workers_are_pinned_only_to_a_mask_that_was_set_and_has_a_core_each() {
+        let c = |mask: Option<&str>| {
+            let mut pairs = vec![(OPT_HOST, "10.0.0.2")];
+            if let Some(m) = mask {
+                pairs.push((OPT_COREMASK, m));
+            }
+            DpdkConfig::from_config(&cfg(&pairs)).unwrap()
+        };
+        assert_eq!(c(Some("0x1a")).cores(), [1, 3, 4]);
+        assert_eq!(c(Some("0X100")).cores(), [8]);
+        assert_eq!(c(Some("0x2")).pinning(1), Some(vec![1]));
+        assert_eq!(c(Some("0x1a")).pinning(2), Some(vec![1, 3]));
+        assert_eq!(c(Some("0x3")).pinning(3), None, "fewer cores than workers");
+        assert_eq!(c(None).pinning(1), None, "the default mask pins nothing");
+        assert_eq!(c(Some("0x1")).pinning(1), Some(vec![0]), "set explicitly, even to the default");
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::collections::VecDeque;
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
+use crate::steer::{self, FlowKey};
+
 /// Largest Ethernet frame handled (MTU 1500 + header).
 pub const MAX_FRAME: usize = 1514;
 
@@ -53,6 +55,13 @@ pub struct DeviceStats {
     pub tx_backpressure: u64,
     /// Frames smoltcp built that could not get a buffer (the pool was empty).
     pub tx_alloc_failures: u64,
+    /// TCP payload bytes in the frames given to smoltcp: what it copies from frames
+    /// into its sockets' receive rings (inside the TCP implementation, as the kernel's
+    /// copies are for posix; duplicates and retransmissions included).
+    pub rx_tcp_payload: u64,
+    /// TCP payload bytes in the frames smoltcp built: what it copied out of its
+    /// sockets' send rings into frames (retransmissions included).
+    pub tx_tcp_payload: u64,
 }
 
 /// smoltcp's view of one queue of a port.
@@ -63,6 +72,9 @@ pub struct PortDevice<P: FramePort> {
     tx_limit: usize,
     burst: usize,
     scratch: Vec<u8>,
+    /// The connections of the TCP segments handed to smoltcp since the last
+    /// [`take_touched`](PortDevice::take_touched), in order, repeats included.
+    touched: Vec<FlowKey>,
     stats: DeviceStats,
 }
 
@@ -78,6 +90,7 @@ impl<P: FramePort> PortDevice<P> {
             tx_limit: tx_limit.max(burst),
             burst,
             scratch: vec![0; MAX_FRAME],
+            touched: Vec::with_capacity(burst),
             stats: DeviceStats::default(),
         }
     }
@@ -115,6 +128,12 @@ impl<P: FramePort> PortDevice<P> {
     /// Queues a frame for smoltcp.
     pub fn push_rx(&mut self, frame: P::Frame) {
         self.rx.push_back(frame);
+    }
+
+    /// Moves the connections of the TCP segments smoltcp was given since the last call
+    /// into `out` (whose readiness may have changed), repeats included.
+    pub fn take_touched(&mut self, out: &mut Vec<FlowKey>) {
+        out.append(&mut self.touched);
     }
 
     /// Hands queued frames to the port, a burst at a time, until it takes no more.
@@ -169,6 +188,7 @@ impl<P: FramePort> phy::TxToken for TxToken<'_, P> {
         if let Some(mut frame) = dev.port.alloc() {
             if let Some(buf) = frame.append(len) {
                 let r = f(buf);
+                dev.stats.tx_tcp_payload += steer::frame_tcp_payload(buf) as u64;
                 dev.tx.push(frame);
                 if dev.tx.len() >= dev.burst {
                     dev.flush();
@@ -204,6 +224,10 @@ impl<P: FramePort> Device for PortDevice<P> {
         }
         let frame = self.rx.pop_front()?;
         self.stats.rx_frames += 1;
+        if let Some((key, payload)) = steer::tcp_segment(frame.data()) {
+            self.touched.push(key);
+            self.stats.rx_tcp_payload += payload as u64;
+        }
         Some((RxToken(frame), TxToken(self)))
     }
 
@@ -343,6 +367,39 @@ pub(crate) mod tests {
         assert_eq!(live.load(Ordering::SeqCst), 0, "dropped token freed its buffer");
         assert!(dev.receive(Instant::ZERO).is_none());
         assert_eq!(dev.stats().rx_frames, 2);
+    }
+
+    #[test]
+    fn segments_given_to_smoltcp_name_their_connection_and_payload() {
+        // Ethernet + IPv4 + TCP from 10.0.0.1:6800 to our port 50000, 300 payload bytes.
+        let mut f = vec![0u8; 14 + 20 + 20 + 300];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&340u16.to_be_bytes());
+        f[14 + 9] = 6;
+        f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+        f[34..36].copy_from_slice(&6800u16.to_be_bytes());
+        f[36..38].copy_from_slice(&50_000u16.to_be_bytes());
+        f[46] = 5 << 4;
+        let mut dev = PortDevice::new(MemPort::new(64, 64), 4, 16);
+        dev.port_mut().incoming.extend([f, vec![0u8; 60]]);
+        let mut got = Vec::new();
+        dev.rx_burst(&mut got);
+        for frame in got {
+            dev.push_rx(frame);
+        }
+        let mut touched = Vec::new();
+        dev.take_touched(&mut touched);
+        assert!(touched.is_empty(), "queued, not yet given to smoltcp");
+        while let Some((rx, _)) = dev.receive(Instant::ZERO) {
+            rx.consume(|_| ());
+        }
+        dev.take_touched(&mut touched);
+        let key = FlowKey { remote: std::net::Ipv4Addr::new(10, 0, 0, 1), remote_port: 6800, local_port: 50_000 };
+        assert_eq!(touched, [key], "the non-TCP frame names nothing");
+        assert_eq!(dev.stats().rx_tcp_payload, 300);
+        dev.take_touched(&mut touched);
+        assert_eq!(touched.len(), 1, "taken once");
     }
 
     #[test]

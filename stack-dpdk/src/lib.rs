@@ -13,7 +13,11 @@
 //! * [`socket`]: the `ConnectedSocket` / `ServerSocket` contract.
 //!
 //! One port, one rx/tx queue pair per worker (`ms_async_op_threads`); every worker
-//! listens itself (a local listen table) and keeps its connections.
+//! listens itself (a local listen table) and keeps its connections. When
+//! `ms_dpdk_coremask` is set and names a core for every worker, worker i is pinned to
+//! its i-th core, as Ceph's DPDK workers run on the mask's lcores: two DPDK processes on
+//! one host then need masks of their own (0x1 and 0x2), or the scheduler may put both
+//! busy-polling workers on one CPU, where they take turns.
 //!
 //! Not implemented: IPv6, IP fragmentation (MTU 1500 frames only), TCP offloads (LRO,
 //! TSO, checksum offload: smoltcp computes checksums in software), hardware RSS (frames
@@ -37,6 +41,7 @@ use msgr::stack::{StackBackend, WorkerNet};
 pub use config::DpdkConfig;
 use device::{Frame, FramePort};
 use dpdk::{Eal, Mbuf, Mempool, Port};
+pub use worker::WorkerStats;
 use worker::{NetSettings, NetSource, NetWorker, Shared};
 
 /// Descriptors per rx and per tx queue.
@@ -47,6 +52,8 @@ const BURST: usize = 32;
 const TX_LIMIT: usize = 512;
 /// Mbufs each lcore keeps in its pool cache.
 const POOL_CACHE: u32 = 256;
+/// How late a worker's nap may end (Linux's default, 50 µs, is as long as a nap).
+const TIMER_SLACK: Duration = Duration::from_micros(1);
 /// How long a worker keeps polling without a nap after it last moved a frame.
 const BUSY_WINDOW: Duration = Duration::from_micros(200);
 
@@ -87,6 +94,25 @@ impl FramePort for QueuePort {
 static ACTIVE_POOL: Mutex<Option<Weak<Mempool>>> = Mutex::new(None);
 /// Mbufs still in use when the last stack stopped, after its port was closed.
 static LAST_LEAK: Mutex<Option<u32>> = Mutex::new(None);
+/// What the workers of the stack running now share (for [`stack_stats`]).
+static ACTIVE_SHARED: Mutex<Option<Weak<Shared<Mbuf>>>> = Mutex::new(None);
+/// The counters of the last stack that stopped, added up over its workers.
+static LAST_STATS: Mutex<Option<WorkerStats>> = Mutex::new(None);
+
+/// The running stack's counters, added up over its workers as they last published them
+/// (every `worker::SWEEP_EVERY`), or `None` when no DPDK stack runs. Among them, the TCP
+/// payload bytes smoltcp copied between frames and its sockets' rings
+/// ([`device::DeviceStats::rx_tcp_payload`], `tx_tcp_payload`): the copies inside the
+/// TCP implementation, apart from the one each way the sockets report to the messenger.
+pub fn stack_stats() -> Option<WorkerStats> {
+    let g = ACTIVE_SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    g.as_ref().and_then(Weak::upgrade).map(|s| s.totals())
+}
+
+/// The counters of the last stack that stopped (final values), or `None` if none did.
+pub fn stack_stats_at_last_shutdown() -> Option<WorkerStats> {
+    *LAST_STATS.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Mbufs of the running stack's pool in use now (in rx rings, queues and sockets), or
 /// `None` when no DPDK stack runs.
@@ -110,6 +136,9 @@ pub struct DpdkStack {
     settings: NetSettings,
     workers: usize,
     idle_sleep: Duration,
+    /// The CPU each worker is pinned to, if they are ([`DpdkConfig::pinning`]).
+    pinning: Option<Vec<usize>>,
+    coremask: String,
 }
 
 impl DpdkStack {
@@ -132,6 +161,8 @@ impl DpdkStack {
         let pool = Mempool::new(eal, mbufs, POOL_CACHE).map_err(io::Error::other)?;
         let port = Port::start(cfg.port_id, queues, RING_SIZE, &pool).map_err(io::Error::other)?;
         *ACTIVE_POOL.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&pool));
+        let shared = Arc::new(Shared::new(workers));
+        *ACTIVE_SHARED.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&shared));
         let settings = NetSettings {
             mac: worker::mac_for(cfg.host),
             ip: cfg.host,
@@ -145,10 +176,12 @@ impl DpdkStack {
             eal,
             port: Some(Arc::new(port)),
             pool: Some(pool),
-            shared: Arc::new(Shared { inboxes: (0..workers).map(|_| Default::default()).collect() }),
+            shared,
             settings,
             workers,
             idle_sleep: cfg.idle_sleep,
+            pinning: cfg.pinning(workers),
+            coremask: cfg.coremask.clone(),
         })
     }
 }
@@ -161,6 +194,20 @@ impl StackBackend for DpdkStack {
     fn init_worker(&self, worker_id: usize) -> io::Result<WorkerNet> {
         // An lcore id gives the worker a mempool cache; without one it still works.
         let _ = self.eal.register_thread();
+        // An idle worker naps for tens of microseconds; let the naps be that short.
+        let _ = dpdk::set_timer_slack(TIMER_SLACK);
+        if let Some(cpu) = self.pinning.as_ref().and_then(|p| p.get(worker_id)) {
+            dpdk::pin_to_cpu(*cpu).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot pin DPDK worker {worker_id} to CPU {cpu} (ms_dpdk_coremask = {}): {e}; name CPUs this \
+                         process may run on",
+                        self.coremask
+                    ),
+                )
+            })?;
+        }
         let (Some(port), Some(pool)) = (&self.port, &self.pool) else {
             return Err(io::Error::other("the DPDK stack is stopping"));
         };
@@ -187,6 +234,7 @@ impl Drop for DpdkStack {
     /// queued between workers are freed, the port is stopped and closed (its rings give
     /// their mbufs back), and what is then still out of the pool is a leak.
     fn drop(&mut self) {
+        *LAST_STATS.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.shared.totals());
         for inbox in &self.shared.inboxes {
             drop(std::mem::take(&mut *inbox.lock()));
         }

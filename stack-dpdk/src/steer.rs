@@ -78,6 +78,37 @@ pub fn classify(frame: &[u8], workers: usize) -> Steer {
     }
 }
 
+/// The connection a received Ethernet frame belongs to (from our side) and the TCP
+/// payload bytes it carries; `None` for anything but an IPv4 TCP segment.
+pub fn tcp_segment(frame: &[u8]) -> Option<(FlowKey, usize)> {
+    let ip = ipv4_payload(frame)?;
+    let key = tcp_key(ip)?;
+    Some((key, tcp_payload_len(ip)))
+}
+
+/// TCP payload bytes in an Ethernet frame (0 for anything else): what smoltcp copies
+/// between the frame and a socket's ring.
+pub fn frame_tcp_payload(frame: &[u8]) -> usize {
+    ipv4_payload(frame).filter(|ip| tcp_key(ip).is_some()).map_or(0, tcp_payload_len)
+}
+
+/// The IPv4 packet in an Ethernet frame.
+fn ipv4_payload(frame: &[u8]) -> Option<&[u8]> {
+    if frame.len() < ETH_HEADER || u16::from_be_bytes([frame[12], frame[13]]) != ETHERTYPE_IPV4 {
+        return None;
+    }
+    Some(&frame[ETH_HEADER..])
+}
+
+/// Payload length of a TCP segment in `ip` (already known to be IPv4 TCP with a full
+/// port header): the IP total length less both headers, 0 where those do not add up.
+fn tcp_payload_len(ip: &[u8]) -> usize {
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
+    let doff = ip.get(ihl + 12).map_or(0, |b| usize::from(b >> 4) * 4);
+    total.saturating_sub(ihl + doff)
+}
+
 /// The flow key of an IPv4 TCP packet, from the receiver's point of view.
 fn tcp_key(ip: &[u8]) -> Option<FlowKey> {
     let first = *ip.first()?;
@@ -131,6 +162,29 @@ mod tests {
         f[34..36].copy_from_slice(&sport.to_be_bytes());
         f[36..38].copy_from_slice(&dport.to_be_bytes());
         f
+    }
+
+    #[test]
+    fn segments_name_their_flow_and_payload() {
+        let mut f = tcp_frame([10, 0, 0, 1], 6800, 50_000);
+        f.extend_from_slice(&[7u8; 100]);
+        // IP total length: 20 + 20 + 100; TCP data offset 5 words.
+        f[16..18].copy_from_slice(&140u16.to_be_bytes());
+        f[14 + 20 + 12] = 5 << 4;
+        let key = FlowKey { remote: Ipv4Addr::new(10, 0, 0, 1), remote_port: 6800, local_port: 50_000 };
+        assert_eq!(tcp_segment(&f), Some((key, 100)));
+        assert_eq!(frame_tcp_payload(&f), 100);
+        // Ethernet padding after the IP packet is not payload.
+        f.extend_from_slice(&[0u8; 6]);
+        assert_eq!(frame_tcp_payload(&f), 100);
+        // A header that claims more than the packet has: no payload.
+        f[14 + 20 + 12] = 15 << 4;
+        f[16..18].copy_from_slice(&40u16.to_be_bytes());
+        assert_eq!(frame_tcp_payload(&f), 0);
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+        assert_eq!((tcp_segment(&arp), frame_tcp_payload(&arp)), (None, 0));
+        assert_eq!(tcp_segment(&[0u8; 3]), None);
     }
 
     #[test]

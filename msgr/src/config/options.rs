@@ -280,7 +280,10 @@ pub static OPTIONS: &[OptionDef] = &[
         name: "ms_dpdk_coremask",
         kind: OptionKind::Str,
         default: "0x1",
-        description: "EAL core mask (-c); msgr's workers are not EAL lcores, so one core is enough (Ceph: 0xF)",
+        description: "EAL core mask (-c). Left at its default, workers are not pinned; set with a core for \
+                      each of ms_async_op_threads, worker i is pinned to its i-th core, as Ceph's DPDK \
+                      workers run on the mask's lcores (Ceph: 0xF); DPDK processes sharing a host need \
+                      masks of their own",
     },
     OptionDef {
         name: "ms_dpdk_memory_channel",

@@ -9,6 +9,8 @@
 //! * [`Mempool::new`] creates a pool of packet mbufs, shared as `Arc<Mempool>`. Every
 //!   [`Mbuf`] and every [`Port`] holds an `Arc` of the pool it uses, so a pool is freed only
 //!   after the last buffer and port that can touch it are gone.
+//! * [`pin_to_cpu`] and [`set_timer_slack`] place a polling worker thread: on a CPU of
+//!   its own, woken from its naps on time.
 //! * [`Port::start`] configures and starts one ethdev port; dropping the [`Port`] stops and
 //!   closes it. Closing releases the port: a virtual device (`--vdev=...`) is gone for the
 //!   rest of the process afterwards, and [`Port::start`] on its id fails.
@@ -26,9 +28,11 @@ mod error;
 mod mbuf;
 mod mempool;
 mod port;
+mod thread;
 
 pub use eal::{init, Eal};
 pub use error::DpdkError;
 pub use mbuf::Mbuf;
 pub use mempool::Mempool;
 pub use port::{port_by_name, port_count, ports, Port, PortInfo, PortStats};
+pub use thread::{pin_to_cpu, set_timer_slack};
