@@ -1,6 +1,8 @@
 //! Two messengers over `ms_type = async+rdma` on one real RDMA device (soft-RoCE in the
-//! rxe VM: `ci/rdma-vm-tests.sh`): bulk mixed-size traffic, many connections, a stalled
-//! receiver, teardown from either side and the verbs objects left afterwards.
+//! rxe VM: `ci/rdma-vm-tests.sh`): bulk mixed-size traffic, many connections (and 1,000
+//! of them through the shared receive queues, with the memory each costs), a stalled
+//! receiver with and without shared receive queues, teardown from either side and the
+//! verbs objects left afterwards.
 //!
 //! On a host without an RDMA device every test says so on stderr and passes without
 //! running; CI runs them inside the VM. Environment: `MSGR_RDMA_DEVICE` (default: the
@@ -82,12 +84,15 @@ fn mixed_sizes_each_way_exactly_once_in_order() {
     let bytes = sd.tally.bytes.load(Ordering::SeqCst) + cd.tally.bytes.load(Ordering::SeqCst);
     let c = worker::counters();
     eprintln!(
-        "async+rdma: {n} messages each way, {:.1} MiB in {secs:.2} s = {:.1} MiB/s both ways; {} data SENDs, {} credit-only, {} send stalls",
+        "async+rdma: {n} messages each way, {:.1} MiB in {secs:.2} s = {:.1} MiB/s both ways; {} data SENDs ({} inline), \
+         {} send stalls; received chunks handed up {} copied {}",
         bytes as f64 / 1048576.0,
         bytes as f64 / 1048576.0 / secs,
         c.data_sends - before.data_sends,
-        c.credit_sends - before.credit_sends,
+        c.inline_sends - before.inline_sends,
         c.send_stalls - before.send_stalls,
+        c.rx_zero_copy - before.rx_zero_copy,
+        c.rx_copied - before.rx_copied,
     );
     assert_eq!(c.faults, before.faults, "no connection faulted");
     stop(&[&cli, &srv]);
@@ -102,8 +107,8 @@ fn small_len(i: u64) -> usize {
 fn sixty_four_connections_at_once() {
     const CONNS: u64 = 64;
     const PER: u64 = 30;
-    // Small chunks and windows: 128 QPs on one soft-RoCE device in a 1 GiB VM.
-    let Some(cfg) = rdma_config(&[("ms_async_rdma_buffer_size", "16K"), ("ms_async_rdma_conn_credits", "8")]) else {
+    // Small chunks: 128 QPs on one soft-RoCE device in a 1 GiB VM.
+    let Some(cfg) = rdma_config(&[("ms_async_rdma_buffer_size", "16K")]) else {
         return;
     };
     let sd = Streamer::new(PER, small_len);
@@ -158,16 +163,25 @@ impl Dispatcher for Gate {
     }
 }
 
-#[test]
-fn stalled_receiver_holds_the_sender_without_error() {
+/// Formerly "the sender runs out of credits"; Ceph's wire has none. The same property
+/// now: the server's reader stops at the dispatch throttle, its unread chunks take the
+/// receive pool (with a shared receive queue: the worker's; without: the connection's
+/// own queue), the receiver stops posting receives, the client's SENDs wait on RNR and
+/// its send queue fills — the sender stalls (`send_stalls`), nothing faults, nothing is
+/// overrun (the receiver never holds more than its pool), and everything arrives once,
+/// in order, after the reader resumes.
+fn stalled_receiver(srq: bool) {
     const COUNT: u64 = 400;
     const LEN: usize = 32 << 10;
-    // A small dispatch throttle makes the server stop reading soon; small chunks and
-    // windows make the RDMA credits run out soon after.
+    // A small dispatch throttle makes the server stop reading soon; a small receive pool
+    // makes it stop posting receives soon after.
+    let srq_opt = if srq { "true" } else { "false" };
     let Some(cfg) = rdma_config(&[
         ("ms_dispatch_throttle_bytes", "256K"),
         ("ms_async_rdma_buffer_size", "16K"),
-        ("ms_async_rdma_conn_credits", "8"),
+        ("ms_async_rdma_receive_queue_len", "32"),
+        ("ms_async_rdma_receive_buffers", "128"),
+        ("ms_async_rdma_support_srq", srq_opt),
     ]) else {
         return;
     };
@@ -177,12 +191,16 @@ fn stalled_receiver_holds_the_sender_without_error() {
     let con = cli.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
     wait_until("connected", || con.is_connected());
     let before = worker::counters();
+    let registered_before = verbs::registered_bytes();
     for i in 0..COUNT {
         con.send_message(test_message(3, i, LEN)).unwrap();
     }
-    // The server's reader stops at the throttle, its receive buffers fill, and the
-    // client runs out of credits: it must wait, not fail.
-    wait_until("the sender to run out of credits", || worker::counters().send_stalls > before.send_stalls);
+    // The server's reader stops at the throttle, its receive chunks fill, and the
+    // client's SENDs wait (RNR): it must stall, not fail.
+    wait_until("the sender to stall", || worker::counters().send_stalls > before.send_stalls);
+    if srq {
+        wait_until("the receiver's shared queue to run dry", || worker::counters().srq_starved > before.srq_starved);
+    }
     let mut held = srv.throttle().current();
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(50));
@@ -191,24 +209,110 @@ fn stalled_receiver_holds_the_sender_without_error() {
     }
     assert_eq!(gate.tally.count(), 0, "nothing dispatched while the gate is shut");
     assert!(held <= (256 << 10) + (1 << 20) + LEN as u64 + 4096, "server holds {held} bytes");
-    assert_eq!(worker::counters().faults, before.faults, "flow control, not errors");
+    // Both messengers' pools together: 2 × 3 workers × (128 receive + 1024 send) chunks at
+    // most — the receiver holds its pool, never more.
+    let registered = verbs::registered_bytes() - registered_before;
+    assert!(registered <= 6 * (128 + 1024) * (16 << 10), "registered {registered} bytes");
+    assert_eq!(worker::counters().faults, before.faults, "back-pressure, not errors");
     *gate.open.lock().unwrap() = true;
     gate.cv.notify_all();
     assert_eq!(gate.tally.wait_for(COUNT), COUNT, "everything delivered after the reader resumed");
     gate.tally.assert_in_order("server");
     let after = worker::counters();
     eprintln!(
-        "stalled reader: {} send stalls, {} credit-only messages; server held at most {held} bytes",
+        "stalled reader (srq {srq}): {} send stalls, {} times the shared queue ran dry, {} chunks copied out under \
+         pressure; server held at most {held} bytes in its throttle",
         after.send_stalls - before.send_stalls,
-        after.credit_sends - before.credit_sends
+        after.srq_starved - before.srq_starved,
+        after.rx_copied - before.rx_copied,
     );
     assert_eq!(con.state(), ConnState::Open);
+    assert_eq!(after.faults, before.faults);
+    stop(&[&cli, &srv]);
+}
+
+#[test]
+fn stalled_receiver_holds_the_sender_without_error() {
+    stalled_receiver(true);
+}
+
+#[test]
+fn stalled_receiver_without_srq_holds_the_sender_without_error() {
+    stalled_receiver(false);
+}
+
+/// Resident set size of this process.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+/// 1,000 connections through the workers' shared receive queues: all established, each
+/// carries a message each way, and the memory an idle connection costs is reported
+/// (process RSS and registered bytes, both ends of every connection being in this
+/// process).
+#[test]
+fn a_thousand_connections_through_shared_receive_queues() {
+    let conns: u64 = std::env::var("T_RDMA_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    const WARM: u64 = 24;
+    let Some(cfg) = rdma_config(&[("ms_async_rdma_buffer_size", "16K")]) else {
+        return;
+    };
+    let sd = Streamer::new(1, |_| 100);
+    let (srv, addr) = server(&cfg, sd.clone(), "0.0.0.0:0");
+    let port = addr.addr.unwrap().port();
+    let cd = Arc::new(Recorder::default());
+    let cli = client(&cfg, cd.clone());
+    // Distinct loopback addresses give distinct connections from one client.
+    let dial = |k: u64| {
+        let a: SocketAddr =
+            format!("127.{}.{}.{}:{port}", 1 + k / 62_500, (k / 250) % 250, 1 + k % 250).parse().unwrap();
+        let con = cli.connect_to(EntityType::Osd, &EntityAddrVec(vec![EntityAddr::msgr2(a, 0)])).unwrap();
+        con.send_message(test_message(con.id(), 0, 100)).unwrap();
+        con
+    };
+    // A few first, so that every worker's shared receive queue has its first receives
+    // posted before measuring: what is left is what connections cost.
+    let warm: Vec<ConnectionRef> = (0..WARM).map(dial).collect();
+    assert_eq!(sd.tally.wait_for(WARM), WARM);
+    assert_eq!(cd.tally.wait_for(WARM), WARM);
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss0, reg0) = (rss_bytes(), verbs::registered_bytes());
+    let start = Instant::now();
+    let more: Vec<ConnectionRef> = (WARM..WARM + conns).map(dial).collect();
+    let total = WARM + conns;
+    assert_eq!(sd.tally.wait_for(total), total, "server received one message per connection");
+    assert_eq!(cd.tally.wait_for(total), total, "client received one message per connection");
+    let secs = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss1, reg1) = (rss_bytes(), verbs::registered_bytes());
+    sd.tally.assert_in_order("server");
+    cd.tally.assert_in_order("client");
+    assert!(more.iter().chain(&warm).all(|c| c.state() == ConnState::Open));
+    let live = verbs::live_objects();
+    assert!(live.qps >= 2 * total as usize, "both ends of every connection are QPs: {live:?}");
+    assert!(live.srqs >= 1, "receives go through shared receive queues: {live:?}");
+    let per = |d: u64| d as f64 / conns as f64 / 1024.0;
+    eprintln!(
+        "RDMA memory per idle connection ({conns} connections, both ends in this process, set up in {secs:.1} s): \
+         RSS {:.1} KiB, registered {:.1} KiB (RSS {} -> {} MiB, registered {} -> {} KiB)",
+        per(rss1.saturating_sub(rss0)),
+        per(reg1.saturating_sub(reg0)),
+        rss0 >> 20,
+        rss1 >> 20,
+        reg0 >> 10,
+        reg1 >> 10,
+    );
+    assert!(reg1.saturating_sub(reg0) / conns <= 64 << 10, "registered memory per connection over 64 KiB");
+    drop(more);
+    drop(warm);
     stop(&[&cli, &srv]);
 }
 
 #[test]
 fn teardown_from_either_side_then_nothing_is_left() {
-    let Some(cfg) = rdma_config(&[("ms_async_rdma_buffer_size", "16K"), ("ms_async_rdma_conn_credits", "8")]) else {
+    let Some(cfg) = rdma_config(&[("ms_async_rdma_buffer_size", "16K")]) else {
         return;
     };
     assert_eq!(verbs::live_objects(), LiveObjects::default(), "a previous test left verbs objects behind");
@@ -263,7 +367,7 @@ fn read_until_closed(s: &mut std::net::TcpStream) -> Vec<u8> {
 
 #[test]
 fn peers_that_are_not_rdma_are_closed_and_others_carry_on() {
-    let Some(cfg) = rdma_config(&[("ms_async_rdma_buffer_size", "16K"), ("ms_async_rdma_conn_credits", "8")]) else {
+    let Some(cfg) = rdma_config(&[("ms_async_rdma_buffer_size", "16K")]) else {
         return;
     };
     let sd = Streamer::new(3, small_len);
