@@ -55,10 +55,21 @@ impl<T> GenSlab<T> {
 
     /// Inserts `value`; `None` when every slot a `wr_id` can name is taken.
     pub fn insert(&mut self, value: T) -> Option<Key> {
+        self.try_insert(value).ok()
+    }
+
+    /// Inserts `value`, or gives it back when every slot a `wr_id` can name is taken.
+    ///
+    /// # Errors
+    ///
+    /// `value`, when the slab is full.
+    pub fn try_insert(&mut self, value: T) -> Result<Key, T> {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
-                let s = u32::try_from(self.entries.len()).ok().filter(|&s| s <= MAX_SLOT)?;
+                let Some(s) = u32::try_from(self.entries.len()).ok().filter(|&s| s <= MAX_SLOT) else {
+                    return Err(value);
+                };
                 self.entries.push(Entry { gen: 0, value: None });
                 s
             }
@@ -66,7 +77,7 @@ impl<T> GenSlab<T> {
         let e = &mut self.entries[slot as usize];
         e.value = Some(value);
         self.len += 1;
-        Some(Key { slot, gen: e.gen })
+        Ok(Key { slot, gen: e.gen })
     }
 
     /// The entry of `key`, if `key` is current.
@@ -106,84 +117,59 @@ impl<T> GenSlab<T> {
     }
 }
 
-/// Things posted under a `wr_id` of kind [`crate::wrid::Kind::Recv`]: keyed by their own
-/// index (a chunk's index in its pool), each post with a fresh generation. Taking an
-/// entry out needs the `wr_id` of its current post, so a completion gives a chunk back
-/// once, and a stale completion (an earlier post of the same chunk) gives nothing.
+/// Things posted under a `wr_id` of kind [`crate::wrid::Kind::Recv`]: each post takes a
+/// slot of its own, named with the slot's current generation. Taking an entry out needs
+/// the `wr_id` of its current post, so a completion gives a chunk back once, and a stale
+/// completion (an earlier post under the same slot) gives nothing. The table is as large
+/// as the most entries ever posted at once, whatever the chunks' indices.
 #[derive(Debug)]
 pub struct PostedTable<T> {
-    entries: Vec<Option<(u64, T)>>,
-    next_gen: u64,
-    len: usize,
+    slab: GenSlab<T>,
 }
 
 impl<T> Default for PostedTable<T> {
     fn default() -> Self {
-        PostedTable { entries: Vec::new(), next_gen: 0, len: 0 }
+        PostedTable { slab: GenSlab::new() }
     }
 }
 
-/// Why [`PostedTable::enter`] refused.
+/// Why [`PostedTable::enter`] refused: every slot a `wr_id` can name is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum EnterError {
-    /// The index does not fit a `wr_id`.
-    #[error(transparent)]
-    Slot(#[from] crate::wrid::SlotTooLarge),
-    /// Something is posted under that index already.
-    #[error("index {0} is posted already")]
-    Busy(u32),
-}
+#[error("more than {} receives posted", crate::wrid::MAX_SLOT as u64 + 1)]
+pub struct TableFull;
 
 impl<T> PostedTable<T> {
     /// Entries posted.
     pub fn len(&self) -> usize {
-        self.len
+        self.slab.len()
     }
 
     /// True when nothing is posted.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.slab.is_empty()
     }
 
-    /// Records `value` as posted under `index`; returns the `wr_id` to post it with.
+    /// Records `value` as posted; returns the `wr_id` to post it with.
     ///
     /// # Errors
     ///
-    /// An [`EnterError`], with `value` given back.
-    pub fn enter(&mut self, index: u32, value: T) -> Result<u64, (T, EnterError)> {
-        let wr_id = match crate::wrid::WrId::encode(crate::wrid::Kind::Recv, index, self.next_gen) {
-            Ok(id) => id,
-            Err(e) => return Err((value, e.into())),
-        };
-        let i = index as usize;
-        if self.entries.len() <= i {
-            self.entries.resize_with(i + 1, || None);
+    /// [`TableFull`], with `value` given back.
+    pub fn enter(&mut self, value: T) -> Result<u64, (T, TableFull)> {
+        let key = self.slab.try_insert(value).map_err(|v| (v, TableFull))?;
+        // The slab hands out no slot a wr_id cannot name, so this encodes.
+        match crate::wrid::WrId::encode(crate::wrid::Kind::Recv, key.slot, key.gen) {
+            Ok(id) => Ok(id),
+            Err(_) => match self.slab.remove(key) {
+                Some(v) => Err((v, TableFull)),
+                None => unreachable!("inserted just above"),
+            },
         }
-        if self.entries[i].is_some() {
-            return Err((value, EnterError::Busy(index)));
-        }
-        self.entries[i] = Some((self.next_gen & GEN_MASK, value));
-        self.next_gen += 1;
-        self.len += 1;
-        Ok(wr_id)
     }
 
     /// Takes out the entry posted under `wr_id`, if that post is the current one.
     pub fn take(&mut self, wr_id: u64) -> Option<T> {
         let id = crate::wrid::WrId::decode(wr_id).filter(|id| id.kind == crate::wrid::Kind::Recv)?;
-        let slot = self.entries.get_mut(id.slot as usize)?;
-        if slot.as_ref().is_some_and(|(gen, _)| *gen == id.gen) {
-            self.len -= 1;
-            return slot.take().map(|(_, v)| v);
-        }
-        None
-    }
-}
-
-#[cfg(test)]
-impl<T> PostedTable<T> {
-    fn new_for_test() -> Self {
-        Self::default()
+        self.slab.remove(Key { slot: id.slot, gen: id.gen })
     }
 }
 
@@ -234,13 +220,12 @@ mod tests {
 
     #[test]
     fn a_posted_entry_comes_back_once_and_only_for_its_current_post() {
-        let mut t = PostedTable::new_for_test();
-        let first = t.enter(7, "chunk 7").unwrap();
-        assert_eq!(t.enter(7, "again"), Err(("again", EnterError::Busy(7))), "posted twice");
+        let mut t = PostedTable::default();
+        let first = t.enter("chunk 7").unwrap();
         assert_eq!(t.take(first), Some("chunk 7"));
         assert_eq!(t.take(first), None, "a second completion gives nothing back");
-        // Posted again: the earlier wr_id is stale now.
-        let second = t.enter(7, "chunk 7").unwrap();
+        // Posted again (under the same slot): the earlier wr_id is stale now.
+        let second = t.enter("chunk 7").unwrap();
         assert_ne!(first, second);
         assert_eq!(t.take(first), None, "stale completion ignored");
         assert_eq!(t.len(), 1);
@@ -249,18 +234,27 @@ mod tests {
     }
 
     #[test]
-    fn posted_table_ignores_other_kinds_and_unknown_indices() {
-        let mut t = PostedTable::new_for_test();
-        let id = t.enter(3, 1u8).unwrap();
-        let as_send = crate::wrid::WrId::encode(crate::wrid::Kind::Send, 3, 0).unwrap();
+    fn posted_table_ignores_other_kinds_and_unknown_slots() {
+        let mut t = PostedTable::default();
+        let id = t.enter(1u8).unwrap();
+        let slot = crate::wrid::WrId::decode(id).unwrap().slot;
+        let as_send = crate::wrid::WrId::encode(crate::wrid::Kind::Send, slot, 0).unwrap();
         assert_eq!(t.take(as_send), None);
         assert_eq!(t.take(crate::wrid::WrId::encode(crate::wrid::Kind::Recv, 99, 0).unwrap()), None);
         assert_eq!(t.take(0), None);
-        assert_eq!(
-            t.enter(crate::wrid::MAX_SLOT + 1, 2u8).map_err(|e| e.1),
-            Err(EnterError::Slot(crate::wrid::SlotTooLarge(crate::wrid::MAX_SLOT + 1)))
-        );
         assert_eq!(t.take(id), Some(1));
+    }
+
+    #[test]
+    fn posted_table_is_as_large_as_what_is_posted_at_once() {
+        let mut t = PostedTable::default();
+        for round in 0..1000u32 {
+            let ids: Vec<u64> = (0..16).map(|i| t.enter(round * 16 + i).unwrap()).collect();
+            for (i, id) in ids.into_iter().enumerate() {
+                assert_eq!(t.take(id), Some(round * 16 + i as u32));
+            }
+        }
+        assert!(t.slab.entries.len() <= 16, "{} slots", t.slab.entries.len());
     }
 
     #[test]

@@ -19,7 +19,8 @@ use msgr_stack_posix::PosixSocketFactory;
 use msgr_stack_rdma::pool::ChunkPool;
 use msgr_stack_rdma::qp::{modify_spec, LocalPath, QpInfo, QpState, QP_INFO_LEN};
 use msgr_stack_rdma::verbs::{
-    self, Chunk, CompChannel, CompletionQueue, InFlight, ProtectionDomain, QpCaps, QueuePair, SendWork, WorkCompletion,
+    self, Chunk, CompChannel, CompletionQueue, InFlight, PostScratch, ProtectionDomain, QpCaps, QueuePair, SendWork,
+    WorkCompletion,
 };
 use msgr_stack_rdma::worker::{self, ConnKey, RdmaSource, SharedWorker, WorkerRdma};
 use msgr_stack_rdma::wrid::{Kind, WrId};
@@ -135,7 +136,7 @@ impl Endpoint {
             w.set_arena(chunk);
             w.push_copy(&message(self.next_send)).map_err(io::Error::other)?;
             let mut works = VecDeque::from([(self.wr_id(), w)]);
-            self.qp.post_sends(&mut works, &mut self.in_flight)?;
+            self.qp.post_sends(&mut works, &mut self.in_flight, &mut PostScratch::default())?;
             self.next_send += 1;
         }
         Ok(())
@@ -331,7 +332,7 @@ fn failed_completions_are_errors_and_teardown_drains() -> io::Result<()> {
     w.push_copy(&[7u8; 2 * CHUNK]).map_err(io::Error::other)?;
     let big_id = WrId::encode(Kind::Send, 7, 0).expect("wr_id");
     let mut in_flight = Vec::new();
-    eps[0].qp.post_sends(&mut VecDeque::from([(big_id, w)]), &mut in_flight)?;
+    eps[0].qp.post_sends(&mut VecDeque::from([(big_id, w)]), &mut in_flight, &mut PostScratch::default())?;
 
     let mut wcs = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -18,7 +18,9 @@ pub mod qp;
 pub mod region;
 
 pub use cq::{CompChannel, CompletionQueue, WorkCompletion};
-pub use qp::{Destroyed, InFlight, QpCaps, QueuePair, RecvTable, SendWork, SendWorkError, SharedReceiveQueue};
+pub use qp::{
+    Destroyed, InFlight, PostScratch, QpCaps, QueuePair, RecvTable, SendWork, SendWorkError, SharedReceiveQueue,
+};
 pub use region::{Chunk, ChunkHome, Region, Sge, Slot};
 
 use std::ffi::CStr;

@@ -60,8 +60,7 @@ impl RecvTable {
     /// Records `chunk` as posted; returns its `wr_id` and entry.
     fn enter(&mut self, chunk: Chunk) -> Result<(u64, Sge), (Chunk, io::Error)> {
         let sge = chunk.sge(chunk.size());
-        let index = chunk.index();
-        match self.posted.enter(index, chunk) {
+        match self.posted.enter(chunk) {
             Ok(wr_id) => Ok((wr_id, sge)),
             Err((chunk, e)) => Err((chunk, io::Error::new(io::ErrorKind::InvalidInput, e))),
         }
@@ -381,6 +380,18 @@ impl Destroyed {
 
 static QP_SERIAL: AtomicU64 = AtomicU64::new(1);
 
+/// Room to build a chain of work requests in, shared by a worker's queue pairs (so an
+/// idle queue pair keeps none).
+#[derive(Default)]
+pub struct PostScratch {
+    wrs: Vec<ibv_send_wr>,
+    sges: Vec<ibv_sge>,
+}
+
+// SAFETY: the work requests' pointers are rewritten by every post and not used after it
+// returns; between posts the vectors are plain memory.
+unsafe impl Send for PostScratch {}
+
 /// A reliable-connected queue pair.
 pub struct QueuePair {
     qp: NonNull<ibv_qp>,
@@ -389,16 +400,13 @@ pub struct QueuePair {
     caps: QpCaps,
     /// Receives posted to its own queue (no SRQ).
     recv: RecvTable,
-    wrs: Vec<ibv_send_wr>,
-    sges: Vec<ibv_sge>,
     _srq: Option<Arc<SharedReceiveQueue>>,
     _send_cq: Arc<CompletionQueue>,
     _recv_cq: Arc<CompletionQueue>,
     _pd: Arc<ProtectionDomain>,
 }
 
-// SAFETY: verbs objects are thread-safe; see Context. Posting needs `&mut self`; the
-// scratch work requests hold no pointer between calls that matters (rewritten per post).
+// SAFETY: verbs objects are thread-safe; see Context. Posting needs `&mut self`.
 unsafe impl Send for QueuePair {}
 
 impl QueuePair {
@@ -447,8 +455,6 @@ impl QueuePair {
                         state: QpState::Reset,
                         caps,
                         recv: RecvTable::default(),
-                        wrs: Vec::new(),
-                        sges: Vec::new(),
                         _srq: srq.cloned(),
                         _send_cq: Arc::clone(send_cq),
                         _recv_cq: Arc::clone(recv_cq),
@@ -570,7 +576,12 @@ impl QueuePair {
     ///
     /// `InvalidInput` for a SEND beyond the QP's scatter/gather or inline limits
     /// (nothing is posted); the `ibv_post_send` error.
-    pub fn post_sends(&mut self, works: &mut VecDeque<(u64, SendWork)>, posted: &mut Vec<InFlight>) -> io::Result<()> {
+    pub fn post_sends(
+        &mut self,
+        works: &mut VecDeque<(u64, SendWork)>,
+        posted: &mut Vec<InFlight>,
+        scratch: &mut PostScratch,
+    ) -> io::Result<()> {
         if works.is_empty() {
             return Ok(());
         }
@@ -580,11 +591,12 @@ impl QueuePair {
                 return Err(io::Error::new(io::ErrorKind::InvalidInput, "SEND beyond the queue pair's limits"));
             }
         }
-        self.sges.clear();
+        let PostScratch { wrs, sges } = scratch;
+        sges.clear();
         for (_, w) in works.iter() {
-            self.sges.extend(w.sges.iter().map(|s| ibv_sge { addr: s.addr, length: s.length, lkey: s.lkey }));
+            sges.extend(w.sges.iter().map(|s| ibv_sge { addr: s.addr, length: s.length, lkey: s.lkey }));
         }
-        self.wrs.clear();
+        wrs.clear();
         let mut at = 0;
         for (wr_id, w) in works.iter() {
             // SAFETY: plain C data, valid when zeroed.
@@ -594,15 +606,15 @@ impl QueuePair {
             wr.send_flags =
                 ibv_send_flags::IBV_SEND_SIGNALED.0 | if w.inline { ibv_send_flags::IBV_SEND_INLINE.0 } else { 0 };
             wr.num_sge = w.sges.len() as i32;
-            wr.sg_list = if w.sges.is_empty() { ptr::null_mut() } else { self.sges[at..].as_mut_ptr() };
+            wr.sg_list = if w.sges.is_empty() { ptr::null_mut() } else { sges[at..].as_mut_ptr() };
             at += w.sges.len();
-            self.wrs.push(wr);
+            wrs.push(wr);
         }
         // Linked only now: `wrs` no longer moves.
-        let base = self.wrs.as_mut_ptr();
-        for i in 1..self.wrs.len() {
+        let base = wrs.as_mut_ptr();
+        for i in 1..wrs.len() {
             // SAFETY: `i` is in bounds.
-            self.wrs[i - 1].next = unsafe { base.add(i) };
+            wrs[i - 1].next = unsafe { base.add(i) };
         }
         let mut bad: *mut ibv_send_wr = ptr::null_mut();
         // SAFETY: the QP is live; the chain and its entries stay valid for the call
@@ -611,13 +623,13 @@ impl QueuePair {
         // InFlight until the completion or the QP's destruction.
         let ret = unsafe { ibv_post_send(self.qp.as_ptr(), base, &mut bad) };
         let failed_at = if ret == 0 {
-            self.wrs.len()
+            wrs.len()
         } else if bad.is_null() {
             0
         } else {
             // SAFETY: `bad` points into the chain, i.e. into `wrs`.
             let i = unsafe { bad.offset_from(base) };
-            usize::try_from(i).unwrap_or(0).min(self.wrs.len())
+            usize::try_from(i).unwrap_or(0).min(wrs.len())
         };
         for _ in 0..failed_at {
             let Some((wr_id, mut work)) = works.pop_front() else { break };
@@ -627,7 +639,7 @@ impl QueuePair {
             }
             posted.push(InFlight { wr_id, qp_serial: self.serial, work: Some(work) });
         }
-        self.wrs.clear();
+        wrs.clear();
         if ret != 0 {
             return Err(ret_error("ibv_post_send", ret));
         }
@@ -639,10 +651,10 @@ impl QueuePair {
     /// # Errors
     ///
     /// The `ibv_post_send` error.
-    pub fn post_fin(&mut self, wr_id: u64) -> io::Result<InFlight> {
+    pub fn post_fin(&mut self, wr_id: u64, scratch: &mut PostScratch) -> io::Result<InFlight> {
         let mut works = VecDeque::from([(wr_id, SendWork::new())]);
         let mut posted = Vec::with_capacity(1);
-        self.post_sends(&mut works, &mut posted)?;
+        self.post_sends(&mut works, &mut posted, scratch)?;
         posted.pop().ok_or_else(|| io::Error::other("close SEND not posted"))
     }
 

@@ -93,6 +93,29 @@ pub(super) struct Conn {
     pub(super) copied: Copied,
 }
 
+impl Conn {
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "qpn {} {:?} rx {} chunks/{} bytes, rq {} sq {}/{} fault {:?} peer_closed {} fin_due {} open_reported {} \
+             write_blocked {} socket_gone {} posted {:?}",
+            self.qpn,
+            self.phase,
+            self.rx.len(),
+            self.rx.iter().map(|p| p.end - p.pos).sum::<usize>(),
+            self.rq_posted,
+            self.sq_outstanding,
+            self.sq_cap,
+            self.fault.as_ref().map(|f| &f.msg),
+            self.peer_closed,
+            self.fin_due,
+            self.open_reported,
+            self.write_blocked,
+            self.socket_gone,
+            self.reg.as_ref().map(|r| r.posted()),
+        )
+    }
+}
+
 impl WorkerRdma {
     /// Creates a QP for a side channel that is connecting (`connecting`) or connected,
     /// posts its receives (no SRQ) and starts the exchange; returns the key that names
@@ -112,9 +135,10 @@ impl WorkerRdma {
             self.qpns.drained();
             qpn = qp.qpn();
         }
-        // The SRQ is filled when its worker gets its first connection.
+        // The SRQ is filled when its worker gets its first connection (a worker that never
+        // serves one registers nothing).
         if self.srq.is_some() && self.srq_target == 0 {
-            self.srq_target = self.sizing.initial_posted;
+            self.srq_target = self.sizing.recv_depth;
             self.refill();
         }
         let psn = initial_psn(qpn);
@@ -421,6 +445,7 @@ impl WorkerRdma {
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.fault.is_none() {
             conn.fault = Some(ConnFault::from_io(err));
+            super::note_fault(conn.qpn, err);
             // Errors of a connection already closing (a peer that went away while
             // SENDs were in flight) are expected, not faults worth counting.
             if !conn.peer_closed && !conn.socket_gone {
@@ -464,7 +489,7 @@ impl WorkerRdma {
         let Some(skey) = self.sends.insert(SendCtx { conn: key, inflight: None }) else { return };
         let Some(conn) = self.conns.get_mut(key) else { return };
         let Some(qp) = conn.qp.as_mut() else { return };
-        match qp.post_fin(send_wr_id(Kind::Fin, skey)) {
+        match qp.post_fin(send_wr_id(Kind::Fin, skey), &mut self.scratch) {
             Ok(inflight) => {
                 conn.sq_outstanding += 1;
                 if let Some(ctx) = self.sends.get_mut(skey) {

@@ -52,7 +52,8 @@ use crate::qpn::QpnTable;
 use crate::sizing::{sizing, Sizing};
 use crate::slab::{GenSlab, Key};
 use crate::verbs::{
-    CompChannel, CompletionQueue, InFlight, ProtectionDomain, QueuePair, SendWork, SharedReceiveQueue, WorkCompletion,
+    CompChannel, CompletionQueue, InFlight, PostScratch, ProtectionDomain, QueuePair, SendWork, SharedReceiveQueue,
+    WorkCompletion,
 };
 use crate::{Device, RdmaConfig};
 
@@ -77,6 +78,58 @@ fn lock_worker(m: &Mutex<WorkerRdma>) -> MutexGuard<'_, WorkerRdma> {
 
 /// The shared handle sockets and the completion source hold.
 pub type SharedWorker = Arc<Mutex<WorkerRdma>>;
+
+/// The last faults of the process's connections, for [`describe_all`].
+static RECENT_FAULTS: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
+
+fn note_fault(qpn: u32, e: &io::Error) {
+    let mut f = RECENT_FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+    if f.len() == 16 {
+        f.pop_front();
+    }
+    f.push_back(format!("QP {qpn}: {e}"));
+}
+
+/// Every worker of the process, for [`describe_all`].
+static WORKERS: Mutex<Vec<std::sync::Weak<Mutex<WorkerRdma>>>> = Mutex::new(Vec::new());
+
+/// A description of every RDMA worker of the process and of each of its connections
+/// (queues, counts, phases): what a test prints when traffic stops, to say where.
+pub fn describe_all() -> String {
+    let workers: Vec<SharedWorker> = {
+        let mut list = WORKERS.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        list.iter().filter_map(std::sync::Weak::upgrade).collect()
+    };
+    let mut out = String::new();
+    for f in RECENT_FAULTS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        out.push_str(&format!("recent fault: {f}\n"));
+    }
+    out.push_str(&format!("counters: {:?}\n", counters()));
+    let polls: Vec<(u32, u64)> = workers
+        .iter()
+        .map(|w| {
+            let g = lock_worker(w);
+            (g.polls, g.completions)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    for (i, w) in workers.iter().enumerate() {
+        let mut g = lock_worker(w);
+        out.push_str(&format!(
+            "RDMA worker {i}: polls {} -> {} in 2 s, completions {} -> {}; {}\n",
+            polls[i].0,
+            g.polls,
+            polls[i].1,
+            g.completions,
+            g.describe()
+        ));
+        // Completions waiting in the CQs now mean the worker missed them.
+        let found = g.poll_cqs();
+        out.push_str(&format!("RDMA worker {i}: a poll now finds {found:?} completions\n"));
+    }
+    out
+}
 
 /// Locks a worker (the socket layer and tests; never contended: one thread uses it).
 pub fn lock(worker: &SharedWorker) -> MutexGuard<'_, WorkerRdma> {
@@ -187,7 +240,8 @@ pub struct WorkerRdma {
     by_fd: HashMap<RawFd, ConnKey>,
     sends: GenSlab<SendCtx>,
     srq: Option<Arc<SharedReceiveQueue>>,
-    /// Receives kept posted to the SRQ (grows with traffic up to the depth).
+    /// Receives kept posted to the SRQ: 0 until the worker's first connection, then the
+    /// depth.
     srq_target: u32,
     /// Receives posted to the SRQ now.
     srq_posted: u32,
@@ -210,6 +264,8 @@ pub struct WorkerRdma {
     /// Connections in Closing or Draining (checked for their deadlines now and then).
     lingering: Vec<ConnKey>,
     polls: u32,
+    /// Completions handled so far.
+    completions: u64,
     /// The receive pool's return count when last looked at.
     returns_seen: u64,
     wcs: Vec<WorkCompletion>,
@@ -220,6 +276,7 @@ pub struct WorkerRdma {
     pieces: Vec<Piece>,
     batch: VecDeque<(u64, SendWork)>,
     posted: Vec<InFlight>,
+    scratch: PostScratch,
 }
 
 impl WorkerRdma {
@@ -256,7 +313,7 @@ impl WorkerRdma {
         let send_pool = ChunkPool::new(&pd, cfg.buffer_size, sizing.send_chunks, SLAB_CHUNKS)?;
         let mut side = Epoll::new()?;
         side.add_event(channel.fd(), Interest::NONE, Interest::READABLE)?;
-        Ok(Arc::new(Mutex::new(WorkerRdma {
+        let worker = Arc::new(Mutex::new(WorkerRdma {
             conns: GenSlab::new(),
             qpns: QpnTable::new(),
             by_fd: HashMap::new(),
@@ -279,6 +336,7 @@ impl WorkerRdma {
             blocked_writers: Vec::new(),
             lingering: Vec::new(),
             polls: 0,
+            completions: 0,
             returns_seen: 0,
             wcs: Vec::with_capacity(crate::sizing::POLL_BATCH as usize),
             fired: Vec::new(),
@@ -287,7 +345,31 @@ impl WorkerRdma {
             pieces: Vec::new(),
             batch: VecDeque::new(),
             posted: Vec::new(),
-        })))
+            scratch: PostScratch::default(),
+        }));
+        WORKERS.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&worker));
+        Ok(worker)
+    }
+
+    /// This worker's state and each connection's, one line each.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{:?}; srq target {} short {}; recv pool available {} send pool available {}; blocked writers {:?}; \
+             lingering {}",
+            self.stats(),
+            self.srq_target,
+            self.srq_short,
+            self.recv_pool.available(),
+            self.send_pool.available(),
+            self.blocked_writers,
+            self.lingering.len(),
+        );
+        for key in self.conns.keys_where(|_| true) {
+            if let Some(c) = self.conns.get(key) {
+                s.push_str(&format!("\n  conn {key:?}: {} -> readiness {:?}", c.describe(), self.readiness(c)));
+            }
+        }
+        s
     }
 
     /// Who is woken when a received chunk comes back while this worker is short of them

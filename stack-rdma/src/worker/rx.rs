@@ -31,9 +31,6 @@ impl WorkerRdma {
         for wc in &wcs {
             self.on_recv(wc);
         }
-        if n_recv > 0 {
-            self.grow_srq_target();
-        }
         wcs.clear();
         let r = self.send_cq.poll(&mut wcs, batch);
         let n_send = match r {
@@ -47,6 +44,7 @@ impl WorkerRdma {
             self.on_send(wc);
         }
         self.wcs = wcs;
+        self.completions += (n_recv + n_send) as u64;
         if n_recv < batch && n_send < batch {
             self.qpns.polled_empty(epoch);
         }
@@ -140,16 +138,8 @@ impl WorkerRdma {
         self.touch(key);
     }
 
-    /// The SRQ keeps twice as many receives posted whenever a poll found more than half
-    /// of them used (up to its depth): what traffic needs gets registered, no more.
-    fn grow_srq_target(&mut self) {
-        if self.srq.is_some() && self.srq_posted < self.srq_target / 2 {
-            self.srq_target = (self.srq_target * 2).min(self.sizing.recv_depth);
-        }
-    }
-
-    /// Posts receives where they are short: the SRQ up to its target, connections (no
-    /// SRQ) up to their depth. Returns how many were posted.
+    /// Posts receives where they are short: the SRQ up to its depth (once the worker has
+    /// had a connection), connections (no SRQ) up to theirs. Returns how many were posted.
     pub(super) fn refill(&mut self) -> usize {
         let returned = self.recv_pool.home().returned();
         let fresh_returns = returned != self.returns_seen;

@@ -177,7 +177,7 @@ impl WorkerRdma {
         }
         let mut posted = std::mem::take(&mut self.posted);
         let r = match self.conns.get_mut(key).and_then(|c| c.qp.as_mut()) {
-            Some(qp) => qp.post_sends(batch, &mut posted),
+            Some(qp) => qp.post_sends(batch, &mut posted, &mut self.scratch),
             None => Err(gone()),
         };
         let n_posted = posted.len() as u32;
