@@ -5,10 +5,15 @@
 # the msgr-vs-posix benchmark (ci/rdma-vm-guest.sh).
 # Usage: ci/rdma-vm-tests.sh   (BENCH_SECS per row, default 2, and BENCH_SIZES, default
 # 64,4k,64k, reach the benchmark in the guest)
+# The guest runs on TSC (RXE_VM_KERNEL_ARGS): under TCG it would otherwise pick HPET, on
+# which every clock_gettime is a system call — as no RDMA host's clock is — and the
+# syscall counts would measure the VM's clock rather than msgr. Set RXE_VM_KERNEL_ARGS=
+# (empty) to run on the VM's own choice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . ci/lib.sh
-apt_install libibverbs-dev librdmacm-dev libclang-dev pkg-config
+apt_install libibverbs-dev librdmacm-dev libclang-dev pkg-config strace
+export RXE_VM_KERNEL_ARGS=${RXE_VM_KERNEL_ARGS-"tsc=reliable clocksource=tsc"}
 device_bins=$(test_bins -p msgr-stack-rdma --tests)
 [ -n "$device_bins" ] || { log "no RDMA device test binaries built"; exit 1; }
 suite=$(test_bins --release --features rdma --test rdma_messenger)

@@ -44,8 +44,10 @@
 # Environment: RXE_LAB (cache dir, default /var/tmp/msgr-rxe-lab), RXE_KPKG (kernel
 # package to use, e.g. linux-image-6.1.0-56-amd64; default: what linux-image-amd64
 # depends on, recorded on first use), RXE_VM_BZIMAGE=1 (boot the compressed bzImage
-# instead of the unpacked vmlinux, ~7 s slower). KVM is not used: TCG only (the nested KVM
-# of the CI machines cannot boot a stock kernel).
+# instead of the unpacked vmlinux, ~7 s slower), RXE_VM_KERNEL_ARGS (appended to the
+# guest kernel's command line, e.g. "tsc=reliable clocksource=tsc": under TCG the guest
+# otherwise settles on HPET, and every clock_gettime is then a system call). KVM is not
+# used: TCG only (the nested KVM of the CI machines cannot boot a stock kernel).
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -227,7 +229,7 @@ printf '%s\0' "$@" > "$CTL/argv"
 QEMU=(qemu-system-x86_64 -accel tcg,thread=multi -cpu max -M q35 -smp "$SMP" -m "$MEM"
   -nodefaults -no-user-config -display none -no-reboot -nic none
   -kernel "$KERNEL" -initrd "$INITRD"
-  -append "console=ttyS0 quiet loglevel=3 panic=-1 oops=panic"
+  -append "console=ttyS0 quiet loglevel=3 panic=-1 oops=panic${RXE_VM_KERNEL_ARGS:+ $RXE_VM_KERNEL_ARGS}"
   -chardev "file,id=console,path=$CONSOLE" -serial chardev:console
   -chardev stdio,id=cmdout,signal=off -serial chardev:cmdout
   -fsdev "local,id=hostroot,path=/,readonly=on,security_model=passthrough,multidevs=remap"

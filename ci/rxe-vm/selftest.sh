@@ -5,7 +5,9 @@
 #
 # Checks: ibv_devices lists rxe0 and rxe1; ibv_rc_pingpong on rxe0 (GID index 1)
 # with busy polling and with a completion channel (-e); ib_send_lat and ib_send_bw
-# on rxe0 with 64 B and 64 KiB messages. Each server/client pair talks over
+# on rxe0 with 64 B and 64 KiB messages, at the port's MTU and, like msgr's RDMA wire
+# (Ceph's), at MTU 1024 (64 KiB with 16 in flight, as msgr bench's depth 16). Each
+# server/client pair talks over
 # 127.0.0.1. Prints "PASS name" / "FAIL name" lines, the perftest result lines as
 # "BASELINE ..." lines and a summary; exits 1 if any check failed.
 # Environment: SELFTEST_ITERS (perftest -n, default 1000), SELFTEST_TIMEOUT
@@ -75,11 +77,12 @@ pingpong() {
   grep -h 'iters in' "$WORK/client" > "$WORK/pingpong.line"
 }
 
-# perf TOOL SIZE: perftest pair on rxe0; keeps the client's header + result line
+# perf TOOL SIZE [ARG...]: perftest pair on rxe0; keeps the client's header + result line
 perf() {
   local tool=$1 size=$2
+  shift 2
   PORT=$((PORT + 1))
-  local args=(-d "$DEV" -x "$GID" -F -s "$size" -n "$ITERS" -p $PORT)
+  local args=(-d "$DEV" -x "$GID" -F -s "$size" -n "$ITERS" -p $PORT "$@")
   pair $PORT "$tool" "${args[@]}" -- "$tool" "${args[@]}" 127.0.0.1 || return 1
   # the results are the line(s) after the " #bytes ..." header, before the closing rule
   awk '/^ *#bytes/ { hdr = $0; getline; print hdr; print; exit }' "$WORK/client" > "$WORK/perf.lines"
@@ -107,6 +110,13 @@ for tool in ib_send_lat ib_send_bw; do
     [ -s "$WORK/perf.lines" ] && baseline "$tool $size"
   done
 done
+# Like msgr's RDMA wire: MTU 1024 (four times the packets of rxe's 4096).
+rm -f "$WORK/perf.lines"
+check "ib_send_lat 64 B rxe0 MTU 1024" perf ib_send_lat 64 -m 1024
+[ -s "$WORK/perf.lines" ] && baseline "ib_send_lat 64 mtu1024"
+rm -f "$WORK/perf.lines"
+check "ib_send_bw 64 KiB x 16 rxe0 MTU 1024" perf ib_send_bw 65536 -m 1024 -t 16
+[ -s "$WORK/perf.lines" ] && baseline "ib_send_bw 65536 mtu1024 t16"
 
 echo "SELFTEST: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -25,8 +25,12 @@ pub const OPT_SEND_BUFFERS: &str = "ms_async_rdma_send_buffers";
 pub const OPT_RECEIVE_BUFFERS: &str = "ms_async_rdma_receive_buffers";
 /// `ms_async_rdma_receive_queue_len`.
 pub const OPT_RECEIVE_QUEUE_LEN: &str = "ms_async_rdma_receive_queue_len";
-/// `ms_async_rdma_conn_credits` (ours: Ceph has no flow control).
+/// `ms_async_rdma_conn_credits`: obsolete (msgr's old credit scheme), parsed and ignored.
 pub const OPT_CONN_CREDITS: &str = "ms_async_rdma_conn_credits";
+/// `ms_async_rdma_dscp`.
+pub const OPT_DSCP: &str = "ms_async_rdma_dscp";
+/// `ms_async_rdma_sl`.
+pub const OPT_SL: &str = "ms_async_rdma_sl";
 /// `ms_async_rdma_polling_us`.
 pub const OPT_POLLING_US: &str = "ms_async_rdma_polling_us";
 /// `ms_async_rdma_support_srq`.
@@ -76,20 +80,23 @@ pub struct RdmaConfig {
     pub gid_idx: u8,
     /// RoCE version.
     pub roce_ver: RoceVersion,
-    /// Size of one registered chunk in bytes: the largest single RDMA SEND.
+    /// Size of one registered chunk in bytes: a receive buffer, and the largest single
+    /// RDMA SEND (the peer's buffers are this size too: cluster configuration).
     pub buffer_size: usize,
     /// Registered send chunks per worker (at most; registered as needed).
     pub send_buffers: u32,
     /// Registered receive chunks per worker (at most; registered as needed).
     pub receive_buffers: u32,
-    /// Longest receive queue of one queue pair.
+    /// Depth of the shared receive queue (see [`crate::sizing`]).
     pub receive_queue_len: u32,
-    /// Receive buffers posted per connection: the peer's credits.
-    pub conn_credits: u32,
     /// Busy-poll window before re-arming completion notification.
     pub polling: Duration,
     /// Whether a shared receive queue may be used.
     pub support_srq: bool,
+    /// GRH traffic class.
+    pub dscp: u8,
+    /// Service level.
+    pub sl: u8,
 }
 
 impl Default for RdmaConfig {
@@ -104,9 +111,10 @@ impl Default for RdmaConfig {
             send_buffers: 1024,
             receive_buffers: 32_768,
             receive_queue_len: 4096,
-            conn_credits: 32,
             polling: Duration::from_micros(1000),
             support_srq: true,
+            dscp: 96,
+            sl: 3,
         }
     }
 }
@@ -120,8 +128,9 @@ impl RdmaConfig {
     ///
     /// # Errors
     ///
-    /// [`RdmaConfigError::Inconsistent`] when the credits per connection exceed what a
-    /// receive queue or the receive pool can hold.
+    /// [`RdmaConfigError::Inconsistent`] for values that cannot work together.
+    /// `ms_async_rdma_conn_credits` (msgr's old credit scheme) is read and ignored, so an
+    /// old configuration still starts.
     pub fn from_config(cfg: &Config) -> Result<Self, RdmaConfigError> {
         let device = cfg.get_str(OPT_DEVICE_NAME)?.trim();
         let c = RdmaConfig {
@@ -133,9 +142,10 @@ impl RdmaConfig {
             send_buffers: narrow(OPT_SEND_BUFFERS, cfg.get_u64(OPT_SEND_BUFFERS)?)?,
             receive_buffers: narrow(OPT_RECEIVE_BUFFERS, cfg.get_u64(OPT_RECEIVE_BUFFERS)?)?,
             receive_queue_len: narrow(OPT_RECEIVE_QUEUE_LEN, cfg.get_u64(OPT_RECEIVE_QUEUE_LEN)?)?,
-            conn_credits: narrow(OPT_CONN_CREDITS, cfg.get_u64(OPT_CONN_CREDITS)?)?,
             polling: Duration::from_micros(cfg.get_u64(OPT_POLLING_US)?),
             support_srq: cfg.get_bool(OPT_SUPPORT_SRQ)?,
+            dscp: narrow(OPT_DSCP, cfg.get_u64(OPT_DSCP)?)?,
+            sl: narrow(OPT_SL, cfg.get_u64(OPT_SL)?)?,
         };
         c.check()?;
         Ok(c)
@@ -147,24 +157,18 @@ impl RdmaConfig {
     ///
     /// As [`from_config`](Self::from_config).
     pub fn check(&self) -> Result<(), RdmaConfigError> {
-        let credits = u64::from(self.conn_credits);
-        let limit = |option, value: u32, what: &str| {
-            (credits > u64::from(value)).then(|| RdmaConfigError::Inconsistent {
-                option: OPT_CONN_CREDITS,
-                value: credits,
-                reason: format!("more than {option} = {value} ({what}): lower it or raise {option}"),
-            })
-        };
-        if let Some(e) = limit(OPT_RECEIVE_QUEUE_LEN, self.receive_queue_len, "one queue pair's receive queue")
-            .or_else(|| limit(OPT_RECEIVE_BUFFERS, self.receive_buffers, "the whole receive pool"))
-        {
-            return Err(e);
-        }
         if self.send_buffers < 2 {
             return Err(RdmaConfigError::Inconsistent {
                 option: OPT_SEND_BUFFERS,
                 value: self.send_buffers.into(),
                 reason: "at least 2 are needed".into(),
+            });
+        }
+        if self.receive_buffers < 2 {
+            return Err(RdmaConfigError::Inconsistent {
+                option: OPT_RECEIVE_BUFFERS,
+                value: self.receive_buffers.into(),
+                reason: "at least 2 are needed (half of them at most are posted)".into(),
             });
         }
         Ok(())
@@ -230,9 +234,10 @@ mod tests {
                 (OPT_SEND_BUFFERS, "16"),
                 (OPT_RECEIVE_BUFFERS, "32"),
                 (OPT_RECEIVE_QUEUE_LEN, "8"),
-                (OPT_CONN_CREDITS, "8"),
                 (OPT_POLLING_US, "0"),
                 (OPT_SUPPORT_SRQ, "false"),
+                (OPT_DSCP, "0"),
+                (OPT_SL, "5"),
             ])
             .unwrap(),
         )
@@ -240,7 +245,8 @@ mod tests {
         assert_eq!(c.device_name.as_deref(), Some("rxe0"));
         assert_eq!((c.port_num, c.gid_idx, c.roce_ver), (2, 1, RoceVersion::V2));
         assert_eq!(c.buffer_size, 65_536);
-        assert_eq!((c.send_buffers, c.receive_buffers, c.receive_queue_len, c.conn_credits), (16, 32, 8, 8));
+        assert_eq!((c.send_buffers, c.receive_buffers, c.receive_queue_len), (16, 32, 8));
+        assert_eq!((c.dscp, c.sl), (0, 5));
         assert_eq!(c.polling, Duration::ZERO);
         assert!(!c.support_srq);
         assert_eq!(c.registered_bytes(), 65_536 * 48);
@@ -265,7 +271,9 @@ mod tests {
             (OPT_SEND_BUFFERS, "0"),
             (OPT_RECEIVE_BUFFERS, "x"),
             (OPT_RECEIVE_QUEUE_LEN, "0"),
-            (OPT_CONN_CREDITS, "3"),
+            (OPT_CONN_CREDITS, "-1"),
+            (OPT_DSCP, "256"),
+            (OPT_SL, "16"),
             (OPT_POLLING_US, "1e3"),
             (OPT_SUPPORT_SRQ, "maybe"),
         ] {
@@ -275,17 +283,17 @@ mod tests {
     }
 
     #[test]
-    fn credits_must_fit_the_queues() {
-        for (pairs, names) in [
-            (&[(OPT_CONN_CREDITS, "64"), (OPT_RECEIVE_QUEUE_LEN, "32")][..], OPT_RECEIVE_QUEUE_LEN),
-            (&[(OPT_CONN_CREDITS, "64"), (OPT_RECEIVE_BUFFERS, "32")][..], OPT_RECEIVE_BUFFERS),
-        ] {
-            let err = RdmaConfig::from_config(&cfg(pairs).unwrap()).unwrap_err();
-            let text = err.to_string();
-            assert!(text.contains(OPT_CONN_CREDITS) && text.contains(names), "{text}");
+    fn an_old_configuration_with_credits_still_starts() {
+        let c = RdmaConfig::from_config(&cfg(&[(OPT_CONN_CREDITS, "8")]).unwrap()).unwrap();
+        assert_eq!(c, RdmaConfig::default(), "read and ignored");
+    }
+
+    #[test]
+    fn pools_too_small_to_work_are_refused_naming_the_option() {
+        for (opt, v) in [(OPT_SEND_BUFFERS, "1"), (OPT_RECEIVE_BUFFERS, "1")] {
+            let err = RdmaConfig::from_config(&cfg(&[(opt, v)]).unwrap()).unwrap_err();
+            assert!(err.to_string().contains(opt), "{err}");
         }
-        let err = RdmaConfig::from_config(&cfg(&[(OPT_SEND_BUFFERS, "1")]).unwrap()).unwrap_err();
-        assert!(err.to_string().contains(OPT_SEND_BUFFERS), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! As in Ceph's RDMA stack, a connection starts as a TCP connection to the messenger's
 //! address. Both ends then run the same symmetric exchange:
 //!
-//! 1. each writes its [`QpInfo`] (QPN, PSN, GID, credits, chunk size);
+//! 1. each writes its [`QpInfo`] (QPN, PSN, GID, receive buffer size);
 //! 2. on reading the peer's, each brings its QP to RTR and RTS and writes one
 //!    [`READY`] byte;
 //! 3. on reading the peer's `READY` — proof that the peer's QP is ready to receive —
@@ -13,14 +13,16 @@
 //! retransmission timeout. The TCP connection then stays open for the life of the QP: its
 //! end-of-file is how a peer that closed or died is noticed, since an idle RC QP would
 //! not notice until it next sends.
+//!
+//! The worker drives an exchange only through [`SideChannel`]'s five calls
+//! (`pending_output`/`wrote`, `wants_input`/`input`, `local_ready`), so Ceph's exchange
+//! (a 65-byte ASCII meta each way and an ACK meta, `ceph/RDMA_WIRE.md` §1) can replace
+//! this one behind the same calls.
 
-use crate::credit::MIN_WINDOW;
 use crate::qp::{QpInfo, QpInfoError, QP_INFO_LEN};
 
 /// The byte that says "my QP is in RTS and can receive".
 pub const READY: u8 = 0xA5;
-/// Largest credit window a peer may announce.
-pub const MAX_WINDOW: u32 = 1 << 20;
 /// Smallest chunk size a peer may announce.
 pub const MIN_CHUNK: u32 = 64;
 /// Largest chunk size a peer may announce.
@@ -35,7 +37,7 @@ pub enum HandshakeError {
     /// The first bytes look like a msgr2 banner: the peer runs another stack.
     #[error("the peer answered with a msgr2 banner: it is not using ms_type = async+rdma")]
     NotRdma,
-    /// It announced credits or a chunk size out of range.
+    /// It announced a chunk size out of range.
     #[error("the peer announced {field} = {value}, outside {min}..={max}")]
     OutOfRange {
         /// Which value.
@@ -156,7 +158,6 @@ impl SideChannel {
                     return Ok(Step::More);
                 }
                 let info = QpInfo::decode(&self.inbuf)?;
-                check_range("credits", info.window, MIN_WINDOW, MAX_WINDOW)?;
                 check_range("chunk size", info.chunk, MIN_CHUNK, MAX_CHUNK)?;
                 self.peer = Some(info);
                 self.phase = Phase::AwaitLocalReady;
@@ -196,7 +197,7 @@ mod tests {
     use super::*;
 
     fn info(qpn: u32) -> QpInfo {
-        QpInfo { lid: 0, qpn, psn: 7, gid: [1; 16], window: 32, chunk: 65_536 }
+        QpInfo { lid: 0, qpn, psn: 7, gid: [1; 16], chunk: 65_536 }
     }
 
     /// Runs two ends against each other, moving `step` bytes at a time.
@@ -261,10 +262,6 @@ mod tests {
     #[test]
     fn bad_peer_values_are_errors() {
         let mut bad = info(2);
-        bad.window = 2;
-        let mut a = SideChannel::new(&info(1));
-        assert!(matches!(a.input(&bad.encode()), Err(HandshakeError::OutOfRange { field: "credits", .. })));
-        bad = info(2);
         bad.chunk = 0;
         let mut a = SideChannel::new(&info(1));
         assert!(matches!(a.input(&bad.encode()), Err(HandshakeError::OutOfRange { field: "chunk size", .. })));
@@ -274,6 +271,17 @@ mod tests {
         a.input(&info(2).encode()).unwrap();
         a.local_ready();
         assert_eq!(a.input(&[0]), Err(HandshakeError::NotReady(0)));
+    }
+
+    #[test]
+    fn the_credit_wire_of_version_2_is_refused_by_its_magic() {
+        // What an msgr built before SEND-only chunks writes: 38 bytes, "MRQ\x02".
+        let mut old = [0u8; QP_INFO_LEN];
+        old[..4].copy_from_slice(b"MRQ\x02");
+        let mut a = SideChannel::new(&info(1));
+        let err = a.input(&old).unwrap_err();
+        assert_eq!(err, HandshakeError::BadInfo(QpInfoError::Version { peer: 2, ours: 3 }));
+        assert!(err.to_string().contains("same msgr version"), "{err}");
     }
 
     #[test]

@@ -1,37 +1,59 @@
 //! RDMA stack (ibverbs RC queue pairs) — `ms_type = async+rdma`.
 //!
-//! msgr2 runs unchanged over it: every connection is a byte stream, as on posix.
-//! * [`config`]: the `ms_async_rdma_*` options, typed.
-//! * [`verbs`]: RAII wrappers over libibverbs (the crate's only `unsafe`).
-//! * [`pool`]: registered-memory pools of fixed-size chunks, registered as needed.
-//! * [`credit`]: credit-based flow control (a sender never overruns posted receives).
-//! * [`qp`], [`handshake`]: QP information, the TCP side-channel exchange, RC bring-up.
-//! * [`worker`]: per-worker PD/CQs/pools, connections, completion handling; its
+//! msgr2 runs unchanged over it: every connection is a byte stream, as on posix. The
+//! data path is Ceph's (`ceph/RDMA_WIRE.md`): SEND-only chunks of at most
+//! `ms_async_rdma_buffer_size`, no immediate data, no credits — RNR retries and bounded
+//! send queues are the flow control — and a 0-byte SEND to close. It bypasses the kernel
+//! and copies as little as it can:
+//! * receives land in chunks of a per-worker pool posted to one shared receive queue per
+//!   worker, and each chunk is handed up as the message buffer itself (no copy), back to
+//!   the pool when the last slice of it is dropped;
+//! * SENDs are built from the queued `Bytes`: small ones inline, payloads that already
+//!   live in this worker's registered memory (an echoed receive) by reference, the rest
+//!   copied once into a registered chunk; a segment is never split across SENDs when it
+//!   fits in one, so it lands whole in the peer's receive chunk;
+//! * a busy worker makes no system call per message: it polls its CQs, posts readiness
+//!   to token sockets and looks at kernel fds (the side channels, the completion
+//!   channel) only now and then.
+//!
+//! Modules:
+//! * [`config`], [`sizing`]: the `ms_async_rdma_*` options, and the queue and pool sizes
+//!   they give on a device.
+//! * [`verbs`]: RAII wrappers over libibverbs, and the only way to post work: with the
+//!   buffers it uses, owned until its completion (the crate's only `unsafe`).
+//! * [`pool`]: registered chunk pools; received chunks as `Bytes`.
+//! * [`plan`]: cutting the byte stream into SENDs.
+//! * [`wrid`], [`slab`], [`qpn`]: work request ids with generations, the send-context
+//!   slab, QP numbers and their quarantine — how stale completions are told apart.
+//! * [`qp`], [`handshake`]: QP information, the TCP side-channel exchange, RC bring-up
+//!   with Ceph's attributes.
+//! * [`worker`]: per-worker PD/CQs/SRQ/pools, connections, completion handling; its
 //!   [`worker::RdmaSource`] is the `CompletionSource` of the worker's
 //!   `msgr::event::PollingDriver` (completion channel + `ms_async_rdma_polling_us`
 //!   busy-poll window).
 //! * [`socket`]: the `ConnectedSocket` / `ServerSocket` contract.
 //!
-//! Not implemented: a shared receive queue (`ms_async_rdma_support_srq` is read and
-//! ignored: each connection posts its own `ms_async_rdma_conn_credits` receives, which is
-//! what makes per-connection credits exact); zero-copy sends of large buffers (every byte
-//! is copied into a registered chunk); handing received chunks to the reader without a
-//! copy.
+//! Not yet Ceph's: the side-channel exchange (ours, [`handshake`]; Ceph's 65-byte meta
+//! comes next) and RDMA-CM/iWARP.
 
 pub mod config;
-pub mod credit;
 pub mod handshake;
+pub mod plan;
 pub mod pool;
 pub mod qp;
+pub mod qpn;
+pub mod sizing;
+pub mod slab;
 pub mod socket;
 pub mod verbs;
 pub mod worker;
+pub mod wrid;
 
 use std::io;
 use std::sync::Arc;
 
 use msgr::config::Config;
-use msgr::event::PollingDriver;
+use msgr::event::{EventDriver, PollingDriver};
 use msgr::stack::{StackBackend, WorkerNet};
 
 pub use config::{RdmaConfig, RdmaConfigError};
@@ -95,6 +117,8 @@ impl StackBackend for RdmaStack {
         let worker = worker::WorkerRdma::new(&self.dev, &self.cfg)?;
         socket::set_current(&worker);
         let driver = PollingDriver::new(worker::RdmaSource::new(&worker), self.cfg.polling)?;
+        // Chunks coming back from other threads wake the worker if it ran short of them.
+        worker::lock(&worker).set_waker(driver.parker());
         Ok(WorkerNet { driver: Box::new(driver), sockets: Box::new(socket::RdmaSocketFactory::new(&worker)) })
     }
 

@@ -1,17 +1,34 @@
 //! RC queue-pair bring-up logic (no FFI calls; host-testable).
 //!
 //! * [`QpInfo`]: what the two ends exchange over the TCP side channel before their QPs can
-//!   talk — a fixed-size big-endian record.
+//!   talk — a fixed-size big-endian record (ours; the next step is Ceph's 65-byte ASCII
+//!   meta, which carries the same facts bar the buffer size).
 //! * [`QpState`] / [`ModifySpec`]: the RESET→INIT→RTR→RTS transitions and the attribute
-//!   set each needs; [`crate::verbs::QueuePair::modify`] applies a spec.
+//!   set each needs — Ceph's (`ceph/RDMA_WIRE.md` §2), so that a Ceph peer's queue pair
+//!   and ours agree; [`crate::verbs::QueuePair::modify`] applies a spec.
 
 use rdma_sys::ibv_access_flags;
 use rdma_sys::ibv_qp_attr_mask as M;
 
-/// Magic at the start of an encoded [`QpInfo`] ("MRQ" + format version 2).
-pub const QP_INFO_MAGIC: [u8; 4] = *b"MRQ\x02";
+/// Magic at the start of an encoded [`QpInfo`] ("MRQ" + format version 3: version 2
+/// carried a credit window, gone with the credits).
+pub const QP_INFO_MAGIC: [u8; 4] = *b"MRQ\x03";
 /// Length of an encoded [`QpInfo`].
-pub const QP_INFO_LEN: usize = 4 + 2 + 4 + 4 + 16 + 4 + 4;
+pub const QP_INFO_LEN: usize = 4 + 2 + 4 + 4 + 16 + 4;
+/// Path MTU of every queue pair: Ceph hard-codes 1024 bytes, and both ends must agree
+/// (recent rxe drops middle packets shorter than the MTU).
+pub const PATH_MTU: u32 = rdma_sys::ibv_mtu::IBV_MTU_1024;
+/// Ceph's local ACK timeout exponent (4.096 µs × 2^18 ≈ 1.07 s).
+pub const TIMEOUT: u8 = 0x12;
+/// Ceph's transport retries.
+pub const RETRY_CNT: u8 = 7;
+/// RNR retries: 7 = forever. The receiver not having a buffer posted is back-pressure,
+/// never an error: this is all the flow control Ceph's wire has.
+pub const RNR_RETRY: u8 = 7;
+/// Ceph's minimum RNR NAK timer (code 0x12 = 5.12 ms between retries).
+pub const MIN_RNR_TIMER: u8 = 0x12;
+/// Ceph's GRH hop limit.
+pub const HOP_LIMIT: u8 = 6;
 /// Queue pair numbers and PSNs are 24-bit.
 pub const MAX_24BIT: u32 = 0x00ff_ffff;
 
@@ -21,9 +38,20 @@ pub enum QpInfoError {
     /// Wrong length.
     #[error("QP info is {0} bytes, expected {QP_INFO_LEN}")]
     BadLength(usize),
-    /// Wrong magic or version.
-    #[error("QP info has a bad magic/version {0:02x?}")]
+    /// Wrong magic.
+    #[error("QP info has a bad magic {0:02x?}")]
     BadMagic([u8; 4]),
+    /// Our magic with another format version: an msgr whose RDMA wire differs.
+    #[error(
+        "the peer speaks msgr's RDMA wire version {peer} (version 2 = credits in immediate data), this one speaks \
+         {ours} (Ceph's SEND-only chunks): run the same msgr version on both ends"
+    )]
+    Version {
+        /// The peer's version.
+        peer: u8,
+        /// Ours.
+        ours: u8,
+    },
     /// A 24-bit field out of range.
     #[error("QP info field {field} = {value:#x} exceeds 24 bits")]
     OutOfRange {
@@ -51,9 +79,9 @@ pub struct QpInfo {
     pub psn: u32,
     /// Port GID at the configured index.
     pub gid: [u8; 16],
-    /// Receive buffers posted for the peer: its initial credits.
-    pub window: u32,
-    /// Size of each of those buffers: the largest SEND the peer may post.
+    /// Size of each receive buffer (`ms_async_rdma_buffer_size`): the largest SEND the
+    /// peer may post. Ceph's meta has no such field (both ends are configured alike);
+    /// ours lets a mismatch shrink SENDs instead of failing receives.
     pub chunk: u32,
 }
 
@@ -66,8 +94,7 @@ impl QpInfo {
         out[6..10].copy_from_slice(&self.qpn.to_be_bytes());
         out[10..14].copy_from_slice(&self.psn.to_be_bytes());
         out[14..30].copy_from_slice(&self.gid);
-        out[30..34].copy_from_slice(&self.window.to_be_bytes());
-        out[34..38].copy_from_slice(&self.chunk.to_be_bytes());
+        out[30..34].copy_from_slice(&self.chunk.to_be_bytes());
         out
     }
 
@@ -79,20 +106,17 @@ impl QpInfo {
     pub fn decode(buf: &[u8]) -> Result<Self, QpInfoError> {
         let b: &[u8; QP_INFO_LEN] = buf.try_into().map_err(|_| QpInfoError::BadLength(buf.len()))?;
         let magic = [b[0], b[1], b[2], b[3]];
+        if magic[..3] == QP_INFO_MAGIC[..3] && magic[3] != QP_INFO_MAGIC[3] {
+            return Err(QpInfoError::Version { peer: magic[3], ours: QP_INFO_MAGIC[3] });
+        }
         if magic != QP_INFO_MAGIC {
             return Err(QpInfoError::BadMagic(magic));
         }
         let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         let mut gid = [0u8; 16];
         gid.copy_from_slice(&b[14..30]);
-        let info = QpInfo {
-            lid: u16::from_be_bytes([b[4], b[5]]),
-            qpn: u32_at(6),
-            psn: u32_at(10),
-            gid,
-            window: u32_at(30),
-            chunk: u32_at(34),
-        };
+        let info =
+            QpInfo { lid: u16::from_be_bytes([b[4], b[5]]), qpn: u32_at(6), psn: u32_at(10), gid, chunk: u32_at(30) };
         for (field, value) in [("qpn", info.qpn), ("psn", info.psn)] {
             if value > MAX_24BIT {
                 return Err(QpInfoError::OutOfRange { field, value });
@@ -160,10 +184,12 @@ pub struct LocalPath {
     pub port_num: u8,
     /// Our GID index.
     pub gid_idx: u8,
-    /// Path MTU (an `ibv_mtu` value; the port's active MTU).
-    pub mtu: u32,
     /// Our initial send PSN (must equal the `psn` we advertised).
     pub psn: u32,
+    /// Service level (`ms_async_rdma_sl`).
+    pub sl: u8,
+    /// GRH traffic class (`ms_async_rdma_dscp`).
+    pub traffic_class: u8,
 }
 
 /// The attributes of one `ibv_modify_qp` call, as plain data.
@@ -203,6 +229,10 @@ pub struct ModifySpec {
     pub sgid_index: u8,
     /// Address vector: hop limit.
     pub hop_limit: u8,
+    /// Address vector: traffic class.
+    pub traffic_class: u8,
+    /// Address vector: service level.
+    pub sl: u8,
     /// Local ACK timeout exponent.
     pub timeout: u8,
     /// Transport retries.
@@ -248,17 +278,19 @@ pub fn modify_spec(
                 | M::IBV_QP_MAX_DEST_RD_ATOMIC
                 | M::IBV_QP_MIN_RNR_TIMER)
                 .0;
-            s.path_mtu = local.mtu;
+            s.path_mtu = PATH_MTU;
             s.dest_qpn = peer.qpn;
             s.rq_psn = peer.psn;
             s.max_dest_rd_atomic = 1;
-            s.min_rnr_timer = 12;
+            s.min_rnr_timer = MIN_RNR_TIMER;
             // RoCE needs the global route header; on IB with a LID it is harmless.
             s.is_global = true;
             s.dlid = peer.lid;
             s.dgid = peer.gid;
             s.sgid_index = local.gid_idx;
-            s.hop_limit = 64;
+            s.hop_limit = HOP_LIMIT;
+            s.traffic_class = local.traffic_class;
+            s.sl = local.sl;
             s.port_num = local.port_num;
         }
         QpState::Rts => {
@@ -268,9 +300,9 @@ pub fn modify_spec(
                 | M::IBV_QP_SQ_PSN
                 | M::IBV_QP_MAX_QP_RD_ATOMIC)
                 .0;
-            s.timeout = 14;
-            s.retry_cnt = 7;
-            s.rnr_retry = 7;
+            s.timeout = TIMEOUT;
+            s.retry_cnt = RETRY_CNT;
+            s.rnr_retry = RNR_RETRY;
             s.sq_psn = local.psn;
             s.max_rd_atomic = 1;
         }
@@ -284,11 +316,11 @@ mod tests {
     use super::*;
 
     fn info() -> QpInfo {
-        QpInfo { lid: 7, qpn: 0x12_3456, psn: 0xab_cdef, gid: *b"0123456789abcdef", window: 4096, chunk: 65_536 }
+        QpInfo { lid: 7, qpn: 0x12_3456, psn: 0xab_cdef, gid: *b"0123456789abcdef", chunk: 65_536 }
     }
 
     fn local() -> LocalPath {
-        LocalPath { port_num: 1, gid_idx: 1, mtu: rdma_sys::ibv_mtu::IBV_MTU_1024, psn: 42 }
+        LocalPath { port_num: 1, gid_idx: 1, psn: 42, sl: 3, traffic_class: 96 }
     }
 
     #[test]
@@ -307,7 +339,10 @@ mod tests {
         long.push(0);
         assert_eq!(QpInfo::decode(&long), Err(QpInfoError::BadLength(QP_INFO_LEN + 1)));
         let mut bad = e;
-        bad[3] = 1;
+        bad[3] = 2;
+        assert_eq!(QpInfo::decode(&bad), Err(QpInfoError::Version { peer: 2, ours: 3 }));
+        assert!(QpInfoError::Version { peer: 2, ours: 3 }.to_string().contains("credits"));
+        bad[0] = b'X';
         assert!(matches!(QpInfo::decode(&bad), Err(QpInfoError::BadMagic(_))));
         let mut big = info();
         big.qpn = 0x0100_0000;
@@ -348,12 +383,16 @@ mod tests {
         assert_ne!(rtr.mask & M::IBV_QP_DEST_QPN.0, 0);
         assert_eq!((rtr.dest_qpn, rtr.rq_psn, rtr.dgid, rtr.sgid_index), (p.qpn, p.psn, p.gid, 1));
         assert!(rtr.is_global);
+        // Ceph's RTR: MTU 1024 whatever the port says, RNR timer 0x12, hop limit 6.
         assert_eq!(rtr.path_mtu, rdma_sys::ibv_mtu::IBV_MTU_1024);
+        assert_eq!((rtr.min_rnr_timer, rtr.hop_limit, rtr.traffic_class, rtr.sl), (0x12, 6, 96, 3));
+        assert_eq!(rtr.max_dest_rd_atomic, 1);
 
         let rts = modify_spec(Rtr, Rts, &l, &p).unwrap();
         assert_ne!(rts.mask & M::IBV_QP_SQ_PSN.0, 0);
         assert_eq!(rts.sq_psn, 42);
-        assert_eq!(rts.rnr_retry, 7);
+        // Ceph's RTS: timeout 0x12, 7 retries, RNR retries forever.
+        assert_eq!((rts.timeout, rts.retry_cnt, rts.rnr_retry, rts.max_rd_atomic), (0x12, 7, 7, 1));
         assert_eq!(rts.mask & M::IBV_QP_AV.0, 0);
     }
 }

@@ -12,17 +12,19 @@
 //! that each RDMA worker sets when it starts.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use msgr::event::{EventSource, Readiness};
-use msgr::stack::{ConnectedSocket, ServerSocket, SocketFactory, SocketOptions};
+use msgr::stack::{ConnectedSocket, Copied, RecvMode, ServerSocket, SocketFactory, SocketOptions};
 use msgr_stack_posix::{PosixConnectedSocket, PosixServerSocket, PosixSocketFactory};
 
-use crate::worker::{with, SharedWorker};
+use crate::worker::{with, ConnKey, SharedWorker};
 
 thread_local! {
     /// The RDMA worker running on this thread, if any.
@@ -43,8 +45,8 @@ fn current() -> io::Result<SharedWorker> {
 enum State {
     /// Accepted, not yet bound to a worker's QP.
     Unattached(PosixConnectedSocket),
-    /// Bound: the QP number names the connection in its worker.
-    Attached { worker: SharedWorker, qpn: u32 },
+    /// Bound: the key names the connection in its worker.
+    Attached { worker: SharedWorker, key: ConnKey },
     /// Shut down (or attaching failed).
     Closed,
 }
@@ -65,12 +67,12 @@ impl RdmaConnectedSocket {
     }
 
     /// Binds an accepted socket to this thread's worker (at registration).
-    fn attached(&mut self) -> io::Result<(&SharedWorker, u32)> {
+    fn attached(&mut self) -> io::Result<(&SharedWorker, ConnKey)> {
         self.state = match std::mem::replace(&mut self.state, State::Closed) {
             State::Unattached(tcp) => {
                 let worker = current()?;
                 match with(&worker, |w| w.attach(tcp, false)) {
-                    Ok(qpn) => State::Attached { worker, qpn },
+                    Ok(key) => State::Attached { worker, key },
                     Err(e) => {
                         self.attach_error = Some((e.kind(), e.to_string()));
                         State::Closed
@@ -80,7 +82,7 @@ impl RdmaConnectedSocket {
             other => other,
         };
         match &self.state {
-            State::Attached { worker, qpn } => Ok((worker, *qpn)),
+            State::Attached { worker, key } => Ok((worker, *key)),
             _ => Err(match &self.attach_error {
                 Some((kind, msg)) => io::Error::new(*kind, msg.clone()),
                 None => io::Error::new(io::ErrorKind::NotConnected, "RDMA socket is shut down"),
@@ -91,28 +93,50 @@ impl RdmaConnectedSocket {
 
 impl ConnectedSocket for RdmaConnectedSocket {
     fn register(&mut self, ready: &Readiness) -> io::Result<EventSource> {
-        let (w, qpn) = self.attached()?;
-        with(w, |w| w.register(qpn, ready))
+        let (w, key) = self.attached()?;
+        with(w, |w| w.register(key, ready))
     }
 
     fn is_connected(&mut self) -> io::Result<bool> {
-        let (w, qpn) = self.attached()?;
-        with(w, |w| w.is_connected(qpn))
+        let (w, key) = self.attached()?;
+        with(w, |w| w.is_connected(key))
+    }
+
+    fn recv_mode(&self) -> RecvMode {
+        // Received chunks are handed up as they are.
+        RecvMode::Owned
     }
 
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (w, qpn) = self.attached()?;
-        with(w, |w| w.read(qpn, buf))
+        let (w, key) = self.attached()?;
+        with(w, |w| w.read(key, buf))
+    }
+
+    fn recv_owned(&mut self) -> io::Result<Bytes> {
+        let (w, key) = self.attached()?;
+        with(w, |w| w.recv_owned(key))
     }
 
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let (w, qpn) = self.attached()?;
-        with(w, |w| w.send(qpn, bufs))
+        let (w, key) = self.attached()?;
+        with(w, |w| w.send(key, bufs))
+    }
+
+    fn send_owned(&mut self, queue: &mut VecDeque<Bytes>) -> io::Result<usize> {
+        let (w, key) = self.attached()?;
+        with(w, |w| w.send_owned(key, queue))
+    }
+
+    fn take_copied(&mut self) -> Copied {
+        match &self.state {
+            State::Attached { worker, key } => with(worker, |w| w.take_copied(*key)),
+            _ => Copied::default(),
+        }
     }
 
     fn shutdown(&mut self) {
         match std::mem::replace(&mut self.state, State::Closed) {
-            State::Attached { worker, qpn } => with(&worker, |w| w.close(qpn, Instant::now())),
+            State::Attached { worker, key } => with(&worker, |w| w.close(key, Instant::now())),
             State::Unattached(mut tcp) => tcp.shutdown(),
             State::Closed => {}
         }
@@ -175,9 +199,9 @@ impl SocketFactory for RdmaSocketFactory {
     fn connect(&mut self, addr: SocketAddr, opts: &SocketOptions) -> io::Result<Box<dyn ConnectedSocket>> {
         let tcp = self.tcp.connect_tcp(addr, opts)?;
         let (peer, local) = (tcp.peer_addr().or(Some(addr)), tcp.local_addr());
-        let qpn = with(&self.worker, |w| w.attach(tcp, true))?;
+        let key = with(&self.worker, |w| w.attach(tcp, true))?;
         Ok(Box::new(RdmaConnectedSocket {
-            state: State::Attached { worker: Arc::clone(&self.worker), qpn },
+            state: State::Attached { worker: Arc::clone(&self.worker), key },
             peer,
             local,
             attach_error: None,

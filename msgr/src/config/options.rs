@@ -259,9 +259,10 @@ pub static OPTIONS: &[OptionDef] = &[
     },
     OptionDef {
         name: "ms_async_rdma_conn_credits",
-        kind: OptionKind::Uint { min: 4, max: 4096 },
+        kind: OptionKind::Uint { min: 0, max: 1 << 24 },
         default: "32",
-        description: "receive buffers posted for each RDMA connection: what its peer may send before credits come back",
+        description: "obsolete and ignored: msgr's RDMA flow control is Ceph's (RNR retries and bounded send \
+                      queues), there are no credits any more",
     },
     OptionDef {
         name: "ms_async_rdma_polling_us",
@@ -273,8 +274,20 @@ pub static OPTIONS: &[OptionDef] = &[
         name: "ms_async_rdma_support_srq",
         kind: OptionKind::Bool,
         default: "true",
-        description: "accepted for Ceph compatibility and ignored: msgr posts receives per connection, \
-                      which keeps its credit flow control exact",
+        description: "receive through one shared receive queue per worker (memory per worker, not per \
+                      connection); false, or a device without one: a small receive queue per connection",
+    },
+    OptionDef {
+        name: "ms_async_rdma_dscp",
+        kind: OptionKind::Uint { min: 0, max: 255 },
+        default: "96",
+        description: "traffic class of the RoCE global route header (as Ceph: the whole TOS byte)",
+    },
+    OptionDef {
+        name: "ms_async_rdma_sl",
+        kind: OptionKind::Uint { min: 0, max: 15 },
+        default: "3",
+        description: "InfiniBand service level of the queue pairs",
     },
     OptionDef {
         name: "ms_dpdk_coremask",
