@@ -106,11 +106,12 @@ syscalls() {
   local st=$!
   sleep 1
   timeout 300 "$bin" bench client --connect "$SERVER_ADDR" --size "$size" --depth "$depth" \
-    --duration "${STRACE_SECS:-5}" --warmup 0 --baseline none > "$out.client" 2>&1
-  kill -INT "$st"; wait "$st" 2>/dev/null
-  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null
+    --duration "${STRACE_SECS:-5}" --warmup 0 --baseline none --json "$out.json" > "$out.client" 2>&1
+  # strace ends by SIGINT and the server by SIGTERM: their exit statuses are not failures.
+  kill -INT "$st"; wait "$st" 2>/dev/null || true
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
   local msgs calls writes
-  msgs=$(awk '$1 == "msgr" { print $4 }' "$out.client")
+  msgs=$(python3 -c 'import json, sys; print(sum(r["msgs"] for r in json.load(open(sys.argv[1]))["rows"]))' "$out.json")
   calls=$(awk '$NF == "total" { print $4 }' "$out.strace")
   writes=$(awk '$NF == "write" { print $4 }' "$out.strace")
   echo "SYSCALLS async+rdma server $size x $depth polling ${polling}us ($(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)):" \

@@ -307,6 +307,7 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         count(&local.perf, &lc.msgr, Counter::ReadCalls, 1);
         count(&local.perf, &lc.msgr, Counter::RecvBytes, n as i64);
         let now = Instant::now();
+        let direct = matches!(got, Got::Direct(..));
         let (handled, full) = match got {
             Got::Direct(n, offered) => {
                 lc.session.commit_large_read(n);
@@ -327,10 +328,11 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
             return Ok(());
         }
         // The read filled the buffer, so more is likely waiting: send what this read
-        // produced first, unless a large frame is half read (its reply comes when it
-        // is whole; writing then would only split a batch of large replies).
+        // produced first, unless it was a large frame's own buffer or a large frame is
+        // half read (a batch of large messages is answered in one write once the socket
+        // is drained; flushing after each would cost a write per message).
         let Some(lc) = local.conns.get_mut(&id) else { return Ok(()) };
-        if full && lc.session.large_read_buf().is_none() {
+        if full && !direct && lc.session.large_read_buf().is_none() {
             flush(local, center, id);
         }
     }
