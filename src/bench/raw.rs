@@ -279,7 +279,7 @@ fn ping_pong(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -298,10 +298,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn depth_one_means_one_message_in_flight() {
-        // A server that answers only after it has seen whether a second request comes
-        // early: with depth 1 it never does.
+    /// An echo for five 8-byte requests that answers each only after it has seen
+    /// whether a second request comes early; its thread returns whether one did (with
+    /// depth 1 one never should).
+    pub(in crate::bench) fn one_at_a_time_echo() -> (SocketAddr, thread::JoinHandle<bool>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let t = thread::spawn(move || -> bool {
@@ -318,6 +318,12 @@ mod tests {
             }
             early
         });
+        (addr, t)
+    }
+
+    #[test]
+    fn depth_one_means_one_message_in_flight() {
+        let (addr, t) = one_at_a_time_echo();
         let r = run_job(addr, 8, 1, Until::Count(5), false, None).unwrap();
         assert_eq!(r.msgs, 5);
         assert!(!t.join().unwrap(), "a second message was sent before the first reply");

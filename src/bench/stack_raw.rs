@@ -406,22 +406,7 @@ mod tests {
 
     #[test]
     fn depth_one_waits_for_each_echo() {
-        // Answers only after checking that nothing more came before the answer.
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let t = thread::spawn(move || -> bool {
-            let (mut s, _) = l.accept().unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-            let mut early = false;
-            let mut frame = [0u8; 4 + 8];
-            for _ in 0..5 {
-                s.read_exact(&mut frame).unwrap();
-                let mut peek = [0u8; 1];
-                early |= s.peek(&mut peek).is_ok();
-                s.write_all(&frame).unwrap();
-            }
-            early
-        });
+        let (addr, t) = crate::bench::raw::tests::one_at_a_time_echo();
         let r = run_job(&stack(), job(addr, 8, 1, Until::Count(5))).unwrap();
         assert_eq!((r.msgs, r.errors), (5, 0));
         assert!(!t.join().unwrap(), "a second message was sent before the first reply");
