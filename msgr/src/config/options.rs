@@ -255,7 +255,8 @@ pub static OPTIONS: &[OptionDef] = &[
         name: "ms_async_rdma_receive_queue_len",
         kind: OptionKind::Uint { min: 1, max: 1 << 20 },
         default: "4096",
-        description: "receive work requests posted per queue",
+        description: "receive work requests posted per queue (with SRQ: per worker, posted at its first connection; \
+                      keep it above the SENDs that can arrive at once, or peers retry on RNR)",
     },
     OptionDef {
         name: "ms_async_rdma_conn_credits",
