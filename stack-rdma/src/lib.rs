@@ -37,7 +37,9 @@
 //! comes next) and RDMA-CM/iWARP.
 
 pub mod config;
+pub mod exchange;
 pub mod handshake;
+pub mod meta;
 pub mod plan;
 pub mod pool;
 pub mod qp;
