@@ -1,7 +1,8 @@
 //! Ceph's side-channel exchange: how two `async+rdma` ends connect their RC queue pairs
 //! with [`CephMeta`] records over the TCP connection to the messenger's address
-//! (`ceph/RDMA_WIRE.md` §1; Ceph's `RDMAConnectedSocketImpl`). No I/O, no clock;
-//! host-testable, driven with the same calls as [`crate::handshake::SideChannel`].
+//! (`docs/RDMA_WIRE.md` §1; Ceph's `RDMAConnectedSocketImpl`). No I/O, no clock;
+//! host-testable; the worker drives it through `pending_output`/`wrote`,
+//! `wants_input`/`input` and `local_ready`.
 //!
 //! The exchange is not symmetric:
 //!

@@ -1,7 +1,7 @@
 //! RDMA stack (ibverbs RC queue pairs) — `ms_type = async+rdma`.
 //!
 //! msgr2 runs unchanged over it: every connection is a byte stream, as on posix. The
-//! data path is Ceph's (`ceph/RDMA_WIRE.md`): SEND-only chunks of at most
+//! data path is Ceph's (`docs/RDMA_WIRE.md`): SEND-only chunks of at most
 //! `ms_async_rdma_buffer_size`, no immediate data, no credits — RNR retries and bounded
 //! send queues are the flow control — and a 0-byte SEND to close. It bypasses the kernel
 //! and copies as little as it can:
@@ -25,20 +25,20 @@
 //! * [`plan`]: cutting the byte stream into SENDs.
 //! * [`wrid`], [`slab`], [`qpn`]: work request ids with generations, the send-context
 //!   slab, QP numbers and their quarantine — how stale completions are told apart.
-//! * [`qp`], [`handshake`]: QP information, the TCP side-channel exchange, RC bring-up
-//!   with Ceph's attributes.
+//! * [`meta`], [`exchange`]: Ceph's 65-byte queue-pair meta and its exchange over the
+//!   TCP side channel (client hello, server reply, client ACK).
+//! * [`qp`]: RC bring-up with Ceph's attributes.
 //! * [`worker`]: per-worker PD/CQs/SRQ/pools, connections, completion handling; its
 //!   [`worker::RdmaSource`] is the `CompletionSource` of the worker's
 //!   `msgr::event::PollingDriver` (completion channel + `ms_async_rdma_polling_us`
 //!   busy-poll window).
 //! * [`socket`]: the `ConnectedSocket` / `ServerSocket` contract.
 //!
-//! Not yet Ceph's: the side-channel exchange (ours, [`handshake`]; Ceph's 65-byte meta
-//! comes next) and RDMA-CM/iWARP.
+//! Ceph's wire end to end: the side channel speaks Ceph's meta exchange, the data path
+//! Ceph's SEND-only chunks. Not yet: RDMA-CM/iWARP, and a test against a Ceph daemon.
 
 pub mod config;
 pub mod exchange;
-pub mod handshake;
 pub mod meta;
 pub mod plan;
 pub mod pool;

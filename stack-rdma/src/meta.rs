@@ -1,5 +1,5 @@
 //! Ceph's queue-pair meta: the 65-byte ASCII record two `async+rdma` ends swap over their
-//! TCP side channel (`ceph/RDMA_WIRE.md` §1; Ceph's `Infiniband::QueuePair::send_cm_meta`
+//! TCP side channel (`docs/RDMA_WIRE.md` §1; Ceph's `Infiniband::QueuePair::send_cm_meta`
 //! and `recv_cm_meta`). No I/O; host-testable.
 //!
 //! The record is `"%04x:%08x:%08x:%08x:%s"` of (lid, local QPN, PSN, peer QPN, GID) and a
@@ -182,7 +182,7 @@ mod tests {
         CephMeta { lid: 0, qpn: 0x11, psn: 0xab_cdef, peer_qpn: 0, gid: RXE_GID }
     }
 
-    /// The example of `ceph/RDMA_WIRE.md` §1, byte for byte.
+    /// The example of `docs/RDMA_WIRE.md` §1, byte for byte.
     #[test]
     fn encodes_cephs_example() {
         let mut want = b"0000:00000011:00abcdef:00000000:00000000000000000000ffff0a4d0101".to_vec();

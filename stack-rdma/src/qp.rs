@@ -1,10 +1,10 @@
 //! RC queue-pair bring-up logic (no FFI calls; host-testable).
 //!
-//! * [`QpInfo`]: what the two ends exchange over the TCP side channel before their QPs can
-//!   talk — a fixed-size big-endian record (ours; the next step is Ceph's 65-byte ASCII
-//!   meta, which carries the same facts bar the buffer size).
+//! * [`QpInfo`]: a peer queue pair's facts (what Ceph's meta carries, `crate::meta`, and
+//!   the buffer size the two ends agree on), with a fixed-size big-endian encoding that
+//!   the device tests swap over their own TCP channel (msgr's wire before Ceph's meta).
 //! * [`QpState`] / [`ModifySpec`]: the RESET→INIT→RTR→RTS transitions and the attribute
-//!   set each needs — Ceph's (`ceph/RDMA_WIRE.md` §2), so that a Ceph peer's queue pair
+//!   set each needs — Ceph's (`docs/RDMA_WIRE.md` §2), so that a Ceph peer's queue pair
 //!   and ours agree; [`crate::verbs::QueuePair::modify`] applies a spec.
 
 use rdma_sys::ibv_access_flags;

@@ -12,7 +12,8 @@ use msgr_stack_posix::PosixConnectedSocket;
 
 use super::{count, fresh_qp, send_wr_id, Counter, SendCtx, WorkerRdma, DRAIN_LIMIT, LINGER, NO_LIMITS};
 use crate::config::{OPT_RECEIVE_BUFFERS, OPT_SUPPORT_SRQ};
-use crate::handshake::{HandshakeError, SideChannel, Step};
+use crate::exchange::{CephExchange, ExchangeError, Role, Step};
+use crate::meta::CephMeta;
 use crate::plan::Limits;
 use crate::qp::{modify_spec, LocalPath, QpInfo, QpState, MAX_24BIT};
 use crate::qpn::Lookup;
@@ -67,7 +68,8 @@ pub(super) struct Conn {
     tcp_connecting: bool,
     /// Where the socket's readiness goes once it is registered on this worker.
     pub(super) reg: Option<Registration>,
-    hs: SideChannel,
+    /// Ceph's side-channel exchange (`crate::exchange`).
+    hs: CephExchange,
     pub(super) phase: Phase,
     local: LocalPath,
     /// How SENDs are cut: the peer's buffer size, our queue pair's limits.
@@ -150,8 +152,8 @@ impl WorkerRdma {
             sl: self.cfg.sl,
             traffic_class: self.cfg.dscp,
         };
-        let chunk = u32::try_from(self.cfg.buffer_size).unwrap_or(u32::MAX);
-        let info = QpInfo { lid: port.lid, qpn, psn, gid: self.dev.gid, chunk };
+        let meta = CephMeta { lid: port.lid, qpn, psn, peer_qpn: 0, gid: self.dev.gid };
+        let info = QpInfo { lid: port.lid, qpn, psn, gid: self.dev.gid, chunk: 0 };
         // The peer's information is not needed for INIT.
         let spec = modify_spec(QpState::Reset, QpState::Init, &local, &info).map_err(io::Error::other)?;
         qp.modify(QpState::Init, &spec)?;
@@ -165,7 +167,7 @@ impl WorkerRdma {
             tcp_interest: Interest::NONE,
             tcp_connecting: connecting,
             reg: None,
-            hs: SideChannel::new(&info),
+            hs: CephExchange::new(if connecting { Role::Client } else { Role::Server }, meta),
             phase: Phase::Handshaking,
             local,
             limits: NO_LIMITS,
@@ -339,17 +341,24 @@ impl WorkerRdma {
                 }
             };
             if conn.phase == Phase::Open {
-                return Err(HandshakeError::Unexpected(got).into());
+                return Err(ExchangeError::Unexpected(got).into());
             }
             match conn.hs.input(&buf[..got])? {
                 Step::More => {}
-                Step::PeerInfo(peer) => self.bring_up(key, &peer)?,
+                Step::PeerInfo(peer) => {
+                    // Ceph's meta carries no buffer size: both ends are configured alike,
+                    // as the daemons of a Ceph cluster are.
+                    let chunk = u32::try_from(self.cfg.buffer_size).unwrap_or(u32::MAX);
+                    let peer = QpInfo { lid: peer.lid, qpn: peer.qpn, psn: peer.psn, gid: peer.gid, chunk };
+                    self.bring_up(key, &peer)?;
+                }
                 Step::Established => conn.phase = Phase::Open,
             }
         }
     }
 
-    /// INIT → RTR → RTS with the peer's information, then queue our READY.
+    /// INIT → RTR → RTS with the peer's information, then queue our reply (server) or
+    /// ACK (client).
     fn bring_up(&mut self, key: ConnKey, peer: &QpInfo) -> io::Result<()> {
         let buffer_size = self.cfg.buffer_size;
         let Some(conn) = self.conns.get_mut(key) else { return Ok(()) };
@@ -367,6 +376,11 @@ impl WorkerRdma {
             max_inline: caps.max_inline as usize,
         };
         conn.hs.local_ready();
+        // A client may send as soon as its QP is at RTS (its ACK goes out on the next
+        // write of the side channel); a server waits for that ACK.
+        if conn.hs.is_established() {
+            conn.phase = Phase::Open;
+        }
         Ok(())
     }
 

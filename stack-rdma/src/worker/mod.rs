@@ -9,7 +9,7 @@
 //! sockets must be `Send`; it is never contended. Received chunks handed up as message
 //! buffers come back from any thread through their pool, without this lock.
 //!
-//! The wire is Ceph's (`ceph/RDMA_WIRE.md` §3, §4): data is `IBV_WR_SEND` only, no
+//! The wire is Ceph's (`docs/RDMA_WIRE.md` §3, §4): data is `IBV_WR_SEND` only, no
 //! immediate data, each SEND at most the peer's buffer size; the receiver appends every
 //! receive's bytes in completion order. There is no flow control on the wire: a receiver
 //! with no buffer posted answers RNR and the sender retries forever (`rnr_retry` 7); a
