@@ -8,6 +8,10 @@
 #   ci/mon.sh wipe DIR      # stop and remove DIR
 #
 # Ports: MON_PORT_V2 (default 3300) and MON_PORT_V1 (default 6789); MON_IP (127.0.0.1).
+# MON_CONF_EXTRA: more `key = value` lines for [global] (e.g. ms_type = async+rdma).
+# MON_WAIT=log: wait for the mon to log that it is the leader instead of asking it with
+# the python `ceph` CLI (which takes seconds per call under emulation, and speaks
+# whatever ms_type the conf says). MON_WAIT_SECS: how long to wait (default 60).
 # `start` on a DIR whose mon exists but is stopped restarts it with its old data, so a
 # test can kill and restart the same monitor. Prints `mon up: ADDRVEC CONF` when ready.
 set -euo pipefail
@@ -70,6 +74,7 @@ make_cluster() {
     echo "mon data avail warn = 2"
     echo "mon data avail crit = 1"
     echo "auth allow insecure global id reclaim = false"
+    if [[ -n ${MON_CONF_EXTRA:-} ]]; then printf '%s\n' "$MON_CONF_EXTRA"; fi
   } >"$conf"
   ceph-authtool --create-keyring "$dir/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
   ceph-authtool "$dir/keyring" --gen-key -n client.admin --cap mon 'allow *' --cap osd 'allow *' \
@@ -86,14 +91,19 @@ start() {
   [[ -f $conf && -d $dir/data/ceph-a ]] || make_cluster
   ceph-mon -c "$conf" -i a
   local i
-  for ((i = 0; i < 300; i++)); do
-    if ceph -c "$conf" --connect-timeout 5 mon stat >/dev/null 2>&1; then
+  for ((i = 0; i < ${MON_WAIT_SECS:-60} * 5; i++)); do
+    if [[ ${MON_WAIT:-cli} == log ]]; then
+      if grep -q "mon.a@0(leader)" "$dir/log/mon.a.log" 2>/dev/null; then
+        echo "mon up: $(grep '^mon host' "$conf" | cut -d= -f2- | xargs) $conf"
+        return
+      fi
+    elif ceph -c "$conf" --connect-timeout 5 mon stat >/dev/null 2>&1; then
       echo "mon up: $(grep '^mon host' "$conf" | cut -d= -f2- | xargs) $conf"
       return
     fi
     sleep 0.2
   done
-  echo "mon.sh: monitor did not answer within 60 s; see $dir/log/mon.a.log" >&2
+  echo "mon.sh: monitor did not answer within ${MON_WAIT_SECS:-60} s; see $dir/log/mon.a.log" >&2
   exit 1
 }
 

@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . ci/lib.sh
-apt_install libibverbs-dev librdmacm-dev libclang-dev pkg-config strace
+apt_install libibverbs-dev librdmacm-dev libclang-dev pkg-config strace ceph-mon ceph-common python3
 export RXE_VM_KERNEL_ARGS=${RXE_VM_KERNEL_ARGS-"tsc=reliable clocksource=tsc"}
 device_bins=$(test_bins -p msgr-stack-rdma --tests)
 [ -n "$device_bins" ] || { log "no RDMA device test binaries built"; exit 1; }
