@@ -108,6 +108,10 @@ print(f"mon dump over async+rdma: fsid {fsid} and {addrs} as configured")
 PY
 out=$(timeout 120 "${rmon[@]}" --timeout 60 ping)
 log "ping over async+rdma: ${out:0:200}"
+log "MMonGetVersion round trips over RDMA to the same mon: msgr and librados (python3-rados on Ceph's async+rdma)"
+# Not fatal: if Ceph's own client cannot run here, its error is the finding.
+timeout 600 bash ci/mon-rtt.sh "$bin" "${MON_RTT_COUNT:-300}" "$mon_dir/ceph.conf" "${rmon[@]:4}" 2>&1 |
+  sed "s/^/MONRTT async+rdma | /" || log "the round-trip comparison failed (above)"
 # Killed mid-life: a request fails with an error (no hang); after a restart of the same
 # mon, the next one succeeds.
 bash ci/mon.sh kill "$mon_dir"
