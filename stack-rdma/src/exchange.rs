@@ -12,7 +12,9 @@
 //! 3. the client, on reading that, brings its QP to RTR and RTS and may send over it at
 //!    once; it writes a second meta (the ACK) with `peer_qpn` = the server's QPN;
 //! 4. the server sends nothing over its QP before the ACK — until then the client's QP may
-//!    not be able to receive.
+//!    not be able to receive — unless the client's data arrives first, which proves its
+//!    QP is at RTS ([`CephExchange::peer_sent`]): the server then opens without holding
+//!    that data until the ACK is read (the ACK is still due and checked).
 //!
 //! After that the TCP connection only stays open: its end is the peer's end, and any
 //! further byte on it is a protocol error.
@@ -123,6 +125,8 @@ pub struct CephExchange {
     have: usize,
     phase: Phase,
     peer: Option<CephMeta>,
+    /// Server: the client's data came before its ACK, which proves its QP is at RTS.
+    opened_by_data: bool,
 }
 
 impl CephExchange {
@@ -143,6 +147,7 @@ impl CephExchange {
             have: 0,
             phase: Phase::AwaitMeta,
             peer: None,
+            opened_by_data: false,
         }
     }
 
@@ -171,11 +176,21 @@ impl CephExchange {
         self.peer.as_ref()
     }
 
-    /// Whether the exchange is over and this end may transmit over its QP: the client
-    /// from [`local_ready`](Self::local_ready) on (its QP is at RTS), the server once the
-    /// client's ACK came.
+    /// Whether this end may transmit over its QP: the client from
+    /// [`local_ready`](Self::local_ready) on (its QP is at RTS), the server once the
+    /// client's ACK came or [`peer_sent`](Self::peer_sent) said its data did.
     pub fn is_established(&self) -> bool {
-        self.phase == Phase::Established
+        self.phase == Phase::Established || self.opened_by_data
+    }
+
+    /// Server: data from the client arrived over the QP. The client sends only from RTS,
+    /// so its QP can receive: the connection opens now instead of holding the data (and
+    /// the receive buffers it fills) until the ACK is read from the side channel, which
+    /// may come later. The ACK is still due and still checked.
+    pub fn peer_sent(&mut self) {
+        if self.role == Role::Server && self.phase == Phase::AwaitAck {
+            self.opened_by_data = true;
+        }
     }
 
     /// Feeds bytes read from the side channel (at most [`wants_input`](Self::wants_input)).
@@ -381,6 +396,40 @@ mod tests {
         let (mut c, mut s) = pair();
         s.input(&take(&mut c)).unwrap();
         assert_eq!(s.input(b"0"), Err(ExchangeError::Unexpected(1)));
+    }
+
+    #[test]
+    fn client_data_opens_the_server_before_the_ack_which_is_still_checked() {
+        let (mut c, mut s) = pair();
+        s.input(&take(&mut c)).unwrap();
+        s.local_ready();
+        c.input(&take(&mut s)).unwrap();
+        c.local_ready();
+        s.peer_sent();
+        assert!(s.is_established(), "the client's data proves its QP is at RTS");
+        assert_eq!(s.wants_input(), META_LEN, "the ACK is still due");
+        assert_eq!(s.input(&take(&mut c)), Ok(Step::Established));
+        assert_eq!(s.wants_input(), 0);
+        // A wrong ACK is still refused after an early open.
+        let (mut c, mut s) = pair();
+        s.input(&take(&mut c)).unwrap();
+        s.local_ready();
+        s.peer_sent();
+        let bad = CephMeta { peer_qpn: 0x99, ..meta(0x11) }.encode();
+        assert!(matches!(s.input(&bad), Err(ExchangeError::Mismatch { which: "ACK's peer QPN", .. })));
+    }
+
+    #[test]
+    fn peer_data_opens_nothing_before_the_servers_reply_nor_on_a_client() {
+        let (mut c, mut s) = pair();
+        s.peer_sent();
+        assert!(!s.is_established(), "no data can come before our QP is ready");
+        s.input(&take(&mut c)).unwrap();
+        s.peer_sent();
+        assert!(!s.is_established(), "not before our reply is queued");
+        s.local_ready();
+        c.peer_sent();
+        assert!(!c.is_established(), "a client opens at its own RTS, not on data");
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub(super) struct Conn {
     /// Where the socket's readiness goes once it is registered on this worker.
     pub(super) reg: Option<Registration>,
     /// Ceph's side-channel exchange (`crate::exchange`).
-    hs: CephExchange,
+    pub(super) hs: CephExchange,
     pub(super) phase: Phase,
     local: LocalPath,
     /// How SENDs are cut: the peer's buffer size, our queue pair's limits.
@@ -340,7 +340,7 @@ impl WorkerRdma {
                     ))
                 }
             };
-            if conn.phase == Phase::Open {
+            if conn.hs.wants_input() == 0 {
                 return Err(ExchangeError::Unexpected(got).into());
             }
             match conn.hs.input(&buf[..got])? {

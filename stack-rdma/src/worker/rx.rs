@@ -130,6 +130,15 @@ impl WorkerRdma {
             let end = (wc.byte_len() as usize).min(chunk.size());
             conn.rx.push_back(RxPiece { chunk, pos: 0, end });
         }
+        if conn.phase == Phase::Handshaking {
+            // A server whose client already sends needs no ACK to know the client can
+            // receive: open now, so the data is read and its receive buffers go back
+            // to the shared queue instead of waiting on the side channel.
+            conn.hs.peer_sent();
+            if conn.hs.is_established() {
+                conn.phase = Phase::Open;
+            }
+        }
         if self.srq.is_none() {
             if let Err(e) = self.fill_own_rq(key) {
                 self.fail(key, &e);
