@@ -20,7 +20,7 @@
 //! assert_eq!(CephMeta::parse(&wire), Ok(m));
 //! ```
 
-use crate::qp::MAX_24BIT;
+use crate::qp::{QpInfo, MAX_24BIT};
 
 /// Length of a meta on the wire, its NUL included (Ceph's `TCP_MSG_LEN`).
 pub const META_LEN: usize = 65;
@@ -147,6 +147,14 @@ impl CephMeta {
             peer_qpn: peer_qpn as u32,
             gid,
         })
+    }
+}
+
+impl From<&CephMeta> for QpInfo {
+    /// The queue pair's facts for bring-up. Ceph's meta carries no buffer size
+    /// (`chunk` 0): both ends are configured alike, as a Ceph cluster's daemons are.
+    fn from(m: &CephMeta) -> QpInfo {
+        QpInfo { lid: m.lid, qpn: m.qpn, psn: m.psn, gid: m.gid, chunk: 0 }
     }
 }
 

@@ -153,9 +153,9 @@ impl WorkerRdma {
             traffic_class: self.cfg.dscp,
         };
         let meta = CephMeta { lid: port.lid, qpn, psn, peer_qpn: 0, gid: self.dev.gid };
-        let info = QpInfo { lid: port.lid, qpn, psn, gid: self.dev.gid, chunk: 0 };
         // The peer's information is not needed for INIT.
-        let spec = modify_spec(QpState::Reset, QpState::Init, &local, &info).map_err(io::Error::other)?;
+        let spec =
+            modify_spec(QpState::Reset, QpState::Init, &local, &QpInfo::from(&meta)).map_err(io::Error::other)?;
         qp.modify(QpState::Init, &spec)?;
         let sq_cap = qp.caps().max_send_wr.saturating_sub(1).max(1);
         let tcp_fd = tcp.as_raw_fd();
@@ -345,13 +345,7 @@ impl WorkerRdma {
             }
             match conn.hs.input(&buf[..got])? {
                 Step::More => {}
-                Step::PeerInfo(peer) => {
-                    // Ceph's meta carries no buffer size: both ends are configured alike,
-                    // as the daemons of a Ceph cluster are.
-                    let chunk = u32::try_from(self.cfg.buffer_size).unwrap_or(u32::MAX);
-                    let peer = QpInfo { lid: peer.lid, qpn: peer.qpn, psn: peer.psn, gid: peer.gid, chunk };
-                    self.bring_up(key, &peer)?;
-                }
+                Step::PeerInfo(peer) => self.bring_up(key, &peer)?,
                 Step::Established => conn.phase = Phase::Open,
             }
         }
@@ -359,8 +353,9 @@ impl WorkerRdma {
 
     /// INIT → RTR → RTS with the peer's information, then queue our reply (server) or
     /// ACK (client).
-    fn bring_up(&mut self, key: ConnKey, peer: &QpInfo) -> io::Result<()> {
+    fn bring_up(&mut self, key: ConnKey, peer: &CephMeta) -> io::Result<()> {
         let buffer_size = self.cfg.buffer_size;
+        let peer = &QpInfo::from(peer);
         let Some(conn) = self.conns.get_mut(key) else { return Ok(()) };
         let Some(qp) = conn.qp.as_mut() else { return Ok(()) };
         let spec = modify_spec(QpState::Init, QpState::Rtr, &conn.local, peer).map_err(io::Error::other)?;
@@ -369,9 +364,9 @@ impl WorkerRdma {
         qp.modify(QpState::Rts, &spec)?;
         let caps = qp.caps();
         conn.limits = Limits {
-            // Never more than the peer's buffers (the same as ours when both ends are
-            // configured alike, as a Ceph cluster is).
-            max_send: (peer.chunk as usize).min(buffer_size),
+            // The peer's buffers: Ceph's meta does not say their size, so both ends
+            // are configured alike, as a Ceph cluster's daemons are.
+            max_send: buffer_size,
             max_sge: caps.max_send_sge as usize,
             max_inline: caps.max_inline as usize,
         };
