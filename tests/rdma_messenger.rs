@@ -453,6 +453,61 @@ fn read_until_closed(s: &mut std::net::TcpStream) -> Vec<u8> {
     }
 }
 
+/// Ceph's meta carries no buffer size, so SENDs are cut to our own
+/// `ms_async_rdma_buffer_size` and both ends must set it alike. A peer with larger
+/// buffers takes our 40 KB messages as 16 KiB SENDs, exactly once and in order; one
+/// with smaller buffers cannot take a larger SEND, and the connection fails with an
+/// error that says to set the option alike (no hang, no corrupt message).
+#[test]
+fn a_peer_with_another_buffer_size() {
+    use msgr::messenger::Stack;
+    use msgr::proto::EntityName;
+    let Some(small) = rdma_config(&[("ms_async_rdma_buffer_size", "16K")]) else {
+        return;
+    };
+    let Some(big) = rdma_config(&[("ms_async_rdma_buffer_size", "64K")]) else {
+        return;
+    };
+    // Two stacks in one process, as two daemons would have: the facade keeps one stack
+    // per ms_type, with the first caller's options.
+    let stack = |cfg: &Config| Stack::start(msgr_stack_rdma::backend(cfg).unwrap(), 1).unwrap();
+    let (small_stack, big_stack) = (stack(&small), stack(&big));
+    let sd = Streamer::new(0, small_len);
+    let srv = Messenger::new(big_stack, EntityName { ty: EntityType::Osd, num: 0 }, &big).unwrap();
+    srv.set_default_policy(Policy::stateless_server(0));
+    srv.add_dispatcher_tail(sd.clone());
+    let addr = srv.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let cd = Arc::new(Recorder::default());
+    let cli = Messenger::new(small_stack, EntityName { ty: EntityType::Client, num: -1 }, &small).unwrap();
+    cli.set_default_policy(Policy::lossy_client(0));
+    cli.add_dispatcher_tail(cd.clone());
+    let con = cli.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
+
+    // Small sender, big receiver: every message arrives whole.
+    let before = worker::counters();
+    for i in 0..20 {
+        con.send_message(test_message(1, i, 40_000)).unwrap();
+    }
+    assert_eq!(sd.tally.wait_for(20), 20, "{}", worker::describe_all());
+    sd.tally.assert_in_order("server");
+    // SENDs carry no header and may hold parts of two messages, so count bytes: 800 KB
+    // in SENDs of at most 16 KiB (the peer would take 64 KiB ones) is 49 SENDs or more.
+    let sends = worker::counters().data_sends - before.data_sends;
+    assert!(sends > 800_000 / 16_384, "{sends} SENDs for 800 KB: some were larger than 16 KiB");
+
+    // Big sender, small receiver: its 40 KB SEND does not fit; both ends fail cleanly.
+    let back = sd.accepted.lock().unwrap()[0].clone();
+    back.send_message(test_message(2, 0, 40_000)).unwrap();
+    wait_until("the small end to fail", || con.state() == ConnState::Closed);
+    wait_until("the big end to fail", || back.state() == ConnState::Closed);
+    let why = con.last_error().map(|e| e.to_string()).unwrap_or_default();
+    eprintln!("small end: {why}");
+    eprintln!("big end: {:?}", back.last_error().map(|e| e.to_string()));
+    assert!(why.contains("ms_async_rdma_buffer_size"), "the error says what to set: {why}");
+    assert_eq!(cd.tally.count(), 0, "nothing (no partial message) reached the small end");
+    stop(&[&cli, &srv]);
+}
+
 #[test]
 fn peers_that_are_not_rdma_are_closed_and_others_carry_on() {
     let Some(cfg) = rdma_config(&[("ms_async_rdma_buffer_size", "16K")]) else {
@@ -466,11 +521,19 @@ fn peers_that_are_not_rdma_are_closed_and_others_carry_on() {
     // only after a valid meta), it closes.
     let mut old = b"MRQ\x03".to_vec();
     old.resize(38, 0);
-    for junk in [&b"ceph v2\n\x10\x00"[..], &[0xffu8; 65][..], &old[..]] {
+    let why = [
+        "msgr2 banner where Ceph's RDMA meta belongs",
+        "bad RDMA meta from the peer",
+        "msgr's former RDMA side channel",
+    ];
+    for (junk, why) in [&b"ceph v2\n\x10\x00"[..], &[0xffu8; 65][..], &old[..]].into_iter().zip(why) {
         let mut s = std::net::TcpStream::connect(sa).unwrap();
         s.write_all(junk).unwrap();
         let got = read_until_closed(&mut s);
         assert!(got.is_empty(), "server sent {} bytes to a broken peer", got.len());
+        // The server's record of why it closed names the wire the peer spoke.
+        let faults = worker::recent_faults();
+        assert!(faults.last().is_some_and(|f| f.contains(why)), "want '{why}' in {faults:?}");
     }
 
     // A posix messenger dialling the RDMA one fails cleanly instead of hanging.

@@ -62,7 +62,7 @@ pub enum ExchangeError {
     #[error("bad RDMA meta from the peer: {0}")]
     BadMeta(#[from] MetaError),
     /// The first bytes look like a msgr2 banner: the peer runs another stack.
-    #[error("the peer answered with a msgr2 banner: it is not using ms_type = async+rdma")]
+    #[error("the peer sent a msgr2 banner where Ceph's RDMA meta belongs: it is not using ms_type = async+rdma")]
     NotRdma,
     /// The first bytes are msgr's own former RDMA record (QpInfo), not Ceph's meta.
     #[error(

@@ -28,6 +28,8 @@
 //! * [`meta`], [`exchange`]: Ceph's 65-byte queue-pair meta and its exchange over the
 //!   TCP side channel (client hello, server reply, client ACK).
 //! * [`qp`]: RC bring-up with Ceph's attributes.
+//! * [`close`]: a connection's phases and Ceph's close (0-byte SEND, QP to ERROR, side
+//!   channel closed; the peer's end read as end-of-file after its data).
 //! * [`worker`]: per-worker PD/CQs/SRQ/pools, connections, completion handling; its
 //!   [`worker::RdmaSource`] is the `CompletionSource` of the worker's
 //!   `msgr::event::PollingDriver` (completion channel + `ms_async_rdma_polling_us`
@@ -35,8 +37,10 @@
 //! * [`socket`]: the `ConnectedSocket` / `ServerSocket` contract.
 //!
 //! Ceph's wire end to end: the side channel speaks Ceph's meta exchange, the data path
-//! Ceph's SEND-only chunks. Not yet: RDMA-CM/iWARP, and a test against a Ceph daemon.
+//! Ceph's SEND-only chunks; CI runs it against a ceph-mon on Ceph's own `async+rdma`.
+//! Not yet: RDMA-CM/iWARP, OSDs.
 
+pub mod close;
 pub mod config;
 pub mod exchange;
 pub mod meta;

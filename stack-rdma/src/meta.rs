@@ -151,10 +151,10 @@ impl CephMeta {
 }
 
 impl From<&CephMeta> for QpInfo {
-    /// The queue pair's facts for bring-up. Ceph's meta carries no buffer size
-    /// (`chunk` 0): both ends are configured alike, as a Ceph cluster's daemons are.
+    /// The queue pair's facts for bring-up. (Ceph's meta carries no buffer size: both
+    /// ends are configured alike, as a Ceph cluster's daemons are.)
     fn from(m: &CephMeta) -> QpInfo {
-        QpInfo { lid: m.lid, qpn: m.qpn, psn: m.psn, gid: m.gid, chunk: 0 }
+        QpInfo { lid: m.lid, qpn: m.qpn, psn: m.psn, gid: m.gid }
     }
 }
 

@@ -1,8 +1,6 @@
 //! RC queue-pair bring-up logic (no FFI calls; host-testable).
 //!
-//! * [`QpInfo`]: a peer queue pair's facts (what Ceph's meta carries, `crate::meta`, and
-//!   the buffer size the two ends agree on), with a fixed-size big-endian encoding that
-//!   the device tests swap over their own TCP channel (msgr's wire before Ceph's meta).
+//! * [`QpInfo`]: a peer queue pair's facts, as Ceph's meta carries them (`crate::meta`).
 //! * [`QpState`] / [`ModifySpec`]: the RESET→INIT→RTR→RTS transitions and the attribute
 //!   set each needs — Ceph's (`docs/RDMA_WIRE.md` §2), so that a Ceph peer's queue pair
 //!   and ours agree; [`crate::verbs::QueuePair::modify`] applies a spec.
@@ -10,11 +8,6 @@
 use rdma_sys::ibv_access_flags;
 use rdma_sys::ibv_qp_attr_mask as M;
 
-/// Magic at the start of an encoded [`QpInfo`] ("MRQ" + format version 3: version 2
-/// carried a credit window, gone with the credits).
-pub const QP_INFO_MAGIC: [u8; 4] = *b"MRQ\x03";
-/// Length of an encoded [`QpInfo`].
-pub const QP_INFO_LEN: usize = 4 + 2 + 4 + 4 + 16 + 4;
 /// Path MTU of every queue pair: Ceph hard-codes 1024 bytes, and both ends must agree
 /// (recent rxe drops middle packets shorter than the MTU).
 pub const PATH_MTU: u32 = rdma_sys::ibv_mtu::IBV_MTU_1024;
@@ -32,43 +25,7 @@ pub const HOP_LIMIT: u8 = 6;
 /// Queue pair numbers and PSNs are 24-bit.
 pub const MAX_24BIT: u32 = 0x00ff_ffff;
 
-/// A bad [`QpInfo`] record from the peer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum QpInfoError {
-    /// Wrong length.
-    #[error("QP info is {0} bytes, expected {QP_INFO_LEN}")]
-    BadLength(usize),
-    /// Wrong magic.
-    #[error("QP info has a bad magic {0:02x?}")]
-    BadMagic([u8; 4]),
-    /// Our magic with another format version: an msgr whose RDMA wire differs.
-    #[error(
-        "the peer speaks msgr's RDMA wire version {peer} (version 2 = credits in immediate data), this one speaks \
-         {ours} (Ceph's SEND-only chunks): run the same msgr version on both ends"
-    )]
-    Version {
-        /// The peer's version.
-        peer: u8,
-        /// Ours.
-        ours: u8,
-    },
-    /// A 24-bit field out of range.
-    #[error("QP info field {field} = {value:#x} exceeds 24 bits")]
-    OutOfRange {
-        /// Field name.
-        field: &'static str,
-        /// Value received.
-        value: u32,
-    },
-}
-
-impl From<QpInfoError> for std::io::Error {
-    fn from(e: QpInfoError) -> std::io::Error {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
-    }
-}
-
-/// One end's queue-pair identity, exchanged over the side channel.
+/// The peer queue pair's identity, from its meta on the side channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QpInfo {
     /// Port LID (0 on RoCE).
@@ -79,51 +36,6 @@ pub struct QpInfo {
     pub psn: u32,
     /// Port GID at the configured index.
     pub gid: [u8; 16],
-    /// Size of each receive buffer (`ms_async_rdma_buffer_size`): the largest SEND the
-    /// peer may post. Ceph's meta has no such field (both ends are configured alike);
-    /// ours lets a mismatch shrink SENDs instead of failing receives.
-    pub chunk: u32,
-}
-
-impl QpInfo {
-    /// Encodes to exactly [`QP_INFO_LEN`] bytes.
-    pub fn encode(&self) -> [u8; QP_INFO_LEN] {
-        let mut out = [0u8; QP_INFO_LEN];
-        out[0..4].copy_from_slice(&QP_INFO_MAGIC);
-        out[4..6].copy_from_slice(&self.lid.to_be_bytes());
-        out[6..10].copy_from_slice(&self.qpn.to_be_bytes());
-        out[10..14].copy_from_slice(&self.psn.to_be_bytes());
-        out[14..30].copy_from_slice(&self.gid);
-        out[30..34].copy_from_slice(&self.chunk.to_be_bytes());
-        out
-    }
-
-    /// Decodes a record received from the peer.
-    ///
-    /// # Errors
-    ///
-    /// A [`QpInfoError`] for a wrong length, magic, or out-of-range QPN/PSN.
-    pub fn decode(buf: &[u8]) -> Result<Self, QpInfoError> {
-        let b: &[u8; QP_INFO_LEN] = buf.try_into().map_err(|_| QpInfoError::BadLength(buf.len()))?;
-        let magic = [b[0], b[1], b[2], b[3]];
-        if magic[..3] == QP_INFO_MAGIC[..3] && magic[3] != QP_INFO_MAGIC[3] {
-            return Err(QpInfoError::Version { peer: magic[3], ours: QP_INFO_MAGIC[3] });
-        }
-        if magic != QP_INFO_MAGIC {
-            return Err(QpInfoError::BadMagic(magic));
-        }
-        let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let mut gid = [0u8; 16];
-        gid.copy_from_slice(&b[14..30]);
-        let info =
-            QpInfo { lid: u16::from_be_bytes([b[4], b[5]]), qpn: u32_at(6), psn: u32_at(10), gid, chunk: u32_at(30) };
-        for (field, value) in [("qpn", info.qpn), ("psn", info.psn)] {
-            if value > MAX_24BIT {
-                return Err(QpInfoError::OutOfRange { field, value });
-            }
-        }
-        Ok(info)
-    }
 }
 
 /// Queue pair states this stack uses.
@@ -316,40 +228,11 @@ mod tests {
     use super::*;
 
     fn info() -> QpInfo {
-        QpInfo { lid: 7, qpn: 0x12_3456, psn: 0xab_cdef, gid: *b"0123456789abcdef", chunk: 65_536 }
+        QpInfo { lid: 7, qpn: 0x12_3456, psn: 0xab_cdef, gid: *b"0123456789abcdef" }
     }
 
     fn local() -> LocalPath {
         LocalPath { port_num: 1, gid_idx: 1, psn: 42, sl: 3, traffic_class: 96 }
-    }
-
-    #[test]
-    fn qp_info_round_trip() {
-        let e = info().encode();
-        assert_eq!(e.len(), QP_INFO_LEN);
-        assert_eq!(QpInfo::decode(&e), Ok(info()));
-    }
-
-    #[test]
-    fn qp_info_rejects_bad_input() {
-        let e = info().encode();
-        assert_eq!(QpInfo::decode(&e[..QP_INFO_LEN - 1]), Err(QpInfoError::BadLength(QP_INFO_LEN - 1)));
-        assert_eq!(QpInfo::decode(&[]), Err(QpInfoError::BadLength(0)));
-        let mut long = e.to_vec();
-        long.push(0);
-        assert_eq!(QpInfo::decode(&long), Err(QpInfoError::BadLength(QP_INFO_LEN + 1)));
-        let mut bad = e;
-        bad[3] = 2;
-        assert_eq!(QpInfo::decode(&bad), Err(QpInfoError::Version { peer: 2, ours: 3 }));
-        assert!(QpInfoError::Version { peer: 2, ours: 3 }.to_string().contains("credits"));
-        bad[0] = b'X';
-        assert!(matches!(QpInfo::decode(&bad), Err(QpInfoError::BadMagic(_))));
-        let mut big = info();
-        big.qpn = 0x0100_0000;
-        assert!(matches!(QpInfo::decode(&big.encode()), Err(QpInfoError::OutOfRange { field: "qpn", .. })));
-        big = info();
-        big.psn = u32::MAX;
-        assert!(matches!(QpInfo::decode(&big.encode()), Err(QpInfoError::OutOfRange { field: "psn", .. })));
     }
 
     #[test]

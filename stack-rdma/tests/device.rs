@@ -16,8 +16,9 @@ use bytes::Bytes;
 use msgr::event::CompletionSource;
 use msgr::stack::{ServerSocket, SocketOptions};
 use msgr_stack_posix::PosixSocketFactory;
+use msgr_stack_rdma::meta::{CephMeta, META_LEN};
 use msgr_stack_rdma::pool::ChunkPool;
-use msgr_stack_rdma::qp::{modify_spec, LocalPath, QpInfo, QpState, QP_INFO_LEN};
+use msgr_stack_rdma::qp::{modify_spec, LocalPath, QpInfo, QpState};
 use msgr_stack_rdma::verbs::{
     self, Chunk, CompChannel, CompletionQueue, InFlight, PostScratch, ProtectionDomain, QpCaps, QueuePair, SendWork,
     WorkCompletion,
@@ -98,8 +99,8 @@ impl Endpoint {
         }
     }
 
-    fn info(&self, dev: &Device, psn: u32) -> QpInfo {
-        QpInfo { lid: dev.port.lid, qpn: self.qp.qpn(), psn, gid: dev.gid, chunk: CHUNK as u32 }
+    fn meta(&self, dev: &Device, psn: u32) -> CephMeta {
+        CephMeta { lid: dev.port.lid, qpn: self.qp.qpn(), psn, peer_qpn: 0, gid: dev.gid }
     }
 
     fn post_recv(&mut self, chunk: Chunk) -> io::Result<()> {
@@ -175,24 +176,27 @@ impl Endpoint {
     }
 }
 
-/// Exchanges QP info over a real TCP side channel on 127.0.0.1.
-fn exchange(a: QpInfo, b: QpInfo) -> io::Result<(QpInfo, QpInfo)> {
+/// Swaps Ceph's metas over a real TCP side channel on 127.0.0.1 (client first, the
+/// server's reply naming the client's QP, as Ceph's exchange goes) and returns what
+/// each end learned of the other.
+fn exchange(a: CephMeta, b: CephMeta) -> io::Result<(QpInfo, QpInfo)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let client = std::thread::spawn(move || -> io::Result<QpInfo> {
+    let client = std::thread::spawn(move || -> io::Result<CephMeta> {
         let mut s = TcpStream::connect(addr)?;
         s.write_all(&a.encode())?;
-        let mut buf = [0u8; QP_INFO_LEN];
+        let mut buf = [0u8; META_LEN];
         s.read_exact(&mut buf)?;
-        QpInfo::decode(&buf).map_err(io::Error::from)
+        CephMeta::parse(&buf).map_err(io::Error::other)
     });
     let (mut s, _) = listener.accept()?;
-    let mut buf = [0u8; QP_INFO_LEN];
+    let mut buf = [0u8; META_LEN];
     s.read_exact(&mut buf)?;
-    let from_a = QpInfo::decode(&buf)?;
-    s.write_all(&b.encode())?;
+    let from_a = CephMeta::parse(&buf).map_err(io::Error::other)?;
+    s.write_all(&CephMeta { peer_qpn: from_a.qpn, ..b }.encode())?;
     let from_b = client.join().map_err(|_| io::Error::other("side channel thread panicked"))??;
-    Ok((from_a, from_b))
+    assert_eq!(from_b.peer_qpn, a.qpn, "the server's meta names the client's QP");
+    Ok((QpInfo::from(&from_a), QpInfo::from(&from_b)))
 }
 
 /// Polls completions; when there are none, arms notification, looks once more (a
@@ -233,7 +237,7 @@ fn two_qps_send_recv_over_completion_channel_with_a_stalled_reader() -> io::Resu
     const N: u64 = 200;
     let mut eps = [Endpoint::new("a", &pd, &cq, N), Endpoint::new("b", &pd, &cq, N)];
     let (psn_a, psn_b) = (0x1111, 0x2222);
-    let (info_a, info_b) = exchange(eps[0].info(&dev, psn_a), eps[1].info(&dev, psn_b))?;
+    let (info_a, info_b) = exchange(eps[0].meta(&dev, psn_a), eps[1].meta(&dev, psn_b))?;
     eps[0].bring_up(&dev, psn_a, &info_b)?;
     eps[1].bring_up(&dev, psn_b, &info_a)?;
 
@@ -322,7 +326,7 @@ fn failed_completions_are_errors_and_teardown_drains() -> io::Result<()> {
     let ch = CompChannel::new(&dev.ctx)?;
     let cq = CompletionQueue::new(&dev.ctx, &ch, 64)?;
     let mut eps = [Endpoint::new("a", &pd, &cq, 0), Endpoint::new("b", &pd, &cq, 0)];
-    let (info_a, info_b) = (eps[0].info(&dev, 1), eps[1].info(&dev, 2));
+    let (info_a, info_b) = (QpInfo::from(&eps[0].meta(&dev, 1)), QpInfo::from(&eps[1].meta(&dev, 2)));
     eps[0].bring_up(&dev, 1, &info_b)?;
     eps[1].bring_up(&dev, 2, &info_a)?;
     // b's posted receives are CHUNK bytes; send two chunks' worth from one chunk.
@@ -364,8 +368,11 @@ fn failed_completions_are_errors_and_teardown_drains() -> io::Result<()> {
     // (A failed completion's opcode is undefined: tell receives by the wr_id kind.)
     let kind = |wc: &WorkCompletion| WrId::decode(wc.wr_id()).map(|id| id.kind);
     let failed_recv = failures.iter().find(|wc| kind(wc) == Some(Kind::Recv)).expect("receiver saw an error");
+    // The two statuses the worker turns into "set ms_async_rdma_buffer_size alike".
+    assert!(failed_recv.may_be_too_long_receive(), "receiver: {}", failed_recv.status_str());
     take_back(&mut eps, failed_recv);
     let sender = failures.iter().find(|wc| wc.wr_id() == big_id).expect("sender saw the remote error");
+    assert!(sender.may_be_refused_as_too_long(), "sender: {}", sender.status_str());
     // The failed SEND's buffers come back for its own completion only.
     assert!(in_flight.pop().and_then(|f| f.finish(sender)).is_some());
 

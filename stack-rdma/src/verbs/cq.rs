@@ -152,6 +152,18 @@ impl WorkCompletion {
         self.status == ibv_wc_status::IBV_WC_WR_FLUSH_ERR
     }
 
+    /// A failed receive of the kind a SEND longer than the posted buffer causes: a
+    /// local length error (hardware), or a local QP operation error (rxe reports it so).
+    pub fn may_be_too_long_receive(&self) -> bool {
+        matches!(self.status, ibv_wc_status::IBV_WC_LOC_LEN_ERR | ibv_wc_status::IBV_WC_LOC_QP_OP_ERR)
+    }
+
+    /// A failed SEND of the kind the peer's too-short receive buffer causes: a remote
+    /// invalid request (hardware), or a remote operation error (rxe).
+    pub fn may_be_refused_as_too_long(&self) -> bool {
+        matches!(self.status, ibv_wc_status::IBV_WC_REM_INV_REQ_ERR | ibv_wc_status::IBV_WC_REM_OP_ERR)
+    }
+
     /// Whether it completes a receive (meaningful only for a successful completion: the
     /// opcode of a failed one is undefined).
     pub fn is_recv(&self) -> bool {

@@ -11,6 +11,7 @@ use msgr::stack::{ConnectedSocket, Copied};
 use msgr_stack_posix::PosixConnectedSocket;
 
 use super::{count, fresh_qp, send_wr_id, Counter, SendCtx, WorkerRdma, DRAIN_LIMIT, LINGER, NO_LIMITS};
+use crate::close::{Lifecycle, OnSocketClose, Overdue, Phase};
 use crate::config::{OPT_RECEIVE_BUFFERS, OPT_SUPPORT_SRQ};
 use crate::exchange::{CephExchange, ExchangeError, Role, Step};
 use crate::meta::CephMeta;
@@ -42,14 +43,6 @@ impl ConnFault {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
-    Handshaking,
-    Open,
-    Closing { until: Instant },
-    Draining { until: Instant },
-}
-
 /// Bytes of one receive not yet read.
 pub(super) struct RxPiece {
     pub(super) chunk: Chunk,
@@ -70,7 +63,8 @@ pub(super) struct Conn {
     pub(super) reg: Option<Registration>,
     /// Ceph's side-channel exchange (`crate::exchange`).
     pub(super) hs: CephExchange,
-    pub(super) phase: Phase,
+    /// Open, closing, draining; the peer's end; the socket's (`crate::close`).
+    pub(super) life: Lifecycle,
     local: LocalPath,
     /// How SENDs are cut: the peer's buffer size, our queue pair's limits.
     pub(super) limits: Limits,
@@ -83,14 +77,8 @@ pub(super) struct Conn {
     /// Most data SENDs in flight: the send queue less one kept for the close SEND.
     pub(super) sq_cap: u32,
     pub(super) fault: Option<ConnFault>,
-    /// The peer's end of stream (its close SEND, or the side channel's end) was seen.
-    pub(super) peer_closed: bool,
-    /// Our close SEND is due (posted as soon as the send queue has room).
-    pub(super) fin_due: bool,
     pub(super) open_reported: bool,
     pub(super) write_blocked: bool,
-    /// The socket was shut down or dropped: nobody will read this connection's error.
-    pub(super) socket_gone: bool,
     /// Bytes copied since the socket last asked.
     pub(super) copied: Copied,
 }
@@ -101,18 +89,18 @@ impl Conn {
             "qpn {} {:?} rx {} chunks/{} bytes, rq {} sq {}/{} fault {:?} peer_closed {} fin_due {} open_reported {} \
              write_blocked {} socket_gone {} posted {:?}",
             self.qpn,
-            self.phase,
+            self.life.phase(),
             self.rx.len(),
             self.rx.iter().map(|p| p.end - p.pos).sum::<usize>(),
             self.rq_posted,
             self.sq_outstanding,
             self.sq_cap,
             self.fault.as_ref().map(|f| &f.msg),
-            self.peer_closed,
-            self.fin_due,
+            self.life.peer_closed(),
+            self.life.fin_due(),
             self.open_reported,
             self.write_blocked,
-            self.socket_gone,
+            self.life.socket_gone(),
             self.reg.as_ref().map(|r| r.posted()),
         )
     }
@@ -168,7 +156,7 @@ impl WorkerRdma {
             tcp_connecting: connecting,
             reg: None,
             hs: CephExchange::new(if connecting { Role::Client } else { Role::Server }, meta),
-            phase: Phase::Handshaking,
+            life: Lifecycle::new(),
             local,
             limits: NO_LIMITS,
             rx: VecDeque::new(),
@@ -176,11 +164,8 @@ impl WorkerRdma {
             sq_outstanding: 0,
             sq_cap,
             fault: None,
-            peer_closed: false,
-            fin_due: false,
             open_reported: false,
             write_blocked: false,
-            socket_gone: false,
             copied: Copied::default(),
         };
         let key = self.conns.insert(conn).ok_or_else(|| io::Error::other("too many RDMA connections on one worker"))?;
@@ -218,7 +203,7 @@ impl WorkerRdma {
         let depth = self.sizing.recv_depth;
         loop {
             let Some(conn) = self.conns.get(key) else { return Ok(()) };
-            if conn.fault.is_some() || matches!(conn.phase, Phase::Draining { .. } | Phase::Closing { .. }) {
+            if conn.fault.is_some() || conn.life.is_ending() {
                 return Ok(());
             }
             if conn.rq_posted + conn.rx.len() as u32 >= depth {
@@ -226,7 +211,7 @@ impl WorkerRdma {
             }
             let Some(chunk) = self.recv_pool.take()? else {
                 let c = self.conns.get(key);
-                if c.is_some_and(|c| c.rq_posted == 0 && c.phase == Phase::Handshaking) {
+                if c.is_some_and(|c| c.rq_posted == 0 && c.life.is_handshaking()) {
                     return Err(io::Error::new(
                         io::ErrorKind::OutOfMemory,
                         format!(
@@ -271,13 +256,13 @@ impl WorkerRdma {
             if conn.fault.is_some() {
                 return Ok(());
             }
-            if matches!(conn.phase, Phase::Closing { .. }) {
+            if matches!(conn.life.phase(), Phase::Closing { .. }) {
                 // The peer closed or died while our last SENDs were in flight: they
                 // will complete or fail on their own, there is nothing left to wait for.
                 self.finish_close(key);
                 return Ok(());
             }
-            if !matches!(conn.phase, Phase::Handshaking | Phase::Open) {
+            if conn.life.is_ending() {
                 return Ok(());
             }
             let Some(tcp) = conn.tcp.as_mut() else { return Ok(()) };
@@ -313,7 +298,7 @@ impl WorkerRdma {
             let n = if wants == 0 { 1 } else { wants.min(buf.len()) };
             let got = match tcp.read(&mut buf[..n]) {
                 Ok(0) => {
-                    return if conn.phase == Phase::Open {
+                    return if conn.life.is_open() {
                         self.peer_closed(key);
                         Ok(())
                     } else {
@@ -327,7 +312,7 @@ impl WorkerRdma {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) if conn.phase == Phase::Open => {
+                Err(_) if conn.life.is_open() => {
                     // A reset side channel is the peer dying: same as end-of-file,
                     // after what already arrived over the QP.
                     self.peer_closed(key);
@@ -346,7 +331,7 @@ impl WorkerRdma {
             match conn.hs.input(&buf[..got])? {
                 Step::More => {}
                 Step::PeerInfo(peer) => self.bring_up(key, &peer)?,
-                Step::Established => conn.phase = Phase::Open,
+                Step::Established => conn.life.opened(),
             }
         }
     }
@@ -374,7 +359,7 @@ impl WorkerRdma {
         // A client may send as soon as its QP is at RTS (its ACK goes out on the next
         // write of the side channel); a server waits for that ACK.
         if conn.hs.is_established() {
-            conn.phase = Phase::Open;
+            conn.life.opened();
         }
         Ok(())
     }
@@ -385,7 +370,7 @@ impl WorkerRdma {
         // Completions that landed before the close must be seen first.
         let _ = self.poll_cqs();
         if let Some(conn) = self.conns.get_mut(key) {
-            conn.peer_closed = true;
+            conn.life.peer_ended();
             self.close_side_channel(key);
         }
         self.touch(key);
@@ -438,7 +423,7 @@ impl WorkerRdma {
     ///
     /// The connection's fault.
     pub fn is_connected(&mut self, key: ConnKey) -> io::Result<bool> {
-        let r = self.check_usable(key).map(|c| c.phase == Phase::Open);
+        let r = self.check_usable(key).map(|c| c.life.is_open());
         if let (Ok(true), Some(conn)) = (&r, self.conns.get_mut(key)) {
             conn.open_reported = true;
         }
@@ -457,7 +442,7 @@ impl WorkerRdma {
             super::note_fault(conn.qpn, err);
             // Errors of a connection already closing (a peer that went away while
             // SENDs were in flight) are expected, not faults worth counting.
-            if !conn.peer_closed && !conn.socket_gone {
+            if !conn.life.peer_closed() && !conn.life.socket_gone() {
                 count(Counter::Faults);
             }
         }
@@ -469,20 +454,17 @@ impl WorkerRdma {
     /// already), wait for our SENDs, then drain and destroy.
     pub fn close(&mut self, key: ConnKey, now: Instant) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        conn.socket_gone = true;
         // Nobody watches the socket any more.
         conn.reg = None;
-        match conn.phase {
-            Phase::Open if conn.fault.is_none() && !conn.peer_closed => {
-                conn.phase = Phase::Closing { until: now + LINGER };
-                conn.fin_due = true;
+        match conn.life.socket_closed(now, conn.fault.is_some(), LINGER) {
+            OnSocketClose::Linger => {
                 self.lingering.push(key);
                 self.post_fin_if_due(key);
                 self.closing_progress(key);
             }
-            Phase::Closing { .. } => {}
-            Phase::Draining { .. } => self.maybe_destroy(key),
-            _ => self.finish_close(key),
+            OnSocketClose::Nothing => {}
+            OnSocketClose::MaybeDestroy => self.maybe_destroy(key),
+            OnSocketClose::Drain => self.finish_close(key),
         }
         self.blocked_writers.retain(|&k| k != key);
     }
@@ -491,10 +473,9 @@ impl WorkerRdma {
     pub(super) fn post_fin_if_due(&mut self, key: ConnKey) {
         let room = self.sends.len() < self.sizing.send_cq as usize;
         let Some(conn) = self.conns.get_mut(key) else { return };
-        if !conn.fin_due || !room || conn.sq_outstanding > conn.sq_cap {
+        if !conn.life.take_fin(room, conn.sq_outstanding, conn.sq_cap) {
             return;
         }
-        conn.fin_due = false;
         let Some(skey) = self.sends.insert(SendCtx { conn: key, inflight: None }) else { return };
         let Some(conn) = self.conns.get_mut(key) else { return };
         let Some(qp) = conn.qp.as_mut() else { return };
@@ -516,7 +497,7 @@ impl WorkerRdma {
     /// A closing connection whose SENDs (the close SEND last) are all done moves on.
     pub(super) fn closing_progress(&mut self, key: ConnKey) {
         let Some(conn) = self.conns.get(key) else { return };
-        if matches!(conn.phase, Phase::Closing { .. }) && !conn.fin_due && conn.sq_outstanding == 0 {
+        if conn.life.sends_done(conn.sq_outstanding) {
             self.finish_close(key);
         }
     }
@@ -528,11 +509,9 @@ impl WorkerRdma {
 
     fn start_drain(&mut self, key: ConnKey) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        if matches!(conn.phase, Phase::Draining { .. }) {
+        if !conn.life.start_drain(Instant::now(), DRAIN_LIMIT) {
             return;
         }
-        conn.phase = Phase::Draining { until: Instant::now() + DRAIN_LIMIT };
-        conn.fin_due = false;
         // Unread data will never be read now: its chunks go back.
         conn.rx.clear();
         let failed = conn.qp.as_mut().is_some_and(|qp| qp.set_error().is_err());
@@ -555,14 +534,12 @@ impl WorkerRdma {
     /// socket's close finishes the job).
     pub(super) fn maybe_destroy(&mut self, key: ConnKey) {
         let Some(conn) = self.conns.get(key) else { return };
-        if let Phase::Draining { until } = conn.phase {
-            let idle = conn.sq_outstanding == 0 && conn.rq_posted == 0;
-            if conn.socket_gone && (idle || Instant::now() >= until) {
-                if !idle {
-                    count(Counter::ForcedDestroys);
-                }
-                self.destroy(key);
+        let idle = conn.sq_outstanding == 0 && conn.rq_posted == 0;
+        if let Some(forced) = conn.life.destroy_due(Instant::now(), idle) {
+            if forced {
+                count(Counter::ForcedDestroys);
             }
+            self.destroy(key);
         }
     }
 
@@ -571,15 +548,13 @@ impl WorkerRdma {
             .lingering
             .iter()
             .copied()
-            .filter(|&k| match self.conns.get(k).map(|c| c.phase) {
-                Some(Phase::Closing { until } | Phase::Draining { until }) => now >= until,
-                _ => false,
-            })
+            .filter(|&k| self.conns.get(k).is_some_and(|c| c.life.overdue(now).is_some()))
             .collect();
         for key in overdue {
-            match self.conns.get(key).map(|c| c.phase) {
-                Some(Phase::Closing { .. }) => self.finish_close(key),
-                _ => self.maybe_destroy(key),
+            match self.conns.get(key).and_then(|c| c.life.overdue(now)) {
+                Some(Overdue::FinishClose) => self.finish_close(key),
+                Some(Overdue::Destroy) => self.maybe_destroy(key),
+                None => {}
             }
         }
     }
@@ -594,7 +569,7 @@ impl WorkerRdma {
         if busy {
             count(Counter::ForcedDestroys);
         }
-        let socket_gone = self.conns.get(key).is_some_and(|c| c.socket_gone);
+        let socket_gone = self.conns.get(key).is_some_and(|c| c.life.socket_gone());
         if socket_gone {
             self.destroy(key);
             return;

@@ -57,8 +57,8 @@ use crate::verbs::{
 };
 use crate::{Device, RdmaConfig};
 
+use conn::Conn;
 pub use conn::ConnKey;
-use conn::{Conn, Phase};
 
 /// How long a closed connection waits for its SENDs to complete before it is cut.
 const LINGER: Duration = Duration::from_secs(5);
@@ -88,6 +88,12 @@ fn note_fault(qpn: u32, e: &io::Error) {
         f.pop_front();
     }
     f.push_back(format!("QP {qpn}: {e}"));
+}
+
+/// The last (up to 16) connection faults of the process, oldest first, each as
+/// "QP n: error": e.g. which peer spoke another wire.
+pub fn recent_faults() -> Vec<String> {
+    RECENT_FAULTS.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
 }
 
 /// Every worker of the process, for [`describe_all`].
@@ -421,15 +427,15 @@ impl WorkerRdma {
     /// of stream, an error, or a connection just opened that the owner has not seen
     /// yet), writable when a send could post.
     fn readiness(&self, conn: &Conn) -> Interest {
-        if conn.fault.is_some() || (conn.peer_closed && conn.rx.is_empty()) {
+        if conn.fault.is_some() || (conn.life.peer_closed() && conn.rx.is_empty()) {
             return Interest::BOTH;
         }
         let mut r = Interest::NONE;
-        let open = conn.phase != Phase::Handshaking;
-        if (open && !conn.rx.is_empty()) || (conn.phase == Phase::Open && !conn.open_reported) {
+        let open = !conn.life.is_handshaking();
+        if (open && !conn.rx.is_empty()) || (conn.life.is_open() && !conn.open_reported) {
             r |= Interest::READABLE;
         }
-        if conn.phase == Phase::Open && self.can_post(conn) {
+        if conn.life.is_open() && self.can_post(conn) {
             r |= Interest::WRITABLE;
         }
         r

@@ -4,7 +4,7 @@ use std::io;
 
 use bytes::Bytes;
 
-use super::conn::{gone, Phase, RxPiece};
+use super::conn::{gone, RxPiece};
 use super::{count, ConnKey, Counter, WorkerRdma};
 use crate::pool::chunk_bytes;
 use crate::qpn::Lookup;
@@ -17,38 +17,31 @@ impl WorkerRdma {
     /// Polls both CQs once; returns the number of completions handled.
     pub(super) fn poll_cqs(&mut self) -> io::Result<usize> {
         let epoch = self.qpns.begin_poll();
-        let batch = POLL_BATCH as usize;
         let mut wcs = std::mem::take(&mut self.wcs);
-        wcs.clear();
-        let r = self.recv_cq.poll(&mut wcs, batch);
-        let n_recv = match r {
-            Ok(n) => n,
-            Err(e) => {
-                self.wcs = wcs;
-                return Err(e);
-            }
-        };
-        for wc in &wcs {
-            self.on_recv(wc);
-        }
-        wcs.clear();
-        let r = self.send_cq.poll(&mut wcs, batch);
-        let n_send = match r {
-            Ok(n) => n,
-            Err(e) => {
-                self.wcs = wcs;
-                return Err(e);
-            }
-        };
-        for wc in &wcs {
-            self.on_send(wc);
-        }
+        let r = self.poll_cq(true, &mut wcs).and_then(|n_recv| Ok((n_recv, self.poll_cq(false, &mut wcs)?)));
         self.wcs = wcs;
+        let (n_recv, n_send) = r?;
         self.completions += (n_recv + n_send) as u64;
+        let batch = POLL_BATCH as usize;
         if n_recv < batch && n_send < batch {
             self.qpns.polled_empty(epoch);
         }
         Ok(n_recv + n_send)
+    }
+
+    /// One batch from the receive or the send CQ, each completion handled.
+    fn poll_cq(&mut self, recv: bool, wcs: &mut Vec<WorkCompletion>) -> io::Result<usize> {
+        wcs.clear();
+        let cq = if recv { &self.recv_cq } else { &self.send_cq };
+        let n = cq.poll(wcs, POLL_BATCH as usize)?;
+        for wc in wcs.iter() {
+            if recv {
+                self.on_recv(wc);
+            } else {
+                self.on_send(wc);
+            }
+        }
+        Ok(n)
     }
 
     /// Polls until every completion that was in the CQs when it started is handled.
@@ -93,11 +86,11 @@ impl WorkerRdma {
             return;
         };
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let draining = matches!(conn.phase, Phase::Draining { .. });
+        let draining = conn.life.is_draining();
         if !wc.is_ok() {
             drop(chunk);
             if !(wc.is_flush() && draining) {
-                let e = wc.check().err().unwrap_or_else(|| io::Error::other("failed receive"));
+                let e = completion_error(wc, self.cfg.buffer_size);
                 self.fail(key, &e);
             }
             self.maybe_destroy(key);
@@ -114,7 +107,7 @@ impl WorkerRdma {
             self.fail(key, &e);
             return;
         }
-        if draining || conn.fault.is_some() {
+        if !conn.life.accepts_data(conn.fault.is_some()) {
             // After the end: nobody reads it. (Data may arrive while our side channel
             // still waits for the peer's READY byte: the peer's QP was ready before it
             // sent that, and the bytes are queued for when the connection opens.)
@@ -124,19 +117,19 @@ impl WorkerRdma {
         if wc.byte_len() == 0 {
             // The peer's close SEND: everything it sent before is queued, in order.
             drop(chunk);
-            conn.peer_closed = true;
+            conn.life.peer_ended();
             count(Counter::FinsReceived);
         } else {
             let end = (wc.byte_len() as usize).min(chunk.size());
             conn.rx.push_back(RxPiece { chunk, pos: 0, end });
         }
-        if conn.phase == Phase::Handshaking {
+        if conn.life.is_handshaking() {
             // A server whose client already sends needs no ACK to know the client can
             // receive: open now, so the data is read and its receive buffers go back
             // to the shared queue instead of waiting on the side channel.
             conn.hs.peer_sent();
             if conn.hs.is_established() {
-                conn.phase = Phase::Open;
+                conn.life.opened();
             }
         }
         if self.srq.is_none() {
@@ -223,14 +216,14 @@ impl WorkerRdma {
 
     fn recv_owned_inner(&mut self, key: ConnKey) -> io::Result<Bytes> {
         let conn = self.check_usable(key)?;
-        if conn.phase == Phase::Handshaking {
+        if conn.life.is_handshaking() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let pressure = self.recv_pool.available() < self.sizing.low_water;
         let Some(conn) = self.conns.get_mut(key) else { return Err(gone()) };
         conn.open_reported = true;
         let Some(piece) = conn.rx.pop_front() else {
-            return if conn.peer_closed { Ok(Bytes::new()) } else { Err(io::ErrorKind::WouldBlock.into()) };
+            return conn.life.read_nothing().map(|()| Bytes::new());
         };
         if pressure {
             let bytes = Bytes::copy_from_slice(&piece.chunk.as_slice()[piece.pos..piece.end]);
@@ -265,7 +258,7 @@ impl WorkerRdma {
 
     fn read_inner(&mut self, key: ConnKey, buf: &mut [u8]) -> io::Result<usize> {
         let conn = self.check_usable(key)?;
-        if conn.phase == Phase::Handshaking {
+        if conn.life.is_handshaking() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let Some(conn) = self.conns.get_mut(key) else { return Err(gone()) };
@@ -284,10 +277,8 @@ impl WorkerRdma {
         conn.copied.rx += done as u64;
         if done > 0 {
             Ok(done)
-        } else if conn.peer_closed {
-            Ok(0)
         } else {
-            Err(io::ErrorKind::WouldBlock.into())
+            conn.life.read_nothing().map(|()| 0)
         }
     }
 
@@ -323,7 +314,7 @@ impl WorkerRdma {
         let conn_key = ctx.conn;
         let Some(conn) = self.conns.get_mut(conn_key) else { return };
         conn.sq_outstanding = conn.sq_outstanding.saturating_sub(1);
-        let draining = matches!(conn.phase, Phase::Draining { .. });
+        let draining = conn.life.is_draining();
         if !(wc.is_ok() || wc.is_flush() && draining) {
             let e = if wc.is_flush() {
                 io::Error::new(
@@ -331,7 +322,7 @@ impl WorkerRdma {
                     format!("RDMA queue pair {} entered the error state (work request flushed)", wc.qp_num()),
                 )
             } else {
-                wc.check().err().unwrap_or_else(|| io::Error::other("failed SEND"))
+                completion_error(wc, self.cfg.buffer_size)
             };
             self.fail(conn_key, &e);
         }
@@ -340,4 +331,29 @@ impl WorkerRdma {
         self.maybe_destroy(conn_key);
         self.touch(conn_key);
     }
+}
+
+/// The error of a failed completion, with what to do when it may be the one mistake
+/// Ceph's wire cannot catch earlier: its meta carries no buffer size, so both ends must
+/// set `ms_async_rdma_buffer_size` alike, and a SEND longer than the receiver's buffers
+/// fails at both ends (with statuses that other faults can cause too, hence "if").
+fn completion_error(wc: &WorkCompletion, buffer_size: usize) -> io::Error {
+    let base = match wc.check() {
+        Ok(()) => return io::Error::other("completion failed"),
+        Err(e) => e,
+    };
+    let hint = if wc.may_be_too_long_receive() {
+        format!(
+            "if the peer's ms_async_rdma_buffer_size is larger than ours ({buffer_size}), its SENDs do not fit our \
+             receive buffers: set the same value on both ends"
+        )
+    } else if wc.may_be_refused_as_too_long() {
+        format!(
+            "if the peer's ms_async_rdma_buffer_size is smaller than ours ({buffer_size}), our SENDs do not fit its \
+             receive buffers: set the same value on both ends"
+        )
+    } else {
+        return base;
+    };
+    io::Error::new(base.kind(), format!("{base} ({hint})"))
 }

@@ -8,7 +8,7 @@ use std::io::{self, IoSlice};
 use bytes::Bytes;
 use msgr::stack::consume;
 
-use super::conn::{gone, Conn, Phase};
+use super::conn::{gone, Conn};
 use super::{count, send_wr_id, ConnKey, Counter, SendCtx, WorkerRdma, SPARE_WORKS};
 use crate::plan::{plan_send, Cursor, How, PartInfo};
 use crate::slab::Key;
@@ -68,14 +68,7 @@ impl WorkerRdma {
 
     fn send_owned_inner(&mut self, key: ConnKey, queue: &mut VecDeque<Bytes>) -> io::Result<usize> {
         let conn = self.check_usable(key)?;
-        if conn.peer_closed {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the RDMA peer closed the connection"));
-        }
-        match conn.phase {
-            Phase::Handshaking => return Err(io::ErrorKind::WouldBlock.into()),
-            Phase::Open => {}
-            Phase::Closing { .. } | Phase::Draining { .. } => return Err(gone()),
-        }
+        conn.life.may_send()?;
         let limits = conn.limits;
         let room = (conn.sq_cap - conn.sq_outstanding.min(conn.sq_cap)) as usize;
         let room = room.min((self.sizing.send_cq as usize).saturating_sub(self.sends.len()));
