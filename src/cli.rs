@@ -266,9 +266,25 @@ impl EchoServer {
 /// keeps client sessions across faults (Ceph's stateful server) instead of dropping
 /// them (stateless server).
 pub fn serve(common: &CommonArgs, bind: SocketAddr, run_for: Option<Duration>, lossless: bool) -> Result<(), CliError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_signals(&stop)?;
     let s = EchoServer::start(common, bind, lossless, Vec::new())?;
     println!("msgr serve: {} listening on {} (ms_type {})", s.name, s.addr, s.ms_type);
-    s.run("msgr serve", run_for, &AtomicBool::new(false));
+    s.run("msgr serve", run_for, &stop);
+    Ok(())
+}
+
+/// SIGTERM or SIGINT sets `stop`, so a server shuts its messenger down (peers see a
+/// clean close, RDMA queue pairs are torn down in order) rather than dying mid-write.
+/// A second SIGINT exits at once. This also makes `podman stop` work: as a container's
+/// PID 1, a process without handlers ignores SIGTERM.
+pub fn stop_on_signals(stop: &Arc<AtomicBool>) -> Result<(), CliError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let err = |e| CliError::io("cannot install the SIGTERM/SIGINT handlers", e);
+    // Registered first, so it sees the flag before the handler below sets it.
+    signal_hook::flag::register_conditional_shutdown(SIGINT, 130, Arc::clone(stop)).map_err(err)?;
+    signal_hook::flag::register(SIGINT, Arc::clone(stop)).map_err(err)?;
+    signal_hook::flag::register(SIGTERM, Arc::clone(stop)).map_err(err)?;
     Ok(())
 }
 

@@ -231,6 +231,23 @@ enum MonReq {
     },
     /// KEEPALIVE2 round trip.
     Keepalive,
+    /// Ask for a map's version every --interval on one held session, and say each
+    /// session reset and each failed request as it happens (e.g. a monitor restarted
+    /// under the session). Exit status 0 if the last request succeeded (with
+    /// --until-recovered: as soon as one succeeds after a reset).
+    Watch {
+        /// The map, as for get-version.
+        map: String,
+        /// Seconds between requests.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+        /// Stop at the first successful request after a session reset.
+        #[arg(long)]
+        until_recovered: bool,
+    },
 }
 
 /// Prints a line to stdout; a closed pipe (e.g. `| head`) ends output quietly
@@ -480,8 +497,61 @@ fn mon(common: &CommonArgs, mon_host: Option<&str>, timeout: Duration, req: MonR
             let stamp = m.keepalive()?;
             say!("keepalive ack {}.{:09}", stamp.sec, stamp.nsec);
         }
+        MonReq::Watch { map, interval, duration, until_recovered } => {
+            let ok = watch(&m, &map, secs(interval, "--interval")?, secs(duration, "--duration")?, until_recovered);
+            return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `msgr mon watch`: one line per request and per session reset, stamped with the
+/// seconds since the start. True if the last request succeeded (with `until_recovered`:
+/// if one succeeded after a reset).
+fn watch(
+    m: &msgr_cli::monc::MonClient,
+    map: &str,
+    interval: Duration,
+    duration: Duration,
+    until_recovered: bool,
+) -> bool {
+    let start = std::time::Instant::now();
+    let stamp = || start.elapsed().as_secs_f64();
+    let mut resets_seen = 0;
+    loop {
+        let t0 = std::time::Instant::now();
+        let res = m.get_version(map);
+        let rtt = t0.elapsed();
+        // A reset is reported by the messenger (ms_handle_reset) whether or not a
+        // request was waiting on the session.
+        let resets = m.resets();
+        if resets > resets_seen {
+            say!("{:.1}s session reset (resets so far: {resets})", stamp());
+            resets_seen = resets;
+        }
+        let last_ok = match res {
+            Ok((newest, oldest)) => {
+                say!("{:.1}s {map} version {newest} oldest {oldest} (round trip {} us)", stamp(), rtt.as_micros());
+                if until_recovered && resets_seen > 0 {
+                    say!("recovered after {resets_seen} session reset(s)");
+                    return true;
+                }
+                true
+            }
+            Err(e) => {
+                say!("{:.1}s request failed: {e}", stamp());
+                false
+            }
+        };
+        if start.elapsed() + interval > duration {
+            if until_recovered {
+                say!("not recovered within {duration:?} (session resets: {resets_seen})");
+                return false;
+            }
+            return last_ok;
+        }
+        std::thread::sleep(interval.saturating_sub(rtt));
+    }
 }
 
 fn main() -> ExitCode {

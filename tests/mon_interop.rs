@@ -123,6 +123,43 @@ fn cli_mon_subcommands() {
     assert!(out.status.success());
 }
 
+/// `msgr mon watch` holds one session across a monitor's death and restart: it says
+/// the reset when it happens, fails requests meanwhile, and exits 0 once a request
+/// succeeds again.
+#[test]
+fn cli_watch_reports_the_reset_and_the_recovery() {
+    use std::io::{BufRead, BufReader};
+    if !have_ceph("cli_watch_reports_the_reset_and_the_recovery") {
+        return;
+    }
+    let mon = Mon::start("none", "crc");
+    let conf = mon.conf();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msgr"))
+        .args(["mon", "-c", conf.to_str().unwrap(), "--timeout", "5", "watch", "osdmap"])
+        .args(["--interval", "0.2", "--duration", "60", "--until-recovered"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run msgr mon watch");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
+    let mut next = |what: &str, want: &dyn Fn(&str) -> bool| -> String {
+        for line in lines.by_ref() {
+            if want(&line) {
+                return line;
+            }
+        }
+        panic!("msgr mon watch ended before {what}");
+    };
+    next("the first answer", &|l| l.contains("osdmap version 1 "));
+    mon.kill();
+    next("the reset", &|l| l.contains("session reset (resets so far: 1)"));
+    let failed = next("a failed request", &|l| l.contains("request failed"));
+    assert!(failed.contains("refused the connection"), "{failed}");
+    mon.restart();
+    next("the recovery", &|l| l.starts_with("recovered after 1 session reset"));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
 #[test]
 fn mon_down_is_refused_within_the_timeout() {
     if !have_ceph("mon_down_is_refused_within_the_timeout") {

@@ -96,6 +96,7 @@ pub fn serve(common: &CommonArgs, o: &ServerOptions) -> Result<(), CliError> {
     let raw_addr = raw.as_ref().map(RawEcho::addr);
     control.set_raw_port(raw_addr.map_or(0, |a| a.port()));
     let stop = Arc::new(AtomicBool::new(false));
+    crate::cli::stop_on_signals(&stop)?;
     if o.exit_on_stdin_eof {
         let stop = Arc::clone(&stop);
         // Detached: it ends with the process. A read error counts as EOF, since the

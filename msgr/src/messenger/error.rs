@@ -13,7 +13,7 @@ pub enum ConnError {
     #[error(transparent)]
     Protocol(#[from] SessionError),
     /// The peer refused the TCP connection.
-    #[error("connection refused by {0}")]
+    #[error("connection refused: {0}")]
     Refused(String),
     /// The peer closed the connection.
     #[error("peer closed the connection{}", if *.mid_frame { " in the middle of a frame" } else { "" })]
