@@ -1079,6 +1079,35 @@ fn client_rejects_msgr1_server() {
     );
 }
 
+/// A server that accepts and hangs up without a byte (what an async+rdma messenger does
+/// to a posix client): the client says so, and names the likely cause — whether the
+/// hang-up is a plain end of stream or, with the client's banner unread, a reset.
+#[test]
+fn client_told_when_the_server_closes_before_its_banner() {
+    for banner_unread in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("raw listener");
+        let sa = listener.local_addr().unwrap();
+        let client = Client::new();
+        let con =
+            client.m.connect_to(EntityType::Osd, &EntityAddrVec(vec![EntityAddr::msgr2(sa, 0)])).expect("connect_to");
+        let (s, _) = listener.accept().expect("accept");
+        if banner_unread {
+            // Wait for the client's banner, leave it unread: the close sends a reset.
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            s.peek(&mut [0u8; 1]).expect("the client's banner");
+        }
+        drop(s);
+        let ev = client.rec.wait_for("the client to give up", |evs| {
+            evs.iter().find(|e| matches!(e.kind, Kind::Reset | Kind::Refused)).cloned()
+        });
+        assert_eq!(con.state(), ConnState::Closed);
+        let err = ev.err.expect("last_error");
+        assert!(matches!(err, ConnError::ClosedBeforeBanner), "banner unread {banner_unread}: {err:?}");
+        assert!(err.to_string().contains("same ms_type"), "{err}");
+        client.stop();
+    }
+}
+
 #[test]
 fn client_connect_refused_is_reported() {
     // A port that was just free: bind, note it, release it.

@@ -21,6 +21,14 @@ pub enum ConnError {
         /// True if it closed with a partial frame or banner buffered.
         mid_frame: bool,
     },
+    /// The peer we dialled closed the connection without sending one byte of its
+    /// banner. Once is a daemon going away; every time is a peer on another transport.
+    #[error(
+        "the peer closed the connection before sending its msgr2 banner (if it always does: is it a msgr2 \
+         endpoint with the same ms_type? an async+rdma messenger takes TCP connections for its RDMA side channel \
+         and closes those that send a msgr2 banner)"
+    )]
+    ClosedBeforeBanner,
     /// A socket call failed.
     #[error("socket error ({kind:?}): {msg}")]
     Io {

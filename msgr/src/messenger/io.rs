@@ -27,7 +27,7 @@ use crate::proto::addr::EntityAddr;
 use crate::proto::entity::EntityType;
 use crate::proto::frames::UTime;
 use crate::proto::reconnect::{decide_ident, decide_reconnect, peer_wins_race, Decision, Phase, SessionState};
-use crate::proto::session::{Answer, Claim, CopyCounts, ReadTarget, Role, Session, SessionError, SessionEvent};
+use crate::proto::session::{Answer, Claim, CopyCounts, ReadTarget, Role, Session, SessionError, SessionEvent, State};
 use crate::stack::inject::FaultySocket;
 use crate::stack::{ConnectedSocket, RecvMode, ServerSocket};
 
@@ -295,13 +295,19 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
                 return Ok(());
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // A peer that closes with our banner unread resets the connection instead.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset && nothing_from_server(&lc.session) => {
+                return Err(ConnError::ClosedBeforeBanner)
+            }
             Err(e) => return Err(ConnError::from(e)),
         };
         let n = got.len();
         if n == 0 {
+            if nothing_from_server(&lc.session) {
+                return Err(ConnError::ClosedBeforeBanner);
+            }
             // A partial banner or frame stays in the receive buffer until complete.
-            let mid_frame = lc.session.has_partial_input();
-            return Err(ConnError::PeerClosed { mid_frame });
+            return Err(ConnError::PeerClosed { mid_frame: lc.session.has_partial_input() });
         }
         total += n;
         count(&local.perf, &lc.msgr, Counter::ReadCalls, 1);
@@ -965,6 +971,11 @@ pub(crate) fn close_all(local: &mut WorkerLocal, center: &mut Center) {
     for id in ls {
         remove_listener(local, center, id);
     }
+}
+
+/// A client whose server has not sent one byte of its banner yet.
+fn nothing_from_server(session: &Session) -> bool {
+    session.state() == State::BannerConnecting && !session.has_partial_input()
 }
 
 #[cfg(test)]
