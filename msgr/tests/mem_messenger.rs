@@ -294,7 +294,13 @@ fn assert_prefix(got: &[u64], n: u64, what: &str) {
 }
 
 fn is_reset_error(e: &Option<ConnError>) -> bool {
-    matches!(e, Some(ConnError::Io { kind: io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe, .. }))
+    // A client reset before one byte of the server's banner says so (the usual cause is
+    // a peer on another ms_type).
+    matches!(
+        e,
+        Some(ConnError::Io { kind: io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe, .. })
+            | Some(ConnError::ClosedBeforeBanner)
+    )
 }
 
 // ------------------------------------------------------------------ rig
