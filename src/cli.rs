@@ -16,7 +16,7 @@ use msgr::message::{Message, MSG_PING};
 use msgr::messenger::{ConnectionRef, Dispatcher, Messenger, Policy};
 use msgr::proto::{EntityAddr, EntityAddrVec, EntityName, EntityType};
 
-use crate::FacadeError;
+use msgr::FacadeError;
 
 /// Options every subcommand takes.
 #[derive(Args, Debug, Clone, Default)]
@@ -52,7 +52,7 @@ pub enum CliError {
     Msgr(#[from] msgr::messenger::MsgrError),
     /// Talking to a monitor failed (boxed: it carries connection details).
     #[error(transparent)]
-    Mon(Box<crate::monc::MonError>),
+    Mon(Box<msgr::monc::MonError>),
     /// A local resource (socket, file, child process) could not be had.
     #[error("{what}: {source}")]
     Io {
@@ -79,8 +79,8 @@ impl CliError {
     }
 }
 
-impl From<crate::monc::MonError> for CliError {
-    fn from(e: crate::monc::MonError) -> Self {
+impl From<msgr::monc::MonError> for CliError {
+    fn from(e: msgr::monc::MonError) -> Self {
         CliError::Mon(Box::new(e))
     }
 }
@@ -197,7 +197,7 @@ impl EchoServer {
     ) -> Result<EchoServer, CliError> {
         let cfg = common.config("osd.0")?;
         let name = common.entity("osd.0")?;
-        let m = crate::messenger(&cfg, name)?;
+        let m = msgr::new_messenger(&cfg, name)?;
         m.set_default_policy(if lossless { Policy::stateful_server(0) } else { Policy::stateless_server(0) });
         for d in extra {
             m.add_dispatcher_tail(d);
@@ -595,7 +595,7 @@ pub fn ping(
     let (count, timeout) = (opts.count, opts.timeout);
     let cfg = common.config("client.admin")?;
     let name = common.entity("client.admin")?;
-    let m: Messenger = crate::messenger(&cfg, name)?;
+    let m: Messenger = msgr::new_messenger(&cfg, name)?;
     m.set_default_policy(if opts.lossless { Policy::lossless_client(0) } else { Policy::lossy_client(0) });
     let d = Arc::new(PingDispatcher {
         until: opts.until,
@@ -813,7 +813,7 @@ pub fn hold(
         if !d.wait(opts.timeout, room) {
             break;
         }
-        let m = crate::messenger(&cfg, name)?;
+        let m = msgr::new_messenger(&cfg, name)?;
         m.set_default_policy(Policy::lossy_client(0));
         m.add_dispatcher_tail(d.clone());
         d.lock().report.opened += 1;

@@ -442,7 +442,7 @@ fn bench(common: &CommonArgs, connect: Option<&str>, a: BenchRunArgs) -> Result<
 fn mon(common: &CommonArgs, mon_host: Option<&str>, timeout: Duration, req: MonReq) -> Result<ExitCode, CliError> {
     let cfg = common.config("client.admin")?;
     let name = common.entity("client.admin")?;
-    let m = msgr_cli::monc::MonClient::new(&cfg, name, mon_host, timeout)?;
+    let m = msgr::monc::MonClient::new(&cfg, name, mon_host, timeout)?;
     match req {
         MonReq::GetVersion { map, repeat } => {
             let mut rtts = Vec::with_capacity(repeat as usize);
@@ -508,13 +508,7 @@ fn mon(common: &CommonArgs, mon_host: Option<&str>, timeout: Duration, req: MonR
 /// `msgr mon watch`: one line per request and per session reset, stamped with the
 /// seconds since the start. True if the last request succeeded (with `until_recovered`:
 /// if one succeeded after a reset).
-fn watch(
-    m: &msgr_cli::monc::MonClient,
-    map: &str,
-    interval: Duration,
-    duration: Duration,
-    until_recovered: bool,
-) -> bool {
+fn watch(m: &msgr::monc::MonClient, map: &str, interval: Duration, duration: Duration, until_recovered: bool) -> bool {
     let start = std::time::Instant::now();
     let stamp = || start.elapsed().as_secs_f64();
     let mut resets_seen = 0;

@@ -165,7 +165,7 @@ impl Server {
             b = b.set(k, v).expect("config option");
         }
         let cfg = b.build().expect("config");
-        let m = msgr_cli::messenger(&cfg, EntityName { ty: EntityType::Osd, num: 0 }).expect("server messenger");
+        let m = msgr::new_messenger(&cfg, EntityName { ty: EntityType::Osd, num: 0 }).expect("server messenger");
         m.set_default_policy(Policy::stateless_server(0));
         let rec = Recorder::new(true);
         m.add_dispatcher_tail(rec.clone());
@@ -207,7 +207,7 @@ struct Client {
 impl Client {
     fn new() -> Client {
         let cfg = ConfigBuilder::new("client.admin").build().expect("config");
-        let m = msgr_cli::messenger(&cfg, GOOD_CLIENT).expect("client messenger");
+        let m = msgr::new_messenger(&cfg, GOOD_CLIENT).expect("client messenger");
         m.set_default_policy(Policy::lossy_client(0));
         let rec = Recorder::new(false);
         m.add_dispatcher_tail(rec.clone());

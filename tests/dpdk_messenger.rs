@@ -170,7 +170,7 @@ fn startup_errors_say_what_to_change() {
     if !enabled("startup_errors_say_what_to_change") {
         return;
     }
-    let err = |cfg: &Config| match msgr_cli::stack_for(cfg) {
+    let err = |cfg: &Config| match msgr::stack_for(cfg) {
         Ok(_) => panic!("expected a start-up error"),
         Err(e) => e.to_string(),
     };

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::{have_ceph, Mon};
 use msgr::config::{Config, ConfigBuilder};
 use msgr::messenger::ConnError;
+use msgr::monc::{MonClient, MonError};
 use msgr::proto::{EntityName, EntityType};
-use msgr_cli::monc::{MonClient, MonError};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 

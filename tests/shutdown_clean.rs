@@ -50,8 +50,8 @@ fn shutdown_leaves_no_thread_and_no_fd_behind() {
     let fds0 = count("/proc/self/fd");
     {
         let cfg = Config::default();
-        let server = msgr_cli::messenger(&cfg, EntityName { ty: EntityType::Osd, num: 0 }).unwrap();
-        let client = msgr_cli::messenger(&cfg, EntityName { ty: EntityType::Client, num: -1 }).unwrap();
+        let server = msgr::new_messenger(&cfg, EntityName { ty: EntityType::Osd, num: 0 }).unwrap();
+        let client = msgr::new_messenger(&cfg, EntityName { ty: EntityType::Client, num: -1 }).unwrap();
         client.set_default_policy(Policy::lossy_client(0));
         let se = Arc::new(Echo(AtomicU64::new(0)));
         let ce = Arc::new(Echo(AtomicU64::new(0)));

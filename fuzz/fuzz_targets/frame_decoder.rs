@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use msgr::proto::frame::{FrameDecoder, FrameLimits};
+use msgr_core::proto::frame::{FrameDecoder, FrameLimits};
 
 fuzz_target!(|data: &[u8]| {
     let mut dec = FrameDecoder::new(FrameLimits { max_frame: 1 << 20, max_control: 64 << 10 });

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use msgr::proto::addr::EntityAddrVec;
-use msgr::proto::auth::NoneServerAuth;
-use msgr::proto::entity::{EntityName, EntityType};
-use msgr::proto::frame::FrameLimits;
-use msgr::proto::reconnect::{Decision, SessionState};
-use msgr::proto::rxpool::RxPool;
-use msgr::proto::session::{Answer, PolicyFn, Session, SessionConfig, SessionEvent, SessionPolicy};
+use msgr_core::proto::addr::EntityAddrVec;
+use msgr_core::proto::auth::NoneServerAuth;
+use msgr_core::proto::entity::{EntityName, EntityType};
+use msgr_core::proto::frame::FrameLimits;
+use msgr_core::proto::reconnect::{Decision, SessionState};
+use msgr_core::proto::rxpool::RxPool;
+use msgr_core::proto::session::{Answer, PolicyFn, Session, SessionConfig, SessionEvent, SessionPolicy};
 
 fuzz_target!(|data: &[u8]| {
     let now = Instant::now();

@@ -8,12 +8,12 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use msgr::admin::{AdminSocket, Commands};
+//! use msgr_core::admin::{AdminSocket, Commands};
 //!
 //! let mut cmds = Commands::new();
 //! cmds.add("perf dump", "dump perf counters", Arc::new(|_| Ok(serde_json::json!({"x": 1}))));
 //! let sock = AdminSocket::bind("/run/msgr/osd.0.asok".as_ref(), cmds).unwrap();
-//! let out = msgr::admin::request(sock.path(), "perf dump", std::time::Duration::from_secs(5)).unwrap();
+//! let out = msgr_core::admin::request(sock.path(), "perf dump", std::time::Duration::from_secs(5)).unwrap();
 //! assert_eq!(out["x"], 1);
 //! ```
 

@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use bytes::BytesMut;
-use msgr::message::{MMonGetVersion, MMonGetVersionReply, MPing, Message, TypedMessage};
-use msgr::message::{MSG_MON_GET_VERSION, MSG_MON_GET_VERSION_REPLY, MSG_PING};
-use msgr::proto::frames::{ControlFrame, CON_MODE_SECURE};
-use msgr::proto::{
+use msgr_core::message::{MMonGetVersion, MMonGetVersionReply, MPing, Message, TypedMessage};
+use msgr_core::message::{MSG_MON_GET_VERSION, MSG_MON_GET_VERSION_REPLY, MSG_PING};
+use msgr_core::proto::frames::{ControlFrame, CON_MODE_SECURE};
+use msgr_core::proto::{
     encode_frame_to_vec, message_frame, parse_message_frame, Banner, Control, EntityAddr, Frame, FrameDecoder,
     FrameLimits, Tag, BANNER_PREFIX, MSG_FLAG_COMPLETE_NOCRC, PREAMBLE_LEN,
 };
@@ -468,7 +468,7 @@ fn golden_annotated_dump() {
         frames += 1;
         // Every dump, complete or not, starts with the preamble: check it against the annotation.
         let pre: [u8; PREAMBLE_LEN] = b.bytes[..PREAMBLE_LEN].try_into().unwrap();
-        let p = msgr::proto::frame::Preamble::parse(&pre, &FrameLimits::default()).unwrap();
+        let p = msgr_core::proto::frame::Preamble::parse(&pre, &FrameLimits::default()).unwrap();
         assert_eq!(p.tag as u64, num(&h["tag"]), "{}", b.header);
         assert_eq!(u64::from(p.num_segments), num(&h["num_segments"]));
         assert_eq!(u64::from(u32::from_le_bytes(pre[28..].try_into().unwrap())), num(&h["preamble_crc"]));
@@ -552,7 +552,7 @@ fn golden_annotated_dump() {
     // the blank/none address is printed as "-": sanity of Display used above
     assert_eq!(EntityAddr::default().to_string(), "-");
     // ControlFrame is in scope for from_frame/decode users
-    let _ = msgr::proto::frames::Ack::decode(&[0; 8]).unwrap();
+    let _ = msgr_core::proto::frames::Ack::decode(&[0; 8]).unwrap();
 }
 
 // ------------------------------------------------------------------ fuzz seed corpus

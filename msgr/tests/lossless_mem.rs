@@ -15,12 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use msgr::config::{Config, ConfigBuilder};
-use msgr::message::Message;
-use msgr::messenger::Stack;
-use msgr::messenger::{ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
-use msgr::proto::{EntityAddrVec, EntityName, EntityType};
-use msgr::stack::mem::{FaultPlan, MemNetwork, MemStack};
+use msgr_core::config::{Config, ConfigBuilder};
+use msgr_core::message::Message;
+use msgr_core::messenger::Stack;
+use msgr_core::messenger::{ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
+use msgr_core::proto::{EntityAddrVec, EntityName, EntityType};
+use msgr_core::stack::mem::{FaultPlan, MemNetwork, MemStack};
 use proptest::prelude::*;
 
 const MSG_TEST: u16 = 0x7002;
@@ -37,7 +37,7 @@ fn message(stream: u64, i: u64, len: usize) -> Message {
 
 // A tiny checksum so the test needs no extra crate: corruption must not go unnoticed.
 fn crc32c(data: &[u8]) -> u32 {
-    msgr::proto::ceph_crc32c(0, data)
+    msgr_core::proto::ceph_crc32c(0, data)
 }
 
 /// What one messenger's dispatcher saw.
@@ -239,7 +239,7 @@ fn restart_case(before: Vec<usize>, after: Vec<usize>, cuts: Vec<Cut>) -> Result
     let b = messenger(&net, 2, Policy::lossless_peer_reuse(0), &sb);
     let b_addr = b.bind(server_addr(2)).map_err(|e| TestCaseError::fail(e.to_string()))?;
     // Dialled without a nonce, so the restarted server (new nonce) is the same peer.
-    let target = msgr::proto::EntityAddr { nonce: 0, ..b_addr };
+    let target = msgr_core::proto::EntityAddr { nonce: 0, ..b_addr };
     let con = a.connect_to(EntityType::Osd, &EntityAddrVec(vec![target])).unwrap();
     for (i, len) in before.iter().enumerate() {
         con.send_message(message(1, i as u64, *len)).unwrap();

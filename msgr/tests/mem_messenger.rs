@@ -22,13 +22,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use msgr::config::{Config, ConfigBuilder};
-use msgr::message::Message;
-use msgr::messenger::Stack;
-use msgr::messenger::{ConnError, ConnState, ConnectionRef, Dispatcher, Messenger, MsgrError, Policy};
-use msgr::proto::session::SessionError;
-use msgr::proto::{EntityAddr, EntityAddrVec, EntityName, EntityType};
-use msgr::stack::mem::{FaultPlan, MemConnInfo, MemNetwork, MemStack};
+use msgr_core::config::{Config, ConfigBuilder};
+use msgr_core::message::Message;
+use msgr_core::messenger::Stack;
+use msgr_core::messenger::{ConnError, ConnState, ConnectionRef, Dispatcher, Messenger, MsgrError, Policy};
+use msgr_core::proto::session::SessionError;
+use msgr_core::proto::{EntityAddr, EntityAddrVec, EntityName, EntityType};
+use msgr_core::stack::mem::{FaultPlan, MemConnInfo, MemNetwork, MemStack};
 
 /// Message type of test messages (outside Ceph's range of real types).
 const MSG_TEST: u16 = 0x7a01;

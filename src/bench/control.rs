@@ -397,7 +397,7 @@ impl ControlClient {
     pub fn new(common: &CommonArgs, target: &EntityAddr, peer_type: EntityType) -> Result<ControlClient, CliError> {
         let cfg = common.config("client.admin")?;
         let name = common.entity("client.admin")?;
-        let m = crate::messenger(&cfg, name)?;
+        let m = msgr::new_messenger(&cfg, name)?;
         m.set_default_policy(Policy::lossy_client(0));
         let d = Arc::new(ClientDispatcher::default());
         m.add_dispatcher_tail(d.clone());

@@ -571,7 +571,7 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
     // control messenger keeps running for the whole run.
     let raw_client = o.raw_client.resolve(cfg.ms_type());
     let raw_stack = match (raw_addr, raw_client) {
-        (Some(_), RawClient::Stack) => Some(crate::stack_for(&cfg)?),
+        (Some(_), RawClient::Stack) => Some(msgr::stack_for(&cfg)?),
         _ => None,
     };
     let settings = Settings {

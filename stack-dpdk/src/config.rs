@@ -5,7 +5,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use msgr::config::{Config, ConfigError};
+use msgr_core::config::{Config, ConfigError};
 
 /// `ms_dpdk_host_ipv4_addr`.
 pub const OPT_HOST: &str = "ms_dpdk_host_ipv4_addr";
@@ -109,7 +109,7 @@ impl DpdkConfig {
         }
         let gateway = cfg.get_str(OPT_GATEWAY)?;
         let hugepages = cfg.get_str("ms_dpdk_hugepages")?.trim();
-        let coremask_set = !matches!(cfg.source_of(OPT_COREMASK), None | Some(msgr::config::Source::Default));
+        let coremask_set = !matches!(cfg.source_of(OPT_COREMASK), None | Some(msgr_core::config::Source::Default));
         Ok(DpdkConfig {
             coremask,
             coremask_set,
@@ -164,7 +164,7 @@ impl DpdkConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use msgr::config::ConfigBuilder;
+    use msgr_core::config::ConfigBuilder;
 
     fn cfg(pairs: &[(&str, &str)]) -> Config {
         let mut b = ConfigBuilder::new("osd.0");

@@ -9,7 +9,7 @@
 //!   transmit straight into mbufs, tx back-pressure.
 //! * [`steer`]: which worker owns a frame; [`worker`]: one worker's interface, sockets
 //!   and poll loop (rx burst → steer → interface poll → readiness → tx flush), driven by
-//!   `msgr::event::PollingDriver` with an idle nap of up to `ms_dpdk_idle_sleep_us`.
+//!   `msgr_core::event::PollingDriver` with an idle nap of up to `ms_dpdk_idle_sleep_us`.
 //! * [`socket`]: the `ConnectedSocket` / `ServerSocket` contract.
 //!
 //! One port, one rx/tx queue pair per worker (`ms_async_op_threads`); every worker
@@ -34,9 +34,9 @@ use std::io;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use msgr::config::Config;
-use msgr::event::PollingDriver;
-use msgr::stack::{StackBackend, WorkerNet};
+use msgr_core::config::Config;
+use msgr_core::event::PollingDriver;
+use msgr_core::stack::{StackBackend, WorkerNet};
 
 pub use config::DpdkConfig;
 use device::{Frame, FramePort};

@@ -19,8 +19,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use msgr::event::{EventSource, Readiness};
-use msgr::stack::{ConnectedSocket, Copied, RecvMode, ServerSocket, SocketFactory, SocketOptions};
+use msgr_core::event::{EventSource, Readiness};
+use msgr_core::stack::{ConnectedSocket, Copied, RecvMode, ServerSocket, SocketFactory, SocketOptions};
 use smoltcp::iface::SocketHandle;
 
 use crate::device::FramePort;
@@ -195,7 +195,7 @@ mod tests {
     use std::sync::Mutex;
 
     use bytes::Bytes;
-    use msgr::event::Parker;
+    use msgr_core::event::Parker;
 
     use super::*;
     use crate::worker::tests::{pair, server_addr, WirePort};

@@ -2,7 +2,7 @@
 //! the port, its TCP sockets, and the readiness it posts for them to the worker's
 //! [`Readiness`] (a token per socket: no descriptor, no system call).
 //!
-//! Each worker loop (through `msgr::event::PollingDriver` and [`NetSource`]) does: rx
+//! Each worker loop (through `msgr_core::event::PollingDriver` and [`NetSource`]) does: rx
 //! burst → steer frames to their owning worker ([`crate::steer`]) → interface poll
 //! (smoltcp's timers included) → tx flush → socket readiness. The messenger's timers and
 //! external events run in the same loop, between polls.
@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::BytesMut;
-use msgr::event::{CompletionSource, EventSource, Interest, Readiness, Registration};
+use msgr_core::event::{CompletionSource, EventSource, Interest, Readiness, Registration};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::{Duration as NetDuration, Instant};
@@ -1024,7 +1024,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn token(src: EventSource) -> msgr::event::Token {
+    fn token(src: EventSource) -> msgr_core::event::Token {
         match src {
             EventSource::Token(t) => t,
             EventSource::Fd(_) => panic!("DPDK sockets have no descriptor"),
@@ -1046,7 +1046,7 @@ pub(crate) mod tests {
     #[test]
     fn connect_accept_exchange_and_close() {
         let (mut a, mut b) = pair(1, 1);
-        let ready = Readiness::new(msgr::event::Parker::new().unwrap());
+        let ready = Readiness::new(msgr_core::event::Parker::new().unwrap());
         let (lid, bound) = b[0].listen("0.0.0.0:6800".parse().unwrap()).unwrap();
         let lsrc = b[0].register_listener(lid, &ready).unwrap();
         assert_eq!(bound.port(), 6800);

@@ -13,8 +13,8 @@ use std::io::{self, IoSlice, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 
-use msgr::event::{EpollDriver, EventSource, Readiness};
-use msgr::stack::{ConnectedSocket, ServerSocket, SocketFactory, SocketOptions, StackBackend, WorkerNet};
+use msgr_core::event::{EpollDriver, EventSource, Readiness};
+use msgr_core::stack::{ConnectedSocket, ServerSocket, SocketFactory, SocketOptions, StackBackend, WorkerNet};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// Linux refuses `sendmsg` with more iovecs than this (`UIO_MAXIOV`) with `EMSGSIZE`;

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use msgr::event::{EventDriver, EventSource, FiredEvent, Interest, Parker, Readiness};
-use msgr::stack::{ConnectedSocket, ServerSocket, SocketFactory, SocketOptions, StackBackend, WorkerNet};
+use msgr_core::event::{EventDriver, EventSource, FiredEvent, Interest, Parker, Readiness};
+use msgr_core::stack::{ConnectedSocket, ServerSocket, SocketFactory, SocketOptions, StackBackend, WorkerNet};
 use msgr_stack_posix::PosixStack;
 
 /// Only a guard against hangs; nothing asserts that anything happens within it.

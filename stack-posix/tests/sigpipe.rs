@@ -7,7 +7,7 @@
 use std::io::{self, IoSlice};
 use std::time::{Duration, Instant};
 
-use msgr::stack::{SocketOptions, StackBackend, WorkerNet};
+use msgr_core::stack::{SocketOptions, StackBackend, WorkerNet};
 use msgr_stack_posix::PosixStack;
 
 #[test]

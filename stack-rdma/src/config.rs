@@ -1,13 +1,13 @@
 //! The RDMA stack's settings, read from the typed `ms_async_rdma_*` options.
 //!
-//! The option table in `msgr::config` already parses and range-checks each value (a bad
+//! The option table in `msgr_core::config` already parses and range-checks each value (a bad
 //! one is reported with its file and line when the configuration is built); this module
 //! only checks what spans several options.
 
 use std::io;
 use std::time::Duration;
 
-use msgr::config::{Config, ConfigError};
+use msgr_core::config::{Config, ConfigError};
 
 /// `ms_async_rdma_device_name`: "" selects the first device.
 pub const OPT_DEVICE_NAME: &str = "ms_async_rdma_device_name";
@@ -202,7 +202,7 @@ pub fn check_memlock_limit(limit: Option<u64>, needed: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use msgr::config::ConfigBuilder;
+    use msgr_core::config::ConfigBuilder;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let mut b = ConfigBuilder::new("client.test");

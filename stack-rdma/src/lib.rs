@@ -32,7 +32,7 @@
 //!   channel closed; the peer's end read as end-of-file after its data).
 //! * [`worker`]: per-worker PD/CQs/SRQ/pools, connections, completion handling; its
 //!   [`worker::RdmaSource`] is the `CompletionSource` of the worker's
-//!   `msgr::event::PollingDriver` (completion channel + `ms_async_rdma_polling_us`
+//!   `msgr_core::event::PollingDriver` (completion channel + `ms_async_rdma_polling_us`
 //!   busy-poll window).
 //! * [`socket`]: the `ConnectedSocket` / `ServerSocket` contract.
 //!
@@ -58,9 +58,9 @@ pub mod wrid;
 use std::io;
 use std::sync::Arc;
 
-use msgr::config::Config;
-use msgr::event::{EventDriver, PollingDriver};
-use msgr::stack::{StackBackend, WorkerNet};
+use msgr_core::config::Config;
+use msgr_core::event::{EventDriver, PollingDriver};
+use msgr_core::stack::{StackBackend, WorkerNet};
 
 pub use config::{RdmaConfig, RdmaConfigError};
 

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use msgr::event::{EventSource, Readiness};
-use msgr::stack::{ConnectedSocket, Copied, RecvMode, ServerSocket, SocketFactory, SocketOptions};
+use msgr_core::event::{EventSource, Readiness};
+use msgr_core::stack::{ConnectedSocket, Copied, RecvMode, ServerSocket, SocketFactory, SocketOptions};
 use msgr_stack_posix::{PosixConnectedSocket, PosixServerSocket, PosixSocketFactory};
 
 use crate::worker::{with, ConnKey, SharedWorker};

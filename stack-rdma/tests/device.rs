@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use msgr::event::CompletionSource;
-use msgr::stack::{ServerSocket, SocketOptions};
+use msgr_core::event::CompletionSource;
+use msgr_core::stack::{ServerSocket, SocketOptions};
 use msgr_stack_posix::PosixSocketFactory;
 use msgr_stack_rdma::meta::{CephMeta, META_LEN};
 use msgr_stack_rdma::pool::ChunkPool;

@@ -29,7 +29,7 @@ pub fn config(opts: &[(&str, &str)]) -> Config {
 
 /// A messenger on the stack `cfg` selects.
 pub fn messenger(cfg: &Config, ty: EntityType, num: i64) -> Messenger {
-    msgr_cli::messenger(cfg, EntityName { ty, num }).unwrap()
+    msgr::new_messenger(cfg, EntityName { ty, num }).unwrap()
 }
 
 /// Deterministic payload of `len` bytes for message `i` of stream `stream`.

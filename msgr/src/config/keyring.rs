@@ -13,7 +13,7 @@
 //! `[global]` section. Ceph's binary keyring encoding is not supported.
 //!
 //! ```
-//! use msgr::config::keyring::Keyring;
+//! use msgr_core::config::keyring::Keyring;
 //! let k = Keyring::parse("[client.admin]\nkey = AQCLawJrO10FDhAANzfGhtSrpuOPNXLaiOz48w==\n", "/etc/ceph/keyring")?;
 //! let key = k.require_key(&"client.admin".parse().unwrap())?;
 //! assert_eq!(key.secret().len(), 16);
@@ -21,7 +21,7 @@
 //!     k.require_key(&"client.bob".parse().unwrap()).unwrap_err().to_string(),
 //!     "no key for client.bob in /etc/ceph/keyring"
 //! );
-//! # Ok::<(), msgr::config::keyring::KeyringError>(())
+//! # Ok::<(), msgr_core::config::keyring::KeyringError>(())
 //! ```
 
 use std::collections::BTreeMap;

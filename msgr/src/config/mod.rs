@@ -16,7 +16,7 @@
 //! `ms_*` key on the command line is refused as a likely typo.
 //!
 //! ```
-//! use msgr::config::{ConfigBuilder, MsType, Source};
+//! use msgr_core::config::{ConfigBuilder, MsType, Source};
 //! use std::time::Duration;
 //!
 //! let conf = "
@@ -41,7 +41,7 @@
 //! assert_eq!(cfg.ms_initial_backoff(), Duration::from_millis(500));
 //! assert_eq!(cfg.get_raw("fsid"), Some("0b8c-42"));
 //! assert_eq!(cfg.source_of("ms_async_op_threads"), Some(&Source::CommandLine));
-//! # Ok::<(), msgr::config::ConfigError>(())
+//! # Ok::<(), msgr_core::config::ConfigError>(())
 //! ```
 
 mod args;
@@ -244,7 +244,7 @@ pub enum ConfigError {
 /// tabs, `-` and `_` turned into a single `_`.
 ///
 /// ```
-/// use msgr::config::normalize_key;
+/// use msgr_core::config::normalize_key;
 ///
 /// assert_eq!(normalize_key("ms type"), "ms_type");
 /// assert_eq!(normalize_key("MS-Bind--Port  Min"), "ms_bind_port_min");
@@ -352,7 +352,7 @@ impl ConfigBuilder {
     /// naming the file and line.
     ///
     /// ```
-    /// use msgr::config::ConfigBuilder;
+    /// use msgr_core::config::ConfigBuilder;
     ///
     /// let err = ConfigBuilder::new("client.admin")
     ///     .file_contents("/tmp/x.conf", "[global]\n\nms_type = async+foo\n")
@@ -403,7 +403,7 @@ impl ConfigBuilder {
     /// variable.
     ///
     /// ```
-    /// use msgr::config::{ConfigBuilder, MsType};
+    /// use msgr_core::config::{ConfigBuilder, MsType};
     ///
     /// let vars = [
     ///     ("MSGR_ARGS", "--ms-type=async+dpdk"),
@@ -412,7 +412,7 @@ impl ConfigBuilder {
     /// let cfg = ConfigBuilder::new("client.admin").env_from(vars)?.build()?;
     /// assert_eq!(cfg.ms_type(), MsType::Dpdk);
     /// assert_eq!(cfg.ms_async_op_threads(), 1);
-    /// # Ok::<(), msgr::config::ConfigError>(())
+    /// # Ok::<(), msgr_core::config::ConfigError>(())
     /// ```
     pub fn env_from<I, K, V>(mut self, vars: I) -> Result<Self, ConfigError>
     where
@@ -462,14 +462,14 @@ impl ConfigBuilder {
     /// [`ConfigError::InvalidValue`] for a bad value.
     ///
     /// ```
-    /// use msgr::config::ConfigBuilder;
+    /// use msgr_core::config::ConfigBuilder;
     ///
     /// let b = ConfigBuilder::new("client.admin");
     /// let err = b.clone().set("ms-tyep", "async").unwrap_err();
     /// assert_eq!(err.to_string(), "command line: unknown option 'ms_tyep'");
     /// let cfg = b.set("rgw_frontends", "beast")?.build()?;
     /// assert_eq!(cfg.get_raw("rgw_frontends"), Some("beast"));
-    /// # Ok::<(), msgr::config::ConfigError>(())
+    /// # Ok::<(), msgr_core::config::ConfigError>(())
     /// ```
     pub fn set(mut self, key: &str, value: &str) -> Result<Self, ConfigError> {
         let name = normalize_key(key);
@@ -592,13 +592,13 @@ impl Config {
     /// Value of an unsigned integer option; errors as [`get_str`](Self::get_str).
     ///
     /// ```
-    /// use msgr::config::Config;
+    /// use msgr_core::config::Config;
     ///
     /// let cfg = Config::default();
     /// assert_eq!(cfg.get_u64("ms-async-op-threads")?, 3);
     /// assert!(cfg.get_u64("no_such_thing").is_err());
     /// assert!(cfg.get_u64("ms_tcp_nodelay").is_err());
-    /// # Ok::<(), msgr::config::ConfigError>(())
+    /// # Ok::<(), msgr_core::config::ConfigError>(())
     /// ```
     pub fn get_u64(&self, name: &str) -> Result<u64, ConfigError> {
         match self.value(name)? {

@@ -364,7 +364,7 @@ pub static OPTIONS: &[OptionDef] = &[
 /// Looks up an option by its normalised name.
 ///
 /// ```
-/// use msgr::config::{find_option, OptionKind};
+/// use msgr_core::config::{find_option, OptionKind};
 ///
 /// let def = find_option("ms_async_op_threads").unwrap();
 /// assert_eq!(def.kind, OptionKind::Uint { min: 1, max: 5 });

@@ -10,7 +10,7 @@ use crate::proto::entity::EntityType;
 /// The network stack selected by `ms_type`.
 ///
 /// ```
-/// use msgr::config::MsType;
+/// use msgr_core::config::MsType;
 ///
 /// assert_eq!("async+rdma".parse::<MsType>(), Ok(MsType::Rdma));
 /// // Ceph's legacy spelling still means the POSIX stack.
@@ -61,7 +61,7 @@ impl FromStr for MsType {
 /// A probability: a finite number from 0 to 1 inclusive.
 ///
 /// ```
-/// use msgr::config::Probability;
+/// use msgr_core::config::Probability;
 ///
 /// assert_eq!("0.25".parse::<Probability>().map(Probability::get), Ok(0.25));
 /// assert!("1.5".parse::<Probability>().is_err());
@@ -200,7 +200,7 @@ impl fmt::Display for Value {
 /// whitespace.
 ///
 /// ```
-/// use msgr::config::{parse_value, OptionKind, Value, ValueError};
+/// use msgr_core::config::{parse_value, OptionKind, Value, ValueError};
 ///
 /// let kind = OptionKind::Uint { min: 1, max: 5 };
 /// assert_eq!(parse_value(kind, " 3 "), Ok(Value::Uint(3)));

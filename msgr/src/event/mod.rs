@@ -244,7 +244,7 @@ impl<C: 'static> Shared<C> {
 /// ```
 /// use std::rc::Rc;
 /// use std::time::Duration;
-/// use msgr::event::{EpollDriver, EventCenter, EventFd, Interest};
+/// use msgr_core::event::{EpollDriver, EventCenter, EventFd, Interest};
 ///
 /// type Log = Vec<String>;
 /// # fn main() -> std::io::Result<()> {

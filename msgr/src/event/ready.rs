@@ -161,7 +161,7 @@ struct Inner {
 /// watches, and which tokens fire. Cheap to clone; every clone is the same table.
 ///
 /// ```
-/// use msgr::event::{EventSource, FiredEvent, Interest, Parker, Readiness};
+/// use msgr_core::event::{EventSource, FiredEvent, Interest, Parker, Readiness};
 /// let ready = Readiness::new(Parker::new().unwrap());
 /// let t = ready.token();
 /// ready.set_interest(t, Interest::READABLE);
@@ -324,7 +324,7 @@ impl Readiness {
 /// socket is gone, as a closed descriptor leaves every epoll set).
 ///
 /// ```
-/// use msgr::event::{Interest, Parker, Readiness, Registration};
+/// use msgr_core::event::{Interest, Parker, Readiness, Registration};
 /// let ready = Readiness::new(Parker::new().unwrap());
 /// let mut reg = Registration::new(&ready);
 /// ready.set_interest(reg.token(), Interest::READABLE);

@@ -25,7 +25,7 @@ pub const CEPH_MSG_PRIO_HIGHEST: u16 = 255;
 ///
 /// ```
 /// use bytes::Bytes;
-/// use msgr::message::Message;
+/// use msgr_core::message::Message;
 /// let m = Message::new(19, Bytes::from_static(b"abc")).with_tid(4).with_data(Bytes::from_static(b"xy"));
 /// assert_eq!((m.priority, m.version, m.compat_version, m.tid), (127, 1, 1, 4));
 /// assert_eq!(m.total_len(), 5);

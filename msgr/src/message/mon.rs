@@ -214,8 +214,8 @@ fn strings(d: &mut Decoder<'_>, what: &'static str) -> Result<Vec<String>, Decod
 /// `MMonCommand` (type 50, version 1): a `ceph` CLI command for the monitor.
 ///
 /// ```
-/// use msgr::message::mon::{Fsid, MMonCommand};
-/// use msgr::message::TypedMessage;
+/// use msgr_core::message::mon::{Fsid, MMonCommand};
+/// use msgr_core::message::TypedMessage;
 /// let c = MMonCommand { fsid: Fsid::default(), cmd: vec![r#"{"prefix":"mon dump"}"#.into()], tid: 1, ..Default::default() };
 /// let m = c.encode();
 /// assert_eq!((m.msg_type, m.tid), (50, 1));

@@ -47,7 +47,7 @@ pub(crate) fn check_type(m: &Message, want: u16) -> Result<(), DecodeError> {
 ///
 /// ```
 /// use bytes::Bytes;
-/// use msgr::message::{MPing, TypedMessage};
+/// use msgr_core::message::{MPing, TypedMessage};
 /// let p = MPing::new(Bytes::from_static(b"payload"));
 /// let m = p.encode();
 /// assert_eq!((m.msg_type, m.front.len(), m.data.len()), (2, 0, 7));
@@ -89,7 +89,7 @@ impl TypedMessage for MPing {
 /// `MMonGetVersion` (type 19, version 1): ask a monitor for the newest epoch of a map.
 ///
 /// ```
-/// use msgr::message::{MMonGetVersion, TypedMessage};
+/// use msgr_core::message::{MMonGetVersion, TypedMessage};
 /// let q = MMonGetVersion { handle: 1, what: "osdmap".into() };
 /// assert_eq!(&q.encode().front[..], b"\x01\0\0\0\0\0\0\0\x06\0\0\0osdmap");
 /// ```

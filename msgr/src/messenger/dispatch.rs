@@ -23,8 +23,8 @@ use crate::message::Message;
 /// block in it.
 ///
 /// ```
-/// use msgr::message::Message;
-/// use msgr::messenger::{ConnectionRef, Dispatcher};
+/// use msgr_core::message::Message;
+/// use msgr_core::messenger::{ConnectionRef, Dispatcher};
 ///
 /// struct Echo;
 /// impl Dispatcher for Echo {

@@ -2,11 +2,11 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use msgr::config::Config;
-//! use msgr::message::types::{MPing, TypedMessage};
-//! use msgr::messenger::{Messenger, Policy};
-//! use msgr::proto::{EntityName, EntityType};
-//! # fn stack() -> Arc<msgr::messenger::Stack> { unimplemented!() }
+//! use msgr_core::config::Config;
+//! use msgr_core::message::types::{MPing, TypedMessage};
+//! use msgr_core::messenger::{Messenger, Policy};
+//! use msgr_core::proto::{EntityName, EntityType};
+//! # fn stack() -> Arc<msgr_core::messenger::Stack> { unimplemented!() }
 //!
 //! let cfg = Config::default();
 //! let client = Messenger::new(stack(), EntityName { ty: EntityType::Client, num: -1 }, &cfg).unwrap();
@@ -418,7 +418,7 @@ impl Messenger {
     /// with any other messenger on the same stack).
     ///
     /// ```no_run
-    /// # fn m() -> msgr::messenger::Messenger { unimplemented!() }
+    /// # fn m() -> msgr_core::messenger::Messenger { unimplemented!() }
     /// let dump = m().perf_dump();
     /// println!("{}", dump["AsyncMessenger::Worker-0"]["msgr_send_messages"]);
     /// ```

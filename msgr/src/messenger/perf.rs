@@ -176,7 +176,7 @@ pub const MESSENGER_EXTRAS: [(&str, bool, &str); 5] = [
 /// can be added up (gauges and ratios cannot).
 ///
 /// ```
-/// use msgr::messenger::perf::is_cumulative;
+/// use msgr_core::messenger::perf::is_cumulative;
 /// assert!(is_cumulative("msgr_send_messages"));
 /// assert!(!is_cumulative("msgr_active_connections"));
 /// assert!(!is_cumulative("msgr_frames_per_write"));

@@ -87,7 +87,7 @@ impl fmt::Display for AddrType {
 /// address (`None` = blank / no family).
 ///
 /// ```
-/// use msgr::proto::EntityAddr;
+/// use msgr_core::proto::EntityAddr;
 /// let a: EntityAddr = "v2:127.0.0.1:3300/0".parse().unwrap();
 /// assert_eq!(a, EntityAddr::msgr2("127.0.0.1:3300".parse().unwrap(), 0));
 /// assert_eq!(a.to_string(), "v2:127.0.0.1:3300/0");
@@ -133,7 +133,7 @@ impl EntityAddr {
     /// "127.0.0.1:6800" does not know the server's nonce).
     ///
     /// ```
-    /// use msgr::proto::EntityAddr;
+    /// use msgr_core::proto::EntityAddr;
     /// let server: EntityAddr = "v2:127.0.0.1:6800/4242".parse().unwrap();
     /// assert!(server.matches(&"127.0.0.1:6800".parse().unwrap()));
     /// assert!(!server.matches(&"v2:127.0.0.1:6800/1".parse().unwrap()));
@@ -272,7 +272,7 @@ impl FromStr for EntityAddr {
     /// follows; no prefix means `v2`, no port 0, no nonce 0; `-` is the blank address.
     ///
     /// ```
-    /// use msgr::proto::{AddrType, EntityAddr};
+    /// use msgr_core::proto::{AddrType, EntityAddr};
     /// let a: EntityAddr = "v2:[::1]:5/7".parse().unwrap();
     /// assert_eq!((a.ty, a.port(), a.nonce), (AddrType::Msgr2, 5, 7));
     /// let b: EntityAddr = "1.2.3.4:5".parse().unwrap();
@@ -334,7 +334,7 @@ impl EntityAddrVec {
     /// Whether any element [`matches`](EntityAddr::matches) `a`.
     ///
     /// ```
-    /// use msgr::proto::EntityAddrVec;
+    /// use msgr_core::proto::EntityAddrVec;
     /// let v: EntityAddrVec = "[v2:127.0.0.1:3300/0,v1:127.0.0.1:6789/0]".parse().unwrap();
     /// assert!(v.contains_match(&"127.0.0.1:3300".parse().unwrap()));
     /// assert!(!v.contains_match(&"127.0.0.1:3301".parse().unwrap()));

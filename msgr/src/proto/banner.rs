@@ -52,7 +52,7 @@ pub enum BannerError {
 /// The msgr2 banner payload.
 ///
 /// ```
-/// use msgr::proto::Banner;
+/// use msgr_core::proto::Banner;
 /// let b = Banner::default();
 /// let wire = b.encode();
 /// assert_eq!(wire.len(), 26);
@@ -120,7 +120,7 @@ impl Banner {
     /// the features both support.
     ///
     /// ```
-    /// use msgr::proto::{Banner, FEATURE_REVISION_1};
+    /// use msgr_core::proto::{Banner, FEATURE_REVISION_1};
     /// let ours = Banner::default();
     /// assert_eq!(ours.negotiate(&Banner::default()).unwrap(), FEATURE_REVISION_1);
     /// assert!(ours.negotiate(&Banner { supported: 3, required: 2 }).is_err());

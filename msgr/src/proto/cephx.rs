@@ -161,7 +161,7 @@ impl CryptoKey {
     /// Decodes the base64 form found in keyrings (`AQ…==`); trailing bytes are refused.
     ///
     /// ```
-    /// use msgr::proto::cephx::CryptoKey;
+    /// use msgr_core::proto::cephx::CryptoKey;
     /// let k: CryptoKey = "AQCLawJrO10FDhAANzfGhtSrpuOPNXLaiOz48w==".parse().unwrap();
     /// assert_eq!(k.secret().len(), 16);
     /// assert_eq!(k.to_base64(), "AQCLawJrO10FDhAANzfGhtSrpuOPNXLaiOz48w==");

@@ -9,7 +9,7 @@
 /// post-inversion (Ceph's `ceph_crc32c`).
 ///
 /// ```
-/// use msgr::proto::crc::ceph_crc32c;
+/// use msgr_core::proto::crc::ceph_crc32c;
 /// // An empty buffer leaves the register untouched: this is why an empty but announced
 /// // segment carries crc 0xFFFFFFFF in the epilogue.
 /// assert_eq!(ceph_crc32c(0xFFFF_FFFF, b""), 0xFFFF_FFFF);
@@ -25,7 +25,7 @@ pub fn ceph_crc32c(seed: u32, data: &[u8]) -> u32 {
 /// [`ceph_crc32c`] over the concatenation of several slices, without copying them.
 ///
 /// ```
-/// use msgr::proto::crc::{ceph_crc32c, ceph_crc32c_iov};
+/// use msgr_core::proto::crc::{ceph_crc32c, ceph_crc32c_iov};
 /// assert_eq!(ceph_crc32c_iov(7, [&b"ab"[..], b"cd"]), ceph_crc32c(7, b"abcd"));
 /// ```
 pub fn ceph_crc32c_iov<'a, I>(seed: u32, parts: I) -> u32

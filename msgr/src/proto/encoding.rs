@@ -59,7 +59,7 @@ impl DecodeError {
 /// A cursor over untrusted bytes that decodes Ceph encodings with bounds checks.
 ///
 /// ```
-/// use msgr::proto::encoding::Decoder;
+/// use msgr_core::proto::encoding::Decoder;
 /// let mut d = Decoder::new(&[1, 0, 0, 0, 2, 0, 0, 0, b'h', b'i']);
 /// assert_eq!(d.u32("a").unwrap(), 1);
 /// assert_eq!(d.string("b").unwrap(), "hi");
@@ -220,7 +220,7 @@ impl<'a> Decoder<'a> {
     /// older than `compat_v` cannot understand it) or if the length exceeds the input.
     ///
     /// ```
-    /// use msgr::proto::encoding::Decoder;
+    /// use msgr_core::proto::encoding::Decoder;
     /// let mut d = Decoder::new(&[2, 1, 3, 0, 0, 0, 7, 8, 9, 0xAA]);
     /// let (v, mut body) = d.struct_start("s", 1).unwrap();
     /// assert_eq!((v, body.u8("x").unwrap()), (2, 7));
@@ -290,7 +290,7 @@ pub fn put_count(buf: &mut impl BufMut, n: usize) {
 ///
 /// ```
 /// use bytes::{BufMut, BytesMut};
-/// use msgr::proto::encoding::encode_struct;
+/// use msgr_core::proto::encoding::encode_struct;
 /// let mut b = BytesMut::new();
 /// encode_struct(&mut b, 1, 1, |b| b.put_u16_le(0xBEEF));
 /// assert_eq!(&b[..], &[1, 1, 2, 0, 0, 0, 0xEF, 0xBE]);

@@ -71,7 +71,7 @@ impl fmt::Display for EntityType {
 impl FromStr for EntityType {
     type Err = UnknownEntityType;
     /// ```
-    /// use msgr::proto::EntityType;
+    /// use msgr_core::proto::EntityType;
     /// assert_eq!("osd".parse::<EntityType>().unwrap(), EntityType::Osd);
     /// assert!("disk".parse::<EntityType>().is_err());
     /// ```
@@ -125,7 +125,7 @@ impl fmt::Display for EntityName {
     /// Like Ceph: `osd.3`, and `client.?` for an unassigned number.
     ///
     /// ```
-    /// use msgr::proto::{EntityName, EntityType};
+    /// use msgr_core::proto::{EntityName, EntityType};
     /// assert_eq!(EntityName::new(EntityType::Client, 4105).to_string(), "client.4105");
     /// assert_eq!(EntityName::new(EntityType::Client, -1).to_string(), "client.?");
     /// ```
@@ -155,7 +155,7 @@ pub enum NameParseError {
 impl FromStr for EntityName {
     type Err = NameParseError;
     /// ```
-    /// use msgr::proto::{EntityName, EntityType};
+    /// use msgr_core::proto::{EntityName, EntityType};
     /// assert_eq!("osd.3".parse::<EntityName>().unwrap(), EntityName::new(EntityType::Osd, 3));
     /// assert!("client.?".parse::<EntityName>().unwrap().is_new());
     /// ```
@@ -188,7 +188,7 @@ impl AuthName {
     /// Appends le32 type + string id.
     ///
     /// ```
-    /// use msgr::proto::AuthName;
+    /// use msgr_core::proto::AuthName;
     /// let mut b = bytes::BytesMut::new();
     /// "client.admin".parse::<AuthName>().unwrap().encode(&mut b);
     /// assert_eq!(&b[..], b"\x08\0\0\0\x05\0\0\0admin");

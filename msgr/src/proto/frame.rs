@@ -276,7 +276,7 @@ impl Frame {
     ///
     /// ```
     /// use bytes::Bytes;
-    /// use msgr::proto::{Frame, Tag};
+    /// use msgr_core::proto::{Frame, Tag};
     /// let f = Frame::control(Tag::Ack, Bytes::from_static(&[7, 0, 0, 0, 0, 0, 0, 0]));
     /// assert_eq!(f.num_segments, 1);
     /// assert_eq!(f.wire_len(), 32 + 8 + 4);
@@ -445,7 +445,7 @@ fn segment_len_u32(index: usize, len: usize) -> u32 {
 ///
 /// ```
 /// use bytes::Bytes;
-/// use msgr::proto::{encode_frame, Frame, Tag};
+/// use msgr_core::proto::{encode_frame, Frame, Tag};
 /// let f = Frame::control(Tag::Keepalive2, Bytes::from_static(&[0; 8]));
 /// let mut bufs = Vec::new();
 /// encode_frame(&f, &mut bufs);
@@ -474,7 +474,7 @@ const STAGE_CHUNK: usize = 64 * 1024;
 ///
 /// ```
 /// use bytes::Bytes;
-/// use msgr::proto::{Frame, FrameWriter, Tag};
+/// use msgr_core::proto::{Frame, FrameWriter, Tag};
 /// let mut w = FrameWriter::new();
 /// let mut bufs = Vec::new();
 /// for _ in 0..100 {
@@ -645,7 +645,7 @@ impl Poison {
 ///
 /// ```
 /// use bytes::{Bytes, BytesMut};
-/// use msgr::proto::{encode_frame_to_vec, Frame, FrameDecoder, FrameLimits, Tag};
+/// use msgr_core::proto::{encode_frame_to_vec, Frame, FrameDecoder, FrameLimits, Tag};
 /// let f = Frame::control(Tag::Ack, Bytes::from_static(&[5, 0, 0, 0, 0, 0, 0, 0]));
 /// let wire = encode_frame_to_vec(&f);
 /// let mut dec = FrameDecoder::new(FrameLimits::default());
@@ -723,7 +723,7 @@ impl FrameDecoder {
     ///
     /// ```
     /// use bytes::Bytes;
-    /// use msgr::proto::{encode_frame_to_vec, Frame, FrameDecoder, FrameLimits, Rope, Tag};
+    /// use msgr_core::proto::{encode_frame_to_vec, Frame, FrameDecoder, FrameLimits, Rope, Tag};
     /// let f = Frame::control(Tag::Hello, Bytes::from(vec![9u8; 4000]));
     /// let wire = Bytes::from(encode_frame_to_vec(&f));
     /// let mut rope = Rope::new();

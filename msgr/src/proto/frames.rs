@@ -29,8 +29,8 @@ pub const CEPH_FEATURE_MSG_ADDR2: u64 = 1 << 59;
 /// A control frame payload with a fixed tag.
 ///
 /// ```
-/// use msgr::proto::frames::{Ack, ControlFrame};
-/// use msgr::proto::Tag;
+/// use msgr_core::proto::frames::{Ack, ControlFrame};
+/// use msgr_core::proto::Tag;
 /// let f = Ack { seq: 7 }.to_frame();
 /// assert_eq!(f.tag, Tag::Ack);
 /// assert_eq!(Ack::from_frame(&f).unwrap(), Ack { seq: 7 });

@@ -68,7 +68,7 @@ impl MsgHeader2 {
     /// Decodes a header from exactly 41 bytes.
     ///
     /// ```
-    /// use msgr::proto::MsgHeader2;
+    /// use msgr_core::proto::MsgHeader2;
     /// let h = MsgHeader2 { seq: 1, msg_type: 19, priority: 127, version: 1, flags: 3, compat_version: 1, ..Default::default() };
     /// assert_eq!(MsgHeader2::decode(&h.to_bytes()).unwrap(), h);
     /// assert!(MsgHeader2::decode(&[0; 40]).is_err());
@@ -100,8 +100,8 @@ impl MsgHeader2 {
 ///
 /// ```
 /// use bytes::Bytes;
-/// use msgr::message::Message;
-/// use msgr::proto::{message_frame, parse_message_frame};
+/// use msgr_core::message::Message;
+/// use msgr_core::proto::{message_frame, parse_message_frame};
 /// let m = Message::new(19, Bytes::from_static(b"front"));
 /// let f = message_frame(&m, 5, 3);
 /// let (h, back) = parse_message_frame(&f).unwrap();

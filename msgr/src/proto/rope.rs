@@ -14,7 +14,7 @@ use bytes::{Buf, Bytes, BytesMut};
 ///
 /// ```
 /// use bytes::Bytes;
-/// use msgr::proto::Rope;
+/// use msgr_core::proto::Rope;
 /// let mut r = Rope::new();
 /// r.push(Bytes::from_static(b"hello "));
 /// r.push(Bytes::from_static(b"world"));

@@ -26,7 +26,7 @@ pub const MAX_POOLED: usize = 4 << 20;
 /// A shared pool of receive buffers, bounded by the bytes it keeps idle.
 ///
 /// ```
-/// use msgr::proto::rxpool::RxPool;
+/// use msgr_core::proto::rxpool::RxPool;
 /// let pool = RxPool::new(1 << 20);
 /// let mut b = pool.take(70_000);
 /// b.as_mut_slice()[0] = 7;

@@ -233,7 +233,7 @@ fn preamble_of(frame: &Frame) -> Result<Preamble, SecureError> {
 ///
 /// ```
 /// use bytes::Bytes;
-/// use msgr::proto::{secure, Frame, Tag};
+/// use msgr_core::proto::{secure, Frame, Tag};
 /// let f = Frame::control(Tag::Ack, Bytes::from_static(&[0; 8]));
 /// assert_eq!(secure::secure_wire_len(&f), 96);
 /// ```
@@ -285,8 +285,8 @@ impl SecureTx {
     ///
     /// ```
     /// use bytes::Bytes;
-    /// use msgr::proto::secure::SecureKeys;
-    /// use msgr::proto::{Frame, Tag};
+    /// use msgr_core::proto::secure::SecureKeys;
+    /// use msgr_core::proto::{Frame, Tag};
     /// let secret = [7u8; 64];
     /// let (mut tx, _) = SecureKeys::from_connection_secret(&secret, false).unwrap();
     /// let (_, mut rx) = SecureKeys::from_connection_secret(&secret, true).unwrap();

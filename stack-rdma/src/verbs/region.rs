@@ -20,7 +20,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use msgr::event::Waker;
+use msgr_core::event::Waker;
 use rdma_sys::*;
 
 use super::{born, died, last_error, ProtectionDomain, MR, REGISTERED};

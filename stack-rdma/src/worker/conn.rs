@@ -6,8 +6,8 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
-use msgr::event::{EventSource, Interest, Readiness, Registration};
-use msgr::stack::{ConnectedSocket, Copied};
+use msgr_core::event::{EventSource, Interest, Readiness, Registration};
+use msgr_core::stack::{ConnectedSocket, Copied};
 use msgr_stack_posix::PosixConnectedSocket;
 
 use super::{count, fresh_qp, send_wr_id, Counter, SendCtx, WorkerRdma, DRAIN_LIMIT, LINGER, NO_LIMITS};

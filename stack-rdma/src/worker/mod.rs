@@ -4,7 +4,7 @@
 //! completion queue, a shared receive queue (or, without one, a small receive queue per
 //! connection), and growable receive and send pools. Everything here runs on the
 //! worker's thread: the [`RdmaSource`] (the worker's [`CompletionSource`], driven by
-//! `msgr::event::PollingDriver`) polls the CQs and the side channels, and the sockets call
+//! `msgr_core::event::PollingDriver`) polls the CQs and the side channels, and the sockets call
 //! in when the messenger reads or writes. The state sits behind a mutex only because
 //! sockets must be `Send`; it is never contended. Received chunks handed up as message
 //! buffers come back from any thread through their pool, without this lock.
@@ -43,8 +43,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use msgr::event::{CompletionSource, Epoll, FiredEvent, Interest, Waker};
-use msgr::stack::Copied;
+use msgr_core::event::{CompletionSource, Epoll, FiredEvent, Interest, Waker};
+use msgr_core::stack::Copied;
 
 use crate::plan::{Limits, Piece};
 use crate::pool::{ChunkPool, SLAB_CHUNKS};
@@ -462,7 +462,7 @@ impl WorkerRdma {
         let mut fired = std::mem::take(&mut self.fired);
         self.side.wait(&mut fired, Some(Duration::ZERO))?;
         for ev in &fired {
-            let msgr::event::EventSource::Fd(fd) = ev.source else { continue };
+            let msgr_core::event::EventSource::Fd(fd) = ev.source else { continue };
             if let Some(&key) = self.by_fd.get(&fd) {
                 self.progress(key);
             }

@@ -195,7 +195,7 @@ impl WorkerRdma {
         posted
     }
 
-    /// See [`msgr::stack::ConnectedSocket::recv_owned`]: the next received chunk itself
+    /// See [`msgr_core::stack::ConnectedSocket::recv_owned`]: the next received chunk itself
     /// (no copy), or, while the pool is below its low-water mark, a copy of it (the
     /// chunk goes straight back); an empty buffer at the peer's end of stream.
     ///
@@ -239,7 +239,7 @@ impl WorkerRdma {
         Ok(bytes)
     }
 
-    /// See [`msgr::stack::ConnectedSocket::read`]: copies out of the received chunks.
+    /// See [`msgr_core::stack::ConnectedSocket::read`]: copies out of the received chunks.
     ///
     /// # Errors
     ///

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
 use bytes::Bytes;
-use msgr::stack::consume;
+use msgr_core::stack::consume;
 
 use super::conn::{gone, Conn};
 use super::{count, send_wr_id, ConnKey, Counter, SendCtx, WorkerRdma, SPARE_WORKS};
@@ -41,7 +41,7 @@ impl WorkerRdma {
         }
     }
 
-    /// See [`msgr::stack::ConnectedSocket::send_owned`]: SENDs from the front of
+    /// See [`msgr_core::stack::ConnectedSocket::send_owned`]: SENDs from the front of
     /// `queue`, as many as the queues allow; returns the bytes taken from `queue`.
     ///
     /// # Errors
@@ -55,7 +55,7 @@ impl WorkerRdma {
         r
     }
 
-    /// See [`msgr::stack::ConnectedSocket::send`]: as [`send_owned`](Self::send_owned),
+    /// See [`msgr_core::stack::ConnectedSocket::send`]: as [`send_owned`](Self::send_owned),
     /// every byte copied.
     ///
     /// # Errors

@@ -6,19 +6,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use msgr::config::keyring::Keyring;
-use msgr::config::Config;
-use msgr::message::mon::{Fsid, MMonCommand, MMonCommandAck, MMonGetMap, MMonMap, MonMap};
-use msgr::message::types::{MMonGetVersion, MMonGetVersionReply, MPing, TypedMessage};
-use msgr::message::{Message, MSG_MON_COMMAND_ACK, MSG_MON_GET_VERSION_REPLY, MSG_MON_MAP, MSG_PING};
-use msgr::messenger::ClientAuthFactory;
-use msgr::messenger::{ConnError, ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
-use msgr::proto::auth::{AuthError, ChainAuth, ClientAuth, NoneClientAuth};
-use msgr::proto::cephx::CephxClientAuth;
-use msgr::proto::frames::{CON_MODE_CRC, CON_MODE_SECURE};
-use msgr::proto::session::SessionError;
-use msgr::proto::AuthName;
-use msgr::proto::{AddrType, DecodeError, EntityAddr, EntityAddrVec, EntityName, EntityType, UTime};
+use msgr_core::config::keyring::Keyring;
+use msgr_core::config::Config;
+use msgr_core::message::mon::{Fsid, MMonCommand, MMonCommandAck, MMonGetMap, MMonMap, MonMap};
+use msgr_core::message::types::{MMonGetVersion, MMonGetVersionReply, MPing, TypedMessage};
+use msgr_core::message::{Message, MSG_MON_COMMAND_ACK, MSG_MON_GET_VERSION_REPLY, MSG_MON_MAP, MSG_PING};
+use msgr_core::messenger::ClientAuthFactory;
+use msgr_core::messenger::{ConnError, ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
+use msgr_core::proto::auth::{AuthError, ChainAuth, ClientAuth, NoneClientAuth};
+use msgr_core::proto::cephx::CephxClientAuth;
+use msgr_core::proto::frames::{CON_MODE_CRC, CON_MODE_SECURE};
+use msgr_core::proto::session::SessionError;
+use msgr_core::proto::AuthName;
+use msgr_core::proto::{AddrType, DecodeError, EntityAddr, EntityAddrVec, EntityName, EntityType, UTime};
 
 use crate::FacadeError;
 
@@ -77,7 +77,7 @@ pub enum MonError {
     Facade(#[from] FacadeError),
     /// Messenger refused the operation.
     #[error(transparent)]
-    Msgr(#[from] msgr::messenger::MsgrError),
+    Msgr(#[from] msgr_core::messenger::MsgrError),
     /// The monitor refused our credentials.
     #[error("monitor {addr} denied authentication as {name} (wrong key in {keyring}?): {err}")]
     AuthDenied {
@@ -100,7 +100,7 @@ pub enum MonError {
     },
     /// The keyring could not be read.
     #[error(transparent)]
-    Keyring(#[from] msgr::config::keyring::KeyringError),
+    Keyring(#[from] msgr_core::config::keyring::KeyringError),
 }
 
 /// Parses a Ceph mode list such as "secure crc" into CEPH_CON_MODE_* values.
@@ -279,7 +279,7 @@ impl MonClient {
         let mons = parse_mon_host(host.as_deref().ok_or(MonError::NoMonHost)?)?;
         let auth_name = auth_name_for(cfg, name);
         let (auth, keyring) = auth_chain(cfg, &auth_name)?;
-        let msgr = crate::messenger(cfg, name)?;
+        let msgr = crate::new_messenger(cfg, name)?;
         msgr.set_default_policy(Policy::lossy_client(0));
         msgr.set_client_auth(auth);
         let disp = Arc::new(MonDispatcher::default());
