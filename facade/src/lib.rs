@@ -136,9 +136,10 @@ pub fn stack_for(cfg: &Config) -> Result<Arc<NetworkStack>, FacadeError> {
             Err(FacadeError::NotBuilt { ms_type: name, feature: feature_for(t) })
         }
     }?;
-    let running = stack.workers().len();
-    if running != threads {
-        return Err(FacadeError::StackConflict { ms_type: name, running, asked: threads });
+    // (A stack always has at least one worker.)
+    let (running, asked) = (stack.workers().len(), threads.max(1));
+    if running != asked {
+        return Err(FacadeError::StackConflict { ms_type: name, running, asked });
     }
     Ok(stack)
 }
