@@ -33,6 +33,10 @@ pub struct CommonArgs {
     /// Entity name whose config sections apply (e.g. osd.0, client.admin).
     #[arg(short = 'n', long = "name", global = true, value_name = "TYPE.ID")]
     pub name: Option<String>,
+    /// Messenger log level as Ceph's debug_ms (0-20; sets debug_ms): log lines go to
+    /// stderr. RUST_LOG (e.g. RUST_LOG=msgr=debug) filters them instead.
+    #[arg(long = "debug-ms", global = true, value_name = "N")]
+    pub debug_ms: Option<String>,
 }
 
 /// What went wrong in a CLI command.
@@ -105,7 +109,18 @@ impl CommonArgs {
         if let Some(t) = &self.ms_type {
             b = b.set("ms_type", t)?;
         }
-        Ok(b.build()?)
+        let rust_log = std::env::var("RUST_LOG").ok().filter(|f| !f.is_empty());
+        let level_given =
+            self.debug_ms.is_some() || self.options.iter().any(|o| o.trim_start().starts_with("debug_ms"));
+        if let Some(n) = &self.debug_ms {
+            b = b.set("debug_ms", n)?;
+        } else if rust_log.is_some() && !level_given {
+            // RUST_LOG decides what is shown: let the messenger emit everything.
+            b = b.set("debug_ms", "20")?;
+        }
+        let cfg = b.build()?;
+        init_logging(cfg.debug_ms(), rust_log.as_deref());
+        Ok(cfg)
     }
 
     /// The entity name for this command.
@@ -113,6 +128,30 @@ impl CommonArgs {
         let s = self.name.as_deref().unwrap_or(default_name);
         parse_entity(s)
     }
+}
+
+/// Prints the messenger's log events on stderr, once per process, when `debug_ms` is
+/// above 0 or `RUST_LOG` is set (its filter then wins).
+fn init_logging(debug_ms: u8, rust_log: Option<&str>) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if debug_ms == 0 && rust_log.is_none() {
+        return;
+    }
+    ONCE.call_once(|| {
+        let level = match debug_ms {
+            10.. => "trace",
+            5.. => "debug",
+            1.. => "info",
+            0 => "warn",
+        };
+        let filter = rust_log
+            .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+            .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(format!("msgr={level}")));
+        // Another subscriber (a test harness's) may be installed already: keep it.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let _ =
+            tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(ansi).with_env_filter(filter).try_init();
+    });
 }
 
 /// Parses `osd.3` / `client.admin` / `client` into an entity name (non-numeric ids

@@ -740,6 +740,11 @@ impl Config {
         self.duration("ms_keepalive_interval")
     }
 
+    /// `debug_ms`: the messenger's log level, as Ceph's (0-20).
+    pub fn debug_ms(&self) -> u8 {
+        u8::try_from(self.uint("debug_ms")).unwrap_or(20)
+    }
+
     /// `ms_inject_socket_failures`: fail a socket operation about once every
     /// N (0 = never); for testing fault handling.
     pub fn ms_inject_socket_failures(&self) -> u64 {

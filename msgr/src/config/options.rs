@@ -38,6 +38,9 @@ pub enum OptionKind {
     /// Entity type names (`mon`, `osd`, `client`, ...) separated by spaces or
     /// commas; empty means none.
     EntityTypes,
+    /// A Ceph debug level: `N` or `N/M`, each 0 to 20. `M` (Ceph's in-memory log level)
+    /// is accepted and ignored.
+    DebugLevel,
 }
 
 impl OptionKind {
@@ -52,6 +55,7 @@ impl OptionKind {
             OptionKind::MsType => "ms_type",
             OptionKind::Probability => "probability",
             OptionKind::EntityTypes => "entity types",
+            OptionKind::DebugLevel => "debug level",
         }
     }
 }
@@ -153,6 +157,14 @@ pub static OPTIONS: &[OptionDef] = &[
         kind: OptionKind::Seconds,
         default: "0",
         description: "send KEEPALIVE2 this often on an open connection (0 = never); with ms_connection_idle_timeout it detects dead peers",
+    },
+    OptionDef {
+        name: "debug_ms",
+        kind: OptionKind::DebugLevel,
+        default: "0",
+        description: "messenger log level as Ceph's (0-20; N/M accepted, M ignored): 1 connections, faults, resets \
+                      and reconnects; 5 handshake steps, policy decisions and throttling; 10 every message. Events go \
+                      to the process's tracing subscriber (`msgr --debug-ms N` prints them)",
     },
     OptionDef {
         name: "ms_inject_socket_failures",

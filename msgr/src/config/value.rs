@@ -144,6 +144,9 @@ pub enum ValueError {
     /// Not a number from 0 to 1.
     #[error("not a probability (expected a number from 0 to 1, e.g. 0.5)")]
     NotProbability,
+    /// Not a Ceph debug level.
+    #[error("not a debug level (expected N or N/M with each from 0 to 20, e.g. 1/5)")]
+    NotDebugLevel,
     /// A word in an entity type list that names no entity type.
     #[error("unknown entity type '{0}' (expected mon, mds, osd, client, mgr or auth)")]
     UnknownEntityType(String),
@@ -227,6 +230,19 @@ pub fn parse_value(kind: OptionKind, text: &str) -> Result<Value, ValueError> {
         OptionKind::MsType => text.parse().map(Value::MsType),
         OptionKind::Probability => text.parse().map(Value::Probability),
         OptionKind::EntityTypes => parse_entity_types(text).map(Value::EntityTypes),
+        OptionKind::DebugLevel => parse_debug_level(text).map(|n| Value::Uint(u64::from(n))),
+    }
+}
+
+/// Ceph's `N` or `N/M` debug level (both 0..=20); the log level `N`.
+fn parse_debug_level(text: &str) -> Result<u8, ValueError> {
+    let level = |t: &str| t.trim().parse::<u8>().ok().filter(|n| *n <= 20).ok_or(ValueError::NotDebugLevel);
+    match text.split_once('/') {
+        Some((log, memory)) => {
+            level(memory)?;
+            level(log)
+        }
+        None => level(text),
     }
 }
 
@@ -525,6 +541,16 @@ mod tests {
         for t in [MsType::Posix, MsType::Rdma, MsType::Dpdk] {
             assert_eq!(t.as_str().parse(), Ok(t));
             assert_eq!(t.to_string(), t.as_str());
+        }
+    }
+
+    #[test]
+    fn debug_levels_are_cephs() {
+        for (text, n) in [("0", 0), ("1", 1), ("20", 20), ("1/5", 1), (" 5 / 20 ", 5), ("0/0", 0)] {
+            assert_eq!(parse_value(OptionKind::DebugLevel, text), Ok(Value::Uint(n)), "{text}");
+        }
+        for bad in ["", "21", "-1", "1/21", "1/", "/1", "a", "1/5/5", "1.5"] {
+            assert_eq!(parse_value(OptionKind::DebugLevel, bad), Err(ValueError::NotDebugLevel), "{bad}");
         }
     }
 

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use super::connection::{ConnState, Connection, ConnectionRef};
 use super::dispatch::ConnEvent;
 use super::error::ConnError;
+use super::log::{dout, dwarn};
 use super::perf::{Counter, PerfCounters};
 use super::worker::{Center, Worker, WorkerLocal};
 use super::MsgrInner;
@@ -64,6 +65,12 @@ pub struct LocalConn {
     was_ready: bool,
     // The session's copy counters when last added to the perf counters.
     copies_seen: CopyCounts,
+    // `msgr_conn`: entered while this worker handles the connection (none at
+    // debug_ms 0).
+    span: tracing::Span,
+    // The session's state when last looked at: a fault says where the handshake was
+    // (the session itself is Closed by then).
+    state_seen: State,
 }
 
 /// Where an outgoing connection dials, and how long it waited last time.
@@ -114,14 +121,18 @@ pub(crate) fn start_connect(
     dial: Dial,
     session: Session,
 ) {
+    let span = conn_span(&msgr, local.id, conn.id(), &dial.target);
+    let _entered = span.enter();
+    dout!(msgr, 1, peer_type = %dial.peer_type, "dialling");
     match local.net.connect(dial.addr, &msgr.settings.socket) {
         Ok(socket) => {
             let socket = FaultySocket::wrap(socket, msgr.settings.inject_every);
-            install(local, center, conn, msgr, socket, session, Some(dial));
+            install(local, center, conn, msgr, socket, session, Some(dial), span.clone());
         }
         Err(e) => {
             count(&local.perf, &msgr, Counter::ConnectionFaults, 1);
             let err = ConnError::from(e);
+            dwarn!(msgr, error = %err, "dial failed");
             let refused = matches!(err, ConnError::Refused(_));
             if !session.policy().lossy && !msgr.is_stopping() {
                 // Nothing was registered; the session waits for the next attempt.
@@ -145,14 +156,52 @@ pub(crate) fn adopt_accepted(
     worker.add_load();
     let conn = Connection::new(super::next_conn_id(), None, Default::default(), false, worker, Arc::downgrade(&msgr));
     msgr.track(&conn);
+    let span = conn_span(&msgr, local.id, conn.id(), &peer);
+    let _entered = span.enter();
     let session = msgr.server_session(peer);
+    dout!(msgr, 1, lossy = session.policy().lossy, "accepted");
     let socket = FaultySocket::wrap(socket, msgr.settings.inject_every);
-    install(local, center, conn, msgr, socket, session, None);
+    install(local, center, conn, msgr, socket, session, None, span.clone());
+}
+
+/// debug_ms 1: a session is ready. Out of line, as [`log_message`].
+#[cold]
+#[inline(never)]
+fn log_ready(peer: &crate::proto::session::PeerInfo, accepted: bool) {
+    tracing::info!(
+        target: "msgr",
+        peer_name = %peer.name,
+        peer_addrs = %peer.addrs,
+        mode = peer.con_mode,
+        lossy = peer.lossy,
+        resumed = peer.resumed,
+        "session ready ({})",
+        if accepted { "accepted" } else { "connected" }
+    );
+}
+
+/// debug_ms 10: one message. Out of line, so that a quiet messenger's hot path keeps
+/// its code (a message logged in place made the compiler copy every message).
+#[cold]
+#[inline(never)]
+fn log_message(m: &crate::message::Message, what: &'static str) {
+    tracing::trace!(target: "msgr", msg_type = m.msg_type, seq = m.seq, front = m.front.len(), data = m.data.len(), "{what}");
+}
+
+/// The span of a connection's transport: none below debug_ms 1, so that a quiet
+/// messenger pays nothing for it.
+fn conn_span(msgr: &MsgrInner, worker: usize, id: u64, peer: &dyn std::fmt::Display) -> tracing::Span {
+    if msgr.settings.debug_ms >= 1 {
+        tracing::info_span!(target: "msgr", "msgr_conn", conn = id, %peer, worker, msgr = %msgr.name)
+    } else {
+        tracing::Span::none()
+    }
 }
 
 /// Registers `socket` on this worker and takes it over as `conn`'s transport, carrying
 /// `session`; `dial` is set when we dialled it. A socket that cannot be registered
 /// fails the connection.
+#[allow(clippy::too_many_arguments)]
 fn install(
     local: &mut WorkerLocal,
     center: &mut Center,
@@ -161,6 +210,7 @@ fn install(
     mut socket: Box<dyn ConnectedSocket>,
     session: Session,
     dial: Option<Dial>,
+    span: tracing::Span,
 ) {
     let id = conn.id();
     let registered = socket.register(center.readiness()).and_then(|src| {
@@ -180,6 +230,7 @@ fn install(
         }
     };
     let recv_mode = socket.recv_mode();
+    let state_seen = session.state();
     let lc = LocalConn {
         conn,
         msgr: Arc::clone(&msgr),
@@ -195,6 +246,8 @@ fn install(
         dial,
         was_ready: false,
         copies_seen: CopyCounts::default(),
+        span,
+        state_seen,
     };
     local.conns.insert(id, lc);
     count(&local.perf, &msgr, Counter::CreatedConnections, 1);
@@ -212,6 +265,10 @@ fn conn_callback(id: u64) -> crate::event::FileCallback<WorkerLocal> {
 
 fn on_conn_event(local: &mut WorkerLocal, center: &mut Center, id: u64, mask: Interest) {
     let Some(lc) = local.conns.get_mut(&id) else { return };
+    // Quiet (debug_ms 0): no span, no second lookup below.
+    let logging = lc.msgr.settings.debug_ms >= 1;
+    let span = logging.then(|| lc.span.clone());
+    let _entered = span.as_ref().map(tracing::Span::enter);
     if lc.connecting {
         match lc.socket.is_connected() {
             Ok(true) => lc.connecting = false,
@@ -222,6 +279,13 @@ fn on_conn_event(local: &mut WorkerLocal, center: &mut Center, id: u64, mask: In
     if mask.contains(Interest::READABLE) {
         if let Err(e) = do_read(local, center, id) {
             return fault(local, center, id, e);
+        }
+    }
+    if let Some(lc) = logging.then(|| local.conns.get_mut(&id)).flatten() {
+        let (was, now) = (lc.state_seen, lc.session.state());
+        if now != was {
+            dout!(lc.msgr, 5, from = ?was, to = ?now, "handshake step");
+            lc.state_seen = now;
         }
     }
     flush(local, center, id);
@@ -365,6 +429,7 @@ fn count_session_copies(perf: &PerfCounters, lc: &mut LocalConn) {
 /// Stops reading until the dispatch throttle has room again.
 fn pause_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     let Some(lc) = local.conns.get_mut(&id) else { return };
+    dout!(lc.msgr, 5, "dispatch throttle full: reading paused");
     lc.read_paused = true;
     let _ = center.delete_file_event(lc.src, Interest::READABLE);
     let worker = lc.conn.worker();
@@ -383,6 +448,7 @@ fn resume_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
         return;
     }
     lc.read_paused = false;
+    dout!(lc.msgr, 5, "dispatch throttle has room: reading resumed");
     let src = lc.src;
     if let Err(e) = center.create_file_event(src, Interest::READABLE, conn_callback(id)) {
         fault(local, center, id, ConnError::from(e));
@@ -427,10 +493,16 @@ fn handle_session_events(local: &mut WorkerLocal, id: u64) -> Result<(), ConnErr
                 if accepted {
                     lc.msgr.register_accepted(&lc.conn, &peer.addrs);
                 }
+                if lc.msgr.settings.debug_ms >= 1 {
+                    log_ready(&peer, accepted);
+                }
                 let ev = if accepted { ConnEvent::Accept } else { ConnEvent::Connect };
                 lc.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.conn), ev);
             }
             SessionEvent::Message(m) => {
+                if lc.msgr.settings.debug_ms >= 10 {
+                    log_message(&m, "message received");
+                }
                 count(&local.perf, &lc.msgr, Counter::RecvMessages, 1);
                 lc.msgr.deliver(&lc.conn, m);
             }
@@ -439,6 +511,7 @@ fn handle_session_events(local: &mut WorkerLocal, id: u64) -> Result<(), ConnErr
             SessionEvent::KeepaliveDue => lc.session.send_keepalive(now_utime()),
             SessionEvent::GlobalSeqAtLeast(gs) => lc.msgr.global_seq_at_least(gs),
             SessionEvent::RemoteReset { .. } => {
+                dout!(lc.msgr, 1, "the peer reset the session (it restarted): a new session");
                 count(&local.perf, &lc.msgr, Counter::RemoteResets, 1);
                 lc.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.conn), ConnEvent::RemoteReset);
             }
@@ -451,6 +524,7 @@ fn handle_session_events(local: &mut WorkerLocal, id: u64) -> Result<(), ConnErr
 /// Ceph's `handle_existing_connection` / `handle_reconnect` do, whether this transport
 /// starts a new session, takes over the existing one (which may live on another
 /// worker), or is refused.
+#[inline(never)]
 fn on_identify(local: &mut WorkerLocal, id: u64, claim: Claim) -> Result<(), ConnError> {
     let Some(lc) = local.conns.get_mut(&id) else { return Ok(()) };
     let msgr = Arc::clone(&lc.msgr);
@@ -469,6 +543,15 @@ fn on_identify(local: &mut WorkerLocal, id: u64, claim: Claim) -> Result<(), Con
         None => decide_ident(snapshot.as_ref(), claim.client_cookie, claim.global_seq, wins),
         Some(req) => decide_reconnect(snapshot.as_ref(), req, wins),
     };
+    dout!(
+        msgr,
+        5,
+        peer_type = %peer_type,
+        reconnect = claim.reconnect.is_some(),
+        existing = existing.as_ref().map(|e| e.id()),
+        ?decision,
+        "a lossless peer identified itself: session decision"
+    );
     let (existing, reset_first, resume) = match (decision, existing) {
         (Decision::New, _) | (Decision::ReplaceLossy, None) => {
             lc.session.answer(Answer::New).map_err(ConnError::Protocol)?;
@@ -607,6 +690,9 @@ pub(crate) fn flush(local: &mut WorkerLocal, center: &mut Center, id: u64) {
         lc.session.send_keepalive(now_utime());
     }
     for m in out.msgs {
+        if lc.msgr.settings.debug_ms >= 10 {
+            log_message(&m, "message queued to send");
+        }
         lc.session.send_message(m);
     }
     if let Err(e) = do_write(local, center, id) {
@@ -683,6 +769,8 @@ fn update_timer(local: &mut WorkerLocal, center: &mut Center, id: u64) {
 
 fn on_timer(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     let Some(lc) = local.conns.get_mut(&id) else { return };
+    let span = (lc.msgr.settings.debug_ms >= 1).then(|| lc.span.clone());
+    let _entered = span.as_ref().map(tracing::Span::enter);
     lc.timer = None;
     if let Err(e) = lc.session.handle_timeout(Instant::now()) {
         return fault(local, center, id, ConnError::Protocol(e));
@@ -696,6 +784,7 @@ fn on_timer(local: &mut WorkerLocal, center: &mut Center, id: u64) {
 
 /// Closes a connection on an error and tells the dispatchers; a lossless session
 /// survives it and waits for the next transport.
+#[inline(never)]
 fn fault(local: &mut WorkerLocal, center: &mut Center, id: u64, err: ConnError) {
     close_conn(local, center, id, Some(err));
 }
@@ -711,8 +800,11 @@ fn teardown(perf: &PerfCounters, center: &mut Center, mut lc: LocalConn) -> Loca
     lc
 }
 
+#[inline(never)]
 fn close_conn(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option<ConnError>) {
     let Some(lc) = local.conns.remove(&id) else { return };
+    let span = lc.span.clone();
+    let _entered = span.enter();
     let mut lc = teardown(&local.perf, center, lc);
     let lossless = !lc.session.policy().lossy;
     let survivable = err.as_ref().is_some_and(|e| !matches!(e, ConnError::Shutdown | ConnError::Replaced));
@@ -720,6 +812,11 @@ fn close_conn(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option
     let clean_end = lc.session.policy().lossy && matches!(err, Some(ConnError::PeerClosed { mid_frame: false }));
     if survivable && !clean_end {
         count(&local.perf, &lc.msgr, Counter::ConnectionFaults, 1);
+        if let Some(e) = &err {
+            dwarn!(lc.msgr, error = %e, kind = ?e, state = ?lc.state_seen, "fault");
+        }
+    } else {
+        dout!(lc.msgr, 1, reason = ?err, "transport closed");
     }
     // A session exists to keep if we dial (and so can redial), or if a session was
     // established on this connection at some point (the peer will come back).
@@ -734,6 +831,13 @@ fn close_conn(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option
             Backoff::Grow
         };
         let refused = matches!(err, Some(ConnError::Refused(_))) || lc.connecting;
+        dout!(
+            lc.msgr,
+            5,
+            ?backoff,
+            dials = lc.dial.is_some(),
+            "lossless policy: the session is kept for a new transport"
+        );
         let LocalConn { conn, msgr, session, dial, .. } = lc;
         return keep_session(local, center, msgr, conn, session, dial, err, refused, backoff);
     }
@@ -748,6 +852,7 @@ fn close_conn(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option
 /// refused dial is reported (`ms_handle_refused`), and the session is parked until the
 /// next transport.
 #[allow(clippy::too_many_arguments)]
+#[inline(never)]
 fn keep_session(
     local: &mut WorkerLocal,
     center: &mut Center,
@@ -782,6 +887,7 @@ enum Backoff {
 /// Keeps a lossless session on this worker between transports. With `dial` we
 /// reconnect after the backoff; without, the session waits for the peer (Ceph's
 /// STANDBY of the accepting side).
+#[inline(never)]
 fn park(
     local: &mut WorkerLocal,
     center: &mut Center,
@@ -810,6 +916,10 @@ fn park(
         // idle timeout the session is dropped and reported as a reset.
         None => Instant::now() + msgr.settings.idle_timeout,
     };
+    match &dial {
+        Some(d) => dout!(msgr, 1, conn = id, peer = %d.target, backoff = ?d.backoff, "reconnect scheduled"),
+        None => dout!(msgr, 1, conn = id, "session parked until the peer reconnects"),
+    }
     let timer = center.create_time_event_at(
         at,
         Box::new(move |local: &mut WorkerLocal, center: &mut Center| on_parked_timer(local, center, id)),
@@ -858,11 +968,13 @@ fn on_parked_timer(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     if state.server_cookie() != 0 {
         state.connect_seq += 1;
     }
+    dout!(msgr, 1, conn = id, peer = %dial.target, connect_seq = state.connect_seq, "reconnecting");
     let session = msgr.client_session(dial.target.clone(), dial.peer_type, state);
     start_connect(local, center, msgr, conn, dial, session);
 }
 
 /// Publishes the close and, for errors, queues `ms_handle_refused` / `ms_handle_reset`.
+#[inline(never)]
 fn finish_closed(msgr: &Arc<MsgrInner>, conn: &ConnectionRef, err: Option<ConnError>, refused: Option<bool>) {
     // The error is published before the state, so whoever sees Closed can read why.
     if let Some(e) = &err {
@@ -875,6 +987,7 @@ fn finish_closed(msgr: &Arc<MsgrInner>, conn: &ConnectionRef, err: Option<ConnEr
         return;
     }
     let ev = if refused == Some(true) && conn.is_outgoing() { ConnEvent::Refused } else { ConnEvent::Reset };
+    dout!(msgr, 1, conn = conn.id(), error = ?err, "{}", if ev == ConnEvent::Refused { "refused" } else { "reset" });
     msgr.dispatch_queue.enqueue_event(Arc::clone(conn), ev);
 }
 

@@ -22,6 +22,7 @@ mod delay;
 pub mod dispatch;
 pub mod error;
 pub(crate) mod io;
+pub(crate) mod log;
 pub mod perf;
 pub mod policy;
 pub mod worker;
@@ -80,6 +81,8 @@ pub(crate) struct Settings {
     pub(crate) max_backoff: Duration,
     /// `ms_inject_socket_failures` (0 = off).
     pub(crate) inject_every: u64,
+    /// `debug_ms`: which log events this messenger emits (`log`).
+    pub(crate) debug_ms: u8,
 }
 
 impl Settings {
@@ -100,6 +103,7 @@ impl Settings {
             initial_backoff: cfg.ms_initial_backoff(),
             max_backoff: cfg.ms_max_backoff(),
             inject_every: cfg.ms_inject_socket_failures(),
+            debug_ms: cfg.debug_ms(),
         }
     }
 }
@@ -254,6 +258,7 @@ impl MsgrInner {
 
     /// Hands a received message to a fast dispatcher or the dispatch queue,
     /// unless delay injection holds it back for later.
+    #[inline]
     pub(crate) fn deliver(&self, conn: &ConnectionRef, m: Message) {
         // why: ms_inject_delay_*; when off this is one test of a None.
         let Some(m) = delay::intercept(self.delay.as_ref(), conn, m) else { return };

@@ -1579,6 +1579,7 @@ impl Session {
     }
 
     /// Queues a message. It is sent once the session is READY, in queue order.
+    #[inline]
     pub fn send_message(&mut self, msg: Message) {
         self.st.push(msg);
     }
