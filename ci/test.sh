@@ -50,6 +50,8 @@ for r in rows:
         assert all(isinstance(r[k], (int, float)) for k in need if k.startswith("copied_")), r
 print("bench json ok:", len(rows), "rows")
 PY
+log "examples: facade/examples built and run (echo_daemon answering msgr ping, mon_client against ceph-mon)"
+bash ci/examples.sh
 log "wire check: msgr mon traffic to a real ceph-mon, decoded independently"
 bash ci/wire-check.sh target/release/msgr
 log "RDMA: device tests, messenger suite, CLI and benchmarks inside the soft-RoCE VM"

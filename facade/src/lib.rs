@@ -47,6 +47,12 @@ pub mod monc;
 
 pub use msgr_core::{admin, config, event, message, messenger, proto, stack};
 
+// The Rust blocks of the README ("Embedding msgr") are doc tests of this crate, so the
+// smallest program it shows keeps compiling against the API it describes.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 use std::sync::Arc;
 
 use msgr_core::config::{Config, MsType};
