@@ -37,6 +37,7 @@ pub enum ConnState {
 
 /// Why `send_message` refused a message.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError {
     /// The connection is closed; the message was not queued.
     #[error("connection {0} is closed")]

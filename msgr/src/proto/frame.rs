@@ -159,6 +159,7 @@ impl std::fmt::Display for Tag {
 /// For crc errors, `expected` is the crc carried on the wire and `got` the one computed
 /// over the received bytes.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The preamble crc does not match.
     #[error("bad preamble crc: frame says {expected:#010x}, computed {got:#010x}")]
