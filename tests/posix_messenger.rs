@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use msgr::config::Config;
 use msgr::message::Message;
-use msgr::messenger::{ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
-use msgr::proto::{EntityAddr, EntityAddrVec, EntityType};
+use msgr::messenger::perf::Counter;
+use msgr::messenger::{ConnState, ConnectionRef, Dispatcher, Messenger, Policy, SendError};
+use msgr::proto::{EntityAddr, EntityAddrVec, EntityType, MAX_SEGMENT_LEN};
 
 mod common;
 use common::traffic::{config, messenger, test_message, wait_until, Recorder, Tally, MSG_TEST, WAIT};
@@ -490,5 +491,53 @@ fn shutdown_drops_messages_held_by_injected_delays_without_waiting() {
     assert!(start.elapsed() < WAIT, "shutdown took {:?}", start.elapsed());
     assert_eq!(rec.tally.count(), 0, "held messages are dropped, not delivered");
     assert_eq!(server.throttle().current(), 0, "their throttle bytes were returned");
+    drop((client, server));
+}
+
+/// True where a zeroed allocation of 4 GiB costs address space only: glibc's calloc
+/// maps fresh pages for it and the kernel commits none until they are touched, which
+/// nothing here does. False where strict overcommit or a small machine could refuse it
+/// (the failed allocation would abort the test process).
+fn can_map_4_gib() -> bool {
+    if !cfg!(all(target_os = "linux", target_pointer_width = "64")) {
+        return false;
+    }
+    let strict = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").map_or(true, |s| s.trim() == "2");
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |key: &str| -> u64 {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    !strict && kib("MemTotal:") + kib("SwapTotal:") >= 8 << 20
+}
+
+#[test]
+fn oversized_message_is_refused_with_a_typed_error_and_nothing_is_sent() {
+    let cfg = config(&[]);
+    let (server, client, con) = pair(&cfg);
+    let rec = Arc::new(Recorder::default());
+    server.add_dispatcher_tail(rec.clone());
+    wait_until("connected", || con.is_connected());
+    if can_map_4_gib() {
+        // One byte over what a le32 segment length can say.
+        let data = Bytes::from(vec![0u8; MAX_SEGMENT_LEN + 1]);
+        let err = con.send_message(Message::new(MSG_TEST, Bytes::new()).with_data(data)).unwrap_err();
+        assert_eq!(err, SendError::TooLarge { segment: "data", len: 1 << 32, max: u64::from(u32::MAX) });
+    } else {
+        eprintln!("*** SKIPPED the 4 GiB message: this machine might refuse to map it ***");
+    }
+    // The connection carries on, and the refused message never reached the wire.
+    con.send_message(test_message(7, 0, 100)).unwrap();
+    assert_eq!(rec.tally.wait_for(1), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rec.tally.count(), 1);
+    rec.tally.assert_in_order("server");
+    assert_eq!(client.perf().get(Counter::SendMessages), 1);
+    assert_eq!(con.state(), ConnState::Open);
+    assert_eq!(rec.resets.load(Ordering::SeqCst), 0);
     drop((client, server));
 }

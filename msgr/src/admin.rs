@@ -36,6 +36,7 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 
 /// What can go wrong on either end of an admin socket.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AdminError {
     /// Another live process listens on the path.
     #[error("admin socket {0} is in use by another process (remove it or pick another admin_socket path)")]

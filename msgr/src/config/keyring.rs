@@ -38,6 +38,7 @@ pub const MAX_KEYRING_BYTES: usize = 1 << 20;
 
 /// Why a keyring could not be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyringError {
     /// The file could not be read.
     #[error("{}: {error}", path.display())]

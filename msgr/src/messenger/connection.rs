@@ -17,8 +17,11 @@ use super::MsgrInner;
 use crate::message::Message;
 use crate::proto::addr::EntityAddrVec;
 use crate::proto::entity::{EntityName, EntityType};
+use crate::proto::frame::{MAX_SEGMENTS, MAX_SEGMENT_LEN};
 use crate::proto::frames::UTime;
+use crate::proto::header::MSG_HEADER2_LEN;
 use crate::proto::reconnect::{Existing, Phase};
+use crate::proto::secure::{AUTH_TAG_LEN, CRYPTO_BLOCK_LEN, SECURE_EPILOGUE_LEN, SECURE_PREAMBLE_ONWIRE_LEN};
 
 /// Shared handle to a connection.
 pub type ConnectionRef = Arc<Connection>;
@@ -37,10 +40,53 @@ pub enum ConnState {
 
 /// Why `send_message` refused a message.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError {
     /// The connection is closed; the message was not queued.
     #[error("connection {0} is closed")]
     Closed(u64),
+    /// The message cannot be framed: a msgr2 segment length is a le32, so front, middle
+    /// and data must each be at most [`MAX_SEGMENT_LEN`] bytes, and the whole frame
+    /// must fit in memory. The message was not queued; the connection is unaffected.
+    #[error("message {segment} of {len} bytes is over the msgr2 limit of {max} bytes")]
+    TooLarge {
+        /// The part that is too long: `front`, `middle`, `data`, or `frame` (their sum).
+        segment: &'static str,
+        /// Its length in bytes.
+        len: u64,
+        /// The most it may be.
+        max: u64,
+    },
+}
+
+/// The most a MESSAGE frame adds to its front, middle and data in either on-wire mode:
+/// secure mode's preamble block, auth tags, padding and epilogue (crc mode's preamble,
+/// crc and epilogue are less) and the msg_header2 segment.
+const FRAME_OVERHEAD_MAX: u64 = (SECURE_PREAMBLE_ONWIRE_LEN
+    + AUTH_TAG_LEN
+    + MAX_SEGMENTS * CRYPTO_BLOCK_LEN
+    + SECURE_EPILOGUE_LEN
+    + MSG_HEADER2_LEN) as u64;
+
+/// Refuses a message the wire format cannot carry, before a worker frames it: a segment
+/// longer than [`MAX_SEGMENT_LEN`] (the frame writer would have to panic), or a frame
+/// larger than `max_frame` bytes with its overhead (only possible where `usize` is
+/// 32 bits; `max_frame` is `usize::MAX` outside tests).
+fn check_size(front: usize, middle: usize, data: usize, max_frame: u64) -> Result<(), SendError> {
+    let max = MAX_SEGMENT_LEN as u64;
+    for (segment, len) in [("front", front), ("middle", middle), ("data", data)] {
+        let len = len as u64;
+        if len > max {
+            return Err(SendError::TooLarge { segment, len, max });
+        }
+    }
+    // Each is at most 2^32 - 1 here, so the sum cannot overflow.
+    let len = front as u64 + middle as u64 + data as u64;
+    let max = max_frame.saturating_sub(FRAME_OVERHEAD_MAX);
+    if len > max {
+        return Err(SendError::TooLarge { segment: "frame", len, max });
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -210,7 +256,11 @@ impl Connection {
     /// this connection's queue and its worker is woken (or, when called on that worker,
     /// flushed before it next waits). Messages sent before the handshake completes go
     /// out once it does, in order.
+    ///
+    /// A message with a segment the msgr2 wire format cannot carry is refused with
+    /// [`SendError::TooLarge`] and nothing is sent.
     pub fn send_message(&self, m: Message) -> Result<(), SendError> {
+        check_size(m.front.len(), m.middle.len(), m.data.len(), usize::MAX as u64)?;
         if self.state() == ConnState::Closed {
             return Err(SendError::Closed(self.id));
         }
@@ -283,5 +333,45 @@ impl Connection {
 
     pub(crate) fn take_outbox(&self) -> Outbox {
         std::mem::take(&mut *lock(&self.outbox))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: u64 = u32::MAX as u64;
+
+    #[test]
+    fn every_segment_up_to_the_le32_limit_is_accepted() {
+        let m = MAX_SEGMENT_LEN;
+        assert_eq!(check_size(m, m, m, u64::MAX), Ok(()));
+        assert_eq!(check_size(0, 0, 0, u64::MAX), Ok(()));
+    }
+
+    #[test]
+    fn a_segment_of_4_gib_or_more_is_refused_by_name() {
+        let over = MAX_SEGMENT_LEN + 1;
+        let all = usize::MAX as u64;
+        let want = |segment| Err(SendError::TooLarge { segment, len: MAX + 1, max: MAX });
+        assert_eq!(check_size(over, 0, 0, all), want("front"));
+        assert_eq!(check_size(0, over, 0, all), want("middle"));
+        assert_eq!(check_size(0, 0, over, all), want("data"));
+        assert_eq!(
+            check_size(0, 0, usize::MAX, all),
+            Err(SendError::TooLarge { segment: "data", len: usize::MAX as u64, max: MAX })
+        );
+    }
+
+    #[test]
+    fn a_frame_that_cannot_be_held_is_refused() {
+        // What a 32-bit target's usize allows: three segments under the le32 limit can
+        // still add up to more.
+        let max_frame = MAX;
+        let seg = 3_000_000_000;
+        let err = check_size(seg, 0, seg, max_frame).unwrap_err();
+        assert_eq!(err, SendError::TooLarge { segment: "frame", len: 6_000_000_000, max: MAX - FRAME_OVERHEAD_MAX });
+        assert!(err.to_string().contains("frame of 6000000000 bytes"), "{err}");
+        assert_eq!(check_size(seg, 0, 0, max_frame), Ok(()));
     }
 }

@@ -5,9 +5,16 @@
 //! (`ms_dispatch_throttle_bytes`) is what turns a slow dispatcher into backpressure:
 //! while it is full, workers stop reading from sockets, so the peer's sends block in
 //! its socket buffer instead of piling up in our memory.
+//!
+//! A dispatcher that panics does not take the messenger down: every callback runs
+//! under `catch_unwind`, on the dispatch thread and on the workers alike. The panic is
+//! counted (`msgr_dispatch_panics` in `perf dump`, [`DispatchQueue::panics`]) and the
+//! last one kept ([`DispatchPanic`]); the thread carries on with the next item.
 
+use std::any::Any;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtOrd};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -21,6 +28,16 @@ use crate::message::Message;
 /// are called from the dispatch thread, except the fast-dispatch pair which runs on the
 /// network worker that owns the connection: keep `ms_fast_dispatch` short and never
 /// block in it.
+///
+/// A panic in any method is caught by the messenger, counted and kept (see
+/// [`DispatchPanic`]); the thread that called it carries on. What it did to the
+/// message or event:
+/// - `ms_dispatch`, `ms_fast_dispatch`: the message is consumed (not offered to the
+///   next dispatcher, which might handle it twice), its dispatch throttle bytes are
+///   returned, and the connection stays up.
+/// - `ms_can_fast_dispatch`: taken as `false`; the message goes on to the next
+///   dispatcher or the dispatch queue, so it is not lost.
+/// - `ms_handle_*`: taken as not handled; the next dispatcher is told too.
 ///
 /// ```
 /// use msgr_core::message::Message;
@@ -80,6 +97,85 @@ pub enum ConnEvent {
 
 /// Ceph's CEPH_MSG_PRIO_HIGHEST: connection events jump the queue, as in Ceph.
 const PRIO_HIGHEST: u16 = 255;
+
+/// A dispatcher callback that panicked. The messenger caught the panic and carried on;
+/// see [`Dispatcher`] for what became of the message or event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DispatchPanic {
+    /// The callback that panicked: `ms_dispatch`, `ms_fast_dispatch`, `ms_handle_reset`…
+    pub callback: &'static str,
+    /// The id of the connection it was called for ([`super::Connection::id`]).
+    pub conn_id: u64,
+    /// The panic's message; a placeholder when the payload was not a string.
+    pub message: String,
+}
+
+/// Runs dispatcher callbacks under `catch_unwind`, counting the panics and keeping the
+/// last one.
+#[derive(Default)]
+pub(crate) struct PanicLog {
+    count: AtomicU64,
+    last: Mutex<Option<DispatchPanic>>,
+}
+
+impl PanicLog {
+    /// Runs `f`, the dispatcher callback `callback` for connection `conn_id`. Returns
+    /// its result, or `None` if it panicked (the panic is recorded, never resumed).
+    pub(crate) fn call<R>(&self, callback: &'static str, conn_id: u64, f: impl FnOnce() -> R) -> Option<R> {
+        // AssertUnwindSafe: nothing of the messenger's is half-updated while a callback
+        // runs (no lock of ours is held for writing, no queue is mid-change), so the
+        // messenger is consistent after a panic. The dispatcher's own state is its own:
+        // it is handed the next message as if nothing happened.
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(r) => Some(r),
+            Err(payload) => {
+                self.record(callback, conn_id, &*payload);
+                drop_payload(payload);
+                None
+            }
+        }
+    }
+
+    fn record(&self, callback: &'static str, conn_id: u64, payload: &(dyn Any + Send)) {
+        let message = panic_message(payload);
+        // log: error!(callback, conn_id, %message, "dispatcher panicked; message consumed, connection kept")
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(DispatchPanic { callback, conn_id, message });
+        // Counted after `last` is set, so whoever sees the count sees this panic's text.
+        self.count.fetch_add(1, AtOrd::Release);
+    }
+
+    /// Panics caught so far.
+    pub(crate) fn count(&self) -> u64 {
+        self.count.load(AtOrd::Acquire)
+    }
+
+    /// The last panic caught.
+    pub(crate) fn last(&self) -> Option<DispatchPanic> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The text of a panic: `panic!` with a literal gives a `&str`, with arguments a
+/// `String`; anything else (`panic_any`) has no text to show.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(panic payload is not a string)".to_owned()
+    }
+}
+
+/// Drops a panic payload without letting a panicking `Drop` of it unwind into the
+/// messenger's thread.
+fn drop_payload(payload: Box<dyn Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        // A payload whose drop panics again would do the same here: leak it instead.
+        std::mem::forget(again);
+    }
+}
 
 /// A byte budget shared by everything waiting in the dispatch queue.
 ///
@@ -217,6 +313,8 @@ pub struct DispatchQueue {
     throttle: Arc<Throttle>,
     dispatchers: DispatcherList,
     thread: Mutex<Option<JoinHandle<()>>>,
+    // Panics of dispatcher callbacks, on this queue's thread and the workers' fast path.
+    panics: PanicLog,
 }
 
 impl DispatchQueue {
@@ -228,7 +326,23 @@ impl DispatchQueue {
             throttle,
             dispatchers,
             thread: Mutex::new(None),
+            panics: PanicLog::default(),
         })
+    }
+
+    /// Dispatcher callbacks that panicked so far (caught, on any thread).
+    pub fn panics(&self) -> u64 {
+        self.panics.count()
+    }
+
+    /// The last dispatcher callback panic caught, if any.
+    pub fn last_panic(&self) -> Option<DispatchPanic> {
+        self.panics.last()
+    }
+
+    /// Where the workers' fast path records the panics of the callbacks it calls.
+    pub(crate) fn panic_log(&self) -> &PanicLog {
+        &self.panics
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
@@ -328,32 +442,39 @@ impl DispatchQueue {
     fn deliver(&self, item: Item) {
         let list: Vec<Arc<dyn Dispatcher>> = self.dispatchers.read().unwrap_or_else(|e| e.into_inner()).clone();
         let con = &item.con;
+        let (p, id) = (&self.panics, con.id());
         match item.kind {
             ItemKind::Message(m, size) => {
                 for d in &list {
-                    if d.ms_dispatch(con, &m) {
+                    // A panic consumes the message: the dispatcher may have half handled
+                    // it, and the next one handling it again could be worse.
+                    if p.call("ms_dispatch", id, || d.ms_dispatch(con, &m)).unwrap_or(true) {
                         break;
                     }
                 }
+                // `call` never unwinds, so the bytes go back after a panic too.
                 self.throttle.put(size);
             }
             ItemKind::Event(ev) => {
                 for d in &list {
+                    // A panic is "not handled": the next dispatcher hears of the event too.
                     let handled = match ev {
                         ConnEvent::Connect => {
-                            d.ms_handle_connect(con);
+                            p.call("ms_handle_connect", id, || d.ms_handle_connect(con));
                             false
                         }
                         ConnEvent::Accept => {
-                            d.ms_handle_accept(con);
+                            p.call("ms_handle_accept", id, || d.ms_handle_accept(con));
                             false
                         }
-                        ConnEvent::Reset => d.ms_handle_reset(con),
+                        ConnEvent::Reset => p.call("ms_handle_reset", id, || d.ms_handle_reset(con)).unwrap_or(false),
                         ConnEvent::RemoteReset => {
-                            d.ms_handle_remote_reset(con);
+                            p.call("ms_handle_remote_reset", id, || d.ms_handle_remote_reset(con));
                             false
                         }
-                        ConnEvent::Refused => d.ms_handle_refused(con),
+                        ConnEvent::Refused => {
+                            p.call("ms_handle_refused", id, || d.ms_handle_refused(con)).unwrap_or(false)
+                        }
                     };
                     if handled {
                         break;
@@ -385,6 +506,40 @@ mod tests {
         assert_eq!(woke.load(AtOrd::SeqCst), 1);
         assert_eq!(t.waits(), 1);
         assert!(!t.wait(Box::new(|| {})), "room available: no wait");
+    }
+
+    #[test]
+    fn a_panicking_callback_is_counted_and_its_text_kept() {
+        let log = PanicLog::default();
+        assert_eq!(log.call("ms_dispatch", 1, || true), Some(true));
+        assert_eq!((log.count(), log.last()), (0, None));
+        // The default hook prints these to the captured test output.
+        let n = 7;
+        let literal = log.call("ms_dispatch", 3, || -> bool { panic!("plain text") });
+        let last_literal = log.last();
+        let formatted = log.call("ms_fast_dispatch", 4, || panic!("message {n}"));
+        let last_formatted = log.last();
+        let other = log.call("ms_handle_reset", 5, || std::panic::panic_any(42u32));
+        assert_eq!((literal, formatted, other), (None, None, None));
+        assert_eq!(log.count(), 3);
+        let want =
+            |callback, conn_id, message: &str| Some(DispatchPanic { callback, conn_id, message: message.into() });
+        assert_eq!(last_literal, want("ms_dispatch", 3, "plain text"));
+        assert_eq!(last_formatted, want("ms_fast_dispatch", 4, "message 7"));
+        assert_eq!(log.last(), want("ms_handle_reset", 5, "(panic payload is not a string)"));
+    }
+
+    #[test]
+    fn a_payload_that_panics_when_dropped_does_not_unwind() {
+        struct Bomb;
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                panic!("dropped");
+            }
+        }
+        let log = PanicLog::default();
+        let r = log.call("ms_dispatch", 1, || std::panic::panic_any(Bomb));
+        assert_eq!((r, log.count()), (None::<()>, 1));
     }
 
     #[test]

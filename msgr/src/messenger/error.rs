@@ -1,13 +1,12 @@
 //! Messenger-level errors.
 
 use std::io;
-use std::net::SocketAddr;
 
-use crate::config::ConfigError;
 use crate::proto::session::SessionError;
 
 /// Why a connection closed. Cloneable so every holder of the connection can read it.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConnError {
     /// The protocol failed: bad banner, crc, frame, state, auth, timeout…
     #[error(transparent)]
@@ -57,10 +56,8 @@ impl From<io::Error> for ConnError {
 
 /// Errors from messenger operations.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MsgrError {
-    /// Bad configuration.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     /// No port in the range could be bound.
     #[error("cannot bind {addr}: {source}")]
     Bind {
@@ -105,7 +102,4 @@ pub enum MsgrError {
         /// The limit.
         max: usize,
     },
-    /// Binding to the given socket address failed.
-    #[error("listen on {0}: {1}")]
-    Listen(SocketAddr, io::Error),
 }

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 pub use connection::{ConnState, Connection, ConnectionRef, SendError};
-pub use dispatch::{ConnEvent, DispatchQueue, Dispatcher, Throttle};
+pub use dispatch::{ConnEvent, DispatchPanic, DispatchQueue, Dispatcher, Throttle};
 pub use error::{ConnError, MsgrError};
 pub use policy::{Policy, PolicySet};
 pub use worker::{stack_for, Center, Stack, Task, Worker, WorkerLocal};
@@ -268,13 +268,21 @@ impl MsgrInner {
     /// Hands a received message to a fast dispatcher or the dispatch queue,
     /// bypassing delay injection (the delay thread's hand-over comes here).
     pub(crate) fn deliver_now(&self, conn: &ConnectionRef, m: Message) {
+        // A panicking callback must not unwind through the worker: it would kill every
+        // connection the worker serves.
+        let (panics, id) = (self.dispatch_queue.panic_log(), conn.id());
         let fast = {
             let list = self.dispatchers.read().unwrap_or_else(|e| e.into_inner());
-            list.iter().find(|d| d.ms_can_fast_dispatch(&m)).cloned()
+            // A panic is a "no": the message goes on to the next dispatcher or the queue.
+            list.iter()
+                .find(|d| panics.call("ms_can_fast_dispatch", id, || d.ms_can_fast_dispatch(&m)).unwrap_or(false))
+                .cloned()
         };
         if let Some(d) = fast {
             self.fast_dispatched.fetch_add(1, Ordering::Relaxed);
-            d.ms_fast_dispatch(conn, m);
+            // A panic consumes the message (it was moved into the call) and leaves the
+            // connection up: its next message is read and dispatched as usual.
+            panics.call("ms_fast_dispatch", id, move || d.ms_fast_dispatch(conn, m));
             return;
         }
         let size = m.total_len() as u64;
@@ -301,6 +309,7 @@ fn perf_dump(i: &MsgrInner) -> serde_json::Value {
     me.insert("msgr_dispatch_throttle_waits".into(), i.throttle.waits().into());
     me.insert("msgr_rx_pool_idle_bytes".into(), i.rx_pool.idle_bytes().into());
     me.insert("msgr_fast_dispatched".into(), i.fast_dispatched.load(Ordering::Relaxed).into());
+    me.insert("msgr_dispatch_panics".into(), i.dispatch_queue.panics().into());
     let mut out = serde_json::Map::new();
     out.insert(format!("msgr.{}", i.name), serde_json::Value::Object(me));
     for w in &i.workers {
@@ -407,6 +416,19 @@ impl Messenger {
         self.inner.fast_dispatched.load(Ordering::Relaxed)
     }
 
+    /// Dispatcher callbacks that panicked so far, on the dispatch thread or a worker
+    /// (`msgr_dispatch_panics` in [`Messenger::perf_dump`]). Each was caught: the
+    /// messenger carried on (see [`Dispatcher`] for what became of the message).
+    pub fn dispatch_panics(&self) -> u64 {
+        self.inner.dispatch_queue.panics()
+    }
+
+    /// The last dispatcher callback panic caught: which callback, on which connection,
+    /// and the panic's message.
+    pub fn last_dispatch_panic(&self) -> Option<DispatchPanic> {
+        self.inner.dispatch_queue.last_panic()
+    }
+
     /// Messages held back by delay injection (`ms_inject_delay_*`) so far.
     pub fn injected_delays(&self) -> u64 {
         self.inner.delay.as_ref().map_or(0, |d| d.injected())
@@ -419,7 +441,7 @@ impl Messenger {
 
     /// Perf counters as Ceph's `perf dump` shows them: one section for this messenger
     /// (its counters plus dispatch queue depth, throttle use and waits, fast-dispatched
-    /// messages) and one per worker of its stack (`AsyncMessenger::Worker-N`, shared
+    /// messages, dispatcher panics caught) and one per worker of its stack (`AsyncMessenger::Worker-N`, shared
     /// with any other messenger on the same stack).
     ///
     /// ```no_run

@@ -164,12 +164,13 @@ pub const WORKER_SECTION_PREFIX: &str = "AsyncMessenger::Worker-";
 /// Values a messenger's `perf dump` section has besides its [`Counter`]s (they live
 /// in the dispatch queue, the throttle and the receive pool): (name, is a gauge,
 /// description).
-pub const MESSENGER_EXTRAS: [(&str, bool, &str); 5] = [
+pub const MESSENGER_EXTRAS: [(&str, bool, &str); 6] = [
     ("msgr_dispatch_queue_len", true, "messages waiting for the dispatch thread"),
     ("msgr_dispatch_throttle_bytes", true, "bytes of received messages held against ms_dispatch_throttle_bytes"),
     ("msgr_dispatch_throttle_waits", false, "times a worker stopped reading because the dispatch throttle was full"),
     ("msgr_rx_pool_idle_bytes", true, "large-frame receive buffers kept idle for reuse"),
     ("msgr_fast_dispatched", false, "messages handed to ms_fast_dispatch on the worker thread"),
+    ("msgr_dispatch_panics", false, "dispatcher callbacks that panicked (caught; the messenger carried on)"),
 ];
 
 /// True for a `perf dump` value that only goes up, so dumps of several messengers
@@ -243,5 +244,7 @@ mod tests {
         assert_eq!(s["msgr_active_connections"]["type"], "gauge");
         assert_eq!(s["msgr_dispatch_throttle_waits"]["type"], "counter");
         assert_eq!(s["msgr_dispatch_queue_len"]["type"], "gauge");
+        assert_eq!(s["msgr_dispatch_panics"]["type"], "counter");
+        assert!(is_cumulative("msgr_dispatch_panics"));
     }
 }

@@ -20,6 +20,7 @@ pub const EOPNOTSUPP: i32 = -95;
 
 /// Why authentication failed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AuthError {
     /// The peer refused our method; it allows these methods and modes.
     #[error("peer refused auth method {method} (result {result}); it allows methods {allowed_methods:?}, modes {allowed_modes:?}")]

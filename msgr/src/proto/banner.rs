@@ -22,6 +22,7 @@ pub const MAX_BANNER_PAYLOAD: u16 = 4096;
 
 /// Why a peer's banner is unacceptable.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BannerError {
     /// The stream does not start with `"ceph v2\n"`.
     #[error("{}", if *.msgr1 { "peer speaks msgr1 (banner \"ceph v027\"); only msgr2 is supported" } else { "bad banner prefix: not a msgr2 peer" })]

@@ -67,6 +67,7 @@ const MIN_TICKET_BYTES: usize = 4 + 1 + 4 + 1 + 4;
 
 /// Why a `CryptoKey` is unusable.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KeyError {
     /// The text is not base64.
     #[error("key is not valid base64: {0}")]
@@ -243,6 +244,7 @@ fn base64_engine() -> base64::engine::GeneralPurpose {
 /// Why a cephx exchange failed (beyond a malformed encoding, which is
 /// [`AuthError::BadPayload`]).
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CephxError {
     /// A field did not decode.
     #[error(transparent)]

@@ -8,6 +8,7 @@ use bytes::{BufMut, BytesMut};
 
 /// Why a Ceph encoding could not be decoded.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The input ended before the field was complete.
     #[error("{what}: need {need} bytes, have {have}")]

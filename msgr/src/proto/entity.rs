@@ -140,6 +140,7 @@ impl fmt::Display for EntityName {
 
 /// A malformed `type.id` / `type.num` string.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NameParseError {
     /// No `.` separating type and id.
     #[error("name {0:?} is not of the form type.id")]

@@ -159,6 +159,7 @@ impl std::fmt::Display for Tag {
 /// For crc errors, `expected` is the crc carried on the wire and `got` the one computed
 /// over the received bytes.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The preamble crc does not match.
     #[error("bad preamble crc: frame says {expected:#010x}, computed {got:#010x}")]
@@ -419,11 +420,15 @@ impl Preamble {
     }
 }
 
+/// Longest segment a frame can carry: the preamble holds each length as a le32.
+/// [`crate::messenger::Connection::send_message`] refuses messages with a longer one.
+pub const MAX_SEGMENT_LEN: usize = u32::MAX as usize;
+
 /// Converts a segment length for the preamble.
 ///
 /// # Panics
-/// If a segment is 4 GiB or longer: the wire format cannot express it, and callers bound
-/// messages far below that.
+/// If a segment is longer than [`MAX_SEGMENT_LEN`]: the wire format cannot express it,
+/// and `send_message` refuses such messages before they reach a frame.
 fn segment_len_u32(index: usize, len: usize) -> u32 {
     match u32::try_from(len) {
         Ok(v) => v,

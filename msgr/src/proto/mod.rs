@@ -26,7 +26,7 @@ pub use encoding::{DecodeError, Decoder};
 pub use entity::{AuthName, EntityName, EntityType};
 pub use frame::{
     encode_frame, encode_frame_to_vec, Frame, FrameDecoder, FrameError, FrameLimits, FrameWriter, Tag, CONTROL_ALIGN,
-    EPILOGUE_LEN, MAX_SEGMENTS, MESSAGE_ALIGNS, PREAMBLE_LEN, ZERO_COPY_MIN,
+    EPILOGUE_LEN, MAX_SEGMENTS, MAX_SEGMENT_LEN, MESSAGE_ALIGNS, PREAMBLE_LEN, ZERO_COPY_MIN,
 };
 pub use frames::{Control, ControlFrame, UTime};
 pub use header::{message_frame, parse_message_frame, MsgHeader2, MSG_FLAG_COMPLETE_NOCRC};

@@ -65,6 +65,7 @@ const NONCES_PER_KEY: u128 = 1 << 64;
 
 /// Why secure mode cannot be set up, or a frame cannot be sealed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SecureError {
     /// The connection secret is shorter than key + two nonces.
     #[error("connection secret of {len} bytes is too short for secure mode (need {MIN_CONNECTION_SECRET_LEN})")]

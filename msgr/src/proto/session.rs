@@ -151,6 +151,7 @@ impl fmt::Display for State {
 
 /// Everything that ends a session. Each is fatal for this connection only.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SessionError {
     /// The peer's banner is not a msgr2 banner.
     #[error("bad banner: {0}")]
