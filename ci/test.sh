@@ -14,6 +14,8 @@ cargo fmt --all -- --check
 log "cargo clippy (default features, then with the rdma and dpdk stacks)"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --workspace --all-targets --features rdma,dpdk -- -D warnings
+log "cargo doc (every stack, warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --features rdma,dpdk
 
 log "tests"
 log_dir=$(mktemp -d)

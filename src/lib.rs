@@ -1,5 +1,5 @@
 //! The `msgr` command-line tool's library: its commands ([`cli`]) and the benchmark
-//! ([`bench`]). A daemon depends on the `msgr` crate (`facade/`), not on this one.
+//! ([`bench`](mod@bench)). A daemon depends on the `msgr` crate (`facade/`), not on this one.
 
 pub mod bench;
 pub mod cli;

@@ -71,7 +71,7 @@ pub fn progress_line(size: usize, path: Transport, elapsed: Duration, span: Span
 }
 
 /// Runs `work`; meanwhile, if `show`, rewrites `line(replies so far, time so far)` on
-/// stdout every [`REFRESH`], and clears it when `work` is done. `counter` is what the
+/// stdout every `REFRESH`, and clears it when `work` is done. `counter` is what the
 /// round's jobs add their replies to.
 pub fn with_progress<T>(
     show: bool,

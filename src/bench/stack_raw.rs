@@ -90,7 +90,7 @@ struct Job {
 /// # Errors
 ///
 /// The connection failed or closed early, a reply was malformed or did not come within
-/// [`IO_TIMEOUT`], or the worker did not answer.
+/// `IO_TIMEOUT`, or the worker did not answer.
 pub fn run_job(stack: &Arc<NetworkStack>, spec: StackJob) -> io::Result<JobResult> {
     if spec.size > MAX_RAW_MSG {
         return Err(io::Error::new(

@@ -139,7 +139,9 @@ impl PanicLog {
 
     fn record(&self, callback: &'static str, conn_id: u64, payload: &(dyn Any + Send)) {
         let message = panic_message(payload);
-        // log: error!(callback, conn_id, %message, "dispatcher panicked; message consumed, connection kept")
+        // Whatever debug_ms says (Ceph's level 0): a bug in the daemon's own code.
+        tracing::error!(target: "msgr", callback, conn = conn_id, %message, "a dispatcher callback panicked: caught; its \
+            message is consumed, the connection and the threads carry on");
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(DispatchPanic { callback, conn_id, message });
         // Counted after `last` is set, so whoever sees the count sees this panic's text.
         self.count.fetch_add(1, AtOrd::Release);
