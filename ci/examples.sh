@@ -2,6 +2,8 @@
 # Builds the facade's examples (facade/examples/) and runs them for real:
 # - echo_daemon answers 1000 verified `msgr ping`s, then stops on SIGTERM within a few
 #   seconds with exit code 0 and no thread left but main;
+# - tokio_daemon (the async API, feature `tokio`) does the same: 1000 verified pings,
+#   then exit code 0 on SIGTERM;
 # - mon_client talks to a throw-away ceph-mon (cephx) and prints the fsid of its ceph.conf.
 # Usage: ci/examples.sh
 set -euo pipefail
@@ -12,7 +14,7 @@ need_rust
 { command -v ceph-mon && command -v ceph; } >/dev/null 2>&1 || apt_install ceph-mon ceph-common python3
 
 log "examples: build"
-cargo build --release -p msgr --examples
+cargo build --release -p msgr --features tokio --examples
 cargo build --release --bin msgr
 examples=target/release/examples
 tmp=$(mktemp -d)
@@ -41,17 +43,34 @@ log "echo_daemon while serving: $threads threads, $fds fds"
 log "examples: echo_daemon stops cleanly on SIGTERM"
 # Exited: gone, or a zombie waiting for this shell to reap it (kill -0 still succeeds).
 exited() { [ ! -e "/proc/$1/stat" ] || [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -c1)" = Z ]; }
-kill -TERM "$SERVER_PID"
-for _ in $(seq 1 50); do exited "$SERVER_PID" && break; sleep 0.1; done
-exited "$SERVER_PID" || fail "echo_daemon still running 5 s after SIGTERM"
-rc=0; wait "$SERVER_PID" || rc=$?
-SERVER_PID=
+# stop_server NAME: SIGTERM to the server, which must exit within 5 s; sets rc to its
+# exit code.
+stop_server() {
+  kill -TERM "$SERVER_PID"
+  for _ in $(seq 1 50); do exited "$SERVER_PID" && break; sleep 0.1; done
+  exited "$SERVER_PID" || fail "$1 still running 5 s after SIGTERM"
+  rc=0; wait "$SERVER_PID" || rc=$?
+  SERVER_PID=
+}
+stop_server echo_daemon
 cat "$tmp/echo.log"
 [ "$rc" -eq 0 ] || fail "echo_daemon exited $rc after SIGTERM"
 grep -q "^echo_daemon: echoed 1000 messages$" "$tmp/echo.log" || fail "echo_daemon did not echo 1000 messages"
 grep -q "^threads left: 1," "$tmp/echo.log" || fail "echo_daemon left threads running after shutdown"
 # Every descriptor the messenger opened is closed again.
 grep -Eq "open fds: ([0-9]+) \(at start: \1\)$" "$tmp/echo.log" || fail "echo_daemon leaked descriptors"
+
+log "examples: tokio_daemon (msgr::tokio) answers msgr ping --verify"
+start_server "$tmp/tokio.log" "$examples/tokio_daemon" --bind 127.0.0.1:0
+log "tokio_daemon (pid $SERVER_PID) at $SERVER_ADDR"
+target/release/msgr ping --connect "$SERVER_ADDR" --count 1000 --verify | tee "$tmp/tping.out"
+verified_ok 1000 "$tmp/tping.out" "tokio_daemon ping" || exit 1
+log "examples: tokio_daemon stops cleanly on SIGTERM"
+stop_server tokio_daemon
+cat "$tmp/tokio.log"
+[ "$rc" -eq 0 ] || fail "tokio_daemon exited $rc after SIGTERM"
+grep -q "^tokio_daemon: listening on " "$tmp/tokio.log" || fail "tokio_daemon did not say where it listens"
+grep -q "^tokio_daemon: echoed 1000 messages$" "$tmp/tokio.log" || fail "tokio_daemon did not echo 1000 messages"
 
 log "examples: mon_client against a real ceph-mon (cephx)"
 MON_PORT_V2=$p2 MON_PORT_V1=$p1 bash ci/mon.sh start "$tmp/mon" --auth cephx

@@ -11,11 +11,11 @@ apt_install gcc libc6-dev pkg-config python3 ca-certificates ceph-mon ceph-commo
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
-log "cargo clippy (default features, then with the rdma and dpdk stacks)"
+log "cargo clippy (default features, then with the rdma and dpdk stacks and msgr::tokio)"
 cargo clippy --workspace --all-targets -- -D warnings
-cargo clippy --workspace --all-targets --features rdma,dpdk -- -D warnings
+cargo clippy --workspace --all-targets --features rdma,dpdk,msgr/tokio -- -D warnings
 log "cargo doc (every stack, warnings are errors)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --features rdma,dpdk
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --features rdma,dpdk,msgr/tokio
 
 log "tests"
 log_dir=$(mktemp -d)
@@ -27,6 +27,13 @@ else
 fi
 log "doc tests"
 cargo test --workspace --doc 2>&1 | tee "$log_dir/doc.log"
+log "tests of the async API (msgr::tokio, feature tokio)"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run -p msgr --features tokio --no-fail-fast 2>&1 | tee "$log_dir/tokio.log"
+else
+  cargo test -p msgr --features tokio --no-fail-fast 2>&1 | tee "$log_dir/tokio.log"
+fi
+cargo test -p msgr --features tokio --doc 2>&1 | tee -a "$log_dir/tokio.log"
 
 log "two processes on loopback: msgr serve + msgr ping"
 cargo build --release --bin msgr
@@ -64,7 +71,7 @@ log "DPDK: net_ring, net_tap (both directions, with and without hugepages), CLI,
 bash ci/dpdk-tests.sh
 # One closing line for the whole run: nextest's summary or cargo test's result lines,
 # plus the doc tests (their last per-crate line may well be "0 passed").
-passed=$(cat "$log_dir/unit.log" "$log_dir/doc.log" | sed -n \
+passed=$(cat "$log_dir/unit.log" "$log_dir/doc.log" "$log_dir/tokio.log" | sed -n \
   -e 's/.* \([0-9][0-9]*\) tests run: \([0-9][0-9]*\) passed.*/\2/p' \
   -e 's/^test result: ok\. \([0-9][0-9]*\) passed.*/\1/p' | awk '{s+=$1} END {print s+0}')
 log "all tests passed"

@@ -3,7 +3,9 @@
 //! module by module), the network stacks compiled in by cargo feature — `posix`
 //! (kernel TCP, on by default), `rdma` (ibverbs RC queue pairs, Ceph's `async+rdma`
 //! wire) and `dpdk` (userspace TCP on a poll-mode driver) — chosen at run time by the
-//! `ms_type` option, and a monitor client ([`monc`]).
+//! `ms_type` option, and a monitor client ([`monc`]). With the `tokio` feature,
+//! `msgr::tokio` adds an async API on top: a stream of incoming messages,
+//! request/reply by transaction id and async `bind`/`shutdown`.
 //!
 //! Asking for a stack this build does not contain is a [`FacadeError::NotBuilt`] naming
 //! the feature to enable. Each `ms_type` has one stack per process (as in Ceph), sized
@@ -44,6 +46,8 @@
 #![deny(missing_docs)]
 
 pub mod monc;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 pub use msgr_core::{admin, config, event, message, messenger, proto, stack};
 
