@@ -53,7 +53,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -62,7 +62,7 @@ use ::tokio::sync::{mpsc, oneshot};
 use ::tokio::task::JoinError;
 
 use msgr_core::message::Message;
-use msgr_core::messenger::{ConnEvent, ConnectionRef, Dispatcher, Messenger, MsgrError, SendError};
+use msgr_core::messenger::{ConnEvent, ConnState, ConnectionRef, Dispatcher, Messenger, MsgrError, SendError};
 use msgr_core::proto::{EntityAddr, EntityAddrVec, EntityType};
 
 /// Connection events buffered for [`AsyncMessenger::events`] before further ones are
@@ -80,7 +80,8 @@ pub enum RequestError {
     /// reply arrived.
     #[error("the connection was reset before the reply arrived")]
     ConnectionReset,
-    /// The peer refused the connection.
+    /// The peer refused the connection, which closed (a lossy connection; a lossless
+    /// one dials again and its requests wait on).
     #[error("the peer refused the connection")]
     Refused,
     /// The request could not be sent.
@@ -209,7 +210,11 @@ impl Dispatcher for Forwarder {
     }
 
     fn ms_handle_refused(&self, con: &ConnectionRef) -> bool {
-        self.0.fail(con.id(), || RequestError::Refused);
+        // A lossy connection is closed by the refusal; a lossless one keeps its session
+        // (and the queued requests) and dials again, so its requests go on waiting.
+        if con.state() == ConnState::Closed {
+            self.0.fail(con.id(), || RequestError::Refused);
+        }
         self.0.event(con, ConnEvent::Refused);
         false
     }
@@ -289,11 +294,13 @@ impl Drop for PendingGuard<'_> {
 ///
 /// `bind` and `shutdown` run the messenger's blocking calls on tokio's blocking threads,
 /// so they need a tokio runtime; `request` needs one with the time driver enabled.
-/// Call [`AsyncMessenger::shutdown`] before dropping it: dropping a messenger that still
-/// runs shuts it down on the dropping thread, which blocks.
+/// Call [`AsyncMessenger::shutdown`] before dropping it. Dropping one that still runs
+/// shuts the messenger down as dropping a [`Messenger`] does, on one of tokio's blocking
+/// threads when dropped inside a runtime (else on the dropping thread, which blocks).
 pub struct AsyncMessenger {
     msgr: Arc<Messenger>,
     shared: Arc<Shared>,
+    shut_down: AtomicBool,
     incoming: ::tokio::sync::Mutex<Option<MessageStream>>,
     events: ::tokio::sync::Mutex<Option<EventStream>>,
 }
@@ -326,6 +333,7 @@ impl AsyncMessenger {
         AsyncMessenger {
             msgr: Arc::new(m),
             shared,
+            shut_down: AtomicBool::new(false),
             incoming: ::tokio::sync::Mutex::new(Some(MessageStream { rx: in_rx })),
             events: ::tokio::sync::Mutex::new(Some(EventStream { rx: ev_rx })),
         }
@@ -445,6 +453,22 @@ impl AsyncMessenger {
         *self.shared.events.write().unwrap_or_else(|e| e.into_inner()) = None;
         let pending = std::mem::take(&mut *lock(&self.shared.pending));
         drop(pending);
-        Ok(joined?)
+        joined?;
+        self.shut_down.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+impl Drop for AsyncMessenger {
+    fn drop(&mut self) {
+        if self.shut_down.load(Ordering::Acquire) {
+            return;
+        }
+        // Dropping the last handle on a running messenger shuts it down and joins its
+        // threads: keep that off the runtime's async threads when there is a runtime.
+        if let Ok(rt) = ::tokio::runtime::Handle::try_current() {
+            let m = Arc::clone(&self.msgr);
+            drop(rt.spawn_blocking(move || drop(m)));
+        }
     }
 }

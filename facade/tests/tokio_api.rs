@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_core::Stream;
 use msgr::config::ConfigBuilder;
 use msgr::message::Message;
-use msgr::messenger::{ConnectionRef, Policy};
+use msgr::messenger::{ConnEvent, ConnectionRef, Policy};
 use msgr::proto::{EntityAddrVec, EntityName, EntityType};
 use msgr::tokio::{AsyncMessenger, MessageStream, RequestError};
 
@@ -198,4 +198,38 @@ async fn requests_after_shutdown_fail_to_send() {
     assert!(matches!(r, Err(RequestError::Send(_))), "{r:?}");
     assert_eq!(c.pending_requests(), 0);
     s.shutdown().await.expect("server shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_to_a_closed_port_is_refused() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("probe").local_addr().expect("port").port();
+    let addrs: EntityAddrVec = format!("v2:127.0.0.1:{port}/0").parse().expect("addrs");
+    let (c, con) = client(&addrs);
+    let r = c.request(&con, numbered(1), WAIT).await;
+    // The dial normally fails while the request waits (Refused); should it fail before the
+    // request is even queued, the send fails on the closed connection instead.
+    assert!(matches!(r, Err(RequestError::Refused | RequestError::Send(_))), "{r:?}");
+    assert_eq!(c.pending_requests(), 0);
+    c.shutdown().await.expect("client shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_events_are_reported() {
+    let (s, addrs) = server().await;
+    let (c, con) = client(&addrs);
+    let next = |m: Arc<AsyncMessenger>| async move {
+        tokio::time::timeout(WAIT, m.next_event()).await.expect("no event").expect("events ended")
+    };
+    let ev = next(Arc::clone(&c)).await;
+    assert_eq!((ev.kind, ev.con.id()), (ConnEvent::Connect, con.id()));
+    let ev = next(Arc::clone(&s)).await;
+    assert_eq!(ev.kind, ConnEvent::Accept);
+    // The server goes away: the client's connection resets.
+    s.shutdown().await.expect("server shutdown");
+    let ev = next(Arc::clone(&c)).await;
+    assert_eq!((ev.kind, ev.con.id()), (ConnEvent::Reset, con.id()));
+    assert_eq!(c.dropped_events(), 0);
+    c.shutdown().await.expect("client shutdown");
+    let mut events = c.events().expect("event stream");
+    assert!(events.next_event().await.is_none(), "the event stream ends after shutdown");
 }
