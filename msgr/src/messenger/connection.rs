@@ -72,21 +72,29 @@ const FRAME_OVERHEAD_MAX: u64 = (SECURE_PREAMBLE_ONWIRE_LEN
 /// longer than [`MAX_SEGMENT_LEN`] (the frame writer would have to panic), or a frame
 /// larger than `max_frame` bytes with its overhead (only possible where `usize` is
 /// 32 bits; `max_frame` is `usize::MAX` outside tests).
+#[inline]
 fn check_size(front: usize, middle: usize, data: usize, max_frame: u64) -> Result<(), SendError> {
+    let (f, m, d) = (front as u64, middle as u64, data as u64);
+    // Every message goes through here: the common answer in two comparisons. (The sum
+    // is taken only once each part is under 2^32, so it cannot overflow.)
+    if f.max(m).max(d) <= MAX_SEGMENT_LEN as u64 && f + m + d <= max_frame.saturating_sub(FRAME_OVERHEAD_MAX) {
+        return Ok(());
+    }
+    too_large(f, m, d, max_frame)
+}
+
+/// Which part of a message [`check_size`] refused, and by how much.
+#[cold]
+fn too_large(front: u64, middle: u64, data: u64, max_frame: u64) -> Result<(), SendError> {
     let max = MAX_SEGMENT_LEN as u64;
     for (segment, len) in [("front", front), ("middle", middle), ("data", data)] {
-        let len = len as u64;
         if len > max {
             return Err(SendError::TooLarge { segment, len, max });
         }
     }
     // Each is at most 2^32 - 1 here, so the sum cannot overflow.
-    let len = front as u64 + middle as u64 + data as u64;
-    let max = max_frame.saturating_sub(FRAME_OVERHEAD_MAX);
-    if len > max {
-        return Err(SendError::TooLarge { segment: "frame", len, max });
-    }
-    Ok(())
+    let len = front + middle + data;
+    Err(SendError::TooLarge { segment: "frame", len, max: max_frame.saturating_sub(FRAME_OVERHEAD_MAX) })
 }
 
 #[derive(Default)]

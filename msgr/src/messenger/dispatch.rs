@@ -122,6 +122,9 @@ pub(crate) struct PanicLog {
 impl PanicLog {
     /// Runs `f`, the dispatcher callback `callback` for connection `conn_id`. Returns
     /// its result, or `None` if it panicked (the panic is recorded, never resumed).
+    // Inlined: out of line, the closure (with the message it owns) was copied into the
+    // call on every fast dispatch — about 260 instructions per round trip.
+    #[inline]
     pub(crate) fn call<R>(&self, callback: &'static str, conn_id: u64, f: impl FnOnce() -> R) -> Option<R> {
         // AssertUnwindSafe: nothing of the messenger's is half-updated while a callback
         // runs (no lock of ours is held for writing, no queue is mid-change), so the
