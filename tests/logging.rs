@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use msgr::messenger::{ConnState, Policy};
+use msgr::messenger::{ConnState, Messenger, Policy};
 use msgr::proto::{EntityAddr, EntityAddrVec, EntityType};
 
 mod common;
@@ -57,16 +57,23 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-#[test]
-fn a_refused_connect_is_logged_with_its_error() {
+/// A lossy client at `debug_ms` dials a port nobody listens on and gives up; returns it
+/// (to stop once its lines are checked: a stopping messenger reports no refusal) and the
+/// marker its log lines carry (the address dialled).
+fn dial_a_closed_port(debug_ms: &str) -> (Messenger, String) {
     captured();
     let port = free_port();
-    let client = messenger(&config(&[("debug_ms", "1")]), EntityType::Client, -1);
+    let client = messenger(&config(&[("debug_ms", debug_ms)]), EntityType::Client, -1);
     client.set_default_policy(Policy::lossy_client(0));
     let target = EntityAddr::msgr2(format!("127.0.0.1:{port}").parse().unwrap(), 0);
     let con = client.connect_to(EntityType::Osd, &EntityAddrVec(vec![target])).unwrap();
     wait_until("the refusal", || con.state() == ConnState::Closed);
-    let marker = format!("127.0.0.1:{port}");
+    (client, format!("127.0.0.1:{port}"))
+}
+
+#[test]
+fn a_refused_connect_is_logged_with_its_error() {
+    let (client, marker) = dial_a_closed_port("1");
     wait_for_line(&marker, "dialling");
     let refused = wait_for_line(&marker, "msgr: refused");
     assert!(refused.contains("INFO") && refused.contains("Refused("), "{refused}");
@@ -133,13 +140,7 @@ fn a_lossless_sessions_reconnects_are_logged() {
 
 #[test]
 fn nothing_is_logged_at_debug_ms_zero() {
-    captured();
-    let port = free_port();
-    let client = messenger(&config(&[("debug_ms", "0")]), EntityType::Client, -1);
-    client.set_default_policy(Policy::lossy_client(0));
-    let target = EntityAddr::msgr2(format!("127.0.0.1:{port}").parse().unwrap(), 0);
-    let con = client.connect_to(EntityType::Osd, &EntityAddrVec(vec![target])).unwrap();
-    wait_until("the refusal", || con.state() == ConnState::Closed);
+    let (client, marker) = dial_a_closed_port("0");
     stop(&[&client]);
-    assert_eq!(lines_with(&format!("127.0.0.1:{port}")), Vec::<String>::new());
+    assert_eq!(lines_with(&marker), Vec::<String>::new());
 }
