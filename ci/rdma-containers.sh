@@ -39,8 +39,10 @@ hw=/sys/class/infiniband/$dev/ports/1/hw_counters
 pkts() { echo $(( $(cat "$hw/sent_pkts") + $(cat "$hw/rcvd_pkts") )); }
 pkts0=$(pkts)
 trap '"${podman[@]}" rm -f -t 0 msgr-server >/dev/null 2>&1 || true' EXIT
-"${run[@]}" -d --name msgr-server localhost/msgr-rdma:latest "${opts[@]}" serve --bind "$ip:$port" --policy lossless >/dev/null
-for ((i = 0; i < 600; i++)); do
+timeout 300 "${run[@]}" -d --name msgr-server localhost/msgr-rdma:latest "${opts[@]}" serve --bind "$ip:$port" --policy lossless >/dev/null
+# Bounded in time, not in tries: each podman call takes a second or more under TCG.
+deadline=$((SECONDS + 180))
+while ((SECONDS < deadline)); do
   "${podman[@]}" logs msgr-server 2>&1 | grep -q "listening" && break
   [ "$("${podman[@]}" inspect -f '{{.State.Running}}' msgr-server)" = true ] || break
   sleep 0.2
