@@ -7,6 +7,12 @@
 //!
 //! - **incoming messages**: [`AsyncMessenger::next_message`], or the
 //!   [`futures_core::Stream`] [`MessageStream`] from [`AsyncMessenger::incoming`];
+//! - **bounded sends**: [`AsyncMessenger::send`] waits until the connection holds less
+//!   than `ms_send_queue_max_bytes` of payload (queued, in flight, or unacknowledged by
+//!   a lossless peer), so a peer that stops reading slows its sender instead of growing
+//!   the process; [`AsyncMessenger::send_acked`] also returns a [`Delivery`] that
+//!   resolves once the peer acknowledged the message (lossless sessions, across
+//!   reconnects) or it was lost;
 //! - **request/reply by transaction id**: [`AsyncMessenger::request`] gives the message a
 //!   fresh `tid`, sends it and resolves with the first message carrying that `tid` on the
 //!   same connection (which is not delivered to the incoming stream), or fails with a
@@ -14,10 +20,12 @@
 //! - **connection events** (connect, accept, reset, remote reset, refused):
 //!   [`AsyncMessenger::next_event`] or the [`EventStream`] from [`AsyncMessenger::events`].
 //!
-//! **Queueing policy.** A worker never waits for the application. Incoming messages go
-//! into an *unbounded* channel: a consumer that stops reading makes the process's memory
-//! grow (fast dispatch bypasses the dispatch throttle, so it does not slow the readers).
-//! A message that arrives when the stream has been dropped, or after
+//! **Queueing policy.** A worker never waits for the application. Incoming messages wait
+//! for the consumer in a channel, each holding its bytes against the messenger's
+//! dispatch throttle (`ms_dispatch_throttle_bytes`) until the stream yields it: a
+//! consumer that falls behind makes the readers pause, as a slow `ms_dispatch` would,
+//! and memory stays bounded. A message that arrives when the stream has been dropped,
+//! or after
 //! [`AsyncMessenger::shutdown`], is dropped. Connection events go into a channel of
 //! [`EVENT_BUFFER`] entries; when it is full further events are dropped and counted
 //! ([`AsyncMessenger::dropped_events`]), so a program that never reads them loses nothing
@@ -62,7 +70,9 @@ use ::tokio::sync::{mpsc, oneshot};
 use ::tokio::task::JoinError;
 
 use msgr_core::message::Message;
-use msgr_core::messenger::{ConnEvent, ConnState, ConnectionRef, Dispatcher, Messenger, MsgrError, SendError};
+use msgr_core::messenger::{
+    ConnEvent, ConnState, ConnectionRef, Delivery, Dispatcher, Messenger, MsgrError, SendError, Throttle,
+};
 use msgr_core::proto::{EntityAddr, EntityAddrVec, EntityType};
 
 /// Connection events buffered for [`AsyncMessenger::events`] before further ones are
@@ -122,7 +132,20 @@ impl std::fmt::Debug for ConnectionEvent {
     }
 }
 
-type Incoming = (ConnectionRef, Message);
+type Incoming = (ConnectionRef, Message, Held);
+
+/// A received message's bytes held against the dispatch throttle until the consumer
+/// takes it (or it is dropped unread).
+struct Held {
+    throttle: Arc<Throttle>,
+    bytes: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.throttle.put(self.bytes);
+    }
+}
 type Reply = Result<Message, RequestError>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -136,6 +159,7 @@ struct Shared {
     next_tid: AtomicU64,
     /// `None` once shut down: the stream ends after what it holds.
     incoming: RwLock<Option<mpsc::UnboundedSender<Incoming>>>,
+    throttle: Arc<Throttle>,
     events: RwLock<Option<mpsc::Sender<ConnectionEvent>>>,
     dropped_events: AtomicU64,
 }
@@ -183,8 +207,12 @@ impl Dispatcher for Forwarder {
         }
         let incoming = self.0.incoming.read().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = incoming.as_ref() {
-            // Fails only when the stream was dropped: nobody wants the message.
-            let _ = tx.send((Arc::clone(con), m));
+            let bytes = m.total_len() as u64;
+            self.0.throttle.take(bytes);
+            let held = Held { throttle: Arc::clone(&self.0.throttle), bytes };
+            // Fails only when the stream was dropped: nobody wants the message (and
+            // dropping it returns its bytes).
+            let _ = tx.send((Arc::clone(con), m, held));
         }
     }
 
@@ -231,7 +259,7 @@ impl MessageStream {
     /// The next message and the connection it came on; `None` once the messenger has
     /// shut down and every message received before has been taken.
     pub async fn next_message(&mut self) -> Option<(ConnectionRef, Message)> {
-        self.rx.recv().await
+        self.rx.recv().await.map(release)
     }
 }
 
@@ -239,8 +267,14 @@ impl futures_core::Stream for MessageStream {
     type Item = (ConnectionRef, Message);
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        self.rx.poll_recv(cx).map(|o| o.map(release))
     }
+}
+
+/// Hands a message to the consumer, returning its throttle bytes.
+fn release((con, m, held): Incoming) -> (ConnectionRef, Message) {
+    drop(held);
+    (con, m)
 }
 
 impl std::fmt::Debug for MessageStream {
@@ -275,6 +309,12 @@ impl std::fmt::Debug for EventStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventStream").field("queued", &self.rx.len()).finish()
     }
+}
+
+/// Waits until `con` has room for `msg` under its send bound.
+async fn room(con: &ConnectionRef, msg: &Message) -> Result<(), SendError> {
+    let len = msg.total_len();
+    std::future::poll_fn(|cx| con.poll_send_room(cx, len)).await
 }
 
 /// Removes a request's pending entry however its future ends: reply, error, timeout
@@ -326,6 +366,7 @@ impl AsyncMessenger {
             pending: Mutex::new(HashMap::new()),
             next_tid: AtomicU64::new(1),
             incoming: RwLock::new(Some(in_tx)),
+            throttle: Arc::clone(m.throttle()),
             events: RwLock::new(Some(ev_tx)),
             dropped_events: AtomicU64::new(0),
         });
@@ -418,6 +459,7 @@ impl AsyncMessenger {
         let key = (con.id(), tid);
         let (tx, rx) = oneshot::channel();
         // Registered before the send, so even an immediate reply finds it.
+        room(con, &msg).await?;
         lock(&self.shared.pending).insert(key, tx);
         let _guard = PendingGuard { shared: &self.shared, key };
         con.send_message(msg.with_tid(tid))?;
@@ -427,6 +469,45 @@ impl AsyncMessenger {
             Ok(Err(_)) => Err(RequestError::Shutdown),
             Err(_) => Err(RequestError::Timeout),
         }
+    }
+
+    /// Sends `msg` on `con` once there is room: waits while the connection holds
+    /// `ms_send_queue_max_bytes` or more of payload not yet taken by a lossy peer's
+    /// transport or acknowledged by a lossless peer (a message larger than the bound
+    /// goes when the connection holds nothing). A peer that stops reading therefore
+    /// stops its senders here, with memory bounded. Dropping the future before it
+    /// finishes drops `msg` unsent.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] if the connection closed (before or while waiting),
+    /// [`SendError::TooLarge`] for a message the wire cannot carry.
+    pub async fn send(&self, con: &ConnectionRef, msg: Message) -> Result<(), SendError> {
+        room(con, &msg).await?;
+        con.send_message(msg)
+    }
+
+    /// As [`AsyncMessenger::send`], and returns a [`Delivery`]: a future that resolves
+    /// once a lossless peer acknowledged the message (it survives reconnects on the
+    /// way, since the session resends what was not acknowledged), or fails if the
+    /// session was reset or the connection closed first. On a lossy session it
+    /// resolves once the message was framed for the transport.
+    ///
+    /// ```no_run
+    /// # async fn f(m: &msgr::tokio::AsyncMessenger, con: &msgr::messenger::ConnectionRef)
+    /// #     -> Result<(), Box<dyn std::error::Error>> {
+    /// let msg = msgr::message::Message::new(0x7001, "journal entry".into());
+    /// // The first await waits for room, the second for the peer's ack.
+    /// m.send_acked(con, msg).await?.await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncMessenger::send`].
+    pub async fn send_acked(&self, con: &ConnectionRef, msg: Message) -> Result<Delivery, SendError> {
+        room(con, &msg).await?;
+        con.send_message_tracked(msg)
     }
 
     /// Requests waiting for their reply (each [`AsyncMessenger::request`] future that has

@@ -709,6 +709,12 @@ impl Config {
         self.size("ms_dispatch_throttle_bytes")
     }
 
+    /// `ms_send_queue_max_bytes`: payload bytes a connection holds (queued, in flight,
+    /// or unacknowledged by a lossless peer) before a bounded sender waits; 0 = no bound.
+    pub fn ms_send_queue_max_bytes(&self) -> u64 {
+        self.size("ms_send_queue_max_bytes")
+    }
+
     /// `ms_initial_backoff`: first reconnect delay.
     pub fn ms_initial_backoff(&self) -> Duration {
         self.duration("ms_initial_backoff")

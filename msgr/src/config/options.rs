@@ -123,6 +123,12 @@ pub static OPTIONS: &[OptionDef] = &[
         description: "bytes of received messages queued for dispatch before reading stops",
     },
     OptionDef {
+        name: "ms_send_queue_max_bytes",
+        kind: ANY_SIZE,
+        default: "100M",
+        description: "payload bytes a connection holds (queued or unacknowledged) before a bounded sender waits (0 = no bound)",
+    },
+    OptionDef {
         name: "ms_initial_backoff",
         kind: OptionKind::Seconds,
         default: "0.2",

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::error::ConnError;
+use super::flow::{Delivery, Flow};
 use super::worker::Worker;
 use super::MsgrInner;
 use crate::message::Message;
@@ -97,11 +98,23 @@ fn too_large(front: u64, middle: u64, data: u64, max_frame: u64) -> Result<(), S
     Err(SendError::TooLarge { segment: "frame", len, max: max_frame.saturating_sub(FRAME_OVERHEAD_MAX) })
 }
 
+/// What [`Connection::take_outbox`] hands the worker.
+pub(crate) struct Taken {
+    pub(crate) msgs: VecDeque<Message>,
+    pub(crate) keepalive: bool,
+    pub(crate) mark_down: bool,
+}
+
+/// What senders left for the worker, and what they gave the connection over its life.
 #[derive(Default)]
 pub(crate) struct Outbox {
     pub(crate) msgs: VecDeque<Message>,
     pub(crate) keepalive: bool,
     pub(crate) mark_down: bool,
+    // Totals since the connection was made: against the session's
+    // [`Done`](crate::proto::reconnect::Done) they say what the connection still holds.
+    sent_msgs: u64,
+    sent_bytes: u64,
 }
 
 #[derive(Default)]
@@ -123,6 +136,7 @@ pub struct Connection {
     state: AtomicU8,
     scheduled: AtomicBool,
     pub(crate) outbox: Mutex<Outbox>,
+    flow: Flow,
     pub(crate) info: Mutex<Published>,
     // The worker that owns the connection's transport. A lossless session moves to the
     // worker of the transport a peer reconnects on, so this can change.
@@ -153,6 +167,7 @@ impl Connection {
         outgoing: bool,
         worker: Arc<Worker>,
         msgr: Weak<MsgrInner>,
+        send_limit: u64,
     ) -> ConnectionRef {
         Arc::new(Connection {
             id,
@@ -161,6 +176,7 @@ impl Connection {
             state: AtomicU8::new(ConnState::Connecting as u8),
             scheduled: AtomicBool::new(false),
             outbox: Mutex::new(Outbox::default()),
+            flow: Flow::new(send_limit),
             info: Mutex::new(Published { peer_addrs, ..Published::default() }),
             worker: Mutex::new(worker),
             existing: Mutex::new(Existing {
@@ -267,14 +283,121 @@ impl Connection {
     ///
     /// A message with a segment the msgr2 wire format cannot carry is refused with
     /// [`SendError::TooLarge`] and nothing is sent.
+    ///
+    /// The queue is not bounded here (Ceph's semantics: a sender never blocks); a sender
+    /// that wants a bound waits for [`Connection::poll_send_room`] first, as
+    /// `msgr::tokio`'s `send` does.
     pub fn send_message(&self, m: Message) -> Result<(), SendError> {
+        self.queue::<false>(m).map(drop)
+    }
+
+    /// As [`Connection::send_message`], and tells what became of the message: the
+    /// returned [`Delivery`] resolves to [`Delivered::Acked`](super::Delivered::Acked)
+    /// once a lossless peer acknowledged it (surviving reconnects on the way), to
+    /// [`Delivered::Written`](super::Delivered::Written) on a lossy session once it was
+    /// framed for the transport, or to an error if a reset dropped it or the connection
+    /// closed first. Costs an allocation per message; untracked sends cost nothing.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use msgr_core::message::types::{MPing, TypedMessage};
+    /// # fn f(con: &msgr_core::messenger::Connection) -> Result<(), Box<dyn std::error::Error>> {
+    /// let delivery = con.send_message_tracked(MPing::default().encode())?;
+    /// match delivery.wait(Duration::from_secs(10)) {
+    ///     Some(Ok(how)) => println!("delivered: {how:?}"),
+    ///     Some(Err(e)) => println!("lost: {e}"),
+    ///     None => println!("not acknowledged yet"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn send_message_tracked(&self, m: Message) -> Result<Delivery, SendError> {
+        match self.queue::<true>(m)? {
+            Some(d) => Ok(d),
+            None => Err(SendError::Closed(self.id)),
+        }
+    }
+
+    /// Queues `m`, tracking it if `TRACK` (a constant, so that untracked sends carry no
+    /// trace of tracking).
+    #[inline]
+    fn queue<const TRACK: bool>(&self, m: Message) -> Result<Option<Delivery>, SendError> {
+        let len = m.total_len() as u64;
         check_size(m.front.len(), m.middle.len(), m.data.len(), usize::MAX as u64)?;
         if self.state() == ConnState::Closed {
             return Err(SendError::Closed(self.id));
         }
-        lock(&self.outbox).msgs.push_back(m);
+        let mut out = lock(&self.outbox);
+        let delivery = if TRACK {
+            // Tracked before it is queued, so it cannot be finished untracked.
+            match self.flow.track(out.sent_msgs + 1) {
+                Some(d) => Some(d),
+                None => return Err(SendError::Closed(self.id)),
+            }
+        } else {
+            None
+        };
+        out.sent_msgs += 1;
+        out.sent_bytes += len;
+        out.msgs.push_back(m);
+        drop(out);
         self.schedule();
-        Ok(())
+        Ok(delivery)
+    }
+
+    /// Payload bytes (front + middle + data) of the messages this connection holds:
+    /// queued, in flight, or, on a lossless session, waiting for the peer's
+    /// acknowledgement (which a reconnect would resend).
+    pub fn queued_bytes(&self) -> u64 {
+        let sent = lock(&self.outbox).sent_bytes;
+        sent.saturating_sub(self.flow.done_bytes())
+    }
+
+    /// The most bytes a bounded sender lets this connection hold
+    /// (`ms_send_queue_max_bytes`; 0 = no bound).
+    pub fn send_queue_limit(&self) -> u64 {
+        self.flow.limit()
+    }
+
+    /// Ready once a message of `len` payload bytes fits under the connection's bound
+    /// ([`Connection::send_queue_limit`]): when what it holds plus `len` is within the
+    /// limit, or it holds nothing (a message larger than the limit goes alone). Fails
+    /// when the connection is closed. Otherwise `cx`'s waker is woken as the peer takes
+    /// (lossy) or acknowledges (lossless) messages.
+    ///
+    /// The bound is soft: senders that wait together may each add one message past
+    /// it. A peer that stops reading makes a bounded sender wait, not the process grow.
+    pub fn poll_send_room(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        len: usize,
+    ) -> std::task::Poll<Result<(), SendError>> {
+        use std::task::Poll;
+        let len = len as u64;
+        for attempt in 0..2 {
+            if self.state() == ConnState::Closed {
+                return Poll::Ready(Err(SendError::Closed(self.id)));
+            }
+            if self.flow.room_for(self.queued_bytes(), len) {
+                return Poll::Ready(Ok(()));
+            }
+            // Registered, then checked once more: the worker may have finished messages
+            // between the check and the registration.
+            if attempt == 0 && !self.flow.wait_room(cx.waker()) {
+                return Poll::Ready(Err(SendError::Closed(self.id)));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// The worker: the session's totals after a step.
+    #[inline]
+    pub(crate) fn publish_done(&self, d: crate::proto::reconnect::Done, lossy: bool) {
+        self.flow.publish(d, lossy);
+    }
+
+    /// The connection closed: tracked messages and bounded senders learn it.
+    pub(crate) fn close_flow(&self, err: Option<ConnError>) {
+        self.flow.close(err);
     }
 
     /// Queues a KEEPALIVE2; the peer's ack shows up in [`Connection::last_keepalive_ack`].
@@ -339,8 +462,15 @@ impl Connection {
         f(&mut lock(&self.info));
     }
 
-    pub(crate) fn take_outbox(&self) -> Outbox {
-        std::mem::take(&mut *lock(&self.outbox))
+    /// Takes what senders queued (the totals stay).
+    #[inline]
+    pub(crate) fn take_outbox(&self) -> Taken {
+        let mut o = lock(&self.outbox);
+        Taken {
+            msgs: std::mem::take(&mut o.msgs),
+            keepalive: std::mem::take(&mut o.keepalive),
+            mark_down: std::mem::take(&mut o.mark_down),
+        }
     }
 }
 

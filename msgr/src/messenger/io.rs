@@ -154,7 +154,15 @@ pub(crate) fn adopt_accepted(
 ) {
     let Some(worker) = msgr.workers.get(local.id).cloned() else { return };
     worker.add_load();
-    let conn = Connection::new(super::next_conn_id(), None, Default::default(), false, worker, Arc::downgrade(&msgr));
+    let conn = Connection::new(
+        super::next_conn_id(),
+        None,
+        Default::default(),
+        false,
+        worker,
+        Arc::downgrade(&msgr),
+        msgr.settings.send_queue_max,
+    );
     msgr.track(&conn);
     let span = conn_span(&msgr, local.id, conn.id(), &peer);
     let _entered = span.enter();
@@ -388,6 +396,12 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
             Got::Owned(b) => (lc.session.handle_owned(now, b), false),
         };
         count_session_copies(&local.perf, lc);
+        // Acknowledgements (and a reset in a reconnect) in what was read finish
+        // messages; a lossy session has neither.
+        let lossy = lc.session.policy().lossy;
+        if !lossy {
+            lc.conn.publish_done(lc.session.done(), lossy);
+        }
         handled.map_err(ConnError::Protocol)?;
         let drained = !full && lc.socket.short_read_drains();
         if drained {
@@ -627,6 +641,7 @@ fn release(
     if reset_first {
         // The peer restarted: what we queued for its old incarnation is void.
         state.reset();
+        existing.publish_done(state.done(), false);
         if let Some(msgr) = existing.msgr.upgrade() {
             count(&local.perf, &msgr, Counter::RemoteResets, 1);
             msgr.dispatch_queue.enqueue_event(Arc::clone(&existing), ConnEvent::RemoteReset);
@@ -716,6 +731,8 @@ fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(),
             count(&local.perf, &lc.msgr, Counter::SendMessages, (msgs1 - msgs0) as i64);
             lc.wq.extend(lc.parts.drain(..).filter(|b| !b.is_empty()));
             count_session_copies(&local.perf, lc);
+            // A lossy session is finished with what it framed.
+            lc.conn.publish_done(lc.session.done(), lc.session.policy().lossy);
         }
         if lc.wq.is_empty() {
             break;
@@ -982,6 +999,7 @@ fn finish_closed(msgr: &Arc<MsgrInner>, conn: &ConnectionRef, err: Option<ConnEr
     }
     conn.set_state(ConnState::Closed);
     conn.set_existing(|e| e.phase = Phase::Closed);
+    conn.close_flow(err.clone());
     msgr.forget(conn);
     if err.is_none() || msgr.is_stopping() {
         return;

@@ -21,6 +21,7 @@ pub mod connection;
 mod delay;
 pub mod dispatch;
 pub mod error;
+mod flow;
 pub(crate) mod io;
 pub(crate) mod log;
 pub mod perf;
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant};
 pub use connection::{ConnState, Connection, ConnectionRef, SendError};
 pub use dispatch::{ConnEvent, DispatchPanic, DispatchQueue, Dispatcher, Throttle};
 pub use error::{ConnError, MsgrError};
+pub use flow::{Delivered, Delivery, DeliveryError};
 pub use policy::{Policy, PolicySet};
 pub use worker::{stack_for, Center, Stack, Task, Worker, WorkerLocal};
 
@@ -83,6 +85,8 @@ pub(crate) struct Settings {
     pub(crate) inject_every: u64,
     /// `debug_ms`: which log events this messenger emits (`log`).
     pub(crate) debug_ms: u8,
+    /// `ms_send_queue_max_bytes` (0 = no bound).
+    pub(crate) send_queue_max: u64,
 }
 
 impl Settings {
@@ -104,6 +108,7 @@ impl Settings {
             max_backoff: cfg.ms_max_backoff(),
             inject_every: cfg.ms_inject_socket_failures(),
             debug_ms: cfg.debug_ms(),
+            send_queue_max: cfg.ms_send_queue_max_bytes(),
         }
     }
 }
@@ -401,8 +406,10 @@ impl Messenger {
         self.inner.my_addrs()
     }
 
-    /// The dispatch throttle.
-    pub fn throttle(&self) -> &Throttle {
+    /// The dispatch throttle (`ms_dispatch_throttle_bytes`). A dispatcher that keeps
+    /// messages past its callback (a queue of its own) can hold their bytes against it
+    /// ([`Throttle::take`] / [`Throttle::put`]), so that readers pause when it falls behind.
+    pub fn throttle(&self) -> &Arc<Throttle> {
         &self.inner.throttle
     }
 
@@ -616,6 +623,7 @@ impl Messenger {
             true,
             Arc::clone(&worker),
             Arc::downgrade(&self.inner),
+            self.inner.settings.send_queue_max,
         );
         conns.insert(addrs.clone(), Arc::clone(&conn));
         drop(conns);
@@ -626,6 +634,8 @@ impl Messenger {
             e.lossy = policy.lossy;
             e.client_cookie = cookie;
         });
+        // Known before the handshake: what we dial with is what the session will be.
+        conn.publish(|p| p.lossy = policy.lossy);
         let target = EntityAddr { ty: AddrType::Msgr2, ..target };
         let session = self.inner.client_session(target.clone(), peer_type, SessionState::new_client(cookie));
         let dial = io::Dial { addr: sa, target, peer_type, backoff: Duration::ZERO };

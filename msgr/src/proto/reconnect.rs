@@ -42,6 +42,38 @@ pub struct SessionState {
     /// Who the peer was when the session was last READY (a resumed session has no
     /// SERVER_IDENT to learn it from).
     pub(crate) peer: Option<PeerInfo>,
+    /// What became of the messages this session was given, in queue order.
+    pub(crate) done: Done,
+}
+
+/// Running totals of the messages a session is finished with. Messages leave a session
+/// in the order they were queued (a fault requeues in order, a reset drops everything
+/// outstanding), so the first `msgs` messages ever queued are the finished ones: the
+/// owner can tell a sender whose message was the k-th whether it is done, and how.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Done {
+    /// Messages finished: acknowledged by the peer (lossless), handed to the transport
+    /// (lossy), or dropped.
+    pub msgs: u64,
+    /// Their payload bytes (front + middle + data).
+    pub bytes: u64,
+    /// Of `msgs`, those dropped unacknowledged because the session was reset.
+    pub dropped: u64,
+}
+
+impl Done {
+    #[inline]
+    fn finish(&mut self, m: &Message) {
+        self.msgs += 1;
+        self.bytes += m.total_len() as u64;
+    }
+
+    fn drop_all<'a>(&mut self, ms: impl Iterator<Item = &'a Message>) {
+        for m in ms {
+            self.finish(m);
+            self.dropped += 1;
+        }
+    }
 }
 
 impl SessionState {
@@ -93,10 +125,23 @@ impl SessionState {
         self.out_queue.push_back(m);
     }
 
+    /// Messages finished so far; see [`Done`].
+    pub fn done(&self) -> Done {
+        self.done
+    }
+
+    /// A message written on a lossy session: it is finished.
+    #[inline]
+    pub(crate) fn written_lossy(&mut self, m: &Message) {
+        self.done.finish(m);
+    }
+
     /// Forgets sent messages the peer acknowledged (`seq <= ack`).
     pub(crate) fn trim_sent(&mut self, ack: u64) {
         while self.sent.front().is_some_and(|m| m.seq <= ack) {
-            self.sent.pop_front();
+            if let Some(m) = self.sent.pop_front() {
+                self.done.finish(&m);
+            }
         }
     }
 
@@ -118,7 +163,10 @@ impl SessionState {
     /// continues after it. Messages queued after the fault (seq 0) are kept.
     pub(crate) fn discard_requeued_up_to(&mut self, msg_seq: u64) {
         while self.out_queue.front().is_some_and(|m| m.seq != 0 && m.seq <= msg_seq) {
-            self.out_queue.pop_front();
+            if let Some(m) = self.out_queue.pop_front() {
+                // The peer has it: as good as acknowledged.
+                self.done.finish(&m);
+            }
         }
         self.out_seq = self.out_seq.max(msg_seq);
     }
@@ -139,10 +187,15 @@ impl SessionState {
     /// meaningless. Returns how many messages were dropped.
     pub(crate) fn reset(&mut self) -> usize {
         let dropped = self.out_queue.len() + self.sent.len();
+        let mut done = self.done;
+        // Sent ones first: they were queued before what still waits.
+        done.drop_all(self.sent.iter().chain(self.out_queue.iter()));
         let client_cookie = self.client_cookie;
         *self = SessionState::default();
         // The client keeps a cookie: the next CLIENT_IDENT opens a new lossless session.
         self.client_cookie = client_cookie;
+        // The totals count messages of the connection's whole life, not of one session.
+        self.done = done;
         dropped
     }
 
@@ -155,6 +208,7 @@ impl SessionState {
     pub(crate) fn drain(&mut self) -> Vec<Message> {
         let mut left: Vec<Message> = self.sent.drain(..).collect();
         left.extend(self.out_queue.drain(..));
+        self.done.drop_all(left.iter());
         left
     }
 }
@@ -405,6 +459,62 @@ mod tests {
         s.in_seq = 9;
         assert_eq!(s.reset(), 2);
         assert_eq!((s.client_cookie, s.server_cookie, s.connect_seq, s.in_seq), (42, 0, 0, 0));
+    }
+
+    fn done(msgs: u64, bytes: u64, dropped: u64) -> Done {
+        Done { msgs, bytes, dropped }
+    }
+
+    #[test]
+    fn acknowledged_messages_are_done() {
+        let mut s = SessionState::default();
+        s.sent.extend([msg(1), msg(2), msg(3)]);
+        s.trim_sent(2);
+        assert_eq!(s.done(), done(2, 2, 0));
+        // A repeated ack finishes nothing twice.
+        s.trim_sent(2);
+        assert_eq!(s.done(), done(2, 2, 0));
+    }
+
+    #[test]
+    fn requeued_messages_the_peer_has_are_done_and_new_ones_are_not() {
+        let mut s = SessionState::default();
+        s.out_queue.extend([msg(4), msg(5), msg(0)]);
+        s.out_seq = 3;
+        s.discard_requeued_up_to(5);
+        assert_eq!(s.done(), done(2, 2, 0));
+    }
+
+    #[test]
+    fn a_requeue_finishes_nothing() {
+        let mut s = SessionState::default();
+        s.sent.extend([msg(1), msg(2)]);
+        s.out_seq = 2;
+        s.requeue_sent();
+        s.restart_numbering();
+        assert_eq!(s.done(), Done::default());
+    }
+
+    #[test]
+    fn a_reset_drops_everything_outstanding_and_keeps_the_totals() {
+        let mut s = SessionState::new_client(7);
+        s.sent.extend([msg(1), msg(2)]);
+        s.trim_sent(1);
+        s.out_queue.push_back(msg(0));
+        assert_eq!(s.reset(), 2);
+        assert_eq!(s.done(), done(3, 3, 2));
+        // Written on a lossy session: done, not dropped.
+        s.written_lossy(&msg(0));
+        assert_eq!(s.done(), done(4, 4, 2));
+    }
+
+    #[test]
+    fn a_drained_state_counts_its_messages_dropped() {
+        let mut s = SessionState::default();
+        s.sent.push_back(msg(1));
+        s.out_queue.push_back(msg(0));
+        assert_eq!(s.drain().len(), 2);
+        assert_eq!(s.done(), done(2, 2, 2));
     }
 
     #[test]

@@ -618,6 +618,12 @@ impl Session {
         self.st.sent.len()
     }
 
+    /// What became of the messages queued so far: see [`Done`](crate::proto::reconnect::Done).
+    #[inline]
+    pub fn done(&self) -> crate::proto::reconnect::Done {
+        self.st.done
+    }
+
     /// The lossless state (queues, sequence numbers, cookies).
     pub fn state_ref(&self) -> &SessionState {
         &self.st
@@ -1630,7 +1636,9 @@ impl Session {
             self.acked_in_seq = self.st.in_seq;
             self.msgs_out += 1;
             added += self.encode_out(&frame, out);
-            if !self.policy.lossy {
+            if self.policy.lossy {
+                self.st.written_lossy(&msg);
+            } else {
                 self.st.sent.push_back(msg);
             }
         }
