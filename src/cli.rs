@@ -393,7 +393,8 @@ pub const VERIFY_HEADER: usize = 12;
 
 /// The payload of ping `seq`: with `verify`, its sequence number, the crc32c of the
 /// sequence number and filler, and a filler that depends on the sequence number; otherwise a fixed pattern.
-fn ping_payload(seq: u64, size: usize, verify: bool) -> Bytes {
+/// The bench's tokio client (`bench::tokio_client`) sends the same payloads.
+pub(crate) fn ping_payload(seq: u64, size: usize, verify: bool) -> Bytes {
     if !verify {
         return Bytes::from((0..size).map(|i| (i * 131 + 7) as u8).collect::<Vec<u8>>());
     }
@@ -413,7 +414,7 @@ fn payload_crc(seq: &[u8], filler: &[u8]) -> u32 {
 }
 
 /// Checks a verified reply: its sequence number, or why it is corrupt.
-fn check_payload(p: &[u8], size: usize) -> Result<u64, String> {
+pub(crate) fn check_payload(p: &[u8], size: usize) -> Result<u64, String> {
     if p.len() != size.max(VERIFY_HEADER) {
         return Err(format!("reply of {} bytes, sent {}", p.len(), size.max(VERIFY_HEADER)));
     }

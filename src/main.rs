@@ -111,6 +111,9 @@ enum Cmd {
     /// Throughput and round-trip latency per message size, with the raw TCP baseline
     /// in the same run.
     ///
+    /// msgr is driven through its callback API, its tokio API or both (--api), one row
+    /// per API and size.
+    ///
     /// With no subcommand, a `msgr bench server` child is started on loopback (with
     /// this command's -c, --ms-type and -o) and measured from this process; `bench
     /// server` and `bench client` split the two across processes or machines.
@@ -208,6 +211,11 @@ struct BenchRunArgs {
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
+    /// msgr API the client drives: callback (dispatcher callbacks, `msgr` rows), tokio
+    /// (msgr::tokio::AsyncMessenger's request/reply on a tokio runtime, `msgr-tokio`
+    /// rows) or both (one row of each per size, in the same table and run).
+    #[arg(long, default_value = "callback", value_name = "API")]
+    api: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -433,6 +441,8 @@ fn bench(common: &CommonArgs, connect: Option<&str>, a: BenchRunArgs) -> Result<
             CliError::Usage(format!("--raw-client must be kernel, stack or auto, not '{}'", a.raw_client))
         })?,
         json: a.json,
+        api: msgr_cli::bench::run::Api::parse(&a.api)
+            .ok_or_else(|| CliError::Usage(format!("--api must be callback, tokio or both, not '{}'", a.api)))?,
     };
     let rows = msgr_cli::bench::run::run(common, &opts)?;
     let errors: u64 = rows.iter().map(|r| r.errors).sum();

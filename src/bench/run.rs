@@ -2,6 +2,11 @@
 //! `depth` messages in flight for a duration (or a count), after a warm-up; optionally
 //! the same over the raw TCP baseline, in the same invocation.
 //!
+//! msgr is driven through its callback API (a dispatcher, [`cli::ping`]), its tokio API
+//! (`super::tokio_client`, with the `tokio` feature) or both, one after the other for
+//! each size (`--api`): rows of either kind have the same sizes, depth, duration and
+//! warm-up, and are measured against the same server, so they compare directly.
+//!
 //! The server is a `msgr bench server`: given (`msgr bench client --connect`), or
 //! started here as a child process on loopback (`msgr bench`). Either way it is another
 //! process, so the CPU time of client and server can be told apart: the client's from
@@ -33,7 +38,7 @@ use super::progress::{progress_line, with_progress, Span};
 use super::raw::{self, Until};
 use super::server;
 use super::stack_raw::{self, StackJob};
-use super::stats::{format_row, header, Copied, Row, RttStats, Transport};
+use super::stats::{format_row, header, path_width, Copied, Row, RttStats, Transport};
 use crate::cli::{self, CliError, CommonArgs, PingOptions};
 
 /// How `msgr bench` runs.
@@ -65,6 +70,48 @@ pub struct BenchOptions {
     pub raw_client: RawClient,
     /// Write the report as JSON here.
     pub json: Option<PathBuf>,
+    /// Which msgr API the client drives.
+    pub api: Api,
+}
+
+/// Which of msgr's APIs the measuring client drives; each gives its own rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// Dispatcher callbacks (`msgr` rows), as `msgr ping` does.
+    Callback,
+    /// `msgr::tokio::AsyncMessenger` from a tokio runtime (`msgr-tokio` rows).
+    Tokio,
+    /// Both, the callback round first for each size.
+    Both,
+}
+
+impl Api {
+    /// `callback`, `tokio` or `both`.
+    pub fn parse(s: &str) -> Option<Api> {
+        match s {
+            "callback" => Some(Api::Callback),
+            "tokio" => Some(Api::Tokio),
+            "both" => Some(Api::Both),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Api::Callback => "callback",
+            Api::Tokio => "tokio",
+            Api::Both => "both",
+        }
+    }
+
+    /// The messenger paths measured, in the order their rows come.
+    fn paths(self) -> &'static [Transport] {
+        match self {
+            Api::Callback => &[Transport::Msgr],
+            Api::Tokio => &[Transport::MsgrTokio],
+            Api::Both => &[Transport::Msgr, Transport::MsgrTokio],
+        }
+    }
 }
 
 /// Where the raw baseline's client sockets live.
@@ -149,6 +196,7 @@ impl Settings {
             "count": o.count,
             "warmup_s": o.warmup.as_secs_f64(),
             "verify": o.verify,
+            "api": o.api.as_str(),
             "latency": "round trip",
         })
     }
@@ -403,7 +451,7 @@ impl Round {
             None => Copied::UNKNOWN,
         };
         // The raw echo is not a messenger: the server's counters do not cover it.
-        let server_copied = if transport == Transport::Msgr { server.copied } else { None };
+        let server_copied = if transport.is_messenger() { server.copied } else { None };
         Row {
             transport,
             ms_type,
@@ -431,8 +479,37 @@ fn run_jobs<T: Send>(jobs: usize, job: impl Fn() -> Result<T, String> + Sync) ->
     })
 }
 
+/// The tokio client, when this build has it; without the `tokio` feature no value of
+/// this type exists, so a tokio round cannot be asked for.
+#[cfg(feature = "tokio")]
+type TokioClient = super::tokio_client::TokioClient;
+#[cfg(not(feature = "tokio"))]
+type TokioClient = std::convert::Infallible;
+
+/// How a msgr round drives the messenger.
+#[derive(Clone, Copy)]
+enum MsgrClient<'a> {
+    /// A thread per job running [`cli::ping`].
+    Callback,
+    /// The jobs as tasks on the run's tokio runtime.
+    // Without the `tokio` feature it cannot be made (its field is uninhabited).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    Tokio(&'a TokioClient),
+}
+
+impl MsgrClient<'_> {
+    fn transport(self) -> Transport {
+        match self {
+            MsgrClient::Callback => Transport::Msgr,
+            MsgrClient::Tokio(_) => Transport::MsgrTokio,
+        }
+    }
+}
+
 /// One msgr round; each job's messenger adds its counters to `counters`.
+#[allow(clippy::too_many_arguments)] // the round's inputs; a struct of them would only rename them
 fn msgr_round(
+    client: MsgrClient<'_>,
     common: &CommonArgs,
     o: &BenchOptions,
     target: &EntityAddr,
@@ -454,7 +531,15 @@ fn msgr_round(
         until,
         progress,
     };
-    let reports = run_jobs(o.jobs, || cli::ping(common, target, o.peer_type, &opts).map_err(|e| e.to_string()));
+    let reports = match client {
+        MsgrClient::Callback => {
+            run_jobs(o.jobs, || cli::ping(common, target, o.peer_type, &opts).map_err(|e| e.to_string()))
+        }
+        #[cfg(feature = "tokio")]
+        MsgrClient::Tokio(t) => t.ping_jobs(common, target, o.peer_type, &opts, o.jobs),
+        #[cfg(not(feature = "tokio"))]
+        MsgrClient::Tokio(t) => match *t {},
+    };
     let mut r = Round::new(t0.elapsed(), cpu0.elapsed());
     let mut copied = (0u64, 0u64);
     for rep in reports {
@@ -535,8 +620,39 @@ fn raw_target(target: &EntityAddr, reply: Option<&ControlReply>) -> Result<Socke
     }
 }
 
+/// The tokio client for a run on `api`: `None` when only callback rows are asked for.
+#[cfg(feature = "tokio")]
+fn tokio_client(api: Api, jobs: usize) -> Result<Option<TokioClient>, CliError> {
+    if api == Api::Callback {
+        return Ok(None);
+    }
+    // One worker per job, as the callback client has one thread per job.
+    TokioClient::new(jobs).map(Some)
+}
+
+#[cfg(not(feature = "tokio"))]
+fn tokio_client(api: Api, _jobs: usize) -> Result<Option<TokioClient>, CliError> {
+    match api {
+        Api::Callback => Ok(None),
+        _ => Err(CliError::Usage(
+            "--api tokio needs the tokio client: this msgr was built without the `tokio` feature".into(),
+        )),
+    }
+}
+
 /// Runs the benchmark, prints the report and returns its rows.
 pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> {
+    // Before the server child starts: a build without the tokio client says so at once.
+    let tokio = tokio_client(o.api, o.jobs)?;
+    let clients: Vec<MsgrClient<'_>> = o
+        .api
+        .paths()
+        .iter()
+        .filter_map(|p| match p {
+            Transport::MsgrTokio => tokio.as_ref().map(MsgrClient::Tokio),
+            _ => Some(MsgrClient::Callback),
+        })
+        .collect();
     let cfg = common.config("client.admin")?;
     let local = match &o.connect {
         Some(_) => None,
@@ -590,7 +706,7 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
         None => format!("{:.1} s per row", o.duration.as_secs_f64()),
     };
     println!(
-        "msgr bench: ms_type {} | policy {} | mode {} ({}) | {} job(s) x depth {} | {} after {:.1} s warm-up{}",
+        "msgr bench: ms_type {} | policy {} | mode {} ({}) | {} job(s) x depth {} | {} after {:.1} s warm-up{}{}",
         settings.ms_type,
         settings.policy,
         settings.mode,
@@ -599,7 +715,12 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
         o.depth,
         what,
         o.warmup.as_secs_f64(),
-        if o.verify { " | verified" } else { "" }
+        if o.verify { " | verified" } else { "" },
+        // Said only when asked for: the callback API's report stays as it was.
+        match o.api {
+            Api::Callback => String::new(),
+            api => format!(" | api {}", api.as_str()),
+        }
     );
     println!(
         "cpu: {} | kernel {} | latency is round trip | server cpu {} | raw echo {}{}",
@@ -609,7 +730,8 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
         raw_addr.map_or_else(|| "none".to_string(), |a| a.to_string()),
         raw_stack.as_ref().map_or_else(String::new, |st| format!(" (raw client on the {} stack)", st.name()))
     );
-    println!("{}", header());
+    let width = path_width(clients.iter().map(|c| c.transport()).chain([Transport::Raw]));
+    println!("{}", header(width));
     // Only a person watching wants the live line; a pipe or a file gets rows only.
     let show = std::io::stdout().is_terminal();
     let span = match o.count {
@@ -620,18 +742,22 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
     let mut rows = Vec::new();
     let mut client_counters = CounterTotals::new();
     for &size in &o.sizes {
-        if !o.warmup.is_zero() {
-            let _ = msgr_round(common, &warm, &target, size, o.warmup, None, &mut client_counters);
+        // Each API in turn, warm-up then measured round, before the raw baseline.
+        let mut msgr_rows = Vec::with_capacity(clients.len());
+        for &client in &clients {
+            if !o.warmup.is_zero() {
+                let _ = msgr_round(client, common, &warm, &target, size, o.warmup, None, &mut client_counters);
+            }
+            let counter = Arc::new(AtomicU64::new(0));
+            let line = |n: u64, t: Duration| progress_line(size, client.transport(), t, span, n);
+            let (m, scpu) = server_spent_during(&mut probe, || {
+                with_progress(show, &counter, line, || {
+                    let progress = show.then(|| Arc::clone(&counter));
+                    msgr_round(client, common, o, &target, size, o.duration, progress, &mut client_counters)
+                })
+            });
+            msgr_rows.push(m.into_row(client.transport(), settings.ms_type.clone(), size, o.depth, scpu));
         }
-        let counter = Arc::new(AtomicU64::new(0));
-        let line = |n: u64, t: Duration| progress_line(size, Transport::Msgr, t, span, n);
-        let (m, scpu) = server_spent_during(&mut probe, || {
-            with_progress(show, &counter, line, || {
-                let progress = show.then(|| Arc::clone(&counter));
-                msgr_round(common, o, &target, size, o.duration, progress, &mut client_counters)
-            })
-        });
-        let msgr_row = m.into_row(Transport::Msgr, settings.ms_type.clone(), size, o.depth, scpu);
         let raw_row = raw_addr.map(|addr| {
             let st = raw_stack.as_ref();
             if !o.warmup.is_zero() {
@@ -647,12 +773,14 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
             let label = st.map_or_else(|| "tcp".to_string(), |st| format!("tcp on {}", st.name()));
             r.into_row(Transport::Raw, label, size, o.depth, scpu)
         });
-        let ratio =
-            raw_row.as_ref().filter(|r| r.msgs_per_sec() > 0.0).map(|r| msgr_row.msgs_per_sec() / r.msgs_per_sec());
-        println!("{}", format_row(&msgr_row, ratio));
-        rows.push(msgr_row);
+        for msgr_row in msgr_rows {
+            let ratio =
+                raw_row.as_ref().filter(|r| r.msgs_per_sec() > 0.0).map(|r| msgr_row.msgs_per_sec() / r.msgs_per_sec());
+            println!("{}", format_row(&msgr_row, ratio, width));
+            rows.push(msgr_row);
+        }
         if let Some(r) = raw_row {
-            println!("{}", format_row(&r, None));
+            println!("{}", format_row(&r, None, width));
             rows.push(r);
         }
     }
@@ -720,6 +848,14 @@ mod tests {
             assert_eq!(RawClient::parse(arg).map(|c| c.resolve(t)), Some(want), "{arg} on {t:?}");
         }
         assert_eq!(RawClient::parse("dpdk"), None);
+    }
+
+    #[test]
+    fn each_api_gives_its_rows_in_order() {
+        assert_eq!(Api::parse("callback").map(Api::paths), Some(&[Transport::Msgr][..]));
+        assert_eq!(Api::parse("tokio").map(Api::paths), Some(&[Transport::MsgrTokio][..]));
+        assert_eq!(Api::parse("both").map(Api::paths), Some(&[Transport::Msgr, Transport::MsgrTokio][..]));
+        assert_eq!(Api::parse("async"), None);
     }
 
     #[test]

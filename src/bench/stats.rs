@@ -123,20 +123,39 @@ impl RttStats {
 /// Which path a row measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
-    /// The messenger (msgr2 sessions over the chosen stack).
+    /// The messenger (msgr2 sessions over the chosen stack), driven through its callback
+    /// API (a dispatcher sends the next message from fast dispatch).
     Msgr,
+    /// The same messenger driven through its tokio API (`msgr::tokio::AsyncMessenger`:
+    /// request/reply by transaction id, from tokio tasks).
+    MsgrTokio,
     /// The floor: a plain socket with minimal framing, same sizes and depths.
     Raw,
 }
 
 impl Transport {
-    /// The name used in the table and the JSON (`msgr` / `raw`).
+    /// The name used in the table and the JSON (`msgr` / `msgr-tokio` / `raw`).
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Msgr => "msgr",
+            Transport::MsgrTokio => "msgr-tokio",
             Transport::Raw => "raw",
         }
     }
+
+    /// Whether the path goes through a messenger (whose perf counters cover it).
+    pub fn is_messenger(self) -> bool {
+        matches!(self, Transport::Msgr | Transport::MsgrTokio)
+    }
+}
+
+/// Width of the table's `path` column when every path fits in it (`msgr`, `raw`): the
+/// table of a run without tokio rows stays as it always was.
+const PATH_WIDTH: usize = 5;
+
+/// Width of the `path` column for a table holding rows of `paths`.
+pub fn path_width(paths: impl IntoIterator<Item = Transport>) -> usize {
+    paths.into_iter().map(|p| p.as_str().len()).fold(PATH_WIDTH, usize::max)
 }
 
 /// Bytes copied per payload byte in each direction of one end: a message's payload is
@@ -176,7 +195,7 @@ impl Copied {
 /// One row of the report: one transport, one message size, one depth.
 #[derive(Clone, Debug)]
 pub struct Row {
-    /// msgr or raw.
+    /// msgr (callback or tokio API) or raw.
     pub transport: Transport,
     /// The stack (`async+posix`, …; `tcp` for the raw baseline over kernel sockets).
     pub ms_type: String,
@@ -250,10 +269,11 @@ impl Row {
     }
 }
 
-/// The table header, aligned with [`format_row`].
-pub fn header() -> String {
+/// The table header, aligned with [`format_row`] for the same `path_width` (see
+/// [`path_width`]).
+pub fn header(path_width: usize) -> String {
     format!(
-        "{:<5} {:>8} {:>5} {:>10} {:>11} {:>9}   {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}   {:>8} {:>8} {:>9} {:>9} {:>6} {:>6}  {}",
+        "{:<path_width$} {:>8} {:>5} {:>10} {:>11} {:>9}   {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}   {:>8} {:>8} {:>9} {:>9} {:>6} {:>6}  {}",
         "path",
         "size",
         "depth",
@@ -275,7 +295,7 @@ pub fn header() -> String {
         "vs raw"
     ) + "\n"
         + &format!(
-            "{:<5} {:>8} {:>5} {:>10} {:>11} {:>9}   {:^63}   {:>8} {:>8} {:>9} {:>9} {:>6} {:>6}",
+            "{:<path_width$} {:>8} {:>5} {:>10} {:>11} {:>9}   {:^63}   {:>8} {:>8} {:>9} {:>9} {:>6} {:>6}",
             "",
             "bytes",
             "",
@@ -301,12 +321,12 @@ pub fn size_label(size: usize) -> String {
     }
 }
 
-/// One table line. `vs_raw` is this row's msgs/s over the raw baseline's for the same
-/// size and depth, when there is one.
-pub fn format_row(r: &Row, vs_raw: Option<f64>) -> String {
+/// One table line, its `path` column `path_width` wide. `vs_raw` is this row's msgs/s
+/// over the raw baseline's for the same size and depth, when there is one.
+pub fn format_row(r: &Row, vs_raw: Option<f64>, path_width: usize) -> String {
     let q = r.rtt.quantiles();
     let mut line = format!(
-        "{:<5} {:>8} {:>5} {:>10} {:>11.0} {:>9.1}   {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1}   {:>8.0} {:>8.0} {:>9} {:>9} {:>6} {:>6}",
+        "{:<path_width$} {:>8} {:>5} {:>10} {:>11.0} {:>9.1}   {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1}   {:>8.0} {:>8.0} {:>9} {:>9} {:>6} {:>6}",
         r.transport.as_str(),
         size_label(r.size),
         r.depth,
@@ -457,13 +477,34 @@ mod tests {
 
     #[test]
     fn table_lines_line_up_with_the_header() {
-        let h = header();
+        let w = path_width([Transport::Msgr, Transport::Raw]);
+        assert_eq!(w, 5, "the table without tokio rows keeps its width");
+        let h = header(w);
         let first = h.lines().next().unwrap_or_default();
-        let line = format_row(&row(Transport::Msgr, 1000, 1.0, 65536), None);
+        let line = format_row(&row(Transport::Msgr, 1000, 1.0, 65536), None, w);
         assert_eq!(line.len(), first.len() - "  vs raw".len(), "\n{first}\n{line}");
         assert!(line.starts_with("msgr       64k     1       1000"), "{line}");
-        let with_ratio = format_row(&row(Transport::Msgr, 1000, 1.0, 64), Some(0.873));
+        let with_ratio = format_row(&row(Transport::Msgr, 1000, 1.0, 64), Some(0.873), w);
         assert!(with_ratio.ends_with("  0.87x"), "{with_ratio}");
+    }
+
+    #[test]
+    fn tokio_rows_widen_the_path_column_for_every_row() {
+        let w = path_width([Transport::Msgr, Transport::MsgrTokio, Transport::Raw]);
+        assert_eq!(w, "msgr-tokio".len());
+        let h = header(w);
+        let mut lines = h.lines();
+        let (first, second) = (lines.next().unwrap_or_default(), lines.next().unwrap_or_default());
+        // The size column (8 wide, right-aligned) ends at the same place on every line.
+        let size_end = w + 1 + 8;
+        assert_eq!(first.find(" size ").map(|i| i + 5), Some(size_end), "\n{first}");
+        assert_eq!(second.find(" bytes ").map(|i| i + 6), Some(size_end), "\n{second}");
+        for t in [Transport::Msgr, Transport::MsgrTokio, Transport::Raw] {
+            let line = format_row(&row(t, 1000, 1.0, 64), None, w);
+            assert_eq!(line.len(), first.len() - "  vs raw".len(), "\n{first}\n{line}");
+            assert_eq!(line.find(" 64 ").map(|i| i + 3), Some(size_end), "\n{first}\n{line}");
+            assert!(line.starts_with(t.as_str()), "{line}");
+        }
     }
 
     #[test]
