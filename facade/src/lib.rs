@@ -147,7 +147,7 @@ pub fn stack_for(cfg: &Config) -> Result<Arc<NetworkStack>, FacadeError> {
         }
     }?;
     // (A stack always has at least one worker.)
-    let (running, asked) = (stack.workers().len(), threads.max(1));
+    let (running, asked) = (stack.num_workers(), threads.max(1));
     if running != asked {
         return Err(FacadeError::StackConflict { ms_type: name, running, asked });
     }
@@ -191,12 +191,12 @@ mod tests {
         let b = stack_for(&cfg).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(a.name(), "async+posix");
-        assert_eq!(a.workers().len(), 3);
+        assert_eq!(a.num_workers(), 3);
         let two = ConfigBuilder::new("client.admin").set("ms_async_op_threads", "2").unwrap().build().unwrap();
         let e = stack_for(&two).expect_err("a second size");
         assert!(matches!(e, FacadeError::StackConflict { running: 3, asked: 2, .. }), "{e}");
         drop((a, b));
         // Once the last user is gone, the next one sizes it anew.
-        assert_eq!(stack_for(&two).unwrap().workers().len(), 2);
+        assert_eq!(stack_for(&two).unwrap().num_workers(), 2);
     }
 }
