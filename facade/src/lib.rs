@@ -43,6 +43,63 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! A client and a server in one process (run by `cargo test`): both messengers share the
+//! process's `async+posix` stack, started by the first and stopped after the last.
+//!
+//! ```
+//! use std::sync::{mpsc, Arc};
+//! use std::time::Duration;
+//! use msgr::config::ConfigBuilder;
+//! use msgr::message::{MPing, Message, TypedMessage};
+//! use msgr::messenger::{ConnectionRef, Dispatcher, Policy};
+//! use msgr::proto::{EntityAddrVec, EntityName, EntityType};
+//!
+//! struct Echo;
+//! impl Dispatcher for Echo {
+//!     fn ms_dispatch(&self, con: &ConnectionRef, m: &Message) -> bool {
+//!         let _ = con.send_message(m.clone());
+//!         true
+//!     }
+//! }
+//!
+//! /// Hands every message it gets to the code below.
+//! struct Inbox(mpsc::Sender<Message>);
+//! impl Dispatcher for Inbox {
+//!     fn ms_dispatch(&self, _con: &ConnectionRef, m: &Message) -> bool {
+//!         let _ = self.0.send(m.clone());
+//!         true
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = |name| ConfigBuilder::new(name).set("ms_async_op_threads", "1")?.build();
+//! let server = msgr::new_messenger(&cfg("osd.0")?, EntityName::new(EntityType::Osd, 0))?;
+//! server.set_default_policy(Policy::stateless_server(0));
+//! server.add_dispatcher_tail(Arc::new(Echo));
+//! let addr = server.bind("127.0.0.1:0".parse()?)?;
+//!
+//! let client = msgr::new_messenger(&cfg("client.admin")?, EntityName::new(EntityType::Client, -1))?;
+//! client.set_default_policy(Policy::lossy_client(0));
+//! let (tx, rx) = mpsc::channel();
+//! client.add_dispatcher_tail(Arc::new(Inbox(tx)));
+//! let con = client.connect_to(EntityType::Osd, &EntityAddrVec::single(addr))?;
+//! con.send_message(MPing::new("ping".into()).encode())?;
+//! let reply = rx.recv_timeout(Duration::from_secs(30))?;
+//! assert_eq!(MPing::decode(&reply)?.payload, "ping");
+//!
+//! // Another worker count than the running stack's is refused, not silently shared.
+//! let two = ConfigBuilder::new("client.admin").set("ms_async_op_threads", "2")?.build()?;
+//! let e = msgr::new_messenger(&two, EntityName::new(EntityType::Client, -1)).err().expect("refused");
+//! assert!(matches!(e, msgr::FacadeError::StackConflict { running: 1, asked: 2, .. }));
+//!
+//! for m in [&client, &server] {
+//!     m.shutdown();
+//!     m.wait();
+//! }
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 
 pub mod monc;
