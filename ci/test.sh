@@ -14,6 +14,8 @@ cargo fmt --all -- --check
 log "cargo clippy (default features, then with the rdma and dpdk stacks and msgr::tokio)"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --workspace --all-targets --features rdma,dpdk,msgr/tokio -- -D warnings
+log "the msgr crate with no stack feature still builds (every ms_type is then NotBuilt)"
+cargo check -p msgr --no-default-features
 log "cargo doc (every stack, warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --features rdma,dpdk,msgr/tokio
 

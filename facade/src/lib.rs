@@ -43,6 +43,63 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! A client and a server in one process (run by `cargo test`): both messengers share the
+//! process's `async+posix` stack, started by the first and stopped after the last.
+//!
+//! ```
+//! use std::sync::{mpsc, Arc};
+//! use std::time::Duration;
+//! use msgr::config::ConfigBuilder;
+//! use msgr::message::{MPing, Message, TypedMessage};
+//! use msgr::messenger::{ConnectionRef, Dispatcher, Policy};
+//! use msgr::proto::{EntityAddrVec, EntityName, EntityType};
+//!
+//! struct Echo;
+//! impl Dispatcher for Echo {
+//!     fn ms_dispatch(&self, con: &ConnectionRef, m: &Message) -> bool {
+//!         let _ = con.send_message(m.clone());
+//!         true
+//!     }
+//! }
+//!
+//! /// Hands every message it gets to the code below.
+//! struct Inbox(mpsc::Sender<Message>);
+//! impl Dispatcher for Inbox {
+//!     fn ms_dispatch(&self, _con: &ConnectionRef, m: &Message) -> bool {
+//!         let _ = self.0.send(m.clone());
+//!         true
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = |name| ConfigBuilder::new(name).set("ms_async_op_threads", "1")?.build();
+//! let server = msgr::new_messenger(&cfg("osd.0")?, EntityName::new(EntityType::Osd, 0))?;
+//! server.set_default_policy(Policy::stateless_server(0));
+//! server.add_dispatcher_tail(Arc::new(Echo));
+//! let addr = server.bind("127.0.0.1:0".parse()?)?;
+//!
+//! let client = msgr::new_messenger(&cfg("client.admin")?, EntityName::new(EntityType::Client, -1))?;
+//! client.set_default_policy(Policy::lossy_client(0));
+//! let (tx, rx) = mpsc::channel();
+//! client.add_dispatcher_tail(Arc::new(Inbox(tx)));
+//! let con = client.connect_to(EntityType::Osd, &EntityAddrVec::single(addr))?;
+//! con.send_message(MPing::new("ping".into()).encode())?;
+//! let reply = rx.recv_timeout(Duration::from_secs(30))?;
+//! assert_eq!(MPing::decode(&reply)?.payload, "ping");
+//!
+//! // Another worker count than the running stack's is refused, not silently shared.
+//! let two = ConfigBuilder::new("client.admin").set("ms_async_op_threads", "2")?.build()?;
+//! let e = msgr::new_messenger(&two, EntityName::new(EntityType::Client, -1)).err().expect("refused");
+//! assert!(matches!(e, msgr::FacadeError::StackConflict { running: 1, asked: 2, .. }));
+//!
+//! for m in [&client, &server] {
+//!     m.shutdown();
+//!     m.wait();
+//! }
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 
 pub mod monc;
@@ -60,6 +117,8 @@ pub struct ReadmeDoctests;
 use std::sync::Arc;
 
 use msgr_core::config::{Config, MsType};
+// With no stack feature there is nothing to start: every ms_type is NotBuilt.
+#[cfg_attr(not(any(feature = "posix", feature = "rdma", feature = "dpdk")), allow(unused_imports))]
 use msgr_core::messenger::{stack_for as get_or_start, Stack as NetworkStack};
 use msgr_core::messenger::{Messenger, MsgrError};
 use msgr_core::proto::EntityName;
@@ -133,7 +192,7 @@ pub fn stack_for(cfg: &Config) -> Result<Arc<NetworkStack>, FacadeError> {
     let threads = cfg.ms_async_op_threads();
     let start =
         |r: std::io::Result<Arc<NetworkStack>>| r.map_err(|source| FacadeError::Start { ms_type: name, source });
-    let stack = match t {
+    let stack: Arc<NetworkStack> = match t {
         #[cfg(feature = "posix")]
         MsType::Posix => start(get_or_start(name, threads, || Ok(Arc::new(msgr_stack_posix::PosixStack::new())))),
         #[cfg(feature = "rdma")]
@@ -147,7 +206,7 @@ pub fn stack_for(cfg: &Config) -> Result<Arc<NetworkStack>, FacadeError> {
         }
     }?;
     // (A stack always has at least one worker.)
-    let (running, asked) = (stack.workers().len(), threads.max(1));
+    let (running, asked) = (stack.num_workers(), threads.max(1));
     if running != asked {
         return Err(FacadeError::StackConflict { ms_type: name, running, asked });
     }
@@ -191,12 +250,12 @@ mod tests {
         let b = stack_for(&cfg).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(a.name(), "async+posix");
-        assert_eq!(a.workers().len(), 3);
+        assert_eq!(a.num_workers(), 3);
         let two = ConfigBuilder::new("client.admin").set("ms_async_op_threads", "2").unwrap().build().unwrap();
         let e = stack_for(&two).expect_err("a second size");
         assert!(matches!(e, FacadeError::StackConflict { running: 3, asked: 2, .. }), "{e}");
         drop((a, b));
         // Once the last user is gone, the next one sizes it anew.
-        assert_eq!(stack_for(&two).unwrap().workers().len(), 2);
+        assert_eq!(stack_for(&two).unwrap().num_workers(), 2);
     }
 }

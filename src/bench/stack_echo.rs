@@ -21,6 +21,8 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use msgr::event::{EventSource, FileCallback, Interest};
+// `Center`, `Worker` and `WorkerLocal` are hidden from msgr's docs, kept public for
+// this module and its sibling: not an API a daemon should copy.
 use msgr::messenger::{Center, Stack as NetworkStack, Worker as WorkerShared, WorkerLocal};
 use msgr::stack::{ConnectedSocket, ServerSocket, SocketOptions};
 

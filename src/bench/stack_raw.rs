@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use msgr::event::{EventSource, FileCallback, Interest, TimerId};
+// `Center`, `Worker` and `WorkerLocal` are hidden from msgr's docs, kept public for
+// this module and its sibling: not an API a daemon should copy.
 use msgr::messenger::{Center, Stack as NetworkStack, WorkerLocal};
 use msgr::stack::{ConnectedSocket, SocketOptions};
 

@@ -22,6 +22,65 @@
 //! Not implemented: IPv6, IP fragmentation (MTU 1500 frames only), TCP offloads (LRO,
 //! TSO, checksum offload: smoltcp computes checksums in software), hardware RSS (frames
 //! are steered in software).
+//!
+//! # Examples
+//!
+//! A daemon gets this stack from the `msgr` crate (its `dpdk` feature and `ms_type =
+//! async+dpdk`). By hand, [`backend`] starts EAL and the port the configuration names
+//! and `Stack::start` runs the workers on it. That needs root and a DPDK port (here
+//! `net_tap`, a TAP interface DPDK creates; no hugepages), and EAL starts once per
+//! process, so this example is only compiled, not run by `cargo test`:
+//!
+//! ```no_run
+//! use msgr_core::config::ConfigBuilder;
+//! use msgr_core::messenger::{Messenger, Policy, Stack};
+//! use msgr_core::proto::{EntityName, EntityType};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = ConfigBuilder::new("osd.0")
+//!     .set("ms_type", "async+dpdk")?
+//!     .set("ms_dpdk_host_ipv4_addr", "198.18.0.2")?
+//!     .set("ms_dpdk_extra_eal_args", "--no-pci --no-huge --no-shconf -m 512 --vdev=net_tap0,iface=dtap0")?
+//!     .build()?;
+//! let stack = Stack::start(msgr_stack_dpdk::backend(&cfg)?, cfg.ms_async_op_threads())?;
+//! let server = Messenger::new(stack, EntityName::new(EntityType::Osd, 0), &cfg)?;
+//! server.set_default_policy(Policy::stateless_server(0));
+//! // The userspace TCP/IP stack's own address, not one the kernel owns.
+//! println!("listening on {}", server.bind("198.18.0.2:0".parse()?)?);
+//! server.wait();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What needs no port runs: the settings the `ms_dpdk_*` options make, and the EAL
+//! command line and worker pinning they give.
+//!
+//! ```
+//! use msgr_core::config::ConfigBuilder;
+//! use msgr_stack_dpdk::DpdkConfig;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = ConfigBuilder::new("osd.0")
+//!     .set("ms_dpdk_host_ipv4_addr", "10.88.0.1")?
+//!     .set("ms_dpdk_netmask_ipv4_addr", "255.255.0.0")?
+//!     .set("ms_dpdk_coremask", "0x6")?
+//!     .set("ms_dpdk_extra_eal_args", "--no-pci --in-memory")?
+//!     .build()?;
+//! let dpdk = DpdkConfig::from_config(&cfg)?;
+//! assert_eq!((dpdk.host.to_string(), dpdk.prefix_len), ("10.88.0.1".to_string(), 16));
+//! assert_eq!(dpdk.eal_args(), ["msgr", "-c", "0x6", "-n", "4", "--no-pci", "--in-memory"]);
+//! // A mask set by hand with a core per worker pins them: worker 0 on CPU 1, 1 on CPU 2.
+//! assert_eq!(dpdk.pinning(2), Some(vec![1, 2]));
+//!
+//! // The stack's address is required.
+//! let none = ConfigBuilder::new("osd.0").build()?;
+//! let err = DpdkConfig::from_config(&none).unwrap_err();
+//! assert!(err.to_string().starts_with("ms_dpdk_host_ipv4_addr"), "{err}");
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod device;

@@ -5,6 +5,68 @@
 //! vanished peer surfaces as `EPIPE` instead of killing the process with `SIGPIPE`.
 //!
 //! The crate contains no `unsafe`: everything goes through `socket2` and `std`.
+//!
+//! A daemon gets this stack from the `msgr` crate by `ms_type` (`msgr::stack_for`); to
+//! start it by hand, hand a [`PosixStack`] to [`Stack::start`]. A server and a client
+//! messenger exchanging one ping over loopback, on one worker:
+//!
+//! ```
+//! use std::sync::{mpsc, Arc};
+//! use std::time::Duration;
+//!
+//! use msgr_core::config::Config;
+//! use msgr_core::message::{MPing, Message, TypedMessage};
+//! use msgr_core::messenger::{ConnectionRef, Dispatcher, Messenger, Policy, Stack};
+//! use msgr_core::proto::{EntityAddrVec, EntityName, EntityType};
+//! use msgr_stack_posix::PosixStack;
+//!
+//! /// Sends every message back on the connection it came from.
+//! struct Echo;
+//! impl Dispatcher for Echo {
+//!     fn ms_dispatch(&self, con: &ConnectionRef, m: &Message) -> bool {
+//!         let _ = con.send_message(m.clone());
+//!         true
+//!     }
+//! }
+//!
+//! /// Hands every message it gets to the code below.
+//! struct Inbox(mpsc::Sender<Message>);
+//! impl Dispatcher for Inbox {
+//!     fn ms_dispatch(&self, _con: &ConnectionRef, m: &Message) -> bool {
+//!         let _ = self.0.send(m.clone());
+//!         true
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let stack = Stack::start(Arc::new(PosixStack::new()), 1)?;
+//! assert_eq!((stack.name(), stack.num_workers()), ("async+posix", 1));
+//! let cfg = Config::default();
+//!
+//! let server = Messenger::new(Arc::clone(&stack), EntityName::new(EntityType::Osd, 0), &cfg)?;
+//! server.set_default_policy(Policy::stateless_server(0));
+//! server.add_dispatcher_tail(Arc::new(Echo));
+//! // Port 0: the first free port of `ms_bind_port_min..=ms_bind_port_max`, as in Ceph.
+//! let addr = server.bind("127.0.0.1:0".parse()?)?;
+//!
+//! let client = Messenger::new(Arc::clone(&stack), EntityName::new(EntityType::Client, -1), &cfg)?;
+//! client.set_default_policy(Policy::lossy_client(0));
+//! let (tx, rx) = mpsc::channel();
+//! client.add_dispatcher_tail(Arc::new(Inbox(tx)));
+//! let con = client.connect_to(EntityType::Osd, &EntityAddrVec::single(addr))?;
+//! con.send_message(MPing::new("ping".into()).encode())?;
+//! let reply = rx.recv_timeout(Duration::from_secs(30))?;
+//! assert_eq!(MPing::decode(&reply)?.payload, "ping");
+//!
+//! for m in [&client, &server] {
+//!     m.shutdown();
+//!     m.wait();
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Stack::start`]: msgr_core::messenger::Stack::start
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -39,6 +39,68 @@
 //! Ceph's wire end to end: the side channel speaks Ceph's meta exchange, the data path
 //! Ceph's SEND-only chunks; CI runs it against a ceph-mon on Ceph's own `async+rdma`.
 //! Not yet: RDMA-CM/iWARP, OSDs.
+//!
+//! # Examples
+//!
+//! A daemon gets this stack from the `msgr` crate (its `rdma` feature and `ms_type =
+//! async+rdma`). By hand, [`backend`] opens the device the configuration names and
+//! `Stack::start` runs the workers on it. That needs an RDMA device (soft-RoCE will do:
+//! `rdma link add rxe0 type rxe netdev lo`, as `ci/rxe-vm/` sets up), so this example is
+//! only compiled, not run by `cargo test`:
+//!
+//! ```no_run
+//! use msgr_core::config::ConfigBuilder;
+//! use msgr_core::messenger::{Messenger, Policy, Stack};
+//! use msgr_core::proto::{EntityName, EntityType};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = ConfigBuilder::new("osd.0")
+//!     .set("ms_type", "async+rdma")?
+//!     .set("ms_async_rdma_device_name", "rxe0")?
+//!     .set("ms_async_rdma_gid_idx", "1")?
+//!     .build()?;
+//! let stack = Stack::start(msgr_stack_rdma::backend(&cfg)?, cfg.ms_async_op_threads())?;
+//! let server = Messenger::new(stack, EntityName::new(EntityType::Osd, 0), &cfg)?;
+//! server.set_default_policy(Policy::stateless_server(0));
+//! // Peers reach it on TCP there first (the side channel), then over the queue pair.
+//! println!("listening on {}", server.bind("127.0.0.1:0".parse()?)?);
+//! server.wait();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What needs no device runs: the settings the `ms_async_rdma_*` options make, and the
+//! queue-pair meta two ends swap before the first SEND.
+//!
+//! ```
+//! use msgr_core::config::ConfigBuilder;
+//! use msgr_stack_rdma::meta::{CephMeta, META_LEN};
+//! use msgr_stack_rdma::RdmaConfig;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = ConfigBuilder::new("osd.0")
+//!     .set("ms_async_rdma_buffer_size", "64K")?
+//!     .set("ms_async_rdma_send_buffers", "256")?
+//!     .set("ms_async_rdma_receive_buffers", "256")?
+//!     .build()?;
+//! let rdma = RdmaConfig::from_config(&cfg)?;
+//! // The most each worker registers (and locks): what RLIMIT_MEMLOCK must allow.
+//! assert_eq!(rdma.registered_bytes(), 64 * 1024 * 512);
+//!
+//! // Each option is valid alone, but a pool of one send chunk cannot work.
+//! let one = ConfigBuilder::new("osd.0").set("ms_async_rdma_send_buffers", "1")?.build()?;
+//! let err = RdmaConfig::from_config(&one).unwrap_err();
+//! assert!(err.to_string().starts_with("ms_async_rdma_send_buffers = 1"), "{err}");
+//!
+//! let meta = CephMeta { lid: 0, qpn: 0x11, psn: 0x22, peer_qpn: 0, gid: [0; 16] };
+//! let wire = meta.encode();
+//! assert_eq!(wire.len(), META_LEN);
+//! assert_eq!(CephMeta::parse(&wire)?, meta);
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod close;
 pub mod config;

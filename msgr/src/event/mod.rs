@@ -8,6 +8,12 @@
 //! A readiness source is an [`EventSource`]: a kernel descriptor the driver watches, or
 //! a [`Token`] whose readiness a kernel-bypass stack posts to the center's
 //! [`Readiness`] (no descriptor, no system call). Callbacks treat both alike.
+//!
+//! This module is public as the other half of the contract in [`crate::stack`]: a stack
+//! crate gives each worker its [`EventDriver`] ([`EpollDriver`], or a [`PollingDriver`]
+//! over its own [`CompletionSource`]) and registers its sockets' readiness here
+//! ([`Readiness`], [`Token`], [`Registration`], [`EventSource`]). Changing these types is
+//! changing what every stack implements.
 
 mod driver;
 mod epoll;
@@ -137,12 +143,12 @@ impl Hash for EventSource {
 /// A map keyed by our own ids (descriptors, tokens, connection numbers). They never
 /// come from a peer, so a multiplicative hash is safe, and it costs a fraction of
 /// SipHash on lookups made several times per event.
-pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// Fibonacci hashing of a u64 id: spreads sequential ids over the high bits the table
 /// probes with.
 #[derive(Default)]
-pub struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {

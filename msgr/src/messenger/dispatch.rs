@@ -197,7 +197,7 @@ pub struct Throttle {
 
 impl Throttle {
     /// A throttle of `max` bytes; 0 means unlimited.
-    pub fn new(max: u64) -> Self {
+    pub(crate) fn new(max: u64) -> Self {
         Throttle {
             max,
             current: AtomicU64::new(0),
@@ -227,12 +227,16 @@ impl Throttle {
         self.max != 0 && self.current() >= self.max
     }
 
-    /// Takes `n` bytes unconditionally.
+    /// Takes `n` bytes unconditionally (a message that arrived is never refused; the
+    /// readers stop once the budget is spent). A dispatcher that keeps messages past its
+    /// callback takes their bytes here and [`Throttle::put`]s them back when done with
+    /// them, as `msgr::tokio`'s stream does.
     pub fn take(&self, n: u64) {
         self.current.fetch_add(n, AtOrd::AcqRel);
     }
 
-    /// Returns `n` bytes and wakes waiters once below the limit.
+    /// Returns `n` bytes, which must have been taken with [`Throttle::take`], and wakes
+    /// the paused readers once below the limit.
     pub fn put(&self, n: u64) {
         let prev = self.current.fetch_sub(n, AtOrd::AcqRel);
         debug_assert!(prev >= n, "throttle underflow");
@@ -243,7 +247,7 @@ impl Throttle {
 
     /// Runs `wake` once the throttle has room. Returns false (and does not keep
     /// `wake`) if there is room already, so the caller just carries on.
-    pub fn wait(&self, wake: Box<dyn FnOnce() + Send>) -> bool {
+    pub(crate) fn wait(&self, wake: Box<dyn FnOnce() + Send>) -> bool {
         let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         if !self.is_full() {
             return false;
@@ -309,10 +313,10 @@ struct QueueState {
 }
 
 /// The list of dispatchers, shared by the queue and the workers' fast path.
-pub type DispatcherList = Arc<RwLock<Vec<Arc<dyn Dispatcher>>>>;
+pub(crate) type DispatcherList = Arc<RwLock<Vec<Arc<dyn Dispatcher>>>>;
 
 /// Priority queue + one dispatch thread (Ceph's DispatchQueue).
-pub struct DispatchQueue {
+pub(crate) struct DispatchQueue {
     state: Mutex<QueueState>,
     cond: Condvar,
     throttle: Arc<Throttle>,
@@ -324,7 +328,7 @@ pub struct DispatchQueue {
 
 impl DispatchQueue {
     /// A queue delivering to `dispatchers`, throttled by `throttle`.
-    pub fn new(dispatchers: DispatcherList, throttle: Arc<Throttle>) -> Arc<Self> {
+    pub(crate) fn new(dispatchers: DispatcherList, throttle: Arc<Throttle>) -> Arc<Self> {
         Arc::new(DispatchQueue {
             state: Mutex::new(QueueState { heap: BinaryHeap::new(), order: 0, stop: false }),
             cond: Condvar::new(),
@@ -336,12 +340,12 @@ impl DispatchQueue {
     }
 
     /// Dispatcher callbacks that panicked so far (caught, on any thread).
-    pub fn panics(&self) -> u64 {
+    pub(crate) fn panics(&self) -> u64 {
         self.panics.count()
     }
 
     /// The last dispatcher callback panic caught, if any.
-    pub fn last_panic(&self) -> Option<DispatchPanic> {
+    pub(crate) fn last_panic(&self) -> Option<DispatchPanic> {
         self.panics.last()
     }
 
@@ -355,7 +359,7 @@ impl DispatchQueue {
     }
 
     /// Starts the dispatch thread (idempotent).
-    pub fn start(self: &Arc<Self>, name: &str) -> std::io::Result<()> {
+    pub(crate) fn start(self: &Arc<Self>, name: &str) -> std::io::Result<()> {
         let mut t = self.thread.lock().unwrap_or_else(|e| e.into_inner());
         if t.is_some() {
             return Ok(());
@@ -366,13 +370,13 @@ impl DispatchQueue {
     }
 
     /// Queues a message of `size` bytes (already taken from the throttle).
-    pub fn enqueue(&self, con: ConnectionRef, m: Message, size: u64) {
+    pub(crate) fn enqueue(&self, con: ConnectionRef, m: Message, size: u64) {
         let priority = m.priority;
         self.push(con, priority, ItemKind::Message(m, size));
     }
 
     /// Queues a connection event.
-    pub fn enqueue_event(&self, con: ConnectionRef, ev: ConnEvent) {
+    pub(crate) fn enqueue_event(&self, con: ConnectionRef, ev: ConnEvent) {
         self.push(con, PRIO_HIGHEST, ItemKind::Event(ev));
     }
 
@@ -392,18 +396,13 @@ impl DispatchQueue {
     }
 
     /// Items waiting.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().heap.len()
-    }
-
-    /// True when nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Stops the thread after the item in progress; queued items are dropped and
     /// their throttle bytes returned.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let mut s = self.lock();
         s.stop = true;
         let left = std::mem::take(&mut s.heap);
@@ -417,7 +416,7 @@ impl DispatchQueue {
     }
 
     /// Joins the dispatch thread (after [`DispatchQueue::stop`]).
-    pub fn join(&self) {
+    pub(crate) fn join(&self) {
         let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = t {
             if t.thread().id() != std::thread::current().id() {

@@ -19,14 +19,14 @@
 
 pub mod connection;
 mod delay;
-pub mod dispatch;
+mod dispatch;
 pub mod error;
 mod flow;
 pub(crate) mod io;
 pub(crate) mod log;
 pub mod perf;
 pub mod policy;
-pub mod worker;
+mod worker;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,11 +36,20 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 pub use connection::{ConnState, Connection, ConnectionRef, SendError};
-pub use dispatch::{ConnEvent, DispatchPanic, DispatchQueue, Dispatcher, Throttle};
+pub(crate) use dispatch::DispatchQueue;
+pub use dispatch::{ConnEvent, DispatchPanic, Dispatcher, Throttle};
 pub use error::{ConnError, MsgrError};
 pub use flow::{Delivered, Delivery, DeliveryError};
-pub use policy::{Policy, PolicySet};
-pub use worker::{stack_for, Center, Stack, Task, Worker, WorkerLocal};
+pub use policy::Policy;
+pub(crate) use policy::PolicySet;
+pub use worker::{stack_for, Stack};
+// Public only for msgr-cli's benchmark (src/bench/stack_raw.rs, stack_echo.rs), which
+// runs its raw TCP baseline on the messenger's own stack: over async+dpdk the port
+// belongs to the process's one stack, so the bench cannot start another and must put
+// its sockets on these workers, through their socket factory and event center. Hidden
+// because a daemon has no business with a worker's state.
+#[doc(hidden)]
+pub use worker::{Center, Worker, WorkerLocal};
 
 use crate::config::Config;
 use crate::message::Message;

@@ -122,13 +122,13 @@ pub struct PerfCounters {
 
 impl PerfCounters {
     /// A set with every counter at zero.
-    pub fn new() -> PerfCounters {
+    pub(crate) fn new() -> PerfCounters {
         PerfCounters::default()
     }
 
     /// Adds `n` (negative only for gauges).
     #[inline]
-    pub fn add(&self, c: Counter, n: i64) {
+    pub(crate) fn add(&self, c: Counter, n: i64) {
         self.values[c as usize].fetch_add(n, Ordering::Relaxed);
     }
 

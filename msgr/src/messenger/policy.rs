@@ -62,22 +62,22 @@ impl Default for Policy {
 
 /// The default policy plus overrides per peer type.
 #[derive(Clone, Debug, Default)]
-pub struct PolicySet {
+pub(crate) struct PolicySet {
     default: Policy,
     by_type: HashMap<EntityType, Policy>,
 }
 
 impl PolicySet {
     /// Policy for peers of type `ty`.
-    pub fn get(&self, ty: EntityType) -> Policy {
+    pub(crate) fn get(&self, ty: EntityType) -> Policy {
         self.by_type.get(&ty).copied().unwrap_or(self.default)
     }
     /// Sets the policy for one peer type.
-    pub fn set(&mut self, ty: EntityType, p: Policy) {
+    pub(crate) fn set(&mut self, ty: EntityType, p: Policy) {
         self.by_type.insert(ty, p);
     }
     /// Sets the policy for types without their own.
-    pub fn set_default(&mut self, p: Policy) {
+    pub(crate) fn set_default(&mut self, p: Policy) {
         self.default = p;
     }
 }

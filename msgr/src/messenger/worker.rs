@@ -16,10 +16,14 @@ use crate::stack::{SocketFactory, StackBackend};
 pub type Center = EventCenter<WorkerLocal>;
 /// A messenger worker as other threads see it.
 pub type Worker = WorkerShared<WorkerLocal>;
-/// A network stack whose workers run messengers.
+/// A network stack whose workers run messengers: what [`Messenger::new`] takes and
+/// [`stack_for`] returns; its methods are [`NetworkStack`]'s.
+///
+/// [`Messenger::new`]: super::Messenger::new
+/// [`NetworkStack`]: crate::stack::NetworkStack
 pub type Stack = worker::NetworkStack<WorkerLocal>;
 /// A closure run on a messenger worker.
-pub type Task = WorkerTask<WorkerLocal>;
+pub(crate) type Task = WorkerTask<WorkerLocal>;
 
 thread_local! {
     // Connections that got work from code running on this worker (e.g. a reply sent
@@ -30,7 +34,7 @@ thread_local! {
 /// State a worker thread owns: its sockets and connections.
 pub struct WorkerLocal {
     /// Worker index within its stack.
-    pub id: usize,
+    pub(crate) id: usize,
     /// Creates sockets on this worker.
     pub net: Box<dyn SocketFactory>,
     /// Connections owned by this worker, by connection id.
@@ -95,8 +99,11 @@ pub(crate) fn schedule_flush(worker: &Worker, conn: u64, task: impl FnOnce() -> 
     }
 }
 
-/// The running stack for `name` whose workers run messengers, started with `make` if
-/// none runs (one per `ms_type` per process; see [`worker::get_or_start`]).
+/// The process's running stack for `name` whose workers run messengers, started with
+/// `num_workers` workers on the backend `make` returns if none runs: one per `ms_type`
+/// per process, as Ceph's StackSingleton. Holders keep it alive; once the last one drops
+/// it, its workers stop and the next call starts it anew. A running stack is returned
+/// whatever its size (compare `Stack::num_workers` with what you asked for).
 pub fn stack_for(
     name: &'static str,
     num_workers: usize,

@@ -1,8 +1,8 @@
 //! Fault injection shared by every stack: `ms_inject_socket_failures = N` makes about
 //! one socket operation in N fail, as Ceph's option does.
 //!
-//! The messenger wraps each connected socket in a [`FaultySocket`] when the option is
-//! set, so posix, RDMA, DPDK and the in-memory stack all fail the same way: the
+//! The messenger wraps each connected socket in a fault-injecting one when the option
+//! is set, so posix, RDMA, DPDK and the in-memory stack all fail the same way: the
 //! operation returns `ConnectionReset` and the underlying socket is shut down, so the
 //! peer sees the connection die too and both ends go through their fault paths.
 
@@ -25,7 +25,7 @@ pub fn injected_failures() -> u64 {
 }
 
 /// A socket that fails about one operation in `every`.
-pub struct FaultySocket {
+pub(crate) struct FaultySocket {
     inner: Box<dyn ConnectedSocket>,
     every: u64,
     rng: u64,
@@ -34,7 +34,7 @@ pub struct FaultySocket {
 
 impl FaultySocket {
     /// Wraps `inner`; `every` must be at least 1 (1 fails the first operation).
-    pub fn new(inner: Box<dyn ConnectedSocket>, every: u64) -> Self {
+    pub(crate) fn new(inner: Box<dyn ConnectedSocket>, every: u64) -> Self {
         let seed = SEEDS.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -43,7 +43,7 @@ impl FaultySocket {
     }
 
     /// Wraps `inner` when `every` is non-zero; otherwise returns it unchanged.
-    pub fn wrap(inner: Box<dyn ConnectedSocket>, every: u64) -> Box<dyn ConnectedSocket> {
+    pub(crate) fn wrap(inner: Box<dyn ConnectedSocket>, every: u64) -> Box<dyn ConnectedSocket> {
         if every == 0 {
             inner
         } else {

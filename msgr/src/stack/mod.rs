@@ -22,7 +22,8 @@
 //! worker, which then registers it) can do so.
 //!
 //! Nothing here knows the messenger: a stack is written against these traits and
-//! [`crate::event`] alone.
+//! [`crate::event`] alone. They are public for that reason (the stack crates, or a
+//! stack of your own, implement them); a daemon only picks a stack.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -199,13 +200,12 @@ pub trait StackBackend: Send + Sync + 'static {
 
 pub mod inject;
 pub mod mem;
-pub mod worker;
+pub(crate) mod worker;
 
-/// The error a stack that is not implemented yet returns from start-up, so asking for
-/// it fails plainly instead of pretending to work.
-pub fn not_implemented(ms_type: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::Unsupported, format!("ms_type = {ms_type}: this stack is not implemented yet"))
-}
+// A user holds a running stack as `messenger::Stack` (a `NetworkStack` whose workers run
+// messengers); it is reachable here so that its methods are documented. Its workers and
+// their context stay private to the core.
+pub use worker::NetworkStack;
 
 #[cfg(test)]
 mod tests {

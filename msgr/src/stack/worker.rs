@@ -66,9 +66,7 @@ thread_local! {
 }
 
 /// A map keyed by our own connection and listener ids (see [`crate::event::IdMap`]).
-pub type IdMap<V> = crate::event::IdMap<u64, V>;
-
-pub use crate::event::IdHasher;
+pub(crate) type IdMap<V> = crate::event::IdMap<u64, V>;
 
 /// The part of a worker other threads can see.
 pub struct WorkerShared<C: WorkerContext> {
@@ -85,6 +83,8 @@ impl<C: WorkerContext> fmt::Debug for WorkerShared<C> {
     }
 }
 
+// The `pub` methods are the ones msgr-cli's benchmark calls on its jobs' worker
+// (through the hidden `msgr_core::messenger::Worker`); the rest is the stack's own.
 impl<C: WorkerContext> WorkerShared<C> {
     /// Worker index.
     pub fn id(&self) -> usize {
@@ -92,12 +92,12 @@ impl<C: WorkerContext> WorkerShared<C> {
     }
 
     /// What the worker's context shares with other threads.
-    pub fn shared(&self) -> &C::Shared {
+    pub(crate) fn shared(&self) -> &C::Shared {
         &self.shared
     }
 
     /// Number of connections assigned to this worker.
-    pub fn load(&self) -> usize {
+    pub(crate) fn load(&self) -> usize {
         self.load.load(Ordering::Relaxed)
     }
 
@@ -117,24 +117,27 @@ impl<C: WorkerContext> WorkerShared<C> {
     }
 
     /// True when called from this worker's own thread.
-    pub fn is_current(&self) -> bool {
+    pub(crate) fn is_current(&self) -> bool {
         CURRENT.with(|c| *c.borrow() == Some((self.stack_id, self.id)))
     }
 }
 
 /// The worker of `workers` with the fewest connections (ties: lowest index). A stack
 /// always has at least one worker (`NetworkStack::start` starts `max(1)`).
-pub fn least_loaded<C: WorkerContext>(workers: &[Arc<WorkerShared<C>>]) -> Arc<WorkerShared<C>> {
+pub(crate) fn least_loaded<C: WorkerContext>(workers: &[Arc<WorkerShared<C>>]) -> Arc<WorkerShared<C>> {
     let w = workers.iter().min_by_key(|w| w.load()).unwrap_or(&workers[0]);
     Arc::clone(w)
 }
 
 /// True if the calling thread is any worker thread.
-pub fn on_worker_thread() -> bool {
+pub(crate) fn on_worker_thread() -> bool {
     CURRENT.with(|c| c.borrow().is_some())
 }
 
 /// A running stack: a backend and its worker threads.
+///
+/// Generic over what its workers run, which is the core's business: outside it a stack
+/// is always [`crate::messenger::Stack`], the one whose workers run messengers.
 pub struct NetworkStack<C: WorkerContext> {
     backend: Arc<dyn StackBackend>,
     workers: Vec<Arc<WorkerShared<C>>>,
@@ -202,12 +205,20 @@ impl<C: WorkerContext> NetworkStack<C> {
         self.backend.local_listen_table()
     }
 
-    /// All workers.
+    /// How many worker threads run (`ms_async_op_threads`, at least 1).
+    pub fn num_workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// All workers. Hidden, as [`NetworkStack::least_loaded`]: only msgr-cli's
+    /// benchmark reaches a worker itself (see `msgr_core::messenger::Worker`).
+    #[doc(hidden)]
     pub fn workers(&self) -> &[Arc<WorkerShared<C>>] {
         &self.workers
     }
 
     /// The worker with the fewest connections (ties: lowest index).
+    #[doc(hidden)]
     pub fn least_loaded(&self) -> Arc<WorkerShared<C>> {
         least_loaded(&self.workers)
     }
@@ -275,7 +286,7 @@ static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
 /// Returns the running stack for `name` with workers of context `C`, starting it with
 /// `make` if there is none. Holders keep it alive; when the last one drops it, the
 /// workers stop.
-pub fn get_or_start<C: WorkerContext>(
+pub(crate) fn get_or_start<C: WorkerContext>(
     name: &'static str,
     num_workers: usize,
     make: impl FnOnce() -> io::Result<Arc<dyn StackBackend>>,
