@@ -68,7 +68,10 @@ async fn run(conf: Option<PathBuf>, bind: SocketAddr) -> Result<(), Box<dyn std:
         tokio::select! {
             next = incoming.next_message() => match next {
                 Some((con, m)) => {
-                    // Fails only when the client has gone: nobody left to tell.
+                    // Fails only when the client has gone: nobody left to tell. (Unbounded
+                    // on purpose: one loop serves every client, and waiting for room on
+                    // one that stopped reading would stall the others. A producer of its
+                    // own traffic uses `msgr.send(&con, m).await`, which waits for room.)
                     let _ = con.send_message(m);
                     echoed += 1;
                 }

@@ -96,9 +96,14 @@ async fn send_waits_for_room_while_the_peer_stops_reading() {
     assert!(max_held <= LIMIT + SIZE as u64, "held {max_held} bytes, over the bound {LIMIT} + one message");
     let server_held = s.messenger().throttle().current();
     assert!(server_held <= 256 * 1024 + SIZE as u64, "the stalled stream holds {server_held} bytes");
+    // A send given up while it waits for room (its future dropped) sends nothing.
+    let given_up = tokio::time::timeout(Duration::from_millis(100), c.send(&con, numbered(u64::MAX, SIZE))).await;
+    assert!(given_up.is_err(), "a send to a stalled peer found room");
     // The application catches up: everything arrives, in order, and the sender ends.
     read_in_order(&mut server_in, N).await;
     tokio::time::timeout(WAIT, sender).await.expect("sender stuck").expect("sender task");
+    let extra = tokio::time::timeout(Duration::from_millis(300), server_in.next_message()).await;
+    assert!(extra.is_err(), "the cancelled send's message arrived: {:?}", extra.map(|o| o.map(|(_, m)| number(&m))));
     assert_eq!(s.messenger().throttle().current(), 0, "the stream returned its throttle bytes");
     c.shutdown().await.expect("client shutdown");
     s.shutdown().await.expect("server shutdown");
