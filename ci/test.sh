@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 need_rust
 apt_install gcc libc6-dev pkg-config python3 ca-certificates ceph-mon ceph-common tcpdump \
-  libibverbs-dev librdmacm-dev libclang-dev clang dpdk dpdk-dev libdpdk-dev iproute2
+  libibverbs-dev librdmacm-dev libclang-dev clang dpdk dpdk-dev libdpdk-dev iproute2 ceph-osd
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -93,6 +93,25 @@ enum Cmd {
         #[command(subcommand)]
         req: MonReq,
     },
+    /// Send a command to a daemon, as `ceph tell`: the monitor says where it is (`osd
+    /// find`) and issues a cephx ticket for it; the daemon's answer is printed (output on
+    /// stdout, status on stderr) and its return code is the exit status.
+    /// E.g. `msgr tell osd.0 '{"prefix":"version"}'`.
+    Tell {
+        /// The daemon: osd.N.
+        target: String,
+        /// The command as JSON.
+        json: String,
+        /// Monitor address(es), as Ceph's mon_host (default: mon_host from the config).
+        #[arg(long, value_name = "ADDR")]
+        mon_host: Option<String>,
+        /// Keyring file (sets the `keyring` option).
+        #[arg(long, value_name = "FILE")]
+        keyring: Option<String>,
+        /// Give up on a request after this many seconds.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
     /// Print the effective configuration and where each value came from.
     Config,
     /// Send a command to a running daemon's admin socket and print its JSON answer,
@@ -378,6 +397,13 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             held.close();
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Cmd::Tell { target, json, mon_host, keyring, timeout } => {
+            let mut common = cli.common.clone();
+            if let Some(k) = keyring {
+                common.options.push(format!("keyring={k}"));
+            }
+            tell(&common, mon_host.as_deref(), secs(timeout, "--timeout")?, &target, &json)
+        }
         Cmd::Mon { mon_host, keyring, timeout, req } => {
             let mut common = cli.common.clone();
             if let Some(k) = keyring {
@@ -449,6 +475,42 @@ fn bench(common: &CommonArgs, connect: Option<&str>, a: BenchRunArgs) -> Result<
     Ok(if errors == 0 && rows.iter().all(|r| r.msgs > 0) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// `msgr tell TARGET JSON`.
+fn tell(
+    common: &CommonArgs,
+    mon_host: Option<&str>,
+    timeout: Duration,
+    target: &str,
+    json: &str,
+) -> Result<ExitCode, CliError> {
+    let cfg = common.config("client.admin")?;
+    let name = common.entity("client.admin")?;
+    let m = msgr::monc::MonClient::new(&cfg, name, mon_host, timeout)?;
+    let reply = m.tell(target, json)?;
+    Ok(print_command_result(&reply.output, &reply.rs, reply.r))
+}
+
+/// Prints a command's answer as the ceph CLI does (output on stdout, status on stderr)
+/// and turns its return code into the exit status.
+fn print_command_result(output: &[u8], rs: &str, r: i32) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = out.write_all(output);
+    if !output.is_empty() && !output.ends_with(b"\n") {
+        let _ = out.write_all(b"\n");
+    }
+    if !rs.is_empty() {
+        eprintln!("{rs}");
+    } else if r < 0 {
+        // The daemon gave no text: say what the code means (-13: permission denied).
+        eprintln!("error {r}: {}", std::io::Error::from_raw_os_error(-r));
+    }
+    if r != 0 {
+        return ExitCode::from(r.unsigned_abs().min(255) as u8);
+    }
+    ExitCode::SUCCESS
+}
+
 fn mon(common: &CommonArgs, mon_host: Option<&str>, timeout: Duration, req: MonReq) -> Result<ExitCode, CliError> {
     let cfg = common.config("client.admin")?;
     let name = common.entity("client.admin")?;
@@ -489,18 +551,9 @@ fn mon(common: &CommonArgs, mon_host: Option<&str>, timeout: Duration, req: MonR
         }
         MonReq::Command { json } => {
             let ack = m.command(&json)?;
-            // Like the ceph CLI: output on stdout, status on stderr, exit code from r.
-            use std::io::Write;
-            let mut out = std::io::stdout();
-            let _ = out.write_all(&ack.output);
-            if !ack.output.is_empty() && !ack.output.ends_with(b"\n") {
-                let _ = out.write_all(b"\n");
-            }
-            if !ack.rs.is_empty() {
-                eprintln!("{}", ack.rs);
-            }
+            let code = print_command_result(&ack.output, &ack.rs, ack.r);
             if ack.r != 0 {
-                return Ok(ExitCode::from(ack.r.unsigned_abs().min(255) as u8));
+                return Ok(code);
             }
         }
         MonReq::Keepalive => {

@@ -1,6 +1,7 @@
 //! A small monitor client: the requests `msgr mon` makes, one at a time, over a lossy
 //! client→mon connection that is redialled after a reset (as Ceph's MonClient does).
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -8,13 +9,19 @@ use std::time::{Duration, Instant};
 
 use msgr_core::config::keyring::Keyring;
 use msgr_core::config::Config;
+use msgr_core::message::auth::{MAuth, MAuthReply, MSG_AUTH_REPLY};
+use msgr_core::message::command::{MCommand, MCommandReply, MSG_COMMAND_REPLY};
 use msgr_core::message::mon::{Fsid, MMonCommand, MMonCommandAck, MMonGetMap, MMonMap, MonMap};
 use msgr_core::message::types::{MMonGetVersion, MMonGetVersionReply, MPing, TypedMessage};
 use msgr_core::message::{Message, MSG_MON_COMMAND_ACK, MSG_MON_GET_VERSION_REPLY, MSG_MON_MAP, MSG_PING};
 use msgr_core::messenger::ClientAuthFactory;
 use msgr_core::messenger::{ConnError, ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
 use msgr_core::proto::auth::{AuthError, ChainAuth, ClientAuth, NoneClientAuth};
-use msgr_core::proto::cephx::CephxClientAuth;
+use msgr_core::proto::authorizer::{
+    decode_principal_reply, encode_principal_request, CephxAuthorizerAuth, TicketStore,
+};
+use msgr_core::proto::cephx::{CephxClientAuth, CephxError, SERVICE_AUTH};
+use msgr_core::proto::frames::AUTH_CEPHX;
 use msgr_core::proto::frames::{CON_MODE_CRC, CON_MODE_SECURE};
 use msgr_core::proto::session::SessionError;
 use msgr_core::proto::AuthName;
@@ -101,6 +108,68 @@ pub enum MonError {
     /// The keyring could not be read.
     #[error(transparent)]
     Keyring(#[from] msgr_core::config::keyring::KeyringError),
+    /// The monitor refused to issue service tickets (an MAuthReply with an error).
+    #[error("monitor refused service tickets for {services} to {name}: result {result} ({why})")]
+    TicketsRefused {
+        /// Who asked.
+        name: String,
+        /// The services asked for.
+        services: String,
+        /// The monitor's (negative errno) result.
+        result: i32,
+        /// What it means.
+        why: &'static str,
+    },
+    /// A cephx reply could not be used.
+    #[error("cephx: {0}")]
+    Cephx(#[from] CephxError),
+    /// `tell` cannot reach that daemon.
+    #[error("cannot tell {target}: {why}")]
+    Tell {
+        /// The daemon named.
+        target: String,
+        /// Why.
+        why: String,
+    },
+    /// The connection to a daemon failed (authentication, protocol, reset…).
+    #[error("connection to daemon {addr} failed: {err}")]
+    Daemon {
+        /// The daemon dialled.
+        addr: String,
+        /// The error.
+        err: Box<ConnError>,
+    },
+}
+
+/// A random authorizer nonce.
+fn rand_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // Good enough for a nonce (it only has to differ between authorizers): the std
+    // hasher's random keys, mixed with the time.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.finish()
+}
+
+/// "osd, mgr" for a mask of `CEPH_ENTITY_TYPE_*` bits.
+fn services_text(mask: u32) -> String {
+    (0..8)
+        .map(|b| 1u32 << b)
+        .filter(|bit| mask & bit != 0)
+        .map(|bit| EntityType::try_from(bit as u8).map(|t| t.to_string()).unwrap_or_else(|_| format!("{bit:#x}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What a monitor's negative errno means here.
+fn errno_text(r: i32) -> &'static str {
+    match r {
+        -13 => "permission denied: the key's caps do not allow it",
+        -1 => "operation not permitted",
+        -22 => "invalid request",
+        -110 => "timed out",
+        _ => "error",
+    }
 }
 
 /// Parses a Ceph mode list such as "secure crc" into CEPH_CON_MODE_* values.
@@ -121,11 +190,20 @@ fn default_keyrings(name: &AuthName) -> Vec<String> {
 
 /// Builds the client auth chain from `auth_client_required`, the keyring and
 /// `ms_mon_client_mode`. Returns the factory and the keyring path used (for errors).
-fn auth_chain(cfg: &Config, name: &AuthName) -> Result<(ClientAuthFactory, String), MonError> {
+fn auth_chain(
+    cfg: &Config,
+    name: &AuthName,
+    store: &Arc<Mutex<TicketStore>>,
+) -> Result<(ClientAuthFactory, String), MonError> {
     let required = cfg.get_str("auth_client_required").unwrap_or("cephx, none").to_string();
     let mut modes = parse_modes(cfg.get_str("ms_mon_client_mode").unwrap_or("secure crc"));
     if modes.is_empty() {
         modes = vec![CON_MODE_CRC];
+    }
+    // To daemons (osd, mgr, mds): Ceph's ms_client_mode.
+    let mut daemon_modes = parse_modes(cfg.get_str("ms_client_mode").unwrap_or("crc secure"));
+    if daemon_modes.is_empty() {
+        daemon_modes = vec![CON_MODE_CRC];
     }
     let keyring = cfg.keyring();
     let paths = if keyring.is_empty() { default_keyrings(name) } else { vec![keyring.to_string()] };
@@ -162,12 +240,21 @@ fn auth_chain(cfg: &Config, name: &AuthName) -> Result<(ClientAuthFactory, Strin
         return Err(MonError::NoAuthMethod { required, why });
     }
     let name = name.clone();
-    let factory: ClientAuthFactory = Arc::new(move |_peer| {
+    let store = Arc::clone(store);
+    let factory: ClientAuthFactory = Arc::new(move |peer| {
+        if peer != EntityType::Mon && key.is_some() && methods.first() == Some(&"cephx") {
+            // A daemon is shown the ticket the monitor issued for its service.
+            let held = store.lock().unwrap_or_else(|e| e.into_inner());
+            let ticket = held.get(peer as u32).cloned();
+            return Box::new(CephxAuthorizerAuth::new(ticket, held.global_id, daemon_modes.clone()));
+        }
         let chain: Vec<Box<dyn ClientAuth>> = methods
             .iter()
             .filter_map(|m| -> Option<Box<dyn ClientAuth>> {
                 match (*m, &key) {
-                    ("cephx", Some(k)) => Some(Box::new(CephxClientAuth::new(name.clone(), k.clone(), modes.clone()))),
+                    ("cephx", Some(k)) => Some(Box::new(
+                        CephxClientAuth::new(name.clone(), k.clone(), modes.clone()).with_store(Arc::clone(&store)),
+                    )),
                     ("none", _) => Some(Box::new(NoneClientAuth::new(name.clone(), 0))),
                     _ => None,
                 }
@@ -237,7 +324,15 @@ impl MonDispatcher {
 
 impl Dispatcher for MonDispatcher {
     fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
-        matches!(m.msg_type, MSG_MON_GET_VERSION_REPLY | MSG_PING | MSG_MON_MAP | MSG_MON_COMMAND_ACK)
+        matches!(
+            m.msg_type,
+            MSG_MON_GET_VERSION_REPLY
+                | MSG_PING
+                | MSG_MON_MAP
+                | MSG_MON_COMMAND_ACK
+                | MSG_AUTH_REPLY
+                | MSG_COMMAND_REPLY
+        )
     }
     fn ms_fast_dispatch(&self, _con: &ConnectionRef, m: Message) {
         self.inbox.lock().unwrap_or_else(|e| e.into_inner()).replies.push(m);
@@ -269,6 +364,11 @@ pub struct MonClient {
     fsid: Mutex<Option<Fsid>>,
     auth_name: AuthName,
     keyring: String,
+    /// Tickets the monitor issued: the AUTH ticket from the handshake, service tickets
+    /// from `service_tickets`; the connections to daemons authenticate with them.
+    store: Arc<Mutex<TicketStore>>,
+    /// Connections to daemons, by their name (`osd.0`).
+    daemons: Mutex<HashMap<String, ConnectionRef>>,
 }
 
 impl MonClient {
@@ -278,7 +378,8 @@ impl MonClient {
         let host = mon_host.map(str::to_string).or_else(|| cfg.get_raw("mon_host").map(str::to_string));
         let mons = parse_mon_host(host.as_deref().ok_or(MonError::NoMonHost)?)?;
         let auth_name = auth_name_for(cfg, name);
-        let (auth, keyring) = auth_chain(cfg, &auth_name)?;
+        let store = Arc::new(Mutex::new(TicketStore::default()));
+        let (auth, keyring) = auth_chain(cfg, &auth_name, &store)?;
         let msgr = crate::new_messenger(cfg, name)?;
         msgr.set_default_policy(Policy::lossy_client(0));
         msgr.set_client_auth(auth);
@@ -295,6 +396,8 @@ impl MonClient {
             fsid: Mutex::new(fsid),
             auth_name,
             keyring,
+            store,
+            daemons: Mutex::new(HashMap::new()),
         })
     }
 
@@ -339,17 +442,28 @@ impl MonClient {
         Ok(c)
     }
 
-    /// Sends `m` and waits for the first reply `pick` accepts.
+    /// Sends `m` to the monitor and waits for the first reply `pick` accepts.
     fn request<T>(
         &self,
         what: &'static str,
         m: Message,
-        mut pick: impl FnMut(&Message) -> Option<Result<T, DecodeError>>,
+        pick: impl FnMut(&Message) -> Option<Result<T, DecodeError>>,
     ) -> Result<T, MonError> {
         let con = self.connection()?;
+        self.request_on(&con, what, m, pick)
+    }
+
+    /// Sends `m` on `con` and waits for the first reply `pick` accepts.
+    fn request_on<T>(
+        &self,
+        con: &ConnectionRef,
+        what: &'static str,
+        m: Message,
+        mut pick: impl FnMut(&Message) -> Option<Result<T, DecodeError>>,
+    ) -> Result<T, MonError> {
         self.disp.inbox.lock().unwrap_or_else(|e| e.into_inner()).replies.clear();
         if con.send_message(m).is_err() {
-            return Err(self.failure(&con));
+            return Err(self.failure(con));
         }
         let deadline = Instant::now() + self.timeout;
         let mut inbox = self.disp.inbox.lock().unwrap_or_else(|e| e.into_inner());
@@ -369,19 +483,28 @@ impl MonClient {
             }
             if let Some((id, err)) = inbox.failed.take() {
                 if id == con.id() {
-                    return Err(self.classify(err));
+                    return Err(self.classify_at(con, err));
                 }
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(MonError::Timeout { addr: self.addr_text(), what, timeout: self.timeout });
+                return Err(MonError::Timeout { addr: con.peer_addrs().to_string(), what, timeout: self.timeout });
             }
             inbox = self.disp.cond.wait_timeout(inbox, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
     fn failure(&self, con: &ConnectionRef) -> MonError {
-        self.classify(con.last_error().unwrap_or(ConnError::PeerClosed { mid_frame: false }))
+        self.classify_at(con, con.last_error().unwrap_or(ConnError::PeerClosed { mid_frame: false }))
+    }
+
+    /// A connection's error: the monitor's as [`MonClient::classify`] says, a daemon's
+    /// as [`MonError::Daemon`].
+    fn classify_at(&self, con: &ConnectionRef, err: ConnError) -> MonError {
+        match con.peer_type() {
+            Some(EntityType::Mon) | None => self.classify(err),
+            Some(_) => MonError::Daemon { addr: con.peer_addrs().to_string(), err: Box::new(err) },
+        }
     }
 
     fn classify(&self, err: ConnError) -> MonError {
@@ -446,6 +569,129 @@ impl MonClient {
         self.request("command", req, |r| {
             (r.msg_type == MSG_MON_COMMAND_ACK && r.tid == tid).then(|| MMonCommandAck::decode(r))
         })
+    }
+
+    /// Makes sure we hold tickets for the services in `keys` (a mask of
+    /// `CEPH_ENTITY_TYPE_*` bits, e.g. `EntityType::Osd as u32`): asks the monitor for
+    /// the missing ones with `CEPHX_GET_PRINCIPAL_SESSION_KEY`, presenting our AUTH
+    /// ticket. Without cephx (auth none) there is nothing to fetch.
+    ///
+    /// # Errors
+    ///
+    /// The monitor's refusal ([`MonError::TicketsRefused`]), an unusable reply
+    /// ([`MonError::Cephx`]), or the monitor connection's failure.
+    pub fn service_tickets(&self, keys: u32) -> Result<(), MonError> {
+        let missing = |store: &TicketStore| {
+            (0..8).map(|b| 1u32 << b).filter(|bit| keys & bit != 0 && store.get(*bit).is_none()).fold(0, |a, b| a | b)
+        };
+        if missing(&self.store.lock().unwrap_or_else(|e| e.into_inner())) == 0 {
+            return Ok(());
+        }
+        // The AUTH ticket comes with the monitor session: open it (and learn the fsid).
+        if self.store.lock().unwrap_or_else(|e| e.into_inner()).get(SERVICE_AUTH).is_none() {
+            self.monmap()?;
+        }
+        let (request, auth_key, want) = {
+            let held = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(auth) = held.get(SERVICE_AUTH) else {
+                // auth none: daemons take no tickets.
+                return Ok(());
+            };
+            let want = missing(&held);
+            let request = encode_principal_request(auth, held.global_id, rand_nonce(), want)?;
+            (request, auth.session_key.clone(), want)
+        };
+        let req = MAuth { protocol: AUTH_CEPHX, auth_payload: request, monmap_epoch: 0 }.encode();
+        let reply =
+            self.request("service tickets", req, |r| (r.msg_type == MSG_AUTH_REPLY).then(|| MAuthReply::decode(r)))?;
+        if reply.result != 0 {
+            return Err(MonError::TicketsRefused {
+                name: self.auth_name.to_string(),
+                services: services_text(want),
+                result: reply.result,
+                why: errno_text(reply.result),
+            });
+        }
+        let tickets = decode_principal_reply(&auth_key, &reply.result_bl)?;
+        let mut held = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        held.keep(tickets);
+        if missing(&held) != 0 {
+            return Err(MonError::TicketsRefused {
+                name: self.auth_name.to_string(),
+                services: services_text(missing(&held)),
+                result: -13,
+                why: "the monitor issued no ticket for them (do the key's caps name those services?)",
+            });
+        }
+        Ok(())
+    }
+
+    /// The tickets held now (global id and one ticket per service).
+    pub fn tickets(&self) -> TicketStore {
+        self.store.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `ceph tell TARGET JSON`: finds the daemon through the monitor (`osd find`),
+    /// connects to it with cephx (a service ticket from the monitor), sends `MCommand`
+    /// and returns its `MCommandReply` (output, status text, return code). `target` is
+    /// `osd.N`.
+    ///
+    /// # Errors
+    ///
+    /// [`MonError::Tell`] when the target is not an OSD or the monitor does not know it,
+    /// the ticket errors of [`MonClient::service_tickets`], [`MonError::Daemon`] when the
+    /// connection to the daemon fails (a refused authorizer included), and
+    /// [`MonError::Timeout`] when no reply comes.
+    pub fn tell(&self, target: &str, json: &str) -> Result<MCommandReply, MonError> {
+        let tell_err = |why: String| MonError::Tell { target: target.to_string(), why };
+        let name: EntityName = target.parse().map_err(|e| tell_err(format!("not a daemon name: {e}")))?;
+        if name.ty != EntityType::Osd || name.num < 0 {
+            return Err(tell_err("only osd.N daemons are supported".into()));
+        }
+        let addrs = self.find_osd(name.num, target)?;
+        self.service_tickets(EntityType::Osd as u32)?;
+        let fsid = match *self.fsid.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(f) => f,
+            None => self.monmap()?.fsid,
+        };
+        let con = {
+            let mut daemons = self.daemons.lock().unwrap_or_else(|e| e.into_inner());
+            match daemons.get(target) {
+                Some(c) if c.state() != ConnState::Closed && c.peer_addrs() == addrs => Arc::clone(c),
+                _ => {
+                    let c = self.msgr.connect_to(EntityType::Osd, &addrs)?;
+                    daemons.insert(target.to_string(), Arc::clone(&c));
+                    c
+                }
+            }
+        };
+        let tid = self.next.fetch_add(1, Ordering::Relaxed);
+        let req = MCommand { fsid, cmd: vec![json.to_string()], input: Default::default(), tid }.encode();
+        self.request_on(&con, "tell", req, |r| {
+            (r.msg_type == MSG_COMMAND_REPLY && r.tid == tid).then(|| MCommandReply::decode(r))
+        })
+    }
+
+    /// The msgr2 address of osd.`id` (with its nonce, which the OSD checks), from the
+    /// monitor's `osd find`.
+    fn find_osd(&self, id: i64, target: &str) -> Result<EntityAddrVec, MonError> {
+        let tell_err = |why: String| MonError::Tell { target: target.to_string(), why };
+        let ack = self.command(&format!(r#"{{"prefix":"osd find","id":{id},"format":"json"}}"#))?;
+        if ack.r != 0 {
+            return Err(tell_err(format!("the monitor's osd find says {} ({})", ack.r, ack.rs.trim())));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&ack.output).map_err(|e| tell_err(format!("osd find answered bad JSON: {e}")))?;
+        let v2 = v["addrs"]["addrvec"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == "v2")
+            .ok_or_else(|| tell_err("the OSD has no msgr2 (v2) address".into()))?;
+        let text =
+            format!("v2:{}/{}", v2["addr"].as_str().unwrap_or_default(), v2["nonce"].as_u64().unwrap_or_default());
+        let addr = EntityAddr::from_str(&text).map_err(|e| tell_err(format!("osd find gave address '{text}': {e}")))?;
+        Ok(EntityAddrVec(vec![addr]))
     }
 
     /// KEEPALIVE2 → KEEPALIVE2_ACK; returns the echoed stamp.

@@ -16,6 +16,7 @@ pub struct Mon {
     port_v1: u16,
     auth: String,
     mode: String,
+    osds: std::sync::Mutex<Vec<u32>>,
 }
 
 fn free_port() -> u16 {
@@ -24,6 +25,16 @@ fn free_port() -> u16 {
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/mon.sh")
+}
+
+/// True if ceph-osd is installed (and ceph-mon); otherwise says loudly that the test is
+/// skipped.
+pub fn have_ceph_osd(test: &str) -> bool {
+    let ok = Command::new("sh").args(["-c", "command -v ceph-osd"]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("\n*** SKIPPED {test}: ceph-osd not installed (apt-get install ceph-osd) ***\n");
+    }
+    ok && have_ceph(test)
 }
 
 /// True if ceph-mon is installed; otherwise says loudly that the test is skipped.
@@ -42,7 +53,14 @@ impl Mon {
     /// Starts a monitor with `auth` (none|cephx) and `mode` (crc|secure|"secure crc").
     pub fn start(auth: &str, mode: &str) -> Mon {
         let dir = tempfile::Builder::new().prefix("msgr-mon-").tempdir().expect("temp dir");
-        let mon = Mon { dir, port_v2: free_port(), port_v1: free_port(), auth: auth.into(), mode: mode.into() };
+        let mon = Mon {
+            dir,
+            port_v2: free_port(),
+            port_v1: free_port(),
+            auth: auth.into(),
+            mode: mode.into(),
+            osds: std::sync::Mutex::new(Vec::new()),
+        };
         mon.run("start");
         mon
     }
@@ -103,6 +121,30 @@ impl Mon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Starts a memstore `ceph-osd` with id `id` beside this monitor (`ci/osd.sh`); it
+    /// is stopped with the monitor.
+    pub fn start_osd(&self, id: u32) {
+        let out = Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/osd.sh"))
+            .arg("start")
+            .arg(self.dir.path())
+            .arg(id.to_string())
+            .output()
+            .expect("run ci/osd.sh");
+        assert!(
+            out.status.success(),
+            "ci/osd.sh start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.osds.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+    }
+
+    /// The directory everything lives in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// `ceph ARGS -f json`, parsed.
     pub fn ceph_json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = args.to_vec();
@@ -113,6 +155,10 @@ impl Mon {
 
 impl Drop for Mon {
     fn drop(&mut self) {
+        for id in self.osds.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let osd = Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/osd.sh");
+            let _ = Command::new("bash").arg(osd).arg("stop").arg(self.dir.path()).arg(id.to_string()).output();
+        }
         let _ = Command::new("bash").arg(script()).arg("stop").arg(self.dir.path()).output();
     }
 }

@@ -1,5 +1,7 @@
 //! Messages: the payload unit exchanged once a session is established.
 
+pub mod auth;
+pub mod command;
 pub mod mon;
 pub mod types;
 

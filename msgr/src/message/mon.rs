@@ -187,26 +187,26 @@ impl MMonMap {
 }
 
 /// The PaxosServiceMessage header that starts MMonCommand and MMonCommandAck.
-fn put_paxos_header(b: &mut BytesMut, version: u64) {
+pub(crate) fn put_paxos_header(b: &mut BytesMut, version: u64) {
     b.put_u64_le(version);
     b.put_u16_le(0xffff); // deprecated_session_mon
     b.put_u64_le(0); // deprecated_session_mon_tid
 }
 
-fn paxos_header(d: &mut Decoder<'_>) -> Result<u64, DecodeError> {
+pub(crate) fn paxos_header(d: &mut Decoder<'_>) -> Result<u64, DecodeError> {
     let version = d.u64("paxos.version")?;
     d.skip(10, "paxos.session_mon")?;
     Ok(version)
 }
 
-fn put_strings(b: &mut BytesMut, v: &[String]) {
+pub(crate) fn put_strings(b: &mut BytesMut, v: &[String]) {
     put_count(b, v.len());
     for s in v {
         put_string(b, s);
     }
 }
 
-fn strings(d: &mut Decoder<'_>, what: &'static str) -> Result<Vec<String>, DecodeError> {
+pub(crate) fn strings(d: &mut Decoder<'_>, what: &'static str) -> Result<Vec<String>, DecodeError> {
     let n = d.count(what, 4, MAX_ENTRIES)?;
     (0..n).map(|_| d.string(what)).collect()
 }

@@ -21,6 +21,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -28,6 +29,7 @@ use cbc::cipher::block_padding::Pkcs7;
 use cbc::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 
 use super::auth::{encode_none_payload, AuthError, AuthOutcome, ClientAuth, AUTH_MODE_MON};
+use super::authorizer::TicketStore;
 use super::encoding::{put_blob, DecodeError, Decoder};
 use super::entity::{AuthName, EntityType};
 use super::frames::{UTime, AUTH_CEPHX};
@@ -272,7 +274,7 @@ pub enum CephxError {
         err: KeyError,
     },
     /// The response answers a request we did not make.
-    #[error("cephx response to request type {0:#06x}, expected CEPHX_GET_AUTH_SESSION_KEY")]
+    #[error("cephx response to request type {0:#06x}, not to the request we made")]
     UnexpectedResponse(u16),
     /// The response header carries an error.
     #[error("cephx server reported status {0}")]
@@ -283,9 +285,18 @@ pub enum CephxError {
     /// A ticket is sealed with a previous session key we do not hold.
     #[error("ticket for service {0:#x} is encrypted with a session key we do not have")]
     NoKeyForEncryptedTicket(u32),
-    /// cephx to a non-monitor needs an authorizer, which is not implemented.
-    #[error("cephx to a {0} needs an authorizer, which this client does not implement yet")]
+    /// A monitor's cephx provider was asked to authenticate to a daemon: that takes an
+    /// authorizer ([`crate::proto::authorizer::CephxAuthorizerAuth`]).
+    #[error("cephx to a {0} takes an authorizer from a service ticket, not the monitor handshake")]
     AuthorizerUnsupported(EntityType),
+    /// No ticket for the daemon's service: the monitor did not issue one (it was not
+    /// asked, or the key's caps do not name that service).
+    #[error("no cephx ticket for {0} services: get one from the monitor first (do the key's caps name it?)")]
+    NoTicket(EntityType),
+    /// The daemon's authorizer reply does not answer our nonce: not the daemon the
+    /// ticket was for, or a replay.
+    #[error("the daemon's authorizer reply does not answer our nonce")]
+    AuthorizerReplyMismatch,
 }
 
 impl From<CephxError> for AuthError {
@@ -529,6 +540,8 @@ pub struct CephxClientAuth {
     next_challenge: ChallengeSource,
     server_challenge: Option<u64>,
     tickets: Vec<ServiceTicket>,
+    // Where tickets are shared with the connections to daemons (see `with_store`).
+    store: Option<Arc<Mutex<TicketStore>>>,
 }
 
 impl fmt::Debug for CephxClientAuth {
@@ -567,7 +580,24 @@ impl CephxClientAuth {
             next_challenge: Box::new(source),
             server_challenge: None,
             tickets: Vec::new(),
+            store: None,
         }
+    }
+
+    /// Shares tickets through `store`: this provider starts from the global id and
+    /// tickets held there (a reconnect presents them, as Ceph's MonClient does), and
+    /// puts what the monitor gives it back, for the connections to daemons
+    /// ([`crate::proto::authorizer::CephxAuthorizerAuth`]) and the next monitor session.
+    pub fn with_store(mut self, store: Arc<Mutex<TicketStore>>) -> Self {
+        {
+            let held = store.lock().unwrap_or_else(|e| e.into_inner());
+            if held.global_id != 0 {
+                self.global_id = held.global_id;
+            }
+            self.tickets = held.tickets.clone();
+        }
+        self.store = Some(store);
+        self
     }
 
     /// Presents `global_id` (one assigned earlier) instead of 0.
@@ -657,6 +687,11 @@ impl ClientAuth for CephxClientAuth {
         self.keep_tickets(reply.tickets);
         self.keep_tickets(reply.extra_tickets);
         self.global_id = global_id;
+        if let Some(store) = &self.store {
+            let mut held = store.lock().unwrap_or_else(|e| e.into_inner());
+            held.global_id = global_id;
+            held.keep(self.tickets.iter().cloned());
+        }
         Ok(AuthOutcome { global_id, con_mode, session_key, connection_secret })
     }
 }

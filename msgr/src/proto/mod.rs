@@ -15,6 +15,7 @@ pub mod rxpool;
 pub mod secure;
 // The real crate adds the session state machine and authentication here:
 pub mod auth;
+pub mod authorizer;
 pub mod cephx;
 pub mod reconnect;
 pub mod session;
