@@ -155,3 +155,39 @@ fn a_secure_only_osd_refuses_a_crc_only_client_by_name() {
     assert!(matches!(e, MonError::Daemon { .. }), "{e:?}");
     assert!(e.to_string().contains("modes [2]"), "{e}");
 }
+
+#[test]
+fn service_tickets_are_renewed_and_new_connections_keep_authenticating() {
+    if !have_ceph_osd("service_tickets_are_renewed_and_new_connections_keep_authenticating") {
+        return;
+    }
+    // Service tickets (and the OSD's rotating secrets) live 4 s: the test spans several.
+    const TTL: u64 = 4;
+    let mon = Mon::start_with("cephx", "crc", &format!("auth_service_ticket_ttl = {TTL}"));
+    mon.start_osd(0);
+    let cfg = ConfigBuilder::new("client.admin").file(mon.conf()).unwrap().build().unwrap();
+    let c = MonClient::new(&cfg, EntityName::new(EntityType::Client, -1), None, TIMEOUT).unwrap();
+    // A second client keeps one OSD connection for the whole test.
+    let kept = MonClient::new(&cfg, EntityName::new(EntityType::Client, -1), None, TIMEOUT).unwrap();
+    let start = Instant::now();
+    let mut secret_ids = std::collections::BTreeSet::new();
+    let mut rounds = 0;
+    while start.elapsed() < Duration::from_secs(4 * TTL) {
+        // A fresh connection each round: it authenticates with the ticket held now.
+        c.close_daemon("osd.0");
+        let r = c.tell("osd.0", r#"{"prefix":"version"}"#).unwrap();
+        assert_eq!(r.r, 0, "round {rounds}: {}", r.rs);
+        let t = c.tickets();
+        let osd = t.get(EntityType::Osd as u32).expect("an OSD ticket");
+        assert!(osd.validity.sec <= TTL as u32, "validity {:?} over the ttl", osd.validity);
+        secret_ids.insert(osd.ticket.secret_id);
+        let r = kept.tell("osd.0", r#"{"prefix":"version"}"#).unwrap();
+        assert_eq!(r.r, 0, "kept connection, round {rounds}: {}", r.rs);
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("{rounds} rounds over {:?}; tickets sealed with secrets {secret_ids:?}", start.elapsed());
+    assert!(secret_ids.len() >= 3, "tickets were not renewed across rotations: {secret_ids:?}");
+    c.shutdown();
+    kept.shutdown();
+}

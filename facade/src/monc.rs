@@ -369,6 +369,9 @@ pub struct MonClient {
     store: Arc<Mutex<TicketStore>>,
     /// Connections to daemons, by their name (`osd.0`).
     daemons: Mutex<HashMap<String, ConnectionRef>>,
+    /// When each service ticket is due for renewal: at 3/4 of its validity, as Ceph's
+    /// `CephXTicketHandler` renews (by service id).
+    renew_at: Mutex<HashMap<u32, Instant>>,
 }
 
 impl MonClient {
@@ -398,6 +401,7 @@ impl MonClient {
             keyring,
             store,
             daemons: Mutex::new(HashMap::new()),
+            renew_at: Mutex::new(HashMap::new()),
         })
     }
 
@@ -581,8 +585,17 @@ impl MonClient {
     /// The monitor's refusal ([`MonError::TicketsRefused`]), an unusable reply
     /// ([`MonError::Cephx`]), or the monitor connection's failure.
     pub fn service_tickets(&self, keys: u32) -> Result<(), MonError> {
+        // Missing, or due for renewal (a renewed ticket serves new connections; the ones
+        // made with the old ticket go on, as in Ceph).
         let missing = |store: &TicketStore| {
-            (0..8).map(|b| 1u32 << b).filter(|bit| keys & bit != 0 && store.get(*bit).is_none()).fold(0, |a, b| a | b)
+            let now = Instant::now();
+            let renew = self.renew_at.lock().unwrap_or_else(|e| e.into_inner());
+            (0..8)
+                .map(|b| 1u32 << b)
+                .filter(|bit| {
+                    keys & bit != 0 && (store.get(*bit).is_none() || renew.get(bit).is_some_and(|t| now >= *t))
+                })
+                .fold(0, |a, b| a | b)
         };
         if missing(&self.store.lock().unwrap_or_else(|e| e.into_inner())) == 0 {
             return Ok(());
@@ -613,6 +626,16 @@ impl MonClient {
             });
         }
         let tickets = decode_principal_reply(&auth_key, &reply.result_bl)?;
+        {
+            let now = Instant::now();
+            let mut renew = self.renew_at.lock().unwrap_or_else(|e| e.into_inner());
+            for t in &tickets {
+                let validity = Duration::new(u64::from(t.validity.sec), t.validity.nsec);
+                if !validity.is_zero() {
+                    renew.insert(t.service_id, now + validity * 3 / 4);
+                }
+            }
+        }
         let mut held = self.store.lock().unwrap_or_else(|e| e.into_inner());
         held.keep(tickets);
         if missing(&held) != 0 {
@@ -670,6 +693,14 @@ impl MonClient {
         self.request_on(&con, "tell", req, |r| {
             (r.msg_type == MSG_COMMAND_REPLY && r.tid == tid).then(|| MCommandReply::decode(r))
         })
+    }
+
+    /// Closes the connection to `target` (e.g. `osd.0`), if there is one: the next
+    /// `tell` dials afresh and authenticates with the ticket held then.
+    pub fn close_daemon(&self, target: &str) {
+        if let Some(c) = self.daemons.lock().unwrap_or_else(|e| e.into_inner()).remove(target) {
+            c.mark_down();
+        }
     }
 
     /// The msgr2 address of osd.`id` (with its nonce, which the OSD checks), from the

@@ -16,6 +16,7 @@ pub struct Mon {
     port_v1: u16,
     auth: String,
     mode: String,
+    extra: String,
     osds: std::sync::Mutex<Vec<u32>>,
 }
 
@@ -52,6 +53,11 @@ pub fn have_ceph(test: &str) -> bool {
 impl Mon {
     /// Starts a monitor with `auth` (none|cephx) and `mode` (crc|secure|"secure crc").
     pub fn start(auth: &str, mode: &str) -> Mon {
+        Mon::start_with(auth, mode, "")
+    }
+
+    /// As [`Mon::start`], with more `key = value` lines for the conf's [global].
+    pub fn start_with(auth: &str, mode: &str, extra: &str) -> Mon {
         let dir = tempfile::Builder::new().prefix("msgr-mon-").tempdir().expect("temp dir");
         let mon = Mon {
             dir,
@@ -59,6 +65,7 @@ impl Mon {
             port_v1: free_port(),
             auth: auth.into(),
             mode: mode.into(),
+            extra: extra.into(),
             osds: std::sync::Mutex::new(Vec::new()),
         };
         mon.run("start");
@@ -73,6 +80,7 @@ impl Mon {
             .args(["--auth", &self.auth, "--mode", &self.mode])
             .env("MON_PORT_V2", self.port_v2.to_string())
             .env("MON_PORT_V1", self.port_v1.to_string())
+            .env("MON_CONF_EXTRA", &self.extra)
             .output()
             .expect("run ci/mon.sh");
         assert!(
