@@ -65,7 +65,20 @@ fn monmap_matches_the_ceph_cli() {
             .collect();
         let got: Vec<String> = ours.addrs.0.iter().map(|a| format!("{}:{}", a.ty.as_str(), a.addr.unwrap())).collect();
         assert_eq!(got, want);
+        assert_eq!(u64::from(ours.priority), theirs["priority"].as_u64().unwrap());
+        assert_eq!(u64::from(ours.weight), theirs["weight"].as_u64().unwrap());
+        assert_eq!(map.ranks.get(theirs["rank"].as_u64().unwrap() as usize), Some(&ours.name));
     }
+    // The rest of the map, decoded in full.
+    assert_eq!(u64::from(map.min_mon_release), dump["min_mon_release"].as_u64().unwrap());
+    assert_eq!(u64::from(map.strategy), dump["election_strategy"].as_u64().unwrap());
+    assert_eq!(map.stretch_mode_enabled, dump["stretch_mode"].as_bool().unwrap());
+    assert_eq!(map.tiebreaker_mon, dump["tiebreaker_mon"].as_str().unwrap());
+    assert!(map.removed_ranks.is_empty() && map.disallowed_leaders.is_empty());
+    // kraken .. elector-pinging: the eight mon feature bits of a pacific monitor.
+    let persistent = dump["features"]["persistent"].as_array().unwrap().len() as u32;
+    assert_eq!(map.persistent_features.count_ones(), persistent);
+    assert!(map.created.sec > 0 && map.last_changed.sec >= map.created.sec);
 }
 
 #[test]

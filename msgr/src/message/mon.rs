@@ -128,45 +128,116 @@ pub struct MonInfo {
     pub name: String,
     /// Its public addresses.
     pub addrs: EntityAddrVec,
+    /// Hunting priority: clients try the lowest value first (mon_info_t v2+).
+    pub priority: u16,
+    /// Hunting weight among monitors of the same priority; 0 = uniform (v4+).
+    pub weight: u16,
+    /// Its CRUSH location, for stretch clusters (v5+).
+    pub crush_loc: BTreeMap<String, String>,
 }
 
-/// The parts of a MonMap a client needs (src/mon/MonMap.cc, encoding v9 compat 6).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A MonMap as Ceph 16.2 encodes it (src/mon/MonMap.cc, encoding v9 compat 6); fields
+/// a map of an older version lacks keep their defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MonMap {
     /// Cluster fsid.
     pub fsid: Fsid,
     /// Monmap epoch.
     pub epoch: u32,
-    /// Monitors by name.
+    /// When the map last changed.
+    pub last_changed: crate::proto::UTime,
+    /// When the cluster was created.
+    pub created: crate::proto::UTime,
+    /// Monitor features every monitor has committed to (`ceph::features::mon`).
+    pub persistent_features: u64,
+    /// Monitor features not yet persistent.
+    pub optional_features: u64,
+    /// Monitors by name, in the map's order.
     pub mons: Vec<MonInfo>,
+    /// Monitor names by rank.
+    pub ranks: Vec<String>,
+    /// Oldest release a monitor may run (`ceph_release_t`: 16 = pacific) (v7+).
+    pub min_mon_release: u8,
+    /// Ranks removed from the map (v8+).
+    pub removed_ranks: Vec<i32>,
+    /// Election strategy: 1 classic, 2 disallow, 3 connectivity (v8+).
+    pub strategy: u8,
+    /// Monitors that may not lead (v8+).
+    pub disallowed_leaders: Vec<String>,
+    /// Stretch mode is on (v9+).
+    pub stretch_mode_enabled: bool,
+    /// The stretch tiebreaker monitor (v9+).
+    pub tiebreaker_mon: String,
+    /// Monitors marked down by stretch mode (v9+).
+    pub stretch_marked_down_mons: Vec<String>,
 }
 
 impl MonMap {
-    /// Decodes an encoded MonMap (the blob inside MMonMap). Fields past the monitor
-    /// list (ranks, features, stretch mode…) are skipped by the struct length.
+    /// Decodes an encoded MonMap (the blob inside MMonMap), every field of encoding
+    /// v6 to v9; fields of newer versions are skipped by the struct length.
     pub fn decode(b: &[u8]) -> Result<MonMap, DecodeError> {
         let mut outer = Decoder::new(b);
         let (v, mut d) = outer.struct_start("monmap", 9)?;
         if v < 6 {
             return Err(DecodeError::invalid("monmap.struct_v", format!("{v} (pre-Nautilus maps are not supported)")));
         }
-        let fsid = Fsid(d.array::<16>("monmap.fsid")?);
-        let epoch = d.u32("monmap.epoch")?;
-        d.skip(16, "monmap.last_changed+created")?;
-        // persistent_features and optional_features: mon_feature_t structs.
-        for what in ["monmap.persistent_features", "monmap.optional_features"] {
-            let _ = d.struct_start(what, 1)?;
-        }
+        let utime = |d: &mut Decoder<'_>, what| -> Result<crate::proto::UTime, DecodeError> {
+            Ok(crate::proto::UTime { sec: d.u32(what)?, nsec: d.u32(what)? })
+        };
+        let mon_features = |d: &mut Decoder<'_>, what| -> Result<u64, DecodeError> {
+            let (_, mut f) = d.struct_start(what, 1)?;
+            f.u64(what)
+        };
+        let mut map = MonMap {
+            fsid: Fsid(d.array::<16>("monmap.fsid")?),
+            epoch: d.u32("monmap.epoch")?,
+            last_changed: utime(&mut d, "monmap.last_changed")?,
+            created: utime(&mut d, "monmap.created")?,
+            persistent_features: mon_features(&mut d, "monmap.persistent_features")?,
+            optional_features: mon_features(&mut d, "monmap.optional_features")?,
+            ..MonMap::default()
+        };
         let n = d.count("monmap.mon_info.count", 5, MAX_ENTRIES)?;
-        let mut mons = Vec::with_capacity(n);
+        map.mons.reserve(n);
         for _ in 0..n {
             let key = d.string("monmap.mon_info.key")?;
-            let (_, mut info) = d.struct_start("mon_info_t", 5)?;
+            let (iv, mut info) = d.struct_start("mon_info_t", 5)?;
             let name = info.string("mon_info.name")?;
             let addrs = EntityAddrVec::decode(&mut info)?;
-            mons.push(MonInfo { name: if name.is_empty() { key } else { name }, addrs });
+            let priority = if iv >= 2 { info.u16("mon_info.priority")? } else { 0 };
+            let weight = if iv >= 4 { info.u16("mon_info.weight")? } else { 0 };
+            let mut crush_loc = BTreeMap::new();
+            if iv >= 5 {
+                let m = info.count("mon_info.crush_loc", 8, MAX_ENTRIES)?;
+                for _ in 0..m {
+                    let k = info.string("mon_info.crush_loc.key")?;
+                    crush_loc.insert(k, info.string("mon_info.crush_loc.value")?);
+                }
+            }
+            map.mons.push(MonInfo {
+                name: if name.is_empty() { key } else { name },
+                addrs,
+                priority,
+                weight,
+                crush_loc,
+            });
         }
-        Ok(MonMap { fsid, epoch, mons })
+        map.ranks = strings(&mut d, "monmap.ranks")?;
+        if v >= 7 {
+            map.min_mon_release = d.u8("monmap.min_mon_release")?;
+        }
+        if v >= 8 {
+            let n = d.count("monmap.removed_ranks", 4, MAX_ENTRIES)?;
+            map.removed_ranks = (0..n).map(|_| d.i32("monmap.removed_ranks")).collect::<Result<_, _>>()?;
+            map.strategy = d.u8("monmap.strategy")?;
+            map.disallowed_leaders = strings(&mut d, "monmap.disallowed_leaders")?;
+        }
+        if v >= 9 {
+            map.stretch_mode_enabled = d.u8("monmap.stretch_mode_enabled")? != 0;
+            map.tiebreaker_mon = d.string("monmap.tiebreaker_mon")?;
+            map.stretch_marked_down_mons = strings(&mut d, "monmap.stretch_marked_down_mons")?;
+        }
+        Ok(map)
     }
 }
 
@@ -352,17 +423,48 @@ mod tests {
         put_string(&mut info, "a");
         let addrs: EntityAddrVec = "[v2:127.0.0.1:3300/0,v1:127.0.0.1:6789/0]".parse().unwrap();
         addrs.encode(&mut info);
-        info.put_u16_le(0);
-        info.put_u16_le(0);
+        info.put_u16_le(3); // priority
+        info.put_u16_le(7); // weight
+        put_count(&mut info, 1); // crush_loc
+        put_string(&mut info, "host");
+        put_string(&mut info, "vm");
         map.extend_from_slice(&[5, 1]);
         map.extend_from_slice(&(info.len() as u32).to_le_bytes());
         map.extend_from_slice(&info);
+        // ranks, min_mon_release, removed_ranks, strategy, disallowed_leaders, stretch.
+        let mut tail = BytesMut::new();
+        put_strings(&mut tail, &["a".to_string()]);
+        tail.put_u8(16);
+        put_count(&mut tail, 1);
+        tail.put_i32_le(2);
+        tail.put_u8(1);
+        put_strings(&mut tail, &[]);
+        tail.put_u8(0);
+        put_string(&mut tail, "");
+        put_strings(&mut tail, &[]);
+        map.extend_from_slice(&tail);
         let body_len = (map.len() - 6) as u32;
         map[2..6].copy_from_slice(&body_len.to_le_bytes());
         let mm = MonMap::decode(&map).unwrap();
         assert_eq!(mm.fsid.to_string(), "56b2ff44-7f63-41ca-a958-01dffa679cea");
         assert_eq!(mm.epoch, 1);
-        assert_eq!(mm.mons, vec![MonInfo { name: "a".into(), addrs }]);
+        let loc = BTreeMap::from([("host".to_string(), "vm".to_string())]);
+        assert_eq!(mm.mons, vec![MonInfo { name: "a".into(), addrs, priority: 3, weight: 7, crush_loc: loc }]);
+        assert_eq!(mm.persistent_features, 0xff);
+        assert_eq!(
+            (mm.ranks.clone(), mm.min_mon_release, mm.removed_ranks.clone(), mm.strategy),
+            (vec!["a".into()], 16, vec![2], 1)
+        );
+        assert!(!mm.stretch_mode_enabled);
+        // Every shorter prefix is an error, never a panic.
+        for n in 0..map.len() {
+            let mut cut = map[..n].to_vec();
+            if n >= 6 {
+                let len = (n - 6) as u32;
+                cut[2..6].copy_from_slice(&len.to_le_bytes());
+            }
+            assert!(MonMap::decode(&cut).is_err(), "{n} bytes decoded");
+        }
     }
 
     #[test]
