@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use msgr_core::config::keyring::Keyring;
 use msgr_core::config::Config;
 use msgr_core::message::auth::{MAuth, MAuthReply, MSG_AUTH_REPLY};
 use msgr_core::message::command::{MCommand, MCommandReply, MSG_COMMAND_REPLY};
-use msgr_core::message::mon::{Fsid, MMonCommand, MMonCommandAck, MMonGetMap, MMonMap, MonMap};
+use msgr_core::message::mon::{Fsid, MMonCommand, MMonCommandAck, MMonGetMap, MMonMap, MonInfo, MonMap};
 use msgr_core::message::types::{MMonGetVersion, MMonGetVersionReply, MPing, TypedMessage};
 use msgr_core::message::{Message, MSG_MON_COMMAND_ACK, MSG_MON_GET_VERSION_REPLY, MSG_MON_MAP, MSG_PING};
 use msgr_core::messenger::ClientAuthFactory;
@@ -357,7 +357,13 @@ impl Dispatcher for MonDispatcher {
 pub struct MonClient {
     msgr: Messenger,
     disp: Arc<MonDispatcher>,
-    mons: Vec<EntityAddrVec>,
+    /// The monitors, in hunting order (`mon_host`'s, then the monmap's by priority).
+    mons: Mutex<Vec<EntityAddrVec>>,
+    /// Which of them this client talks to.
+    current: AtomicUsize,
+    /// Times it gave up on a monitor and moved to the next.
+    hunts: AtomicU64,
+    hunt_interval: Duration,
     con: Mutex<Option<ConnectionRef>>,
     timeout: Duration,
     next: AtomicU64,
@@ -392,7 +398,10 @@ impl MonClient {
         Ok(MonClient {
             msgr,
             disp,
-            mons,
+            mons: Mutex::new(mons),
+            current: AtomicUsize::new(0),
+            hunts: AtomicU64::new(0),
+            hunt_interval: cfg.mon_client_hunt_interval(),
             con: Mutex::new(None),
             timeout,
             next: AtomicU64::new(1),
@@ -423,10 +432,52 @@ impl MonClient {
     }
 
     fn target(&self) -> EntityAddrVec {
+        let mons = self.mons.lock().unwrap_or_else(|e| e.into_inner());
+        let mon = &mons[self.current.load(Ordering::Acquire) % mons.len()];
         // Dial the monitor's msgr2 address only: we do not speak msgr1.
         let v2: Vec<EntityAddr> =
-            self.mons[0].0.iter().filter(|a| matches!(a.ty, AddrType::Msgr2 | AddrType::Any)).cloned().collect();
+            mon.0.iter().filter(|a| matches!(a.ty, AddrType::Msgr2 | AddrType::Any)).cloned().collect();
         EntityAddrVec(v2)
+    }
+
+    /// The monitor this client talks to now (its msgr2 address).
+    pub fn current_mon(&self) -> EntityAddrVec {
+        self.target()
+    }
+
+    /// How many times this client gave up on a monitor and hunted for another.
+    pub fn hunts(&self) -> u64 {
+        self.hunts.load(Ordering::Relaxed)
+    }
+
+    /// Hunts over the monitors the monmap lists (lowest priority value first, as Ceph
+    /// hunts), not only those `mon_host` named; the one in use stays current.
+    fn learn_monitors(&self, map: &MonMap) {
+        let mut listed: Vec<&MonInfo> =
+            map.mons.iter().filter(|m| m.addrs.0.iter().any(|a| a.ty == AddrType::Msgr2)).collect();
+        if listed.is_empty() {
+            return;
+        }
+        listed.sort_by_key(|m| m.priority);
+        let current = self.target();
+        let mons: Vec<EntityAddrVec> = listed.iter().map(|m| m.addrs.clone()).collect();
+        let at = mons.iter().position(|m| m.0.iter().any(|a| current.0.iter().any(|c| c.addr == a.addr))).unwrap_or(0);
+        *self.mons.lock().unwrap_or_else(|e| e.into_inner()) = mons;
+        self.current.store(at, Ordering::Release);
+    }
+
+    /// Gives up on the current monitor after `err`: drops its session and moves to the
+    /// next one (Ceph's `_reopen_session`). The next request dials it and authenticates
+    /// again, presenting the global id and AUTH ticket held.
+    fn hunt(&self, err: &MonError) {
+        let from = self.addr_text();
+        if let Some(c) = self.con.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            c.mark_down();
+        }
+        let n = self.mons.lock().unwrap_or_else(|e| e.into_inner()).len();
+        self.current.store((self.current.load(Ordering::Acquire) + 1) % n, Ordering::Release);
+        let hunts = self.hunts.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(target: "msgr", from = %from, to = %self.addr_text(), hunts, error = %err, "monclient: hunting for a new monitor");
     }
 
     fn addr_text(&self) -> String {
@@ -446,15 +497,33 @@ impl MonClient {
         Ok(c)
     }
 
-    /// Sends `m` to the monitor and waits for the first reply `pick` accepts.
+    /// Sends `m` to the monitor and waits for the first reply `pick` accepts. With
+    /// several monitors, a monitor that fails (refuses, resets, or stays silent for
+    /// `mon_client_hunt_interval`) is left for the next, and the request is sent again
+    /// there, until `timeout` is spent: requests are retried, not lost. A denied
+    /// authentication is final (every monitor holds the same keys).
     fn request<T>(
         &self,
         what: &'static str,
         m: Message,
-        pick: impl FnMut(&Message) -> Option<Result<T, DecodeError>>,
+        mut pick: impl FnMut(&Message) -> Option<Result<T, DecodeError>>,
     ) -> Result<T, MonError> {
-        let con = self.connection()?;
-        self.request_on(&con, what, m, pick)
+        let deadline = Instant::now() + self.timeout;
+        let several = self.mons.lock().unwrap_or_else(|e| e.into_inner()).len() > 1;
+        loop {
+            let con = self.connection()?;
+            let wait = if several { self.hunt_interval.min(self.timeout) } else { self.timeout };
+            let attempt_deadline = deadline.min(Instant::now() + wait);
+            let err = match self.request_until(&con, what, m.clone(), &mut pick, attempt_deadline) {
+                Ok(x) => return Ok(x),
+                Err(e) => e,
+            };
+            let huntable = matches!(err, MonError::Refused { .. } | MonError::Reset { .. } | MonError::Timeout { .. });
+            if !several || !huntable || Instant::now() >= deadline {
+                return Err(err);
+            }
+            self.hunt(&err);
+        }
     }
 
     /// Sends `m` on `con` and waits for the first reply `pick` accepts.
@@ -465,11 +534,22 @@ impl MonClient {
         m: Message,
         mut pick: impl FnMut(&Message) -> Option<Result<T, DecodeError>>,
     ) -> Result<T, MonError> {
+        self.request_until(con, what, m, &mut pick, Instant::now() + self.timeout)
+    }
+
+    /// [`MonClient::request_on`], giving up at `deadline`.
+    fn request_until<T>(
+        &self,
+        con: &ConnectionRef,
+        what: &'static str,
+        m: Message,
+        pick: &mut impl FnMut(&Message) -> Option<Result<T, DecodeError>>,
+        deadline: Instant,
+    ) -> Result<T, MonError> {
         self.disp.inbox.lock().unwrap_or_else(|e| e.into_inner()).replies.clear();
         if con.send_message(m).is_err() {
             return Err(self.failure(con));
         }
-        let deadline = Instant::now() + self.timeout;
         let mut inbox = self.disp.inbox.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let mut found = None;
@@ -558,6 +638,7 @@ impl MonClient {
             (r.msg_type == MSG_MON_MAP).then(|| MMonMap::decode(r).map(|m| m.monmap))
         })?;
         *self.fsid.lock().unwrap_or_else(|e| e.into_inner()) = Some(map.fsid);
+        self.learn_monitors(&map);
         Ok(map)
     }
 

@@ -18,6 +18,8 @@ pub struct Mon {
     mode: String,
     extra: String,
     osds: std::sync::Mutex<Vec<u32>>,
+    ids: Vec<String>,
+    ports: Vec<(u16, u16)>,
 }
 
 fn free_port() -> u16 {
@@ -58,28 +60,61 @@ impl Mon {
 
     /// As [`Mon::start`], with more `key = value` lines for the conf's [global].
     pub fn start_with(auth: &str, mode: &str, extra: &str) -> Mon {
+        Mon::start_cluster(auth, mode, extra, &["a"])
+    }
+
+    /// A cluster of monitors named `ids` (each on free ports), in quorum.
+    pub fn start_cluster(auth: &str, mode: &str, extra: &str, ids: &[&str]) -> Mon {
         let dir = tempfile::Builder::new().prefix("msgr-mon-").tempdir().expect("temp dir");
+        let ports: Vec<(u16, u16)> = ids.iter().map(|_| (free_port(), free_port())).collect();
         let mon = Mon {
             dir,
-            port_v2: free_port(),
-            port_v1: free_port(),
+            port_v2: ports[0].0,
+            port_v1: ports[0].1,
             auth: auth.into(),
             mode: mode.into(),
             extra: extra.into(),
             osds: std::sync::Mutex::new(Vec::new()),
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            ports,
         };
         mon.run("start");
         mon
     }
 
+    /// Kills monitor `id` of the cluster at once (SIGKILL).
+    pub fn kill_one(&self, id: &str) {
+        self.run_args("kill", &["--id", id]);
+    }
+
+    /// Starts monitor `id` again with its old data.
+    pub fn restart_one(&self, id: &str) {
+        self.run_args("start", &["--id", id]);
+    }
+
+    /// The id of the monitor whose msgr2 port is `port`.
+    pub fn id_of_port(&self, port: u16) -> Option<&str> {
+        self.ports.iter().position(|p| p.0 == port).map(|i| self.ids[i].as_str())
+    }
+
     fn run(&self, action: &str) {
+        self.run_args(action, &[]);
+    }
+
+    fn run_args(&self, action: &str, more: &[&str]) {
+        let list =
+            |f: fn(&(u16, u16)) -> u16| self.ports.iter().map(|p| f(p).to_string()).collect::<Vec<_>>().join(" ");
         let out = Command::new("bash")
             .arg(script())
             .arg(action)
             .arg(self.dir.path())
             .args(["--auth", &self.auth, "--mode", &self.mode])
+            .args(more)
             .env("MON_PORT_V2", self.port_v2.to_string())
             .env("MON_PORT_V1", self.port_v1.to_string())
+            .env("MON_IDS", self.ids.join(" "))
+            .env("MON_PORTS_V2", list(|p| p.0))
+            .env("MON_PORTS_V1", list(|p| p.1))
             .env("MON_CONF_EXTRA", &self.extra)
             .output()
             .expect("run ci/mon.sh");

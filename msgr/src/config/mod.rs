@@ -715,6 +715,12 @@ impl Config {
         self.size("ms_send_queue_max_bytes")
     }
 
+    /// `mon_client_hunt_interval`: how long a monitor client waits on one monitor
+    /// before trying the next.
+    pub fn mon_client_hunt_interval(&self) -> Duration {
+        self.duration("mon_client_hunt_interval")
+    }
+
     /// `ms_initial_backoff`: first reconnect delay.
     pub fn ms_initial_backoff(&self) -> Duration {
         self.duration("ms_initial_backoff")

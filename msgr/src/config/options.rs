@@ -204,6 +204,12 @@ pub static OPTIONS: &[OptionDef] = &[
     },
     OptionDef { name: "mon_host", kind: OptionKind::Str, default: "", description: "monitor addresses" },
     OptionDef {
+        name: "mon_client_hunt_interval",
+        kind: OptionKind::Seconds,
+        default: "3",
+        description: "how long a monitor client waits for one monitor before hunting for another",
+    },
+    OptionDef {
         name: "admin_socket",
         kind: OptionKind::Str,
         default: "",
