@@ -44,6 +44,9 @@ pub enum AuthError {
     /// step cephx does not support.
     #[error("cephx: {0}")]
     Cephx(super::cephx::CephxError),
+    /// Our server refused a client's cephx authorizer.
+    #[error("authorizer refused: {0}")]
+    Authorizer(super::service_auth::AuthorizerError),
     /// The method does not take this step (e.g. AUTH_REPLY_MORE for `none`).
     #[error("unexpected auth step for method {method}: {step}")]
     UnexpectedStep {

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod authorizer;
 pub mod cephx;
 pub mod reconnect;
+pub mod service_auth;
 pub mod session;
 
 pub use addr::{AddrParseError, AddrType, EntityAddr, EntityAddrVec};
