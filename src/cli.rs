@@ -200,6 +200,8 @@ pub struct EchoServer {
     injecting: bool,
     // Open while the server runs when `admin_socket` is set.
     _admin: Option<msgr::admin::AdminSocket>,
+    /// cephx toward clients, when the config asks for it (see [`EchoServer::auth`]).
+    daemon_auth: Option<msgr::service::DaemonAuth>,
 }
 
 /// Opens the daemon's admin socket if `admin_socket` is set, answering `perf dump`
@@ -238,6 +240,15 @@ impl EchoServer {
         let name = common.entity("osd.0")?;
         let m = msgr::new_messenger(&cfg, name)?;
         m.set_default_policy(if lossless { Policy::stateful_server(0) } else { Policy::stateless_server(0) });
+        // cephx when the config asks for it and names monitors (a daemon of a real
+        // cluster); otherwise `auth none`, as a test server needs nothing else.
+        let daemon_auth = if msgr::service::wants_cephx(&cfg) {
+            let auth = msgr::service::DaemonAuth::start(&cfg, name, Duration::from_secs(10))?;
+            m.set_server_auth(auth.server_auth(&cfg)?);
+            Some(auth)
+        } else {
+            None
+        };
         for d in extra {
             m.add_dispatcher_tail(d);
         }
@@ -253,7 +264,20 @@ impl EchoServer {
             addr,
             ms_type: cfg.ms_type().to_string(),
             injecting: cfg.ms_inject_socket_failures() != 0,
+            daemon_auth,
         })
+    }
+
+    /// How clients authenticate: `cephx as NAME (N service secrets)` or `none`.
+    pub fn auth(&self) -> String {
+        match &self.daemon_auth {
+            Some(a) => format!(
+                "cephx as {} ({} service secrets)",
+                self.name,
+                a.secrets().read().unwrap_or_else(|e| e.into_inner()).len()
+            ),
+            None => "none".into(),
+        }
     }
 
     /// A handle on the server messenger's perf counters.
@@ -308,7 +332,7 @@ pub fn serve(common: &CommonArgs, bind: SocketAddr, run_for: Option<Duration>, l
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signals(&stop)?;
     let s = EchoServer::start(common, bind, lossless, Vec::new())?;
-    println!("msgr serve: {} listening on {} (ms_type {})", s.name, s.addr, s.ms_type);
+    println!("msgr serve: {} listening on {} (ms_type {}, auth {})", s.name, s.addr, s.ms_type, s.auth());
     s.run("msgr serve", run_for, &stop);
     Ok(())
 }
@@ -605,7 +629,14 @@ impl Dispatcher for PingDispatcher {
         // Lossy (or a lossless session given up): dial again and carry on, as a
         // client of a stateless server does.
         s.report.resets += 1;
-        let why = con.last_error().map_or_else(|| "connection reset".into(), |e| e.to_string());
+        let err = con.last_error();
+        let why = err.as_ref().map_or_else(|| "connection reset".into(), |e| e.to_string());
+        // Refused credentials will be refused again: say so now instead of dialling
+        // in a loop until the timeout.
+        if matches!(err, Some(msgr::messenger::ConnError::Protocol(msgr::proto::session::SessionError::Auth(_)))) {
+            self.fail(&mut s, why);
+            return true;
+        }
         self.redial(&mut s, why);
         true
     }
@@ -624,6 +655,29 @@ impl Dispatcher for PingDispatcher {
     }
 }
 
+/// When the config names monitors and `auth_client_required` starts with cephx, gets a
+/// ticket for `peer_type`'s service and makes `m` authenticate with it; the monitor
+/// client is returned to be kept as long as `m` (it holds the tickets).
+pub fn cephx_to_daemon(
+    cfg: &msgr::config::Config,
+    name: msgr::proto::EntityName,
+    peer_type: EntityType,
+    m: &Messenger,
+    timeout: Duration,
+) -> Result<Option<msgr::monc::MonClient>, CliError> {
+    let cephx_first = cfg
+        .get_str("auth_client_required")
+        .is_ok_and(|v| v.split([',', ' ', ';']).map(str::trim).find(|s| !s.is_empty()) == Some("cephx"));
+    let has_mons = cfg.get_raw("mon_host").is_some_and(|h| !h.trim().is_empty());
+    if !cephx_first || !has_mons || peer_type == EntityType::Mon || peer_type == EntityType::Client {
+        return Ok(None);
+    }
+    let monc = msgr::monc::MonClient::new(cfg, name, None, timeout)?;
+    monc.service_tickets(peer_type as u32)?;
+    m.set_client_auth(monc.daemon_client_auth());
+    Ok(Some(monc))
+}
+
 /// `msgr ping`: `opts.count` MPing round trips of `opts.size` payload bytes, up to
 /// `opts.window` in flight.
 pub fn ping(
@@ -637,6 +691,8 @@ pub fn ping(
     let name = common.entity("client.admin")?;
     let m: Messenger = msgr::new_messenger(&cfg, name)?;
     m.set_default_policy(if opts.lossless { Policy::lossless_client(0) } else { Policy::lossy_client(0) });
+    // cephx to a daemon of a real cluster: a ticket for its service from the monitors.
+    let _monc = cephx_to_daemon(&cfg, name, peer_type, &m, timeout)?;
     let d = Arc::new(PingDispatcher {
         until: opts.until,
         payload: ping_payload(0, opts.size, false),

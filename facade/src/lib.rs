@@ -103,6 +103,7 @@
 #![deny(missing_docs)]
 
 pub mod monc;
+pub mod service;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 

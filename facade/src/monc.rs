@@ -20,9 +20,10 @@ use msgr_core::proto::auth::{AuthError, ChainAuth, ClientAuth, NoneClientAuth};
 use msgr_core::proto::authorizer::{
     decode_principal_reply, encode_principal_request, CephxAuthorizerAuth, TicketStore,
 };
-use msgr_core::proto::cephx::{CephxClientAuth, CephxError, SERVICE_AUTH};
+use msgr_core::proto::cephx::{CephxClientAuth, CephxError, CryptoKey, SERVICE_AUTH};
 use msgr_core::proto::frames::AUTH_CEPHX;
 use msgr_core::proto::frames::{CON_MODE_CRC, CON_MODE_SECURE};
+use msgr_core::proto::service_auth::{decode_rotating_reply, encode_rotating_request, RotatingSecret};
 use msgr_core::proto::session::SessionError;
 use msgr_core::proto::AuthName;
 use msgr_core::proto::{AddrType, DecodeError, EntityAddr, EntityAddrVec, EntityName, EntityType, UTime};
@@ -141,6 +142,28 @@ pub enum MonError {
     },
 }
 
+/// cephx to a daemon with the ticket held for its service, then `auth none` if allowed
+/// and the daemon refuses cephx (as Ceph's `auth_client_required = cephx, none`).
+fn daemon_auth(
+    store: &Mutex<TicketStore>,
+    name: &AuthName,
+    modes: Vec<u32>,
+    none: bool,
+    peer: EntityType,
+) -> Box<dyn ClientAuth> {
+    let held = store.lock().unwrap_or_else(|e| e.into_inner());
+    let cephx: Box<dyn ClientAuth> =
+        Box::new(CephxAuthorizerAuth::new(held.get(peer as u32).cloned(), held.global_id, modes));
+    if !none {
+        return cephx;
+    }
+    let chain = vec![cephx, Box::new(NoneClientAuth::new(name.clone(), 0)) as Box<dyn ClientAuth>];
+    match ChainAuth::new(chain) {
+        Some(c) => Box::new(c),
+        None => Box::new(NoneClientAuth::new(name.clone(), 0)),
+    }
+}
+
 /// A random authorizer nonce.
 fn rand_nonce() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -188,13 +211,13 @@ fn default_keyrings(name: &AuthName) -> Vec<String> {
     vec![format!("/etc/ceph/ceph.{name}.keyring"), "/etc/ceph/ceph.keyring".into(), "/etc/ceph/keyring".into()]
 }
 
+/// What [`auth_chain`] gives: the factory, the keyring path used (for errors), our key
+/// if cephx is on, and the modes asked of daemons.
+type AuthChain = (ClientAuthFactory, String, Option<CryptoKey>, Vec<u32>);
+
 /// Builds the client auth chain from `auth_client_required`, the keyring and
-/// `ms_mon_client_mode`. Returns the factory and the keyring path used (for errors).
-fn auth_chain(
-    cfg: &Config,
-    name: &AuthName,
-    store: &Arc<Mutex<TicketStore>>,
-) -> Result<(ClientAuthFactory, String), MonError> {
+/// `ms_mon_client_mode` / `ms_client_mode`.
+fn auth_chain(cfg: &Config, name: &AuthName, store: &Arc<Mutex<TicketStore>>) -> Result<AuthChain, MonError> {
     let required = cfg.get_str("auth_client_required").unwrap_or("cephx, none").to_string();
     let mut modes = parse_modes(cfg.get_str("ms_mon_client_mode").unwrap_or("secure crc"));
     if modes.is_empty() {
@@ -241,12 +264,11 @@ fn auth_chain(
     }
     let name = name.clone();
     let store = Arc::clone(store);
+    let (own_key, modes_out) = (key.clone(), daemon_modes.clone());
     let factory: ClientAuthFactory = Arc::new(move |peer| {
         if peer != EntityType::Mon && key.is_some() && methods.first() == Some(&"cephx") {
             // A daemon is shown the ticket the monitor issued for its service.
-            let held = store.lock().unwrap_or_else(|e| e.into_inner());
-            let ticket = held.get(peer as u32).cloned();
-            return Box::new(CephxAuthorizerAuth::new(ticket, held.global_id, daemon_modes.clone()));
+            return daemon_auth(&store, &name, daemon_modes.clone(), methods.contains(&"none"), peer);
         }
         let chain: Vec<Box<dyn ClientAuth>> = methods
             .iter()
@@ -265,7 +287,7 @@ fn auth_chain(
             None => Box::new(NoneClientAuth::new(name.clone(), 0)),
         }
     });
-    Ok((factory, used))
+    Ok((factory, used, own_key, modes_out))
 }
 
 /// Parses Ceph's `mon_host`: a comma- or space-separated list of monitors, each an
@@ -378,6 +400,12 @@ pub struct MonClient {
     /// When each service ticket is due for renewal: at 3/4 of its validity, as Ceph's
     /// `CephXTicketHandler` renews (by service id).
     renew_at: Mutex<HashMap<u32, Instant>>,
+    /// Our own cephx key (it opens a daemon's rotating secrets).
+    own_key: Option<CryptoKey>,
+    /// `ms_client_mode`: modes asked of daemons.
+    daemon_modes: Vec<u32>,
+    /// `auth_client_required` allows `none` after cephx.
+    none_allowed: bool,
 }
 
 impl MonClient {
@@ -388,7 +416,7 @@ impl MonClient {
         let mons = parse_mon_host(host.as_deref().ok_or(MonError::NoMonHost)?)?;
         let auth_name = auth_name_for(cfg, name);
         let store = Arc::new(Mutex::new(TicketStore::default()));
-        let (auth, keyring) = auth_chain(cfg, &auth_name, &store)?;
+        let (auth, keyring, own_key, daemon_modes) = auth_chain(cfg, &auth_name, &store)?;
         let msgr = crate::new_messenger(cfg, name)?;
         msgr.set_default_policy(Policy::lossy_client(0));
         msgr.set_client_auth(auth);
@@ -411,6 +439,11 @@ impl MonClient {
             store,
             daemons: Mutex::new(HashMap::new()),
             renew_at: Mutex::new(HashMap::new()),
+            own_key,
+            daemon_modes,
+            none_allowed: cfg
+                .get_str("auth_client_required")
+                .is_ok_and(|v| v.split([',', ' ', ';']).any(|m| m.trim() == "none")),
         })
     }
 
@@ -728,6 +761,45 @@ impl MonClient {
             });
         }
         Ok(())
+    }
+
+    /// A daemon's rotating service secrets (`CEPHX_GET_ROTATING_KEY`), sealed with its
+    /// own key: what it opens its clients' tickets with. This client must be the
+    /// daemon (`osd.9`, with its key), authenticated with cephx.
+    ///
+    /// # Errors
+    ///
+    /// [`MonError::TicketsRefused`] when the monitor refuses (a client, or a key
+    /// without daemon caps), [`MonError::Cephx`] for a reply that does not open.
+    pub fn rotating_secrets(&self) -> Result<Vec<RotatingSecret>, MonError> {
+        if self.store.lock().unwrap_or_else(|e| e.into_inner()).get(SERVICE_AUTH).is_none() {
+            self.monmap()?;
+        }
+        let req = MAuth { protocol: AUTH_CEPHX, auth_payload: encode_rotating_request(), monmap_epoch: 0 }.encode();
+        let reply =
+            self.request("rotating secrets", req, |r| (r.msg_type == MSG_AUTH_REPLY).then(|| MAuthReply::decode(r)))?;
+        if reply.result != 0 {
+            return Err(MonError::TicketsRefused {
+                name: self.auth_name.to_string(),
+                services: "its own service's rotating secrets".into(),
+                result: reply.result,
+                why: errno_text(reply.result),
+            });
+        }
+        let key = self.own_key.as_ref().ok_or_else(|| MonError::NoAuthMethod {
+            required: "cephx".into(),
+            why: format!("no key for {} to open the rotating secrets with", self.auth_name),
+        })?;
+        Ok(decode_rotating_reply(key, &reply.result_bl)?)
+    }
+
+    /// The auth provider for this client's connections to daemons: cephx with the
+    /// service tickets this client holds (fetch them first with
+    /// [`MonClient::service_tickets`]), for another messenger of the same process.
+    pub fn daemon_client_auth(&self) -> ClientAuthFactory {
+        let store = Arc::clone(&self.store);
+        let (modes, name, none) = (self.daemon_modes.clone(), self.auth_name.clone(), self.none_allowed);
+        Arc::new(move |peer| daemon_auth(&store, &name, modes.clone(), none, peer))
     }
 
     /// The tickets held now (global id and one ticket per service).

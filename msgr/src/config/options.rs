@@ -222,6 +222,24 @@ pub static OPTIONS: &[OptionDef] = &[
         description: "auth methods this client accepts, most preferred first",
     },
     OptionDef {
+        name: "auth_service_required",
+        kind: OptionKind::Str,
+        default: "cephx",
+        description: "auth methods a daemon accepts from clients (cephx needs mon_host and the daemon's key)",
+    },
+    OptionDef {
+        name: "auth_cluster_required",
+        kind: OptionKind::Str,
+        default: "cephx",
+        description: "auth methods a daemon accepts from other daemons",
+    },
+    OptionDef {
+        name: "ms_service_mode",
+        kind: OptionKind::Str,
+        default: "crc secure",
+        description: "connection modes a daemon accepts from clients, most preferred first",
+    },
+    OptionDef {
         name: "ms_client_mode",
         kind: OptionKind::Str,
         default: "crc secure",

@@ -54,7 +54,7 @@ pub use worker::{Center, Worker, WorkerLocal};
 use crate::config::Config;
 use crate::message::Message;
 use crate::proto::addr::{AddrType, EntityAddr, EntityAddrVec, MAX_ADDRVEC_LEN};
-use crate::proto::auth::{ClientAuth, NoneClientAuth, NoneServerAuth};
+use crate::proto::auth::{ClientAuth, NoneClientAuth, NoneServerAuth, ServerAuth};
 use crate::proto::entity::{AuthName, EntityName, EntityType};
 use crate::proto::frame::FrameLimits;
 use crate::proto::frames::CEPH_FEATURES_ALL;
@@ -151,12 +151,17 @@ pub(crate) struct MsgrInner {
     // Large frames' receive buffers, shared by all of this messenger's sessions.
     rx_pool: RxPool,
     client_auth: RwLock<Option<ClientAuthFactory>>,
+    server_auth: RwLock<Option<ServerAuthFactory>>,
     /// `ms_inject_delay_*`; `None` when off.
     delay: Option<delay::Delayer>,
 }
 
 /// Makes the auth provider for an outgoing connection to a peer of the given type.
 pub type ClientAuthFactory = Arc<dyn Fn(EntityType) -> Box<dyn ClientAuth> + Send + Sync>;
+
+/// Makes the auth provider for an accepted connection. It is given the global id this
+/// messenger would assign a client that has none (`auth none` uses it).
+pub type ServerAuthFactory = Arc<dyn Fn(u64) -> Box<dyn ServerAuth> + Send + Sync>;
 
 impl MsgrInner {
     pub(crate) fn is_stopping(&self) -> bool {
@@ -185,11 +190,15 @@ impl MsgrInner {
         let policies = self.policies.read().unwrap_or_else(|e| e.into_inner()).clone();
         let policy_for: PolicyFn = Arc::new(move |t| policies.get(t).session());
         let first_gid = self.next_global_id.fetch_add(1, Ordering::Relaxed);
+        let auth: Box<dyn ServerAuth> = match &*self.server_auth.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(f) => f(first_gid),
+            None => Box::new(NoneServerAuth::new(first_gid)),
+        };
         Session::new_server(
             self.session_config(),
             peer,
             policy_for,
-            Box::new(NoneServerAuth::new(first_gid)),
+            auth,
             self.global_seq.load(Ordering::Relaxed),
             nonzero_random(),
             Instant::now(),
@@ -397,6 +406,7 @@ impl Messenger {
             perf: perf::PerfCounters::new(),
             rx_pool: RxPool::new(RX_POOL_IDLE),
             client_auth: RwLock::new(None),
+            server_auth: RwLock::new(None),
         });
         inner
             .dispatch_queue
@@ -506,6 +516,12 @@ impl Messenger {
     /// name). Applies to connections dialled afterwards.
     pub fn set_client_auth(&self, f: ClientAuthFactory) {
         *self.inner.client_auth.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
+    /// Sets how accepted connections authenticate their clients (default: `auth
+    /// none`). Connections accepted afterwards use it.
+    pub fn set_server_auth(&self, f: ServerAuthFactory) {
+        *self.inner.server_auth.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     /// Adds a dispatcher that sees messages before the existing ones.

@@ -198,6 +198,60 @@ pub trait ServerAuth: Send {
     fn handle_request_more(&mut self, payload: &[u8]) -> Result<ServerAuthStep, AuthError>;
 }
 
+/// A server that accepts several methods (Ceph's `auth_service_required = cephx,
+/// none`): each AUTH_REQUEST goes to the provider of the method it names; a method we do
+/// not accept is answered with AUTH_BAD_METHOD listing those we do.
+pub struct MethodServerAuth {
+    methods: Vec<(u32, Vec<u32>, Box<dyn ServerAuth>)>,
+    chosen: Option<usize>,
+}
+
+impl MethodServerAuth {
+    /// `methods`: (CEPH_AUTH_* method, the modes it allows, its provider), most
+    /// preferred first.
+    pub fn new(methods: Vec<(u32, Vec<u32>, Box<dyn ServerAuth>)>) -> Self {
+        MethodServerAuth { methods, chosen: None }
+    }
+}
+
+impl ServerAuth for MethodServerAuth {
+    fn handle_request(
+        &mut self,
+        method: u32,
+        preferred_modes: &[u32],
+        payload: &[u8],
+    ) -> Result<ServerAuthStep, AuthError> {
+        match self.methods.iter().position(|(m, _, _)| *m == method) {
+            Some(i) => {
+                self.chosen = Some(i);
+                self.methods[i].2.handle_request(method, preferred_modes, payload)
+            }
+            None => {
+                let mut allowed_modes: Vec<u32> = Vec::new();
+                for (_, modes, _) in &self.methods {
+                    for m in modes {
+                        if !allowed_modes.contains(m) {
+                            allowed_modes.push(*m);
+                        }
+                    }
+                }
+                Ok(ServerAuthStep::BadMethod {
+                    result: EOPNOTSUPP,
+                    allowed_methods: self.methods.iter().map(|(m, _, _)| *m).collect(),
+                    allowed_modes,
+                })
+            }
+        }
+    }
+
+    fn handle_request_more(&mut self, payload: &[u8]) -> Result<ServerAuthStep, AuthError> {
+        match self.chosen {
+            Some(i) => self.methods[i].2.handle_request_more(payload),
+            None => Err(AuthError::UnexpectedStep { method: 0, step: "AUTH_REQUEST_MORE before AUTH_REQUEST" }),
+        }
+    }
+}
+
 /// `auth none`, client side: identifies itself by name, no secret.
 #[derive(Clone, Debug)]
 pub struct NoneClientAuth {
