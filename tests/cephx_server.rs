@@ -277,3 +277,22 @@ fn an_expired_ticket_is_refused() {
     good_ping(&mon, &server);
     monc.shutdown();
 }
+
+#[test]
+fn our_server_follows_the_secret_rotation() {
+    if !have_ceph("our_server_follows_the_secret_rotation") {
+        return;
+    }
+    // Service secrets rotate every 4 s: over 14 s the server must fetch new ones, and
+    // clients with tickets sealed by the newest keep getting in.
+    let mon = Mon::start_with("cephx", "crc", "auth_service_ticket_ttl = 4");
+    let server = Server::start(&mon);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(14) {
+        good_ping(&mon, &server);
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let log = server.log();
+    let refreshed = log.matches("rotating secrets refreshed").count();
+    assert!(refreshed >= 2, "the server refreshed its secrets {refreshed} times:\n{log}");
+}

@@ -114,8 +114,10 @@ impl DaemonAuth {
                     }
                     match monc.rotating_secrets() {
                         Ok(new) => {
+                            let ids: Vec<u64> = new.iter().map(|s| s.secret_id).collect();
                             *secrets.write().unwrap_or_else(|e| e.into_inner()) = new;
-                            refreshes.fetch_add(1, Ordering::Relaxed);
+                            let n = refreshes.fetch_add(1, Ordering::Relaxed) + 1;
+                            tracing::info!(target: "msgr", refreshes = n, ?ids, "rotating secrets refreshed");
                         }
                         // The secrets held go on serving; the next round tries again.
                         Err(e) => tracing::warn!(target: "msgr", error = %e, "rotating secrets: refresh failed"),
