@@ -67,7 +67,7 @@ log "wire check: msgr mon traffic to a real ceph-mon, decoded independently"
 bash ci/wire-check.sh target/release/msgr
 log "RDMA: device tests, messenger suite, CLI and benchmarks inside the soft-RoCE VM"
 bash ci/rdma-vm-tests.sh
-log "fuzz: frame decoder and server handshake, ${FUZZ_SECS:-60} s each"
+log "fuzz: frame decoder, server handshake, client handshake, cephx replies, ${FUZZ_SECS:-60} s each"
 bash ci/fuzz.sh
 log "DPDK: net_ring, net_tap (both directions, with and without hugepages), CLI, ceph-mon, benchmarks"
 bash ci/dpdk-tests.sh
