@@ -20,7 +20,7 @@ secs=${FUZZ_SECS:-60}
 cargo test --manifest-path fuzz/Cargo.toml --lib
 # `-s none`: libFuzzer's coverage without a sanitizer, which works on the stable toolchain.
 cargo fuzz build -s none --fuzz-dir fuzz
-for target in frame_decoder server_handshake client_handshake cephx_replies; do
+for target in frame_decoder server_handshake client_handshake cephx_replies server_authorizer; do
   work=$(mktemp -d)
   log "fuzz $target for ${secs}s"
   # New inputs go to the scratch corpus (first directory); the committed one is read only.

@@ -12,6 +12,7 @@
 //! The property every target checks is the same: any input ends in progress or a typed
 //! error, never a panic, and memory stays bounded (libFuzzer's `-rss_limit_mb`).
 
+pub mod authorizer_server;
 pub mod fixtures;
 pub mod hostile_server;
 pub mod replies;

@@ -528,3 +528,87 @@ fn broken_seeds_are_typed_errors() {
         assert_eq!(hs::run(&seed[..cut]).ready, cut >= ident_end, "cut at {cut}");
     }
 }
+
+// ------------------------------------------------------------------ server authorizer
+
+mod server_authorizer {
+    use super::*;
+    use crate::authorizer_server::{self as sa, Outcome};
+    use msgr_core::proto::encoding::{put_blob, put_string};
+
+    /// `CephXServiceTicketInfo` for client.admin, global id `GLOBAL_ID`, under the
+    /// session key; `expires` 0 = none.
+    fn ticket_info(expires: u32) -> Vec<u8> {
+        let mut b = vec![1u8, 2];
+        b.put_u32_le(EntityType::Client as u32);
+        put_string(&mut b, "admin");
+        b.put_u64_le(GLOBAL_ID);
+        b.put_u64_le(u64::MAX);
+        b.put_u64_le(0);
+        b.put_u32_le(expires);
+        b.put_u32_le(0);
+        b.put_u8(1);
+        b.put_u8(0);
+        let mut caps = Vec::new();
+        put_string(&mut caps, "allow *");
+        put_blob(&mut b, &caps);
+        b.put_u32_le(0);
+        session_key().encode(&mut b);
+        b
+    }
+
+    /// The authorizer's plain part, then `CephXAuthorize` sealed with the session key.
+    fn authorizer(service: u32, expires: u32, answer: Option<u64>) -> Program {
+        let mut head = vec![1u8];
+        head.put_u64_le(GLOBAL_ID);
+        head.put_u32_le(service);
+        head.put_u8(1);
+        head.put_u64_le(sa::SECRET_ID);
+        let mut authorize = vec![2u8];
+        authorize.put_u64_le(AUTHORIZER_NONCE);
+        authorize.put_u8(u8::from(answer.is_some()));
+        authorize.put_u64_le(answer.unwrap_or(0));
+        Program::new()
+            .raw(&head)
+            .group(BLOB, Program::new().group(SEAL, Program::new().raw(&ticket_info(expires))))
+            .group(SEAL_BLOB | KEY2, Program::new().raw(&authorize))
+    }
+
+    fn input(flags: u8, first: Program, second: Program) -> Vec<u8> {
+        let mut b = vec![flags, first.0.len() as u8];
+        b.extend_from_slice(&first.0);
+        b.extend_from_slice(&second.0);
+        b
+    }
+
+    /// The fixed challenge the harness's server draws (bytes 0..8), plus one.
+    const ANSWER: u64 = 0x0706_0504_0302_0101;
+
+    fn seeds() -> Vec<(&'static str, Vec<u8>, fn(&Outcome) -> bool)> {
+        let osd = EntityType::Osd as u32;
+        vec![
+            ("crc-ok", input(1, authorizer(osd, 0, None), authorizer(osd, 0, Some(ANSWER))), |o| {
+                matches!(o, Outcome::Done)
+            }),
+            ("secure-ok", input(2, authorizer(osd, 0, None), authorizer(osd, 0, Some(ANSWER))), |o| {
+                matches!(o, Outcome::Done)
+            }),
+            ("wrong-answer", input(1, authorizer(osd, 0, None), authorizer(osd, 0, Some(5))), |o| {
+                matches!(o, Outcome::Second(_))
+            }),
+            ("mgr-ticket", input(1, authorizer(EntityType::Mgr as u32, 0, None), Program::new()), |o| {
+                matches!(o, Outcome::First(_))
+            }),
+            ("expired", input(1, authorizer(osd, 1, None), Program::new()), |o| matches!(o, Outcome::First(_))),
+        ]
+    }
+
+    #[test]
+    fn server_authorizer_seeds_reach_what_they_are_for() {
+        for (name, bytes, want) in seeds() {
+            let got = sa::run(&bytes);
+            assert!(want(&got), "{name}: {got:?}");
+            commit("server_authorizer", name, &bytes);
+        }
+    }
+}
