@@ -100,3 +100,27 @@ fn a_dead_first_monitor_is_skipped() {
     assert!(t0.elapsed() < TIMEOUT);
     c.shutdown();
 }
+
+#[test]
+fn subscriptions_follow_the_client_to_the_next_monitor() {
+    if !have_ceph("subscriptions_follow_the_client_to_the_next_monitor") {
+        return;
+    }
+    let mon = Mon::start_cluster("cephx", "crc", "", &["a", "b", "c"]);
+    let c = client(&mon, "3");
+    c.subscribe("osdmap", 0).unwrap();
+    assert!(c.wait_osdmap(1, TIMEOUT), "the subscription delivered no osdmap");
+    let before = c.osdmap_epoch();
+    let victim = mon.id_of_port(port_of(&c)).expect("a monitor of the cluster").to_string();
+    mon.kill_one(&victim);
+    // The next request finds the monitor gone and hunts; the new session is sent the
+    // subscription again, from the epoch after the newest received.
+    c.get_version("osdmap").unwrap();
+    assert!(c.hunts() >= 1);
+    assert!(c.resubscriptions() >= 1, "the subscription was not renewed");
+    // A new osdmap epoch reaches us through the new monitor.
+    mon.ceph(&["osd", "set", "noout"]);
+    assert!(c.wait_osdmap(before + 1, TIMEOUT), "no osdmap after the hunt (still at {})", c.osdmap_epoch());
+    eprintln!("osdmap {before} -> {} across the loss of mon.{victim}", c.osdmap_epoch());
+    c.shutdown();
+}

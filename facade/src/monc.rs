@@ -1,7 +1,7 @@
 //! A small monitor client: the requests `msgr mon` makes, one at a time, over a lossy
 //! client→mon connection that is redialled after a reset (as Ceph's MonClient does).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -11,7 +11,10 @@ use msgr_core::config::keyring::Keyring;
 use msgr_core::config::Config;
 use msgr_core::message::auth::{MAuth, MAuthReply, MSG_AUTH_REPLY};
 use msgr_core::message::command::{MCommand, MCommandReply, MSG_COMMAND_REPLY};
-use msgr_core::message::mon::{Fsid, MMonCommand, MMonCommandAck, MMonGetMap, MMonMap, MonInfo, MonMap};
+use msgr_core::message::mon::{
+    Fsid, MMonCommand, MMonCommandAck, MMonGetMap, MMonMap, MMonSubscribe, MOsdMapEpochs, MonInfo, MonMap,
+    SubscribeItem, MSG_OSD_MAP,
+};
 use msgr_core::message::types::{MMonGetVersion, MMonGetVersionReply, MPing, TypedMessage};
 use msgr_core::message::{Message, MSG_MON_COMMAND_ACK, MSG_MON_GET_VERSION_REPLY, MSG_MON_MAP, MSG_PING};
 use msgr_core::messenger::ClientAuthFactory;
@@ -334,6 +337,12 @@ struct MonDispatcher {
     inbox: Mutex<Inbox>,
     cond: Condvar,
     resets: AtomicU64,
+    /// Subscriptions, as sent to every monitor session (Ceph's `MonSub`).
+    subs: Mutex<BTreeMap<String, SubscribeItem>>,
+    /// Newest osdmap epoch a subscription delivered.
+    osdmap: AtomicU64,
+    /// Subscriptions sent again on a new monitor session.
+    resubscribed: AtomicU64,
 }
 
 impl MonDispatcher {
@@ -354,9 +363,24 @@ impl Dispatcher for MonDispatcher {
                 | MSG_MON_COMMAND_ACK
                 | MSG_AUTH_REPLY
                 | MSG_COMMAND_REPLY
+                | MSG_OSD_MAP
         )
     }
     fn ms_fast_dispatch(&self, _con: &ConnectionRef, m: Message) {
+        if m.msg_type == MSG_OSD_MAP {
+            // A subscription's delivery: the next session asks from the epoch after it.
+            if let Some(newest) = MOsdMapEpochs::decode(&m).ok().and_then(|e| e.newest()) {
+                self.osdmap.fetch_max(u64::from(newest), Ordering::SeqCst);
+                let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(s) = subs.get_mut("osdmap") {
+                    s.start = s.start.max(u64::from(newest) + 1);
+                }
+            }
+            // Taken under the inbox lock, so a waiter cannot miss the wake-up.
+            drop(self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+            self.cond.notify_all();
+            return;
+        }
         self.inbox.lock().unwrap_or_else(|e| e.into_inner()).replies.push(m);
         self.cond.notify_all();
     }
@@ -527,6 +551,12 @@ impl MonClient {
         }
         let c = self.msgr.connect_to(EntityType::Mon, &self.target())?;
         *slot = Some(Arc::clone(&c));
+        // A new monitor session: it knows nothing of our subscriptions (Ceph renews
+        // them after hunting).
+        let subs = self.disp.subs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if !subs.is_empty() && c.send_message(MMonSubscribe { what: subs, hostname: String::new() }.encode()).is_ok() {
+            self.disp.resubscribed.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(c)
     }
 
@@ -876,6 +906,53 @@ impl MonClient {
             format!("v2:{}/{}", v2["addr"].as_str().unwrap_or_default(), v2["nonce"].as_u64().unwrap_or_default());
         let addr = EntityAddr::from_str(&text).map_err(|e| tell_err(format!("osd find gave address '{text}': {e}")))?;
         Ok(EntityAddrVec(vec![addr]))
+    }
+
+    /// Subscribes to `what` (e.g. "osdmap") from epoch `start`: the monitor sends the
+    /// maps from there on as they change. Subscriptions are sent again to every new
+    /// monitor session (after a reset or a hunt), from the epoch after the newest
+    /// received.
+    ///
+    /// # Errors
+    ///
+    /// The monitor connection's failure.
+    pub fn subscribe(&self, what: &str, start: u64) -> Result<(), MonError> {
+        // The session first: a new one is sent the subscriptions held before this one.
+        let con = self.connection()?;
+        let subs = {
+            let mut subs = self.disp.subs.lock().unwrap_or_else(|e| e.into_inner());
+            subs.insert(what.to_string(), SubscribeItem { start, onetime: false });
+            subs.clone()
+        };
+        if con.send_message(MMonSubscribe { what: subs, hostname: String::new() }.encode()).is_err() {
+            return Err(self.failure(&con));
+        }
+        Ok(())
+    }
+
+    /// The newest osdmap epoch an "osdmap" subscription delivered (0: none yet).
+    pub fn osdmap_epoch(&self) -> u64 {
+        self.disp.osdmap.load(Ordering::SeqCst)
+    }
+
+    /// Waits until an "osdmap" subscription delivered epoch `epoch` or newer; false
+    /// after `timeout`.
+    pub fn wait_osdmap(&self, epoch: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut inbox = self.disp.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        while self.osdmap_epoch() < epoch {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            inbox = self.disp.cond.wait_timeout(inbox, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+
+    /// How many times subscriptions were sent again to a new monitor session.
+    pub fn resubscriptions(&self) -> u64 {
+        self.disp.resubscribed.load(Ordering::Relaxed)
     }
 
     /// KEEPALIVE2 → KEEPALIVE2_ACK; returns the echoed stamp.

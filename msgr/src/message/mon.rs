@@ -241,6 +241,48 @@ impl MonMap {
     }
 }
 
+/// `CEPH_MSG_OSD_MAP`: OSD maps a monitor sends to a subscriber.
+pub const MSG_OSD_MAP: u16 = 41;
+
+/// What a client learns from an `MOSDMap` (type 41) without decoding the maps: the
+/// cluster and which epochs it carries (`incremental_maps` and `maps` are `map<epoch,
+/// bufferlist>`; the bodies are skipped).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MOsdMapEpochs {
+    /// Cluster fsid.
+    pub fsid: Fsid,
+    /// Epochs of the incremental maps carried.
+    pub incremental: Vec<u32>,
+    /// Epochs of the full maps carried.
+    pub full: Vec<u32>,
+}
+
+impl MOsdMapEpochs {
+    /// The newest epoch carried, if any.
+    pub fn newest(&self) -> Option<u32> {
+        self.incremental.iter().chain(&self.full).copied().max()
+    }
+
+    /// Decodes `m`'s fsid and epochs.
+    pub fn decode(m: &Message) -> Result<Self, DecodeError> {
+        check_type(m, MSG_OSD_MAP)?;
+        let mut d = Decoder::new(&m.front);
+        let fsid = Fsid(d.array::<16>("osdmap.fsid")?);
+        let mut epochs = |what| -> Result<Vec<u32>, DecodeError> {
+            let n = d.count(what, 8, MAX_ENTRIES)?;
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push(d.u32(what)?);
+                d.blob(what)?;
+            }
+            Ok(v)
+        };
+        let incremental = epochs("osdmap.incremental_maps")?;
+        let full = epochs("osdmap.maps")?;
+        Ok(MOsdMapEpochs { fsid, incremental, full })
+    }
+}
+
 /// `MMonMap` (type 4): front = blob(encoded MonMap).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MMonMap {
@@ -464,6 +506,28 @@ mod tests {
                 cut[2..6].copy_from_slice(&len.to_le_bytes());
             }
             assert!(MonMap::decode(&cut).is_err(), "{n} bytes decoded");
+        }
+    }
+
+    #[test]
+    fn osdmap_epochs_are_read_and_truncation_is_an_error() {
+        let mut b = BytesMut::new();
+        b.put_slice(&[3; 16]);
+        put_count(&mut b, 2);
+        for e in [7u32, 8] {
+            b.put_u32_le(e);
+            put_string(&mut b, "inc");
+        }
+        put_count(&mut b, 1);
+        b.put_u32_le(6);
+        put_string(&mut b, "full");
+        b.put_u32_le(1);
+        b.put_u32_le(8);
+        let m = Message::new(MSG_OSD_MAP, b.freeze());
+        let e = MOsdMapEpochs::decode(&m).unwrap();
+        assert_eq!((e.incremental.clone(), e.full.clone(), e.newest()), (vec![7, 8], vec![6], Some(8)));
+        for n in 0..16 + 4 + 2 * 11 + 4 + 12 {
+            assert!(MOsdMapEpochs::decode(&Message::new(MSG_OSD_MAP, m.front.slice(..n))).is_err(), "{n}");
         }
     }
 
