@@ -81,15 +81,8 @@ enum Cmd {
     },
     /// Talk to a Ceph monitor (msgr2; auth from the config).
     Mon {
-        /// Monitor address(es), as Ceph's mon_host (default: mon_host from the config).
-        #[arg(long, value_name = "ADDR")]
-        mon_host: Option<String>,
-        /// Keyring file (sets the `keyring` option).
-        #[arg(long, value_name = "FILE")]
-        keyring: Option<String>,
-        /// Give up on a request after this many seconds.
-        #[arg(long, default_value_t = 10.0)]
-        timeout: f64,
+        #[command(flatten)]
+        mon: MonArgs,
         #[command(subcommand)]
         req: MonReq,
     },
@@ -102,15 +95,8 @@ enum Cmd {
         target: String,
         /// The command as JSON.
         json: String,
-        /// Monitor address(es), as Ceph's mon_host (default: mon_host from the config).
-        #[arg(long, value_name = "ADDR")]
-        mon_host: Option<String>,
-        /// Keyring file (sets the `keyring` option).
-        #[arg(long, value_name = "FILE")]
-        keyring: Option<String>,
-        /// Give up on a request after this many seconds.
-        #[arg(long, default_value_t = 10.0)]
-        timeout: f64,
+        #[command(flatten)]
+        mon: MonArgs,
     },
     /// Print the effective configuration and where each value came from.
     Config,
@@ -235,6 +221,31 @@ struct BenchRunArgs {
     /// rows) or both (one row of each per size, in the same table and run).
     #[arg(long, default_value = "callback", value_name = "API")]
     api: String,
+}
+
+/// How `mon` and `tell` reach the monitors.
+#[derive(clap::Args, Debug)]
+struct MonArgs {
+    /// Monitor address(es), as Ceph's mon_host (default: mon_host from the config).
+    #[arg(long, value_name = "ADDR")]
+    mon_host: Option<String>,
+    /// Keyring file (sets the `keyring` option).
+    #[arg(long, value_name = "FILE")]
+    keyring: Option<String>,
+    /// Give up on a request after this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+}
+
+impl MonArgs {
+    /// The common arguments with `--keyring` applied, and the timeout.
+    fn apply(&self, common: &CommonArgs) -> Result<(CommonArgs, Duration), CliError> {
+        let mut common = common.clone();
+        if let Some(k) = &self.keyring {
+            common.options.push(format!("keyring={k}"));
+        }
+        Ok((common, secs(self.timeout, "--timeout")?))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -397,19 +408,13 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             held.close();
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Cmd::Tell { target, json, mon_host, keyring, timeout } => {
-            let mut common = cli.common.clone();
-            if let Some(k) = keyring {
-                common.options.push(format!("keyring={k}"));
-            }
-            tell(&common, mon_host.as_deref(), secs(timeout, "--timeout")?, &target, &json)
+        Cmd::Tell { target, json, mon } => {
+            let (common, timeout) = mon.apply(&cli.common)?;
+            tell(&common, mon.mon_host.as_deref(), timeout, &target, &json)
         }
-        Cmd::Mon { mon_host, keyring, timeout, req } => {
-            let mut common = cli.common.clone();
-            if let Some(k) = keyring {
-                common.options.push(format!("keyring={k}"));
-            }
-            mon(&common, mon_host.as_deref(), secs(timeout, "--timeout")?, req)
+        Cmd::Mon { mon, req } => {
+            let (common, timeout) = mon.apply(&cli.common)?;
+            mon_cmd(&common, mon.mon_host.as_deref(), timeout, req)
         }
         Cmd::Daemon { socket, timeout, command } => {
             let path = match socket {
@@ -511,7 +516,7 @@ fn print_command_result(output: &[u8], rs: &str, r: i32) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn mon(common: &CommonArgs, mon_host: Option<&str>, timeout: Duration, req: MonReq) -> Result<ExitCode, CliError> {
+fn mon_cmd(common: &CommonArgs, mon_host: Option<&str>, timeout: Duration, req: MonReq) -> Result<ExitCode, CliError> {
     let cfg = common.config("client.admin")?;
     let name = common.entity("client.admin")?;
     let m = msgr::monc::MonClient::new(&cfg, name, mon_host, timeout)?;

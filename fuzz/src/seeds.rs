@@ -534,27 +534,18 @@ fn broken_seeds_are_typed_errors() {
 mod server_authorizer {
     use super::*;
     use crate::authorizer_server::{self as sa, Outcome};
-    use msgr_core::proto::encoding::{put_blob, put_string};
+    use msgr_core::proto::service_auth::{encode_ticket_info, TicketInfo};
 
     /// `CephXServiceTicketInfo` for client.admin, global id `GLOBAL_ID`, under the
     /// session key; `expires` 0 = none.
     fn ticket_info(expires: u32) -> Vec<u8> {
-        let mut b = vec![1u8, 2];
-        b.put_u32_le(EntityType::Client as u32);
-        put_string(&mut b, "admin");
-        b.put_u64_le(GLOBAL_ID);
-        b.put_u64_le(u64::MAX);
-        b.put_u64_le(0);
-        b.put_u32_le(expires);
-        b.put_u32_le(0);
-        b.put_u8(1);
-        b.put_u8(0);
-        let mut caps = Vec::new();
-        put_string(&mut caps, "allow *");
-        put_blob(&mut b, &caps);
-        b.put_u32_le(0);
-        session_key().encode(&mut b);
-        b
+        encode_ticket_info(&TicketInfo {
+            name: "client.admin".parse().expect("name"),
+            global_id: GLOBAL_ID,
+            session_key: session_key(),
+            caps: "allow *".into(),
+            expires: UTime { sec: expires, nsec: 0 },
+        })
     }
 
     /// The authorizer's plain part, then `CephXAuthorize` sealed with the session key.

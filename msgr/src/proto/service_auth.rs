@@ -242,6 +242,27 @@ impl CephxServerAuth {
     }
 }
 
+/// Encodes `CephXServiceTicketInfo` as a monitor seals it into a ticket blob (auid
+/// "default", created 0, no flags): what tests and fuzz seeds build tickets with.
+pub fn encode_ticket_info(info: &TicketInfo) -> Vec<u8> {
+    let mut b = vec![1u8, 2];
+    b.put_u32_le(info.name.ty as u32);
+    super::encoding::put_string(&mut b, &info.name.id);
+    b.put_u64_le(info.global_id);
+    b.put_u64_le(u64::MAX);
+    b.put_u64_le(0);
+    b.put_u32_le(info.expires.sec);
+    b.put_u32_le(info.expires.nsec);
+    b.put_u8(1);
+    b.put_u8(0);
+    let mut caps = Vec::new();
+    super::encoding::put_string(&mut caps, &info.caps);
+    super::encoding::put_blob(&mut b, &caps);
+    b.put_u32_le(0);
+    info.session_key.encode(&mut b);
+    b
+}
+
 /// `CephXServiceTicketInfo`: u8 v, `AuthTicket` (u8 v, EntityName, global id, auid,
 /// created, expires, caps, flags), the session key.
 fn decode_ticket_info(body: &[u8]) -> Result<TicketInfo, AuthorizerError> {
@@ -341,7 +362,6 @@ mod tests {
     use crate::proto::auth::ClientAuth;
     use crate::proto::authorizer::CephxAuthorizerAuth;
     use crate::proto::cephx::ServiceTicket;
-    use crate::proto::encoding::{put_blob, put_string};
     use crate::proto::frames::CON_MODE_CRC;
 
     const NOW: UTime = UTime { sec: 1_800_000_000, nsec: 0 };
@@ -354,22 +374,16 @@ mod tests {
     /// `CephXServiceTicketInfo`), with rotating secret `secret_id` = `secret`.
     fn ticket(service: EntityType, global_id: u64, expires: u32, secret_id: u64, secret: &CryptoKey) -> ServiceTicket {
         let session_key = key(0x5e);
-        let mut b = vec![1u8, 2];
-        b.put_u32_le(EntityType::Client as u32);
-        put_string(&mut b, "admin");
-        b.put_u64_le(global_id);
-        b.put_u64_le(u64::MAX);
-        b.put_u64_le(0); // created
-        b.put_u32_le(expires);
-        b.put_u32_le(0);
-        b.put_u8(1);
-        b.put_u8(0);
-        let mut caps = Vec::new();
-        put_string(&mut caps, "allow *");
-        put_blob(&mut b, &caps);
-        b.put_u32_le(0);
-        session_key.encode(&mut b);
-        let blob = encode_encrypt_enc_bl(secret, &b).unwrap();
+        let info = TicketInfo {
+            name: "client.admin".parse().unwrap(),
+            global_id,
+            session_key: session_key.clone(),
+            caps: "allow *".into(),
+            expires: UTime { sec: expires, nsec: 0 },
+        };
+        let sealed = decode_ticket_info(&encode_ticket_info(&info)).unwrap();
+        assert_eq!(sealed, info, "the encoding round-trips");
+        let blob = encode_encrypt_enc_bl(secret, &encode_ticket_info(&info)).unwrap();
         ServiceTicket {
             service_id: service as u32,
             session_key,
