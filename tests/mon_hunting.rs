@@ -15,8 +15,15 @@ use msgr::monc::MonClient;
 use msgr::proto::{EntityName, EntityType};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a test waits across an election: the killed monitor may be the leader, and
+/// on a loaded machine the others take a while to elect a new one.
+const ELECTION: Duration = Duration::from_secs(90);
 
 fn client(mon: &Mon, hunt_interval: &str) -> MonClient {
+    client_with_timeout(mon, hunt_interval, TIMEOUT)
+}
+
+fn client_with_timeout(mon: &Mon, hunt_interval: &str, timeout: Duration) -> MonClient {
     let cfg = ConfigBuilder::new("client.admin")
         .file(mon.conf())
         .unwrap()
@@ -24,7 +31,7 @@ fn client(mon: &Mon, hunt_interval: &str) -> MonClient {
         .unwrap()
         .build()
         .unwrap();
-    MonClient::new(&cfg, EntityName::new(EntityType::Client, -1), None, TIMEOUT).unwrap()
+    MonClient::new(&cfg, EntityName::new(EntityType::Client, -1), None, timeout).unwrap()
 }
 
 fn port_of(c: &MonClient) -> u16 {
@@ -37,7 +44,7 @@ fn killing_the_monitor_in_use_loses_no_request() {
         return;
     }
     let mon = Mon::start_cluster("cephx", "crc", "", &["a", "b", "c"]);
-    let c = Arc::new(client(&mon, "3"));
+    let c = Arc::new(client_with_timeout(&mon, "3", ELECTION));
     let (first, _) = c.get_version("osdmap").unwrap();
     let map = c.monmap().unwrap();
     assert_eq!(map.mons.len(), 3);
@@ -107,7 +114,7 @@ fn subscriptions_follow_the_client_to_the_next_monitor() {
         return;
     }
     let mon = Mon::start_cluster("cephx", "crc", "", &["a", "b", "c"]);
-    let c = client(&mon, "3");
+    let c = client_with_timeout(&mon, "3", ELECTION);
     c.subscribe("osdmap", 0).unwrap();
     assert!(c.wait_osdmap(1, TIMEOUT), "the subscription delivered no osdmap");
     let before = c.osdmap_epoch();
@@ -120,7 +127,7 @@ fn subscriptions_follow_the_client_to_the_next_monitor() {
     assert!(c.resubscriptions() >= 1, "the subscription was not renewed");
     // A new osdmap epoch reaches us through the new monitor.
     mon.ceph(&["osd", "set", "noout"]);
-    assert!(c.wait_osdmap(before + 1, TIMEOUT), "no osdmap after the hunt (still at {})", c.osdmap_epoch());
+    assert!(c.wait_osdmap(before + 1, ELECTION), "no osdmap after the hunt (still at {})", c.osdmap_epoch());
     eprintln!("osdmap {before} -> {} across the loss of mon.{victim}", c.osdmap_epoch());
     c.shutdown();
 }

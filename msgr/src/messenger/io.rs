@@ -25,6 +25,7 @@ use super::worker::{Center, Worker, WorkerLocal};
 use super::MsgrInner;
 use crate::event::{EventSource, Interest, TimerId};
 use crate::proto::addr::EntityAddr;
+use crate::proto::endpoint::{close_report, next_backoff, AfterEnd, Backoff, Ending, Report, TransportEnd};
 use crate::proto::entity::EntityType;
 use crate::proto::frames::UTime;
 use crate::proto::reconnect::{decide_ident, decide_reconnect, peer_wins_race, Decision, Phase, SessionState};
@@ -830,11 +831,18 @@ fn close_conn(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option
     let span = lc.span.clone();
     let _entered = span.enter();
     let mut lc = teardown(&local.perf, center, lc);
-    let lossless = !lc.session.policy().lossy;
-    let survivable = err.as_ref().is_some_and(|e| !matches!(e, ConnError::Shutdown | ConnError::Replaced));
-    // A lossy peer hanging up between frames is how its sessions normally end.
-    let clean_end = lc.session.policy().lossy && matches!(err, Some(ConnError::PeerClosed { mid_frame: false }));
-    if survivable && !clean_end {
+    let lossy = lc.session.policy().lossy;
+    let end = TransportEnd {
+        ending: ending(err.as_ref(), lossy),
+        lossless: !lossy,
+        dials: lc.dial.is_some(),
+        // The peer will come back to a session that was established here at some point.
+        had_session: lc.conn.existing().server_cookie != 0,
+        was_ready: lc.was_ready,
+        connecting: lc.connecting,
+        stopping: lc.msgr.is_stopping(),
+    };
+    if end.is_fault() {
         count(&local.perf, &lc.msgr, Counter::ConnectionFaults, 1);
         if let Some(e) = &err {
             dwarn!(lc.msgr, error = %e, kind = ?e, state = ?lc.state_seen, "fault");
@@ -842,34 +850,38 @@ fn close_conn(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option
     } else {
         dout!(lc.msgr, 1, reason = ?err, "transport closed");
     }
-    // A session exists to keep if we dial (and so can redial), or if a session was
-    // established on this connection at some point (the peer will come back).
-    let has_session = lc.dial.is_some() || lc.conn.existing().server_cookie != 0;
-    if lossless && survivable && has_session && !lc.msgr.is_stopping() {
-        let wait = matches!(err, Some(ConnError::Protocol(SessionError::Wait)));
-        let backoff = if wait {
-            Backoff::Max
-        } else if lc.was_ready {
-            Backoff::Now
-        } else {
-            Backoff::Grow
-        };
-        let refused = matches!(err, Some(ConnError::Refused(_))) || lc.connecting;
-        dout!(
-            lc.msgr,
-            5,
-            ?backoff,
-            dials = lc.dial.is_some(),
-            "lossless policy: the session is kept for a new transport"
-        );
-        let LocalConn { conn, msgr, session, dial, .. } = lc;
-        return keep_session(local, center, msgr, conn, session, dial, err, refused, backoff);
+    match end.decide(lc.conn.is_outgoing()) {
+        AfterEnd::Keep { backoff, refused } => {
+            dout!(
+                lc.msgr,
+                5,
+                ?backoff,
+                dials = lc.dial.is_some(),
+                "lossless policy: the session is kept for a new transport"
+            );
+            let LocalConn { conn, msgr, session, dial, .. } = lc;
+            keep_session(local, center, msgr, conn, session, dial, err, refused, backoff)
+        }
+        AfterEnd::Close { report } => {
+            lc.session.close();
+            lc.conn.worker().sub_load();
+            close_and_report(&lc.msgr, &lc.conn, err, report);
+        }
     }
-    let never_connected = lc.connecting;
-    lc.session.close();
-    lc.conn.worker().sub_load();
-    let refused = err.as_ref().map(|e| matches!(e, ConnError::Refused(_)) || never_connected);
-    finish_closed(&lc.msgr, &lc.conn, err, refused);
+}
+
+/// How a transport's error ended it, for the session table's decision.
+fn ending(err: Option<&ConnError>, lossy: bool) -> Ending {
+    match err {
+        None => Ending::Quiet,
+        Some(ConnError::Shutdown) => Ending::Shutdown,
+        Some(ConnError::Replaced) => Ending::Replaced,
+        Some(ConnError::Protocol(SessionError::Wait)) => Ending::Wait,
+        Some(ConnError::Refused(_)) => Ending::Refused,
+        // A lossy peer hanging up between frames is how its sessions normally end.
+        Some(ConnError::PeerClosed { mid_frame: false }) if lossy => Ending::CleanHangup,
+        Some(_) => Ending::Fault,
+    }
 }
 
 /// A lossless session outlives its failed transport: the error is published, a
@@ -897,17 +909,6 @@ fn keep_session(
     park(local, center, msgr, conn, session.into_state(), dial, backoff);
 }
 
-/// How long a lossless connection waits before dialling again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backoff {
-    /// The session was READY: dial again at once (Ceph resets its backoff then).
-    Now,
-    /// The attempt failed before READY: `ms_initial_backoff`, doubling up to the max.
-    Grow,
-    /// The peer said WAIT: `ms_max_backoff`.
-    Max,
-}
-
 /// Keeps a lossless session on this worker between transports. With `dial` we
 /// reconnect after the backoff; without, the session waits for the peer (Ceph's
 /// STANDBY of the accepting side).
@@ -928,12 +929,7 @@ fn park(
     let at = match &mut dial {
         Some(d) => {
             let s = &msgr.settings;
-            d.backoff = match backoff {
-                Backoff::Now => Duration::ZERO,
-                Backoff::Max => s.max_backoff,
-                Backoff::Grow if d.backoff.is_zero() => s.initial_backoff,
-                Backoff::Grow => (d.backoff * 2).min(s.max_backoff),
-            };
+            d.backoff = next_backoff(d.backoff, backoff, s.initial_backoff, s.max_backoff);
             Instant::now() + d.backoff
         }
         // A peer that never comes back must not pin its session forever: after the
@@ -997,9 +993,16 @@ fn on_parked_timer(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     start_connect(local, center, msgr, conn, dial, session);
 }
 
-/// Publishes the close and, for errors, queues `ms_handle_refused` / `ms_handle_reset`.
+/// Publishes the close and, for errors, queues `ms_handle_refused` / `ms_handle_reset`
+/// (`refused`: the dial was refused or never connected).
 #[inline(never)]
 fn finish_closed(msgr: &Arc<MsgrInner>, conn: &ConnectionRef, err: Option<ConnError>, refused: Option<bool>) {
+    let report = close_report(err.is_some(), msgr.is_stopping(), refused == Some(true), conn.is_outgoing());
+    close_and_report(msgr, conn, err, report);
+}
+
+/// Publishes the close and raises `report`.
+fn close_and_report(msgr: &Arc<MsgrInner>, conn: &ConnectionRef, err: Option<ConnError>, report: Option<Report>) {
     // The error is published before the state, so whoever sees Closed can read why.
     if let Some(e) = &err {
         conn.publish(|p| p.last_error = Some(e.clone()));
@@ -1008,10 +1011,11 @@ fn finish_closed(msgr: &Arc<MsgrInner>, conn: &ConnectionRef, err: Option<ConnEr
     conn.set_existing(|e| e.phase = Phase::Closed);
     conn.close_flow(err.clone());
     msgr.forget(conn);
-    if err.is_none() || msgr.is_stopping() {
-        return;
-    }
-    let ev = if refused == Some(true) && conn.is_outgoing() { ConnEvent::Refused } else { ConnEvent::Reset };
+    let ev = match report {
+        None => return,
+        Some(Report::Refused) => ConnEvent::Refused,
+        Some(Report::Reset) => ConnEvent::Reset,
+    };
     dout!(msgr, 1, conn = conn.id(), error = ?err, "{}", if ev == ConnEvent::Refused { "refused" } else { "reset" });
     msgr.dispatch_queue.enqueue_event(Arc::clone(conn), ev);
 }

@@ -17,6 +17,7 @@ pub mod secure;
 pub mod auth;
 pub mod authorizer;
 pub mod cephx;
+pub mod endpoint;
 pub mod reconnect;
 pub mod service_auth;
 pub mod session;
