@@ -116,7 +116,7 @@ fn subscriptions_follow_the_client_to_the_next_monitor() {
     let mon = Mon::start_cluster("cephx", "crc", "", &["a", "b", "c"]);
     let c = client_with_timeout(&mon, "3", ELECTION);
     c.subscribe("osdmap", 0).unwrap();
-    assert!(c.wait_osdmap(1, TIMEOUT), "the subscription delivered no osdmap");
+    assert!(c.wait_osdmap(1, ELECTION), "the subscription delivered no osdmap");
     let before = c.osdmap_epoch();
     let victim = mon.id_of_port(port_of(&c)).expect("a monitor of the cluster").to_string();
     mon.kill_one(&victim);

@@ -936,18 +936,26 @@ impl MonClient {
     }
 
     /// Waits until an "osdmap" subscription delivered epoch `epoch` or newer; false
-    /// after `timeout`.
+    /// after `timeout`. A monitor session lost meanwhile is opened again (with the
+    /// subscriptions), so a reset does not leave the subscriber waiting for nothing.
     pub fn wait_osdmap(&self, epoch: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut inbox = self.disp.inbox.lock().unwrap_or_else(|e| e.into_inner());
-        while self.osdmap_epoch() < epoch {
+        loop {
+            if self.osdmap_epoch() >= epoch {
+                return true;
+            }
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            inbox = self.disp.cond.wait_timeout(inbox, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            // Reopens the session if it closed (a no-op while it lives).
+            let _ = self.connection();
+            let inbox = self.disp.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            if self.osdmap_epoch() < epoch {
+                let slice = (deadline - now).min(Duration::from_secs(1));
+                drop(self.disp.cond.wait_timeout(inbox, slice).unwrap_or_else(|e| e.into_inner()));
+            }
         }
-        true
     }
 
     /// How many times subscriptions were sent again to a new monitor session.
