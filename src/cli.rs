@@ -665,9 +665,8 @@ pub fn cephx_to_daemon(
     m: &Messenger,
     timeout: Duration,
 ) -> Result<Option<msgr::monc::MonClient>, CliError> {
-    let cephx_first = cfg
-        .get_str("auth_client_required")
-        .is_ok_and(|v| v.split([',', ' ', ';']).map(str::trim).find(|s| !s.is_empty()) == Some("cephx"));
+    let cephx_first =
+        cfg.get_str("auth_client_required").is_ok_and(|v| msgr::monc::auth_methods(v).first() == Some(&"cephx"));
     let has_mons = cfg.get_raw("mon_host").is_some_and(|h| !h.trim().is_empty());
     if !cephx_first || !has_mons || peer_type == EntityType::Mon || peer_type == EntityType::Client {
         return Ok(None);

@@ -198,6 +198,22 @@ fn errno_text(r: i32) -> &'static str {
     }
 }
 
+/// The methods an `auth_*_required` value lists ("cephx, none" → ["cephx", "none"]).
+pub fn auth_methods(s: &str) -> Vec<&str> {
+    s.split([',', ' ', ';']).map(str::trim).filter(|m| !m.is_empty()).collect()
+}
+
+/// The connection modes option `name` lists (its default `default`), crc when it names
+/// none we know.
+pub fn config_modes(cfg: &Config, name: &str, default: &str) -> Vec<u32> {
+    let modes = parse_modes(cfg.get_str(name).unwrap_or(default));
+    if modes.is_empty() {
+        vec![CON_MODE_CRC]
+    } else {
+        modes
+    }
+}
+
 /// Parses a Ceph mode list such as "secure crc" into CEPH_CON_MODE_* values.
 pub fn parse_modes(s: &str) -> Vec<u32> {
     s.split([' ', ',', ';'])
@@ -222,22 +238,16 @@ type AuthChain = (ClientAuthFactory, String, Option<CryptoKey>, Vec<u32>);
 /// `ms_mon_client_mode` / `ms_client_mode`.
 fn auth_chain(cfg: &Config, name: &AuthName, store: &Arc<Mutex<TicketStore>>) -> Result<AuthChain, MonError> {
     let required = cfg.get_str("auth_client_required").unwrap_or("cephx, none").to_string();
-    let mut modes = parse_modes(cfg.get_str("ms_mon_client_mode").unwrap_or("secure crc"));
-    if modes.is_empty() {
-        modes = vec![CON_MODE_CRC];
-    }
+    let modes = config_modes(cfg, "ms_mon_client_mode", "secure crc");
     // To daemons (osd, mgr, mds): Ceph's ms_client_mode.
-    let mut daemon_modes = parse_modes(cfg.get_str("ms_client_mode").unwrap_or("crc secure"));
-    if daemon_modes.is_empty() {
-        daemon_modes = vec![CON_MODE_CRC];
-    }
+    let daemon_modes = config_modes(cfg, "ms_client_mode", "crc secure");
     let keyring = cfg.keyring();
     let paths = if keyring.is_empty() { default_keyrings(name) } else { vec![keyring.to_string()] };
     let mut key = None;
     let mut why = String::new();
     let mut used = paths.join(",");
     let mut methods = Vec::new();
-    for m in required.split([',', ' ', ';']).map(str::trim).filter(|m| !m.is_empty()) {
+    for m in auth_methods(&required) {
         match m {
             "cephx" => {
                 if key.is_none() {
@@ -465,9 +475,7 @@ impl MonClient {
             renew_at: Mutex::new(HashMap::new()),
             own_key,
             daemon_modes,
-            none_allowed: cfg
-                .get_str("auth_client_required")
-                .is_ok_and(|v| v.split([',', ' ', ';']).any(|m| m.trim() == "none")),
+            none_allowed: cfg.get_str("auth_client_required").is_ok_and(|v| auth_methods(v).contains(&"none")),
         })
     }
 

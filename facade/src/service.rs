@@ -31,7 +31,7 @@ use msgr_core::proto::frames::{AUTH_CEPHX, AUTH_NONE, CON_MODE_CRC};
 use msgr_core::proto::service_auth::{CephxServerAuth, RotatingSecret, SharedSecrets};
 use msgr_core::proto::{EntityName, EntityType, UTime};
 
-use crate::monc::{parse_modes, MonClient, MonError};
+use crate::monc::{auth_methods, config_modes, MonClient, MonError};
 
 /// Shortest and longest wait between two refreshes of the rotating secrets.
 const REFRESH_MIN: Duration = Duration::from_secs(1);
@@ -42,17 +42,12 @@ fn now_utime() -> UTime {
     UTime { sec: d.as_secs() as u32, nsec: d.subsec_nanos() }
 }
 
-/// The methods listed in an `auth_*_required` value.
-fn methods(s: &str) -> Vec<&str> {
-    s.split([',', ' ', ';']).map(str::trim).filter(|m| !m.is_empty()).collect()
-}
-
 /// True if `cfg` asks a daemon to take cephx from its peers (`auth_service_required` or
 /// `auth_cluster_required` names it) and names monitors to get the secrets from.
 pub fn wants_cephx(cfg: &Config) -> bool {
     let asked = ["auth_service_required", "auth_cluster_required"]
         .iter()
-        .any(|o| cfg.get_str(o).is_ok_and(|v| methods(v).contains(&"cephx")));
+        .any(|o| cfg.get_str(o).is_ok_and(|v| auth_methods(v).contains(&"cephx")));
     asked && cfg.get_raw("mon_host").is_some_and(|h| !h.trim().is_empty())
 }
 
@@ -138,16 +133,13 @@ impl DaemonAuth {
     pub fn server_auth(&self, cfg: &Config) -> Result<ServerAuthFactory, MonError> {
         let mut names: Vec<String> = Vec::new();
         for o in ["auth_service_required", "auth_cluster_required"] {
-            for m in methods(cfg.get_str(o).unwrap_or("cephx")) {
+            for m in auth_methods(cfg.get_str(o).unwrap_or("cephx")) {
                 if !names.iter().any(|n| n == m) {
                     names.push(m.to_string());
                 }
             }
         }
-        let mut modes = parse_modes(cfg.get_str("ms_service_mode").unwrap_or("crc secure"));
-        if modes.is_empty() {
-            modes = vec![CON_MODE_CRC];
-        }
+        let modes = config_modes(cfg, "ms_service_mode", "crc secure");
         let cephx = names.iter().any(|n| n == "cephx");
         let none = names.iter().any(|n| n == "none");
         if !cephx && !none {
