@@ -17,7 +17,7 @@ use bytes::Bytes;
 use common::{have_ceph, Mon};
 use msgr::config::{Config, ConfigBuilder};
 use msgr::message::types::{MPing, TypedMessage};
-use msgr::messenger::{ConnState, Messenger, Policy};
+use msgr::messenger::{ConnState, Messenger, Policy, SendError};
 use msgr::monc::MonClient;
 use msgr::proto::auth::{AuthError, AuthOutcome, ClientAuth};
 use msgr::proto::authorizer::{encode_authorizer, CephxAuthorizerAuth};
@@ -182,7 +182,10 @@ fn dial(cfg: &Config, server: &Server, auth: impl Fn() -> Box<dyn ClientAuth> + 
     m.set_default_policy(Policy::lossy_client(0));
     m.set_client_auth(Arc::new(move |_| auth()));
     let con = m.connect_to(EntityType::Osd, &server.addr.parse::<EntityAddrVec>().unwrap()).unwrap();
-    con.send_message(MPing::default().encode()).unwrap();
+    // A refusal can close the connection before this send: that is an answer, not a failure.
+    if let Err(e) = con.send_message(MPing::default().encode()) {
+        assert!(matches!(e, SendError::Closed(_)), "{e}");
+    }
     let t0 = Instant::now();
     while con.state() == ConnState::Connecting && t0.elapsed() < TIMEOUT {
         std::thread::sleep(Duration::from_millis(10));
