@@ -1,12 +1,6 @@
-//! The messenger's session-table decisions, sans-IO: what becomes of a session when its
+//! The rules of the session table, as pure functions: what becomes of a session when its
 //! transport ends, how long a lossless session waits before dialling again, and which
-//! event (`ms_handle_reset` / `ms_handle_refused`) the close raises.
-//!
-//! These rules lived inline in the worker's I/O code (`messenger/io.rs`), between socket
-//! calls and thread hops; here each is a pure function of what the worker knows, with a
-//! test per case, so that they can be driven by a simulator with virtual time. (The rest
-//! of the table — identify/claim, release/adopt across workers — is decided by
-//! [`super::reconnect`]; moving its bookkeeping here is the next step.)
+//! event (`ms_handle_reset` / `ms_handle_refused`) a close raises.
 
 use std::time::Duration;
 
