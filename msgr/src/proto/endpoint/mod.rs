@@ -158,6 +158,8 @@ pub struct Ended<T, H> {
 
 /// A parked session whose time came ([`Endpoint::poll_due`]).
 #[derive(Debug)]
+// Redial carries the session's queues by value: one per redial, never on a hot path.
+#[allow(clippy::large_enum_variant)]
 pub enum Due<H> {
     /// Dial again, carrying the session (its connect_seq already advanced).
     Redial {
@@ -180,8 +182,10 @@ pub enum Due<H> {
 /// The server's course on a lossless peer's identification ([`plan_identify`]).
 #[derive(Debug)]
 pub enum Plan {
-    /// Answer the transport now.
-    Answer(Answer),
+    /// No session to take over: start a new one on this transport.
+    New,
+    /// Refuse this attempt (RESET, RETRY, RETRY_GLOBAL, WAIT, or drop a stale one).
+    Refuse(Decision),
     /// The existing session is lossy: close it (it is replaced) and start anew here.
     ReplaceLossy,
     /// Take the existing session over: claim it ([`try_claim`]), then release it
@@ -492,19 +496,19 @@ pub fn plan_identify(claim: &Claim, existing: Option<&Existing>, peer_wins_race:
         Some(req) => decide_reconnect(existing, req, peer_wins_race),
     };
     match (decision, existing.is_some()) {
-        (Decision::New, _) | (Decision::ReplaceLossy, false) => Plan::Answer(Answer::New),
+        (Decision::New, _) | (Decision::ReplaceLossy, false) => Plan::New,
         (Decision::ReplaceLossy, true) => Plan::ReplaceLossy,
         (Decision::Reuse { reset_first }, true) => Plan::Take { reset_first, resume: false },
         (Decision::Resume, true) => Plan::Take { reset_first: false, resume: true },
-        (d, _) => Plan::Answer(Answer::Refuse(d)),
+        (d, _) => Plan::Refuse(d),
     }
 }
 
 /// Claims `existing`'s session for a take-over: marking it Replacing first makes a
 /// second claim racing with this one back off instead of stealing it twice. On
-/// failure, the answer that sends the peer to try again: a resume retries with a
+/// failure, the refusal that sends the peer to try again: a resume retries with a
 /// higher global_seq, a new session waits.
-pub fn try_claim<H: Shared>(existing: &H, resume: bool, global_seq: u64) -> Result<(), Answer> {
+pub fn try_claim<H: Shared>(existing: &H, resume: bool, global_seq: u64) -> Result<(), Decision> {
     let mut claimed = false;
     existing.set_existing(|e| {
         if !matches!(e.phase, Phase::Replacing | Phase::Closed) {
@@ -515,5 +519,5 @@ pub fn try_claim<H: Shared>(existing: &H, resume: bool, global_seq: u64) -> Resu
     if claimed {
         return Ok(());
     }
-    Err(Answer::Refuse(if resume { Decision::RetryGlobal(global_seq) } else { Decision::Wait }))
+    Err(if resume { Decision::RetryGlobal(global_seq) } else { Decision::Wait })
 }
