@@ -24,11 +24,13 @@ use super::perf::{Counter, PerfCounters};
 use super::worker::{Center, Worker, WorkerLocal};
 use super::MsgrInner;
 use crate::event::{EventSource, Interest, TimerId};
-use crate::proto::addr::EntityAddr;
-use crate::proto::endpoint::{close_report, next_backoff, AfterEnd, Backoff, Ending, Report, TransportEnd};
+pub(crate) use crate::proto::endpoint::Dial;
+use crate::proto::endpoint::{
+    close_report, plan_identify, try_claim, Adopted, AfterEnd, Due, Ending, Endpoint, Link, Plan, Report, Shared,
+};
 use crate::proto::entity::EntityType;
 use crate::proto::frames::UTime;
-use crate::proto::reconnect::{decide_ident, decide_reconnect, peer_wins_race, Decision, Phase, SessionState};
+use crate::proto::reconnect::{peer_wins_race, Existing, SessionState};
 use crate::proto::session::{Answer, Claim, CopyCounts, ReadTarget, Role, Session, SessionError, SessionEvent, State};
 use crate::stack::inject::FaultySocket;
 use crate::stack::{ConnectedSocket, RecvMode, ServerSocket};
@@ -45,25 +47,21 @@ pub(crate) const READ_CHUNK: usize = 8 * 1024;
 /// Most bytes framed ahead of the socket per flush; bounds memory per connection.
 const WRITE_BUDGET: usize = 512 * 1024;
 
-/// A connection as its worker sees it.
-pub struct LocalConn {
-    conn: ConnectionRef,
-    msgr: Arc<MsgrInner>,
+/// A connection with a live transport, as its worker's session table holds it.
+pub type LocalConn = Link<ConnIo, Owner>;
+
+/// The worker's side of a connection's transport: the socket and what moves bytes
+/// through it. The session beside it is in the table's [`Link`].
+pub struct ConnIo {
     socket: Box<dyn ConnectedSocket>,
     // How the worker hears of the socket: registered when the connection is installed.
     src: EventSource,
     recv_mode: RecvMode,
-    session: Session,
     wq: VecDeque<Bytes>,
     // Scratch for what the session transmits, kept to reuse its allocation.
     parts: Vec<Bytes>,
-    connecting: bool,
     timer: Option<(TimerId, Instant)>,
     read_paused: bool,
-    // Set when we dialled this transport: who to dial again after a lossless fault.
-    dial: Option<Dial>,
-    // The session reached READY on this transport.
-    was_ready: bool,
     // The session's copy counters when last added to the perf counters.
     copies_seen: CopyCounts,
     // `msgr_conn`: entered while this worker handles the connection (none at
@@ -74,25 +72,27 @@ pub struct LocalConn {
     state_seen: State,
 }
 
-/// Where an outgoing connection dials, and how long it waited last time.
-#[derive(Clone, Debug)]
-pub(crate) struct Dial {
-    pub(crate) addr: SocketAddr,
-    pub(crate) target: EntityAddr,
-    pub(crate) peer_type: EntityType,
-    pub(crate) backoff: Duration,
+/// The table's handle on a connection: the object users hold, and its messenger.
+#[derive(Clone)]
+pub struct Owner {
+    pub(crate) conn: ConnectionRef,
+    pub(crate) msgr: Arc<MsgrInner>,
 }
 
-/// A lossless session between transports: its queues and sequence numbers wait here
-/// for our next dial (`dial` set, timer armed) or for the peer to reconnect.
-pub struct Parked {
-    conn: ConnectionRef,
-    msgr: Arc<MsgrInner>,
-    state: SessionState,
-    dial: Option<Dial>,
-    // Redial (with `dial`) or expiry (without).
-    timer: TimerId,
+impl Shared for Owner {
+    fn existing(&self) -> Existing {
+        self.conn.existing()
+    }
+    fn set_existing(&self, f: impl FnOnce(&mut Existing)) {
+        self.conn.set_existing(f)
+    }
+    fn is_outgoing(&self) -> bool {
+        self.conn.is_outgoing()
+    }
 }
+
+/// The worker's session table.
+pub type Table = Endpoint<ConnIo, Owner>;
 
 /// A listening socket as its worker sees it.
 pub struct LocalListener {
@@ -135,12 +135,7 @@ pub(crate) fn start_connect(
             let err = ConnError::from(e);
             dwarn!(msgr, error = %err, "dial failed");
             let refused = matches!(err, ConnError::Refused(_));
-            if !session.policy().lossy && !msgr.is_stopping() {
-                // Nothing was registered; the session waits for the next attempt.
-                return keep_session(local, center, msgr, conn, session, Some(dial), Some(err), refused, Backoff::Grow);
-            }
-            conn.worker().sub_load();
-            finish_closed(&msgr, &conn, Some(err), Some(refused));
+            transport_failed(local, center, Owner { conn, msgr }, session, Some(dial), err, refused);
         }
     }
 }
@@ -228,42 +223,34 @@ fn install(
     let registered = socket.register(center.readiness()).and_then(|src| {
         center.create_file_event(src, Interest::READABLE | Interest::WRITABLE, conn_callback(id)).map(|()| src)
     });
+    let owner = Owner { conn, msgr };
     let src = match registered {
         Ok(src) => src,
         Err(e) => {
             socket.shutdown();
-            count(&local.perf, &msgr, Counter::ConnectionFaults, 1);
-            let err = ConnError::from(e);
-            if !session.policy().lossy && !msgr.is_stopping() && dial.is_some() {
-                return keep_session(local, center, msgr, conn, session, dial, Some(err), false, Backoff::Grow);
-            }
-            conn.worker().sub_load();
-            return finish_closed(&msgr, &conn, Some(err), Some(false));
+            count(&local.perf, &owner.msgr, Counter::ConnectionFaults, 1);
+            return transport_failed(local, center, owner, session, dial, ConnError::from(e), false);
         }
     };
-    let recv_mode = socket.recv_mode();
-    let state_seen = session.state();
-    let lc = LocalConn {
-        conn,
-        msgr: Arc::clone(&msgr),
+    let io = ConnIo {
+        recv_mode: socket.recv_mode(),
+        state_seen: session.state(),
         socket,
         src,
-        recv_mode,
-        session,
         wq: VecDeque::new(),
         parts: Vec::new(),
-        connecting: dial.is_some(),
         timer: None,
         read_paused: false,
-        dial,
-        was_ready: false,
         copies_seen: CopyCounts::default(),
         span,
-        state_seen,
     };
-    local.conns.insert(id, lc);
-    count(&local.perf, &msgr, Counter::CreatedConnections, 1);
-    count(&local.perf, &msgr, Counter::ActiveConnections, 1);
+    count(&local.perf, &owner.msgr, Counter::CreatedConnections, 1);
+    count(&local.perf, &owner.msgr, Counter::ActiveConnections, 1);
+    let link = match dial {
+        Some(dial) => Link::dialled(session, io, owner, dial),
+        None => Link::accepted(session, io, owner),
+    };
+    local.ep.insert(id, link);
     // Messages may have been queued before the socket existed.
     flush(local, center, id);
 }
@@ -276,14 +263,14 @@ fn conn_callback(id: u64) -> crate::event::FileCallback<WorkerLocal> {
 }
 
 fn on_conn_event(local: &mut WorkerLocal, center: &mut Center, id: u64, mask: Interest) {
-    let Some(lc) = local.conns.get_mut(&id) else { return };
+    let Some(lc) = local.ep.get_mut(id) else { return };
     // Quiet (debug_ms 0): no span, no second lookup below.
-    let logging = lc.msgr.settings.debug_ms >= 1;
-    let span = logging.then(|| lc.span.clone());
+    let logging = lc.handle.msgr.settings.debug_ms >= 1;
+    let span = logging.then(|| lc.io.span.clone());
     let _entered = span.as_ref().map(tracing::Span::enter);
-    if lc.connecting {
-        match lc.socket.is_connected() {
-            Ok(true) => lc.connecting = false,
+    if lc.is_connecting() {
+        match lc.io.socket.is_connected() {
+            Ok(true) => lc.transport_connected(),
             Ok(false) => return,
             Err(e) => return fault(local, center, id, ConnError::from(e)),
         }
@@ -293,11 +280,11 @@ fn on_conn_event(local: &mut WorkerLocal, center: &mut Center, id: u64, mask: In
             return fault(local, center, id, e);
         }
     }
-    if let Some(lc) = logging.then(|| local.conns.get_mut(&id)).flatten() {
-        let (was, now) = (lc.state_seen, lc.session.state());
+    if let Some(lc) = logging.then(|| local.ep.get_mut(id)).flatten() {
+        let (was, now) = (lc.io.state_seen, lc.session.state());
         if now != was {
-            dout!(lc.msgr, 5, from = ?was, to = ?now, "handshake step");
-            lc.state_seen = now;
+            dout!(lc.handle.msgr, 5, from = ?was, to = ?now, "handshake step");
+            lc.io.state_seen = now;
         }
     }
     flush(local, center, id);
@@ -327,11 +314,11 @@ impl Got {
 fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), ConnError> {
     let mut total = 0;
     loop {
-        let Some(lc) = local.conns.get_mut(&id) else { return Ok(()) };
-        if lc.read_paused {
+        let Some(lc) = local.ep.get_mut(id) else { return Ok(()) };
+        if lc.io.read_paused {
             return Ok(());
         }
-        if lc.msgr.throttle.is_full() {
+        if lc.handle.msgr.throttle.is_full() {
             pause_reading(local, center, id);
             return Ok(());
         }
@@ -343,26 +330,26 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         // once, so a read costs no allocation or zeroing and an idle connection no
         // memory; a userspace TCP appends to the session's stream buffer (its one
         // copy); RDMA hands up its registered chunks (none).
-        let r = match lc.recv_mode {
+        let r = match lc.io.recv_mode {
             RecvMode::Slice => match lc.session.large_read_buf() {
                 Some(buf) => {
                     let offered = buf.len();
-                    lc.socket.read(buf).map(|n| Got::Direct(n, offered))
+                    lc.io.socket.read(buf).map(|n| Got::Direct(n, offered))
                 }
-                None => lc.socket.read(&mut local.rx_scratch).map(Got::Scratch),
+                None => lc.io.socket.read(&mut local.rx_scratch).map(Got::Scratch),
             },
             RecvMode::Append => match lc.session.read_target() {
                 ReadTarget::Large(buf) => {
                     let offered = buf.len();
-                    lc.socket.read(buf).map(|n| Got::Direct(n, offered))
+                    lc.io.socket.read(buf).map(|n| Got::Direct(n, offered))
                 }
-                ReadTarget::Stream(buf) => lc.socket.read_into(buf, READ_CHUNK).map(Got::Appended),
+                ReadTarget::Stream(buf) => lc.io.socket.read_into(buf, READ_CHUNK).map(Got::Appended),
             },
-            RecvMode::Owned => lc.socket.recv_owned().map(Got::Owned),
+            RecvMode::Owned => lc.io.socket.recv_owned().map(Got::Owned),
         };
-        let copied = lc.socket.take_copied();
+        let copied = lc.io.socket.take_copied();
         if copied.rx > 0 {
-            count(&local.perf, &lc.msgr, Counter::RecvCopiedBytes, copied.rx as i64);
+            count(&local.perf, &lc.handle.msgr, Counter::RecvCopiedBytes, copied.rx as i64);
         }
         let got = match r {
             Ok(g) => g,
@@ -386,8 +373,8 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
             return Err(ConnError::PeerClosed { mid_frame: lc.session.has_partial_input() });
         }
         total += n;
-        count(&local.perf, &lc.msgr, Counter::ReadCalls, 1);
-        count(&local.perf, &lc.msgr, Counter::RecvBytes, n as i64);
+        count(&local.perf, &lc.handle.msgr, Counter::ReadCalls, 1);
+        count(&local.perf, &lc.handle.msgr, Counter::RecvBytes, n as i64);
         let now = Instant::now();
         let direct = matches!(got, Got::Direct(..));
         let (handled, full) = match got {
@@ -404,10 +391,10 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         // messages; a lossy session has neither.
         let lossy = lc.session.policy().lossy;
         if !lossy {
-            lc.conn.publish_done(lc.session.done(), lossy);
+            lc.handle.conn.publish_done(lc.session.done(), lossy);
         }
         handled.map_err(ConnError::Protocol)?;
-        let drained = !full && lc.socket.short_read_drains();
+        let drained = !full && lc.io.socket.short_read_drains();
         if drained {
             lc.session.rx_idle();
         }
@@ -415,7 +402,7 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         if drained {
             return Ok(());
         }
-        let Some(lc) = local.conns.get_mut(&id) else { return Ok(()) };
+        let Some(lc) = local.ep.get_mut(id) else { return Ok(()) };
         if flush_between_reads(full, direct, lc.session.large_read_buf().is_some()) {
             flush(local, center, id);
         }
@@ -434,24 +421,24 @@ fn flush_between_reads(filled: bool, into_large_frame: bool, large_frame_pending
 /// Adds what the session copied since last time to the copied-bytes counters.
 fn count_session_copies(perf: &PerfCounters, lc: &mut LocalConn) {
     let now = lc.session.copy_counts();
-    let (rx, tx) = (now.rx - lc.copies_seen.rx, now.tx - lc.copies_seen.tx);
+    let (rx, tx) = (now.rx - lc.io.copies_seen.rx, now.tx - lc.io.copies_seen.tx);
     if rx > 0 {
-        count(perf, &lc.msgr, Counter::RecvCopiedBytes, rx as i64);
+        count(perf, &lc.handle.msgr, Counter::RecvCopiedBytes, rx as i64);
     }
     if tx > 0 {
-        count(perf, &lc.msgr, Counter::SendCopiedBytes, tx as i64);
+        count(perf, &lc.handle.msgr, Counter::SendCopiedBytes, tx as i64);
     }
-    lc.copies_seen = now;
+    lc.io.copies_seen = now;
 }
 
 /// Stops reading until the dispatch throttle has room again.
 fn pause_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
-    let Some(lc) = local.conns.get_mut(&id) else { return };
-    dout!(lc.msgr, 5, "dispatch throttle full: reading paused");
-    lc.read_paused = true;
-    let _ = center.delete_file_event(lc.src, Interest::READABLE);
-    let worker = lc.conn.worker();
-    let throttle = Arc::clone(&lc.msgr.throttle);
+    let Some(lc) = local.ep.get_mut(id) else { return };
+    dout!(lc.handle.msgr, 5, "dispatch throttle full: reading paused");
+    lc.io.read_paused = true;
+    let _ = center.delete_file_event(lc.io.src, Interest::READABLE);
+    let worker = lc.handle.conn.worker();
+    let throttle = Arc::clone(&lc.handle.msgr.throttle);
     let resume = Box::new(move || {
         worker.submit(Box::new(move |local, center| resume_reading(local, center, id)));
     });
@@ -461,13 +448,13 @@ fn pause_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
 }
 
 fn resume_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
-    let Some(lc) = local.conns.get_mut(&id) else { return };
-    if !lc.read_paused {
+    let Some(lc) = local.ep.get_mut(id) else { return };
+    if !lc.io.read_paused {
         return;
     }
-    lc.read_paused = false;
-    dout!(lc.msgr, 5, "dispatch throttle has room: reading resumed");
-    let src = lc.src;
+    lc.io.read_paused = false;
+    dout!(lc.handle.msgr, 5, "dispatch throttle has room: reading resumed");
+    let src = lc.io.src;
     if let Err(e) = center.create_file_event(src, Interest::READABLE, conn_callback(id)) {
         fault(local, center, id, ConnError::from(e));
     }
@@ -476,220 +463,168 @@ fn resume_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
 
 fn handle_session_events(local: &mut WorkerLocal, id: u64) -> Result<(), ConnError> {
     loop {
-        let Some(lc) = local.conns.get_mut(&id) else { return Ok(()) };
+        let Some(lc) = local.ep.get_mut(id) else { return Ok(()) };
         let Some(ev) = lc.session.poll_event() else { return Ok(()) };
         match ev {
             SessionEvent::Connected(peer) | SessionEvent::Accepted(peer) => {
                 let accepted = lc.session.role() == Role::Server;
                 if peer.resumed {
-                    count(&local.perf, &lc.msgr, Counter::Reconnects, 1);
+                    count(&local.perf, &lc.handle.msgr, Counter::Reconnects, 1);
                 }
-                lc.was_ready = true;
-                if let Some(d) = &mut lc.dial {
-                    d.backoff = Duration::ZERO;
-                }
-                let st = lc.session.state_ref();
-                let (cc, sc, cs, pgs) =
-                    (st.client_cookie(), st.server_cookie(), st.connect_seq(), st.peer_global_seq());
-                lc.conn.set_existing(|e| {
-                    e.phase = Phase::Ready;
-                    e.lossy = peer.lossy;
-                    e.client_cookie = cc;
-                    e.server_cookie = sc;
-                    e.connect_seq = cs;
-                    e.peer_global_seq = e.peer_global_seq.max(pgs);
-                });
-                lc.conn.set_peer_type(peer.name.ty);
-                lc.conn.publish(|p| {
+                lc.handle_ready(&peer);
+                lc.handle.conn.set_peer_type(peer.name.ty);
+                lc.handle.conn.publish(|p| {
                     p.peer_addrs = peer.addrs.clone();
                     p.peer_name = Some(peer.name);
                     p.features = peer.features;
                     p.lossy = peer.lossy;
                     p.con_mode = peer.con_mode;
                 });
-                lc.conn.set_state(ConnState::Open);
+                lc.handle.conn.set_state(ConnState::Open);
                 if accepted {
-                    lc.msgr.register_accepted(&lc.conn, &peer.addrs);
+                    lc.handle.msgr.register_accepted(&lc.handle.conn, &peer.addrs);
                 }
-                if lc.msgr.settings.debug_ms >= 1 {
+                if lc.handle.msgr.settings.debug_ms >= 1 {
                     log_ready(&peer, accepted);
                 }
                 let ev = if accepted { ConnEvent::Accept } else { ConnEvent::Connect };
-                lc.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.conn), ev);
+                lc.handle.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.handle.conn), ev);
             }
             SessionEvent::Message(m) => {
-                if lc.msgr.settings.debug_ms >= 10 {
+                if lc.handle.msgr.settings.debug_ms >= 10 {
                     log_message(m.msg_type, m.seq, m.front.len(), m.data.len(), "message received");
                 }
-                count(&local.perf, &lc.msgr, Counter::RecvMessages, 1);
-                lc.msgr.deliver(&lc.conn, m);
+                count(&local.perf, &lc.handle.msgr, Counter::RecvMessages, 1);
+                lc.handle.msgr.deliver(&lc.handle.conn, m);
             }
-            SessionEvent::KeepaliveAck(stamp) => lc.conn.publish(|p| p.last_keepalive_ack = Some(stamp)),
-            SessionEvent::LearnedAddr(a) => lc.msgr.learned_addr(&a),
+            SessionEvent::KeepaliveAck(stamp) => lc.handle.conn.publish(|p| p.last_keepalive_ack = Some(stamp)),
+            SessionEvent::LearnedAddr(a) => lc.handle.msgr.learned_addr(&a),
             SessionEvent::KeepaliveDue => lc.session.send_keepalive(now_utime()),
-            SessionEvent::GlobalSeqAtLeast(gs) => lc.msgr.global_seq_at_least(gs),
+            SessionEvent::GlobalSeqAtLeast(gs) => lc.handle.msgr.global_seq_at_least(gs),
             SessionEvent::RemoteReset { .. } => {
-                dout!(lc.msgr, 1, "the peer reset the session (it restarted): a new session");
-                count(&local.perf, &lc.msgr, Counter::RemoteResets, 1);
-                lc.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.conn), ConnEvent::RemoteReset);
+                dout!(lc.handle.msgr, 1, "the peer reset the session (it restarted): a new session");
+                count(&local.perf, &lc.handle.msgr, Counter::RemoteResets, 1);
+                lc.handle.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.handle.conn), ConnEvent::RemoteReset);
             }
             SessionEvent::Identify(claim) => on_identify(local, id, claim)?,
         }
     }
 }
 
-/// Server side: a lossless peer identified itself on connection `id`. Decides, as
-/// Ceph's `handle_existing_connection` / `handle_reconnect` do, whether this transport
-/// starts a new session, takes over the existing one (which may live on another
-/// worker), or is refused.
+/// Server side: a lossless peer identified itself on connection `id`. The table
+/// plans, as Ceph's `handle_existing_connection` / `handle_reconnect` do, whether this
+/// transport starts a new session, takes over the existing one (which may live on
+/// another worker), or is refused; this carries the plan out.
 #[inline(never)]
 fn on_identify(local: &mut WorkerLocal, id: u64, claim: Claim) -> Result<(), ConnError> {
-    let Some(lc) = local.conns.get_mut(&id) else { return Ok(()) };
-    let msgr = Arc::clone(&lc.msgr);
+    let Some(lc) = local.ep.get_mut(id) else { return Ok(()) };
+    let msgr = Arc::clone(&lc.handle.msgr);
     let peer_type = lc.session.peer_type().unwrap_or(EntityType::Client);
     let policy = msgr.policy_for(peer_type);
     lc.session.set_global_seq(msgr.next_global_seq());
-    let existing = msgr.lookup(&claim.addrs).filter(|e| e.id() != lc.conn.id());
+    let existing = msgr.lookup(&claim.addrs).filter(|e| e.id() != lc.handle.conn.id());
     let wins = peer_wins_race(&claim.addrs, &msgr.my_addrs());
-    let snapshot = existing.as_ref().map(|e| {
-        let mut ex = e.existing();
-        ex.policy_server = policy.server;
-        ex.resetcheck = policy.resetcheck;
-        ex
+    let snapshot = existing.as_ref().map(|e| Existing {
+        policy_server: policy.server,
+        resetcheck: policy.resetcheck,
+        ..e.existing()
     });
-    let decision = match &claim.reconnect {
-        None => decide_ident(snapshot.as_ref(), claim.client_cookie, claim.global_seq, wins),
-        Some(req) => decide_reconnect(snapshot.as_ref(), req, wins),
-    };
+    let plan = plan_identify(&claim, snapshot.as_ref(), wins);
     dout!(
         msgr,
         5,
         peer_type = %peer_type,
         reconnect = claim.reconnect.is_some(),
         existing = existing.as_ref().map(|e| e.id()),
-        ?decision,
+        ?plan,
         "a lossless peer identified itself: session decision"
     );
-    let (existing, reset_first, resume) = match (decision, existing) {
-        (Decision::New, _) | (Decision::ReplaceLossy, None) => {
-            lc.session.answer(Answer::New).map_err(ConnError::Protocol)?;
-            return Ok(());
+    let answer = match (plan, existing) {
+        (Plan::Take { reset_first, resume }, Some(e)) => {
+            let owner = Owner { conn: e, msgr };
+            match try_claim(&owner, resume, claim.global_seq) {
+                Ok(()) => {
+                    let Some(here) = owner.msgr.workers.get(local.id).cloned() else { return Err(ConnError::Replaced) };
+                    let worker = owner.conn.worker();
+                    worker.submit(Box::new(move |local, center| {
+                        release(local, center, owner, here, id, reset_first, resume);
+                    }));
+                    return Ok(());
+                }
+                Err(d) => Answer::Refuse(d),
+            }
         }
-        (Decision::ReplaceLossy, Some(e)) => {
-            let victim = Arc::clone(&e);
+        (Plan::ReplaceLossy, Some(victim)) => {
             msgr.unregister(&victim);
-            e.worker().submit(Box::new(move |local, center| {
+            victim.worker().submit(Box::new(move |local, center| {
                 fault(local, center, victim.id(), ConnError::Replaced);
             }));
-            lc.session.answer(Answer::New).map_err(ConnError::Protocol)?;
-            return Ok(());
+            Answer::New
         }
-        (Decision::Reuse { reset_first }, Some(e)) => (e, reset_first, false),
-        (Decision::Resume, Some(e)) => (e, false, true),
-        (d, _) => {
-            lc.session.answer(Answer::Refuse(d)).map_err(ConnError::Protocol)?;
-            return Ok(());
-        }
+        (Plan::Refuse(d), _) => Answer::Refuse(d),
+        // Nothing to take over or replace.
+        (Plan::New | Plan::Take { .. } | Plan::ReplaceLossy, _) => Answer::New,
     };
-    // Claim the existing session. Marking it Replacing first makes a second claim
-    // racing with this one back off instead of stealing it twice.
-    let mut claimed = false;
-    existing.set_existing(|e| {
-        if !matches!(e.phase, Phase::Replacing | Phase::Closed) {
-            e.phase = Phase::Replacing;
-            claimed = true;
-        }
-    });
-    if !claimed {
-        let d = if resume { Decision::RetryGlobal(claim.global_seq) } else { Decision::Wait };
-        lc.session.answer(Answer::Refuse(d)).map_err(ConnError::Protocol)?;
-        return Ok(());
-    }
-    let here = msgr.workers.get(local.id).cloned();
-    let Some(here) = here else { return Err(ConnError::Replaced) };
-    let ex = Arc::clone(&existing);
-    existing.worker().submit(Box::new(move |local, center| {
-        release(local, center, ex, here, id, reset_first, resume);
-    }));
-    Ok(())
+    let Some(lc) = local.ep.get_mut(id) else { return Ok(()) };
+    lc.session.answer(answer).map_err(ConnError::Protocol)
 }
 
-/// On the worker that owns `existing`: detaches its session from its transport (or
-/// from the parked list) and sends it to worker `to`, where connection `new_id`
-/// waits to carry it.
+/// On the worker that owns the claimed connection: the table releases its session
+/// (off its transport or out of the parked list), which travels to worker `to`, where
+/// transport `new_id` waits to carry it.
 fn release(
     local: &mut WorkerLocal,
     center: &mut Center,
-    existing: ConnectionRef,
+    owner: Owner,
     to: Arc<Worker>,
     new_id: u64,
     reset_first: bool,
     resume: bool,
 ) {
-    let eid = existing.id();
-    let state = if let Some(lc) = local.conns.remove(&eid) {
-        let lc = teardown(&local.perf, center, lc);
-        Some(lc.session.into_state())
-    } else if let Some(p) = local.parked.remove(&eid) {
-        center.delete_time_event(p.timer);
-        Some(p.state)
-    } else {
-        None
-    };
-    let Some(mut state) = state else {
+    let Some(r) = local.ep.release(owner.conn.id(), reset_first) else {
         // It closed, or moved, after the claim was decided: this transport fails and
         // the peer tries again, finding whatever is there then.
         to.submit(Box::new(move |local, center| fault(local, center, new_id, ConnError::Replaced)));
         return;
     };
-    if reset_first {
-        // The peer restarted: what we queued for its old incarnation is void.
-        state.reset();
-        existing.publish_done(state.done(), false);
-        if let Some(msgr) = existing.msgr.upgrade() {
-            count(&local.perf, &msgr, Counter::RemoteResets, 1);
-            msgr.dispatch_queue.enqueue_event(Arc::clone(&existing), ConnEvent::RemoteReset);
-        }
+    arm_table_timer(local, center);
+    if let Some(mut io) = r.io {
+        teardown(&local.perf, center, &r.handle.msgr, &mut io);
     }
-    existing.move_to(Arc::clone(&to));
-    to.submit(Box::new(move |local, center| adopt(local, center, new_id, existing, state, resume)));
+    let Owner { conn, msgr } = r.handle;
+    if r.reset {
+        conn.publish_done(r.state.done(), false);
+        count(&local.perf, &msgr, Counter::RemoteResets, 1);
+        msgr.dispatch_queue.enqueue_event(Arc::clone(&conn), ConnEvent::RemoteReset);
+    }
+    conn.move_to(Arc::clone(&to));
+    let state = r.state;
+    to.submit(Box::new(move |local, center| adopt(local, center, new_id, Owner { conn, msgr }, state, resume)));
 }
 
-/// On the worker of transport `new_id`: the existing connection takes it over.
-fn adopt(
-    local: &mut WorkerLocal,
-    center: &mut Center,
-    new_id: u64,
-    existing: ConnectionRef,
-    state: SessionState,
-    resume: bool,
-) {
-    let Some(msgr) = existing.msgr.upgrade() else { return };
-    let eid = existing.id();
-    let Some(mut lc) = local.conns.remove(&new_id) else {
-        // The new transport died while the session travelled: keep the session here
-        // until the peer comes back.
-        return park(local, center, msgr, existing, state, None, Backoff::Grow);
+/// On the worker of transport `new_id`: the released session takes it over.
+fn adopt(local: &mut WorkerLocal, center: &mut Center, new_id: u64, owner: Owner, state: SessionState, resume: bool) {
+    let eid = owner.conn.id();
+    let timing = owner.msgr.timing();
+    let placeholder = match local.ep.adopt(new_id, eid, owner.clone(), state, resume, &timing, Instant::now()) {
+        Adopted::Parked => return kept(local, center, &owner, None, false, None),
+        Adopted::Moved { placeholder, answered } => {
+            if let Err(e) = answered {
+                drop_placeholder(&placeholder);
+                return fault(local, center, eid, ConnError::Protocol(e));
+            }
+            placeholder
+        }
     };
-    // The transport's own connection object was never shown to anyone: drop it quietly.
-    let placeholder = std::mem::replace(&mut lc.conn, Arc::clone(&existing));
-    placeholder.set_state(ConnState::Closed);
-    placeholder.worker().sub_load();
-    msgr.forget(&placeholder);
-    if let Some((t, _)) = lc.timer.take() {
+    drop_placeholder(&placeholder);
+    let Some(lc) = local.ep.get_mut(eid) else { return };
+    if let Some((t, _)) = lc.io.timer.take() {
         center.delete_time_event(t);
     }
-    lc.dial = None;
-    lc.read_paused = false;
-    let answer = if resume { Answer::Resume(state) } else { Answer::Reuse(state) };
-    let answered = lc.session.answer(answer);
-    let src = lc.src;
-    local.conns.insert(eid, lc);
+    lc.io.read_paused = false;
+    let src = lc.io.src;
     if let Err(e) = center.create_file_event(src, Interest::READABLE, conn_callback(eid)) {
         return fault(local, center, eid, ConnError::from(e));
-    }
-    if let Err(e) = answered {
-        return fault(local, center, eid, ConnError::Protocol(e));
     }
     if let Err(e) = handle_session_events(local, eid) {
         return fault(local, center, eid, e);
@@ -697,11 +632,18 @@ fn adopt(
     flush(local, center, eid);
 }
 
+/// The transport's own connection object, never shown to anyone: dropped quietly.
+fn drop_placeholder(p: &Owner) {
+    p.conn.set_state(ConnState::Closed);
+    p.conn.worker().sub_load();
+    p.msgr.forget(&p.conn);
+}
+
 /// Drains the connection's outbox into its session and writes what the session has.
 pub(crate) fn flush(local: &mut WorkerLocal, center: &mut Center, id: u64) {
-    let Some(lc) = local.conns.get_mut(&id) else { return flush_parked(local, center, id) };
-    lc.conn.clear_scheduled();
-    let out = lc.conn.take_outbox();
+    let Some(lc) = local.ep.get_mut(id) else { return flush_parked(local, center, id) };
+    lc.handle.conn.clear_scheduled();
+    let out = lc.handle.conn.take_outbox();
     if out.mark_down {
         return close_conn(local, center, id, None);
     }
@@ -710,7 +652,7 @@ pub(crate) fn flush(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     }
     // Logged in a loop of its own: a test inside the loop below made the compiler copy
     // every message through the stack (2 x 29 instructions per round trip, quiet or not).
-    if lc.msgr.settings.debug_ms >= 10 {
+    if lc.handle.msgr.settings.debug_ms >= 10 {
         for m in &out.msgs {
             log_message(m.msg_type, m.seq, m.front.len(), m.data.len(), "message queued to send");
         }
@@ -725,36 +667,36 @@ pub(crate) fn flush(local: &mut WorkerLocal, center: &mut Center, id: u64) {
 }
 
 fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), ConnError> {
-    let Some(lc) = local.conns.get_mut(&id) else { return Ok(()) };
-    if lc.connecting {
+    let Some(lc) = local.ep.get_mut(id) else { return Ok(()) };
+    if lc.is_connecting() {
         return Ok(());
     }
     loop {
-        let queued: usize = lc.wq.iter().map(Bytes::len).sum();
+        let queued: usize = lc.io.wq.iter().map(Bytes::len).sum();
         if queued < WRITE_BUDGET && lc.session.wants_transmit() {
             let (frames0, msgs0) = lc.session.tx_counts();
-            lc.session.poll_transmit(&mut lc.parts, WRITE_BUDGET - queued);
+            lc.session.poll_transmit(&mut lc.io.parts, WRITE_BUDGET - queued);
             let (frames1, msgs1) = lc.session.tx_counts();
-            count(&local.perf, &lc.msgr, Counter::FramesWritten, (frames1 - frames0) as i64);
-            count(&local.perf, &lc.msgr, Counter::SendMessages, (msgs1 - msgs0) as i64);
-            lc.wq.extend(lc.parts.drain(..).filter(|b| !b.is_empty()));
+            count(&local.perf, &lc.handle.msgr, Counter::FramesWritten, (frames1 - frames0) as i64);
+            count(&local.perf, &lc.handle.msgr, Counter::SendMessages, (msgs1 - msgs0) as i64);
+            lc.io.wq.extend(lc.io.parts.drain(..).filter(|b| !b.is_empty()));
             count_session_copies(&local.perf, lc);
             // A lossy session is finished with what it framed.
-            lc.conn.publish_done(lc.session.done(), lc.session.policy().lossy);
+            lc.handle.conn.publish_done(lc.session.done(), lc.session.policy().lossy);
         }
-        if lc.wq.is_empty() {
+        if lc.io.wq.is_empty() {
             break;
         }
-        let sent = lc.socket.send_owned(&mut lc.wq);
-        let copied = lc.socket.take_copied();
+        let sent = lc.io.socket.send_owned(&mut lc.io.wq);
+        let copied = lc.io.socket.take_copied();
         if copied.tx > 0 {
-            count(&local.perf, &lc.msgr, Counter::SendCopiedBytes, copied.tx as i64);
+            count(&local.perf, &lc.handle.msgr, Counter::SendCopiedBytes, copied.tx as i64);
         }
         match sent {
             Ok(0) => break,
             Ok(n) => {
-                count(&local.perf, &lc.msgr, Counter::WriteCalls, 1);
-                count(&local.perf, &lc.msgr, Counter::SendBytes, n as i64);
+                count(&local.perf, &lc.handle.msgr, Counter::WriteCalls, 1);
+                count(&local.perf, &lc.handle.msgr, Counter::SendBytes, n as i64);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -763,8 +705,8 @@ fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(),
     }
     // Level-triggered writability is asked for only while there is something to write,
     // so a writable socket with nothing queued never wakes the worker.
-    let want_write = !lc.wq.is_empty() || lc.session.wants_transmit();
-    let src = lc.src;
+    let want_write = !lc.io.wq.is_empty() || lc.session.wants_transmit();
+    let src = lc.io.src;
     let has_write = center.interest(src).contains(Interest::WRITABLE);
     if want_write && !has_write {
         center.create_file_event(src, Interest::WRITABLE, conn_callback(id))?;
@@ -775,12 +717,12 @@ fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(),
 }
 
 fn update_timer(local: &mut WorkerLocal, center: &mut Center, id: u64) {
-    let Some(lc) = local.conns.get_mut(&id) else { return };
+    let Some(lc) = local.ep.get_mut(id) else { return };
     let want = lc.session.poll_timeout();
-    if lc.timer.map(|t| t.1) == want {
+    if lc.io.timer.map(|t| t.1) == want {
         return;
     }
-    if let Some((t, _)) = lc.timer.take() {
+    if let Some((t, _)) = lc.io.timer.take() {
         center.delete_time_event(t);
     }
     if let Some(deadline) = want {
@@ -788,15 +730,15 @@ fn update_timer(local: &mut WorkerLocal, center: &mut Center, id: u64) {
             deadline,
             Box::new(move |local: &mut WorkerLocal, center: &mut Center| on_timer(local, center, id)),
         );
-        lc.timer = Some((t, deadline));
+        lc.io.timer = Some((t, deadline));
     }
 }
 
 fn on_timer(local: &mut WorkerLocal, center: &mut Center, id: u64) {
-    let Some(lc) = local.conns.get_mut(&id) else { return };
-    let span = (lc.msgr.settings.debug_ms >= 1).then(|| lc.span.clone());
+    let Some(lc) = local.ep.get_mut(id) else { return };
+    let span = (lc.handle.msgr.settings.debug_ms >= 1).then(|| lc.io.span.clone());
     let _entered = span.as_ref().map(tracing::Span::enter);
-    lc.timer = None;
+    lc.io.timer = None;
     if let Err(e) = lc.session.handle_timeout(Instant::now()) {
         return fault(local, center, id, ConnError::Protocol(e));
     }
@@ -815,57 +757,67 @@ fn fault(local: &mut WorkerLocal, center: &mut Center, id: u64, err: ConnError) 
 }
 
 /// Unhooks a connection's transport from the event loop and shuts it down.
-fn teardown(perf: &PerfCounters, center: &mut Center, mut lc: LocalConn) -> LocalConn {
-    count(perf, &lc.msgr, Counter::ActiveConnections, -1);
-    let _ = center.delete_file_event(lc.src, Interest::BOTH);
-    if let Some((t, _)) = lc.timer.take() {
+fn teardown(perf: &PerfCounters, center: &mut Center, msgr: &MsgrInner, io: &mut ConnIo) {
+    count(perf, msgr, Counter::ActiveConnections, -1);
+    let _ = center.delete_file_event(io.src, Interest::BOTH);
+    if let Some((t, _)) = io.timer.take() {
         center.delete_time_event(t);
     }
-    lc.socket.shutdown();
-    lc
+    io.socket.shutdown();
 }
 
+/// Ends connection `id`'s transport; the table decides whether its session lives on.
 #[inline(never)]
 fn close_conn(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option<ConnError>) {
-    let Some(lc) = local.conns.remove(&id) else { return };
-    let span = lc.span.clone();
+    let Some(lc) = local.ep.get(id) else { return };
+    let span = lc.io.span.clone();
     let _entered = span.enter();
-    let mut lc = teardown(&local.perf, center, lc);
-    let lossy = lc.session.policy().lossy;
-    let end = TransportEnd {
-        ending: ending(err.as_ref(), lossy),
-        lossless: !lossy,
-        dials: lc.dial.is_some(),
-        // The peer will come back to a session that was established here at some point.
-        had_session: lc.conn.existing().server_cookie != 0,
-        was_ready: lc.was_ready,
-        connecting: lc.connecting,
-        stopping: lc.msgr.is_stopping(),
+    let msgr = Arc::clone(&lc.handle.msgr);
+    let ending = ending(err.as_ref(), lc.session.policy().lossy);
+    let Some(ended) = local.ep.end_transport(id, ending, msgr.is_stopping(), &msgr.timing(), Instant::now()) else {
+        return;
     };
-    if end.is_fault() {
-        count(&local.perf, &lc.msgr, Counter::ConnectionFaults, 1);
+    let mut io = ended.io;
+    teardown(&local.perf, center, &msgr, &mut io);
+    if ended.end.is_fault() {
+        count(&local.perf, &msgr, Counter::ConnectionFaults, 1);
         if let Some(e) = &err {
-            dwarn!(lc.msgr, error = %e, kind = ?e, state = ?lc.state_seen, "fault");
+            dwarn!(msgr, error = %e, kind = ?e, state = ?io.state_seen, "fault");
         }
     } else {
-        dout!(lc.msgr, 1, reason = ?err, "transport closed");
+        dout!(msgr, 1, reason = ?err, "transport closed");
     }
-    match end.decide(lc.conn.is_outgoing()) {
-        AfterEnd::Keep { backoff, refused } => {
-            dout!(
-                lc.msgr,
-                5,
-                ?backoff,
-                dials = lc.dial.is_some(),
-                "lossless policy: the session is kept for a new transport"
-            );
-            let LocalConn { conn, msgr, session, dial, .. } = lc;
-            keep_session(local, center, msgr, conn, session, dial, err, refused, backoff)
+    match ended.after {
+        AfterEnd::Keep { refused, .. } => {
+            dout!(msgr, 5, dials = ended.end.dials, "lossless policy: the session is kept for a new transport");
+            kept(local, center, &ended.handle, err, refused, ended.redial_in);
         }
         AfterEnd::Close { report } => {
-            lc.session.close();
-            lc.conn.worker().sub_load();
-            close_and_report(&lc.msgr, &lc.conn, err, report);
+            ended.handle.conn.worker().sub_load();
+            close_and_report(&msgr, &ended.handle.conn, err, report);
+        }
+    }
+}
+
+/// A transport for `owner` could not be set up (dial or registration failed): the
+/// table keeps the session for another attempt or closes it.
+fn transport_failed(
+    local: &mut WorkerLocal,
+    center: &mut Center,
+    owner: Owner,
+    session: Session,
+    dial: Option<Dial>,
+    err: ConnError,
+    refused: bool,
+) {
+    let (id, stopping, timing) = (owner.conn.id(), owner.msgr.is_stopping(), owner.msgr.timing());
+    let after = local.ep.transport_failed(id, session, owner.clone(), dial, refused, stopping, &timing, Instant::now());
+    match after {
+        // Nothing was registered; the session waits for the next attempt.
+        AfterEnd::Keep { refused, .. } => kept(local, center, &owner, Some(err), refused, None),
+        AfterEnd::Close { report } => {
+            owner.conn.worker().sub_load();
+            close_and_report(&owner.msgr, &owner.conn, Some(err), report);
         }
     }
 }
@@ -884,113 +836,97 @@ fn ending(err: Option<&ConnError>, lossy: bool) -> Ending {
     }
 }
 
-/// A lossless session outlives its failed transport: the error is published, a
-/// refused dial is reported (`ms_handle_refused`), and the session is parked until the
-/// next transport.
-#[allow(clippy::too_many_arguments)]
-#[inline(never)]
-fn keep_session(
+/// The table parked `owner`'s lossless session: the error is published, a refused
+/// dial is reported (`ms_handle_refused`), and the connection shows as connecting
+/// until the next transport — ours after `redial_in`, or the peer's (Ceph's STANDBY).
+fn kept(
     local: &mut WorkerLocal,
     center: &mut Center,
-    msgr: Arc<MsgrInner>,
-    conn: ConnectionRef,
-    session: Session,
-    dial: Option<Dial>,
+    owner: &Owner,
     err: Option<ConnError>,
     refused: bool,
-    backoff: Backoff,
+    redial_in: Option<Duration>,
 ) {
+    let (conn, msgr) = (&owner.conn, &owner.msgr);
     if let Some(e) = err {
         conn.publish(|p| p.last_error = Some(e));
     }
-    if refused && dial.is_some() {
-        msgr.dispatch_queue.enqueue_event(Arc::clone(&conn), ConnEvent::Refused);
+    if refused {
+        msgr.dispatch_queue.enqueue_event(Arc::clone(conn), ConnEvent::Refused);
     }
-    park(local, center, msgr, conn, session.into_state(), dial, backoff);
-}
-
-/// Keeps a lossless session on this worker between transports. With `dial` we
-/// reconnect after the backoff; without, the session waits for the peer (Ceph's
-/// STANDBY of the accepting side).
-#[inline(never)]
-fn park(
-    local: &mut WorkerLocal,
-    center: &mut Center,
-    msgr: Arc<MsgrInner>,
-    conn: ConnectionRef,
-    state: SessionState,
-    mut dial: Option<Dial>,
-    backoff: Backoff,
-) {
-    let id = conn.id();
     conn.set_state(ConnState::Connecting);
-    let phase = if dial.is_some() { Phase::Connecting } else { Phase::Standby };
-    conn.set_existing(|e| e.phase = phase);
-    let at = match &mut dial {
-        Some(d) => {
-            let s = &msgr.settings;
-            d.backoff = next_backoff(d.backoff, backoff, s.initial_backoff, s.max_backoff);
-            Instant::now() + d.backoff
-        }
-        // A peer that never comes back must not pin its session forever: after the
-        // idle timeout the session is dropped and reported as a reset.
-        None => Instant::now() + msgr.settings.idle_timeout,
-    };
-    match &dial {
-        Some(d) => dout!(msgr, 1, conn = id, peer = %d.target, backoff = ?d.backoff, "reconnect scheduled"),
-        None => dout!(msgr, 1, conn = id, "session parked until the peer reconnects"),
+    match redial_in {
+        Some(backoff) => dout!(msgr, 1, conn = conn.id(), ?backoff, "reconnect scheduled"),
+        None => dout!(msgr, 1, conn = conn.id(), "session parked until the next transport"),
     }
-    let timer = center.create_time_event_at(
-        at,
-        Box::new(move |local: &mut WorkerLocal, center: &mut Center| on_parked_timer(local, center, id)),
-    );
-    local.parked.insert(id, Parked { conn, msgr, state, dial, timer });
+    arm_table_timer(local, center);
     // Anything sent while the transport was going down is still in the outbox.
-    flush_parked(local, center, id);
+    flush_parked(local, center, conn.id());
 }
 
 /// A parked session's outbox: messages join its queue; a mark-down ends it.
 fn flush_parked(local: &mut WorkerLocal, center: &mut Center, id: u64) {
-    let Some(p) = local.parked.get_mut(&id) else { return };
-    p.conn.clear_scheduled();
-    let out = p.conn.take_outbox();
+    let Some(owner) = local.ep.parked_handle(id) else { return };
+    let conn = Arc::clone(&owner.conn);
+    conn.clear_scheduled();
+    let out = conn.take_outbox();
     for m in out.msgs {
-        p.state.push(m);
+        local.ep.push_parked(id, m);
     }
     if out.mark_down {
-        if let Some(p) = local.parked.remove(&id) {
-            end_parked(center, p, None);
+        close_parked(local, center, id, None);
+    }
+}
+
+/// Ends parked session `id` for good.
+fn close_parked(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option<ConnError>) {
+    if let Some(owner) = local.ep.close_parked(id) {
+        arm_table_timer(local, center);
+        end_parked(owner, err);
+    }
+}
+
+/// Publishes the end of a session the table closed while it was parked.
+fn end_parked(owner: Owner, err: Option<ConnError>) {
+    owner.conn.worker().sub_load();
+    finish_closed(&owner.msgr, &owner.conn, err, None);
+}
+
+/// Keeps the worker's one timer for the table at its earliest deadline.
+fn arm_table_timer(local: &mut WorkerLocal, center: &mut Center) {
+    let want = local.ep.poll_timeout();
+    if local.table_timer.map(|t| t.1) == want {
+        return;
+    }
+    if let Some((t, _)) = local.table_timer.take() {
+        center.delete_time_event(t);
+    }
+    if let Some(at) = want {
+        let t = center.create_time_event_at(at, Box::new(on_table_timer));
+        local.table_timer = Some((t, at));
+    }
+}
+
+/// Parked sessions whose time came: dial again, carrying the session, or end those
+/// whose peer did not come back in time.
+fn on_table_timer(local: &mut WorkerLocal, center: &mut Center) {
+    local.table_timer = None;
+    let now = Instant::now();
+    while let Some(due) = local.ep.poll_due(now, |o| o.msgr.is_stopping()) {
+        match due {
+            Due::Expired(o) => {
+                let err = ConnError::Protocol(SessionError::IdleTimeout(o.msgr.settings.idle_timeout));
+                end_parked(o, Some(err));
+            }
+            Due::Stopped(o) => end_parked(o, Some(ConnError::Shutdown)),
+            Due::Redial { id, handle: Owner { conn, msgr }, dial, state } => {
+                dout!(msgr, 1, conn = id, peer = %dial.target, connect_seq = state.connect_seq(), "reconnecting");
+                let session = msgr.client_session(dial.target.clone(), dial.peer_type, state);
+                start_connect(local, center, msgr, conn, dial, session);
+            }
         }
     }
-}
-
-/// Ends a parked session for good.
-fn end_parked(center: &mut Center, p: Parked, err: Option<ConnError>) {
-    // A no-op when this is the timer that just fired.
-    center.delete_time_event(p.timer);
-    p.conn.worker().sub_load();
-    finish_closed(&p.msgr, &p.conn, err, None);
-}
-
-/// A parked session's timer: if we dial, the backoff is over and we dial again,
-/// carrying the session; otherwise the peer did not come back in time.
-fn on_parked_timer(local: &mut WorkerLocal, center: &mut Center, id: u64) {
-    let Some(p) = local.parked.remove(&id) else { return };
-    if p.dial.is_none() {
-        let err = ConnError::Protocol(SessionError::IdleTimeout(p.msgr.settings.idle_timeout));
-        return end_parked(center, p, Some(err));
-    }
-    if p.msgr.is_stopping() {
-        return end_parked(center, p, Some(ConnError::Shutdown));
-    }
-    let Parked { conn, msgr, mut state, dial, .. } = p;
-    let Some(dial) = dial else { return };
-    if state.server_cookie() != 0 {
-        state.connect_seq += 1;
-    }
-    dout!(msgr, 1, conn = id, peer = %dial.target, connect_seq = state.connect_seq, "reconnecting");
-    let session = msgr.client_session(dial.target.clone(), dial.peer_type, state);
-    start_connect(local, center, msgr, conn, dial, session);
+    arm_table_timer(local, center);
 }
 
 /// Publishes the close and, for errors, queues `ms_handle_refused` / `ms_handle_reset`
@@ -1008,7 +944,6 @@ fn close_and_report(msgr: &Arc<MsgrInner>, conn: &ConnectionRef, err: Option<Con
         conn.publish(|p| p.last_error = Some(e.clone()));
     }
     conn.set_state(ConnState::Closed);
-    conn.set_existing(|e| e.phase = Phase::Closed);
     conn.close_flow(err.clone());
     msgr.forget(conn);
     let ev = match report {
@@ -1071,13 +1006,14 @@ pub(crate) fn remove_listener(local: &mut WorkerLocal, center: &mut Center, id: 
 
 /// Closes every connection and listener of one messenger on this worker, silently.
 pub(crate) fn close_messenger(local: &mut WorkerLocal, center: &mut Center, msgr: &Arc<MsgrInner>) {
-    let conns: Vec<u64> = local.conns.iter().filter(|(_, c)| Arc::ptr_eq(&c.msgr, msgr)).map(|(id, _)| *id).collect();
+    let mine = |o: &Owner| Arc::ptr_eq(&o.msgr, msgr);
+    let conns: Vec<u64> = local.ep.links().filter(|(_, l)| mine(&l.handle)).map(|(id, _)| id).collect();
     for id in conns {
         close_conn(local, center, id, Some(ConnError::Shutdown));
     }
-    let parked: Vec<u64> = local.parked.iter().filter(|(_, p)| Arc::ptr_eq(&p.msgr, msgr)).map(|(id, _)| *id).collect();
+    let parked: Vec<u64> = local.ep.parked().filter(|(_, o)| mine(o)).map(|(id, _)| id).collect();
     for id in parked {
-        drop_parked(local, center, id);
+        close_parked(local, center, id, Some(ConnError::Shutdown));
     }
     let ls: Vec<u64> = local.listeners.iter().filter(|(_, l)| Arc::ptr_eq(&l.msgr, msgr)).map(|(id, _)| *id).collect();
     for id in ls {
@@ -1085,15 +1021,9 @@ pub(crate) fn close_messenger(local: &mut WorkerLocal, center: &mut Center, msgr
     }
 }
 
-fn drop_parked(local: &mut WorkerLocal, center: &mut Center, id: u64) {
-    if let Some(p) = local.parked.remove(&id) {
-        end_parked(center, p, Some(ConnError::Shutdown));
-    }
-}
-
 /// The worker's driver failed: fail every connection.
 pub(crate) fn fail_all(local: &mut WorkerLocal, center: &mut Center, e: &io::Error) {
-    let ids: Vec<u64> = local.conns.keys().copied().collect();
+    let ids: Vec<u64> = local.ep.links().map(|(id, _)| id).collect();
     for id in ids {
         fault(local, center, id, ConnError::Io { kind: e.kind(), msg: format!("event driver failed: {e}") });
     }
@@ -1101,13 +1031,13 @@ pub(crate) fn fail_all(local: &mut WorkerLocal, center: &mut Center, e: &io::Err
 
 /// The worker is stopping: close everything it owns.
 pub(crate) fn close_all(local: &mut WorkerLocal, center: &mut Center) {
-    let ids: Vec<u64> = local.conns.keys().copied().collect();
+    let ids: Vec<u64> = local.ep.links().map(|(id, _)| id).collect();
     for id in ids {
         close_conn(local, center, id, Some(ConnError::Shutdown));
     }
-    let ids: Vec<u64> = local.parked.keys().copied().collect();
+    let ids: Vec<u64> = local.ep.parked().map(|(id, _)| id).collect();
     for id in ids {
-        drop_parked(local, center, id);
+        close_parked(local, center, id, Some(ConnError::Shutdown));
     }
     let ls: Vec<u64> = local.listeners.keys().copied().collect();
     for id in ls {

@@ -228,6 +228,16 @@ impl MsgrInner {
         }
     }
 
+    /// What the session table's timers follow.
+    pub(crate) fn timing(&self) -> crate::proto::endpoint::Timing {
+        let s = &self.settings;
+        crate::proto::endpoint::Timing {
+            initial_backoff: s.initial_backoff,
+            max_backoff: s.max_backoff,
+            idle_timeout: s.idle_timeout,
+        }
+    }
+
     pub(crate) fn policy_for(&self, ty: EntityType) -> Policy {
         self.policies.read().unwrap_or_else(|e| e.into_inner()).get(ty)
     }

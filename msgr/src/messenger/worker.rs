@@ -6,7 +6,9 @@ use std::cell::RefCell;
 use std::io;
 use std::sync::Arc;
 
-use super::io::{LocalConn, LocalListener, Parked};
+use std::time::Instant;
+
+use super::io::{LocalListener, Table};
 use super::perf::PerfCounters;
 use crate::event::EventCenter;
 use crate::stack::worker::{self, IdMap, WorkerContext, WorkerShared, WorkerTask};
@@ -37,12 +39,13 @@ pub struct WorkerLocal {
     pub(crate) id: usize,
     /// Creates sockets on this worker.
     pub net: Box<dyn SocketFactory>,
-    /// Connections owned by this worker, by connection id.
-    pub(crate) conns: IdMap<LocalConn>,
+    /// The session table: connections owned by this worker, live or parked between
+    /// transports, by connection id.
+    pub(crate) ep: Table,
+    /// The timer of the table's earliest deadline (redial or standby expiry).
+    pub(crate) table_timer: Option<(crate::event::TimerId, Instant)>,
     /// Listening sockets owned by this worker, by listener id.
     pub(crate) listeners: IdMap<LocalListener>,
-    /// Lossless sessions between transports (waiting to reconnect, or for the peer to).
-    pub(crate) parked: IdMap<Parked>,
     /// This worker's perf counters (also reachable from [`WorkerShared::shared`]).
     pub(crate) perf: Arc<PerfCounters>,
     /// Where connections' reads land before their sessions take them in.
@@ -56,9 +59,9 @@ impl WorkerContext for WorkerLocal {
         WorkerLocal {
             id,
             net,
-            conns: IdMap::default(),
+            ep: Table::default(),
+            table_timer: None,
             listeners: IdMap::default(),
-            parked: IdMap::default(),
             perf: Arc::new(PerfCounters::new()),
             rx_scratch: vec![0; super::io::READ_CHUNK].into_boxed_slice(),
         }

@@ -415,7 +415,9 @@ impl<T, H: Shared> Endpoint<T, H> {
     }
 
     /// The next parked session whose time has come by `now`, taken out of the table.
-    pub fn poll_due(&mut self, now: Instant, stopping: bool) -> Option<Due<H>> {
+    /// `stopping` says whether the session's messenger is stopping (a worker may serve
+    /// several).
+    pub fn poll_due(&mut self, now: Instant, stopping: impl Fn(&H) -> bool) -> Option<Due<H>> {
         let &(at, id) = self.deadlines.first()?;
         if at > now {
             return None;
@@ -428,7 +430,7 @@ impl<T, H: Shared> Endpoint<T, H> {
             p.handle.set_existing(|e| e.phase = Phase::Closed);
             return Some(Due::Expired(p.handle));
         };
-        if stopping {
+        if stopping(&p.handle) {
             p.handle.set_existing(|e| e.phase = Phase::Closed);
             return Some(Due::Stopped(p.handle));
         }
