@@ -912,7 +912,10 @@ fn arm_table_timer(local: &mut WorkerLocal, center: &mut Center) {
 fn on_table_timer(local: &mut WorkerLocal, center: &mut Center) {
     local.table_timer = None;
     let now = Instant::now();
-    while let Some(due) = local.ep.poll_due(now, |o| o.msgr.is_stopping()) {
+    // Taken out first: a redial that fails at once parks again, possibly due at once
+    // (a zero backoff), and must wait for the next turn of the loop, not spin here.
+    let due: Vec<_> = std::iter::from_fn(|| local.ep.poll_due(now, |o| o.msgr.is_stopping())).collect();
+    for due in due {
         match due {
             Due::Expired(o) => {
                 let err = ConnError::Protocol(SessionError::IdleTimeout(o.msgr.settings.idle_timeout));

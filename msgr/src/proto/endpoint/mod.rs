@@ -416,7 +416,8 @@ impl<T, H: Shared> Endpoint<T, H> {
 
     /// The next parked session whose time has come by `now`, taken out of the table.
     /// `stopping` says whether the session's messenger is stopping (a worker may serve
-    /// several).
+    /// several). Take every due session out before acting on them: a redial that fails
+    /// at once parks again, due at once with a zero backoff.
     pub fn poll_due(&mut self, now: Instant, stopping: impl Fn(&H) -> bool) -> Option<Due<H>> {
         let &(at, id) = self.deadlines.first()?;
         if at > now {
