@@ -125,7 +125,7 @@ impl Sim {
     }
 
     pub fn on_connected(&mut self, tid: u64) {
-        let Some(o) = self.net.transports.get(&tid).and_then(|t| t.owners[0]) else { return };
+        let Some(o) = self.owner(tid, 0) else { return };
         if let Some(link) = self.nodes[o.node].workers[o.worker].table.get_mut(o.link) {
             link.transport_connected();
         }
@@ -134,17 +134,27 @@ impl Sim {
     }
 
     pub fn on_refused(&mut self, tid: u64) {
-        let Some(o) = self.net.transports.get(&tid).and_then(|t| t.owners[0]) else { return };
+        let Some(o) = self.owner(tid, 0) else { return };
         self.transport_down(o, msgr_core::proto::endpoint::Ending::Refused, "connection refused");
     }
 
+    /// The live owner of one end: a restart closes its ends, so a stale one is a bug.
+    fn owner(&mut self, tid: u64, side: usize) -> Option<Owner> {
+        let o = self.net.transports.get(&tid).and_then(|t| t.owners[side])?;
+        if self.nodes[o.node].inc != o.inc {
+            self.fail(format!("transport {tid} still owned by node {} incarnation {}", o.node, o.inc));
+            return None;
+        }
+        Some(o)
+    }
+
     pub fn on_chunk(&mut self, tid: u64, to: usize, data: Bytes) {
-        let Some(o) = self.net.transports.get(&tid).and_then(|t| t.owners[to]) else { return };
+        let Some(o) = self.owner(tid, to) else { return };
         self.input(o, &data);
     }
 
     pub fn on_hangup(&mut self, tid: u64, to: usize, reset: bool) {
-        let Some(o) = self.net.transports.get(&tid).and_then(|t| t.owners[to]) else { return };
+        let Some(o) = self.owner(tid, to) else { return };
         self.hangup(o, reset);
     }
 

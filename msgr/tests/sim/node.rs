@@ -37,7 +37,6 @@ pub struct SimConn(pub Rc<RefCell<ConnShared>>);
 
 pub struct ConnShared {
     pub id: u64,
-    pub node: usize,
     pub outgoing: bool,
     pub existing: Existing,
     /// The worker whose table holds the session.
@@ -207,7 +206,6 @@ impl Sim {
         let id = self.next_conn_id();
         let c = SimConn(Rc::new(RefCell::new(ConnShared {
             id,
-            node,
             outgoing,
             existing: Existing {
                 phase: Phase::Connecting,
@@ -790,6 +788,12 @@ impl Sim {
 
     /// A message reached the application of `node`.
     fn deliver(&mut self, node: usize, conn: &SimConn, m: Message) {
+        if conn.0.borrow().mark_down {
+            // `mark_down` returned before the worker closed the connection; Ceph stops
+            // the connection and discards its dispatch queue inside `mark_down`.
+            self.stats.after_mark_down += 1;
+            return;
+        }
         let nonce = self.nodes[node].addr.nonce;
         let r = self.ledger.deliver(conn.id(), node, nonce, &m, |c| {
             let c = c.0.borrow();

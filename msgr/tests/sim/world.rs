@@ -197,7 +197,7 @@ pub struct Params {
 impl Params {
     /// A whole run drawn from one seed: what the big runs and `replay` use.
     pub fn from_seed(seed: u64) -> Params {
-        let mut r = Rng::new(seed ^ 0x5EED_0F_5111);
+        let mut r = Rng::new(seed ^ 0x005E_ED0F_5111);
         let topology = Topology::ALL[r.below(4) as usize];
         let nodes = if topology == Topology::Pair { 2 } else { r.range(2, 5) as usize };
         let duration_ms = r.range(1_000, 4_000);
@@ -355,6 +355,9 @@ pub struct Stats {
     pub keepalive_acks: u64,
     /// Lossy messages delivered after later ones from a newer connection.
     pub lossy_reorders: u64,
+    /// Messages a connection received after the application marked it down (before
+    /// its worker closed it), dropped as Ceph's dispatch queue discards them.
+    pub after_mark_down: u64,
     pub virtual_ns: u64,
     pub events: u64,
 }
@@ -378,6 +381,7 @@ impl Stats {
         self.release_missed += o.release_missed;
         self.keepalive_acks += o.keepalive_acks;
         self.lossy_reorders += o.lossy_reorders;
+        self.after_mark_down += o.after_mark_down;
         self.virtual_ns += o.virtual_ns;
         self.events += o.events;
     }
@@ -406,7 +410,7 @@ impl fmt::Display for Stats {
         }
         write!(
             f,
-            ") | restarts {} | transports {} (faulted {}) | ms_handle_reset {} refused {} remote_reset {} (accepting side {}) | take-overs {} (adopt parked {}, release missed {}) | keepalive acks {} | lossy stale reorders {} | virtual {:.1}s | events {}",
+            ") | restarts {} | transports {} (faulted {}) | ms_handle_reset {} refused {} remote_reset {} (accepting side {}) | take-overs {} (adopt parked {}, release missed {}) | keepalive acks {} | lossy stale reorders {} | received after mark-down {} | virtual {:.1}s | events {}",
             self.restarts(),
             self.transports,
             self.transport_faults,
@@ -419,6 +423,7 @@ impl fmt::Display for Stats {
             self.release_missed,
             self.keepalive_acks,
             self.lossy_reorders,
+            self.after_mark_down,
             self.virtual_ns as f64 / 1e9,
             self.events,
         )
@@ -613,7 +618,8 @@ impl Sim {
     /// later, after whatever else is due, so other steps can slip in between.
     pub fn submit(&mut self, node: usize, worker: usize, task: Task) {
         let inc = self.nodes[node].inc;
-        let delay = self.rng.below(200_000);
+        // Now and then a worker is slow to get to it (busy, descheduled).
+        let delay = if self.rng.one_in(8) { self.rng.below(5_000_000) } else { self.rng.below(200_000) };
         self.after(delay, Ev::Task { node, inc, worker, task });
     }
 
@@ -760,9 +766,14 @@ impl Sim {
         } else {
             return false;
         };
+        // An accepting side that keeps its session sees the dialler come back with a
+        // new cookie: the peer-restarted path (reset_first) of a take-over.
+        let both = self.p.topology == Topology::Peers || self.rng.one_in(2);
         for (x, y) in [(a, b), (b, a)] {
-            let key = self.conn_key(x, y);
-            self.mark_down(x, &key);
+            if both || talks(self, x, y) {
+                let key = self.conn_key(x, y);
+                self.mark_down(x, &key);
+            }
         }
         let at = self.now_ns + MS;
         for (x, y) in [(a, b), (b, a)] {
@@ -782,7 +793,12 @@ impl Sim {
             return;
         }
         self.nodes[node].unregister(&c);
-        c.0.borrow_mut().mark_down = true;
+        {
+            let mut s = c.0.borrow_mut();
+            s.mark_down = true;
+            // The application gave the connection up: what it queued there is void.
+            s.excused_below = u64::MAX;
+        }
         let w = c.0.borrow().worker;
         let id = c.id();
         self.submit(node, w, Task::Flush(id));
@@ -887,18 +903,19 @@ impl Sim {
 
 /// Runs one simulation: its stats, or the broken contract with the line replaying it.
 pub fn run(p: &Params) -> Result<Stats, String> {
-    run_with(p, false)
+    let (sim, r) = simulate(p);
+    r.map(|()| sim.stats)
 }
 
-/// As [`run`]; `strict_lossy`: see [`Ledger::strict_lossy`].
-pub fn run_with(p: &Params, strict_lossy: bool) -> Result<Stats, String> {
+/// Runs `p` and hands back the world as it ended, for tests that look inside.
+pub fn simulate(p: &Params) -> (Sim, Result<(), String>) {
     let mut sim = Sim::new(p);
-    sim.ledger.strict_lossy = strict_lossy;
     sim.run_loop();
     sim.stats.delivered = sim.ledger.delivered;
     sim.stats.lossy_reorders = sim.ledger.lossy_reorders;
-    match sim.failure.take() {
-        None => Ok(sim.stats),
+    let r = match sim.failure.take() {
+        None => Ok(()),
         Some(f) => Err(format!("{f}\n{}", p.replay_line())),
-    }
+    };
+    (sim, r)
 }
