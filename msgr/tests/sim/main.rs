@@ -120,9 +120,10 @@ fn fault() -> impl Strategy<Value = Fault> {
     prop_oneof![
         5 => (any::<u16>(), any::<bool>(), offset).prop_map(|(pick, to_acceptor, offset)| Fault::Cut { pick, to_acceptor, offset }),
         2 => (0u8..4, prop_oneof![Just(0u16), 1u16..50]).prop_map(|(node, delay_ms)| Fault::Refuse { node, delay_ms }),
-        1 => (any::<u16>(), any::<bool>(), 1u16..3000).prop_map(|(pick, to_acceptor, ms)| Fault::Stall { pick, to_acceptor, ms }),
+        1 => (any::<u16>(), any::<bool>(), prop_oneof![1u16..3000, 10_000u16..20_000]).prop_map(|(pick, to_acceptor, ms)| Fault::Stall { pick, to_acceptor, ms }),
         1 => (0u8..4, 0u8..4).prop_map(|(a, b)| Fault::Race { a, b }),
         1 => (0u8..4).prop_map(|node| Fault::Restart { node }),
+        1 => (any::<u16>(), 0u16..600, 1u16..5000).prop_map(|(pick, offset, ms)| Fault::Strand { pick, offset, ms }),
     ]
 }
 

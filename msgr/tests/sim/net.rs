@@ -32,6 +32,8 @@ pub struct Owner {
 struct Pipe {
     sent: u64,
     cut_at: Option<u64>,
+    // (offset, delay): see `Fault::Strand`.
+    strand_at: Option<(u64, u64)>,
     // Arrival time of the last chunk: later chunks never overtake it.
     arrive: u64,
     stall_until: u64,
@@ -51,6 +53,10 @@ pub struct Net {
     next: u64,
     /// Cuts planned while no transport was open: they hit the next ones.
     pending_cuts: Vec<(bool, u32)>,
+    /// Stalls planned for the next transport: (to_acceptor, duration).
+    pending_stalls: Vec<(bool, u64)>,
+    /// Strands planned for the next transport: (offset, delay).
+    pending_strands: Vec<(u64, u64)>,
     /// (node, delay): the next dial to `node` is refused after `delay` (0: at once).
     pub refusals: Vec<(usize, u64)>,
 }
@@ -59,6 +65,8 @@ impl Net {
     /// Faults stop: planned ones are forgotten (stalls in progress run out).
     pub fn heal(&mut self) {
         self.pending_cuts.clear();
+        self.pending_stalls.clear();
+        self.pending_strands.clear();
         self.refusals.clear();
     }
 
@@ -90,6 +98,13 @@ impl Sim {
         if !self.net.pending_cuts.is_empty() {
             let (to_acceptor, offset) = self.net.pending_cuts.remove(0);
             t.pipes[usize::from(!to_acceptor)].cut_at = Some(offset as u64);
+        }
+        if !self.net.pending_strands.is_empty() {
+            t.pipes[0].strand_at = Some(self.net.pending_strands.remove(0));
+        }
+        if !self.net.pending_stalls.is_empty() {
+            let (to_acceptor, ns) = self.net.pending_stalls.remove(0);
+            t.pipes[usize::from(!to_acceptor)].stall_until = self.now_ns + ns;
         }
         self.net.transports.insert(tid, t);
         self.stats.transports += 1;
@@ -178,23 +193,37 @@ impl Sim {
             return;
         }
         let pipe = &t.pipes[io.side];
-        let (sent, cut_at) = (pipe.sent, pipe.cut_at);
+        let (sent, cut_at, strand_at) = (pipe.sent, pipe.cut_at, pipe.strand_at);
         let len = data.len() as u64;
         let keep = match cut_at {
             Some(c) if c < sent + len => c.saturating_sub(sent) as usize,
             _ => data.len(),
         };
+        // Bytes past a strand point are held up in the network.
+        let (held, delay) = match strand_at {
+            Some((at, delay)) if at < sent + keep as u64 => (at.saturating_sub(sent) as usize, delay),
+            _ => (keep, 0),
+        };
         let mut cuts: Vec<usize> = (0..self.rng.below(4)).map(|_| self.rng.below(keep as u64 + 1) as usize).collect();
-        cuts.push(keep);
+        cuts.extend([held, keep]);
         cuts.sort_unstable();
         let mut from = 0;
         let to = 1 - io.side;
         for c in cuts {
             if c > from {
-                let at = self.arrival(io, 0);
+                let at = self.arrival(io, if from >= held { delay } else { 0 });
                 self.at(at, Ev::Chunk { tid: io.tid, to, data: data.slice(from..c) });
                 from = c;
             }
+        }
+        if held < keep {
+            // The writer's end is gone; the other end is left half-open, never told.
+            let Some(t) = self.net.transports.get_mut(&io.tid) else { return };
+            t.pipes[io.side].sent += keep as u64;
+            t.dead = true;
+            let back = self.latency();
+            self.after(back, Ev::Hangup { tid: io.tid, to: io.side, reset: true });
+            return;
         }
         let Some(t) = self.net.transports.get_mut(&io.tid) else { return };
         t.pipes[io.side].sent += keep as u64;
@@ -255,10 +284,25 @@ impl Sim {
         true
     }
 
+    /// An odd `pick` stalls the next transport to open: a redial's handshake, often.
+    pub fn strand(&mut self, pick: u16, offset: u16, ns: u64) -> bool {
+        let open = self.net.open();
+        if open.is_empty() || pick % 2 == 1 {
+            self.net.pending_strands.push((offset as u64, ns));
+            return true;
+        }
+        let tid = open[pick as usize % open.len()];
+        let Some(t) = self.net.transports.get_mut(&tid) else { return false };
+        let p = &mut t.pipes[0];
+        p.strand_at = Some((p.sent + offset as u64, ns));
+        true
+    }
+
     pub fn stall(&mut self, pick: u16, to_acceptor: bool, ns: u64) -> bool {
         let open = self.net.open();
-        if open.is_empty() {
-            return false;
+        if open.is_empty() || pick % 2 == 1 {
+            self.net.pending_stalls.push((to_acceptor, ns));
+            return true;
         }
         let tid = open[pick as usize % open.len()];
         let until = self.now_ns + ns;

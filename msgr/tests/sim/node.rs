@@ -672,6 +672,7 @@ impl Sim {
             ex
         });
         let plan = plan_identify(&claim, snapshot.as_ref(), wins);
+        *self.stats.plans.entry(plan_name(&plan)).or_default() += 1;
         if self.trace {
             eprintln!(
                 "{:>12.6} n{node}w{w} c{id} identify {:?} existing {:?} {snapshot:?} -> {plan:?}",
@@ -807,5 +808,24 @@ impl Sim {
                 }
             }
         }
+    }
+}
+
+/// The kind of a plan, for the stats.
+fn plan_name(p: &Plan) -> &'static str {
+    use msgr_core::proto::reconnect::Decision as D;
+    match p {
+        Plan::New => "new",
+        Plan::ReplaceLossy => "replace-lossy",
+        Plan::Take { reset_first: true, .. } => "take-reset",
+        Plan::Take { resume: true, .. } => "resume",
+        Plan::Take { .. } => "reuse",
+        Plan::Refuse(D::Reset { full: true }) => "RESET",
+        Plan::Refuse(D::Reset { full: false }) => "RESET(partial)",
+        Plan::Refuse(D::Retry(_)) => "RETRY",
+        Plan::Refuse(D::RetryGlobal(_)) => "RETRY_GLOBAL",
+        Plan::Refuse(D::Wait) => "WAIT",
+        Plan::Refuse(D::Stale) => "stale",
+        Plan::Refuse(_) => "other",
     }
 }

@@ -145,8 +145,8 @@ pub enum Fault {
     Cut { pick: u16, to_acceptor: bool, offset: u32 },
     /// The next dial to `node` is refused, at once or after `delay_ms`.
     Refuse { node: u8, delay_ms: u16 },
-    /// The `pick`-th open transport stops delivering in one direction for `ms` (a
-    /// latency spike: bytes are held, not lost).
+    /// The `pick`-th open transport (odd `pick`: the next one to open) stops
+    /// delivering in one direction for `ms` (a latency spike: bytes are held, not lost).
     Stall { pick: u16, to_acceptor: bool, ms: u16 },
     /// `a` and `b` mark their connections to each other down, then both send at the
     /// same instant: both dial (if their policy dials), so the dials race.
@@ -154,10 +154,15 @@ pub enum Fault {
     /// `node` restarts: it loses every session and its queues, and comes back at the
     /// same address with a new nonce.
     Restart { node: u8 },
+    /// The dialling end of the `pick`-th open transport (odd `pick`: the next one to
+    /// open) is lost once it has sent `offset` more bytes: it sees a reset, while the
+    /// bytes past the offset reach the accepting end `ms` late and that end is left
+    /// half-open — a stale handshake (SESSION_RECONNECT) arriving after newer ones.
+    Strand { pick: u16, offset: u16, ms: u16 },
 }
 
 impl Fault {
-    pub const KINDS: [&'static str; 5] = ["cut", "refuse", "stall", "race", "restart"];
+    pub const KINDS: [&'static str; 6] = ["cut", "refuse", "stall", "race", "restart", "strand"];
 
     pub fn kind(&self) -> usize {
         match self {
@@ -166,6 +171,7 @@ impl Fault {
             Fault::Stall { .. } => 2,
             Fault::Race { .. } => 3,
             Fault::Restart { .. } => 4,
+            Fault::Strand { .. } => 5,
         }
     }
 }
@@ -243,8 +249,17 @@ pub fn random_op(r: &mut Rng, duration_ms: u64) -> Op {
         50..=62 => {
             Fault::Refuse { node: r.below(4) as u8, delay_ms: if r.one_in(2) { 0 } else { r.range(1, 50) as u16 } }
         }
-        63..=72 => Fault::Stall { pick: r.below(64) as u16, to_acceptor: r.one_in(2), ms: r.range(1, 3000) as u16 },
-        73..=84 => Fault::Race { a: r.below(4) as u8, b: r.below(4) as u8 },
+        // A third of the spikes outlast the handshake timeout: the dialler gives up on
+        // a transport whose bytes still reach the acceptor later (stale attempts).
+        63..=72 => Fault::Stall {
+            pick: r.below(64) as u16,
+            to_acceptor: r.one_in(2),
+            ms: if r.one_in(3) { r.range(10_000, 20_000) } else { r.range(1, 3000) } as u16,
+        },
+        73..=80 => Fault::Race { a: r.below(4) as u8, b: r.below(4) as u8 },
+        81..=88 => {
+            Fault::Strand { pick: r.below(64) as u16, offset: r.below(600) as u16, ms: r.range(1, 5_000) as u16 }
+        }
         _ => Fault::Restart { node: r.below(4) as u8 },
     };
     Op { at_ms, fault }
@@ -274,6 +289,7 @@ impl fmt::Display for Params {
                 Fault::Stall { pick, to_acceptor, ms } => ("s", pick as u64, to_acceptor as u64, ms as u64),
                 Fault::Race { a, b } => ("r", a as u64, b as u64, 0),
                 Fault::Restart { node } => ("x", node as u64, 0, 0),
+                Fault::Strand { pick, offset, ms } => ("h", pick as u64, offset as u64, ms as u64),
             };
             write!(f, "{sep}{k}{}.{a}.{b}.{c}", op.at_ms)?;
         }
@@ -308,6 +324,7 @@ impl std::str::FromStr for Params {
                 "s" => Fault::Stall { pick: a as u16, to_acceptor: b != 0, ms: c as u16 },
                 "r" => Fault::Race { a: a as u8, b: b as u8 },
                 "x" => Fault::Restart { node: a as u8 },
+                "h" => Fault::Strand { pick: a as u16, offset: b as u16, ms: c as u16 },
                 _ => return Err(format!("op {op:?}: unknown kind")),
             };
             schedule.push(Op { at_ms: at as u32, fault });
@@ -335,7 +352,7 @@ pub struct Stats {
     pub sent: u64,
     pub delivered: u64,
     /// Faults applied, by [`Fault::KINDS`].
-    pub faults: [u64; 5],
+    pub faults: [u64; 6],
     pub transports: u64,
     pub transport_faults: u64,
     /// `ms_handle_reset` raised.
@@ -360,6 +377,8 @@ pub struct Stats {
     pub after_mark_down: u64,
     pub virtual_ns: u64,
     pub events: u64,
+    /// The server's plans for identifying lossless peers, by kind.
+    pub plans: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Stats {
@@ -384,6 +403,9 @@ impl Stats {
         self.after_mark_down += o.after_mark_down;
         self.virtual_ns += o.virtual_ns;
         self.events += o.events;
+        for (k, v) in &o.plans {
+            *self.plans.entry(k).or_default() += v;
+        }
     }
 
     pub fn restarts(&self) -> u64 {
@@ -426,7 +448,8 @@ impl fmt::Display for Stats {
             self.after_mark_down,
             self.virtual_ns as f64 / 1e9,
             self.events,
-        )
+        )?;
+        write!(f, " | plans {:?}", self.plans)
     }
 }
 
@@ -750,6 +773,7 @@ impl Sim {
                 self.restart(node as usize % n);
                 true
             }
+            Fault::Strand { pick, offset, ms } => self.strand(pick, offset, ms as u64 * MS),
         };
         if applied {
             self.stats.faults[fault.kind()] += 1;
