@@ -60,6 +60,8 @@ pub struct ConnShared {
     pub peer: Option<(usize, u32)>,
     /// A remote reset was reported since the session was last READY.
     pub reset_since_ready: bool,
+    /// Every peer nonce a session of this connection was READY with, in order.
+    pub nonces_seen: Vec<u32>,
 }
 
 impl SimConn {
@@ -109,8 +111,8 @@ pub struct Node {
     pub all: BTreeMap<u64, SimConn>,
     global_seq: u64,
     next_gid: u64,
-    /// Where this node dials each node (its "map").
-    pub view: Vec<EntityAddrVec>,
+    /// Where this node dials each node (its "map"), with the incarnation it is of.
+    pub view: Vec<(u32, EntityAddrVec)>,
     /// Messages the application still sends of its own accord.
     pub budget: u64,
 }
@@ -230,6 +232,7 @@ impl Sim {
             ever_ready: false,
             peer: None,
             reset_since_ready: false,
+            nonces_seen: Vec::new(),
         })));
         self.nodes[node].all.insert(id, c.clone());
         self.ledger.track(&c);
@@ -774,6 +777,9 @@ impl Sim {
         let Some(pn) = self.nodes.iter().position(|n| n.addr.addr == a.addr) else { return };
         let mut s = c.0.borrow_mut();
         let before = s.peer.replace((pn, a.nonce));
+        if s.nonces_seen.last() != Some(&a.nonce) {
+            s.nonces_seen.push(a.nonce);
+        }
         let reported = std::mem::replace(&mut s.reset_since_ready, false);
         s.ever_ready = true;
         drop(s);

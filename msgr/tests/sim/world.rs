@@ -495,12 +495,15 @@ pub enum Ev {
         inc: u32,
         dest: usize,
     },
-    /// `node` learns that `restarted` came back at a new address.
+    /// `node` learns that `restarted` left `old` for `new` (one restart: with several
+    /// in a row, each update names its own pair, in whatever order they arrive).
     MapUpdate {
         node: usize,
         inc: u32,
         restarted: usize,
         old: EntityAddrVec,
+        /// The restarted node's incarnation and address.
+        new: (u32, EntityAddrVec),
     },
     Task {
         node: usize,
@@ -615,7 +618,7 @@ impl Sim {
             sim.nodes.push(node);
         }
         for i in 0..p.nodes {
-            sim.nodes[i].view = (0..p.nodes).map(|j| sim.dial_target(j)).collect();
+            sim.nodes[i].view = (0..p.nodes).map(|j| (0, sim.dial_target(j))).collect();
         }
         sim
     }
@@ -674,7 +677,7 @@ impl Sim {
     /// The key under which `x` finds its connection to `y`.
     fn conn_key(&self, x: usize, y: usize) -> EntityAddrVec {
         if self.p.topology.targets(x, self.p.nodes).contains(&y) {
-            self.nodes[x].view[y].clone()
+            self.nodes[x].view[y].1.clone()
         } else {
             self.nodes[y].my_addrs()
         }
@@ -729,11 +732,19 @@ impl Sim {
                     self.app_send(node, dest, None);
                 }
             }
-            Ev::MapUpdate { node, inc, restarted, old } => {
+            Ev::MapUpdate { node, inc, restarted, old, new } => {
                 if self.nodes[node].inc == inc {
                     self.trace(|| format!("n{node} map update: n{restarted} restarted, mark down {old}"));
+                    // The old address is marked down as the new one comes into use, as
+                    // an OSD does on a new map: no stream runs on both at once.
                     self.mark_down(node, &old);
-                    self.nodes[node].view[restarted] = self.dial_target(restarted);
+                    let v = &mut self.nodes[node].view[restarted];
+                    if v.0 < new.0 {
+                        // Whatever address we used until now is left behind too (updates
+                        // for several restarts may come in any order).
+                        let left = std::mem::replace(v, new).1;
+                        self.mark_down(node, &left);
+                    }
                 }
             }
             Ev::Task { node, inc, worker, task } => {
@@ -889,7 +900,7 @@ impl Sim {
     fn restart(&mut self, node: usize) {
         let old = self.nodes[node].my_addrs();
         let tables = self.nodes[node].take_tables();
-        for (w, mut table) in tables.into_iter().enumerate() {
+        for mut table in tables {
             // As the messenger's `close_all`, while stopping: nothing is reported.
             let ids: Vec<u64> = table.links().map(|(id, _)| id).collect();
             for id in ids {
@@ -901,7 +912,6 @@ impl Sim {
             for id in ids {
                 table.close_parked(id);
             }
-            let _ = w;
         }
         for c in self.nodes[node].all.values() {
             let mut c = c.0.borrow_mut();
@@ -911,15 +921,17 @@ impl Sim {
         }
         self.nodes[node].restart(&mut self.rng, &self.p);
         // It comes back with today's map.
-        self.nodes[node].view = (0..self.p.nodes).map(|j| self.dial_target(j)).collect();
+        self.nodes[node].view = (0..self.p.nodes).map(|j| (self.nodes[j].inc, self.dial_target(j))).collect();
         let inc = self.nodes[node].inc;
         let first = self.rng.below(20 * MS);
         self.after(first, Ev::AppTick { node, inc });
         if !self.p.topology.well_known() {
+            let new = (inc, self.dial_target(node));
             for j in (0..self.p.nodes).filter(|&j| j != node) {
                 let inc = self.nodes[j].inc;
                 let delay = self.rng.below(100 * MS);
-                self.after(delay, Ev::MapUpdate { node: j, inc, restarted: node, old: old.clone() });
+                let (old, new) = (old.clone(), new.clone());
+                self.after(delay, Ev::MapUpdate { node: j, inc, restarted: node, old, new });
             }
         }
     }
