@@ -801,11 +801,19 @@ impl Sim {
         } else {
             return false;
         };
-        // An accepting side that keeps its session sees the dialler come back with a
-        // new cookie: the peer-restarted path (reset_first) of a take-over.
-        let both = self.p.topology == Topology::Peers || self.rng.one_in(2);
+        // Between client and server, sometimes only one side lets go. The server then
+        // sees the client come back with a new cookie: the peer-restarted path
+        // (reset_first) of a take-over. The client, when the server let go, comes back
+        // with its cookie to a server that has no session: SESSION_RESET, and a new
+        // session with the same cookie.
+        let (dialler_too, acceptor_too) = match self.rng.below(3) {
+            _ if self.p.topology == Topology::Peers => (true, true),
+            0 => (true, true),
+            1 => (true, false),
+            _ => (false, true),
+        };
         for (x, y) in [(a, b), (b, a)] {
-            if both || talks(self, x, y) {
+            if if talks(self, x, y) { dialler_too } else { acceptor_too } {
                 let key = self.conn_key(x, y);
                 self.mark_down(x, &key);
             }
