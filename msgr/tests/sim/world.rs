@@ -959,7 +959,8 @@ pub fn simulate(p: &Params) -> (Sim, Result<(), String>) {
     sim.stats.lossy_reorders = sim.ledger.lossy_reorders;
     let r = match sim.failure.take() {
         None => Ok(()),
-        Some(f) => Err(format!("{f}\n{}", p.replay_line())),
+        // The line stands alone, so that whatever a harness appends does not stick to it.
+        Some(f) => Err(format!("{f}\n{}\n", p.replay_line())),
     };
     (sim, r)
 }
