@@ -353,6 +353,14 @@ pub fn decide_reconnect(existing: Option<&Existing>, req: &ReconnectRequest, pee
         // thinks the session exists: ask it to start the session over.
         return Decision::Reset { full: false };
     }
+    if ex.server_cookie != req.server_cookie {
+        // The session we hold with this client is not the one it resumes: ours came
+        // from a stale CLIENT_IDENT (a transport the client had already given up,
+        // delivered late after we dropped the session it replaced). Resuming would
+        // splice the client's sequence numbers onto another session's: messages
+        // would be delivered twice or skipped. The client must start over.
+        return Decision::Reset { full: true };
+    }
     if ex.peer_global_seq > req.global_seq {
         return Decision::RetryGlobal(ex.peer_global_seq);
     }
@@ -570,6 +578,16 @@ mod tests {
         assert_eq!(decide_reconnect(Some(&existing(Phase::Closed)), &req, false), Decision::Reset { full: true });
         let other = ReconnectRequest { client_cookie: 8, ..req };
         assert_eq!(decide_reconnect(Some(&existing(Phase::Ready)), &other, false), Decision::Reset { full: true });
+    }
+
+    #[test]
+    fn reconnect_to_another_session_with_the_same_client_cookie_is_a_full_reset() {
+        // Found by the simulator (MSGR_SIM_SEED=2017748 before this fix): a stale
+        // CLIENT_IDENT made us a session the client never saw, then the client resumed
+        // its own session (server cookie 9) and landed on ours (server cookie 4).
+        let req = ReconnectRequest { client_cookie: 7, server_cookie: 9, global_seq: 20, connect_seq: 3, msg_seq: 0 };
+        let ex = Existing { server_cookie: 4, connect_seq: 0, peer_global_seq: 2, ..existing(Phase::Ready) };
+        assert_eq!(decide_reconnect(Some(&ex), &req, false), Decision::Reset { full: true });
     }
 
     #[test]
