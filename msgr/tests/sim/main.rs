@@ -63,15 +63,16 @@ fn sim_quick() {
 
 /// Replays one run: `MSGR_SIM_SEED=<seed>` (a run drawn from a seed) or
 /// `MSGR_SIM_CASE=<params>` (a run with an explicit schedule, as a proptest failure
-/// prints). Without either, there is nothing to replay.
+/// prints). A tool, not a check: it runs only when asked for (`--ignored`).
 #[test]
+#[ignore = "replays the run named by MSGR_SIM_SEED or MSGR_SIM_CASE"]
 fn replay() {
     let p = if let Ok(case) = std::env::var("MSGR_SIM_CASE") {
         case.parse::<Params>().expect("MSGR_SIM_CASE")
     } else if let Ok(seed) = std::env::var("MSGR_SIM_SEED") {
         Params::from_seed(seed.parse().expect("MSGR_SIM_SEED is a number"))
     } else {
-        return;
+        panic!("set MSGR_SIM_SEED=<seed> or MSGR_SIM_CASE='<params>' (a failure prints the line)");
     };
     eprintln!("replaying {p}");
     let stats = run_ok(&p);
@@ -87,6 +88,7 @@ fn params_round_trip_through_their_replay_form() {
     let odd = Params { schedule: vec![Op { at_ms: 3, fault: Fault::Restart { node: 1 } }], ..Params::from_seed(7) };
     assert!(odd.replay_line().contains("MSGR_SIM_CASE="));
     assert!(Params::from_seed(7).replay_line().contains("MSGR_SIM_SEED=7 "));
+    assert!(odd.replay_line().contains("--ignored"));
 }
 
 /// The big run: enough seeds for ≥ 1,000,000 messages, ≥ 10,000 faults and ≥ 1,000
@@ -103,10 +105,11 @@ fn ci_budget() {
     eprintln!("ci_budget: seeds 1000000..{seed} | {total} | wall {:.2?}", start.elapsed());
 }
 
-/// Extra seeds for a long hunt: `MSGR_SIM_SEEDS=<from>..<to>`.
+/// Extra seeds for a long hunt: `MSGR_SIM_SEEDS=<from>..<to>` (`--ignored`).
 #[test]
+#[ignore = "a long hunt over MSGR_SIM_SEEDS"]
 fn seed_range() {
-    let Ok(range) = std::env::var("MSGR_SIM_SEEDS") else { return };
+    let range = std::env::var("MSGR_SIM_SEEDS").expect("set MSGR_SIM_SEEDS=<from>..<to>");
     let (a, b) = range.split_once("..").expect("MSGR_SIM_SEEDS=<from>..<to>");
     let (a, b): (u64, u64) = (a.parse().expect("from"), b.parse().expect("to"));
     let start = Instant::now();

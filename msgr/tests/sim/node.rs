@@ -579,7 +579,10 @@ impl Sim {
             }
             self.flush(node, w, id);
         }
-        while let Some(d) = self.nodes[node].workers[w].table.poll_due(now, false) {
+        // Taken out first, as io.rs does: a redial that fails at once parks again.
+        let table = &mut self.nodes[node].workers[w].table;
+        let due: Vec<_> = std::iter::from_fn(|| table.poll_due(now, |_| false)).collect();
+        for d in due {
             match d {
                 Due::Redial { id, handle, dial, state } => {
                     self.trace(|| {

@@ -228,11 +228,11 @@ impl Params {
     pub fn replay_line(&self) -> String {
         if *self == Params::from_seed(self.seed) {
             format!(
-                "replay: MSGR_SIM_SEED={} cargo test -p msgr-core --test sim -- replay --exact --nocapture",
+                "replay: MSGR_SIM_SEED={} cargo test -p msgr-core --test sim -- replay --exact --ignored --nocapture",
                 self.seed
             )
         } else {
-            format!("replay: MSGR_SIM_CASE='{self}' cargo test -p msgr-core --test sim -- replay --exact --nocapture")
+            format!("replay: MSGR_SIM_CASE='{self}' cargo test -p msgr-core --test sim -- replay --exact --ignored --nocapture")
         }
     }
 }
