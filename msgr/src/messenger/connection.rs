@@ -21,7 +21,7 @@ use crate::proto::entity::{EntityName, EntityType};
 use crate::proto::frame::{MAX_SEGMENTS, MAX_SEGMENT_LEN};
 use crate::proto::frames::UTime;
 use crate::proto::header::MSG_HEADER2_LEN;
-use crate::proto::reconnect::{Existing, Phase};
+use crate::proto::reconnect::Existing;
 use crate::proto::secure::{AUTH_TAG_LEN, CRYPTO_BLOCK_LEN, SECURE_EPILOGUE_LEN, SECURE_PREAMBLE_ONWIRE_LEN};
 
 /// Shared handle to a connection.
@@ -179,16 +179,7 @@ impl Connection {
             flow: Flow::new(send_limit),
             info: Mutex::new(Published { peer_addrs, ..Published::default() }),
             worker: Mutex::new(worker),
-            existing: Mutex::new(Existing {
-                phase: Phase::Connecting,
-                lossy: true,
-                client_cookie: 0,
-                server_cookie: 0,
-                connect_seq: 0,
-                peer_global_seq: 0,
-                policy_server: false,
-                resetcheck: false,
-            }),
+            existing: Mutex::new(Existing::fresh()),
             msgr,
             private: Mutex::new(None),
         })

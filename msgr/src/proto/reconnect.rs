@@ -249,6 +249,23 @@ pub struct Existing {
     pub resetcheck: bool,
 }
 
+impl Existing {
+    /// A connection that has had no session yet: connecting, lossy until a handshake
+    /// says otherwise, no cookies, no sequence numbers.
+    pub fn fresh() -> Self {
+        Existing {
+            phase: Phase::Connecting,
+            lossy: true,
+            client_cookie: 0,
+            server_cookie: 0,
+            connect_seq: 0,
+            peer_global_seq: 0,
+            policy_server: false,
+            resetcheck: false,
+        }
+    }
+}
+
 /// The server's answer to a peer's CLIENT_IDENT or SESSION_RECONNECT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {

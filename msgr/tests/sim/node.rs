@@ -209,16 +209,7 @@ impl Sim {
         let c = SimConn(Rc::new(RefCell::new(ConnShared {
             id,
             outgoing,
-            existing: Existing {
-                phase: Phase::Connecting,
-                lossy: true,
-                client_cookie: 0,
-                server_cookie: 0,
-                connect_seq: 0,
-                peer_global_seq: 0,
-                policy_server: false,
-                resetcheck: false,
-            },
+            existing: Existing::fresh(),
             worker,
             lossy,
             closed: false,
