@@ -26,7 +26,8 @@ use super::MsgrInner;
 use crate::event::{EventSource, Interest, TimerId};
 pub(crate) use crate::proto::endpoint::Dial;
 use crate::proto::endpoint::{
-    close_report, plan_identify, try_claim, Adopted, AfterEnd, Due, Ending, Endpoint, Link, Plan, Report, Shared,
+    close_report, plan_identify, try_claim, Adopted, AfterEnd, Due, Ending, Endpoint, Hangup, Link, Plan, Report,
+    Shared,
 };
 use crate::proto::entity::EntityType;
 use crate::proto::frames::UTime;
@@ -359,18 +360,18 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // A peer that closes with our banner unread resets the connection instead.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset && nothing_from_server(&lc.session) => {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset && Hangup::of(&lc.session) == Hangup::BeforeBanner => {
                 return Err(ConnError::ClosedBeforeBanner)
             }
             Err(e) => return Err(ConnError::from(e)),
         };
         let n = got.len();
         if n == 0 {
-            if nothing_from_server(&lc.session) {
-                return Err(ConnError::ClosedBeforeBanner);
-            }
             // A partial banner or frame stays in the receive buffer until complete.
-            return Err(ConnError::PeerClosed { mid_frame: lc.session.has_partial_input() });
+            return Err(match Hangup::of(&lc.session) {
+                Hangup::BeforeBanner => ConnError::ClosedBeforeBanner,
+                h => ConnError::PeerClosed { mid_frame: h == Hangup::MidFrame },
+            });
         }
         total += n;
         count(&local.perf, &lc.handle.msgr, Counter::ReadCalls, 1);
@@ -830,8 +831,9 @@ fn ending(err: Option<&ConnError>, lossy: bool) -> Ending {
         Some(ConnError::Replaced) => Ending::Replaced,
         Some(ConnError::Protocol(SessionError::Wait)) => Ending::Wait,
         Some(ConnError::Refused(_)) => Ending::Refused,
-        // A lossy peer hanging up between frames is how its sessions normally end.
-        Some(ConnError::PeerClosed { mid_frame: false }) if lossy => Ending::CleanHangup,
+        Some(ConnError::PeerClosed { mid_frame }) => {
+            (if *mid_frame { Hangup::MidFrame } else { Hangup::BetweenFrames }).ending(false, lossy)
+        }
         Some(_) => Ending::Fault,
     }
 }
@@ -1046,11 +1048,6 @@ pub(crate) fn close_all(local: &mut WorkerLocal, center: &mut Center) {
     for id in ls {
         remove_listener(local, center, id);
     }
-}
-
-/// A client whose server has not sent one byte of its banner yet.
-fn nothing_from_server(session: &Session) -> bool {
-    session.state() == State::BannerConnecting && !session.has_partial_input()
 }
 
 #[cfg(test)]

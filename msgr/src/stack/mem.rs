@@ -170,10 +170,17 @@ impl MemNetwork {
 
     /// Connections with at least one end still open (accepted or not); a test can
     /// check for leaked sockets with it.
+    ///
+    /// A connection whose both ends are closed does not count even while something
+    /// still holds it: a delay's release thread wakes on its own schedule (late, on a
+    /// loaded machine) and holds the connection for a moment to post readiness.
     pub fn open_connections(&self) -> usize {
-        let mut st = lock(&self.state);
-        st.conns.retain(|w| w.strong_count() > 0);
-        st.conns.len()
+        let conns: Vec<Arc<Conn>> = {
+            let mut st = lock(&self.state);
+            st.conns.retain(|w| w.strong_count() > 0);
+            st.conns.iter().filter_map(Weak::upgrade).collect()
+        };
+        conns.iter().filter(|c| lock(&c.state).ends.iter().any(|e| !e.closed)).count()
     }
 
     /// Bytes that entered the pipes, both directions, all connections; bytes dropped by
@@ -1385,6 +1392,15 @@ mod tests {
         // The last two connections' server ends still wait in the accept queue.
         assert_eq!(net.open_connections(), 2);
         drop(l);
+        assert_eq!(net.open_connections(), 0);
+        // Shut down at both ends is closed, even while the sockets are still held.
+        let mut l = rig.sockets.listen(any_addr(), &opts()).unwrap();
+        let mut c4 = rig.sockets.connect(l.local_addr(), &opts()).unwrap();
+        let (mut s4, _) = l.accept().unwrap();
+        assert_eq!(net.open_connections(), 1);
+        c4.shutdown();
+        assert_eq!(net.open_connections(), 1, "the server end is still open");
+        s4.shutdown();
         assert_eq!(net.open_connections(), 0);
     }
 }

@@ -15,14 +15,12 @@ use msgr_core::message::Message;
 use msgr_core::messenger::Policy;
 use msgr_core::proto::auth::{NoneClientAuth, NoneServerAuth};
 use msgr_core::proto::endpoint::{
-    close_report, plan_identify, try_claim, Adopted, AfterEnd, Dial, Due, Ending, Endpoint, Link, Plan, Released,
-    Report, Shared,
+    close_report, plan_identify, try_claim, Adopted, AfterEnd, Dial, Due, Ending, Endpoint, Hangup, Link, Plan,
+    Released, Report, Shared,
 };
 use msgr_core::proto::frames::{UTime, CEPH_FEATURES_ALL};
 use msgr_core::proto::reconnect::{peer_wins_race, Existing, Phase, SessionState};
-use msgr_core::proto::session::{
-    Answer, Claim, PolicyFn, Role, Session, SessionConfig, SessionError, SessionEvent, State,
-};
+use msgr_core::proto::session::{Answer, Claim, PolicyFn, Role, Session, SessionConfig, SessionError, SessionEvent};
 use msgr_core::proto::{AddrType, EntityAddr, EntityAddrVec, EntityName, EntityType, FrameLimits};
 
 use crate::net::{Owner, SimIo};
@@ -374,13 +372,7 @@ impl Sim {
     /// The transport was closed or reset under a link (how `do_read` classifies it).
     pub fn hangup(&mut self, o: Owner, reset: bool) {
         let Some(link) = self.nodes[o.node].workers[o.worker].table.get(o.link) else { return };
-        let s = &link.session;
-        let nothing_from_server = s.state() == State::BannerConnecting && !s.has_partial_input();
-        let ending = if !reset && !nothing_from_server && s.policy().lossy && !s.has_partial_input() {
-            Ending::CleanHangup
-        } else {
-            Ending::Fault
-        };
+        let ending = Hangup::of(&link.session).ending(reset, link.session.policy().lossy);
         self.transport_down(o, ending, if reset { "connection reset" } else { "peer closed" });
     }
 

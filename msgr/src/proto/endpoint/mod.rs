@@ -33,7 +33,7 @@ use crate::event::IdMap;
 use crate::proto::addr::EntityAddr;
 use crate::proto::entity::EntityType;
 use crate::proto::reconnect::{decide_ident, decide_reconnect, Decision, Existing, Phase, SessionState};
-use crate::proto::session::{Answer, Claim, PeerInfo, Session, SessionError};
+use crate::proto::session::{Answer, Claim, PeerInfo, Session, SessionError, State};
 
 /// What other threads see of a connection: the facts a claim on its session is
 /// decided by ([`Existing`]), and its direction. The table keeps them current.
@@ -487,6 +487,40 @@ impl<T, H: Shared> Endpoint<T, H> {
         let answered = link.session.answer(answer);
         self.live.insert(id, link);
         Adopted::Moved { placeholder, answered }
+    }
+}
+
+/// Where the session was when its peer closed or reset the transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hangup {
+    /// We dialled and the server never sent a byte of its banner.
+    BeforeBanner,
+    /// Between frames.
+    BetweenFrames,
+    /// With a frame (or the banner) partly received.
+    MidFrame,
+}
+
+impl Hangup {
+    /// Where `session` was.
+    pub fn of(session: &Session) -> Hangup {
+        if session.state() == State::BannerConnecting && !session.has_partial_input() {
+            Hangup::BeforeBanner
+        } else if session.has_partial_input() {
+            Hangup::MidFrame
+        } else {
+            Hangup::BetweenFrames
+        }
+    }
+
+    /// The table's view of it: a lossy peer closing between frames is how its sessions
+    /// normally end; a reset, or a close anywhere else, is a fault.
+    pub fn ending(self, reset: bool, lossy: bool) -> Ending {
+        if self == Hangup::BetweenFrames && !reset && lossy {
+            Ending::CleanHangup
+        } else {
+            Ending::Fault
+        }
     }
 }
 
