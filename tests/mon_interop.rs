@@ -271,6 +271,22 @@ fn every_request_auth_none_crc() {
     every_request(&Mon::start("none", "crc"));
 }
 
+/// Ceph 16.2 ignores `ms_crc_data` / `ms_crc_header` on msgr2: a monitor set to false
+/// still sends and checks every crc (our client rejects a frame with a wrong one), and our
+/// client accepts the options from a tuned cluster's ceph.conf.
+#[test]
+fn ms_crc_data_false_changes_nothing_on_msgr2() {
+    if !have_ceph("ms_crc_data_false_changes_nothing_on_msgr2") {
+        return;
+    }
+    let mon = Mon::start_with("none", "crc", "ms_crc_data = false\nms_crc_header = false");
+    every_request(&mon);
+    let conf = mon.conf();
+    let conf = conf.to_str().expect("utf-8 path");
+    let out = msgr_bin(&["mon", "-c", conf, "-o", "ms_crc_data=false", "-o", "ms_crc_header=false", "keepalive"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn every_request_cephx_crc() {
     if !have_ceph("every_request_cephx_crc") {

@@ -98,6 +98,21 @@ pub static OPTIONS: &[OptionDef] = &[
     },
     OptionDef { name: "ms_bind_port_min", kind: PORT, default: "6800", description: "lowest port a daemon binds to" },
     OptionDef { name: "ms_bind_port_max", kind: PORT, default: "7568", description: "highest port a daemon binds to" },
+    // Ceph 16.2 ignores these two on msgr2: its crc-mode frames always carry and check
+    // crcs (frames_v2.cc), and a 16.2 monitor set to false still sends them. Accepted so
+    // that a tuned cluster's ceph.conf loads; like 16.2, msgr2 does not act on them.
+    OptionDef {
+        name: "ms_crc_data",
+        kind: OptionKind::Bool,
+        default: "true",
+        description: "accepted for ceph.conf compatibility; msgr2 crc mode always checks data crcs, as Ceph 16.2",
+    },
+    OptionDef {
+        name: "ms_crc_header",
+        kind: OptionKind::Bool,
+        default: "true",
+        description: "accepted for ceph.conf compatibility; msgr2 crc mode always checks header crcs, as Ceph 16.2",
+    },
     OptionDef {
         name: "ms_tcp_nodelay",
         kind: OptionKind::Bool,
