@@ -44,6 +44,10 @@ free_port() {
 # prints its address; sets SERVER_PID and SERVER_ADDR.
 start_server() {
   local out=$1; shift
+  # Created here, not by the background job's redirection: under load the first read
+  # below can come before the child has opened the file, and with errexit and
+  # pipefail a failed read ends the whole script.
+  : >"$out"
   "$@" >"$out" 2>&1 &
   SERVER_PID=$!
   local i
