@@ -52,7 +52,7 @@ use super::frames::{
     SessionReconnectOk, SessionReset, SessionRetry, SessionRetryGlobal, UTime, Wait, CEPH_FEATURE_MSG_ADDR2,
     CON_MODE_CRC, CON_MODE_SECURE, MSG_CONNECT_LOSSY,
 };
-use super::header::{message_frame, parse_message_frame};
+use super::header::{message_frame_in, parse_message_frame};
 use super::reconnect::{Decision, ReconnectRequest, SessionState};
 use super::rope::Rope;
 use super::rxpool::{RxBuf, RxPool, MAX_POOLED};
@@ -411,6 +411,8 @@ pub struct Session {
     tx_frames: VecDeque<Bytes>,
     /// Gathers the frames of one `poll_transmit` into few buffers; empty in between.
     tx_writer: FrameWriter,
+    /// Where outgoing messages' headers are encoded (reused, see `message_frame_in`).
+    tx_header: BytesMut,
     events: VecDeque<SessionEvent>,
     // Pre-auth transcript for AUTH_SIGNATURE; `None` once signatures are exchanged.
     pre_auth: Option<(Vec<u8>, Vec<u8>)>,
@@ -484,6 +486,7 @@ impl Session {
             tx_secure: None,
             tx_frames: VecDeque::new(),
             tx_writer: FrameWriter::new(),
+            tx_header: BytesMut::new(),
             events: VecDeque::new(),
             pre_auth: Some((Vec::new(), Vec::new())),
             pre_auth_tx: None,
@@ -1632,7 +1635,7 @@ impl Session {
             let Some(mut msg) = self.st.out_queue.pop_front() else { break };
             self.st.out_seq += 1;
             msg.seq = self.st.out_seq;
-            let frame = message_frame(&msg, self.st.out_seq, self.st.in_seq);
+            let frame = message_frame_in(&msg, self.st.out_seq, self.st.in_seq, &mut self.tx_header);
             self.acked_in_seq = self.st.in_seq;
             self.msgs_out += 1;
             added += self.encode_out(&frame, out);
