@@ -259,12 +259,17 @@ fn posix_lossy_depth1() {
 
 #[test]
 fn posix_lossy_depth16() {
-    check(Net::Posix, false, 16, 4096, 0.5);
+    check(Net::Posix, false, 16, 4096, 1.0);
+}
+
+#[test]
+fn posix_lossless_depth16() {
+    check(Net::Posix, true, 16, 4096, 3.0);
 }
 
 #[test]
 fn posix_lossless_depth1() {
-    check(Net::Posix, true, 1, 4096, 4.0);
+    check(Net::Posix, true, 1, 4096, 0.0);
 }
 
 #[test]

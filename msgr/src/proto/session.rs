@@ -393,6 +393,11 @@ pub struct Session {
     // `rope` or `rx`, never both non-empty (whatever joins a non-empty rope is pushed
     // onto it, and the rope is moved into `rx` before `rx` grows).
     rx: BytesMut,
+    // The stream buffer before the current one, retired while messages still held
+    // slices of it: once they are dropped it is taken back instead of allocating (a
+    // lossless session holds each message until the peer's ack, which comes with the
+    // next read). Always empty.
+    rx_spare: BytesMut,
     // A large frame being read into its own buffer, and how much of it is filled.
     rx_large: Option<(RxBuf, usize)>,
     // Owned pieces from `handle_owned`, decoded without copying.
@@ -476,6 +481,7 @@ impl Session {
             policy,
             global_seq,
             rx: BytesMut::with_capacity(4096),
+            rx_spare: BytesMut::new(),
             rx_large: None,
             rope: Rope::new(),
             rx_fresh: false,
@@ -781,6 +787,7 @@ impl Session {
             None => {
                 self.rx_fresh |= !data.is_empty();
                 if self.rope.is_empty() {
+                    self.rx_room(data.len());
                     self.rx.extend_from_slice(data);
                 } else {
                     self.rope.push(Bytes::copy_from_slice(data));
@@ -790,6 +797,24 @@ impl Session {
         };
         self.rx_copied += n as u64;
         n
+    }
+
+    /// Makes room for `n` more bytes in the stream buffer, from memory it had before if
+    /// every slice of it is gone: its own, else the spare's. Only if neither is free
+    /// does the caller's append allocate, and an empty buffer that could not be taken
+    /// back becomes the spare.
+    fn rx_room(&mut self, n: usize) {
+        if self.rx.try_reclaim(n) {
+            return;
+        }
+        if self.rx_spare.try_reclaim(self.rx.len() + n) {
+            // Carries a frame in progress over (the append would have copied it too).
+            self.rx_spare.extend_from_slice(&self.rx);
+            std::mem::swap(&mut self.rx, &mut self.rx_spare);
+            self.rx_spare.clear();
+        } else if self.rx.is_empty() {
+            self.rx_spare = std::mem::take(&mut self.rx);
+        }
     }
 
     /// How many of the next owned bytes go the copying way ([`Session::copy_in`]); 0:
