@@ -126,9 +126,10 @@ pub(crate) fn message_frame_in(msg: &Message, seq: u64, ack_seq: u64, scratch: &
     Frame::new(Tag::Message, [h, msg.front.clone(), msg.middle.clone(), msg.data.clone()], MESSAGE_ALIGNS)
 }
 
-/// Room for this many headers in a [`message_frame_in`] scratch buffer: it is moved
-/// back to its start (not reallocated) once that many were framed and dropped.
-const HEADER_SCRATCH: usize = 32 * MSG_HEADER2_LEN;
+/// Room for this many headers in a [`message_frame_in`] scratch buffer, moved back to
+/// its start (not reallocated) once they were framed and dropped. Small: every session
+/// that has sent a message keeps one.
+const HEADER_SCRATCH: usize = 4 * MSG_HEADER2_LEN;
 
 fn message_header(msg: &Message, seq: u64, ack_seq: u64) -> MsgHeader2 {
     MsgHeader2 {
