@@ -98,9 +98,8 @@ fn too_large(front: u64, middle: u64, data: u64, max_frame: u64) -> Result<(), S
     Err(SendError::TooLarge { segment: "frame", len, max: max_frame.saturating_sub(FRAME_OVERHEAD_MAX) })
 }
 
-/// What [`Connection::take_outbox`] hands the worker.
+/// What [`Connection::take_outbox`] hands the worker besides the messages.
 pub(crate) struct Taken {
-    pub(crate) msgs: VecDeque<Message>,
     pub(crate) keepalive: bool,
     pub(crate) mark_down: bool,
 }
@@ -453,15 +452,15 @@ impl Connection {
         f(&mut lock(&self.info));
     }
 
-    /// Takes what senders queued (the totals stay).
+    /// Takes what senders queued (the totals stay). The messages go to `msgs`, which
+    /// must be empty: the two queues trade places, so the outbox keeps an allocation
+    /// and senders do not allocate a new queue after every flush.
     #[inline]
-    pub(crate) fn take_outbox(&self) -> Taken {
+    pub(crate) fn take_outbox(&self, msgs: &mut VecDeque<Message>) -> Taken {
+        debug_assert!(msgs.is_empty(), "messages left in the worker's queue");
         let mut o = lock(&self.outbox);
-        Taken {
-            msgs: std::mem::take(&mut o.msgs),
-            keepalive: std::mem::take(&mut o.keepalive),
-            mark_down: std::mem::take(&mut o.mark_down),
-        }
+        std::mem::swap(&mut o.msgs, msgs);
+        Taken { keepalive: std::mem::take(&mut o.keepalive), mark_down: std::mem::take(&mut o.mark_down) }
     }
 }
 

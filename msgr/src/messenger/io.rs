@@ -24,6 +24,7 @@ use super::perf::{Counter, PerfCounters};
 use super::worker::{Center, Worker, WorkerLocal};
 use super::MsgrInner;
 use crate::event::{EventSource, Interest, TimerId};
+use crate::message::Message;
 pub(crate) use crate::proto::endpoint::Dial;
 use crate::proto::endpoint::{
     close_report, plan_identify, try_claim, Adopted, AfterEnd, Due, Ending, Endpoint, Hangup, Link, Plan, Report,
@@ -644,8 +645,10 @@ fn drop_placeholder(p: &Owner) {
 pub(crate) fn flush(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     let Some(lc) = local.ep.get_mut(id) else { return flush_parked(local, center, id) };
     lc.handle.conn.clear_scheduled();
-    let out = lc.handle.conn.take_outbox();
+    let mut msgs = std::mem::take(&mut local.tx_scratch);
+    let out = lc.handle.conn.take_outbox(&mut msgs);
     if out.mark_down {
+        local.tx_scratch = recycled(msgs);
         return close_conn(local, center, id, None);
     }
     if out.keepalive {
@@ -654,13 +657,14 @@ pub(crate) fn flush(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     // Logged in a loop of its own: a test inside the loop below made the compiler copy
     // every message through the stack (2 x 29 instructions per round trip, quiet or not).
     if lc.handle.msgr.settings.debug_ms >= 10 {
-        for m in &out.msgs {
+        for m in &msgs {
             log_message(m.msg_type, m.seq, m.front.len(), m.data.len(), "message queued to send");
         }
     }
-    for m in out.msgs {
+    for m in msgs.drain(..) {
         lc.session.send_message(m);
     }
+    local.tx_scratch = recycled(msgs);
     if let Err(e) = do_write(local, center, id) {
         return fault(local, center, id, e);
     }
@@ -872,15 +876,30 @@ fn kept(
     flush_parked(local, center, conn.id());
 }
 
+/// Queues longer than this are not passed on from flush to flush: after a burst, the
+/// connections it visits would each keep its memory.
+const TX_SCRATCH_KEEP: usize = 256;
+
+/// `msgs`, emptied, to be the worker's next scratch queue ([`WorkerLocal::tx_scratch`]).
+fn recycled(mut msgs: VecDeque<Message>) -> VecDeque<Message> {
+    msgs.clear();
+    if msgs.capacity() > TX_SCRATCH_KEEP {
+        msgs = VecDeque::new();
+    }
+    msgs
+}
+
 /// A parked session's outbox: messages join its queue; a mark-down ends it.
 fn flush_parked(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     let Some(owner) = local.ep.parked_handle(id) else { return };
     let conn = Arc::clone(&owner.conn);
     conn.clear_scheduled();
-    let out = conn.take_outbox();
-    for m in out.msgs {
+    let mut msgs = std::mem::take(&mut local.tx_scratch);
+    let out = conn.take_outbox(&mut msgs);
+    for m in msgs.drain(..) {
         local.ep.push_parked(id, m);
     }
+    local.tx_scratch = recycled(msgs);
     if out.mark_down {
         close_parked(local, center, id, None);
     }

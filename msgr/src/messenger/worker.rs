@@ -3,6 +3,7 @@
 //! and the flush of connections that got work from code running on the worker.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use std::time::Instant;
 use super::io::{LocalListener, Table};
 use super::perf::PerfCounters;
 use crate::event::EventCenter;
+use crate::message::Message;
 use crate::stack::worker::{self, IdMap, WorkerContext, WorkerShared, WorkerTask};
 use crate::stack::{SocketFactory, StackBackend};
 
@@ -50,6 +52,10 @@ pub struct WorkerLocal {
     pub(crate) perf: Arc<PerfCounters>,
     /// Where connections' reads land before their sessions take them in.
     pub(crate) rx_scratch: Box<[u8]>,
+    /// The connections [`WorkerContext::after_events`] is flushing (empty otherwise).
+    flushing: Vec<u64>,
+    /// A drained outbox queue, traded for a connection's full one on each flush.
+    pub(crate) tx_scratch: VecDeque<Message>,
 }
 
 impl WorkerContext for WorkerLocal {
@@ -64,6 +70,8 @@ impl WorkerContext for WorkerLocal {
             listeners: IdMap::default(),
             perf: Arc::new(PerfCounters::new()),
             rx_scratch: vec![0; super::io::READ_CHUNK].into_boxed_slice(),
+            flushing: Vec::new(),
+            tx_scratch: VecDeque::new(),
         }
     }
 
@@ -72,15 +80,20 @@ impl WorkerContext for WorkerLocal {
     }
 
     fn after_events(&mut self, center: &mut Center) {
+        // The two lists trade places and keep their capacity: steady traffic schedules
+        // flushes without allocating.
+        let mut ids = std::mem::take(&mut self.flushing);
         loop {
-            let ids = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            PENDING.with(|p| std::mem::swap(&mut ids, &mut *p.borrow_mut()));
             if ids.is_empty() {
-                return;
+                break;
             }
-            for id in ids {
+            for &id in &ids {
                 super::io::flush(self, center, id);
             }
+            ids.clear();
         }
+        self.flushing = ids;
     }
 
     fn driver_failed(&mut self, center: &mut Center, err: &io::Error) {

@@ -109,7 +109,30 @@ impl MsgHeader2 {
 /// assert_eq!(back.front, m.front);
 /// ```
 pub fn message_frame(msg: &Message, seq: u64, ack_seq: u64) -> Frame {
-    let h = MsgHeader2 {
+    let h = message_header(msg, seq, ack_seq);
+    Frame::new(Tag::Message, [h.to_bytes(), msg.front.clone(), msg.middle.clone(), msg.data.clone()], MESSAGE_ALIGNS)
+}
+
+/// [`message_frame`] with the header encoded into `scratch`, which a sender keeps from
+/// frame to frame: once the frame before is dropped (its header copied to the wire
+/// buffer or sealed), the header's memory is reused, so framing a message allocates
+/// nothing.
+pub(crate) fn message_frame_in(msg: &Message, seq: u64, ack_seq: u64, scratch: &mut BytesMut) -> Frame {
+    if !scratch.try_reclaim(MSG_HEADER2_LEN) {
+        scratch.reserve(HEADER_SCRATCH);
+    }
+    message_header(msg, seq, ack_seq).encode(scratch);
+    let h = scratch.split().freeze();
+    Frame::new(Tag::Message, [h, msg.front.clone(), msg.middle.clone(), msg.data.clone()], MESSAGE_ALIGNS)
+}
+
+/// Room for this many headers in a [`message_frame_in`] scratch buffer, moved back to
+/// its start (not reallocated) once they were framed and dropped. Small: every session
+/// that has sent a message keeps one.
+const HEADER_SCRATCH: usize = 4 * MSG_HEADER2_LEN;
+
+fn message_header(msg: &Message, seq: u64, ack_seq: u64) -> MsgHeader2 {
+    MsgHeader2 {
         seq,
         tid: msg.tid,
         msg_type: msg.msg_type,
@@ -121,8 +144,7 @@ pub fn message_frame(msg: &Message, seq: u64, ack_seq: u64) -> Frame {
         flags: MSG_FLAG_COMPLETE_NOCRC,
         compat_version: msg.compat_version,
         reserved: 0,
-    };
-    Frame::new(Tag::Message, [h.to_bytes(), msg.front.clone(), msg.middle.clone(), msg.data.clone()], MESSAGE_ALIGNS)
+    }
 }
 
 /// Parses a MESSAGE frame into its header and a [`Message`] (with `seq` filled in and

@@ -52,7 +52,7 @@ use super::frames::{
     SessionReconnectOk, SessionReset, SessionRetry, SessionRetryGlobal, UTime, Wait, CEPH_FEATURE_MSG_ADDR2,
     CON_MODE_CRC, CON_MODE_SECURE, MSG_CONNECT_LOSSY,
 };
-use super::header::{message_frame, parse_message_frame};
+use super::header::{message_frame_in, parse_message_frame};
 use super::reconnect::{Decision, ReconnectRequest, SessionState};
 use super::rope::Rope;
 use super::rxpool::{RxBuf, RxPool, MAX_POOLED};
@@ -393,6 +393,11 @@ pub struct Session {
     // `rope` or `rx`, never both non-empty (whatever joins a non-empty rope is pushed
     // onto it, and the rope is moved into `rx` before `rx` grows).
     rx: BytesMut,
+    // The stream buffer before the current one, retired while messages still held
+    // slices of it: once they are dropped it is taken back instead of allocating (a
+    // lossless session holds each message until the peer's ack, which comes with the
+    // next read). Always empty.
+    rx_spare: BytesMut,
     // A large frame being read into its own buffer, and how much of it is filled.
     rx_large: Option<(RxBuf, usize)>,
     // Owned pieces from `handle_owned`, decoded without copying.
@@ -411,6 +416,8 @@ pub struct Session {
     tx_frames: VecDeque<Bytes>,
     /// Gathers the frames of one `poll_transmit` into few buffers; empty in between.
     tx_writer: FrameWriter,
+    /// Where outgoing messages' headers are encoded (reused, see `message_frame_in`).
+    tx_header: BytesMut,
     events: VecDeque<SessionEvent>,
     // Pre-auth transcript for AUTH_SIGNATURE; `None` once signatures are exchanged.
     pre_auth: Option<(Vec<u8>, Vec<u8>)>,
@@ -474,6 +481,7 @@ impl Session {
             policy,
             global_seq,
             rx: BytesMut::with_capacity(4096),
+            rx_spare: BytesMut::new(),
             rx_large: None,
             rope: Rope::new(),
             rx_fresh: false,
@@ -484,6 +492,7 @@ impl Session {
             tx_secure: None,
             tx_frames: VecDeque::new(),
             tx_writer: FrameWriter::new(),
+            tx_header: BytesMut::new(),
             events: VecDeque::new(),
             pre_auth: Some((Vec::new(), Vec::new())),
             pre_auth_tx: None,
@@ -778,6 +787,7 @@ impl Session {
             None => {
                 self.rx_fresh |= !data.is_empty();
                 if self.rope.is_empty() {
+                    self.rx_room(data.len());
                     self.rx.extend_from_slice(data);
                 } else {
                     self.rope.push(Bytes::copy_from_slice(data));
@@ -787,6 +797,24 @@ impl Session {
         };
         self.rx_copied += n as u64;
         n
+    }
+
+    /// Makes room for `n` more bytes in the stream buffer, from memory it had before if
+    /// every slice of it is gone: its own, else the spare's. Only if neither is free
+    /// does the caller's append allocate, and an empty buffer that could not be taken
+    /// back becomes the spare.
+    fn rx_room(&mut self, n: usize) {
+        if self.rx.try_reclaim(n) {
+            return;
+        }
+        if self.rx_spare.try_reclaim(self.rx.len() + n) {
+            // Carries a frame in progress over (the append would have copied it too).
+            self.rx_spare.extend_from_slice(&self.rx);
+            std::mem::swap(&mut self.rx, &mut self.rx_spare);
+            self.rx_spare.clear();
+        } else if self.rx.is_empty() {
+            self.rx_spare = std::mem::take(&mut self.rx);
+        }
     }
 
     /// How many of the next owned bytes go the copying way ([`Session::copy_in`]); 0:
@@ -1632,7 +1660,7 @@ impl Session {
             let Some(mut msg) = self.st.out_queue.pop_front() else { break };
             self.st.out_seq += 1;
             msg.seq = self.st.out_seq;
-            let frame = message_frame(&msg, self.st.out_seq, self.st.in_seq);
+            let frame = message_frame_in(&msg, self.st.out_seq, self.st.in_seq, &mut self.tx_header);
             self.acked_in_seq = self.st.in_seq;
             self.msgs_out += 1;
             added += self.encode_out(&frame, out);

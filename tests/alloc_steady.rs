@@ -1,0 +1,278 @@
+//! Heap allocations per message in steady state, counted by a global allocator.
+//!
+//! A client and a server messenger echo a message back and forth through fast dispatch
+//! (on the workers): after a warm-up, every allocation the process makes while
+//! `MEASURED` round trips go by — on any thread: workers, dispatch thread, the stack —
+//! is counted. The echo itself allocates nothing (each side sends back the message it
+//! was handed, whose payload it owns), so what is counted is the library's own cost.
+//!
+//! `ALLOC_TRACE=1` also resolves a backtrace of every allocation during a short traced
+//! run after the measured one and prints the sites by count (run with `--nocapture`).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use msgr::config::ConfigBuilder;
+use msgr::message::Message;
+use msgr::messenger::{ConnectionRef, Dispatcher, Messenger, Policy, Stack};
+use msgr::proto::{EntityAddrVec, EntityName, EntityType};
+use msgr::stack::mem::{MemNetwork, MemStack};
+
+// ------------------------------------------------------------------ counting allocator
+
+/// Allocations (alloc, alloc_zeroed, realloc) since the process started, all threads.
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// Backtraces are recorded while set (only with `ALLOC_TRACE`).
+static TRACING: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    // Set while this thread records a backtrace: what that allocates is not traced.
+    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Resolved backtraces of traced allocations → count.
+fn sites() -> MutexGuard<'static, BTreeMap<String, u64>> {
+    static SITES: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+    SITES.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Counting;
+
+impl Counting {
+    fn note(&self) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        if TRACING.load(Ordering::Relaxed) {
+            trace();
+        }
+    }
+}
+
+/// Records where the current allocation comes from, once per thread at a time (the
+/// recording allocates itself).
+fn trace() {
+    if IN_TRACE.with(|t| t.replace(true)) {
+        return;
+    }
+    let bt = std::backtrace::Backtrace::force_capture().to_string();
+    // The frames of the library and the test, without the allocator's own and std's.
+    let frames: Vec<&str> = bt
+        .lines()
+        .filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .map(|l| l.split_once(": ").map_or(l, |(_, f)| f).trim())
+        .filter(|f| f.starts_with("msgr") || f.starts_with("alloc_steady") || f.starts_with("bytes"))
+        .filter(|f| !f.contains("Counting") && !f.contains("alloc_steady::trace"))
+        .take(6)
+        .collect();
+    *sites().entry(frames.join("\n    <- ")).or_insert(0) += 1;
+    IN_TRACE.with(|t| t.set(false));
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged; the counting only
+// touches an atomic (and, when tracing, allocates again under a per-thread guard that
+// stops the recursion).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.note();
+        // SAFETY: the caller's contract for `alloc` is the system allocator's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.note();
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        self.note();
+        // SAFETY: `ptr` was allocated by `System` with `layout` (every allocation goes
+        // through this allocator), as `realloc` requires.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as for `realloc`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+// ------------------------------------------------------------------ echo
+
+const MSG_ECHO: u16 = 0x7a11;
+const WARMUP: u64 = 2_000;
+const MEASURED: u64 = 10_000;
+/// Round trips traced after the measured ones (with `ALLOC_TRACE`).
+const TRACED: u64 = 200;
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Sends every echo message back as it is.
+struct Server;
+
+impl Dispatcher for Server {
+    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
+        m.msg_type == MSG_ECHO
+    }
+    fn ms_fast_dispatch(&self, con: &ConnectionRef, m: Message) {
+        // A send failure only means the client went away: the test times out then.
+        let _ = con.send_message(Message { seq: 0, src: None, ..m });
+    }
+}
+
+/// Counts the replies and sends each one back until `total` requests went out; takes
+/// the allocation counter at the round trips that open and close the measured window.
+struct Client {
+    total: u64,
+    sent: AtomicU64,
+    replies: AtomicU64,
+    /// ALLOCS at the end of the warm-up and at the end of the measured round trips.
+    at_start: AtomicU64,
+    at_end: AtomicU64,
+}
+
+impl Dispatcher for Client {
+    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
+        m.msg_type == MSG_ECHO
+    }
+    fn ms_fast_dispatch(&self, con: &ConnectionRef, m: Message) {
+        let n = self.replies.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == WARMUP {
+            self.at_start.store(ALLOCS.load(Ordering::SeqCst), Ordering::SeqCst);
+        } else if n == WARMUP + MEASURED {
+            self.at_end.store(ALLOCS.load(Ordering::SeqCst), Ordering::SeqCst);
+            if std::env::var_os("ALLOC_TRACE").is_some() {
+                TRACING.store(true, Ordering::SeqCst);
+            }
+        } else if n == WARMUP + MEASURED + TRACED {
+            TRACING.store(false, Ordering::SeqCst);
+        }
+        if self.sent.fetch_add(1, Ordering::SeqCst) < self.total {
+            let _ = con.send_message(Message { seq: 0, src: None, ..m });
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Net {
+    Posix,
+    Mem,
+}
+
+/// One test at a time: the counter is process-wide.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs the echo; returns allocations per round trip in the measured window (both
+/// messengers, all threads).
+fn allocs_per_round_trip(net: Net, lossless: bool, depth: u64, size: usize) -> f64 {
+    let _serial = serial();
+    let cfg = |entity: &str| {
+        ConfigBuilder::new(entity).set("ms_async_op_threads", "2").and_then(|b| b.build()).expect("test configuration")
+    };
+    let mut mem_stack = None;
+    let (server, client) = match net {
+        Net::Posix => (
+            msgr::new_messenger(&cfg("osd.0"), EntityName::new(EntityType::Osd, 0)).expect("server messenger"),
+            msgr::new_messenger(&cfg("client.admin"), EntityName::new(EntityType::Client, -1))
+                .expect("client messenger"),
+        ),
+        Net::Mem => {
+            let stack = Stack::start(Arc::new(MemStack::new(MemNetwork::new())), 2).expect("start the mem stack");
+            let s = Messenger::new(Arc::clone(&stack), EntityName::new(EntityType::Osd, 0), &cfg("osd.0"))
+                .expect("server messenger");
+            let c = Messenger::new(Arc::clone(&stack), EntityName::new(EntityType::Client, -1), &cfg("client.admin"))
+                .expect("client messenger");
+            mem_stack = Some(stack);
+            (s, c)
+        }
+    };
+    if lossless {
+        server.set_default_policy(Policy::lossless_peer(0));
+        client.set_default_policy(Policy::lossless_peer(0));
+    } else {
+        server.set_default_policy(Policy::stateless_server(0));
+        client.set_default_policy(Policy::lossy_client(0));
+    }
+    server.add_dispatcher_tail(Arc::new(Server));
+    let total = WARMUP + MEASURED + TRACED;
+    let cd = Arc::new(Client {
+        total,
+        sent: AtomicU64::new(depth),
+        replies: AtomicU64::new(0),
+        at_start: AtomicU64::new(0),
+        at_end: AtomicU64::new(0),
+    });
+    client.add_dispatcher_tail(cd.clone());
+    let addr = server.bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
+    let con = client.connect_to(EntityType::Osd, &EntityAddrVec::single(addr)).expect("connect_to");
+    let payload = Bytes::from(vec![0x5a; size]);
+    for i in 0..depth {
+        let m = Message::new(MSG_ECHO, Bytes::from_static(b"echo")).with_tid(i + 1).with_data(payload.clone());
+        con.send_message(m).expect("queue a request");
+    }
+    // Only watches an atomic while the window is open: this thread allocates nothing.
+    let deadline = Instant::now() + PATIENCE;
+    while cd.replies.load(Ordering::SeqCst) < total {
+        assert!(Instant::now() < deadline, "{net:?}: {} of {total} replies", cd.replies.load(Ordering::SeqCst));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let allocs = cd.at_end.load(Ordering::SeqCst) - cd.at_start.load(Ordering::SeqCst);
+    drop(con);
+    client.shutdown();
+    server.shutdown();
+    client.wait();
+    server.wait();
+    drop(mem_stack);
+    let per = allocs as f64 / MEASURED as f64;
+    println!(
+        "{net:?} {} depth {depth} size {size}: {allocs} allocations in {MEASURED} round trips = {per:.3} per round trip",
+        if lossless { "lossless_peer" } else { "lossy client / stateless server" },
+    );
+    if TRACING.swap(false, Ordering::SeqCst) || std::env::var_os("ALLOC_TRACE").is_some() {
+        let mut by_count: Vec<(String, u64)> = std::mem::take(&mut *sites()).into_iter().collect();
+        by_count.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        for (site, n) in by_count {
+            println!("{:.2} per round trip: {site}", n as f64 / TRACED as f64);
+        }
+    }
+    per
+}
+
+/// Runs the echo and fails if it took more than `bound` allocations per round trip
+/// (a request and its reply, both messengers): the bound is what the library reaches,
+/// so a regression fails here.
+fn check(net: Net, lossless: bool, depth: u64, size: usize, bound: f64) {
+    let per = allocs_per_round_trip(net, lossless, depth, size);
+    assert!(per <= bound, "{net:?}: {per} allocations per round trip, more than {bound}");
+}
+
+#[test]
+fn posix_lossy_depth1() {
+    check(Net::Posix, false, 1, 64, 0.0);
+}
+
+#[test]
+fn posix_lossy_depth16() {
+    check(Net::Posix, false, 16, 4096, 1.0);
+}
+
+#[test]
+fn posix_lossless_depth16() {
+    check(Net::Posix, true, 16, 4096, 3.0);
+}
+
+#[test]
+fn posix_lossless_depth1() {
+    check(Net::Posix, true, 1, 4096, 0.0);
+}
+
+#[test]
+fn mem_lossy_depth1() {
+    check(Net::Mem, false, 1, 64, 0.0);
+}
