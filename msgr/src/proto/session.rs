@@ -1783,4 +1783,4 @@ impl RxCodec {
 
 #[cfg(test)]
 #[path = "session_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -18,10 +18,10 @@ use crate::proto::frames::{
 };
 use crate::proto::header::message_frame;
 
-const SERVER_SOCK: &str = "127.0.0.1:6800";
+pub(crate) const SERVER_SOCK: &str = "127.0.0.1:6800";
 const CLIENT_SOCK: &str = "127.0.0.1:40000";
 
-fn sa(s: &str) -> SocketAddr {
+pub(crate) fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
@@ -29,7 +29,7 @@ fn limits() -> FrameLimits {
     FrameLimits { max_frame: 1 << 20, max_control: 64 << 10 }
 }
 
-fn cfg(name: EntityName, addrs: EntityAddrVec) -> SessionConfig {
+pub(crate) fn cfg(name: EntityName, addrs: EntityAddrVec) -> SessionConfig {
     SessionConfig {
         my_name: name,
         my_addrs: addrs,
@@ -43,15 +43,15 @@ fn cfg(name: EntityName, addrs: EntityAddrVec) -> SessionConfig {
     }
 }
 
-fn server_addr() -> EntityAddr {
+pub(crate) fn server_addr() -> EntityAddr {
     EntityAddr::msgr2(sa(SERVER_SOCK), 99)
 }
 
-fn lossy() -> SessionPolicy {
+pub(crate) fn lossy() -> SessionPolicy {
     SessionPolicy { lossy: true, features_required: 0 }
 }
 
-fn lossless() -> SessionPolicy {
+pub(crate) fn lossless() -> SessionPolicy {
     SessionPolicy { lossy: false, features_required: 0 }
 }
 
@@ -72,7 +72,7 @@ fn client(t0: Instant) -> Session {
     client_with(t0, lossy())
 }
 
-fn server_with(t0: Instant, policy: SessionPolicy) -> Session {
+pub(crate) fn server_with(t0: Instant, policy: SessionPolicy) -> Session {
     let policy_for: PolicyFn = Arc::new(move |_| policy);
     Session::new_server(
         cfg(EntityName { ty: EntityType::Osd, num: 0 }, EntityAddrVec(vec![server_addr()])),

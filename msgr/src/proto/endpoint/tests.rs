@@ -1,9 +1,7 @@
 //! One test per transition of the session table.
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,11 +9,12 @@ use bytes::Bytes;
 use super::*;
 use crate::message::Message;
 use crate::proto::addr::EntityAddrVec;
-use crate::proto::auth::{NoneClientAuth, NoneServerAuth};
+use crate::proto::auth::NoneClientAuth;
 use crate::proto::entity::EntityName;
-use crate::proto::frame::FrameLimits;
 use crate::proto::frames::CEPH_FEATURES_ALL;
-use crate::proto::session::{PolicyFn, SessionConfig, SessionEvent, SessionPolicy, State};
+// The sessions' own test fixtures: the same addresses, config and server.
+use crate::proto::session::tests::{self as session_tests, cfg, lossless, sa, server_addr, server_with, SERVER_SOCK};
+use crate::proto::session::{SessionEvent, SessionPolicy, State};
 
 const TIMING: Timing = Timing {
     initial_backoff: Duration::from_millis(200),
@@ -55,36 +54,22 @@ fn handle(outgoing: bool, server_cookie: u64) -> H {
     )
 }
 
-fn sa(s: &str) -> SocketAddr {
-    s.parse().expect("address")
-}
-
-fn cfg(name: EntityName, addrs: EntityAddrVec) -> SessionConfig {
-    SessionConfig {
-        my_name: name,
-        my_addrs: addrs,
-        nonce: 7,
-        features_supported: CEPH_FEATURES_ALL,
-        limits: FrameLimits { max_frame: 1 << 20, max_control: 64 << 10 },
-        ready_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(60),
-        keepalive_interval: None,
-        rx_pool: None,
+fn policy(lossy: bool) -> SessionPolicy {
+    if lossy {
+        session_tests::lossy()
+    } else {
+        lossless()
     }
 }
 
-fn policy(lossy: bool) -> SessionPolicy {
-    SessionPolicy { lossy, features_required: 0 }
-}
-
 fn target() -> EntityAddr {
-    EntityAddr::msgr2(sa("127.0.0.1:6800"), 99)
+    server_addr()
 }
 
 fn client(t0: Instant, lossy: bool, state: SessionState) -> Session {
     Session::resume_client(
         cfg(EntityName { ty: EntityType::Client, num: -1 }, EntityAddrVec::default()),
-        EntityAddr::msgr2(sa("127.0.0.1:6800"), 0),
+        EntityAddr::msgr2(sa(SERVER_SOCK), 0),
         EntityType::Osd,
         policy(lossy),
         Box::new(NoneClientAuth::new("client.admin".parse().expect("name"), 0)),
@@ -95,21 +80,11 @@ fn client(t0: Instant, lossy: bool, state: SessionState) -> Session {
 }
 
 fn server(t0: Instant, lossy: bool) -> Session {
-    let p = policy(lossy);
-    let policy_for: PolicyFn = Arc::new(move |_| p);
-    Session::new_server(
-        cfg(EntityName { ty: EntityType::Osd, num: 0 }, EntityAddrVec(vec![target()])),
-        sa("127.0.0.1:40000"),
-        policy_for,
-        Box::new(NoneServerAuth::new(4100)),
-        5,
-        77,
-        t0,
-    )
+    server_with(t0, policy(lossy))
 }
 
 fn dial() -> Dial {
-    Dial { addr: sa("127.0.0.1:6800"), target: target(), peer_type: EntityType::Osd, backoff: Duration::ZERO }
+    Dial { addr: sa(SERVER_SOCK), target: target(), peer_type: EntityType::Osd, backoff: Duration::ZERO }
 }
 
 fn ping(n: u8) -> Message {
@@ -167,7 +142,7 @@ fn a_dialled_link_connects_its_transport() {
     assert!(link.is_connecting());
     link.transport_connected();
     assert!(!link.is_connecting());
-    assert_eq!(link.dial().map(|d| d.addr), Some(sa("127.0.0.1:6800")));
+    assert_eq!(link.dial().map(|d| d.addr), Some(sa(SERVER_SOCK)));
 }
 
 #[test]
