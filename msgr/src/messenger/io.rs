@@ -594,7 +594,7 @@ fn release(
         teardown(&local.perf, center, &r.handle.msgr, &mut io);
     }
     let Owner { conn, msgr } = r.handle;
-    if r.reset {
+    if reset_first {
         conn.publish_done(r.state.done(), false);
         count(&local.perf, &msgr, Counter::RemoteResets, 1);
         msgr.dispatch_queue.enqueue_event(Arc::clone(&conn), ConnEvent::RemoteReset);

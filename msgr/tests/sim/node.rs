@@ -698,7 +698,7 @@ impl Sim {
     fn release(&mut self, node: usize, w: usize, eid: u64, to: usize, new_id: u64, reset_first: bool, resume: bool) {
         let released = self.nodes[node].workers[w].table.release(eid, reset_first);
         self.trace(|| format!("n{node}w{w} release c{eid} for c{new_id} on w{to}: found {}", released.is_some()));
-        let Some(Released { io, handle, state, reset }) = released else {
+        let Some(Released { io, handle, state }) = released else {
             // It closed or moved after the claim: the new transport fails, the peer retries.
             self.stats.release_missed += 1;
             return self.submit(node, to, Task::Fault { id: new_id, ending: Ending::Replaced, why: "claim missed" });
@@ -706,7 +706,7 @@ impl Sim {
         if let Some(io) = io {
             self.net_close(io, false);
         }
-        if reset {
+        if reset_first {
             self.stats.server_remote_resets += 1;
             self.on_remote_reset(node, &handle, "a claim with reset_first");
         }

@@ -205,10 +205,9 @@ pub struct Released<T, H> {
     pub io: Option<T>,
     /// The connection.
     pub handle: H,
-    /// The session, reset if the peer restarted.
+    /// The session, reset if the peer restarted (`reset_first`: the caller raises
+    /// `ms_handle_remote_reset`).
     pub state: SessionState,
-    /// The session was reset (raise `ms_handle_remote_reset`).
-    pub reset: bool,
 }
 
 /// What [`Endpoint::adopt`] did.
@@ -459,7 +458,7 @@ impl<T, H: Shared> Endpoint<T, H> {
         if reset_first {
             state.reset();
         }
-        Some(Released { io, handle, state, reset: reset_first })
+        Some(Released { io, handle, state })
     }
 
     /// On the worker of the new transport `new_id`: connection `id` (handle `handle`)

@@ -312,7 +312,6 @@ fn release_takes_a_live_session_off_its_transport() {
     ep.get_mut(1).expect("link").session.send_message(ping(1));
     let r = ep.release(1, false).expect("released");
     assert_eq!(r.io, Some("socket"));
-    assert!(!r.reset);
     assert_eq!(r.state.queued_len(), 1);
     assert!(ep.is_empty());
 }
@@ -333,7 +332,6 @@ fn release_after_a_restart_drops_what_was_queued_for_the_old_peer() {
     let (mut ep, _) = dialled(t0, 55);
     ep.get_mut(1).expect("link").session.send_message(ping(1));
     let r = ep.release(1, true).expect("released");
-    assert!(r.reset);
     assert_eq!(r.state.queued_len(), 0);
 }
 
