@@ -308,28 +308,9 @@ impl<T, H: Shared> Endpoint<T, H> {
         now: Instant,
     ) -> Option<Ended<T, H>> {
         let link = self.live.remove(&id)?;
-        let Link { mut session, io, handle, dial, connecting, was_ready } = link;
-        let end = TransportEnd {
-            ending,
-            lossless: !session.policy().lossy,
-            dials: dial.is_some(),
-            // The peer will come back to a session that was established here at some point.
-            had_session: handle.existing().server_cookie != 0,
-            was_ready,
-            connecting,
-            stopping,
-        };
-        let after = end.decide(handle.is_outgoing());
-        let redial_in = match after {
-            AfterEnd::Keep { backoff, .. } => {
-                self.park(id, handle.clone(), session.into_state(), dial, backoff, timing, now)
-            }
-            AfterEnd::Close { .. } => {
-                session.close();
-                handle.set_existing(|e| e.phase = Phase::Closed);
-                None
-            }
-        };
+        let Link { session, io, handle, dial, connecting, was_ready } = link;
+        let end = TransportEnd { ending, was_ready, connecting, ..Self::facts(&session, &handle, &dial, stopping) };
+        let (after, redial_in) = self.settle(id, session, handle.clone(), dial, &end, timing, now);
         Some(Ended { io, handle, end, after, redial_in })
     }
 
@@ -348,23 +329,48 @@ impl<T, H: Shared> Endpoint<T, H> {
         timing: &Timing,
         now: Instant,
     ) -> AfterEnd {
-        let end = TransportEnd {
-            ending: if refused { Ending::Refused } else { Ending::Fault },
+        let ending = if refused { Ending::Refused } else { Ending::Fault };
+        let end = TransportEnd { ending, ..Self::facts(&session, &handle, &dial, stopping) };
+        self.settle(id, session, handle, dial, &end, timing, now).0
+    }
+
+    /// What the table knows of a session whose transport is gone, before how it went.
+    fn facts(session: &Session, handle: &H, dial: &Option<Dial>, stopping: bool) -> TransportEnd {
+        TransportEnd {
+            ending: Ending::Fault,
             lossless: !session.policy().lossy,
             dials: dial.is_some(),
+            // The peer will come back to a session that was established here at some point.
             had_session: handle.existing().server_cookie != 0,
             was_ready: false,
             connecting: false,
             stopping,
-        };
-        let after = end.decide(handle.is_outgoing());
-        match after {
-            AfterEnd::Keep { backoff, .. } => {
-                self.park(id, handle, session.into_state(), dial, backoff, timing, now);
-            }
-            AfterEnd::Close { .. } => handle.set_existing(|e| e.phase = Phase::Closed),
         }
-        after
+    }
+
+    /// Carries out `end`'s decision: parks the session (returning how long until we
+    /// dial again, if we do) or closes it.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &mut self,
+        id: u64,
+        mut session: Session,
+        handle: H,
+        dial: Option<Dial>,
+        end: &TransportEnd,
+        timing: &Timing,
+        now: Instant,
+    ) -> (AfterEnd, Option<Duration>) {
+        let after = end.decide(handle.is_outgoing());
+        let redial_in = match after {
+            AfterEnd::Keep { backoff, .. } => self.park(id, handle, session.into_state(), dial, backoff, timing, now),
+            AfterEnd::Close { .. } => {
+                session.close();
+                handle.set_existing(|e| e.phase = Phase::Closed);
+                None
+            }
+        };
+        (after, redial_in)
     }
 
     /// Keeps a lossless session between transports: with `dial`, we dial again after
