@@ -142,8 +142,8 @@ pub(crate) fn start_connect(
     }
 }
 
-/// Takes over an accepted socket on this worker.
-pub(crate) fn adopt_accepted(
+/// Takes over an accepted socket on this worker, whose load `on_accept` already counted.
+fn adopt_accepted(
     local: &mut WorkerLocal,
     center: &mut Center,
     msgr: Arc<MsgrInner>,
@@ -151,7 +151,6 @@ pub(crate) fn adopt_accepted(
     peer: SocketAddr,
 ) {
     let Some(worker) = msgr.workers.get(local.id).cloned() else { return };
-    worker.add_load();
     let conn = Connection::new(
         super::next_conn_id(),
         None,
@@ -1017,12 +1016,16 @@ fn on_accept(local: &mut WorkerLocal, center: &mut Center, id: u64) {
         if msgr.is_stopping() {
             continue;
         }
-        let target = if msgr.local_listen { None } else { Some(msgr.least_loaded()) };
-        match target {
-            Some(w) if w.id() != local.id => {
-                w.submit(Box::new(move |local, center| adopt_accepted(local, center, msgr, socket, peer)));
-            }
-            _ => adopt_accepted(local, center, msgr, socket, peer),
+        let target = if msgr.local_listen { msgr.workers.get(local.id).cloned() } else { Some(msgr.least_loaded()) };
+        let Some(w) = target else { continue };
+        // Counted now, not when the target adopts it: a burst of accepts (a client
+        // opening its connections at once) would otherwise see the same loads and all
+        // land on one worker.
+        w.add_load();
+        if w.id() != local.id {
+            w.submit(Box::new(move |local, center| adopt_accepted(local, center, msgr, socket, peer)));
+        } else {
+            adopt_accepted(local, center, msgr, socket, peer);
         }
     }
 }
