@@ -17,6 +17,11 @@
 /// assert_eq!(ceph_crc32c(0xFFFF_FFFF, b"123456789"), !crc32c::crc32c(b"123456789"));
 /// ```
 pub fn ceph_crc32c(seed: u32, data: &[u8]) -> u32 {
+    if data.len() < FOLD_FROM {
+        // The crc32c crate implements the inverting convention; undoing both
+        // inversions around it yields the raw register update.
+        return !crc32c::crc32c_append(!seed, data);
+    }
     // A digest's state is the bare register: started from `seed` and read back before
     // the final inversion, it is exactly Ceph's update.
     let mut d = crc_fast::Digest::new_with_init_state(crc_fast::CrcAlgorithm::Crc32Iscsi, u64::from(seed));
@@ -24,6 +29,13 @@ pub fn ceph_crc32c(seed: u32, data: &[u8]) -> u32 {
     // The state of a 32-bit crc fits in 32 bits.
     d.get_state() as u32
 }
+
+/// Lengths from which carry-less multiply folding (crc-fast: AVX-512 VPCLMULQDQ where
+/// the CPU has it) beats the crc32 instruction (the crc32c crate). Measured here:
+/// equal up to 256 bytes (about 8 ns of call overhead either way), 1.9x at 512 B, 2.1x
+/// at 4 KiB, 2.2x at 64 KiB. Below it the crc32c crate also executes fewer
+/// instructions (preambles, headers, small fronts are most crcs of a small message).
+const FOLD_FROM: usize = 512;
 
 /// [`ceph_crc32c`] over the concatenation of several slices, without copying them.
 ///
