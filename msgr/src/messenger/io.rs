@@ -47,6 +47,8 @@ const READ_BUDGET: usize = 1 << 20;
 /// next read (see `do_read`), so replies still go out in batches of at most this much
 /// input. It is per worker, not per connection: an idle connection holds none of it.
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
+/// Messages of one read delivered before the replies they produced are written.
+const FLUSH_EVERY: usize = 32;
 /// Most bytes framed ahead of the socket per flush; bounds memory per connection.
 const WRITE_BUDGET: usize = 512 * 1024;
 
@@ -65,6 +67,9 @@ pub struct ConnIo {
     parts: Vec<Bytes>,
     timer: Option<(TimerId, Instant)>,
     read_paused: bool,
+    // A kernel socket's last read filled the scratch buffer or the room it was given:
+    // a deep pipeline, whose next read goes straight into the session's stream buffer.
+    deep: bool,
     // The session's copy counters when last added to the perf counters.
     copies_seen: CopyCounts,
     // `msgr_conn`: entered while this worker handles the connection (none at
@@ -243,6 +248,7 @@ fn install(
         parts: Vec::new(),
         timer: None,
         read_paused: false,
+        deep: false,
         copies_seen: CopyCounts::default(),
         span,
     };
@@ -332,22 +338,28 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         // once, so a read costs no allocation or zeroing and an idle connection no
         // memory; a userspace TCP appends to the session's stream buffer (its one
         // copy); RDMA hands up its registered chunks (none).
-        let r = match lc.io.recv_mode {
-            RecvMode::Slice => match lc.session.large_read_buf() {
+        // In a deep pipeline a kernel socket reads straight into the stream buffer too:
+        // reads are full, so the buffer's room is used, and the scratch copy is saved.
+        let r = match (lc.io.recv_mode, lc.io.deep) {
+            (RecvMode::Slice, false) => match lc.session.large_read_buf() {
                 Some(buf) => {
                     let offered = buf.len();
                     lc.io.socket.read(buf).map(|n| Got::Direct(n, offered))
                 }
                 None => lc.io.socket.read(&mut local.rx_scratch).map(Got::Scratch),
             },
-            RecvMode::Append => match lc.session.read_target() {
-                ReadTarget::Large(buf) => {
-                    let offered = buf.len();
-                    lc.io.socket.read(buf).map(|n| Got::Direct(n, offered))
+            (RecvMode::Slice, true) | (RecvMode::Append, _) => {
+                // An appending stack sizes its own reads.
+                let room = if lc.io.recv_mode == RecvMode::Slice { READ_CHUNK } else { 0 };
+                match lc.session.read_target_with_room(room) {
+                    ReadTarget::Large(buf) => {
+                        let offered = buf.len();
+                        lc.io.socket.read(buf).map(|n| Got::Direct(n, offered))
+                    }
+                    ReadTarget::Stream(buf) => lc.io.socket.read_into(buf, READ_CHUNK).map(Got::Appended),
                 }
-                ReadTarget::Stream(buf) => lc.io.socket.read_into(buf, READ_CHUNK).map(Got::Appended),
-            },
-            RecvMode::Owned => lc.io.socket.recv_owned().map(Got::Owned),
+            }
+            (RecvMode::Owned, _) => lc.io.socket.recv_owned().map(Got::Owned),
         };
         let copied = lc.io.socket.take_copied();
         if copied.rx > 0 {
@@ -388,6 +400,9 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
             Got::Appended(n) => (lc.session.commit_read(now, n), n == READ_CHUNK),
             Got::Owned(b) => (lc.session.handle_owned(now, b), false),
         };
+        if !direct && lc.io.recv_mode == RecvMode::Slice {
+            lc.io.deep = full;
+        }
         count_session_copies(&local.perf, lc);
         // Acknowledgements (and a reset in a reconnect) in what was read finish
         // messages; a lossy session has neither.
@@ -400,7 +415,11 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         if drained {
             lc.session.rx_idle();
         }
-        handle_session_events(local, id)?;
+        // Replies go out every FLUSH_EVERY messages delivered, not only once the whole
+        // read is handled: the peer starts on them while this side handles the rest.
+        while handle_session_events_upto(local, id, FLUSH_EVERY)? {
+            flush(local, center, id);
+        }
         if drained {
             return Ok(());
         }
@@ -464,9 +483,20 @@ fn resume_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
 }
 
 fn handle_session_events(local: &mut WorkerLocal, id: u64) -> Result<(), ConnError> {
+    handle_session_events_upto(local, id, usize::MAX).map(drop)
+}
+
+/// Handles the session's events until `max_msgs` messages were delivered; true if it
+/// stopped there with events left.
+fn handle_session_events_upto(local: &mut WorkerLocal, id: u64, max_msgs: usize) -> Result<bool, ConnError> {
+    let mut delivered = 0;
     loop {
-        let Some(lc) = local.ep.get_mut(id) else { return Ok(()) };
-        let Some(ev) = lc.session.poll_event() else { return Ok(()) };
+        if delivered == max_msgs {
+            let more = local.ep.get_mut(id).is_some_and(|lc| lc.session.has_events());
+            return Ok(more);
+        }
+        let Some(lc) = local.ep.get_mut(id) else { return Ok(false) };
+        let Some(ev) = lc.session.poll_event() else { return Ok(false) };
         match ev {
             SessionEvent::Connected(peer) | SessionEvent::Accepted(peer) => {
                 let accepted = lc.session.role() == Role::Server;
@@ -498,6 +528,7 @@ fn handle_session_events(local: &mut WorkerLocal, id: u64) -> Result<(), ConnErr
                 }
                 count(&local.perf, &lc.handle.msgr, Counter::RecvMessages, 1);
                 lc.handle.msgr.deliver(&lc.handle.conn, m);
+                delivered += 1;
             }
             SessionEvent::KeepaliveAck(stamp) => lc.handle.conn.publish(|p| p.last_keepalive_ack = Some(stamp)),
             SessionEvent::LearnedAddr(a) => lc.handle.msgr.learned_addr(&a),

@@ -202,6 +202,9 @@ enum Feed {
     Appended,
     /// A socket stack: a large frame read straight into its buffer, the rest copied.
     Direct,
+    /// A socket stack in a deep pipeline: `read_target_with_room`, reads filling the
+    /// room it made (16 KiB).
+    Roomy,
 }
 
 fn feed(s: &mut Session, now: Instant, piece: &Bytes, how: Feed) -> Result<(), SessionError> {
@@ -219,6 +222,26 @@ fn feed(s: &mut Session, now: Instant, piece: &Bytes, how: Feed) -> Result<(), S
                     }
                     ReadTarget::Stream(buf) => {
                         let n = rest.len().min(5000);
+                        buf.extend_from_slice(&rest[..n]);
+                        n
+                    }
+                };
+                rest = &rest[n..];
+                s.commit_read(now, n)?;
+            }
+        }
+        Feed::Roomy => {
+            const ROOM: usize = 16 * 1024;
+            while !rest.is_empty() {
+                let n = match s.read_target_with_room(ROOM) {
+                    ReadTarget::Large(buf) => {
+                        let n = buf.len().min(rest.len());
+                        buf[..n].copy_from_slice(&rest[..n]);
+                        n
+                    }
+                    ReadTarget::Stream(buf) => {
+                        assert!(buf.capacity() - buf.len() >= ROOM, "the room asked for is there");
+                        let n = rest.len().min(ROOM);
                         buf.extend_from_slice(&rest[..n]);
                         n
                     }
@@ -307,7 +330,7 @@ fn pieces(wire: &Bytes, lens: &[usize], hows: &[Feed]) -> Vec<(Bytes, Feed)> {
 }
 
 fn arb_feed() -> impl Strategy<Value = Feed> {
-    prop_oneof![4 => Just(Feed::Owned), 1 => Just(Feed::Copied), 1 => Just(Feed::Appended), 1 => Just(Feed::Direct)]
+    prop_oneof![4 => Just(Feed::Owned), 1 => Just(Feed::Copied), 1 => Just(Feed::Appended), 1 => Just(Feed::Direct), 1 => Just(Feed::Roomy)]
 }
 
 proptest! {
@@ -609,4 +632,49 @@ fn secure_sessions_fed_owned_pieces_copy_them_and_still_deliver() {
     }
     assert!(s.copy_counts().rx > 9000, "sealed frames are copied to be opened");
     assert!(c.copy_counts().tx > 9000, "sealing copies every segment");
+}
+
+// ---- deep reads into the stream buffer ----
+
+#[test]
+fn reads_with_room_reuse_the_buffers_no_message_holds() {
+    let t0 = Instant::now();
+    let mut s = ready_server(t0, 1 << 20, None);
+    const ROOM: usize = 64 * 1024;
+    let wire = stream(&(1..=64u8).map(|i| ping(u64::from(i), 3000, i)).collect::<Vec<_>>());
+    let mut bufs = std::collections::BTreeSet::new();
+    let mut rest = &wire[..];
+    while !rest.is_empty() {
+        let ReadTarget::Stream(buf) = s.read_target_with_room(ROOM) else { panic!("small frames only") };
+        bufs.insert(buf.as_ptr() as usize & !0xFFF);
+        let n = rest.len().min(ROOM);
+        buf.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        s.commit_read(t0, n).unwrap();
+        // Messages are dropped as soon as they are handled, as an echo does.
+        assert!(!messages(&mut s).is_empty());
+    }
+    // 64 x 3 KiB through 64 KiB reads: the stream buffer and its spare take turns.
+    assert!(bufs.len() <= 2, "{} distinct buffers for {} bytes", bufs.len(), wire.len());
+}
+
+#[test]
+fn a_drained_session_keeps_a_small_spare_but_not_a_deep_one() {
+    let t0 = Instant::now();
+    let mut s = ready_server(t0, 1 << 20, None);
+    s.rx_spare = BytesMut::with_capacity(64 * 1024);
+    s.rx_idle();
+    assert!(s.rx_spare.capacity() >= 64 * 1024, "a small spare stays for the next read");
+    // What a deep pipeline leaves: a 256 KiB read's buffer, which a message held when
+    // the next read needed room.
+    let ReadTarget::Stream(buf) = s.read_target_with_room(256 * 1024) else { panic!("no large frame") };
+    buf.extend_from_slice(&stream(&[ping(1, 100, 1)]));
+    let n = buf.len();
+    s.commit_read(t0, n).unwrap();
+    let held = messages(&mut s);
+    s.rx_spare = std::mem::take(&mut s.rx);
+    assert!(s.rx_spare.capacity() > 128 * 1024);
+    s.rx_idle();
+    assert_eq!(s.rx_spare.capacity(), 0, "a deep pipeline's spare is not kept by a quiet connection");
+    drop(held);
 }

@@ -65,6 +65,8 @@ const MAX_PRE_AUTH: usize = 1 << 20;
 /// Frames from this size on are read into a buffer of their own (see [`RxPool`]):
 /// below it, several frames per read beat one read per frame.
 const LARGE_FRAME: usize = 32 * 1024;
+/// Largest spare stream buffer a connection keeps once its input is drained.
+const SPARE_KEPT_IDLE: usize = 128 * 1024;
 /// A frame in progress of up to this many on-wire bytes keeps the received pieces it
 /// lies in ([`Session::handle_owned`]) until it is complete, so its segments can be
 /// slices of them; a longer one is gathered into a buffer of its own as it arrives and
@@ -687,6 +689,11 @@ impl Session {
         if self.rx.is_empty() && self.rx.capacity() > 0 {
             self.rx = BytesMut::new();
         }
+        // A deep pipeline's read buffers are not kept by a connection that went quiet:
+        // thousands of connections that were each busy once would hold them all.
+        if self.rx_spare.capacity() > SPARE_KEPT_IDLE {
+            self.rx_spare = BytesMut::new();
+        }
     }
 
     /// Received bytes wait for the rest of their banner or frame.
@@ -748,12 +755,32 @@ impl Session {
     /// ones: the rest of a large frame's own buffer, or the end of the stream buffer.
     /// Write or append there, then call [`Session::commit_read`] with the count.
     pub fn read_target(&mut self) -> ReadTarget<'_> {
+        self.read_target_with_room(0)
+    }
+
+    /// As [`Session::read_target`], and a stream buffer target first gets room for
+    /// `room` more bytes: a kernel socket in a deep pipeline reads straight into it
+    /// rather than through a scratch buffer and a copy. The room comes from the
+    /// buffer itself or its spare once no received message holds them any more, and
+    /// only otherwise from the allocator.
+    pub fn read_target_with_room(&mut self, room: usize) -> ReadTarget<'_> {
+        if self.rx_large.is_none() {
+            // Pieces handed over earlier come first in the stream.
+            let held = self.rope.len();
+            self.rope.drain_to(&mut self.rx, held);
+            if room > 0 {
+                self.rx_room(room);
+                if self.rx.capacity() - self.rx.len() < room {
+                    // With headroom for a frame in progress (frames of LARGE_FRAME or
+                    // more have buffers of their own), so that this buffer can be the
+                    // spare a later read carries its partial frame into.
+                    self.rx.reserve(room + LARGE_FRAME);
+                }
+            }
+        }
         match &mut self.rx_large {
             Some((buf, filled)) => ReadTarget::Large(&mut buf.as_mut_slice()[*filled..]),
             None => {
-                // Pieces handed over earlier come first in the stream.
-                let held = self.rope.len();
-                self.rope.drain_to(&mut self.rx, held);
                 self.rx_mark.get_or_insert(self.rx.len());
                 ReadTarget::Stream(&mut self.rx)
             }
@@ -1682,6 +1709,11 @@ impl Session {
     /// Next event for the owner, if any.
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
         self.events.pop_front()
+    }
+
+    /// Whether [`Session::poll_event`] has something.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
     }
 
     /// When [`Session::handle_timeout`] must next be called.

@@ -94,11 +94,18 @@ pub trait ConnectedSocket: Send {
     }
     /// Reads available bytes; `Ok(0)` means the peer closed the stream.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
-    /// [`RecvMode::Append`]: appends up to `max` available bytes to `dst`; `Ok(0)`
-    /// means the peer closed the stream.
+    /// Appends up to `max` available bytes to `dst`; `Ok(0)` means the peer closed the
+    /// stream. How a [`RecvMode::Append`] socket reads; a [`RecvMode::Slice`] socket
+    /// is asked to when a deep pipeline fills its reads, so that they land where the
+    /// messages will be, without a copy. This default zeroes the room first and reads
+    /// into it with [`ConnectedSocket::read`]; a kernel socket reads into the
+    /// uninitialised room instead.
     fn read_into(&mut self, dst: &mut BytesMut, max: usize) -> io::Result<usize> {
-        let _ = (dst, max);
-        Err(io::Error::new(io::ErrorKind::Unsupported, "this socket does not append (RecvMode::Slice)"))
+        let at = dst.len();
+        dst.resize(at + max, 0);
+        let r = self.read(&mut dst[at..]);
+        dst.truncate(at + *r.as_ref().unwrap_or(&0));
+        r
     }
     /// [`RecvMode::Owned`]: the next received bytes, as the stack's own buffer; an
     /// empty buffer means the peer closed the stream.
