@@ -167,7 +167,9 @@ pub fn parse_addr(s: &str) -> Result<EntityAddr, CliError> {
     s.parse::<EntityAddr>().map_err(|e| CliError::Usage(format!("bad address '{s}': {e}")))
 }
 
-/// Answers every MPing with an MPing carrying the same payload, on the worker.
+/// Answers every MPing with an MPing carrying the same payload, on the worker; or, when
+/// the ping asks for a reply of its own size (`msgr bench --reply-size`, see
+/// [`crate::bench::reply`]), with that many bytes of the shared reply fill instead.
 struct EchoDispatcher {
     served: AtomicU64,
 }
@@ -177,10 +179,17 @@ impl Dispatcher for EchoDispatcher {
         m.msg_type == MSG_PING
     }
     fn ms_fast_dispatch(&self, con: &ConnectionRef, m: Message) {
+        use crate::bench::reply::{reply_payload, ReplyAsk, MAX_REPLY};
         self.served.fetch_add(1, Ordering::Relaxed);
-        // The reply is a fresh message with the request's payload; a send failure only
-        // means the client went away.
-        let reply = Message { seq: 0, src: None, ..m };
+        // The reply is a fresh message with the request's payload (or the asked-for
+        // reply, the front kept: it carries the request's number back); a send failure
+        // only means the client went away. An ask beyond MAX_REPLY is echoed, and the
+        // client reports the mismatch.
+        let asked = ReplyAsk::decode(&m.front).map(|a| a.size as usize).filter(|&n| n <= MAX_REPLY);
+        let reply = match asked {
+            Some(n) => Message { seq: 0, src: None, data: reply_payload(n), ..m },
+            None => Message { seq: 0, src: None, ..m },
+        };
         let _ = con.send_message(reply);
     }
 }
@@ -375,6 +384,9 @@ pub struct PingReport {
     pub last_reset: Option<String>,
     /// The client messenger's `perf dump` as the run ended.
     pub counters: serde_json::Value,
+    /// Payload bytes of the replies counted in `count` (the echoes' or, with
+    /// [`PingOptions::reply`], the replies' asked for).
+    pub received_bytes: u64,
 }
 
 /// What `--verify` found: each is also counted in [`PingReport::errors`].
@@ -403,13 +415,16 @@ pub struct PingOptions {
     pub verify: bool,
     /// Lossless client policy instead of lossy.
     pub lossless: bool,
-    /// Pings kept in flight at once (1 = one round trip at a time).
+    /// Pings kept in flight at once on each connection (1 = one round trip at a time).
     pub window: usize,
     /// Stop sending at this instant even if `count` is not reached.
     pub until: Option<Instant>,
     /// Counts replies as they arrive, for a live progress line (shared by the jobs
     /// of a `msgr bench` round).
     pub progress: Option<Arc<AtomicU64>>,
+    /// Ask the server for a reply of this many payload bytes to each ping instead of an
+    /// echo (`msgr bench --reply-size`, see [`crate::bench::reply`]); `None`: echoes.
+    pub reply: Option<usize>,
 }
 
 /// Bytes of a verified payload before the filler: sequence (8) and crc32c (4).
@@ -450,6 +465,74 @@ pub(crate) fn check_payload(p: &[u8], size: usize) -> Result<u64, String> {
     Ok(seq)
 }
 
+/// What the pings of a run are and what their replies must be: shared by the callback
+/// client ([`ping`]) and the bench's tokio client, so both send and check the same.
+#[derive(Debug, Clone)]
+pub(crate) struct PingShape {
+    size: usize,
+    verify: bool,
+    reply: Option<usize>,
+    /// The payload of every ping but a verified echo's (whose payload has its number).
+    payload: Bytes,
+    /// The front of every ping asking for a reply, but a verified one's (whose front
+    /// has its number); empty for echoes.
+    front: Bytes,
+}
+
+impl PingShape {
+    /// The pings `opts` describes; a reply larger than the bench server sends is refused.
+    pub(crate) fn new(opts: &PingOptions) -> Result<PingShape, CliError> {
+        use crate::bench::reply::{ReplyAsk, MAX_REPLY};
+        let front = match opts.reply {
+            Some(n) if n > MAX_REPLY => {
+                return Err(CliError::Usage(format!("a reply of {n} bytes is asked for; at most {MAX_REPLY} allowed")))
+            }
+            // At most MAX_REPLY (64 MiB), so it fits in a u32.
+            Some(n) => ReplyAsk { size: n as u32, seq: 0 }.encode(),
+            None => Bytes::new(),
+        };
+        Ok(PingShape {
+            size: opts.size,
+            verify: opts.verify,
+            reply: opts.reply,
+            payload: ping_payload(0, opts.size, false),
+            front,
+        })
+    }
+
+    /// Ping number `seq`. Asking for a reply, its payload is the fixed one even with
+    /// `verify` (the server drops it): the number travels in the front instead.
+    pub(crate) fn request(&self, seq: u64) -> Message {
+        match self.reply {
+            None if self.verify => MPing::new(ping_payload(seq, self.size, true)).encode(),
+            None => MPing::new(self.payload.clone()).encode(),
+            Some(n) => {
+                let front = if self.verify {
+                    crate::bench::reply::ReplyAsk { size: n as u32, seq }.encode()
+                } else {
+                    self.front.clone()
+                };
+                MPing { front, payload: self.payload.clone() }.encode()
+            }
+        }
+    }
+
+    /// Checks a reply: the echo of what was sent, or the reply asked for. With `verify`
+    /// returns the number of the ping it answers; without, replies carry none.
+    pub(crate) fn check(&self, m: &Message) -> Result<Option<u64>, String> {
+        let p = MPing::decode(m).map_err(|e| format!("bad reply: {e}"))?;
+        match self.reply {
+            None if self.verify => check_payload(&p.payload, self.size).map(Some),
+            None if p.payload == self.payload => Ok(None),
+            None => Err("reply payload differs from the request".into()),
+            Some(n) => {
+                let seq = crate::bench::reply::check_msgr_reply(&p.front, &p.payload, n)?;
+                Ok(self.verify.then_some(seq))
+            }
+        }
+    }
+}
+
 impl PingReport {
     /// "min/avg/p99/max" over the round trips.
     pub fn summary(&self) -> (f64, f64, f64, f64) {
@@ -458,30 +541,46 @@ impl PingReport {
     }
 }
 
+/// One connection of a ping run and the pings in flight on it.
+struct Lane {
+    /// Where it dials.
+    addrs: EntityAddrVec,
+    /// The connection pings go out on (replaced after a lossy reset).
+    con: Option<ConnectionRef>,
+    /// Pings sent on it and not yet answered, oldest first, with their send time.
+    outstanding: VecDeque<(u64, Instant)>,
+    /// Not dialled yet, or a lossy connection was reset: the main thread dials.
+    redial: bool,
+    /// Dialled before: dialling again waits a little (the server may be restarting).
+    dialled: bool,
+}
+
 struct PingState {
-    /// Pings still to send.
+    /// Pings still to send, on all connections.
     remaining: u64,
     /// Sequence number of the last ping sent.
     last_seq: u64,
-    /// Pings sent and not yet answered, oldest first, with their send time.
-    outstanding: VecDeque<(u64, Instant)>,
-    /// The connection pings go out on (replaced after a lossy reset).
-    con: Option<ConnectionRef>,
-    /// A lossy connection was reset: the main thread dials again.
-    redial: bool,
+    /// One per connection, each with its own window.
+    lanes: Vec<Lane>,
     /// The server answered at least once (a refusal before that means nobody is there).
     ever_connected: bool,
     report: PingReport,
     done: bool,
 }
 
-/// Keeps up to `window` pings in flight; sends the next one from the worker as soon
-/// as a reply arrives, so a round trip crosses no thread boundary on the client side.
+impl PingState {
+    /// The lane whose current connection is `con` (none for a connection replaced since).
+    fn lane_of(&self, con: &ConnectionRef) -> Option<usize> {
+        self.lanes.iter().position(|l| l.con.as_ref().is_some_and(|c| Arc::ptr_eq(c, con)))
+    }
+}
+
+/// Keeps up to `window` pings in flight on each connection; sends the next one from
+/// the worker as soon as a reply arrives, so a round trip crosses no thread boundary on
+/// the client side.
 struct PingDispatcher {
     until: Option<Instant>,
-    payload: Bytes,
-    size: usize,
-    verify: bool,
+    shape: PingShape,
     window: usize,
     progress: Option<Arc<AtomicU64>>,
     state: Mutex<PingState>,
@@ -500,68 +599,62 @@ impl PingDispatcher {
         self.cond.notify_all();
     }
 
-    /// Sends pings until `window` are outstanding or none remain.
-    fn fill(&self, s: &mut PingState) {
-        let Some(con) = s.con.clone() else { return };
+    /// Sends pings on lane `i` until `window` are outstanding there or none remain.
+    fn fill(&self, s: &mut PingState, i: usize) {
+        let Some(con) = s.lanes[i].con.clone() else { return };
         if self.until.is_some_and(|t| Instant::now() >= t) {
             s.remaining = 0;
         }
-        while s.outstanding.len() < self.window && s.remaining > 0 {
+        while s.lanes[i].outstanding.len() < self.window && s.remaining > 0 {
             s.remaining -= 1;
             s.last_seq += 1;
             let seq = s.last_seq;
-            let payload = if self.verify { ping_payload(seq, self.size, true) } else { self.payload.clone() };
-            s.outstanding.push_back((seq, Instant::now()));
-            if let Err(e) = con.send_message(MPing::new(payload).encode()) {
+            s.lanes[i].outstanding.push_back((seq, Instant::now()));
+            if let Err(e) = con.send_message(self.shape.request(seq)) {
                 // The connection closed before we could send: say why (e.g. refused).
                 let why = con.last_error().map_or_else(|| e.to_string(), |c| c.to_string());
                 if !s.ever_connected {
                     return self.fail(s, why);
                 }
                 // A server that answered before is restarting: dial again shortly.
-                return self.redial(s, why);
+                return self.redial(s, i, why);
             }
         }
-        if s.remaining == 0 && s.outstanding.is_empty() {
+        if s.remaining == 0 && s.lanes.iter().all(|l| l.outstanding.is_empty()) {
             s.done = true;
             self.cond.notify_all();
         }
     }
 
-    /// Everything in flight went down with a session: count it, do not call it lost.
-    fn session_lost(&self, s: &mut PingState) {
-        let n = s.outstanding.len() as u64;
+    /// Everything in flight on lane `i` went down with a session: count it, do not
+    /// call it lost.
+    fn session_lost(&self, s: &mut PingState, i: usize) {
+        let n = s.lanes[i].outstanding.len() as u64;
         s.report.lost_to_reset += n;
         // Those pings are sent again under new numbers.
         s.remaining += n;
-        s.outstanding.clear();
+        s.lanes[i].outstanding.clear();
     }
 
-    /// The connection is gone (`why`): what was in flight is sent again once the main
-    /// thread has dialled a new one.
-    fn redial(&self, s: &mut PingState, why: String) {
+    /// Lane `i`'s connection is gone (`why`): what was in flight is sent again once the
+    /// main thread has dialled a new one.
+    fn redial(&self, s: &mut PingState, i: usize, why: String) {
         s.report.last_reset.replace(why);
-        self.session_lost(s);
-        s.con = None;
-        s.redial = true;
+        self.session_lost(s, i);
+        s.lanes[i].con = None;
+        s.lanes[i].redial = true;
         self.cond.notify_all();
     }
 
-    fn reply(&self, s: &mut PingState, m: &Message, now: Instant) {
+    fn reply(&self, s: &mut PingState, i: usize, m: &Message, now: Instant) {
         let bad = |s: &mut PingState, what: String| {
             s.report.errors += 1;
             s.report.first_error.get_or_insert(what);
         };
-        let Some(&(front, t0)) = s.outstanding.front() else {
+        let Some(&(front, t0)) = s.lanes[i].outstanding.front() else {
             return bad(s, "reply with no ping outstanding".into());
         };
-        let seq = match MPing::decode(m).map_err(|e| format!("bad reply: {e}")) {
-            Ok(p) if self.verify => check_payload(&p.payload, self.size),
-            Ok(p) if p.payload == self.payload => Ok(front),
-            Ok(_) => Err("reply payload differs from the request".into()),
-            Err(e) => Err(e),
-        };
-        match seq {
+        match self.shape.check(m).map(|n| n.unwrap_or(front)) {
             Err(e) => {
                 s.report.verify.corrupted += 1;
                 bad(s, e);
@@ -576,16 +669,17 @@ impl PingDispatcher {
                 // An earlier reply is missing or overtaken: count it and move on past it.
                 s.report.verify.reordered += 1;
                 bad(s, format!("reply {n} arrived while {front} was outstanding"));
-                s.outstanding.retain(|(q, _)| *q != n);
+                s.lanes[i].outstanding.retain(|(q, _)| *q != n);
                 return;
             }
             Ok(_) => {}
         }
-        s.outstanding.pop_front();
-        if self.verify {
+        s.lanes[i].outstanding.pop_front();
+        if self.shape.verify {
             s.report.verify.checked += 1;
         }
         s.report.count += 1;
+        s.report.received_bytes += m.data.len() as u64;
         s.report.rtt.record(now.duration_since(t0));
         if let Some(p) = &self.progress {
             p.fetch_add(1, Ordering::Relaxed);
@@ -600,12 +694,13 @@ impl Dispatcher for PingDispatcher {
     fn ms_fast_dispatch(&self, con: &ConnectionRef, m: Message) {
         let now = Instant::now();
         let mut s = self.lock();
-        if s.done || !s.con.as_ref().is_some_and(|c| Arc::ptr_eq(c, con)) {
+        if s.done {
             return;
         }
+        let Some(i) = s.lane_of(con) else { return };
         s.ever_connected = true;
-        self.reply(&mut s, &m, now);
-        self.fill(&mut s);
+        self.reply(&mut s, i, &m, now);
+        self.fill(&mut s, i);
     }
     fn ms_handle_connect(&self, _con: &ConnectionRef) {
         self.lock().ever_connected = true;
@@ -614,18 +709,20 @@ impl Dispatcher for PingDispatcher {
         // Lossless: the server restarted and our session with it is gone, with the
         // pings it held. The connection carries on with a new session.
         let mut s = self.lock();
-        if s.done || !s.con.as_ref().is_some_and(|c| Arc::ptr_eq(c, con)) {
+        if s.done {
             return;
         }
+        let Some(i) = s.lane_of(con) else { return };
         s.report.remote_resets += 1;
-        self.session_lost(&mut s);
-        self.fill(&mut s);
+        self.session_lost(&mut s, i);
+        self.fill(&mut s, i);
     }
     fn ms_handle_reset(&self, con: &ConnectionRef) -> bool {
         let mut s = self.lock();
-        if s.done || !s.con.as_ref().is_some_and(|c| Arc::ptr_eq(c, con)) {
+        if s.done {
             return true;
         }
+        let Some(i) = s.lane_of(con) else { return true };
         // Lossy (or a lossless session given up): dial again and carry on, as a
         // client of a stateless server does.
         s.report.resets += 1;
@@ -637,7 +734,7 @@ impl Dispatcher for PingDispatcher {
             self.fail(&mut s, why);
             return true;
         }
-        self.redial(&mut s, why);
+        self.redial(&mut s, i, why);
         true
     }
     fn ms_handle_refused(&self, con: &ConnectionRef) -> bool {
@@ -648,8 +745,11 @@ impl Dispatcher for PingDispatcher {
             self.fail(&mut s, why);
         } else if con.state() == msgr::messenger::ConnState::Closed {
             // A restarting server, on a lossy connection (a lossless one redials by
-            // itself): keep dialling until the timeout.
-            self.redial(&mut s, why);
+            // itself): keep dialling until the timeout. A connection not yet handed to
+            // its lane is seen closed by the main thread, which dials again itself.
+            if let Some(i) = s.lane_of(con) {
+                self.redial(&mut s, i, why);
+            }
         }
         true
     }
@@ -685,26 +785,49 @@ pub fn ping(
     peer_type: EntityType,
     opts: &PingOptions,
 ) -> Result<PingReport, CliError> {
+    ping_conns(common, std::slice::from_ref(target), peer_type, opts)
+}
+
+/// [`ping`] over one connection to each of `targets`, all on one messenger: up to
+/// `opts.window` pings in flight on each, `opts.count` in all (`msgr bench
+/// --conns-per-job`). A messenger keeps one connection per peer address, so the targets
+/// must be distinct addresses of the server.
+pub fn ping_conns(
+    common: &CommonArgs,
+    targets: &[EntityAddr],
+    peer_type: EntityType,
+    opts: &PingOptions,
+) -> Result<PingReport, CliError> {
+    if targets.is_empty() {
+        return Err(CliError::Usage("no address to ping".into()));
+    }
     let (count, timeout) = (opts.count, opts.timeout);
+    let shape = PingShape::new(opts)?;
     let cfg = common.config("client.admin")?;
     let name = common.entity("client.admin")?;
     let m: Messenger = msgr::new_messenger(&cfg, name)?;
     m.set_default_policy(if opts.lossless { Policy::lossless_client(0) } else { Policy::lossy_client(0) });
     // cephx to a daemon of a real cluster: a ticket for its service from the monitors.
     let _monc = cephx_to_daemon(&cfg, name, peer_type, &m, timeout)?;
+    let lanes = targets
+        .iter()
+        .map(|t| Lane {
+            addrs: EntityAddrVec(vec![t.clone()]),
+            con: None,
+            outstanding: VecDeque::new(),
+            redial: true,
+            dialled: false,
+        })
+        .collect();
     let d = Arc::new(PingDispatcher {
         until: opts.until,
-        payload: ping_payload(0, opts.size, false),
-        size: opts.size,
-        verify: opts.verify,
+        shape,
         window: opts.window.max(1),
         progress: opts.progress.clone(),
         state: Mutex::new(PingState {
             remaining: count,
             last_seq: 0,
-            outstanding: VecDeque::new(),
-            con: None,
-            redial: true,
+            lanes,
             ever_connected: false,
             report: PingReport::default(),
             done: count == 0,
@@ -712,29 +835,30 @@ pub fn ping(
         cond: Condvar::new(),
     });
     m.add_dispatcher_tail(d.clone());
-    let addrs = EntityAddrVec(vec![target.clone()]);
     let report = {
         let mut s = d.lock();
         let mut last_progress = (s.report.count, Instant::now());
         while !s.done {
-            if s.redial {
-                s.redial = false;
+            if let Some(i) = s.lanes.iter().position(|l| l.redial) {
+                s.lanes[i].redial = false;
+                let again = std::mem::replace(&mut s.lanes[i].dialled, true);
+                let addrs = s.lanes[i].addrs.clone();
                 drop(s);
-                if d.lock().ever_connected {
+                if again && d.lock().ever_connected {
                     // Do not hammer a server that is restarting.
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 let con = m.connect_to(peer_type, &addrs)?;
                 s = d.lock();
                 if con.state() == msgr::messenger::ConnState::Closed {
-                    s.redial = true;
+                    s.lanes[i].redial = true;
                     drop(s);
                     std::thread::sleep(Duration::from_millis(20));
                     s = d.lock();
                     continue;
                 }
-                s.con = Some(con);
-                d.fill(&mut s);
+                s.lanes[i].con = Some(con);
+                d.fill(&mut s, i);
                 continue;
             }
             let (g, _) = d.cond.wait_timeout(s, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner());

@@ -27,6 +27,7 @@
 //!     window: 1,
 //!     until: None,
 //!     progress: None,
+//!     reply: None,
 //! };
 //! let report = cli::ping(&common, &server.addr, EntityType::Osd, &opts)?;
 //! assert_eq!((report.count, report.errors, report.verify.corrupted), (3, 0, 0));

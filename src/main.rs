@@ -181,9 +181,15 @@ struct BenchRunArgs {
     /// Entity type of the server.
     #[arg(long, default_value = "osd")]
     peer_type: String,
-    /// Connections, each with its own messenger.
+    /// Jobs, each with its own messenger (and --conns-per-job connections).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// Connections per job, all on the job's messenger; the raw baseline opens as many.
+    /// A messenger keeps one connection per peer address, so they dial 127.0.0.1, .2, …:
+    /// loopback only, with the server bound to 0.0.0.0 (bare `msgr bench` binds its
+    /// child there), and --policy lossy.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    conns_per_job: usize,
     /// Messages in flight per connection.
     #[arg(long, default_value_t = 1)]
     depth: usize,
@@ -196,6 +202,12 @@ struct BenchRunArgs {
     /// Messages per connection per size instead of a duration.
     #[arg(long)]
     count: Option<u64>,
+    /// The server answers each message with a reply of this many payload bytes (e.g. 0,
+    /// 16, 4k) instead of echoing it, msgr and raw rows alike; --verify then checks each
+    /// reply's length and fill and, for msgr, that it answers the request it should.
+    /// MB/s stays the requests' payload; the JSON has both directions' bytes.
+    #[arg(long, value_name = "BYTES")]
+    reply_size: Option<String>,
     /// Unmeasured seconds per size first.
     #[arg(long, default_value_t = 0.5)]
     warmup: f64,
@@ -335,6 +347,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 window,
                 until: None,
                 progress: None,
+                reply: None,
             };
             let r = cli::ping(&cli.common, &target, pt, &opts)?;
             let (min, avg, p99, max) = r.summary();
@@ -445,9 +458,12 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
 /// `msgr bench server` child when there is none.
 fn bench(common: &CommonArgs, connect: Option<&str>, a: BenchRunArgs) -> Result<ExitCode, CliError> {
     let sizes = msgr_cli::bench::stats::parse_sizes(&a.size).map_err(CliError::Usage)?;
-    if a.jobs == 0 || a.depth == 0 {
-        return Err(CliError::Usage("--jobs and --depth must be at least 1".into()));
-    }
+    let reply_size = a
+        .reply_size
+        .as_deref()
+        .map(msgr_cli::bench::stats::parse_size)
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("--reply-size: {e}")))?;
     let baseline_raw = match a.baseline.as_str() {
         "raw" => true,
         "none" => false,
@@ -460,6 +476,7 @@ fn bench(common: &CommonArgs, connect: Option<&str>, a: BenchRunArgs) -> Result<
             .parse()
             .map_err(|_| CliError::Usage(format!("unknown --peer-type '{}'", a.peer_type)))?,
         jobs: a.jobs,
+        conns_per_job: a.conns_per_job,
         depth: a.depth,
         sizes,
         duration: secs(a.duration, "--duration")?,
@@ -474,6 +491,7 @@ fn bench(common: &CommonArgs, connect: Option<&str>, a: BenchRunArgs) -> Result<
         json: a.json,
         api: msgr_cli::bench::run::Api::parse(&a.api)
             .ok_or_else(|| CliError::Usage(format!("--api must be callback, tokio or both, not '{}'", a.api)))?,
+        reply_size,
     };
     let rows = msgr_cli::bench::run::run(common, &opts)?;
     let errors: u64 = rows.iter().map(|r| r.errors).sum();

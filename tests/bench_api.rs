@@ -110,3 +110,97 @@ fn a_counted_tokio_round_sends_exactly_count_per_job() {
     assert_eq!(rows[0]["errors"], 0, "{}", rows[0]);
     assert_eq!(rows[0]["reconnects"], 0, "{}", rows[0]);
 }
+
+/// The rows of a report's JSON, by path.
+fn json_rows<'a>(doc: &'a serde_json::Value, path: &str) -> Vec<&'a serde_json::Value> {
+    doc["rows"].as_array().expect("rows").iter().filter(|r| r["transport"] == path).collect()
+}
+
+#[test]
+fn reply_size_rows_bring_back_the_replies_asked_for_on_every_path() {
+    for reply in [0u64, 16] {
+        let n = reply.to_string();
+        let (stdout, doc) = bench(&[
+            "--api",
+            "both",
+            "--size",
+            "4k",
+            "--depth",
+            "4",
+            "--count",
+            "150",
+            "--warmup",
+            "0",
+            "--reply-size",
+            &n,
+            "--verify",
+        ]);
+        let first = stdout.lines().next().unwrap_or_default();
+        assert!(first.contains(&format!(" | reply {reply} B | ")), "{stdout}");
+        assert_eq!(doc["settings"]["reply_size"], reply, "{doc}");
+        for path in ["msgr", "msgr-tokio", "raw"] {
+            let rows = json_rows(&doc, path);
+            assert_eq!(rows.len(), 1, "one {path} row: {doc}");
+            let r = rows[0];
+            assert_eq!((r["msgs"].as_u64(), r["errors"].as_u64()), (Some(150), Some(0)), "{path}: {r}");
+            assert_eq!(r["size"], 4096, "{r}");
+            assert_eq!(r["reply_size"], reply, "{r}");
+            assert_eq!(r["sent_bytes"], 150 * 4096, "{r}");
+            // Counted as the replies came in: what the server sent back.
+            assert_eq!(r["received_bytes"], 150 * reply, "{path}: {r}");
+            assert_eq!(rows_of(&stdout, path).len(), 1, "{stdout}");
+        }
+        // The server's messenger took the 4 KiB requests in and sent small replies out
+        // (the rest of what it sent is the control replies).
+        let me = &doc["server_counters"]["msgr.osd.0"];
+        let (rx, tx) = (me["msgr_recv_bytes"].as_u64().unwrap_or(0), me["msgr_send_bytes"].as_u64().unwrap_or(0));
+        assert!(rx >= 2 * 150 * 4096, "{me}");
+        assert!(tx * 4 < rx, "the server sent {tx} bytes for {rx} received: echoes, not replies? {me}");
+    }
+}
+
+#[test]
+fn conns_per_job_gives_each_job_that_many_distinct_connections_on_every_path() {
+    let (stdout, doc) = bench(&[
+        "--api",
+        "both",
+        "--jobs",
+        "2",
+        "--conns-per-job",
+        "2",
+        "--size",
+        "64",
+        "--depth",
+        "2",
+        "--count",
+        "50",
+        "--warmup",
+        "0",
+        "--verify",
+    ]);
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(first.contains(" | 4 connections (2 per job, to 127.0.0.1-127.0.0.2) | "), "{stdout}");
+    assert_eq!(
+        (doc["settings"]["connections"].as_u64(), doc["settings"]["conns_per_job"].as_u64()),
+        (Some(4), Some(2))
+    );
+    for path in ["msgr", "msgr-tokio"] {
+        let rows = json_rows(&doc, path);
+        assert_eq!(rows.len(), 1, "{doc}");
+        let r = rows[0];
+        // --count is per connection: 50 on each of the 4.
+        assert_eq!((r["msgs"].as_u64(), r["errors"].as_u64()), (Some(200), Some(0)), "{path}: {r}");
+        assert_eq!(r["connections"], 4, "{r}");
+        // What the server's messenger saw during the row: 4 distinct connections, not 2
+        // (one per job, had a job's connections been one) nor a reconnection.
+        assert_eq!(r["server_connections"], 4, "{path}: {r}");
+        assert_eq!(r["reconnects"], 0, "{r}");
+    }
+    let raw = json_rows(&doc, "raw");
+    assert_eq!(raw.len(), 1, "{doc}");
+    assert_eq!((raw[0]["msgs"].as_u64(), raw[0]["connections"].as_u64()), (Some(200), Some(4)), "{}", raw[0]);
+    assert!(raw[0]["server_connections"].is_null(), "the raw echo is not a messenger: {}", raw[0]);
+    // Over the whole run: the control connection and 4 per msgr round.
+    let created = doc["server_counters"]["msgr.osd.0"]["msgr_created_connections"].as_u64();
+    assert!(created.is_some_and(|n| n >= 9), "{}", doc["server_counters"]);
+}

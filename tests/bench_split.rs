@@ -78,25 +78,34 @@ fn run_client(args: &[&str], limit: Duration) -> Output {
 }
 
 fn client_json(addr: &str, json: &std::path::Path, limit: Duration) -> (Output, serde_json::Value) {
+    client_json_with(addr, json, limit, &[])
+}
+
+/// [`client_json`] with `extra` arguments after the usual ones.
+fn client_json_with(
+    addr: &str,
+    json: &std::path::Path,
+    limit: Duration,
+    extra: &[&str],
+) -> (Output, serde_json::Value) {
     let json_arg = json.to_str().expect("utf-8 temp path");
-    let out = run_client(
-        &[
-            "bench",
-            "client",
-            "--connect",
-            addr,
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0",
-            "--size",
-            "64",
-            "--verify",
-            "--json",
-            json_arg,
-        ],
-        limit,
-    );
+    let mut args = vec![
+        "bench",
+        "client",
+        "--connect",
+        addr,
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--size",
+        "64",
+        "--verify",
+        "--json",
+        json_arg,
+    ];
+    args.extend_from_slice(extra);
+    let out = run_client(&args, limit);
     let text = std::fs::read_to_string(json).unwrap_or_else(|e| {
         panic!(
             "no JSON from the client ({e}); stdout:\n{}\nstderr:\n{}",
@@ -308,4 +317,73 @@ fn a_bench_server_with_exit_on_stdin_eof_stops_cleanly_when_stdin_closes() {
     assert!(rest.iter().any(|l| l.starts_with("msgr bench server: answered 0 pings")), "after EOF: {rest:?}");
     let status = guard.0.wait().expect("wait for the server");
     assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn msgs_per_second_per_server_core_is_1e9_over_the_server_cpu_per_message() {
+    let (_server, addr) = start_server(&["bench", "server", "--bind", "127.0.0.1:0"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("bench.json");
+    let (out, doc) = client_json(&addr, &json, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("msgs/s/core"), "{stdout}");
+    let rows = doc["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{doc}");
+    for r in rows {
+        let cpu = r["cpu_ns_per_msg_server"].as_f64().expect("server CPU known");
+        let per_core = r["msgs_per_sec_per_core_server"].as_f64().expect("msgs/s/core in the JSON");
+        assert!(cpu > 0.0 && per_core > 0.0, "{r}");
+        assert!((per_core * cpu / 1e9 - 1.0).abs() < 1e-9, "msgs/s/core != 1e9 / cpu ns per msg: {r}");
+        // The same as msgs/s over the server's CPU use (CPU seconds per wall second).
+        let (msgs, secs, rate) =
+            (r["msgs"].as_f64().unwrap_or(0.0), r["elapsed_s"].as_f64().unwrap_or(0.0), r["msgs_per_sec"].as_f64());
+        let cpu_use = cpu * msgs / 1e9 / secs;
+        assert!(rate.is_some_and(|m| (m / cpu_use / per_core - 1.0).abs() < 1e-6), "{r}");
+        // The table shows it rounded, in the column after the server's cpu/msg.
+        let path = r["transport"].as_str().unwrap_or("?");
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(path) && l.split_whitespace().nth(1) == Some("64"))
+            .unwrap_or_else(|| panic!("no {path} row:\n{stdout}"));
+        let shown: f64 = line.split_whitespace().nth(14).and_then(|c| c.parse().ok()).unwrap_or(-1.0);
+        assert!((shown - per_core).abs() <= 0.5, "{shown} shown for {per_core}: {line}");
+    }
+}
+
+#[test]
+fn a_split_run_with_replies_and_several_connections_per_job_against_a_wildcard_server() {
+    // Bound to 0.0.0.0, so it prints 0.0.0.0 and can be dialled at 127.0.0.1 and .2.
+    let (_server, addr) = start_server(&["bench", "server", "--bind", "0.0.0.0:0"]);
+    assert!(addr.contains("0.0.0.0:"), "{addr}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("bench.json");
+    let extra = ["--reply-size", "0", "--conns-per-job", "2", "--depth", "4", "--count", "100"];
+    let (out, doc) = client_json_with(&addr, &json, Duration::from_secs(120), &extra);
+    assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
+    let rows = doc["rows"].as_array().expect("rows");
+    let paths: Vec<&str> = rows.iter().filter_map(|r| r["transport"].as_str()).collect();
+    assert_eq!(paths, ["msgr", "raw"], "{doc}");
+    for r in rows {
+        assert_eq!((r["msgs"].as_u64(), r["errors"].as_u64()), (Some(200), Some(0)), "{r}");
+        assert_eq!((r["connections"].as_u64(), r["reply_size"].as_u64()), (Some(2), Some(0)), "{r}");
+        assert_eq!((r["sent_bytes"].as_u64(), r["received_bytes"].as_u64()), (Some(200 * 64), Some(0)), "{r}");
+    }
+    assert_eq!(rows[0]["server_connections"], 2, "{}", rows[0]);
+}
+
+#[test]
+fn bad_reply_size_and_conns_per_job_are_refused_naming_the_flag() {
+    for (args, flag) in [
+        (&["bench", "--reply-size", "65m"][..], "--reply-size"),
+        (&["bench", "--reply-size", "lots"][..], "--reply-size"),
+        (&["bench", "--conns-per-job", "0"][..], "--conns-per-job"),
+        (&["bench", "--conns-per-job", "2", "--policy", "lossless"][..], "--policy lossy"),
+        (&["bench", "client", "--connect", "10.0.0.1:6800", "--conns-per-job", "2"][..], "loopback"),
+    ] {
+        let out = run_client(args, Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
 }

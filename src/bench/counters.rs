@@ -70,6 +70,18 @@ pub fn copied_bytes(dump: &Value) -> (u64, u64) {
     (rx, tx)
 }
 
+/// Connections the messengers of a `perf dump` made (dialled or accepted), from their
+/// sections (`msgr.*`); worker sections count the same connections again and are left
+/// out.
+pub fn created_connections(dump: &Value) -> u64 {
+    let Some(sections) = dump.as_object() else { return 0 };
+    sections
+        .iter()
+        .filter(|(name, _)| !name.starts_with(WORKER_SECTION_PREFIX))
+        .map(|(_, sec)| sec.get("msgr_created_connections").and_then(Value::as_u64).unwrap_or(0))
+        .fold(0, u64::saturating_add)
+}
+
 /// One line per section of a `perf dump` (a messenger, then each worker) under
 /// `title`: the counters a reader of a benchmark wants next to the rows. Gauges are
 /// shown only where the dump has them (a live server's, not summed totals).

@@ -8,6 +8,7 @@ pub mod control;
 pub mod counters;
 pub mod progress;
 pub mod raw;
+pub mod reply;
 pub mod run;
 pub mod server;
 pub mod stack_echo;

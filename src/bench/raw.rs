@@ -11,8 +11,13 @@
 //! deep job's reader buffer their I/O, so pipelined messages share syscalls, and the
 //! writer batches the way msgr's worker does: while the window has room it gathers
 //! messages and writes them in one call, flushing before it waits for room.
+//!
+//! With `--reply-size` a request asks for a reply of its own size instead of an echo
+//! (a flag in its length prefix and a second `u32`, see [`super::reply`]): the server
+//! skips the request's payload in its read buffer and writes the reply's length and
+//! fill into its write buffer, the same buffered writes and flushes as the echo.
 
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -22,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use cpu_time::ThreadTime;
 
+use super::reply::{write_fill, MAX_REPLY, REPLY_FLAG};
 use super::stats::RttStats;
 
 /// A job gives up on a peer silent for this long.
@@ -72,9 +78,10 @@ impl Drop for RawServer {
     }
 }
 
-/// Echoes messages back. Reads and writes are buffered and replies go out when no more
-/// input is already buffered: one reply per write at depth 1, a batch per write when
-/// the client pipelines, as a real echo server would do (and as msgr does).
+/// Echoes messages back, or answers those asking for a reply with one. Reads and writes
+/// are buffered and replies go out when no more input is already buffered: one reply
+/// per write at depth 1, a batch per write when the client pipelines, as a real echo
+/// server would do (and as msgr does).
 fn echo(s: TcpStream) -> io::Result<()> {
     s.set_nodelay(true)?;
     let mut r = BufReader::with_capacity(RAW_BUF, s.try_clone()?);
@@ -87,18 +94,46 @@ fn echo(s: TcpStream) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         }
-        let n = u32::from_le_bytes(len) as usize;
+        let head = u32::from_le_bytes(len);
+        let n = (head & !REPLY_FLAG) as usize;
         if n > MAX_RAW_MSG {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("raw message of {n} bytes")));
         }
-        buf.resize(4 + n, 0);
-        buf[..4].copy_from_slice(&len);
-        r.read_exact(&mut buf[4..])?;
-        w.write_all(&buf)?;
+        if head & REPLY_FLAG != 0 {
+            answer(&mut r, &mut w, n)?;
+        } else {
+            buf.resize(4 + n, 0);
+            buf[..4].copy_from_slice(&len);
+            r.read_exact(&mut buf[4..])?;
+            w.write_all(&buf)?;
+        }
         if r.buffer().is_empty() {
             w.flush()?;
         }
     }
+}
+
+/// A request of `n` payload bytes asking for a reply, its length prefix read: reads the
+/// reply size, skips the payload where it lies in the read buffer (no copy) and writes
+/// the reply (its length, then the fill) into the write buffer.
+fn answer(r: &mut BufReader<TcpStream>, w: &mut BufWriter<TcpStream>, n: usize) -> io::Result<()> {
+    let mut size = [0u8; 4];
+    r.read_exact(&mut size)?;
+    let reply = u32::from_le_bytes(size) as usize;
+    if reply > MAX_REPLY {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("raw reply of {reply} bytes asked for")));
+    }
+    let mut left = n;
+    while left > 0 {
+        let k = r.fill_buf()?.len().min(left);
+        if k == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        r.consume(k);
+        left -= k;
+    }
+    w.write_all(&size)?;
+    write_fill(w, reply)
 }
 
 /// When a job stops sending.
@@ -110,6 +145,68 @@ pub enum Until {
     Deadline(Instant),
 }
 
+/// What a raw job's messages are: `size` payload bytes each, echoed, or answered by a
+/// reply of `reply` bytes. A size alone is an echo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    /// Payload bytes of a request.
+    pub size: usize,
+    /// Payload bytes of the reply asked for; `None`: the echo.
+    pub reply: Option<usize>,
+}
+
+impl From<usize> for Exchange {
+    fn from(size: usize) -> Exchange {
+        Exchange { size, reply: None }
+    }
+}
+
+impl Exchange {
+    /// Refuses what the raw protocol cannot carry.
+    pub(crate) fn check(&self) -> io::Result<()> {
+        if self.size > MAX_RAW_MSG || self.reply.is_some_and(|r| r > MAX_REPLY) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("raw messages and replies are at most {MAX_RAW_MSG} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes before a request's payload: its length, and the reply size if it asks for one.
+    pub(crate) fn header_len(&self) -> usize {
+        if self.reply.is_some() {
+            8
+        } else {
+            4
+        }
+    }
+
+    /// A request with a zero payload (checked sizes fit the `u32` fields).
+    pub(crate) fn frame(&self) -> Vec<u8> {
+        let mut f = Vec::with_capacity(self.header_len() + self.size);
+        match self.reply {
+            None => f.extend_from_slice(&(self.size as u32).to_le_bytes()),
+            Some(r) => {
+                f.extend_from_slice(&(self.size as u32 | REPLY_FLAG).to_le_bytes());
+                f.extend_from_slice(&(r as u32).to_le_bytes());
+            }
+        }
+        f.resize(self.header_len() + self.size, 0);
+        f
+    }
+
+    /// Payload bytes of each reply: the echo's or the reply's.
+    pub(crate) fn reply_size(&self) -> usize {
+        self.reply.unwrap_or(self.size)
+    }
+
+    /// The length prefix every reply must start with.
+    pub(crate) fn reply_header(&self) -> [u8; 4] {
+        (self.reply_size() as u32).to_le_bytes()
+    }
+}
+
 /// What one job measured.
 #[derive(Debug, Default)]
 pub struct JobResult {
@@ -117,6 +214,8 @@ pub struct JobResult {
     pub rtt: RttStats,
     /// Replies received.
     pub msgs: u64,
+    /// Payload bytes of those replies.
+    pub received_bytes: u64,
     /// Replies that were not the message sent, or I/O failures.
     pub errors: u64,
     /// CPU time of the job's thread(s).
@@ -138,30 +237,27 @@ pub(crate) fn more(until: Until, sent: u64) -> bool {
     }
 }
 
-/// Runs one connection to `addr`: `size`-byte messages, `depth` in flight, until
-/// `until`; with `verify`, every echo is compared with what was sent. Each reply adds
-/// one to `progress`, if given.
+/// Runs one connection to `addr`: messages of `x` (a size alone: echoed), `depth` in
+/// flight, until `until`; with `verify`, every reply is compared with the message sent
+/// (or with the reply fill). Every reply's length is checked. Each reply adds one to
+/// `progress`, if given.
 pub fn run_job(
     addr: SocketAddr,
-    size: usize,
+    x: impl Into<Exchange>,
     depth: usize,
     until: Until,
     verify: bool,
     progress: Option<&AtomicU64>,
 ) -> io::Result<JobResult> {
-    if size > MAX_RAW_MSG {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("raw messages are at most {MAX_RAW_MSG} bytes"),
-        ));
-    }
+    let x = x.into();
+    x.check()?;
     let s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
     // A server that stops answering ends the job with an error instead of a hang.
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     if depth <= 1 {
-        return ping_pong(s, size, until, verify, progress);
+        return ping_pong(s, x, until, verify, progress);
     }
     let mut w = s.try_clone()?;
     let r = s;
@@ -170,8 +266,8 @@ pub fn run_job(
     let (tx, rx) = mpsc::sync_channel::<Instant>(depth.max(1) - 1);
     let writer = thread::Builder::new().name("raw-send".into()).spawn(move || -> io::Result<(u64, Duration)> {
         let t0 = ThreadTime::now();
-        let mut frame = vec![0u8; 4 + size];
-        frame[..4].copy_from_slice(&(size as u32).to_le_bytes());
+        let mut frame = x.frame();
+        let hdr = x.header_len();
         // Messages taken into the window but not yet written. Large ones skip it: a
         // copy would cost more than the syscall it saves.
         let mut batch = Vec::with_capacity(RAW_BUF);
@@ -190,8 +286,9 @@ pub fn run_job(
                 }
                 Err(mpsc::TrySendError::Disconnected(_)) => break,
             }
-            if verify {
-                fill(&mut frame[4..], sent);
+            // A payload answered by a reply is dropped unread: no pattern to check.
+            if verify && x.reply.is_none() {
+                fill(&mut frame[hdr..], sent);
             }
             if batch.is_empty() && frame.len() >= RAW_BUF {
                 w.write_all(&frame)?;
@@ -209,26 +306,25 @@ pub fn run_job(
     })?;
     let t0 = ThreadTime::now();
     let mut res = JobResult::default();
-    let mut buf = vec![0u8; 4 + size];
-    let mut want = vec![0u8; size];
+    let mut buf = vec![0u8; 4 + x.reply_size()];
+    let mut want = Reply::new(x);
     // Pipelined replies arrive many per segment: take them in a read at a time.
     let mut r = BufReader::with_capacity(RAW_BUF, r);
     // Replies come back in order; the channel closes when the writer is done.
     while let Ok(sent_at) = rx.recv() {
-        if let Err(e) = r.read_exact(&mut buf) {
+        let got = r.read_exact(&mut buf).and_then(|()| want.length(&buf));
+        if let Err(e) = got {
             res.errors += 1;
             drop(rx);
             let _ = writer.join();
             return Err(e);
         }
         res.rtt.record(sent_at.elapsed());
-        if verify {
-            fill(&mut want, res.msgs);
-            if buf[4..] != want[..] || buf[..4] != (size as u32).to_le_bytes() {
-                res.errors += 1;
-            }
+        if verify && !want.is(&buf, res.msgs) {
+            res.errors += 1;
         }
         res.msgs += 1;
+        res.received_bytes += (buf.len() - 4) as u64;
         if let Some(p) = progress {
             p.fetch_add(1, Ordering::Relaxed);
         }
@@ -244,32 +340,77 @@ pub fn run_job(
     Ok(res)
 }
 
-/// Depth 1 on the calling thread: write a message, read its echo, repeat.
+/// What the replies of a job must be, for the checks of its reader.
+struct Reply {
+    x: Exchange,
+    /// The whole expected reply (length and payload): the echo of message `seq` (refilled
+    /// per message), or the reply fill (the same for every message).
+    want: Vec<u8>,
+    seq: Option<u64>,
+}
+
+impl Reply {
+    fn new(x: Exchange) -> Reply {
+        let mut want = Vec::with_capacity(4 + x.reply_size());
+        want.extend_from_slice(&x.reply_header());
+        match x.reply {
+            Some(n) => super::reply::extend_with_fill(&mut want, n),
+            None => want.resize(4 + x.size, 0),
+        }
+        Reply { x, want, seq: None }
+    }
+
+    /// Whether a reply has the expected length: one that does not breaks the framing,
+    /// so it ends the job.
+    fn length(&self, reply: &[u8]) -> io::Result<()> {
+        if reply[..4] == self.x.reply_header() {
+            return Ok(());
+        }
+        let got = u32::from_le_bytes([reply[0], reply[1], reply[2], reply[3]]);
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("raw reply of {got} bytes where {} were expected", self.x.reply_size()),
+        ))
+    }
+
+    /// Whether `reply` is the whole expected reply to message `seq`.
+    fn is(&mut self, reply: &[u8], seq: u64) -> bool {
+        if self.x.reply.is_none() && self.seq != Some(seq) {
+            fill(&mut self.want[4..], seq);
+            self.seq = Some(seq);
+        }
+        reply == &self.want[..]
+    }
+}
+
+/// Depth 1 on the calling thread: write a message, read its reply, repeat.
 fn ping_pong(
     mut s: TcpStream,
-    size: usize,
+    x: Exchange,
     until: Until,
     verify: bool,
     progress: Option<&AtomicU64>,
 ) -> io::Result<JobResult> {
     let t0 = ThreadTime::now();
     let mut res = JobResult::default();
-    let mut frame = vec![0u8; 4 + size];
-    frame[..4].copy_from_slice(&(size as u32).to_le_bytes());
-    let mut buf = vec![0u8; 4 + size];
+    let mut frame = x.frame();
+    let hdr = x.header_len();
+    let mut buf = vec![0u8; 4 + x.reply_size()];
+    let mut want = Reply::new(x);
     while more(until, res.msgs) {
-        if verify {
-            fill(&mut frame[4..], res.msgs);
+        if verify && x.reply.is_none() {
+            fill(&mut frame[hdr..], res.msgs);
         }
         let sent_at = Instant::now();
         s.write_all(&frame)?;
         s.read_exact(&mut buf)?;
         res.rtt.record(sent_at.elapsed());
-        // The frame still holds what was sent, length included: the echo must equal it.
-        if verify && buf != frame {
+        want.length(&buf)?;
+        if verify && !want.is(&buf, res.msgs) {
             res.errors += 1;
         }
         res.msgs += 1;
+        res.received_bytes += (buf.len() - 4) as u64;
         if let Some(p) = progress {
             p.fetch_add(1, Ordering::Relaxed);
         }
@@ -335,7 +476,7 @@ pub(super) mod tests {
         for size in [0usize, 64, 100_000] {
             let progress = AtomicU64::new(0);
             let s = TcpStream::connect(server.addr()).unwrap();
-            let r = ping_pong(s, size, Until::Count(300), true, Some(&progress)).unwrap();
+            let r = ping_pong(s, size.into(), Until::Count(300), true, Some(&progress)).unwrap();
             assert_eq!((r.msgs, r.errors, r.rtt.count()), (300, 0, 300), "size {size}");
             assert_eq!(progress.load(Ordering::Relaxed), 300);
             assert!(r.cpu > Duration::ZERO);
@@ -400,6 +541,75 @@ pub(super) mod tests {
         });
         assert!(run_job(addr, 64, 1, Until::Count(1000), false, None).is_err());
         t.join().unwrap();
+    }
+
+    #[test]
+    fn replies_of_the_size_asked_for_are_counted_and_verified() {
+        let server = RawServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        // Ping-pong, pipelined batches, and requests and replies larger than the buffers.
+        for (size, reply, depth) in [
+            (4096usize, 0usize, 1usize),
+            (4096, 16, 1),
+            (0, 100_000, 1),
+            (4096, 0, 64),
+            (64, 16, 2000),
+            (100_000, 16, 4),
+            (16, 200_000, 4),
+        ] {
+            let x = Exchange { size, reply: Some(reply) };
+            let progress = AtomicU64::new(0);
+            let r = run_job(server.addr(), x, depth, Until::Count(300), true, Some(&progress)).unwrap();
+            assert_eq!((r.msgs, r.errors, r.rtt.count()), (300, 0, 300), "size {size} reply {reply} depth {depth}");
+            assert_eq!(r.received_bytes, 300 * reply as u64, "size {size} reply {reply} depth {depth}");
+            assert_eq!(progress.load(Ordering::Relaxed), 300);
+        }
+        // Echoes and replies on one server at once, and echoes still count their bytes.
+        let e = run_job(server.addr(), 100, 8, Until::Count(50), true, None).unwrap();
+        assert_eq!((e.msgs, e.errors, e.received_bytes), (50, 0, 5000));
+    }
+
+    #[test]
+    fn a_reply_of_the_wrong_length_or_fill_is_caught() {
+        // Answers asks for 8 bytes: on the first connection, four, the third with a
+        // damaged fill; on the second, one 9 bytes long.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = thread::spawn(move || {
+            for (answers, damaged, long) in [(4, Some(2), None), (1, None, Some(0))] {
+                let (mut s, _) = l.accept().unwrap();
+                let mut req = [0u8; 8 + 32];
+                for i in 0..answers {
+                    s.read_exact(&mut req).unwrap();
+                    assert_eq!(u32::from_le_bytes(req[..4].try_into().unwrap()), 32 | REPLY_FLAG);
+                    assert_eq!(u32::from_le_bytes(req[4..8].try_into().unwrap()), 8);
+                    let n = if long == Some(i) { 9 } else { 8 };
+                    let mut reply = (n as u32).to_le_bytes().to_vec();
+                    super::super::reply::extend_with_fill(&mut reply, n);
+                    if damaged == Some(i) {
+                        reply[6] ^= 1;
+                    }
+                    s.write_all(&reply).unwrap();
+                }
+            }
+        });
+        let x = Exchange { size: 32, reply: Some(8) };
+        let r = run_job(addr, x, 1, Until::Count(4), true, None).unwrap();
+        assert_eq!((r.msgs, r.errors), (4, 1));
+        let e = run_job(addr, x, 1, Until::Count(1), true, None).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(e.to_string().contains("raw reply of 9 bytes where 8 were expected"), "{e}");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn the_server_drops_a_connection_asking_for_too_large_a_reply() {
+        let server = RawServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut s = TcpStream::connect(server.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&[&REPLY_FLAG.to_le_bytes()[..], &(MAX_REPLY as u32 + 1).to_le_bytes()].concat()).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).unwrap_or(0), 0, "answered an ask beyond MAX_REPLY");
+        assert!(Exchange { size: 0, reply: Some(MAX_REPLY + 1) }.check().is_err());
     }
 
     #[test]

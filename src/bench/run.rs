@@ -1,6 +1,13 @@
-//! The measuring side of `msgr bench`: for each size, `jobs` connections each keeping
-//! `depth` messages in flight for a duration (or a count), after a warm-up; optionally
-//! the same over the raw TCP baseline, in the same invocation.
+//! The measuring side of `msgr bench`: for each size, `jobs` messengers with
+//! `conns_per_job` connections each, every connection keeping `depth` messages in flight
+//! for a duration (or a count), after a warm-up; optionally the same over the raw TCP
+//! baseline (as many connections, as deep), in the same invocation. Each message is
+//! echoed, or answered with a reply of `--reply-size` bytes ([`super::reply`]).
+//!
+//! A messenger keeps one connection per peer address, so a job's connections dial
+//! distinct addresses of the server ([`job_targets`]): on loopback, 127.0.0.1, .2, …
+//! all reach a server bound to 0.0.0.0, which is how the local server child is bound
+//! when a job has more than one connection.
 //!
 //! msgr is driven through its callback API (a dispatcher, [`cli::ping`]), its tokio API
 //! (`super::tokio_client`, with the `tokio` feature) or both, one after the other for
@@ -20,7 +27,7 @@
 //! same userspace TCP and wire as its msgr row.
 
 use std::io::{BufRead, BufReader, IsTerminal};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::AtomicU64;
@@ -33,9 +40,10 @@ use msgr::messenger::Stack as NetworkStack;
 use msgr::proto::{EntityAddr, EntityType};
 
 use super::control::{ControlClient, ControlReply, CONTROL_TIMEOUT};
-use super::counters::{copied_bytes, counters_summary, CounterTotals};
+use super::counters::{copied_bytes, counters_summary, created_connections, CounterTotals};
 use super::progress::{progress_line, with_progress, Span};
-use super::raw::{self, Until};
+use super::raw::{self, Exchange, Until};
+use super::reply::{ReplyAsk, MAX_REPLY};
 use super::server;
 use super::stack_raw::{self, StackJob};
 use super::stats::{format_row, header, path_width, Copied, Row, RttStats, Transport};
@@ -48,15 +56,19 @@ pub struct BenchOptions {
     pub connect: Option<EntityAddr>,
     /// Entity type of the server.
     pub peer_type: EntityType,
-    /// Connections (one messenger and one thread of work each).
+    /// Jobs: one messenger (and one thread of work) each.
     pub jobs: usize,
-    /// Messages in flight per job.
+    /// Connections per job, all on the job's messenger, to distinct addresses of the
+    /// server ([`job_targets`]); the raw baseline opens as many (`jobs` × this).
+    pub conns_per_job: usize,
+    /// Messages in flight per connection.
     pub depth: usize,
     /// Payload sizes, one row each.
     pub sizes: Vec<usize>,
     /// Measured time per row (when `count` is `None`).
     pub duration: Duration,
-    /// Messages per job per row instead of a duration.
+    /// Messages per connection per row instead of a duration (a job's connections
+    /// share theirs: `count` × `conns_per_job` per job).
     pub count: Option<u64>,
     /// Unmeasured time per row before measuring.
     pub warmup: Duration,
@@ -72,6 +84,49 @@ pub struct BenchOptions {
     pub json: Option<PathBuf>,
     /// Which msgr API the client drives.
     pub api: Api,
+    /// Payload bytes of the server's reply to each message; `None`: the message is
+    /// echoed.
+    pub reply_size: Option<usize>,
+}
+
+impl BenchOptions {
+    /// Refuses settings no run can carry out, naming the flag. `max_frame` is the
+    /// client's `ms_max_frame_size`.
+    pub fn check(&self, max_frame: usize) -> Result<(), CliError> {
+        if self.jobs == 0 || self.depth == 0 {
+            return Err(CliError::Usage("--jobs and --depth must be at least 1".into()));
+        }
+        if self.conns_per_job == 0 {
+            return Err(CliError::Usage("--conns-per-job must be at least 1".into()));
+        }
+        if self.conns_per_job > 1 && self.lossless {
+            return Err(CliError::Usage(
+                "--conns-per-job above 1 needs --policy lossy: a lossless server keeps one session per client \
+                 address, so a job's second connection would take over its first"
+                    .into(),
+            ));
+        }
+        match self.reply_size {
+            Some(n) if n > MAX_REPLY => Err(CliError::Usage(format!(
+                "--reply-size {n} is larger than the largest reply the bench server sends ({MAX_REPLY} bytes, the \
+                 raw protocol's largest message)"
+            ))),
+            Some(n) if n + ReplyAsk::LEN > max_frame => Err(CliError::Usage(format!(
+                "--reply-size {n} does not fit in a msgr2 frame (ms_max_frame_size = {max_frame})"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// What every raw message of `size` bytes is.
+    fn exchange(&self, size: usize) -> Exchange {
+        Exchange { size, reply: self.reply_size }
+    }
+
+    /// Connections of a round, all jobs together.
+    fn connections(&self) -> usize {
+        self.jobs.saturating_mul(self.conns_per_job)
+    }
 }
 
 /// Which of msgr's APIs the measuring client drives; each gives its own rows.
@@ -180,6 +235,7 @@ pub struct Settings {
 
 impl Settings {
     fn to_json(&self, o: &BenchOptions) -> serde_json::Value {
+        // `reply_size` is null for an echo (each reply as large as its message).
         serde_json::json!({
             "ms_type": self.ms_type,
             "policy": self.policy,
@@ -191,7 +247,10 @@ impl Settings {
             "cpu": self.cpu,
             "kernel": self.kernel,
             "jobs": o.jobs,
+            "conns_per_job": o.conns_per_job,
+            "connections": o.connections(),
             "depth": o.depth,
+            "reply_size": o.reply_size,
             "duration_s": o.duration.as_secs_f64(),
             "count": o.count,
             "warmup_s": o.warmup.as_secs_f64(),
@@ -239,9 +298,10 @@ struct LocalServer {
 }
 
 impl LocalServer {
-    /// Starts `msgr bench server --bind 127.0.0.1:0` with this process's `-c`,
-    /// `--ms-type` and `-o`, and waits for its address.
-    fn start(common: &CommonArgs, lossless: bool) -> Result<LocalServer, CliError> {
+    /// Starts `msgr bench server --bind 127.0.0.1:0` (`0.0.0.0:0` with `any_ip`, so it
+    /// can be dialled at every 127.x.y.z) with this process's `-c`, `--ms-type` and
+    /// `-o`, and waits for its address.
+    fn start(common: &CommonArgs, lossless: bool, any_ip: bool) -> Result<LocalServer, CliError> {
         let exe = std::env::current_exe().map_err(|e| CliError::io("cannot find the msgr binary", e))?;
         let mut cmd = Command::new(exe);
         if let Some(c) = &common.conf {
@@ -253,7 +313,8 @@ impl LocalServer {
         for o in &common.options {
             cmd.args(["-o", o]);
         }
-        cmd.args(["bench", "server", "--bind", "127.0.0.1:0", "--exit-on-stdin-eof"]);
+        let bind = if any_ip { "0.0.0.0:0" } else { "127.0.0.1:0" };
+        cmd.args(["bench", "server", "--bind", bind, "--exit-on-stdin-eof"]);
         cmd.args(["--policy", if lossless { "lossless" } else { "lossy" }]);
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -359,13 +420,12 @@ impl ServerProbe {
         Ok((p, first))
     }
 
-    /// Bytes the server's messenger copied (rx, tx) as of the latest reply.
-    fn copied(&self) -> Option<(u64, u64)> {
+    /// The server messenger's counters as of the latest reply, if known.
+    fn dump(&self) -> Option<serde_json::Value> {
         if !self.live {
             return None;
         }
-        let dump = serde_json::from_str::<serde_json::Value>(self.counters.as_deref()?).ok()?;
-        Some(copied_bytes(&dump))
+        serde_json::from_str(self.counters.as_deref()?).ok()
     }
 
     /// The server's CPU time so far, if it is known.
@@ -390,36 +450,46 @@ impl ServerProbe {
     }
 }
 
-/// What the server spent during some work: CPU time and bytes copied (rx, tx), each
-/// if known.
+/// What the server spent during some work: CPU time, bytes its messenger copied (rx,
+/// tx) and connections its messenger made, each if known.
 #[derive(Clone, Copy, Debug, Default)]
 struct ServerSpent {
     cpu: Option<Duration>,
     copied: Option<(u64, u64)>,
+    connections: Option<u64>,
 }
 
 /// What `run` measures against: the server's figures before and after `work`.
 fn server_spent_during<T>(probe: &mut ServerProbe, work: impl FnOnce() -> T) -> (T, ServerSpent) {
-    let before = (probe.cpu(), probe.copied());
+    // The CPU query first: it fetches the counters the dump is read from.
+    let before = (probe.cpu(), probe.dump());
     let r = work();
-    let after = (probe.cpu(), probe.copied());
+    let after = (probe.cpu(), probe.dump());
     let cpu = match (before.0, after.0) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
-    let copied = match (before.1, after.1) {
-        (Some(a), Some(b)) => Some((b.0.saturating_sub(a.0), b.1.saturating_sub(a.1))),
-        _ => None,
+    let (copied, connections) = match (before.1, after.1) {
+        (Some(a), Some(b)) => {
+            let (ca, cb) = (copied_bytes(&a), copied_bytes(&b));
+            let copied = (cb.0.saturating_sub(ca.0), cb.1.saturating_sub(ca.1));
+            (Some(copied), Some(created_connections(&b).saturating_sub(created_connections(&a))))
+        }
+        _ => (None, None),
     };
-    (r, ServerSpent { cpu, copied })
+    (r, ServerSpent { cpu, copied, connections })
 }
 
-/// One measured round of `jobs` connections.
+/// One measured round of `jobs` × `conns_per_job` connections.
 struct Round {
     rtt: RttStats,
     msgs: u64,
+    /// Payload bytes of the replies received.
+    received: u64,
     errors: u64,
     reconnects: u64,
+    /// Connections of the jobs that ran to the end.
+    connections: usize,
     elapsed: Duration,
     client_cpu: Duration,
     /// Bytes the client's messengers copied (rx, tx); `None` for the raw baseline.
@@ -428,14 +498,26 @@ struct Round {
 
 impl Round {
     fn new(elapsed: Duration, client_cpu: Duration) -> Round {
-        Round { rtt: RttStats::new(), msgs: 0, errors: 0, reconnects: 0, elapsed, client_cpu, client_copied: None }
+        Round {
+            rtt: RttStats::new(),
+            msgs: 0,
+            received: 0,
+            errors: 0,
+            reconnects: 0,
+            connections: 0,
+            elapsed,
+            client_cpu,
+            client_copied: None,
+        }
     }
 
-    /// Adds one job's figures.
-    fn add(&mut self, rtt: &RttStats, msgs: u64, errors: u64) {
+    /// Adds the figures of one job that ran on `connections` connections.
+    fn add(&mut self, rtt: &RttStats, msgs: u64, received: u64, errors: u64, connections: usize) {
         self.rtt.merge(rtt);
         self.msgs += msgs;
+        self.received += received;
         self.errors += errors;
+        self.connections += connections;
     }
 
     /// A job that did not run to the end.
@@ -444,25 +526,39 @@ impl Round {
         eprintln!("msgr bench: {what} failed: {e}");
     }
 
-    /// The report row; `server` is what the server spent during the round.
-    fn into_row(self, transport: Transport, ms_type: String, size: usize, depth: usize, server: ServerSpent) -> Row {
-        let copied = |c: Option<(u64, u64)>| match c {
-            Some((rx, tx)) => Copied::per_payload_byte(rx, tx, self.msgs, size),
+    /// The report row of a round of `size`-byte messages run as `o` says; `server` is
+    /// what the server spent during the round.
+    fn into_row(
+        self,
+        transport: Transport,
+        ms_type: String,
+        o: &BenchOptions,
+        size: usize,
+        server: ServerSpent,
+    ) -> Row {
+        // Payload the client sent (the server received) and received (the server sent).
+        let (sent, received) = (self.msgs.saturating_mul(size as u64), self.received);
+        let copied = |c: Option<(u64, u64)>, rx_payload, tx_payload| match c {
+            Some((rx, tx)) => Copied::per_payload_byte(rx, tx, rx_payload, tx_payload),
             None => Copied::UNKNOWN,
         };
         // The raw echo is not a messenger: the server's counters do not cover it.
-        let server_copied = if transport.is_messenger() { server.copied } else { None };
+        let of_messenger = transport.is_messenger();
         Row {
             transport,
             ms_type,
             size,
-            depth,
+            depth: o.depth,
+            connections: self.connections,
+            server_connections: server.connections.filter(|_| of_messenger),
+            reply_size: o.reply_size.unwrap_or(size),
             msgs: self.msgs,
+            received_bytes: received,
             elapsed: self.elapsed,
             cpu_ns_per_msg_client: per_msg(Some(self.client_cpu), self.msgs),
             cpu_ns_per_msg_server: per_msg(server.cpu, self.msgs),
-            copied_client: copied(self.client_copied),
-            copied_server: copied(server_copied),
+            copied_client: copied(self.client_copied, received, sent),
+            copied_server: copied(server.copied.filter(|_| of_messenger), sent, received),
             rtt: self.rtt,
             reconnects: self.reconnects,
             errors: self.errors,
@@ -506,13 +602,14 @@ impl MsgrClient<'_> {
     }
 }
 
-/// One msgr round; each job's messenger adds its counters to `counters`.
+/// One msgr round, each job's connections to `targets`; each job's messenger adds its
+/// counters to `counters`.
 #[allow(clippy::too_many_arguments)] // the round's inputs; a struct of them would only rename them
 fn msgr_round(
     client: MsgrClient<'_>,
     common: &CommonArgs,
     o: &BenchOptions,
-    target: &EntityAddr,
+    targets: &[EntityAddr],
     size: usize,
     span: Duration,
     progress: Option<Arc<AtomicU64>>,
@@ -522,7 +619,8 @@ fn msgr_round(
     let t0 = Instant::now();
     let until = o.count.is_none().then(|| t0 + span);
     let opts = PingOptions {
-        count: o.count.unwrap_or(u64::MAX),
+        // Per connection: a job's connections share their count.
+        count: o.count.map_or(u64::MAX, |n| n.saturating_mul(o.conns_per_job as u64)),
         size,
         timeout: Duration::from_secs(30),
         verify: o.verify,
@@ -530,13 +628,14 @@ fn msgr_round(
         window: o.depth,
         until,
         progress,
+        reply: o.reply_size,
     };
     let reports = match client {
         MsgrClient::Callback => {
-            run_jobs(o.jobs, || cli::ping(common, target, o.peer_type, &opts).map_err(|e| e.to_string()))
+            run_jobs(o.jobs, || cli::ping_conns(common, targets, o.peer_type, &opts).map_err(|e| e.to_string()))
         }
         #[cfg(feature = "tokio")]
-        MsgrClient::Tokio(t) => t.ping_jobs(common, target, o.peer_type, &opts, o.jobs),
+        MsgrClient::Tokio(t) => t.ping_jobs(common, targets, o.peer_type, &opts, o.jobs),
         #[cfg(not(feature = "tokio"))]
         MsgrClient::Tokio(t) => match *t {},
     };
@@ -548,7 +647,7 @@ fn msgr_round(
                 counters.add(&p.counters);
                 let (rx, tx) = copied_bytes(&p.counters);
                 copied = (copied.0 + rx, copied.1 + tx);
-                r.add(&p.rtt, p.count, p.errors);
+                r.add(&p.rtt, p.count, p.received_bytes, p.errors, targets.len());
                 r.reconnects += p.resets + p.remote_resets;
                 if let Some(e) = p.first_error {
                     eprintln!("msgr bench: job error: {e}");
@@ -561,7 +660,8 @@ fn msgr_round(
     r
 }
 
-/// One raw round: kernel sockets, or `stack`'s own when given.
+/// One raw round of `jobs` × `conns_per_job` connections: kernel sockets, or `stack`'s
+/// own when given.
 fn raw_round(
     addr: SocketAddr,
     o: &BenchOptions,
@@ -576,12 +676,21 @@ fn raw_round(
         Some(n) => Until::Count(n),
         None => Until::Deadline(t0 + span),
     };
+    let x = o.exchange(size);
     let results = match stack {
-        None => run_jobs(o.jobs, || {
-            raw::run_job(addr, size, o.depth, until, o.verify, progress.as_deref()).map_err(|e| e.to_string())
+        None => run_jobs(o.connections(), || {
+            raw::run_job(addr, x, o.depth, until, o.verify, progress.as_deref()).map_err(|e| e.to_string())
         }),
-        Some(st) => run_jobs(o.jobs, || {
-            let spec = StackJob { addr, size, depth: o.depth, until, verify: o.verify, progress: progress.clone() };
+        Some(st) => run_jobs(o.connections(), || {
+            let spec = StackJob {
+                addr,
+                size,
+                reply: o.reply_size,
+                depth: o.depth,
+                until,
+                verify: o.verify,
+                progress: progress.clone(),
+            };
             stack_raw::run_job(st, spec).map_err(|e| e.to_string())
         }),
     };
@@ -589,7 +698,7 @@ fn raw_round(
     for res in results {
         match res {
             Ok(j) => {
-                r.add(&j.rtt, j.msgs, j.errors);
+                r.add(&j.rtt, j.msgs, j.received_bytes, j.errors, 1);
                 r.client_cpu += j.cpu;
             }
             Err(e) => r.failed("raw job", &e),
@@ -620,6 +729,77 @@ fn raw_target(target: &EntityAddr, reply: Option<&ControlReply>) -> Result<Socke
     }
 }
 
+/// The server address to dial: `target`, but a server given at the unspecified address
+/// (what a server bound to 0.0.0.0 prints) is dialled on loopback.
+fn dialable(target: &EntityAddr) -> EntityAddr {
+    match target.addr {
+        Some(sa) if sa.ip().is_unspecified() => {
+            let lo: IpAddr =
+                if sa.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() };
+            EntityAddr { addr: Some(SocketAddr::new(lo, sa.port())), ..target.clone() }
+        }
+        _ => target.clone(),
+    }
+}
+
+/// The addresses a job's `k` connections dial, one each. A messenger keeps one
+/// connection per peer address, so `k` connections to one server need `k` of its
+/// addresses: on loopback, `target`'s IP and the k - 1 after it in 127.0.0.0/8, which
+/// all reach a server bound to 0.0.0.0. Elsewhere there is no such choice: an error.
+pub fn job_targets(target: &EntityAddr, k: usize) -> Result<Vec<EntityAddr>, CliError> {
+    if k <= 1 {
+        return Ok(vec![target.clone()]);
+    }
+    let refuse = |why: String| {
+        CliError::Usage(format!(
+            "--conns-per-job {k} needs {k} distinct addresses of the server (a messenger keeps one connection per \
+             peer address); only loopback gives them (127.0.0.x, the server bound to 0.0.0.0): {why}"
+        ))
+    };
+    let sa = target.addr.ok_or_else(|| refuse(format!("{target} has no IP")))?;
+    let base = match sa.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => u32::from(ip),
+        ip => return Err(refuse(format!("{ip} is not an IPv4 loopback address"))),
+    };
+    (0..k as u32)
+        .map(|i| {
+            // 127.255.255.255 is the loopback network's broadcast address, not a host's.
+            let host = |ip: &Ipv4Addr| ip.is_loopback() && ip.octets()[1..] != [255, 255, 255];
+            let ip = base.checked_add(i).map(Ipv4Addr::from).filter(host);
+            let ip = ip.ok_or_else(|| refuse(format!("127.0.0.0/8 ends before {k} addresses from {}", sa.ip())))?;
+            Ok(EntityAddr { addr: Some(SocketAddr::new(ip.into(), sa.port())), ..target.clone() })
+        })
+        .collect()
+}
+
+/// `127.0.0.1-127.0.0.4`: the IPs a job's connections dial.
+fn addr_range(targets: &[EntityAddr]) -> String {
+    let ip = |t: Option<&EntityAddr>| t.and_then(|t| t.addr).map_or_else(|| "?".to_string(), |a| a.ip().to_string());
+    format!("{}-{}", ip(targets.first()), ip(targets.last()))
+}
+
+/// Before a run whose jobs dial several addresses of the server: checks that each
+/// reaches it, through its raw echo's port (which listens on the messenger's IP, so a
+/// server bound to 127.0.0.1 alone answers on none of the others), so a server that
+/// cannot be dialled there is said at once instead of as a 30 s timeout.
+fn check_targets(targets: &[EntityAddr], raw_port: u16) -> Result<(), CliError> {
+    if targets.len() <= 1 || raw_port == 0 {
+        return Ok(());
+    }
+    for sa in targets.iter().skip(1).filter_map(|t| t.addr) {
+        let raw = SocketAddr::new(sa.ip(), raw_port);
+        if let Err(e) = TcpStream::connect_timeout(&raw, Duration::from_secs(3)) {
+            return Err(CliError::Bench(format!(
+                "--conns-per-job: the server does not answer at {} ({raw}: {e}); it must listen on 0.0.0.0 \
+                 (msgr bench server --bind 0.0.0.0:PORT) to be dialled at {} addresses",
+                sa.ip(),
+                targets.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The tokio client for a run on `api`: `None` when only callback rows are asked for.
 #[cfg(feature = "tokio")]
 fn tokio_client(api: Api, jobs: usize) -> Result<Option<TokioClient>, CliError> {
@@ -642,6 +822,12 @@ fn tokio_client(api: Api, _jobs: usize) -> Result<Option<TokioClient>, CliError>
 
 /// Runs the benchmark, prints the report and returns its rows.
 pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> {
+    let cfg = common.config("client.admin")?;
+    o.check(cfg.ms_max_frame_size())?;
+    if let Some(a) = &o.connect {
+        // Said before anything starts: a server that cannot be dialled at several addresses.
+        job_targets(&dialable(a), o.conns_per_job)?;
+    }
     // Before the server child starts: a build without the tokio client says so at once.
     let tokio = tokio_client(o.api, o.jobs)?;
     let clients: Vec<MsgrClient<'_>> = o
@@ -653,16 +839,16 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
             _ => Some(MsgrClient::Callback),
         })
         .collect();
-    let cfg = common.config("client.admin")?;
     let local = match &o.connect {
         Some(_) => None,
-        None => Some(LocalServer::start(common, o.lossless)?),
+        None => Some(LocalServer::start(common, o.lossless, o.conns_per_job > 1)?),
     };
     let target = match (&o.connect, &local) {
-        (Some(a), _) => a.clone(),
-        (None, Some(l)) => l.addr.clone(),
+        (Some(a), _) => dialable(a),
+        (None, Some(l)) => dialable(&l.addr),
         (None, None) => return Err(CliError::Bench("no server".into())),
     };
+    let targets = job_targets(&target, o.conns_per_job)?;
     if let Some(l) = local.as_ref().filter(|l| l.ms_type != cfg.ms_type().as_str()) {
         eprintln!(
             "msgr bench: warning: the server child runs {} and this client {}: the config gives them different \
@@ -672,6 +858,7 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
         );
     }
     let (mut probe, first) = ServerProbe::start(common, &target, o.peer_type)?;
+    check_targets(&targets, first.as_ref().map_or(0, |r| r.raw_port))?;
     let raw_addr = if o.baseline_raw {
         match raw_target(&target, first.as_ref()) {
             Ok(a) => Some(a),
@@ -702,11 +889,20 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
         kernel: kernel(),
     };
     let what = match o.count {
-        Some(n) => format!("{n} messages per job"),
+        Some(n) => format!("{n} messages per connection"),
         None => format!("{:.1} s per row", o.duration.as_secs_f64()),
     };
+    let conns = match o.conns_per_job {
+        1 => format!("{} connection(s)", o.connections()),
+        k => format!("{} connections ({k} per job, to {})", o.connections(), addr_range(&targets)),
+    };
+    let answer = match o.reply_size {
+        None => "echo".to_string(),
+        Some(n) => format!("reply {n} B"),
+    };
     println!(
-        "msgr bench: ms_type {} | policy {} | mode {} ({}) | {} job(s) x depth {} | {} after {:.1} s warm-up{}{}",
+        "msgr bench: ms_type {} | policy {} | mode {} ({}) | {} job(s) x depth {} | {conns} | {answer} | {} after {:.1} s \
+         warm-up{}{}",
         settings.ms_type,
         settings.policy,
         settings.mode,
@@ -735,7 +931,7 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
     // Only a person watching wants the live line; a pipe or a file gets rows only.
     let show = std::io::stdout().is_terminal();
     let span = match o.count {
-        Some(n) => Span::Count(n.saturating_mul(o.jobs as u64)),
+        Some(n) => Span::Count(n.saturating_mul(o.connections() as u64)),
         None => Span::Time(o.duration),
     };
     let warm = BenchOptions { count: None, ..o.clone() };
@@ -746,17 +942,17 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
         let mut msgr_rows = Vec::with_capacity(clients.len());
         for &client in &clients {
             if !o.warmup.is_zero() {
-                let _ = msgr_round(client, common, &warm, &target, size, o.warmup, None, &mut client_counters);
+                let _ = msgr_round(client, common, &warm, &targets, size, o.warmup, None, &mut client_counters);
             }
             let counter = Arc::new(AtomicU64::new(0));
             let line = |n: u64, t: Duration| progress_line(size, client.transport(), t, span, n);
             let (m, scpu) = server_spent_during(&mut probe, || {
                 with_progress(show, &counter, line, || {
                     let progress = show.then(|| Arc::clone(&counter));
-                    msgr_round(client, common, o, &target, size, o.duration, progress, &mut client_counters)
+                    msgr_round(client, common, o, &targets, size, o.duration, progress, &mut client_counters)
                 })
             });
-            msgr_rows.push(m.into_row(client.transport(), settings.ms_type.clone(), size, o.depth, scpu));
+            msgr_rows.push(m.into_row(client.transport(), settings.ms_type.clone(), o, size, scpu));
         }
         let raw_row = raw_addr.map(|addr| {
             let st = raw_stack.as_ref();
@@ -771,7 +967,7 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
                 })
             });
             let label = st.map_or_else(|| "tcp".to_string(), |st| format!("tcp on {}", st.name()));
-            r.into_row(Transport::Raw, label, size, o.depth, scpu)
+            r.into_row(Transport::Raw, label, o, size, scpu)
         });
         for msgr_row in msgr_rows {
             let ratio =
@@ -856,6 +1052,70 @@ mod tests {
         assert_eq!(Api::parse("tokio").map(Api::paths), Some(&[Transport::MsgrTokio][..]));
         assert_eq!(Api::parse("both").map(Api::paths), Some(&[Transport::Msgr, Transport::MsgrTokio][..]));
         assert_eq!(Api::parse("async"), None);
+    }
+
+    #[test]
+    fn a_job_dials_distinct_loopback_addresses_of_the_server() {
+        let t = cli::parse_addr("v2:127.0.0.1:6800/7").unwrap();
+        assert_eq!(job_targets(&t, 1).unwrap(), vec![t.clone()]);
+        let ts = job_targets(&t, 3).unwrap();
+        let shown: Vec<String> = ts.iter().map(|a| a.to_string()).collect();
+        assert_eq!(shown, ["v2:127.0.0.1:6800/7", "v2:127.0.0.2:6800/7", "v2:127.0.0.3:6800/7"]);
+        assert_eq!(addr_range(&ts), "127.0.0.1-127.0.0.3");
+        // Past a byte of the address, still on loopback.
+        let high = cli::parse_addr("v2:127.0.0.255:1/0").unwrap();
+        assert_eq!(job_targets(&high, 2).unwrap()[1].to_string(), "v2:127.0.1.0:1/0");
+        // Anywhere else there are no distinct addresses to dial.
+        for other in ["v2:10.1.2.3:6800/7", "v2:[::1]:6800/7"] {
+            let e = job_targets(&cli::parse_addr(other).unwrap(), 2).unwrap_err().to_string();
+            assert!(e.contains("--conns-per-job 2") && e.contains("loopback"), "{e}");
+        }
+        let end = cli::parse_addr("v2:127.255.255.254:1/0").unwrap();
+        assert!(job_targets(&end, 2).is_err(), "127.255.255.255 is the broadcast address");
+        // A server printed at 0.0.0.0 is dialled on loopback.
+        let any = cli::parse_addr("v2:0.0.0.0:6800/7").unwrap();
+        assert_eq!(dialable(&any).to_string(), "v2:127.0.0.1:6800/7");
+        assert_eq!(dialable(&t), t);
+    }
+
+    fn options() -> BenchOptions {
+        BenchOptions {
+            connect: None,
+            peer_type: EntityType::Osd,
+            jobs: 1,
+            conns_per_job: 1,
+            depth: 1,
+            sizes: vec![64],
+            duration: Duration::from_secs(1),
+            count: None,
+            warmup: Duration::ZERO,
+            lossless: false,
+            verify: false,
+            baseline_raw: true,
+            raw_client: RawClient::Auto,
+            json: None,
+            api: Api::Callback,
+            reply_size: None,
+        }
+    }
+
+    #[test]
+    fn impossible_settings_are_refused_naming_the_flag() {
+        let frame = 256 << 20;
+        assert!(options().check(frame).is_ok());
+        let refused = |o: BenchOptions, max_frame: usize, flag: &str| {
+            let e = o.check(max_frame).unwrap_err().to_string();
+            assert!(e.contains(flag), "{e}");
+        };
+        refused(BenchOptions { conns_per_job: 0, ..options() }, frame, "--conns-per-job");
+        refused(BenchOptions { jobs: 0, ..options() }, frame, "--jobs");
+        refused(BenchOptions { conns_per_job: 2, lossless: true, ..options() }, frame, "--policy lossy");
+        refused(BenchOptions { reply_size: Some(MAX_REPLY + 1), ..options() }, frame, "--reply-size");
+        refused(BenchOptions { reply_size: Some(4096), ..options() }, 4096, "ms_max_frame_size");
+        assert!(BenchOptions { reply_size: Some(0), conns_per_job: 2, ..options() }.check(frame).is_ok());
+        let o = BenchOptions { jobs: 3, conns_per_job: 2, reply_size: Some(16), ..options() };
+        assert_eq!(o.connections(), 6);
+        assert_eq!(o.exchange(4096), Exchange { size: 4096, reply: Some(16) });
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //! same userspace TCP (smoltcp) and driver as msgr does, without msgr on top, which is
 //! the floor msgr over DPDK is measured against.
 //!
-//! It echoes the byte stream as it comes: the raw protocol's 4-byte length framing
-//! passes through untouched, so nothing from the network is parsed or trusted. What a
-//! connection has read but not yet written back is bounded by [`MAX_PENDING`]; past
-//! it the echo stops reading until the peer takes its replies.
+//! It follows the raw protocol's framing ([`super::raw`]): an echoed frame passes
+//! through as it comes, its length untouched and its payload copied straight to the
+//! output, never held whole; a frame asking for a reply ([`super::reply`]) has its
+//! payload skipped and the reply (its length and the fill) queued instead. What a
+//! connection has to write back is bounded by [`MAX_PENDING`]; past it the echo stops
+//! reading until the peer takes its replies, and bytes read that would produce more
+//! (many small asks for large replies) wait, unparsed, for room.
 //!
 //! Its listeners and connections live on the stack's workers, driven by their event
 //! centers like the messenger's own. [`StackEcho`] dropped closes them all.
@@ -25,6 +28,8 @@ use msgr::event::{EventSource, FileCallback, Interest};
 // this module and its sibling: not an API a daemon should copy.
 use msgr::messenger::{Center, Stack as NetworkStack, Worker as WorkerShared, WorkerLocal};
 use msgr::stack::{ConnectedSocket, ServerSocket, SocketOptions};
+
+use super::reply::{extend_with_fill, MAX_REPLY, REPLY_FLAG};
 
 /// Bytes a connection may hold read but not yet echoed before it stops reading.
 pub const MAX_PENDING: usize = 4 << 20;
@@ -52,14 +57,111 @@ struct Echo {
 
 struct EchoConn {
     socket: Box<dyn ConnectedSocket>,
-    /// Read and not yet written back; `pending[sent..]` is still to go.
+    /// To be written back; `pending[sent..]` is still to go.
     pending: Vec<u8>,
     sent: usize,
+    /// Where the request stream is.
+    at: At,
+    /// Read but not yet parsed: what came after a reply that filled the backlog.
+    held: Vec<u8>,
+}
+
+/// Where an echo connection is in the stream of requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum At {
+    /// A frame's head: its length, and a reply size after a length with
+    /// [`REPLY_FLAG`]; `got` bytes of it so far.
+    Head { buf: [u8; 8], got: usize },
+    /// Inside an echoed frame: `left` payload bytes still to pass through.
+    Echo { left: usize },
+    /// Inside a frame answered by a reply (already queued): `left` bytes to skip.
+    Skip { left: usize },
+}
+
+impl At {
+    const START: At = At::Head { buf: [0; 8], got: 0 };
 }
 
 impl EchoConn {
+    fn new(socket: Box<dyn ConnectedSocket>) -> EchoConn {
+        EchoConn { socket, pending: Vec::new(), sent: 0, at: At::START, held: Vec::new() }
+    }
+
     fn unsent(&self) -> usize {
         self.pending.len() - self.sent
+    }
+
+    /// Takes requests in from `data`, queueing what goes back, until the backlog is
+    /// full after a reply; returns how many bytes it took. `Err` for a frame the raw
+    /// protocol does not allow.
+    fn feed(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut used = 0;
+        while used < data.len() {
+            let rest = &data[used..];
+            match &mut self.at {
+                At::Head { buf, got } => {
+                    let first = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                    let need = if *got >= 4 && first & REPLY_FLAG != 0 { 8 } else { 4 };
+                    let k = (need - *got).min(rest.len());
+                    buf[*got..*got + k].copy_from_slice(&rest[..k]);
+                    *got += k;
+                    used += k;
+                    if *got == 4 && u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) & REPLY_FLAG != 0 {
+                        continue;
+                    }
+                    if *got == need {
+                        let head = *buf;
+                        self.frame(head)?;
+                        if self.unsent() >= MAX_PENDING {
+                            return Ok(used);
+                        }
+                    }
+                }
+                At::Echo { left } => {
+                    let k = (*left).min(rest.len());
+                    *left -= k;
+                    self.pending.extend_from_slice(&rest[..k]);
+                    used += k;
+                }
+                At::Skip { left } => {
+                    let k = (*left).min(rest.len());
+                    *left -= k;
+                    used += k;
+                }
+            }
+            if matches!(self.at, At::Echo { left: 0 } | At::Skip { left: 0 }) {
+                self.at = At::START;
+            }
+        }
+        Ok(used)
+    }
+
+    /// A frame's head is complete: echo its length, or queue the reply it asks for.
+    fn frame(&mut self, head: [u8; 8]) -> io::Result<()> {
+        let first = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let len = (first & !REPLY_FLAG) as usize;
+        if first & REPLY_FLAG == 0 {
+            self.pending.extend_from_slice(&head[..4]);
+            self.at = At::Echo { left: len };
+            return Ok(());
+        }
+        let reply = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        if reply > MAX_REPLY {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("raw reply of {reply} bytes asked for")));
+        }
+        self.pending.extend_from_slice(&head[4..]);
+        extend_with_fill(&mut self.pending, reply);
+        self.at = At::Skip { left: len };
+        Ok(())
+    }
+
+    /// Takes in what was held back, as far as the backlog allows.
+    fn feed_held(&mut self) -> io::Result<()> {
+        let held = std::mem::take(&mut self.held);
+        let used = self.feed(&held)?;
+        self.held = held;
+        self.held.drain(..used);
+        Ok(())
     }
 }
 
@@ -162,7 +264,7 @@ fn on_accept(state: &Rc<RefCell<Echo>>, center: &mut Center) {
         if center.create_file_event(fd, Interest::READABLE, conn_callback(state)).is_err() {
             continue;
         }
-        state.borrow_mut().conns.insert(fd, EchoConn { socket, pending: Vec::new(), sent: 0 });
+        state.borrow_mut().conns.insert(fd, EchoConn::new(socket));
         // Bytes may have arrived with the connection.
         on_conn(state, center, fd);
     }
@@ -200,25 +302,33 @@ fn on_conn(state: &Rc<RefCell<Echo>>, center: &mut Center, fd: EventSource) {
     }
 }
 
-/// Writes back what is pending, then reads and echoes until the socket is drained or
-/// the backlog is full. `Err` (including the peer's close) ends the connection.
+/// Writes back what is pending, then takes in what was held back and reads and answers
+/// until the socket is drained or the backlog is full. `Err` (including the peer's
+/// close) ends the connection.
 fn pump(c: &mut EchoConn, buf: &mut [u8]) -> io::Result<()> {
-    flush(c)?;
-    while c.unsent() < MAX_PENDING {
+    loop {
+        flush(c)?;
+        if c.unsent() >= MAX_PENDING {
+            return Ok(());
+        }
+        if !c.held.is_empty() {
+            c.feed_held()?;
+            continue;
+        }
         let n = match c.socket.read(buf) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        c.pending.extend_from_slice(&buf[..n]);
-        flush(c)?;
-        if n < buf.len() && c.socket.short_read_drains() {
-            break;
+        let used = c.feed(&buf[..n])?;
+        c.held.extend_from_slice(&buf[used..n]);
+        // With bytes held back the loop goes on: no read event may come for them.
+        if n < buf.len() && c.socket.short_read_drains() && c.held.is_empty() {
+            return flush(c);
         }
     }
-    Ok(())
 }
 
 fn flush(c: &mut EchoConn) -> io::Result<()> {
@@ -249,7 +359,7 @@ mod tests {
     use std::thread;
 
     use super::*;
-    use crate::bench::raw::{run_job, Until};
+    use crate::bench::raw::{run_job, Exchange, Until};
 
     fn posix_echo() -> StackEcho {
         let stack = NetworkStack::start(Arc::new(msgr_stack_posix::PosixStack::new()), 2).unwrap();
@@ -267,13 +377,77 @@ mod tests {
     }
 
     #[test]
+    fn raw_jobs_asking_for_replies_run_against_it_verified() {
+        let echo = posix_echo();
+        for (size, reply, depth) in [(4096usize, 0usize, 1usize), (4096, 16, 64), (16, 100_000, 8), (1 << 20, 0, 4)] {
+            let x = Exchange { size, reply: Some(reply) };
+            let r = run_job(echo.addr(), x, depth, Until::Count(100), true, None).unwrap();
+            assert_eq!((r.msgs, r.errors, r.received_bytes), (100, 0, 100 * reply as u64), "{x:?} depth {depth}");
+        }
+    }
+
+    #[test]
+    fn echoes_and_replies_mix_in_one_stream_split_anywhere() {
+        let echo = posix_echo();
+        let mut s = TcpStream::connect(echo.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let ask = |len: u32, reply: u32, payload: &[u8]| {
+            [&(len | REPLY_FLAG).to_le_bytes()[..], &reply.to_le_bytes(), payload].concat()
+        };
+        let frame = |payload: &[u8]| [&(payload.len() as u32).to_le_bytes()[..], payload].concat();
+        let stream = [frame(b"abc"), ask(5, 3, b"12345"), frame(b""), ask(0, 0, b""), ask(2, 70_000, b"xy")].concat();
+        let mut want = [frame(b"abc"), 3u32.to_le_bytes().to_vec()].concat();
+        extend_with_fill(&mut want, 3);
+        want.extend_from_slice(&[&frame(b"")[..], &0u32.to_le_bytes(), &70_000u32.to_le_bytes()].concat());
+        extend_with_fill(&mut want, 70_000);
+        // A byte at a time: every field may arrive split.
+        for b in &stream {
+            s.write_all(std::slice::from_ref(b)).unwrap();
+        }
+        let mut got = vec![0; want.len()];
+        s.read_exact(&mut got).unwrap();
+        assert!(got == want, "the answers differ from the echoes and replies asked for");
+        // An ask for more than MAX_REPLY ends the connection.
+        s.write_all(&ask(0, MAX_REPLY as u32 + 1, b"")).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).unwrap_or(0), 0, "answered an ask beyond MAX_REPLY");
+    }
+
+    #[test]
+    fn small_asks_for_large_replies_are_held_to_the_backlog_then_served_in_full() {
+        let echo = posix_echo();
+        let s = TcpStream::connect(echo.addr()).unwrap();
+        // 256 asks of 8 bytes for 1 MiB each: 256 MiB of replies from 2 KiB of requests,
+        // far more than the backlog and the socket buffers on the way back.
+        let (n, reply) = (256usize, 1usize << 20);
+        let asks: Vec<u8> =
+            (0..n).flat_map(|_| [REPLY_FLAG.to_le_bytes(), (reply as u32).to_le_bytes()]).flatten().collect();
+        let mut w = s.try_clone().unwrap();
+        w.write_all(&asks).unwrap();
+        // Nothing is read back yet: the echo must stop at its backlog, holding the
+        // asks it has read, not queue every reply.
+        thread::sleep(Duration::from_millis(300));
+        let mut r = s;
+        r.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut want = (reply as u32).to_le_bytes().to_vec();
+        extend_with_fill(&mut want, reply);
+        let mut got = vec![0; 4 + reply];
+        for i in 0..n {
+            r.read_exact(&mut got).unwrap();
+            assert!(got == want, "reply {i} differs");
+        }
+    }
+
+    #[test]
     fn a_peer_that_does_not_read_is_held_to_the_backlog_then_served_in_full() {
         let echo = posix_echo();
         let s = TcpStream::connect(echo.addr()).unwrap();
         // Far more than the echo's backlog plus what the four socket buffers on the path
-        // can hold (loopback autotuning here: up to 32 MiB to receive, 4 MiB to send).
+        // can hold (loopback autotuning here: up to 32 MiB to receive, 4 MiB to send), in
+        // one frame the echo passes through as it comes.
         let total = 32 * MAX_PENDING;
-        let data: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
+        let mut data: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
+        data[..4].copy_from_slice(&(total as u32 - 4).to_le_bytes());
         let mut w = s.try_clone().unwrap();
         let sent = data.clone();
         // Nothing is read back until the writer is stuck: the echo must stop reading at
@@ -293,13 +467,13 @@ mod tests {
         let echo = posix_echo();
         let addr = echo.addr();
         let mut gone = TcpStream::connect(addr).unwrap();
-        gone.write_all(b"half a message").unwrap();
+        gone.write_all(b"\x10\0\0\0half a message").unwrap();
         drop(gone);
         let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"ping").unwrap();
-        let mut b = [0; 4];
+        s.write_all(b"\x04\0\0\0ping").unwrap();
+        let mut b = [0; 8];
         s.read_exact(&mut b).unwrap();
-        assert_eq!(&b, b"ping");
+        assert_eq!(&b, b"\x04\0\0\0ping");
         drop(echo);
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         assert_eq!(s.read(&mut b).unwrap_or(0), 0, "a connection outlived the echo");

@@ -2,7 +2,8 @@
 //! client` whose stack is not the kernel's (`async+dpdk`), whose traffic a kernel TCP
 //! socket would not follow. A raw job here opens a socket of the stack on one of its
 //! workers and runs the raw protocol ([`super::raw`]: a 4-byte length, the payload,
-//! echoed back) from that worker's event center, as the messenger's connections run, so
+//! echoed back, or answered by the reply it asks for: [`super::reply`]) from that
+//! worker's event center, as the messenger's connections run, so
 //! the raw row crosses the same userspace TCP, driver and wire as msgr's, without msgr.
 //!
 //! A job keeps `depth` messages in flight: whenever replies open the window it queues
@@ -27,7 +28,8 @@ use msgr::event::{EventSource, FileCallback, Interest, TimerId};
 use msgr::messenger::{Center, Stack as NetworkStack, WorkerLocal};
 use msgr::stack::{ConnectedSocket, SocketOptions};
 
-use super::raw::{fill, more, JobResult, Until, MAX_RAW_MSG};
+use super::raw::{fill, more, Exchange, JobResult, Until};
+use super::reply::is_fill;
 
 /// A job gives up when no reply arrives for this long.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,11 +47,13 @@ pub struct StackJob {
     pub addr: SocketAddr,
     /// Payload bytes per message.
     pub size: usize,
+    /// Payload bytes of the reply each message asks for; `None`: echoed.
+    pub reply: Option<usize>,
     /// Messages in flight.
     pub depth: usize,
     /// When to stop sending.
     pub until: Until,
-    /// Check every echoed byte.
+    /// Check every byte of every reply (echo or reply fill).
     pub verify: bool,
     /// Counts replies as they arrive.
     pub progress: Option<Arc<AtomicU64>>,
@@ -94,12 +98,7 @@ struct Job {
 /// The connection failed or closed early, a reply was malformed or did not come within
 /// `IO_TIMEOUT`, or the worker did not answer.
 pub fn run_job(stack: &Arc<NetworkStack>, spec: StackJob) -> io::Result<JobResult> {
-    if spec.size > MAX_RAW_MSG {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("raw messages are at most {MAX_RAW_MSG} bytes"),
-        ));
-    }
+    spec.exchange().check()?;
     let worker = stack.least_loaded();
     // Counted as a connection, so concurrent jobs (and messengers) spread over workers.
     worker.add_load();
@@ -127,10 +126,8 @@ fn start(local: &mut WorkerLocal, center: &mut Center, spec: StackJob, done: mps
             return;
         }
     };
-    let mut frame = Vec::with_capacity(4 + spec.size);
-    // At most MAX_RAW_MSG (checked by run_job), so it fits in the u32 prefix.
-    frame.extend_from_slice(&(spec.size as u32).to_le_bytes());
-    frame.resize(4 + spec.size, 0);
+    // Sizes checked by run_job, so they fit the u32 fields.
+    let frame = spec.exchange().frame();
     let job = Rc::new(RefCell::new(Job {
         spec,
         socket,
@@ -220,6 +217,12 @@ fn finish(job: &Rc<RefCell<Job>>, center: &mut Center, r: io::Result<JobResult>)
     let _ = done.send(r);
 }
 
+impl StackJob {
+    fn exchange(&self) -> Exchange {
+        Exchange { size: self.size, reply: self.reply }
+    }
+}
+
 impl Job {
     /// Reads and checks what arrived, refills the window, writes. `Ok(true)` once every
     /// message sent has been answered and no more are to be sent.
@@ -259,9 +262,9 @@ impl Job {
     }
 
     /// Walks received bytes through the reply stream: length prefixes, then payloads
-    /// checked against what message `msgs` carried.
+    /// checked against what message `msgs` carried (or against the reply fill).
     fn take_in(&mut self, mut data: &[u8]) -> io::Result<()> {
-        let size = self.spec.size;
+        let size = self.spec.reply.unwrap_or(self.spec.size);
         while !data.is_empty() {
             match &mut self.rx {
                 Rx::Header { buf, got } => {
@@ -274,7 +277,7 @@ impl Job {
                         if len != size {
                             return Err(io::Error::new(
                                 io::ErrorKind::InvalidData,
-                                format!("raw echo of {len} bytes where {size} were sent"),
+                                format!("raw reply of {len} bytes where {size} were expected"),
                             ));
                         }
                         self.rx = Rx::Body { off: 0, intact: true };
@@ -284,7 +287,10 @@ impl Job {
                     let k = (size - *off).min(data.len());
                     if self.spec.verify && *intact {
                         let seq = self.res.msgs;
-                        *intact = data[..k].iter().enumerate().all(|(i, &b)| b == pattern(*off + i, seq));
+                        *intact = match self.spec.reply {
+                            Some(_) => is_fill(&data[..k], *off),
+                            None => data[..k].iter().enumerate().all(|(i, &b)| b == pattern(*off + i, seq)),
+                        };
                     }
                     *off += k;
                     data = &data[k..];
@@ -292,6 +298,7 @@ impl Job {
             }
             if let Rx::Body { off, intact } = self.rx {
                 if off == size {
+                    self.res.received_bytes += size as u64;
                     self.reply(intact);
                     self.rx = Rx::Header { buf: [0; 4], got: 0 };
                 }
@@ -320,7 +327,8 @@ impl Job {
     /// Queues messages while the window has room.
     fn refill(&mut self) {
         while self.in_flight.len() < self.spec.depth.max(1) && more(self.spec.until, self.sent) {
-            let frame = if self.spec.verify {
+            // A payload answered by a reply is dropped unread: no pattern to check.
+            let frame = if self.spec.verify && self.spec.reply.is_none() {
                 let mut f = self.frame.to_vec();
                 fill(&mut f[4..], self.sent);
                 Bytes::from(f)
@@ -359,7 +367,7 @@ mod tests {
     use std::thread;
 
     use super::*;
-    use crate::bench::raw::RawServer;
+    use crate::bench::raw::{RawServer, MAX_RAW_MSG};
     use crate::bench::stack_echo::StackEcho;
 
     fn stack() -> Arc<NetworkStack> {
@@ -367,7 +375,7 @@ mod tests {
     }
 
     fn job(addr: SocketAddr, size: usize, depth: usize, until: Until) -> StackJob {
-        StackJob { addr, size, depth, until, verify: true, progress: None }
+        StackJob { addr, size, reply: None, depth, until, verify: true, progress: None }
     }
 
     #[test]
@@ -392,6 +400,14 @@ mod tests {
                 let r = run_job(&st, spec).unwrap();
                 assert_eq!((r.msgs, r.errors, r.rtt.count()), (n, 0, n), "{addr} size {size} depth {depth}");
                 assert_eq!(progress.load(Ordering::Relaxed), n);
+            }
+        }
+        // Replies of the size asked for, from both echoes.
+        for addr in [kernel.addr(), echo.addr()] {
+            for (size, reply, depth) in [(4096usize, 0usize, 1usize), (4096, 16, 16), (16, 100_000, 4)] {
+                let spec = StackJob { reply: Some(reply), ..job(addr, size, depth, Until::Count(100)) };
+                let r = run_job(&st, spec).unwrap();
+                assert_eq!((r.msgs, r.errors, r.received_bytes), (100, 0, 100 * reply as u64), "{addr} {size} {reply}");
             }
         }
         // A deadline instead of a count; several jobs at once.

@@ -158,8 +158,9 @@ pub fn path_width(paths: impl IntoIterator<Item = Transport>) -> usize {
     paths.into_iter().map(|p| p.as_str().len()).fold(PATH_WIDTH, usize::max)
 }
 
-/// Bytes copied per payload byte in each direction of one end: a message's payload is
-/// received once and sent once per round trip, so 1.0 means one copy of every byte.
+/// Bytes copied per payload byte in each direction of one end: per byte of payload
+/// received (requests on the server, replies on the client) and per byte of payload
+/// sent, so 1.0 means one copy of every byte.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Copied {
     /// On receive.
@@ -172,22 +173,19 @@ impl Copied {
     /// Not known.
     pub const UNKNOWN: Copied = Copied { rx: f64::NAN, tx: f64::NAN };
 
-    /// `rx` and `tx` bytes copied while `msgs` messages of `size` payload bytes went
-    /// each way.
-    pub fn per_payload_byte(rx: u64, tx: u64, msgs: u64, size: usize) -> Copied {
-        let payload = msgs as f64 * size as f64;
-        if payload > 0.0 {
-            Copied { rx: rx as f64 / payload, tx: tx as f64 / payload }
-        } else {
-            Copied::UNKNOWN
-        }
+    /// `rx` and `tx` bytes copied while `rx_payload` payload bytes were received and
+    /// `tx_payload` sent; a direction that carried no payload is unknown (NaN).
+    pub fn per_payload_byte(rx: u64, tx: u64, rx_payload: u64, tx_payload: u64) -> Copied {
+        let per = |copied: u64, payload: u64| if payload > 0 { copied as f64 / payload as f64 } else { f64::NAN };
+        Copied { rx: per(rx, rx_payload), tx: per(tx, tx_payload) }
     }
 
     fn label(&self) -> String {
-        if self.rx.is_nan() || self.tx.is_nan() {
+        let one = |x: f64| if x.is_nan() { "-".to_string() } else { format!("{x:.2}") };
+        if self.rx.is_nan() && self.tx.is_nan() {
             "-".into()
         } else {
-            format!("{:.2}/{:.2}", self.rx, self.tx)
+            format!("{}/{}", one(self.rx), one(self.tx))
         }
     }
 }
@@ -201,10 +199,19 @@ pub struct Row {
     pub ms_type: String,
     /// Payload bytes per message.
     pub size: usize,
-    /// Messages in flight per job.
+    /// Messages in flight per connection.
     pub depth: usize,
+    /// Connections the row's traffic ran on (jobs × connections per job).
+    pub connections: usize,
+    /// Connections the server's messenger made during the row (from its perf counters;
+    /// `None` for the raw baseline, or when the server's counters are not known).
+    pub server_connections: Option<u64>,
+    /// Payload bytes of each reply: the message's size for an echo, else `--reply-size`.
+    pub reply_size: usize,
     /// Round trips completed.
     pub msgs: u64,
+    /// Payload bytes of the replies received (counted as they came in).
+    pub received_bytes: u64,
     /// Wall time of the measured part (after warm-up).
     pub elapsed: Duration,
     /// Round-trip times.
@@ -234,9 +241,32 @@ impl Row {
         }
     }
 
-    /// Payload megabytes (10^6) per second, one direction.
+    /// Request payload megabytes (10^6) per second: one direction (the one the
+    /// requests go; an echo brings as much back).
     pub fn mb_per_sec(&self) -> f64 {
         self.msgs_per_sec() * self.size as f64 / 1e6
+    }
+
+    /// Reply payload megabytes (10^6) per second, as received.
+    pub fn reply_mb_per_sec(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.received_bytes as f64 / s / 1e6
+        } else {
+            0.0
+        }
+    }
+
+    /// Messages per second per server core: msgs/s over the server's CPU use (CPU
+    /// seconds per wall second), i.e. 1e9 over the server's CPU ns per message. NaN
+    /// when the server's CPU is not known.
+    pub fn msgs_per_sec_per_core_server(&self) -> f64 {
+        let ns = self.cpu_ns_per_msg_server;
+        if ns.is_finite() && ns > 0.0 {
+            1e9 / ns
+        } else {
+            f64::NAN
+        }
     }
 
     /// The row as the JSON object `--json` writes.
@@ -247,10 +277,16 @@ impl Row {
             "ms_type": self.ms_type,
             "size": self.size,
             "depth": self.depth,
+            "connections": self.connections,
+            "server_connections": self.server_connections,
+            "reply_size": self.reply_size,
             "msgs": self.msgs,
             "elapsed_s": self.elapsed.as_secs_f64(),
             "msgs_per_sec": self.msgs_per_sec(),
             "mb_per_sec": self.mb_per_sec(),
+            "reply_mb_per_sec": self.reply_mb_per_sec(),
+            "sent_bytes": self.msgs.saturating_mul(self.size as u64),
+            "received_bytes": self.received_bytes,
             "rtt_us_min": q.min,
             "rtt_us_p50": q.p50,
             "rtt_us_p90": q.p90,
@@ -259,6 +295,7 @@ impl Row {
             "rtt_us_max": q.max,
             "cpu_ns_per_msg_client": self.cpu_ns_per_msg_client,
             "cpu_ns_per_msg_server": self.cpu_ns_per_msg_server,
+            "msgs_per_sec_per_core_server": self.msgs_per_sec_per_core_server(),
             "copied_per_byte_client_rx": self.copied_client.rx,
             "copied_per_byte_client_tx": self.copied_client.tx,
             "copied_per_byte_server_rx": self.copied_server.rx,
@@ -273,7 +310,7 @@ impl Row {
 /// [`path_width`]).
 pub fn header(path_width: usize) -> String {
     format!(
-        "{:<path_width$} {:>8} {:>5} {:>10} {:>11} {:>9}   {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}   {:>8} {:>8} {:>9} {:>9} {:>6} {:>6}  {}",
+        "{:<path_width$} {:>8} {:>5} {:>10} {:>11} {:>9}   {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}   {:>8} {:>8} {:>11} {:>9} {:>9} {:>6} {:>6}  {}",
         "path",
         "size",
         "depth",
@@ -288,6 +325,7 @@ pub fn header(path_width: usize) -> String {
         "max",
         "cpu/msg",
         "cpu/msg",
+        "msgs/s/core",
         "copied/B",
         "copied/B",
         "recon",
@@ -295,15 +333,16 @@ pub fn header(path_width: usize) -> String {
         "vs raw"
     ) + "\n"
         + &format!(
-            "{:<path_width$} {:>8} {:>5} {:>10} {:>11} {:>9}   {:^63}   {:>8} {:>8} {:>9} {:>9} {:>6} {:>6}",
+            "{:<path_width$} {:>8} {:>5} {:>10} {:>11} {:>9}   {:^63}   {:>8} {:>8} {:>11} {:>9} {:>9} {:>6} {:>6}",
             "",
             "bytes",
             "",
             "",
             "",
-            "",
+            "request",
             "round trip, us",
             "client",
+            "server",
             "server",
             "cli rx/tx",
             "srv rx/tx",
@@ -325,8 +364,12 @@ pub fn size_label(size: usize) -> String {
 /// over the raw baseline's for the same size and depth, when there is one.
 pub fn format_row(r: &Row, vs_raw: Option<f64>, path_width: usize) -> String {
     let q = r.rtt.quantiles();
+    let per_core = match r.msgs_per_sec_per_core_server() {
+        x if x.is_nan() => "-".to_string(),
+        x => format!("{x:.0}"),
+    };
     let mut line = format!(
-        "{:<path_width$} {:>8} {:>5} {:>10} {:>11.0} {:>9.1}   {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1}   {:>8.0} {:>8.0} {:>9} {:>9} {:>6} {:>6}",
+        "{:<path_width$} {:>8} {:>5} {:>10} {:>11.0} {:>9.1}   {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1}   {:>8.0} {:>8.0} {:>11} {:>9} {:>9} {:>6} {:>6}",
         r.transport.as_str(),
         size_label(r.size),
         r.depth,
@@ -341,6 +384,7 @@ pub fn format_row(r: &Row, vs_raw: Option<f64>, path_width: usize) -> String {
         q.max,
         r.cpu_ns_per_msg_client,
         r.cpu_ns_per_msg_server,
+        per_core,
         r.copied_client.label(),
         r.copied_server.label(),
         r.reconnects,
@@ -354,19 +398,20 @@ pub fn format_row(r: &Row, vs_raw: Option<f64>, path_width: usize) -> String {
 
 /// Parses a size list such as `64,4k,64k,1m` (suffixes k/m/g are powers of 1024).
 pub fn parse_sizes(s: &str) -> Result<Vec<usize>, String> {
-    s.split(',')
-        .map(|t| {
-            let t = t.trim().to_ascii_lowercase();
-            let (num, mul) = match t.chars().last() {
-                Some('k') => (&t[..t.len() - 1], 1usize << 10),
-                Some('m') => (&t[..t.len() - 1], 1 << 20),
-                Some('g') => (&t[..t.len() - 1], 1 << 30),
-                _ => (&t[..], 1),
-            };
-            let n: usize = num.parse().map_err(|_| format!("bad size '{t}' (use e.g. 64,4k,64k,1m)"))?;
-            n.checked_mul(mul).ok_or_else(|| format!("size '{t}' is too large"))
-        })
-        .collect()
+    s.split(',').map(parse_size).collect()
+}
+
+/// Parses one size such as `0`, `16` or `4k` (suffixes k/m/g are powers of 1024).
+pub fn parse_size(t: &str) -> Result<usize, String> {
+    let t = t.trim().to_ascii_lowercase();
+    let (num, mul) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1usize << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (&t[..], 1),
+    };
+    let n: usize = num.parse().map_err(|_| format!("bad size '{t}' (use e.g. 64,4k,64k,1m)"))?;
+    n.checked_mul(mul).ok_or_else(|| format!("size '{t}' is too large"))
 }
 
 #[cfg(test)]
@@ -383,12 +428,16 @@ mod tests {
             ms_type: "async+posix".into(),
             size,
             depth: 1,
+            connections: 1,
+            server_connections: None,
+            reply_size: size,
             msgs,
+            received_bytes: msgs * size as u64,
             elapsed: Duration::from_secs_f64(secs),
             rtt,
             cpu_ns_per_msg_client: 1500.0,
             cpu_ns_per_msg_server: 1200.0,
-            copied_client: Copied::per_payload_byte(1000 * size as u64, 0, msgs, size),
+            copied_client: Copied::per_payload_byte(1000 * size as u64, 0, msgs * size as u64, msgs * size as u64),
             copied_server: Copied::UNKNOWN,
             reconnects: 0,
             errors: 0,
@@ -509,11 +558,44 @@ mod tests {
 
     #[test]
     fn copies_are_per_payload_byte_and_unknown_without_payload() {
-        let c = Copied::per_payload_byte(4096, 2048, 2, 1024);
+        let c = Copied::per_payload_byte(4096, 2048, 2048, 2048);
         assert_eq!((c.rx, c.tx), (2.0, 1.0));
         assert_eq!(c.label(), "2.00/1.00");
-        assert!(Copied::per_payload_byte(1, 1, 0, 64).rx.is_nan());
+        // A reply of 0 bytes: the server sends no payload, so its tx is unknown.
+        let r0 = Copied::per_payload_byte(4096, 0, 4096, 0);
+        assert_eq!(r0.rx, 1.0);
+        assert!(r0.tx.is_nan());
+        assert_eq!(r0.label(), "1.00/-");
+        assert!(Copied::per_payload_byte(1, 1, 0, 0).rx.is_nan());
         assert_eq!(Copied::UNKNOWN.label(), "-");
+    }
+
+    #[test]
+    fn msgs_per_second_per_server_core_is_1e9_over_server_cpu_per_message() {
+        let r = row(Transport::Msgr, 1000, 1.0, 64);
+        assert_eq!(r.msgs_per_sec_per_core_server(), 1e9 / 1200.0);
+        let v = r.to_json();
+        assert_eq!(v["msgs_per_sec_per_core_server"].as_f64(), Some(1e9 / 1200.0));
+        let w = path_width([Transport::Msgr]);
+        assert!(format_row(&r, None, w).contains(" 833333 "), "{}", format_row(&r, None, w));
+        // Unknown server CPU: a dash in the table, null in the JSON.
+        let unknown = Row { cpu_ns_per_msg_server: f64::NAN, ..r };
+        assert!(unknown.msgs_per_sec_per_core_server().is_nan());
+        assert!(unknown.to_json()["msgs_per_sec_per_core_server"].is_null());
+        let line = format_row(&unknown, None, w);
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // path size depth msgs msgs/s MB/s min p50 p90 p99 p99.9 max cpu cpu per-core
+        assert_eq!(cols[14], "-", "{line}");
+    }
+
+    #[test]
+    fn reply_bandwidth_counts_what_came_back() {
+        let r = Row { reply_size: 16, received_bytes: 2000 * 16, ..row(Transport::Raw, 2000, 2.0, 4096) };
+        assert_eq!(r.mb_per_sec(), 1000.0 * 4096.0 / 1e6);
+        assert_eq!(r.reply_mb_per_sec(), 1000.0 * 16.0 / 1e6);
+        let v = r.to_json();
+        assert_eq!((v["sent_bytes"].as_u64(), v["received_bytes"].as_u64()), (Some(2000 * 4096), Some(32_000)));
+        assert_eq!(v["reply_size"], 16);
     }
 
     #[test]
@@ -525,5 +607,8 @@ mod tests {
         assert_eq!(size_label(65536), "64k");
         assert_eq!(size_label(100), "100");
         assert_eq!(size_label(1 << 20), "1m");
+        assert_eq!(parse_size(" 4K"), Ok(4096));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("-1").is_err());
     }
 }

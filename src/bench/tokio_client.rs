@@ -1,10 +1,12 @@
 //! The measuring client of `msgr bench --api tokio` (and `both`): the round trips of the
-//! callback client ([`cli::ping`]), driven through the async API
+//! callback client ([`cli::ping`](crate::cli::ping)), driven through the async API
 //! ([`msgr::tokio::AsyncMessenger`]) from a tokio runtime, so the two APIs are measured
 //! in the same run against the same server.
 //!
-//! Per job, as for the callback client: one messenger, one connection, `depth` MPings
-//! in flight, the same payloads (fixed, or numbered and checksummed with `--verify`),
+//! Per job, as for the callback client: one messenger, `--conns-per-job` connections,
+//! `depth` MPings in flight on each, the same requests (`cli`'s `PingShape`: fixed
+//! payloads, numbered and checksummed with `--verify`, a reply size asked for with
+//! `--reply-size`),
 //! the same stop rule (no new ping after the deadline or once `count` are sent; those
 //! in flight are waited for) and the same [`PingReport`], so both kinds of round go
 //! through the same aggregation and the same row code. The differences are the API's
@@ -32,15 +34,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use msgr::config::Config;
-use msgr::message::types::{MPing, TypedMessage};
 use msgr::message::Message;
 use msgr::messenger::{ConnEvent, ConnectionRef, Policy};
 use msgr::proto::{EntityAddr, EntityAddrVec, EntityName, EntityType};
 use msgr::tokio::{AsyncMessenger, EventStream, RequestError};
 
-use crate::cli::{self, CliError, CommonArgs, PingOptions, PingReport};
+use crate::cli::{CliError, CommonArgs, PingOptions, PingReport, PingShape};
 
 /// How long a lane waits before dialling again after its session was lost, so a
 /// restarting server is not hammered (the callback client waits as long).
@@ -64,17 +64,18 @@ impl TokioClient {
         Ok(TokioClient { rt })
     }
 
-    /// Runs `jobs` jobs at once, each as [`cli::ping`] with `opts` would but through
-    /// [`AsyncMessenger`], and returns their reports; blocks until all have ended.
+    /// Runs `jobs` jobs at once, each as [`cli::ping_conns`](crate::cli::ping_conns) with `targets` and `opts`
+    /// would but through [`AsyncMessenger`], and returns their reports; blocks until all
+    /// have ended.
     pub fn ping_jobs(
         &self,
         common: &CommonArgs,
-        target: &EntityAddr,
+        targets: &[EntityAddr],
         peer_type: EntityType,
         opts: &PingOptions,
         jobs: usize,
     ) -> Vec<Result<PingReport, String>> {
-        let spec = match Spec::new(common, target, peer_type, opts) {
+        let spec = match Spec::new(common, targets, peer_type, opts) {
             Ok(s) => Arc::new(s),
             Err(e) => return vec![Err(e.to_string())],
         };
@@ -94,16 +95,17 @@ struct Spec {
     cfg: Config,
     name: EntityName,
     peer_type: EntityType,
-    addrs: EntityAddrVec,
+    /// One connection of each job to each.
+    addrs: Vec<EntityAddrVec>,
     opts: PingOptions,
-    /// The payload of every ping without `verify` (a verified one is made per ping).
-    payload: Bytes,
+    /// What is sent and what must come back.
+    shape: PingShape,
 }
 
 impl Spec {
     fn new(
         common: &CommonArgs,
-        target: &EntityAddr,
+        targets: &[EntityAddr],
         peer_type: EntityType,
         opts: &PingOptions,
     ) -> Result<Spec, CliError> {
@@ -111,9 +113,9 @@ impl Spec {
             cfg: common.config("client.admin")?,
             name: common.entity("client.admin")?,
             peer_type,
-            addrs: EntityAddrVec(vec![target.clone()]),
+            addrs: targets.iter().map(|t| EntityAddrVec(vec![t.clone()])).collect(),
             opts: opts.clone(),
-            payload: cli::ping_payload(0, opts.size, false),
+            shape: PingShape::new(opts)?,
         })
     }
 }
@@ -135,7 +137,8 @@ impl JobState {
     }
 }
 
-/// One job: its own messenger and connection, `window` lanes on it.
+/// One job: its own messenger, a connection to each of the spec's addresses, `window`
+/// lanes on each.
 async fn job(spec: Arc<Spec>) -> Result<PingReport, String> {
     let o = &spec.opts;
     let m = msgr::new_messenger(&spec.cfg, spec.name).map_err(|e| e.to_string())?;
@@ -150,10 +153,15 @@ async fn job(spec: Arc<Spec>) -> Result<PingReport, String> {
         ever_replied: AtomicBool::new(false),
     });
     let mut report = PingReport::default();
-    let dialled = am.connect_to(spec.peer_type, &spec.addrs);
-    if let Ok(con) = &dialled {
-        let lanes: Vec<_> = (0..o.window.max(1))
-            .map(|_| ::tokio::spawn(lane(Arc::clone(&am), Arc::clone(&spec), Arc::clone(&st), Arc::clone(con))))
+    let dialled: Result<Vec<ConnectionRef>, _> = spec.addrs.iter().map(|a| am.connect_to(spec.peer_type, a)).collect();
+    if let Ok(cons) = &dialled {
+        let lanes: Vec<_> = cons
+            .iter()
+            .enumerate()
+            .flat_map(|(k, con)| (0..o.window.max(1)).map(move |_| (k, con)))
+            .map(|(k, con)| {
+                ::tokio::spawn(lane(Arc::clone(&am), Arc::clone(&spec), Arc::clone(&st), Arc::clone(con), k))
+            })
             .collect();
         for l in lanes {
             match l.await {
@@ -201,6 +209,7 @@ fn fail(r: &mut PingReport, what: String) {
 /// Adds a lane's figures to its job's.
 fn merge(into: &mut PingReport, lane: PingReport) {
     into.count += lane.count;
+    into.received_bytes += lane.received_bytes;
     into.errors += lane.errors;
     into.rtt.merge(&lane.rtt);
     into.lost_to_reset += lane.lost_to_reset;
@@ -214,27 +223,27 @@ fn merge(into: &mut PingReport, lane: PingReport) {
     }
 }
 
-/// Whether `reply` answers ping `seq`: the payload sent, or with `verify` a payload
-/// whose sequence number and checksum are right.
+/// Whether `reply` answers ping `seq`: the payload sent (or the reply asked for), and
+/// with `verify` the number of `seq`.
 fn check_reply(spec: &Spec, reply: &Message, seq: u64) -> Result<(), String> {
-    let p = MPing::decode(reply).map_err(|e| format!("bad reply: {e}"))?;
-    if spec.opts.verify {
-        match cli::check_payload(&p.payload, spec.opts.size)? {
-            n if n == seq => Ok(()),
-            n => Err(format!("reply {n} answered request {seq}")),
-        }
-    } else if p.payload == spec.payload {
-        Ok(())
-    } else {
-        Err("reply payload differs from the request".into())
+    match spec.shape.check(reply)? {
+        Some(n) if n != seq => Err(format!("reply {n} answered request {seq}")),
+        _ => Ok(()),
     }
 }
 
-/// One of a job's `depth` in-flight pings, sent again and again: request, await the
-/// reply, check and record it, until the job's pings or time are used up. A ping whose
-/// session was lost is sent again on a new connection (counted in `lost_to_reset`, not
-/// as an error), as the callback client does.
-async fn lane(am: Arc<AsyncMessenger>, spec: Arc<Spec>, st: Arc<JobState>, mut con: ConnectionRef) -> PingReport {
+/// One of the `depth` in-flight pings on a job's connection `k`, sent again and again:
+/// request, await the reply, check and record it, until the job's pings or time are
+/// used up. A ping whose session was lost is sent again on a new connection to the
+/// same address (counted in `lost_to_reset`, not as an error), as the callback client
+/// does.
+async fn lane(
+    am: Arc<AsyncMessenger>,
+    spec: Arc<Spec>,
+    st: Arc<JobState>,
+    mut con: ConnectionRef,
+    k: usize,
+) -> PingReport {
     let o = &spec.opts;
     let mut r = PingReport::default();
     let mut last_reply = Instant::now();
@@ -243,10 +252,10 @@ async fn lane(am: Arc<AsyncMessenger>, spec: Arc<Spec>, st: Arc<JobState>, mut c
             break;
         }
         let seq = st.last_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let payload = if o.verify { cli::ping_payload(seq, o.size, true) } else { spec.payload.clone() };
+        let ping = spec.shape.request(seq);
         loop {
             let t0 = Instant::now();
-            let res = am.request(&con, MPing::new(payload.clone()).encode(), o.timeout).await;
+            let res = am.request(&con, ping.clone(), o.timeout).await;
             let now = Instant::now();
             let e = match res {
                 Ok(reply) => {
@@ -255,6 +264,7 @@ async fn lane(am: Arc<AsyncMessenger>, spec: Arc<Spec>, st: Arc<JobState>, mut c
                     match check_reply(&spec, &reply, seq) {
                         Ok(()) => {
                             r.count += 1;
+                            r.received_bytes += reply.data.len() as u64;
                             r.rtt.record(now.duration_since(t0));
                             if o.verify {
                                 r.verify.checked += 1;
@@ -296,7 +306,7 @@ async fn lane(am: Arc<AsyncMessenger>, spec: Arc<Spec>, st: Arc<JobState>, mut c
             r.last_reset = Some(why);
             ::tokio::time::sleep(REDIAL_PAUSE).await;
             // Every lane of the job asks: the first dials, the others get its connection.
-            match am.connect_to(spec.peer_type, &spec.addrs) {
+            match am.connect_to(spec.peer_type, &spec.addrs[k]) {
                 Ok(c) => con = c,
                 Err(e) => {
                     fail(&mut r, e.to_string());
