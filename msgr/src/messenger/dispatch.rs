@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 
 use super::connection::ConnectionRef;
 use crate::message::Message;
+use crate::sync;
 
 /// Receives messages and connection events from a messenger.
 ///
@@ -145,7 +146,7 @@ impl PanicLog {
         // Whatever debug_ms says (Ceph's level 0): a bug in the daemon's own code.
         tracing::error!(target: "msgr", callback, conn = conn_id, %message, "a dispatcher callback panicked: caught; its \
             message is consumed, the connection and the threads carry on");
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(DispatchPanic { callback, conn_id, message });
+        *sync::lock(&self.last) = Some(DispatchPanic { callback, conn_id, message });
         // Counted after `last` is set, so whoever sees the count sees this panic's text.
         self.count.fetch_add(1, AtOrd::Release);
     }
@@ -157,7 +158,7 @@ impl PanicLog {
 
     /// The last panic caught.
     pub(crate) fn last(&self) -> Option<DispatchPanic> {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        sync::lock(&self.last).clone()
     }
 }
 
@@ -248,7 +249,7 @@ impl Throttle {
     /// Runs `wake` once the throttle has room. Returns false (and does not keep
     /// `wake`) if there is room already, so the caller just carries on.
     pub(crate) fn wait(&self, wake: Box<dyn FnOnce() + Send>) -> bool {
-        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = sync::lock(&self.waiters);
         if !self.is_full() {
             return false;
         }
@@ -266,7 +267,7 @@ impl Throttle {
 
     fn wake_all(&self) {
         let list = {
-            let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            let mut w = sync::lock(&self.waiters);
             self.has_waiters.store(false, AtOrd::Release);
             std::mem::take(&mut *w)
         };
@@ -354,13 +355,14 @@ impl DispatchQueue {
         &self.panics
     }
 
+    #[cfg_attr(feature = "lock-count", track_caller)]
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.state)
     }
 
     /// Starts the dispatch thread (idempotent).
     pub(crate) fn start(self: &Arc<Self>, name: &str) -> std::io::Result<()> {
-        let mut t = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = sync::lock(&self.thread);
         if t.is_some() {
             return Ok(());
         }
@@ -392,7 +394,7 @@ impl DispatchQueue {
         let order = s.order;
         s.heap.push(Item { priority, order, con, kind });
         drop(s);
-        self.cond.notify_one();
+        sync::notify_one(&self.cond);
     }
 
     /// Items waiting.
@@ -412,12 +414,12 @@ impl DispatchQueue {
                 self.throttle.put(size);
             }
         }
-        self.cond.notify_all();
+        sync::notify_all(&self.cond);
     }
 
     /// Joins the dispatch thread (after [`DispatchQueue::stop`]).
     pub(crate) fn join(&self) {
-        let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let t = sync::lock(&self.thread).take();
         if let Some(t) = t {
             if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();
@@ -436,7 +438,7 @@ impl DispatchQueue {
                     if let Some(it) = s.heap.pop() {
                         break it;
                     }
-                    s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+                    s = sync::wait(&self.cond, s);
                 }
             };
             self.deliver(item);
@@ -444,7 +446,7 @@ impl DispatchQueue {
     }
 
     fn deliver(&self, item: Item) {
-        let list: Vec<Arc<dyn Dispatcher>> = self.dispatchers.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let list: Vec<Arc<dyn Dispatcher>> = sync::read(&self.dispatchers).clone();
         let con = &item.con;
         let (p, id) = (&self.panics, con.id());
         match item.kind {
