@@ -311,6 +311,9 @@ struct QueueState {
     heap: BinaryHeap<Item>,
     order: u64,
     stop: bool,
+    /// The dispatch thread waits on `cond`: set by it (under the lock) just before it
+    /// waits, cleared by the first push that sees it, which is the one that notifies.
+    sleeping: bool,
 }
 
 /// The list of dispatchers, shared by the queue and the workers' fast path.
@@ -331,7 +334,7 @@ impl DispatchQueue {
     /// A queue delivering to `dispatchers`, throttled by `throttle`.
     pub(crate) fn new(dispatchers: DispatcherList, throttle: Arc<Throttle>) -> Arc<Self> {
         Arc::new(DispatchQueue {
-            state: Mutex::new(QueueState { heap: BinaryHeap::new(), order: 0, stop: false }),
+            state: Mutex::new(QueueState { heap: BinaryHeap::new(), order: 0, stop: false, sleeping: false }),
             cond: Condvar::new(),
             throttle,
             dispatchers,
@@ -393,8 +396,15 @@ impl DispatchQueue {
         s.order += 1;
         let order = s.order;
         s.heap.push(Item { priority, order, con, kind });
+        // why: only a sleeping thread needs a notify (a busy one looks at the heap,
+        // under this lock, before it waits again), and std's notify is a futex_wake
+        // system call even when nobody waits: a burst that arrives while the thread
+        // works costs no system call, one that finds it asleep costs one.
+        let wake = std::mem::take(&mut s.sleeping);
         drop(s);
-        sync::notify_one(&self.cond);
+        if wake {
+            sync::notify_one(&self.cond);
+        }
     }
 
     /// Items waiting.
@@ -438,7 +448,11 @@ impl DispatchQueue {
                     if let Some(it) = s.heap.pop() {
                         break it;
                     }
+                    // Set and waited on under the lock: a push either comes before
+                    // (and the heap is not empty above) or sees the flag and notifies.
+                    s.sleeping = true;
                     s = sync::wait(&self.cond, s);
+                    s.sleeping = false;
                 }
             };
             self.deliver(item);
@@ -546,6 +560,77 @@ mod tests {
         let log = PanicLog::default();
         let r = log.call("ms_dispatch", 1, || std::panic::panic_any(Bomb));
         assert_eq!((r, log.count()), (None::<()>, 1));
+    }
+
+    /// Records the tids it is handed; holds the first one until the test releases it.
+    struct Gate {
+        entered: std::sync::mpsc::Sender<()>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+        got: std::sync::mpsc::Sender<u64>,
+    }
+
+    impl Dispatcher for Gate {
+        fn ms_dispatch(&self, _con: &ConnectionRef, m: &Message) -> bool {
+            if m.tid == 1 {
+                let _ = self.entered.send(());
+                let _ = sync::lock(&self.release).recv();
+            }
+            let _ = self.got.send(m.tid);
+            true
+        }
+    }
+
+    #[test]
+    fn a_push_notifies_only_a_sleeping_dispatch_thread_and_none_is_lost() {
+        use crate::messenger::Stack;
+        use crate::proto::EntityAddrVec;
+        use crate::stack::mem::{MemNetwork, MemStack};
+        use std::sync::mpsc::channel;
+        use std::time::{Duration, Instant};
+
+        // A connection needs a worker to belong to; nothing is sent on it.
+        let stack = Stack::start(Arc::new(MemStack::new(MemNetwork::new())), 1).unwrap();
+        let con = super::super::Connection::new(
+            1,
+            None,
+            EntityAddrVec::default(),
+            true,
+            stack.least_loaded(),
+            std::sync::Weak::new(),
+            0,
+        );
+        let (entered_tx, entered) = channel();
+        let (release, release_rx) = channel();
+        let (got_tx, got) = channel();
+        let gate = Gate { entered: entered_tx, release: Mutex::new(release_rx), got: got_tx };
+        let list: DispatcherList = Arc::new(RwLock::new(vec![Arc::new(gate) as Arc<dyn Dispatcher>]));
+        let q = DispatchQueue::new(list, Arc::new(Throttle::new(0)));
+        q.start("test").unwrap();
+        let msg = |tid| Message::new(1, bytes::Bytes::new()).with_tid(tid);
+        let patience = Duration::from_secs(10);
+
+        q.enqueue(Arc::clone(&con), msg(1), 0);
+        entered.recv_timeout(patience).expect("the first message reaches the dispatcher");
+        // The thread is busy in the callback: a burst leaves it un-notified.
+        for tid in 2..=10 {
+            q.enqueue(Arc::clone(&con), msg(tid), 0);
+            assert!(!q.lock().sleeping, "a busy dispatch thread is not asleep");
+        }
+        release.send(()).unwrap();
+        let burst: Vec<u64> = (1..=10).map(|_| got.recv_timeout(patience).expect("the burst is delivered")).collect();
+        assert_eq!(burst, (1..=10).collect::<Vec<_>>());
+
+        // Once the queue is empty the thread sleeps; a push then must wake it.
+        let give_up = Instant::now() + patience;
+        while !q.lock().sleeping {
+            assert!(Instant::now() < give_up, "the idle dispatch thread never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        q.enqueue(Arc::clone(&con), msg(11), 0);
+        assert_eq!(got.recv_timeout(patience), Ok(11), "a message pushed to a sleeping thread is delivered");
+        q.stop();
+        q.join();
+        stack.shutdown();
     }
 
     #[test]
