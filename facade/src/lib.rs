@@ -107,6 +107,9 @@ pub mod service;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
+/// Lock and wake-up counts (the `lock-count` feature): see `msgr_core::sync`.
+#[cfg(feature = "lock-count")]
+pub use msgr_core::sync;
 pub use msgr_core::{admin, config, event, message, messenger, proto, stack};
 
 // The Rust blocks of the README ("Embedding msgr") are doc tests of this crate, so the

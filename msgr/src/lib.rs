@@ -92,4 +92,8 @@ pub mod message;
 pub mod messenger;
 pub mod proto;
 pub mod stack;
+// Public only with `lock-count`, for its counters; otherwise crate-internal helpers.
+#[cfg(feature = "lock-count")]
+pub mod sync;
+#[cfg(not(feature = "lock-count"))]
 pub(crate) mod sync;

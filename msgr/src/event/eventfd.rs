@@ -40,12 +40,16 @@ impl EventFd {
     ///
     /// A full counter (`EAGAIN`) is success: the descriptor is already readable, and
     /// the reader only cares that it was signalled, not how often.
+    #[cfg_attr(feature = "lock-count", track_caller)]
     pub fn notify(&self) -> io::Result<()> {
         self.add(1)
     }
 
     /// Adds `n` to the counter; `EAGAIN` (it would overflow) counts as success.
+    #[cfg_attr(feature = "lock-count", track_caller)]
     pub(crate) fn add(&self, n: u64) -> io::Result<()> {
+        // Counted at the caller's line (with `lock-count`): who woke the worker.
+        crate::sync::woke(crate::sync::Kind::EventFd);
         loop {
             match (&self.file).write(&n.to_ne_bytes()) {
                 Ok(8) => return Ok(()),

@@ -27,6 +27,7 @@ pub use eventfd::EventFd;
 pub use polling::{CompletionSource, PollingDriver};
 pub use ready::{Parker, Readiness, Registration, Token};
 
+use crate::sync;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -36,7 +37,7 @@ use std::ops::{BitAnd, BitOr, BitOrAssign, Sub};
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 /// A set of readiness directions.
@@ -234,10 +235,11 @@ struct ExternalQueue<C: 'static> {
 }
 
 impl<C: 'static> Shared<C> {
+    #[cfg_attr(feature = "lock-count", track_caller)]
     fn lock(&self) -> MutexGuard<'_, ExternalQueue<C>> {
         // The lock is never held while user code runs, so a poisoned lock only means a
         // panic (e.g. allocation failure) in a push or take, which leaves it consistent.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+        sync::lock(&self.queue)
     }
 }
 

@@ -19,11 +19,12 @@ use std::fmt;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::driver::Waker;
 use super::eventfd::EventFd;
 use super::{EventSource, FiredEvent, IdMap, Interest};
+use crate::sync;
 
 /// Names a socket that reports readiness through a [`Readiness`] rather than a
 /// descriptor. Unique within its `Readiness` and never reused.
@@ -101,12 +102,16 @@ impl Parker {
     /// Wakes the driver only if it is parked; used by readiness posts, whose work the
     /// driver sees anyway while it runs (so a post from the worker's own thread, or
     /// while the worker is busy, costs no system call).
+    // why track_caller: the count of the eventfd write is put on the line that asked for
+    // the wake (a submit's `wake`, a readiness post), not on this one.
+    #[cfg_attr(feature = "lock-count", track_caller)]
     fn wake_if_parked(&self) {
         if self.sleeping.swap(false, Ordering::SeqCst) {
             self.write_efd();
         }
     }
 
+    #[cfg_attr(feature = "lock-count", track_caller)]
     fn write_efd(&self) {
         self.wakes.fetch_add(1, Ordering::Relaxed);
         // Cannot fail for an eventfd we own (a full counter counts as success).
@@ -201,9 +206,10 @@ impl Readiness {
         }
     }
 
+    #[cfg_attr(feature = "lock-count", track_caller)]
     fn lock(&self) -> MutexGuard<'_, Table> {
         // Nothing runs under this lock but the table's own updates.
-        self.inner.table.lock().unwrap_or_else(PoisonError::into_inner)
+        sync::lock(&self.inner.table)
     }
 
     /// A new token, not ready and not watched yet.
@@ -252,6 +258,8 @@ impl Readiness {
     }
 
     /// Applies `f` to the entry of `token`; true if the token started firing.
+    // why track_caller: the lock is counted on `set` or `set_interest`, whichever posted.
+    #[cfg_attr(feature = "lock-count", track_caller)]
     fn update(&self, token: Token, f: impl FnOnce(&mut Entry)) -> bool {
         let mut guard = self.lock();
         let t = &mut *guard;

@@ -37,6 +37,7 @@ use super::dispatch::Throttle;
 use crate::config::Config;
 use crate::message::Message;
 use crate::proto::entity::EntityType;
+use crate::sync;
 
 /// Longest delay ever applied, whatever `ms_inject_delay_max` says.
 // why: keeps `Instant + delay` far from overflow; a message held for a day is
@@ -207,8 +208,9 @@ struct Shared<T> {
 }
 
 impl<T> Shared<T> {
+    #[cfg_attr(feature = "lock-count", track_caller)]
     fn lock(&self) -> MutexGuard<'_, State<T>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.state)
     }
 }
 
@@ -324,7 +326,7 @@ impl<T: Send + 'static> DelayQueue<T> {
         // The thread sleeps until the earliest deadline; only a new earliest
         // one needs to wake it.
         if earliest {
-            self.shared.cond.notify_one();
+            sync::notify_one(&self.shared.cond);
         }
         Ok(())
     }
@@ -382,7 +384,7 @@ impl<T: Send + 'static> DelayQueue<T> {
             let thread = std::mem::replace(&mut s.thread, Thread::Joined);
             (std::mem::take(&mut s.heap), thread)
         };
-        self.shared.cond.notify_all();
+        sync::notify_all(&self.shared.cond);
         // Dropped outside the lock: an item's drop may run arbitrary code.
         drop(left);
         if let Thread::Running(t) = thread {
@@ -412,8 +414,8 @@ fn run<T>(shared: &Arc<Shared<T>>, sink: &(dyn Fn(T, Released<T>) + Send + Sync)
                 let now = Instant::now();
                 match s.heap.peek().map(|top| top.due) {
                     Some(due) if due <= now => break take_due(&mut s.heap, now),
-                    Some(due) => s = shared.cond.wait_timeout(s, due - now).unwrap_or_else(|e| e.into_inner()).0,
-                    None => s = shared.cond.wait(s).unwrap_or_else(|e| e.into_inner()),
+                    Some(due) => s = sync::wait_timeout(&shared.cond, s, due - now),
+                    None => s = sync::wait(&shared.cond, s),
                 }
             }
         };

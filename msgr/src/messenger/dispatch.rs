@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 
 use super::connection::ConnectionRef;
 use crate::message::Message;
+use crate::sync;
 
 /// Receives messages and connection events from a messenger.
 ///
@@ -145,7 +146,7 @@ impl PanicLog {
         // Whatever debug_ms says (Ceph's level 0): a bug in the daemon's own code.
         tracing::error!(target: "msgr", callback, conn = conn_id, %message, "a dispatcher callback panicked: caught; its \
             message is consumed, the connection and the threads carry on");
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(DispatchPanic { callback, conn_id, message });
+        *sync::lock(&self.last) = Some(DispatchPanic { callback, conn_id, message });
         // Counted after `last` is set, so whoever sees the count sees this panic's text.
         self.count.fetch_add(1, AtOrd::Release);
     }
@@ -157,7 +158,7 @@ impl PanicLog {
 
     /// The last panic caught.
     pub(crate) fn last(&self) -> Option<DispatchPanic> {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        sync::lock(&self.last).clone()
     }
 }
 
@@ -248,7 +249,7 @@ impl Throttle {
     /// Runs `wake` once the throttle has room. Returns false (and does not keep
     /// `wake`) if there is room already, so the caller just carries on.
     pub(crate) fn wait(&self, wake: Box<dyn FnOnce() + Send>) -> bool {
-        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = sync::lock(&self.waiters);
         if !self.is_full() {
             return false;
         }
@@ -266,7 +267,7 @@ impl Throttle {
 
     fn wake_all(&self) {
         let list = {
-            let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            let mut w = sync::lock(&self.waiters);
             self.has_waiters.store(false, AtOrd::Release);
             std::mem::take(&mut *w)
         };
@@ -310,6 +311,9 @@ struct QueueState {
     heap: BinaryHeap<Item>,
     order: u64,
     stop: bool,
+    /// The dispatch thread waits on `cond`: set by it (under the lock) just before it
+    /// waits, cleared by the first push that sees it, which is the one that notifies.
+    sleeping: bool,
 }
 
 /// The list of dispatchers, shared by the queue and the workers' fast path.
@@ -330,7 +334,7 @@ impl DispatchQueue {
     /// A queue delivering to `dispatchers`, throttled by `throttle`.
     pub(crate) fn new(dispatchers: DispatcherList, throttle: Arc<Throttle>) -> Arc<Self> {
         Arc::new(DispatchQueue {
-            state: Mutex::new(QueueState { heap: BinaryHeap::new(), order: 0, stop: false }),
+            state: Mutex::new(QueueState { heap: BinaryHeap::new(), order: 0, stop: false, sleeping: false }),
             cond: Condvar::new(),
             throttle,
             dispatchers,
@@ -354,13 +358,14 @@ impl DispatchQueue {
         &self.panics
     }
 
+    #[cfg_attr(feature = "lock-count", track_caller)]
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.state)
     }
 
     /// Starts the dispatch thread (idempotent).
     pub(crate) fn start(self: &Arc<Self>, name: &str) -> std::io::Result<()> {
-        let mut t = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = sync::lock(&self.thread);
         if t.is_some() {
             return Ok(());
         }
@@ -391,8 +396,15 @@ impl DispatchQueue {
         s.order += 1;
         let order = s.order;
         s.heap.push(Item { priority, order, con, kind });
+        // why: only a sleeping thread needs a notify (a busy one looks at the heap,
+        // under this lock, before it waits again), and std's notify is a futex_wake
+        // system call even when nobody waits: a burst that arrives while the thread
+        // works costs no system call, one that finds it asleep costs one.
+        let wake = std::mem::take(&mut s.sleeping);
         drop(s);
-        self.cond.notify_one();
+        if wake {
+            sync::notify_one(&self.cond);
+        }
     }
 
     /// Items waiting.
@@ -412,12 +424,12 @@ impl DispatchQueue {
                 self.throttle.put(size);
             }
         }
-        self.cond.notify_all();
+        sync::notify_all(&self.cond);
     }
 
     /// Joins the dispatch thread (after [`DispatchQueue::stop`]).
     pub(crate) fn join(&self) {
-        let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let t = sync::lock(&self.thread).take();
         if let Some(t) = t {
             if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();
@@ -436,7 +448,11 @@ impl DispatchQueue {
                     if let Some(it) = s.heap.pop() {
                         break it;
                     }
-                    s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+                    // Set and waited on under the lock: a push either comes before
+                    // (and the heap is not empty above) or sees the flag and notifies.
+                    s.sleeping = true;
+                    s = sync::wait(&self.cond, s);
+                    s.sleeping = false;
                 }
             };
             self.deliver(item);
@@ -444,7 +460,7 @@ impl DispatchQueue {
     }
 
     fn deliver(&self, item: Item) {
-        let list: Vec<Arc<dyn Dispatcher>> = self.dispatchers.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let list: Vec<Arc<dyn Dispatcher>> = sync::read(&self.dispatchers).clone();
         let con = &item.con;
         let (p, id) = (&self.panics, con.id());
         match item.kind {
@@ -544,6 +560,77 @@ mod tests {
         let log = PanicLog::default();
         let r = log.call("ms_dispatch", 1, || std::panic::panic_any(Bomb));
         assert_eq!((r, log.count()), (None::<()>, 1));
+    }
+
+    /// Records the tids it is handed; holds the first one until the test releases it.
+    struct Gate {
+        entered: std::sync::mpsc::Sender<()>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+        got: std::sync::mpsc::Sender<u64>,
+    }
+
+    impl Dispatcher for Gate {
+        fn ms_dispatch(&self, _con: &ConnectionRef, m: &Message) -> bool {
+            if m.tid == 1 {
+                let _ = self.entered.send(());
+                let _ = sync::lock(&self.release).recv();
+            }
+            let _ = self.got.send(m.tid);
+            true
+        }
+    }
+
+    #[test]
+    fn a_push_notifies_only_a_sleeping_dispatch_thread_and_none_is_lost() {
+        use crate::messenger::Stack;
+        use crate::proto::EntityAddrVec;
+        use crate::stack::mem::{MemNetwork, MemStack};
+        use std::sync::mpsc::channel;
+        use std::time::{Duration, Instant};
+
+        // A connection needs a worker to belong to; nothing is sent on it.
+        let stack = Stack::start(Arc::new(MemStack::new(MemNetwork::new())), 1).unwrap();
+        let con = super::super::Connection::new(
+            1,
+            None,
+            EntityAddrVec::default(),
+            true,
+            stack.least_loaded(),
+            std::sync::Weak::new(),
+            0,
+        );
+        let (entered_tx, entered) = channel();
+        let (release, release_rx) = channel();
+        let (got_tx, got) = channel();
+        let gate = Gate { entered: entered_tx, release: Mutex::new(release_rx), got: got_tx };
+        let list: DispatcherList = Arc::new(RwLock::new(vec![Arc::new(gate) as Arc<dyn Dispatcher>]));
+        let q = DispatchQueue::new(list, Arc::new(Throttle::new(0)));
+        q.start("test").unwrap();
+        let msg = |tid| Message::new(1, bytes::Bytes::new()).with_tid(tid);
+        let patience = Duration::from_secs(10);
+
+        q.enqueue(Arc::clone(&con), msg(1), 0);
+        entered.recv_timeout(patience).expect("the first message reaches the dispatcher");
+        // The thread is busy in the callback: a burst leaves it un-notified.
+        for tid in 2..=10 {
+            q.enqueue(Arc::clone(&con), msg(tid), 0);
+            assert!(!q.lock().sleeping, "a busy dispatch thread is not asleep");
+        }
+        release.send(()).unwrap();
+        let burst: Vec<u64> = (1..=10).map(|_| got.recv_timeout(patience).expect("the burst is delivered")).collect();
+        assert_eq!(burst, (1..=10).collect::<Vec<_>>());
+
+        // Once the queue is empty the thread sleeps; a push then must wake it.
+        let give_up = Instant::now() + patience;
+        while !q.lock().sleeping {
+            assert!(Instant::now() < give_up, "the idle dispatch thread never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        q.enqueue(Arc::clone(&con), msg(11), 0);
+        assert_eq!(got.recv_timeout(patience), Ok(11), "a message pushed to a sleeping thread is delivered");
+        q.stop();
+        q.join();
+        stack.shutdown();
     }
 
     #[test]

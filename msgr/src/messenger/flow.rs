@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::error::ConnError;
 use crate::proto::reconnect::Done;
-use crate::sync::lock;
+use crate::sync::{self, lock};
 
 /// How a tracked message left its connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +73,7 @@ impl Slot {
     fn resolve(&self, outcome: Outcome) {
         let prev = std::mem::replace(&mut *lock(&self.state), SlotState::Done(outcome));
         if let SlotState::Polled(w) = prev {
+            sync::woke(sync::Kind::TaskWake);
             w.wake();
         }
     }
@@ -296,6 +297,7 @@ impl Flow {
             (std::mem::take(&mut w.room), ready)
         };
         for r in room {
+            sync::woke(sync::Kind::TaskWake);
             r.wake();
         }
         for (slot, outcome) in ready {
@@ -313,6 +315,7 @@ impl Flow {
             (std::mem::take(&mut w.room), std::mem::take(&mut w.acks))
         };
         for r in room {
+            sync::woke(sync::Kind::TaskWake);
             r.wake();
         }
         for (_, slot) in acks {

@@ -76,7 +76,7 @@ const MAX_CONTROL_FRAME: usize = 1 << 20;
 /// How long `bind` / `shutdown` wait for a worker before giving up.
 const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
-use crate::sync::lock;
+use crate::sync::{self, lock};
 
 /// Messenger settings taken from the config once, at creation.
 #[derive(Clone, Debug)]
@@ -175,7 +175,7 @@ impl MsgrInner {
     fn session_config(&self) -> SessionConfig {
         SessionConfig {
             my_name: self.name,
-            my_addrs: self.my_addrs.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            my_addrs: sync::read(&self.my_addrs).clone(),
             nonce: self.nonce,
             features_supported: CEPH_FEATURES_ALL,
             limits: self.settings.limits,
@@ -187,10 +187,10 @@ impl MsgrInner {
     }
 
     pub(crate) fn server_session(&self, peer: SocketAddr) -> Session {
-        let policies = self.policies.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let policies = sync::read(&self.policies).clone();
         let policy_for: PolicyFn = Arc::new(move |t| policies.get(t).session());
         let first_gid = self.next_global_id.fetch_add(1, Ordering::Relaxed);
-        let auth: Box<dyn ServerAuth> = match &*self.server_auth.read().unwrap_or_else(|e| e.into_inner()) {
+        let auth: Box<dyn ServerAuth> = match &*sync::read(&self.server_auth) {
             Some(f) => f(first_gid),
             None => Box::new(NoneServerAuth::new(first_gid)),
         };
@@ -222,7 +222,7 @@ impl MsgrInner {
     }
 
     fn client_auth(&self, peer_type: EntityType) -> Box<dyn ClientAuth> {
-        match &*self.client_auth.read().unwrap_or_else(|e| e.into_inner()) {
+        match &*sync::read(&self.client_auth) {
             Some(f) => f(peer_type),
             None => Box::new(NoneClientAuth::new(self.auth_name.clone(), 0)),
         }
@@ -239,11 +239,11 @@ impl MsgrInner {
     }
 
     pub(crate) fn policy_for(&self, ty: EntityType) -> Policy {
-        self.policies.read().unwrap_or_else(|e| e.into_inner()).get(ty)
+        sync::read(&self.policies).get(ty)
     }
 
     pub(crate) fn my_addrs(&self) -> EntityAddrVec {
-        self.my_addrs.read().unwrap_or_else(|e| e.into_inner()).clone()
+        sync::read(&self.my_addrs).clone()
     }
 
     /// The connection registered for a peer's addresses, if any.
@@ -282,7 +282,7 @@ impl MsgrInner {
 
     pub(crate) fn learned_addr(&self, seen_as: &EntityAddr) {
         let Some(sa) = seen_as.addr else { return };
-        let mut mine = self.my_addrs.write().unwrap_or_else(|e| e.into_inner());
+        let mut mine = sync::write(&self.my_addrs);
         if mine.0.is_empty() {
             // An unbound client: remember the IP it is seen at, port 0, like Ceph's learned_addr.
             mine.0.push(EntityAddr { ty: AddrType::Any, nonce: self.nonce, addr: Some(SocketAddr::new(sa.ip(), 0)) });
@@ -305,7 +305,7 @@ impl MsgrInner {
         // connection the worker serves.
         let (panics, id) = (self.dispatch_queue.panic_log(), conn.id());
         let fast = {
-            let list = self.dispatchers.read().unwrap_or_else(|e| e.into_inner());
+            let list = sync::read(&self.dispatchers);
             // A panic is a "no": the message goes on to the next dispatcher or the queue.
             list.iter()
                 .find(|d| panics.call("ms_can_fast_dispatch", id, || d.ms_can_fast_dispatch(&m)).unwrap_or(false))
@@ -509,39 +509,39 @@ impl Messenger {
 
     /// Sets the policy for peers of type `ty`.
     pub fn set_policy(&self, ty: EntityType, p: Policy) {
-        self.inner.policies.write().unwrap_or_else(|e| e.into_inner()).set(ty, p);
+        sync::write(&self.inner.policies).set(ty, p);
     }
 
     /// Sets the policy for peer types without their own.
     pub fn set_default_policy(&self, p: Policy) {
-        self.inner.policies.write().unwrap_or_else(|e| e.into_inner()).set_default(p);
+        sync::write(&self.inner.policies).set_default(p);
     }
 
     /// The policy for peers of type `ty`.
     pub fn policy(&self, ty: EntityType) -> Policy {
-        self.inner.policies.read().unwrap_or_else(|e| e.into_inner()).get(ty)
+        sync::read(&self.inner.policies).get(ty)
     }
 
     /// Chooses how outgoing connections authenticate (default: `auth none` as our auth
     /// name). Applies to connections dialled afterwards.
     pub fn set_client_auth(&self, f: ClientAuthFactory) {
-        *self.inner.client_auth.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
+        *sync::write(&self.inner.client_auth) = Some(f);
     }
 
     /// Sets how accepted connections authenticate their clients (default: `auth
     /// none`). Connections accepted afterwards use it.
     pub fn set_server_auth(&self, f: ServerAuthFactory) {
-        *self.inner.server_auth.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
+        *sync::write(&self.inner.server_auth) = Some(f);
     }
 
     /// Adds a dispatcher that sees messages before the existing ones.
     pub fn add_dispatcher_head(&self, d: Arc<dyn Dispatcher>) {
-        self.inner.dispatchers.write().unwrap_or_else(|e| e.into_inner()).insert(0, d);
+        sync::write(&self.inner.dispatchers).insert(0, d);
     }
 
     /// Adds a dispatcher that sees messages after the existing ones.
     pub fn add_dispatcher_tail(&self, d: Arc<dyn Dispatcher>) {
-        self.inner.dispatchers.write().unwrap_or_else(|e| e.into_inner()).push(d);
+        sync::write(&self.inner.dispatchers).push(d);
     }
 
     fn on_worker<T: Send + 'static>(
@@ -581,7 +581,7 @@ impl Messenger {
             match self.listen_on(&workers, sa) {
                 Ok(bound) => {
                     let me = EntityAddr::msgr2(bound, self.inner.nonce);
-                    let mut mine = self.inner.my_addrs.write().unwrap_or_else(|e| e.into_inner());
+                    let mut mine = sync::write(&self.inner.my_addrs);
                     mine.0.retain(|a| a.ty != AddrType::Any);
                     mine.0.push(me.clone());
                     return Ok(me);

@@ -33,6 +33,7 @@ use super::authorizer::TicketStore;
 use super::encoding::{put_blob, DecodeError, Decoder};
 use super::entity::{AuthName, EntityType};
 use super::frames::{UTime, AUTH_CEPHX};
+use crate::sync;
 
 /// `CEPH_CRYPTO_NONE`: a key type with no cipher.
 pub const CEPH_CRYPTO_NONE: u16 = 0;
@@ -590,7 +591,7 @@ impl CephxClientAuth {
     /// ([`crate::proto::authorizer::CephxAuthorizerAuth`]) and the next monitor session.
     pub fn with_store(mut self, store: Arc<Mutex<TicketStore>>) -> Self {
         {
-            let held = store.lock().unwrap_or_else(|e| e.into_inner());
+            let held = sync::lock(&store);
             if held.global_id != 0 {
                 self.global_id = held.global_id;
             }
@@ -688,7 +689,7 @@ impl ClientAuth for CephxClientAuth {
         self.keep_tickets(reply.extra_tickets);
         self.global_id = global_id;
         if let Some(store) = &self.store {
-            let mut held = store.lock().unwrap_or_else(|e| e.into_inner());
+            let mut held = sync::lock(store);
             held.global_id = global_id;
             held.keep(self.tickets.iter().cloned());
         }

@@ -15,6 +15,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::sync;
 use bytes::Bytes;
 
 /// Size classes are multiples of this.
@@ -70,9 +71,10 @@ impl RxPool {
         RxPool { inner: Arc::new(Inner { max_idle, state: Mutex::new(State::default()) }) }
     }
 
+    #[cfg_attr(feature = "lock-count", track_caller)]
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock leaves only a list of spare buffers behind.
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.inner.state)
     }
 
     /// A buffer of exactly `len` bytes (contents unspecified: a reused buffer holds an
@@ -103,7 +105,7 @@ impl RxPool {
 impl Inner {
     fn give_back(&self, vec: Vec<u8>) {
         let cap = vec.len();
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = sync::lock(&self.state);
         if st.idle_bytes + cap > self.max_idle {
             return;
         }

@@ -25,6 +25,7 @@ use super::cephx::{
 use super::encoding::{DecodeError, Decoder};
 use super::entity::{AuthName, EntityType};
 use super::frames::{UTime, AUTH_CEPHX, CON_MODE_SECURE};
+use crate::sync;
 
 /// Most rotating secrets a reply may carry (Ceph keeps three per service).
 const MAX_ROTATING: usize = 16;
@@ -222,7 +223,7 @@ impl CephxServerAuth {
         }
         let ticket = TicketBlob::decode(&mut d)?;
         let secret = {
-            let held = self.secrets.read().unwrap_or_else(|e| e.into_inner());
+            let held = sync::read(&self.secrets);
             if held.is_empty() {
                 return Err(AuthorizerError::NoSecrets);
             }

@@ -23,7 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::{ConnectedSocket, ServerSocket, SocketFactory, SocketOptions, StackBackend, WorkerNet};
@@ -77,7 +77,7 @@ pub struct MemConnInfo {
 
 type FaultHook = dyn Fn(&MemConnInfo) -> (FaultPlan, FaultPlan) + Send + Sync + 'static;
 
-use crate::sync::lock;
+use crate::sync::{self, lock};
 
 /// A simulated network shared by every worker (and every messenger) of a test.
 pub struct MemNetwork {
@@ -140,12 +140,12 @@ impl MemNetwork {
     /// the client→server plan and the server→client plan. Connections already made keep
     /// their plans. The hook runs on the connecting thread with no network lock held.
     pub fn set_fault_hook(&self, f: impl Fn(&MemConnInfo) -> (FaultPlan, FaultPlan) + Send + Sync + 'static) {
-        *self.hook.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(f));
+        *sync::write(&self.hook) = Some(Arc::new(f));
     }
 
     /// Removes the fault hook: later connections are perfect pipes.
     pub fn clear_fault_hook(&self) {
-        *self.hook.write().unwrap_or_else(PoisonError::into_inner) = None;
+        *sync::write(&self.hook) = None;
     }
 
     /// Breaks every open connection now, including ones not yet accepted, as
@@ -228,7 +228,7 @@ impl MemNetwork {
         // as a kernel reports the concrete destination on both ends.
         let info = MemConnInfo { index, client, server: addr };
         // Cloned out so that user code runs without any lock of ours held.
-        let hook = self.hook.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let hook = sync::read(&self.hook).clone();
         let plans = match hook {
             Some(h) => h(&info),
             None => (FaultPlan::default(), FaultPlan::default()),

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use super::{SocketFactory, StackBackend};
 use crate::event::{EventCenter, Submitter};
+use crate::sync;
 
 /// A closure run on a worker thread.
 pub type WorkerTask<C> = Box<dyn FnOnce(&mut C, &mut EventCenter<C>) + Send>;
@@ -230,7 +231,7 @@ impl<C: WorkerContext> NetworkStack<C> {
             // An empty task wakes the worker so it sees the stop flag now.
             w.submit(Box::new(|_, _| {}));
         }
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let threads = std::mem::take(&mut *sync::lock(&self.threads));
         for t in threads {
             if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();
@@ -292,7 +293,7 @@ pub(crate) fn get_or_start<C: WorkerContext>(
     make: impl FnOnce() -> io::Result<Arc<dyn StackBackend>>,
 ) -> io::Result<Arc<NetworkStack<C>>> {
     let reg = REGISTRY.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut map = reg.lock().unwrap_or_else(|e| e.into_inner());
+    let mut map = sync::lock(reg);
     let key = (name, TypeId::of::<C>());
     if let Some(s) = map.get(&key).and_then(|b| b.downcast_ref::<Weak<NetworkStack<C>>>()).and_then(Weak::upgrade) {
         return Ok(s);
