@@ -409,6 +409,12 @@ impl Connection {
         self.schedule();
     }
 
+    /// Puts back a mark-down a flush took but leaves to a later flush.
+    pub(crate) fn defer_mark_down(&self) {
+        lock(&self.outbox).mark_down = true;
+        self.schedule();
+    }
+
     fn schedule(&self) {
         if !self.scheduled.swap(true, Ordering::AcqRel) {
             let id = self.id;

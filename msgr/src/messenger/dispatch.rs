@@ -223,6 +223,11 @@ impl Throttle {
         self.waits.load(AtOrd::Relaxed)
     }
 
+    /// Bytes that may still be taken before readers must stop; `None`: no limit.
+    pub fn room(&self) -> Option<u64> {
+        (self.max != 0).then(|| self.max.saturating_sub(self.current()))
+    }
+
     /// True while readers must stop.
     pub fn is_full(&self) -> bool {
         self.max != 0 && self.current() >= self.max

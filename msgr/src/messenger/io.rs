@@ -47,6 +47,8 @@ const READ_BUDGET: usize = 1 << 20;
 /// next read (see `do_read`), so replies still go out in batches of at most this much
 /// input. It is per worker, not per connection: an idle connection holds none of it.
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
+/// The least a read takes, however little room the dispatch throttle has left.
+const MIN_READ: usize = 8 * 1024;
 /// Messages of one read delivered before the replies they produced are written.
 const FLUSH_EVERY: usize = 32;
 /// Most bytes framed ahead of the socket per flush; bounds memory per connection.
@@ -338,6 +340,14 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         // once, so a read costs no allocation or zeroing and an idle connection no
         // memory; a userspace TCP appends to the session's stream buffer (its one
         // copy); RDMA hands up its registered chunks (none).
+        // A read takes no more than the dispatch throttle has room for, so that a full
+        // throttle is overshot by about a message, not by a whole read's worth.
+        let chunk = lc
+            .handle
+            .msgr
+            .throttle
+            .room()
+            .map_or(READ_CHUNK, |r| usize::try_from(r).unwrap_or(READ_CHUNK).clamp(MIN_READ, READ_CHUNK));
         // In a deep pipeline a kernel socket reads straight into the stream buffer too:
         // reads are full, so the buffer's room is used, and the scratch copy is saved.
         let r = match (lc.io.recv_mode, lc.io.deep) {
@@ -346,17 +356,17 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
                     let offered = buf.len();
                     lc.io.socket.read(buf).map(|n| Got::Direct(n, offered))
                 }
-                None => lc.io.socket.read(&mut local.rx_scratch).map(Got::Scratch),
+                None => lc.io.socket.read(&mut local.rx_scratch[..chunk]).map(Got::Scratch),
             },
             (RecvMode::Slice, true) | (RecvMode::Append, _) => {
                 // An appending stack sizes its own reads.
-                let room = if lc.io.recv_mode == RecvMode::Slice { READ_CHUNK } else { 0 };
+                let room = if lc.io.recv_mode == RecvMode::Slice { chunk } else { 0 };
                 match lc.session.read_target_with_room(room) {
                     ReadTarget::Large(buf) => {
                         let offered = buf.len();
                         lc.io.socket.read(buf).map(|n| Got::Direct(n, offered))
                     }
-                    ReadTarget::Stream(buf) => lc.io.socket.read_into(buf, READ_CHUNK).map(Got::Appended),
+                    ReadTarget::Stream(buf) => lc.io.socket.read_into(buf, chunk).map(Got::Appended),
                 }
             }
             (RecvMode::Owned, _) => lc.io.socket.recv_owned().map(Got::Owned),
@@ -396,8 +406,8 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
                 lc.session.commit_large_read(n);
                 (lc.session.handle_input(now), n == offered)
             }
-            Got::Scratch(n) => (lc.session.handle_bytes(now, &local.rx_scratch[..n]), n == local.rx_scratch.len()),
-            Got::Appended(n) => (lc.session.commit_read(now, n), n == READ_CHUNK),
+            Got::Scratch(n) => (lc.session.handle_bytes(now, &local.rx_scratch[..n]), n == chunk),
+            Got::Appended(n) => (lc.session.commit_read(now, n), n == chunk),
             Got::Owned(b) => (lc.session.handle_owned(now, b), false),
         };
         if !direct && lc.io.recv_mode == RecvMode::Slice {
@@ -417,8 +427,14 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         }
         // Replies go out every FLUSH_EVERY messages delivered, not only once the whole
         // read is handled: the peer starts on them while this side handles the rest.
+        let mut write_failed = None;
         while handle_session_events_upto(local, id, FLUSH_EVERY)? {
-            flush(local, center, id);
+            if write_failed.is_none() {
+                write_failed = flush_outbox(local, center, id, true).err();
+            }
+        }
+        if let Some(e) = write_failed {
+            return Err(e);
         }
         if drained {
             return Ok(());
@@ -674,13 +690,41 @@ fn drop_placeholder(p: &Owner) {
 
 /// Drains the connection's outbox into its session and writes what the session has.
 pub(crate) fn flush(local: &mut WorkerLocal, center: &mut Center, id: u64) {
-    let Some(lc) = local.ep.get_mut(id) else { return flush_parked(local, center, id) };
+    if local.ep.get_mut(id).is_none() {
+        return flush_parked(local, center, id);
+    }
+    match flush_outbox(local, center, id, false) {
+        Ok(Flushed::Written) => update_timer(local, center, id),
+        Ok(Flushed::MarkDown) => close_conn(local, center, id, None),
+        Err(e) => fault(local, center, id, e),
+    }
+}
+
+/// What [`flush_outbox`] did.
+enum Flushed {
+    /// Moved the outbox to the session and wrote what the socket took.
+    Written,
+    /// Found the connection marked down: nothing was sent.
+    MarkDown,
+}
+
+/// Moves a live connection's outbox into its session and writes. Between the messages
+/// of one read (`mid_read`), a mark-down is put back for the flush after the read,
+/// and the caller holds a write error until the read's messages are all delivered:
+/// closing or faulting there would drop messages the session decoded (and, lossless,
+/// counted as received) but the dispatchers never saw.
+fn flush_outbox(local: &mut WorkerLocal, center: &mut Center, id: u64, mid_read: bool) -> Result<Flushed, ConnError> {
+    let Some(lc) = local.ep.get_mut(id) else { return Ok(Flushed::Written) };
     lc.handle.conn.clear_scheduled();
     let mut msgs = std::mem::take(&mut local.tx_scratch);
     let out = lc.handle.conn.take_outbox(&mut msgs);
     if out.mark_down {
-        local.tx_scratch = recycled(msgs);
-        return close_conn(local, center, id, None);
+        if mid_read {
+            lc.handle.conn.defer_mark_down();
+        } else {
+            local.tx_scratch = recycled(msgs);
+            return Ok(Flushed::MarkDown);
+        }
     }
     if out.keepalive {
         lc.session.send_keepalive(now_utime());
@@ -696,10 +740,7 @@ pub(crate) fn flush(local: &mut WorkerLocal, center: &mut Center, id: u64) {
         lc.session.send_message(m);
     }
     local.tx_scratch = recycled(msgs);
-    if let Err(e) = do_write(local, center, id) {
-        return fault(local, center, id, e);
-    }
-    update_timer(local, center, id);
+    do_write(local, center, id).map(|()| Flushed::Written)
 }
 
 fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), ConnError> {
