@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::connection::{ConnState, Connection, ConnectionRef};
 use super::dispatch::ConnEvent;
@@ -39,16 +39,26 @@ use crate::stack::{ConnectedSocket, RecvMode, ServerSocket};
 
 /// Most bytes read per readable event before giving other connections a turn.
 const READ_BUDGET: usize = 1 << 20;
-/// Each worker's scratch buffer for reads: the most one read takes in, outside large
-/// frames. A deep pipeline is where the size shows: at 4 KiB × 512 in flight × 2
-/// connections on loopback, 8 KiB reads made 0.5 reads and 0.5 writes per message and
-/// reached 0.35× raw TCP's msgs/s; 64 KiB 0.58×, 256 KiB 0.73× (the raw echo reads
-/// 64 KiB). After a read that fills it the replies it produced are written before the
-/// next read (see `do_read`), so replies still go out in batches of at most this much
-/// input. It is per worker, not per connection: an idle connection holds none of it.
+/// What the first read of a readable connection takes when large frames (from 32 KiB,
+/// read into buffers of their own) arrive: little, so that the next one's preamble
+/// comes in with little of its payload and the rest is read straight into its buffer.
+pub(crate) const SCRATCH_SMALL: usize = 8 * 1024;
+/// The most one read takes. The first read of a readable connection goes into the
+/// worker's scratch buffer of this size and is copied into the session (an idle
+/// connection holds no read buffer of its own); once a read fills its buffer (a deep
+/// pipeline), the next ones go straight into the session's stream buffer, until one
+/// comes back short. At 4 KiB × 512 in flight × 2 connections on loopback, 8 KiB
+/// reads made 0.5 reads and 0.5 writes per message and reached 0.35× raw TCP's
+/// msgs/s; 64 KiB 0.58×, 256 KiB 0.73× through the scratch buffer, 0.8–0.9× with the
+/// deep reads in place. A first read of 8 KiB instead (then deep) woke the worker 2.5×
+/// as often and lost 10 %.
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
+/// Deep-pipeline read buffers a worker keeps for its connections (each about
+/// READ_CHUNK): as many connections of one worker as read deep at once without
+/// allocating.
+pub(crate) const DEEP_SPARES: usize = 4;
 /// The least a read takes, however little room the dispatch throttle has left.
-const MIN_READ: usize = 8 * 1024;
+const MIN_READ: usize = SCRATCH_SMALL;
 /// Messages of one read delivered before the replies they produced are written.
 const FLUSH_EVERY: usize = 32;
 /// Most bytes framed ahead of the socket per flush; bounds memory per connection.
@@ -72,6 +82,8 @@ pub struct ConnIo {
     // A kernel socket's last read filled the scratch buffer or the room it was given:
     // a deep pipeline, whose next read goes straight into the session's stream buffer.
     deep: bool,
+    // The last read met a large frame: the next first read takes SCRATCH_SMALL.
+    large: bool,
     // The session's copy counters when last added to the perf counters.
     copies_seen: CopyCounts,
     // `msgr_conn`: entered while this worker handles the connection (none at
@@ -251,6 +263,7 @@ fn install(
         timer: None,
         read_paused: false,
         deep: false,
+        large: false,
         copies_seen: CopyCounts::default(),
         span,
     };
@@ -356,9 +369,17 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
                     let offered = buf.len();
                     lc.io.socket.read(buf).map(|n| Got::Direct(n, offered))
                 }
-                None => lc.io.socket.read(&mut local.rx_scratch[..chunk]).map(Got::Scratch),
+                None => {
+                    let first = if lc.io.large { chunk.min(SCRATCH_SMALL) } else { chunk };
+                    lc.io.socket.read(&mut local.rx_scratch[..first]).map(Got::Scratch)
+                }
             },
             (RecvMode::Slice, true) | (RecvMode::Append, _) => {
+                if lc.io.deep && lc.session.wants_spare() {
+                    if let Some(b) = local.rx_spares.pop() {
+                        keep_spare(&mut local.rx_spares, lc.session.offer_spare(b));
+                    }
+                }
                 // An appending stack sizes its own reads.
                 let room = if lc.io.recv_mode == RecvMode::Slice { chunk } else { 0 };
                 match lc.session.read_target_with_room(room) {
@@ -378,7 +399,9 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         let got = match r {
             Ok(g) => g,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                lc.session.rx_idle();
+                lc.io.deep = false;
+                let spare = lc.session.rx_idle();
+                keep_spare(&mut local.rx_spares, spare);
                 return Ok(());
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -400,19 +423,24 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         count(&local.perf, &lc.handle.msgr, Counter::ReadCalls, 1);
         count(&local.perf, &lc.handle.msgr, Counter::RecvBytes, n as i64);
         let now = Instant::now();
+        let large_seen = lc.session.large_frames_seen();
         let direct = matches!(got, Got::Direct(..));
         let (handled, full) = match got {
             Got::Direct(n, offered) => {
                 lc.session.commit_large_read(n);
                 (lc.session.handle_input(now), n == offered)
             }
-            Got::Scratch(n) => (lc.session.handle_bytes(now, &local.rx_scratch[..n]), n == chunk),
+            Got::Scratch(n) => {
+                let offered = if lc.io.large { chunk.min(SCRATCH_SMALL) } else { chunk };
+                (lc.session.handle_bytes(now, &local.rx_scratch[..n]), n == offered)
+            }
             Got::Appended(n) => (lc.session.commit_read(now, n), n == chunk),
             Got::Owned(b) => (lc.session.handle_owned(now, b), false),
         };
         if !direct && lc.io.recv_mode == RecvMode::Slice {
             lc.io.deep = full;
         }
+        lc.io.large = direct || lc.session.large_frames_seen() != large_seen;
         count_session_copies(&local.perf, lc);
         // Acknowledgements (and a reset in a reconnect) in what was read finish
         // messages; a lossy session has neither.
@@ -423,7 +451,9 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         handled.map_err(ConnError::Protocol)?;
         let drained = !full && lc.io.socket.short_read_drains();
         if drained {
-            lc.session.rx_idle();
+            lc.io.deep = false;
+            let spare = lc.session.rx_idle();
+            keep_spare(&mut local.rx_spares, spare);
         }
         // Replies go out every FLUSH_EVERY messages delivered, not only once the whole
         // read is handled: the peer starts on them while this side handles the rest.
@@ -442,6 +472,16 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         let Some(lc) = local.ep.get_mut(id) else { return Ok(()) };
         if flush_between_reads(full, direct, lc.session.large_read_buf().is_some()) {
             flush(local, center, id);
+        }
+    }
+}
+
+/// Keeps a deep-pipeline read buffer a drained connection gave up, up to
+/// [`DEEP_SPARES`] per worker.
+fn keep_spare(spares: &mut Vec<BytesMut>, spare: Option<BytesMut>) {
+    if let Some(b) = spare {
+        if spares.len() < DEEP_SPARES {
+            spares.push(b);
         }
     }
 }

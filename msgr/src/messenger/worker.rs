@@ -52,6 +52,10 @@ pub struct WorkerLocal {
     pub(crate) perf: Arc<PerfCounters>,
     /// Where connections' reads land before their sessions take them in.
     pub(crate) rx_scratch: Box<[u8]>,
+    /// Deep-pipeline read buffers that drained connections gave up, for the next
+    /// connection that reads deep (at most [`super::io::DEEP_SPARES`]): kept by the
+    /// worker, not by each connection that was busy once.
+    pub(crate) rx_spares: Vec<bytes::BytesMut>,
     /// The connections [`WorkerContext::after_events`] is flushing (empty otherwise).
     flushing: Vec<u64>,
     /// A drained outbox queue, traded for a connection's full one on each flush.
@@ -70,6 +74,7 @@ impl WorkerContext for WorkerLocal {
             listeners: IdMap::default(),
             perf: Arc::new(PerfCounters::new()),
             rx_scratch: vec![0; super::io::READ_CHUNK].into_boxed_slice(),
+            rx_spares: Vec::new(),
             flushing: Vec::new(),
             tx_scratch: VecDeque::new(),
         }

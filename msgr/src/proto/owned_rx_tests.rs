@@ -663,8 +663,9 @@ fn a_drained_session_keeps_a_small_spare_but_not_a_deep_one() {
     let t0 = Instant::now();
     let mut s = ready_server(t0, 1 << 20, None);
     s.rx_spare = BytesMut::with_capacity(64 * 1024);
-    s.rx_idle();
+    assert!(s.rx_idle().is_none());
     assert!(s.rx_spare.capacity() >= 64 * 1024, "a small spare stays for the next read");
+    assert!(!s.wants_spare());
     // What a deep pipeline leaves: a 256 KiB read's buffer, which a message held when
     // the next read needed room.
     let ReadTarget::Stream(buf) = s.read_target_with_room(256 * 1024) else { panic!("no large frame") };
@@ -674,7 +675,17 @@ fn a_drained_session_keeps_a_small_spare_but_not_a_deep_one() {
     let held = messages(&mut s);
     s.rx_spare = std::mem::take(&mut s.rx);
     assert!(s.rx_spare.capacity() > 128 * 1024);
-    s.rx_idle();
+    let given_up = s.rx_idle().expect("the deep spare is given up");
+    assert!(given_up.capacity() > 128 * 1024);
     assert_eq!(s.rx_spare.capacity(), 0, "a deep pipeline's spare is not kept by a quiet connection");
+    // Another session (here the same) takes it for its next deep read and, once the
+    // message holding it is gone, reads into it without allocating.
+    assert!(s.wants_spare());
+    let at = given_up.as_ptr() as usize;
+    assert!(s.offer_spare(given_up).is_none());
+    assert!(s.offer_spare(BytesMut::with_capacity(1)).is_some(), "one spare at a time");
     drop(held);
+    s.rx = BytesMut::with_capacity(16);
+    let ReadTarget::Stream(buf) = s.read_target_with_room(256 * 1024) else { panic!("no large frame") };
+    assert_eq!(buf.as_ptr() as usize, at, "the offered spare was reused");
 }

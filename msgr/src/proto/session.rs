@@ -410,6 +410,8 @@ pub struct Session {
     rx_mark: Option<usize>,
     // Received bytes copied other than by the rope (which counts its own).
     rx_copied: u64,
+    // Changes whenever a large frame is found at the head of the stream buffer.
+    large_seen: u64,
     // Segment bytes copied while sealing in secure mode (the writer counts the rest).
     tx_sealed: u64,
     decoder: RxCodec,
@@ -489,6 +491,7 @@ impl Session {
             rx_fresh: false,
             rx_mark: None,
             rx_copied: 0,
+            large_seen: 0,
             tx_sealed: 0,
             decoder,
             tx_secure: None,
@@ -685,15 +688,41 @@ impl Session {
 
     /// Nothing more to read for now: an empty stream buffer is given back, so an idle
     /// session pins no receive memory.
-    pub fn rx_idle(&mut self) {
+    ///
+    /// A deep pipeline's spare read buffer is not kept either (thousands of connections
+    /// that were each busy once would hold them all): it is returned, for the caller to
+    /// share with other connections ([`Session::offer_spare`]) or drop.
+    pub fn rx_idle(&mut self) -> Option<BytesMut> {
         if self.rx.is_empty() && self.rx.capacity() > 0 {
             self.rx = BytesMut::new();
         }
-        // A deep pipeline's read buffers are not kept by a connection that went quiet:
-        // thousands of connections that were each busy once would hold them all.
-        if self.rx_spare.capacity() > SPARE_KEPT_IDLE {
-            self.rx_spare = BytesMut::new();
+        (self.rx_spare.capacity() > SPARE_KEPT_IDLE).then(|| std::mem::take(&mut self.rx_spare))
+    }
+
+    /// Changes whenever a frame of the size that gets its own buffer is found in the
+    /// stream buffer: a reader that just saw one can read less next time, so that the
+    /// next large frame's payload goes straight into its buffer rather than through the
+    /// stream buffer.
+    pub fn large_frames_seen(&self) -> u64 {
+        self.large_seen
+    }
+
+    /// Whether the session has no spare stream buffer, so that [`Session::offer_spare`]
+    /// would take one.
+    pub fn wants_spare(&self) -> bool {
+        self.rx_spare.capacity() == 0
+    }
+
+    /// Hands the session a spare stream buffer (one another session gave up in
+    /// [`Session::rx_idle`]) for its next read with room: used if no received message
+    /// still holds it, dropped otherwise. Returned if the session has a spare already.
+    pub fn offer_spare(&mut self, spare: BytesMut) -> Option<BytesMut> {
+        if !self.wants_spare() {
+            return Some(spare);
         }
+        self.rx_spare = spare;
+        self.rx_spare.clear();
+        None
     }
 
     /// Received bytes wait for the rest of their banner or frame.
@@ -973,6 +1002,9 @@ impl Session {
             return true;
         }
         let have = self.rx.len();
+        if large.is_some() {
+            self.large_seen = self.large_seen.wrapping_add(1);
+        }
         let Some(total) = large.filter(|&t| have < t) else { return false };
         let mut buf = self.large_buf(total);
         buf.as_mut_slice()[..have].copy_from_slice(&self.rx);
