@@ -253,22 +253,21 @@ fn check(name: &str, m: &Measured, locks: f64, wakeups: f64) {
 }
 
 // What a message costs on the fast-dispatch path over kernel TCP, at depth 1, where
-// every message is one loop iteration of the worker that reads it (6 locks, 12 per
-// round trip; lines as of this writing):
+// every message is one loop iteration of the worker that reads it (3 locks, 6 per
+// round trip):
 // - messenger/mod.rs `MsgrInner::deliver_now`: the dispatcher list's RwLock, read to
 //   find the fast dispatcher (the reading worker).
 // - messenger/connection.rs `Connection::queue`: the connection's outbox mutex, to
 //   append the reply (the worker, from fast dispatch).
-// - messenger/connection.rs `Connection::worker` (from `schedule`): the mutex around
-//   the connection's owning worker, to learn it is the current one (the worker).
-// - messenger/connection.rs `Connection::take_outbox`, twice: the flush at the end of
-//   the socket's event callback takes the reply; the flush `after_events` runs for the
-//   connection the reply scheduled finds the outbox empty.
-// - event/mod.rs `EventCenter::run_external_events`: the external-event queue's mutex,
-//   swapped once per loop iteration even when nothing was submitted.
+// - messenger/connection.rs `Connection::take_outbox`: the flush at the end of the
+//   socket's event callback takes the reply.
+// Gone since the counting began (12 per round trip then): the owning worker's mutex
+// in `schedule` (an atomic key says the sender is on it), the second `take_outbox` of
+// the flush `after_events` ran for a connection already flushed, and the external
+// queue's mutex on loop iterations with nothing submitted.
 // No wake-up: the reply is sent on the worker that read the request, and the peer's
 // worker is woken by its socket (epoll), not by us.
-const POSIX_DEPTH1_LOCKS: f64 = 12.0 + 0.5;
+const POSIX_DEPTH1_LOCKS: f64 = 6.0 + 0.5;
 
 #[test]
 fn posix_lossy_depth1() {
@@ -278,16 +277,15 @@ fn posix_lossy_depth1() {
 
 #[test]
 fn posix_lossless_depth1() {
-    // A lossless session takes no lock of its own for its acks: the same 12.
+    // A lossless session takes no lock of its own for its acks: the same 6.
     let m = measure(Net::Posix, true, 1, true);
     check("posix lossless depth 1", &m, POSIX_DEPTH1_LOCKS, 0.1);
 }
 
 // At depth 16 a worker's loop iteration carries a burst (8 round trips here): the
 // dispatcher-list read and the outbox append stay per message (4 per round trip); the
-// loop's four (two outbox takes, the worker look-up, the external queue) are shared by
-// the burst (0.5 per round trip as measured).
-const POSIX_DEPTH16_LOCKS: f64 = 4.5 + 0.5;
+// loop's outbox take is shared by the burst (0.12 per round trip as measured).
+const POSIX_DEPTH16_LOCKS: f64 = 4.12 + 0.4;
 
 #[test]
 fn posix_lossy_depth16() {
@@ -303,14 +301,14 @@ fn posix_lossless_depth16() {
 
 #[test]
 fn mem_lossy_depth1() {
-    // The 12 of the posix path, plus the in-memory stack's own per message (12 per
+    // The 6 of the posix path, plus the in-memory stack's own per message (12 per
     // round trip): the simulated connection's state mutex for the send and for two
     // reads (the message, then WouldBlock) in stack/mem.rs; the readiness table's
     // mutex (event/ready.rs) twice to post the peer's readability and its own, once
     // to collect what fires in the loop iteration. A post that finds the peer's worker
     // asleep writes its eventfd: at most one wake-up per message.
     let m = measure(Net::Mem, false, 1, true);
-    check("mem lossy depth 1", &m, 24.0 + 0.5, 2.0 + 0.1);
+    check("mem lossy depth 1", &m, 18.0 + 0.5, 2.0 + 0.1);
 }
 
 /// Messages of the echo handed to `ms_dispatch` on the messengers' dispatch threads

@@ -528,8 +528,12 @@ impl<C: 'static> EventCenter<C> {
     fn run_external_events(&mut self, ctx: &mut C) -> usize {
         // Clear the flag before taking the queue: a submit that misses this take sees
         // the flag clear (its push follows our take under the mutex, which follows this
-        // store) and wakes the driver, so its event runs in the next iteration.
-        self.shared.wake_pending.store(false, Ordering::SeqCst);
+        // swap) and wakes the driver, so its event runs in the next iteration. A flag
+        // found clear means no submit finished since the last take (each sets it after
+        // its push), so the queue's lock is not taken on every loop iteration.
+        if !self.shared.wake_pending.swap(false, Ordering::SeqCst) {
+            return 0;
+        }
         let mut batch = mem::take(&mut self.external);
         mem::swap(&mut batch, &mut self.shared.lock().events);
         let mut ran = 0;

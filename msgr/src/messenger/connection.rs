@@ -8,7 +8,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::error::ConnError;
@@ -140,6 +140,9 @@ pub struct Connection {
     // The worker that owns the connection's transport. A lossless session moves to the
     // worker of the transport a peer reconnects on, so this can change.
     worker: Mutex<Arc<Worker>>,
+    // `worker`'s key, so that a send on the owning worker's thread (a reply from fast
+    // dispatch) schedules its flush without taking the lock.
+    worker_key: AtomicU64,
     // What a new transport from the same peer is compared with (Ceph's "existing").
     pub(crate) existing: Mutex<Existing>,
     pub(crate) msgr: Weak<MsgrInner>,
@@ -177,6 +180,7 @@ impl Connection {
             outbox: Mutex::new(Outbox::default()),
             flow: Flow::new(send_limit),
             info: Mutex::new(Published { peer_addrs, ..Published::default() }),
+            worker_key: AtomicU64::new(worker.key()),
             worker: Mutex::new(worker),
             existing: Mutex::new(Existing::fresh()),
             msgr,
@@ -418,10 +422,20 @@ impl Connection {
     fn schedule(&self) {
         if !self.scheduled.swap(true, Ordering::AcqRel) {
             let id = self.id;
+            // A connection moving to another worker at this moment is the race a
+            // flush requested on the worker it left already handles (clear_scheduled).
+            if crate::stack::worker::is_current_key(self.worker_key.load(Ordering::Acquire)) {
+                return super::worker::schedule_local_flush(id);
+            }
             super::worker::schedule_flush(&self.worker(), id, || {
                 Box::new(move |local, center| super::io::flush(local, center, id))
             });
         }
+    }
+
+    /// Whether a flush was asked for since the last one began.
+    pub(crate) fn is_scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Acquire)
     }
 
     /// Called by the worker before it drains the outbox, so a send racing with the
@@ -443,6 +457,7 @@ impl Connection {
         let mut cur = lock(&self.worker);
         cur.sub_load();
         w.add_load();
+        self.worker_key.store(w.key(), Ordering::Release);
         *cur = w;
     }
 

@@ -94,6 +94,12 @@ impl WorkerContext for WorkerLocal {
                 break;
             }
             for &id in &ids {
+                // A connection flushed since this was scheduled (a reply sent from fast
+                // dispatch is written by the flush after the read that produced it)
+                // has nothing new unless someone scheduled it again.
+                if self.ep.get(id).is_some_and(|lc| !lc.handle.conn.is_scheduled()) {
+                    continue;
+                }
                 super::io::flush(self, center, id);
             }
             ids.clear();
@@ -112,9 +118,14 @@ impl WorkerContext for WorkerLocal {
 
 /// Asks `worker` to flush connection `conn` soon. From the worker's own thread this
 /// costs no wake-up: the flush happens before the worker waits again.
+/// Flushes `conn` once the current worker's events are handled; call on its worker.
+pub(crate) fn schedule_local_flush(conn: u64) {
+    PENDING.with(|p| p.borrow_mut().push(conn));
+}
+
 pub(crate) fn schedule_flush(worker: &Worker, conn: u64, task: impl FnOnce() -> Task) {
     if worker.is_current() {
-        PENDING.with(|p| p.borrow_mut().push(conn));
+        schedule_local_flush(conn);
     } else {
         worker.submit(task());
     }

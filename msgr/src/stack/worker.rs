@@ -121,6 +121,21 @@ impl<C: WorkerContext> WorkerShared<C> {
     pub(crate) fn is_current(&self) -> bool {
         CURRENT.with(|c| *c.borrow() == Some((self.stack_id, self.id)))
     }
+
+    /// This worker as one number, for an atomic that says which worker owns something
+    /// ([`is_current_key`]).
+    pub(crate) fn key(&self) -> u64 {
+        worker_key(self.stack_id, self.id)
+    }
+}
+
+fn worker_key(stack_id: usize, id: usize) -> u64 {
+    ((stack_id as u64) << 32) | (id as u64 & 0xFFFF_FFFF)
+}
+
+/// True when called from the thread of the worker whose [`WorkerShared::key`] is `key`.
+pub(crate) fn is_current_key(key: u64) -> bool {
+    CURRENT.with(|c| c.borrow().is_some_and(|(s, i)| worker_key(s, i) == key))
 }
 
 /// The worker of `workers` with the fewest connections (ties: lowest index). A stack
