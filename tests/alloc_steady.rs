@@ -14,14 +14,12 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use msgr::config::ConfigBuilder;
 use msgr::message::Message;
-use msgr::messenger::{ConnectionRef, Dispatcher, Messenger, Policy, Stack};
-use msgr::proto::{EntityAddrVec, EntityName, EntityType};
-use msgr::stack::mem::{MemNetwork, MemStack};
+use msgr::messenger::{ConnectionRef, Dispatcher};
+
+mod common;
+use common::echo_pair::{echo_pair, Net};
 
 // ------------------------------------------------------------------ counting allocator
 
@@ -108,7 +106,6 @@ const WARMUP: u64 = 2_000;
 const MEASURED: u64 = 10_000;
 /// Round trips traced after the measured ones (with `ALLOC_TRACE`).
 const TRACED: u64 = 200;
-const PATIENCE: Duration = Duration::from_secs(120);
 
 /// Sends every echo message back as it is.
 struct Server;
@@ -156,12 +153,6 @@ impl Dispatcher for Client {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Net {
-    Posix,
-    Mem,
-}
-
 /// One test at a time: the counter is process-wide.
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -172,34 +163,8 @@ fn serial() -> MutexGuard<'static, ()> {
 /// messengers, all threads).
 fn allocs_per_round_trip(net: Net, lossless: bool, depth: u64, size: usize) -> f64 {
     let _serial = serial();
-    let cfg = |entity: &str| {
-        ConfigBuilder::new(entity).set("ms_async_op_threads", "2").and_then(|b| b.build()).expect("test configuration")
-    };
-    let mut mem_stack = None;
-    let (server, client) = match net {
-        Net::Posix => (
-            msgr::new_messenger(&cfg("osd.0"), EntityName::new(EntityType::Osd, 0)).expect("server messenger"),
-            msgr::new_messenger(&cfg("client.admin"), EntityName::new(EntityType::Client, -1))
-                .expect("client messenger"),
-        ),
-        Net::Mem => {
-            let stack = Stack::start(Arc::new(MemStack::new(MemNetwork::new())), 2).expect("start the mem stack");
-            let s = Messenger::new(Arc::clone(&stack), EntityName::new(EntityType::Osd, 0), &cfg("osd.0"))
-                .expect("server messenger");
-            let c = Messenger::new(Arc::clone(&stack), EntityName::new(EntityType::Client, -1), &cfg("client.admin"))
-                .expect("client messenger");
-            mem_stack = Some(stack);
-            (s, c)
-        }
-    };
-    if lossless {
-        server.set_default_policy(Policy::lossless_peer(0));
-        client.set_default_policy(Policy::lossless_peer(0));
-    } else {
-        server.set_default_policy(Policy::stateless_server(0));
-        client.set_default_policy(Policy::lossy_client(0));
-    }
-    server.add_dispatcher_tail(Arc::new(Server));
+    let pair = echo_pair(net, lossless);
+    pair.server.add_dispatcher_tail(Arc::new(Server));
     let total = WARMUP + MEASURED + TRACED;
     let cd = Arc::new(Client {
         total,
@@ -208,27 +173,11 @@ fn allocs_per_round_trip(net: Net, lossless: bool, depth: u64, size: usize) -> f
         at_start: AtomicU64::new(0),
         at_end: AtomicU64::new(0),
     });
-    client.add_dispatcher_tail(cd.clone());
-    let addr = server.bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
-    let con = client.connect_to(EntityType::Osd, &EntityAddrVec::single(addr)).expect("connect_to");
-    let payload = Bytes::from(vec![0x5a; size]);
-    for i in 0..depth {
-        let m = Message::new(MSG_ECHO, Bytes::from_static(b"echo")).with_tid(i + 1).with_data(payload.clone());
-        con.send_message(m).expect("queue a request");
-    }
-    // Only watches an atomic while the window is open: this thread allocates nothing.
-    let deadline = Instant::now() + PATIENCE;
-    while cd.replies.load(Ordering::SeqCst) < total {
-        assert!(Instant::now() < deadline, "{net:?}: {} of {total} replies", cd.replies.load(Ordering::SeqCst));
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    pair.client.add_dispatcher_tail(cd.clone());
+    let con = pair.start(MSG_ECHO, depth, size);
+    pair.wait_for(total, || cd.replies.load(Ordering::SeqCst));
     let allocs = cd.at_end.load(Ordering::SeqCst) - cd.at_start.load(Ordering::SeqCst);
-    drop(con);
-    client.shutdown();
-    server.shutdown();
-    client.wait();
-    server.wait();
-    drop(mem_stack);
+    pair.close(con);
     let per = allocs as f64 / MEASURED as f64;
     println!(
         "{net:?} {} depth {depth} size {size}: {allocs} allocations in {MEASURED} round trips = {per:.3} per round trip",

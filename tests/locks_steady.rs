@@ -13,20 +13,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use msgr::config::ConfigBuilder;
 use msgr::message::Message;
-use msgr::messenger::{ConnectionRef, Dispatcher, Messenger, Policy, Stack};
-use msgr::proto::{EntityAddrVec, EntityName, EntityType};
-use msgr::stack::mem::{MemNetwork, MemStack};
+use msgr::messenger::{ConnectionRef, Dispatcher};
+
+mod common;
+use common::echo_pair::{echo_pair, Net};
 use msgr::sync::{Kind, SiteCount, SyncCounts};
 
 const MSG_ECHO: u16 = 0x7a11;
 const WARMUP: u64 = 2_000;
 const MEASURED: u64 = 10_000;
-const PATIENCE: Duration = Duration::from_secs(120);
 
 /// The counters at one instant: totals and every site.
 type Snapshot = (SyncCounts, Vec<SiteCount>);
@@ -104,12 +101,6 @@ impl Dispatcher for Client {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Net {
-    Posix,
-    Mem,
-}
-
 /// One test at a time under `cargo test` (nextest runs each in its own process): the
 /// counters are process-wide.
 fn serial() -> MutexGuard<'static, ()> {
@@ -156,34 +147,8 @@ fn window(start: &[SiteCount], end: &[SiteCount]) -> Vec<SiteCount> {
 /// Runs the echo and counts the measured window (both messengers, all threads).
 fn measure(net: Net, lossless: bool, depth: u64, fast: bool) -> Measured {
     let _serial = serial();
-    let cfg = |entity: &str| {
-        ConfigBuilder::new(entity).set("ms_async_op_threads", "2").and_then(|b| b.build()).expect("test configuration")
-    };
-    let mut mem_stack = None;
-    let (server, client) = match net {
-        Net::Posix => (
-            msgr::new_messenger(&cfg("osd.0"), EntityName::new(EntityType::Osd, 0)).expect("server messenger"),
-            msgr::new_messenger(&cfg("client.admin"), EntityName::new(EntityType::Client, -1))
-                .expect("client messenger"),
-        ),
-        Net::Mem => {
-            let stack = Stack::start(Arc::new(MemStack::new(MemNetwork::new())), 2).expect("start the mem stack");
-            let s = Messenger::new(Arc::clone(&stack), EntityName::new(EntityType::Osd, 0), &cfg("osd.0"))
-                .expect("server messenger");
-            let c = Messenger::new(Arc::clone(&stack), EntityName::new(EntityType::Client, -1), &cfg("client.admin"))
-                .expect("client messenger");
-            mem_stack = Some(stack);
-            (s, c)
-        }
-    };
-    if lossless {
-        server.set_default_policy(Policy::lossless_peer(0));
-        client.set_default_policy(Policy::lossless_peer(0));
-    } else {
-        server.set_default_policy(Policy::stateless_server(0));
-        client.set_default_policy(Policy::lossy_client(0));
-    }
-    server.add_dispatcher_tail(Arc::new(Server { fast }));
+    let pair = echo_pair(net, lossless);
+    pair.server.add_dispatcher_tail(Arc::new(Server { fast }));
     let total = WARMUP + MEASURED;
     let cd = Arc::new(Client {
         fast,
@@ -193,27 +158,11 @@ fn measure(net: Net, lossless: bool, depth: u64, fast: bool) -> Measured {
         at_start: Mutex::new(None),
         at_end: Mutex::new(None),
     });
-    client.add_dispatcher_tail(cd.clone());
-    let addr = server.bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
-    let con = client.connect_to(EntityType::Osd, &EntityAddrVec::single(addr)).expect("connect_to");
-    let payload = Bytes::from(vec![0x5a; 64]);
-    for i in 0..depth {
-        let m = Message::new(MSG_ECHO, Bytes::from_static(b"echo")).with_tid(i + 1).with_data(payload.clone());
-        con.send_message(m).expect("queue a request");
-    }
-    // Only sleeps and watches an atomic: this thread takes no lock of the library's.
-    let deadline = Instant::now() + PATIENCE;
-    while cd.replies.load(Ordering::SeqCst) < total {
-        assert!(Instant::now() < deadline, "{net:?}: {} of {total} replies", cd.replies.load(Ordering::SeqCst));
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    pair.client.add_dispatcher_tail(cd.clone());
+    let con = pair.start(MSG_ECHO, depth, 64);
+    pair.wait_for(total, || cd.replies.load(Ordering::SeqCst));
     let (start, end) = (slot(&cd.at_start).take(), slot(&cd.at_end).take());
-    drop(con);
-    client.shutdown();
-    server.shutdown();
-    client.wait();
-    server.wait();
-    drop(mem_stack);
+    pair.close(con);
     let (Some((c0, s0)), Some((c1, s1))) = (start, end) else {
         panic!("{net:?}: the window was not taken");
     };
