@@ -409,12 +409,13 @@ impl Connection {
         if let Some(m) = self.msgr.upgrade() {
             m.unregister(self);
         }
-        lock(&self.outbox).mark_down = true;
-        self.schedule();
+        self.queue_mark_down();
     }
 
-    /// Puts back a mark-down a flush took but leaves to a later flush.
-    pub(crate) fn defer_mark_down(&self) {
+    /// Asks the worker to close the connection at its next flush; also how a flush
+    /// between the messages of one read puts back a mark-down it took, for the flush
+    /// after the read.
+    pub(crate) fn queue_mark_down(&self) {
         lock(&self.outbox).mark_down = true;
         self.schedule();
     }

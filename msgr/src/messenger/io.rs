@@ -317,8 +317,8 @@ fn on_conn_event(local: &mut WorkerLocal, center: &mut Center, id: u64, mask: In
 enum Got {
     /// Into the large frame's own buffer (`n` bytes of `offered`).
     Direct(usize, usize),
-    /// Into the worker's scratch buffer.
-    Scratch(usize),
+    /// Into the worker's scratch buffer: bytes read, bytes offered.
+    Scratch(usize, usize),
     /// Appended to the session's stream buffer by the stack.
     Appended(usize),
     /// The stack's own buffer.
@@ -328,7 +328,7 @@ enum Got {
 impl Got {
     fn len(&self) -> usize {
         match self {
-            Got::Direct(n, _) | Got::Scratch(n) | Got::Appended(n) => *n,
+            Got::Direct(n, _) | Got::Scratch(n, _) | Got::Appended(n) => *n,
             Got::Owned(b) => b.len(),
         }
     }
@@ -370,8 +370,8 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
                     lc.io.socket.read(buf).map(|n| Got::Direct(n, offered))
                 }
                 None => {
-                    let first = if lc.io.large { chunk.min(SCRATCH_SMALL) } else { chunk };
-                    lc.io.socket.read(&mut local.rx_scratch[..first]).map(Got::Scratch)
+                    let offered = if lc.io.large { chunk.min(SCRATCH_SMALL) } else { chunk };
+                    lc.io.socket.read(&mut local.rx_scratch[..offered]).map(|n| Got::Scratch(n, offered))
                 }
             },
             (RecvMode::Slice, true) | (RecvMode::Append, _) => {
@@ -399,9 +399,7 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         let got = match r {
             Ok(g) => g,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                lc.io.deep = false;
-                let spare = lc.session.rx_idle();
-                keep_spare(&mut local.rx_spares, spare);
+                input_drained(lc, &mut local.rx_spares);
                 return Ok(());
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -430,10 +428,7 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
                 lc.session.commit_large_read(n);
                 (lc.session.handle_input(now), n == offered)
             }
-            Got::Scratch(n) => {
-                let offered = if lc.io.large { chunk.min(SCRATCH_SMALL) } else { chunk };
-                (lc.session.handle_bytes(now, &local.rx_scratch[..n]), n == offered)
-            }
+            Got::Scratch(n, offered) => (lc.session.handle_bytes(now, &local.rx_scratch[..n]), n == offered),
             Got::Appended(n) => (lc.session.commit_read(now, n), n == chunk),
             Got::Owned(b) => (lc.session.handle_owned(now, b), false),
         };
@@ -451,9 +446,7 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         handled.map_err(ConnError::Protocol)?;
         let drained = !full && lc.io.socket.short_read_drains();
         if drained {
-            lc.io.deep = false;
-            let spare = lc.session.rx_idle();
-            keep_spare(&mut local.rx_spares, spare);
+            input_drained(lc, &mut local.rx_spares);
         }
         // Replies go out every FLUSH_EVERY messages delivered, not only once the whole
         // read is handled: the peer starts on them while this side handles the rest.
@@ -474,6 +467,13 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
             flush(local, center, id);
         }
     }
+}
+
+/// The socket has nothing more to read for now: the pipeline is no longer deep, and
+/// the session gives up its idle buffers, a deep one to the worker.
+fn input_drained(lc: &mut LocalConn, spares: &mut Vec<BytesMut>) {
+    lc.io.deep = false;
+    keep_spare(spares, lc.session.rx_idle());
 }
 
 /// Keeps a deep-pipeline read buffer a drained connection gave up, up to
@@ -760,7 +760,7 @@ fn flush_outbox(local: &mut WorkerLocal, center: &mut Center, id: u64, mid_read:
     let out = lc.handle.conn.take_outbox(&mut msgs);
     if out.mark_down {
         if mid_read {
-            lc.handle.conn.defer_mark_down();
+            lc.handle.conn.queue_mark_down();
         } else {
             local.tx_scratch = recycled(msgs);
             return Ok(Flushed::MarkDown);

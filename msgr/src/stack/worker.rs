@@ -119,7 +119,7 @@ impl<C: WorkerContext> WorkerShared<C> {
 
     /// True when called from this worker's own thread.
     pub(crate) fn is_current(&self) -> bool {
-        CURRENT.with(|c| *c.borrow() == Some((self.stack_id, self.id)))
+        is_current_key(self.key())
     }
 
     /// This worker as one number, for an atomic that says which worker owns something
