@@ -428,9 +428,7 @@ impl Connection {
             if crate::stack::worker::is_current_key(self.worker_key.load(Ordering::Acquire)) {
                 return super::worker::schedule_local_flush(id);
             }
-            super::worker::schedule_flush(&self.worker(), id, || {
-                Box::new(move |local, center| super::io::flush(local, center, id))
-            });
+            super::worker::schedule_flush(&self.worker(), id);
         }
     }
 

@@ -12,6 +12,7 @@
 //! last one kept ([`DispatchPanic`]); the thread carries on with the next item.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -321,15 +322,166 @@ struct QueueState {
     sleeping: bool,
 }
 
-/// The list of dispatchers, shared by the queue and the workers' fast path.
-pub(crate) type DispatcherList = Arc<RwLock<Vec<Arc<dyn Dispatcher>>>>;
+/// The list of dispatchers, shared by the queue and the workers' fast path, and read
+/// for every message delivered: a reader takes no lock while the list has not changed
+/// since its thread last read it (see [`DispatcherList::with`]).
+pub(crate) struct DispatcherList {
+    /// Tells this list from any other in the process, in the per-thread cache.
+    id: u64,
+    /// Bumped after each change, once the new list is in place.
+    version: AtomicU64,
+    list: RwLock<Arc<[Arc<dyn Dispatcher>]>>,
+}
+
+/// Distinct ids for dispatcher lists (one per messenger).
+static LIST_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// The list a thread read last: whose, at which version, and the list itself.
+struct Seen {
+    id: u64,
+    version: u64,
+    list: Arc<[Arc<dyn Dispatcher>]>,
+}
+
+thread_local! {
+    // One entry: a worker or dispatch thread serves a single messenger, so it hits.
+    static SEEN: RefCell<Option<Seen>> = const { RefCell::new(None) };
+}
+
+impl DispatcherList {
+    /// An empty list.
+    pub(crate) fn new() -> Arc<Self> {
+        Self::of(Vec::new())
+    }
+
+    fn of(list: Vec<Arc<dyn Dispatcher>>) -> Arc<Self> {
+        Arc::new(DispatcherList {
+            id: LIST_IDS.fetch_add(1, AtOrd::Relaxed),
+            version: AtomicU64::new(0),
+            list: RwLock::new(list.into()),
+        })
+    }
+
+    /// Puts `d` first.
+    pub(crate) fn add_head(&self, d: Arc<dyn Dispatcher>) {
+        self.change(|l| l.insert(0, d));
+    }
+
+    /// Puts `d` last.
+    pub(crate) fn add_tail(&self, d: Arc<dyn Dispatcher>) {
+        self.change(|l| l.push(d));
+    }
+
+    fn change(&self, f: impl FnOnce(&mut Vec<Arc<dyn Dispatcher>>)) {
+        let mut cur = sync::write(&self.list);
+        let mut l = cur.to_vec();
+        f(&mut l);
+        *cur = l.into();
+        // Under the write lock, after the store: a reader that sees the new version and
+        // takes the read lock finds the new list.
+        self.version.fetch_add(1, AtOrd::Release);
+    }
+
+    /// Runs `f` on the current list. Lock-free (an atomic load and a thread-local
+    /// look-up) when this thread has read the list since it last changed; otherwise the
+    /// read lock is taken once and the thread remembers the result. No lock is held
+    /// while `f` runs: a dispatcher may add dispatchers or deliver again from inside.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&[Arc<dyn Dispatcher>]) -> R) -> R {
+        let version = self.version.load(AtOrd::Acquire);
+        let mut f = Some(f);
+        let hit = SEEN.try_with(|seen| {
+            let seen = seen.try_borrow().ok()?;
+            let s = seen.as_ref().filter(|s| s.id == self.id && s.version == version)?;
+            f.take().map(|f| f(&s.list))
+        });
+        if let Ok(Some(r)) = hit {
+            return r;
+        }
+        let list = Arc::clone(&*sync::read(&self.list));
+        // Remembered only if this thread is not inside a `with` of its own already
+        // (a busy cache is left as it is) and its thread-locals still exist.
+        let _ = SEEN.try_with(|seen| {
+            if let Ok(mut s) = seen.try_borrow_mut() {
+                *s = Some(Seen { id: self.id, version, list: Arc::clone(&list) });
+            }
+        });
+        match f {
+            Some(f) => f(&list),
+            None => unreachable!("`f` is taken only when it ran"),
+        }
+    }
+}
+
+thread_local! {
+    // While this thread delivers a burst (the messages of one read): whether a burst is
+    // open, and the queues whose sleeping thread it owes a notify. Kept with its
+    // capacity: a burst allocates nothing.
+    static BURST: RefCell<(bool, Vec<Arc<DispatchQueue>>)> = const { RefCell::new((false, Vec::new())) };
+}
+
+/// A burst of deliveries on this thread: a queue whose thread sleeps is notified once,
+/// when the burst ends (the guard drops), not by the first message of the burst, so
+/// the thread wakes to the whole burst instead of racing the worker one message at a
+/// time. Only the outermost of nested bursts counts.
+pub(crate) struct Burst {
+    outermost: bool,
+}
+
+impl Burst {
+    /// Opens a burst on this thread.
+    pub(crate) fn begin() -> Burst {
+        let outermost = BURST.try_with(|b| b.try_borrow_mut().is_ok_and(|mut b| !std::mem::replace(&mut b.0, true)));
+        Burst { outermost: outermost.unwrap_or(false) }
+    }
+
+    /// In a burst: remembers that `q`'s thread must be notified when it ends, and says
+    /// so. Outside one (or if the burst's list is busy): false, notify now.
+    fn owe(q: &Arc<DispatchQueue>) -> bool {
+        BURST
+            .try_with(|b| match b.try_borrow_mut() {
+                Ok(mut b) if b.0 => {
+                    if !b.1.iter().any(|o| Arc::ptr_eq(o, q)) {
+                        b.1.push(Arc::clone(q));
+                    }
+                    true
+                }
+                _ => false,
+            })
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Burst {
+    fn drop(&mut self) {
+        if !self.outermost {
+            return;
+        }
+        let _ = BURST.try_with(|b| {
+            // Taken out of the cell first: a notified thread's work cannot reach it, but
+            // no borrow is held across the notifies either way.
+            let mut owed = match b.try_borrow_mut() {
+                Ok(mut b) => {
+                    b.0 = false;
+                    std::mem::take(&mut b.1)
+                }
+                Err(_) => return,
+            };
+            for q in owed.drain(..) {
+                q.notify();
+            }
+            if let Ok(mut b) = b.try_borrow_mut() {
+                b.1 = owed;
+            }
+        });
+    }
+}
 
 /// Priority queue + one dispatch thread (Ceph's DispatchQueue).
 pub(crate) struct DispatchQueue {
     state: Mutex<QueueState>,
     cond: Condvar,
     throttle: Arc<Throttle>,
-    dispatchers: DispatcherList,
+    dispatchers: Arc<DispatcherList>,
     thread: Mutex<Option<JoinHandle<()>>>,
     // Panics of dispatcher callbacks, on this queue's thread and the workers' fast path.
     panics: PanicLog,
@@ -337,7 +489,7 @@ pub(crate) struct DispatchQueue {
 
 impl DispatchQueue {
     /// A queue delivering to `dispatchers`, throttled by `throttle`.
-    pub(crate) fn new(dispatchers: DispatcherList, throttle: Arc<Throttle>) -> Arc<Self> {
+    pub(crate) fn new(dispatchers: Arc<DispatcherList>, throttle: Arc<Throttle>) -> Arc<Self> {
         Arc::new(DispatchQueue {
             state: Mutex::new(QueueState { heap: BinaryHeap::new(), order: 0, stop: false, sleeping: false }),
             cond: Condvar::new(),
@@ -380,17 +532,17 @@ impl DispatchQueue {
     }
 
     /// Queues a message of `size` bytes (already taken from the throttle).
-    pub(crate) fn enqueue(&self, con: ConnectionRef, m: Message, size: u64) {
+    pub(crate) fn enqueue(self: &Arc<Self>, con: ConnectionRef, m: Message, size: u64) {
         let priority = m.priority;
         self.push(con, priority, ItemKind::Message(m, size));
     }
 
     /// Queues a connection event.
-    pub(crate) fn enqueue_event(&self, con: ConnectionRef, ev: ConnEvent) {
+    pub(crate) fn enqueue_event(self: &Arc<Self>, con: ConnectionRef, ev: ConnEvent) {
         self.push(con, PRIO_HIGHEST, ItemKind::Event(ev));
     }
 
-    fn push(&self, con: ConnectionRef, priority: u16, kind: ItemKind) {
+    fn push(self: &Arc<Self>, con: ConnectionRef, priority: u16, kind: ItemKind) {
         let mut s = self.lock();
         if s.stop {
             if let ItemKind::Message(_, size) = kind {
@@ -407,9 +559,13 @@ impl DispatchQueue {
         // works costs no system call, one that finds it asleep costs one.
         let wake = std::mem::take(&mut s.sleeping);
         drop(s);
-        if wake {
+        if wake && !Burst::owe(self) {
             sync::notify_one(&self.cond);
         }
+    }
+
+    fn notify(&self) {
+        sync::notify_one(&self.cond);
     }
 
     /// Items waiting.
@@ -465,12 +621,15 @@ impl DispatchQueue {
     }
 
     fn deliver(&self, item: Item) {
-        let list: Vec<Arc<dyn Dispatcher>> = sync::read(&self.dispatchers).clone();
+        self.dispatchers.with(|list| self.deliver_to(list, item));
+    }
+
+    fn deliver_to(&self, list: &[Arc<dyn Dispatcher>], item: Item) {
         let con = &item.con;
         let (p, id) = (&self.panics, con.id());
         match item.kind {
             ItemKind::Message(m, size) => {
-                for d in &list {
+                for d in list {
                     // A panic consumes the message: the dispatcher may have half handled
                     // it, and the next one handling it again could be worse.
                     if p.call("ms_dispatch", id, || d.ms_dispatch(con, &m)).unwrap_or(true) {
@@ -481,7 +640,7 @@ impl DispatchQueue {
                 self.throttle.put(size);
             }
             ItemKind::Event(ev) => {
-                for d in &list {
+                for d in list {
                     // A panic is "not handled": the next dispatcher hears of the event too.
                     let handled = match ev {
                         ConnEvent::Connect => {
@@ -514,6 +673,61 @@ impl DispatchQueue {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    /// A dispatcher that only answers `ms_dispatch` with `handled`.
+    struct Nop(bool);
+
+    impl Dispatcher for Nop {
+        fn ms_dispatch(&self, _con: &ConnectionRef, _m: &Message) -> bool {
+            self.0
+        }
+    }
+
+    fn nop(handled: bool) -> Arc<dyn Dispatcher> {
+        Arc::new(Nop(handled))
+    }
+
+    #[test]
+    fn a_dispatcher_added_after_a_thread_read_the_list_is_seen_by_its_next_read() {
+        let list = DispatcherList::new();
+        assert_eq!(list.with(<[_]>::len), 0);
+        // Remembered now: the next read takes no lock, and still sees the change.
+        list.add_tail(nop(true));
+        assert_eq!(list.with(<[_]>::len), 1);
+        let first = nop(false);
+        list.add_head(Arc::clone(&first));
+        assert!(list.with(|l| Arc::ptr_eq(&l[0], &first) && l.len() == 2));
+    }
+
+    #[test]
+    fn a_change_made_on_another_thread_is_seen() {
+        let list = DispatcherList::new();
+        assert_eq!(list.with(<[_]>::len), 0);
+        let other = Arc::clone(&list);
+        std::thread::spawn(move || other.add_tail(nop(true))).join().unwrap();
+        assert_eq!(list.with(<[_]>::len), 1);
+    }
+
+    #[test]
+    fn two_lists_read_on_one_thread_each_give_their_own() {
+        let (a, b) = (DispatcherList::new(), DispatcherList::of(vec![nop(true), nop(true)]));
+        for _ in 0..3 {
+            assert_eq!(a.with(<[_]>::len), 0);
+            assert_eq!(b.with(<[_]>::len), 2);
+        }
+    }
+
+    #[test]
+    fn a_dispatcher_may_add_one_and_read_the_list_from_inside_a_read() {
+        let list = DispatcherList::of(vec![nop(true)]);
+        let inner = list.with(|l| {
+            list.add_tail(nop(true));
+            // Nested: the outer read holds this thread's cache, the lock is not held.
+            (l.len(), list.with(<[_]>::len))
+        });
+        assert_eq!(inner, (1, 2));
+        assert_eq!(list.with(<[_]>::len), 2);
+    }
 
     #[test]
     fn throttle_wakes_waiter_when_room_appears() {
@@ -608,7 +822,7 @@ mod tests {
         let (release, release_rx) = channel();
         let (got_tx, got) = channel();
         let gate = Gate { entered: entered_tx, release: Mutex::new(release_rx), got: got_tx };
-        let list: DispatcherList = Arc::new(RwLock::new(vec![Arc::new(gate) as Arc<dyn Dispatcher>]));
+        let list = DispatcherList::of(vec![Arc::new(gate) as Arc<dyn Dispatcher>]);
         let q = DispatchQueue::new(list, Arc::new(Throttle::new(0)));
         q.start("test").unwrap();
         let msg = |tid| Message::new(1, bytes::Bytes::new()).with_tid(tid);
@@ -633,6 +847,29 @@ mod tests {
         }
         q.enqueue(Arc::clone(&con), msg(11), 0);
         assert_eq!(got.recv_timeout(patience), Ok(11), "a message pushed to a sleeping thread is delivered");
+
+        // A burst (nested here, as a delivery from inside a delivery would be) owes the
+        // sleeping thread one notify, paid when the outermost burst ends.
+        let sleeps = |q: &DispatchQueue| {
+            let give_up = Instant::now() + patience;
+            while !q.lock().sleeping {
+                assert!(Instant::now() < give_up, "the idle dispatch thread never waited");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        sleeps(&q);
+        let outer = Burst::begin();
+        let inner = Burst::begin();
+        for tid in 12..=14 {
+            q.enqueue(Arc::clone(&con), msg(tid), 0);
+        }
+        drop(inner);
+        let owed = BURST.with(|b| b.borrow().1.iter().filter(|o| Arc::ptr_eq(o, &q)).count());
+        assert_eq!(owed, 1, "the queue is owed one notify until the outer burst ends");
+        drop(outer);
+        assert_eq!(BURST.with(|b| (b.borrow().0, b.borrow().1.len())), (false, 0));
+        let burst: Vec<u64> = (12..=14).map(|_| got.recv_timeout(patience).expect("the burst is delivered")).collect();
+        assert_eq!(burst, vec![12, 13, 14], "a burst's messages reach the thread it found asleep");
         q.stop();
         q.join();
         stack.shutdown();

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 
 use super::connection::{ConnState, Connection, ConnectionRef};
-use super::dispatch::ConnEvent;
+use super::dispatch::{Burst, ConnEvent};
 use super::error::ConnError;
 use super::log::{dout, dwarn};
 use super::perf::{Counter, PerfCounters};
@@ -546,6 +546,9 @@ fn handle_session_events(local: &mut WorkerLocal, id: u64) -> Result<(), ConnErr
 /// stopped there with events left.
 fn handle_session_events_upto(local: &mut WorkerLocal, id: u64, max_msgs: usize) -> Result<bool, ConnError> {
     let mut delivered = 0;
+    // The messages handed here are queued for the dispatch thread together: it is
+    // woken once, when they are all queued.
+    let _burst = Burst::begin();
     loop {
         if delivered == max_msgs {
             let more = local.ep.get_mut(id).is_some_and(|lc| lc.session.has_events());

@@ -137,7 +137,7 @@ pub(crate) struct MsgrInner {
     pub(crate) local_listen: bool,
     pub(crate) throttle: Arc<Throttle>,
     pub(crate) dispatch_queue: Arc<DispatchQueue>,
-    dispatchers: dispatch::DispatcherList,
+    dispatchers: Arc<dispatch::DispatcherList>,
     my_addrs: RwLock<EntityAddrVec>,
     policies: RwLock<PolicySet>,
     conns: Mutex<HashMap<EntityAddrVec, ConnectionRef>>,
@@ -304,13 +304,12 @@ impl MsgrInner {
         // A panicking callback must not unwind through the worker: it would kill every
         // connection the worker serves.
         let (panics, id) = (self.dispatch_queue.panic_log(), conn.id());
-        let fast = {
-            let list = sync::read(&self.dispatchers);
+        let fast = self.dispatchers.with(|list| {
             // A panic is a "no": the message goes on to the next dispatcher or the queue.
             list.iter()
                 .find(|d| panics.call("ms_can_fast_dispatch", id, || d.ms_can_fast_dispatch(&m)).unwrap_or(false))
                 .cloned()
-        };
+        });
         if let Some(d) = fast {
             self.fast_dispatched.fetch_add(1, Ordering::Relaxed);
             // A panic consumes the message (it was moved into the call) and leaves the
@@ -348,7 +347,7 @@ fn perf_dump(i: &MsgrInner) -> serde_json::Value {
     for w in &i.workers {
         out.insert(
             format!("{}{}", perf::WORKER_SECTION_PREFIX, w.id()),
-            serde_json::Value::Object(w.shared().to_json()),
+            serde_json::Value::Object(w.shared().perf.to_json()),
         );
     }
     serde_json::Value::Object(out)
@@ -385,7 +384,7 @@ impl Messenger {
         cfg: &Config,
     ) -> Result<Messenger, MsgrError> {
         let throttle = Arc::new(Throttle::new(cfg.ms_dispatch_throttle_bytes()));
-        let dispatchers: dispatch::DispatcherList = Arc::new(RwLock::new(Vec::new()));
+        let dispatchers = dispatch::DispatcherList::new();
         let dispatch_queue = DispatchQueue::new(Arc::clone(&dispatchers), Arc::clone(&throttle));
         let nonce = loop {
             let n: u32 = rand::random();
@@ -536,12 +535,12 @@ impl Messenger {
 
     /// Adds a dispatcher that sees messages before the existing ones.
     pub fn add_dispatcher_head(&self, d: Arc<dyn Dispatcher>) {
-        sync::write(&self.inner.dispatchers).insert(0, d);
+        self.inner.dispatchers.add_head(d);
     }
 
     /// Adds a dispatcher that sees messages after the existing ones.
     pub fn add_dispatcher_tail(&self, d: Arc<dyn Dispatcher>) {
-        sync::write(&self.inner.dispatchers).push(d);
+        self.inner.dispatchers.add_tail(d);
     }
 
     fn on_worker<T: Send + 'static>(

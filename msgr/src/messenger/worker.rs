@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use std::time::Instant;
 
@@ -13,8 +13,9 @@ use super::io::{LocalListener, Table};
 use super::perf::PerfCounters;
 use crate::event::EventCenter;
 use crate::message::Message;
-use crate::stack::worker::{self, IdMap, WorkerContext, WorkerShared, WorkerTask};
+use crate::stack::worker::{self, IdMap, WorkerContext, WorkerShared};
 use crate::stack::{SocketFactory, StackBackend};
+use crate::sync::lock;
 
 /// The event center every messenger worker runs.
 pub type Center = EventCenter<WorkerLocal>;
@@ -26,13 +27,22 @@ pub type Worker = WorkerShared<WorkerLocal>;
 /// [`Messenger::new`]: super::Messenger::new
 /// [`NetworkStack`]: crate::stack::NetworkStack
 pub type Stack = worker::NetworkStack<WorkerLocal>;
-/// A closure run on a messenger worker.
-pub(crate) type Task = WorkerTask<WorkerLocal>;
 
 thread_local! {
     // Connections that got work from code running on this worker (e.g. a reply sent
     // from fast dispatch); flushed before the worker goes back to waiting.
     static PENDING: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What other threads reach of a messenger worker.
+#[derive(Default)]
+pub struct WorkerState {
+    /// The worker's perf counters.
+    pub(crate) perf: Arc<PerfCounters>,
+    /// Connections other threads asked the worker to flush (a reply sent from a
+    /// dispatch thread), taken by one task: ids, not a closure each, so a request
+    /// costs no allocation.
+    flush: Mutex<Vec<u64>>,
 }
 
 /// State a worker thread owns: its sockets and connections.
@@ -60,19 +70,26 @@ pub struct WorkerLocal {
     flushing: Vec<u64>,
     /// A drained outbox queue, traded for a connection's full one on each flush.
     pub(crate) tx_scratch: VecDeque<Message>,
+    /// What other threads see of this worker.
+    state: Arc<WorkerState>,
+    /// The flush requests being handled (empty otherwise), traded with the shared list.
+    requested: Vec<u64>,
 }
 
 impl WorkerContext for WorkerLocal {
-    type Shared = PerfCounters;
+    type Shared = WorkerState;
 
     fn create(id: usize, net: Box<dyn SocketFactory>) -> Self {
+        let perf = Arc::new(PerfCounters::new());
         WorkerLocal {
             id,
             net,
             ep: Table::default(),
             table_timer: None,
             listeners: IdMap::default(),
-            perf: Arc::new(PerfCounters::new()),
+            state: Arc::new(WorkerState { perf: Arc::clone(&perf), flush: Mutex::default() }),
+            requested: Vec::new(),
+            perf,
             rx_scratch: vec![0; super::io::READ_CHUNK].into_boxed_slice(),
             rx_spares: Vec::new(),
             flushing: Vec::new(),
@@ -80,8 +97,8 @@ impl WorkerContext for WorkerLocal {
         }
     }
 
-    fn shared(&self) -> Arc<PerfCounters> {
-        Arc::clone(&self.perf)
+    fn shared(&self) -> Arc<WorkerState> {
+        Arc::clone(&self.state)
     }
 
     fn after_events(&mut self, center: &mut Center) {
@@ -116,18 +133,42 @@ impl WorkerContext for WorkerLocal {
     }
 }
 
-/// Asks `worker` to flush connection `conn` soon. From the worker's own thread this
-/// costs no wake-up: the flush happens before the worker waits again.
 /// Flushes `conn` once the current worker's events are handled; call on its worker.
 pub(crate) fn schedule_local_flush(conn: u64) {
     PENDING.with(|p| p.borrow_mut().push(conn));
 }
 
-pub(crate) fn schedule_flush(worker: &Worker, conn: u64, task: impl FnOnce() -> Task) {
+/// Asks `worker` to flush connection `conn` soon. From the worker's own thread this
+/// costs no wake-up: the flush happens before the worker waits again. From another
+/// thread the id joins the worker's request list, and only the request that finds the
+/// list empty submits the task that takes it (one wake-up per batch, and the task
+/// captures nothing, so boxing it allocates nothing).
+pub(crate) fn schedule_flush(worker: &Worker, conn: u64) {
     if worker.is_current() {
-        schedule_local_flush(conn);
-    } else {
-        worker.submit(task());
+        return schedule_local_flush(conn);
+    }
+    let first = {
+        let mut ids = lock(&worker.shared().flush);
+        ids.push(conn);
+        ids.len() == 1
+    };
+    if first {
+        worker.submit(Box::new(|local: &mut WorkerLocal, center: &mut Center| local.flush_requested(center)));
+    }
+}
+
+impl WorkerLocal {
+    /// Flushes the connections other threads asked for (see [`schedule_flush`]).
+    fn flush_requested(&mut self, center: &mut Center) {
+        let mut ids = std::mem::take(&mut self.requested);
+        // Taken whole under the lock: a request made after this finds the list empty
+        // and submits the task again.
+        std::mem::swap(&mut ids, &mut *lock(&self.state.flush));
+        for &id in &ids {
+            super::io::flush(self, center, id);
+        }
+        ids.clear();
+        self.requested = ids;
     }
 }
 

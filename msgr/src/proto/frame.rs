@@ -14,6 +14,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::crc::{preamble_crc, segment_crc};
+use super::header::MSG_HEADER2_LEN;
 use super::rope::Rope;
 
 /// Length of the preamble.
@@ -525,6 +526,36 @@ impl FrameWriter {
         self.crc_rev1_assemble(&pre, &frame.segments, out);
     }
 
+    /// Appends a MESSAGE frame made of the 41 `header` bytes and the `front`, `middle`
+    /// and `data` segments: the same bytes as [`FrameWriter::push_frame`] of the frame
+    /// [`message_frame`](crate::proto::message_frame) builds, without building it (no
+    /// header buffer, no segment handles cloned and dropped: this runs per message).
+    ///
+    /// # Panics
+    /// If a segment is 4 GiB or longer (not representable on the wire).
+    pub fn push_message(&mut self, header: &[u8; MSG_HEADER2_LEN], rest: [&Bytes; 3], out: &mut Vec<Bytes>) {
+        let mut n = 1;
+        let mut lens = [MSG_HEADER2_LEN as u32, 0, 0, 0];
+        let mut aligns = [MESSAGE_ALIGNS[0], 0, 0, 0];
+        for (i, seg) in rest.iter().enumerate() {
+            lens[i + 1] = segment_len_u32(i + 1, seg.len());
+            if !seg.is_empty() {
+                n = i + 2;
+            }
+        }
+        aligns[1..n].copy_from_slice(&MESSAGE_ALIGNS[1..n]);
+        // `n` is at most 4, so the cast is exact.
+        let pre = Preamble { tag: Tag::Message, num_segments: n as u8, lens, aligns };
+        // Preamble, header and its crc are one fixed-size piece, staged in one copy.
+        let mut head = [0u8; PREAMBLE_LEN + MSG_HEADER2_LEN + SEGMENT_CRC_LEN];
+        head[..PREAMBLE_LEN].copy_from_slice(&pre.encode());
+        head[PREAMBLE_LEN..PREAMBLE_LEN + MSG_HEADER2_LEN].copy_from_slice(header);
+        head[PREAMBLE_LEN + MSG_HEADER2_LEN..].copy_from_slice(&segment_crc(header).to_le_bytes());
+        self.room(head.len());
+        self.stage.put_slice(&head);
+        self.rest_and_epilogue(n, rest, out);
+    }
+
     /// crc-mode rev1 assembly (`asm_crc_rev1`).
     fn crc_rev1_assemble(&mut self, pre: &Preamble, segments: &[Bytes; 4], out: &mut Vec<Bytes>) {
         let n = usize::from(pre.num_segments);
@@ -536,17 +567,26 @@ impl FrameWriter {
             self.room(SEGMENT_CRC_LEN);
             self.stage.put_u32_le(segment_crc(seg0));
         }
+        self.rest_and_epilogue(n, [&segments[1], &segments[2], &segments[3]], out);
+    }
+
+    /// Segments 1.. of a frame announcing `n` segments, then its epilogue (nothing for a
+    /// one-segment frame): late status and the crcs of segments 1 to 3, staged in one
+    /// copy.
+    fn rest_and_epilogue(&mut self, n: usize, rest: [&Bytes; 3], out: &mut Vec<Bytes>) {
         if n <= 1 {
             return;
         }
-        for seg in segments.iter().take(n).skip(1) {
+        for seg in rest.iter().take(n - 1) {
             self.put_segment(seg, out);
         }
-        self.room(EPILOGUE_LEN);
-        self.stage.put_u8(LATE_STATUS_COMPLETE);
-        for (i, seg) in segments.iter().enumerate().skip(1) {
-            self.stage.put_u32_le(if i < n { segment_crc(seg) } else { 0 });
+        let mut epilogue = [0u8; EPILOGUE_LEN];
+        epilogue[0] = LATE_STATUS_COMPLETE;
+        for (i, seg) in rest.iter().enumerate().take(n - 1) {
+            epilogue[1 + 4 * i..5 + 4 * i].copy_from_slice(&segment_crc(seg).to_le_bytes());
         }
+        self.room(EPILOGUE_LEN);
+        self.stage.put_slice(&epilogue);
     }
 
     /// A segment's bytes: copied if small, else by reference after what is staged.

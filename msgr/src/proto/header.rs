@@ -6,7 +6,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::encoding::{DecodeError, Decoder};
+use super::encoding::DecodeError;
 use super::frame::{Frame, Tag, MESSAGE_ALIGNS};
 use crate::message::Message;
 
@@ -45,17 +45,25 @@ pub struct MsgHeader2 {
 impl MsgHeader2 {
     /// Appends the 41 header bytes.
     pub fn encode(&self, buf: &mut impl BufMut) {
-        buf.put_u64_le(self.seq);
-        buf.put_u64_le(self.tid);
-        buf.put_u16_le(self.msg_type);
-        buf.put_u16_le(self.priority);
-        buf.put_u16_le(self.version);
-        buf.put_u32_le(self.data_pre_padding_len);
-        buf.put_u16_le(self.data_off);
-        buf.put_u64_le(self.ack_seq);
-        buf.put_u8(self.flags);
-        buf.put_u16_le(self.compat_version);
-        buf.put_u16_le(self.reserved);
+        buf.put_slice(&self.to_array());
+    }
+
+    /// The 41 header bytes, laid out field by field at fixed offsets (one store each,
+    /// not a bounds-checked append per field: this runs for every message sent).
+    pub fn to_array(&self) -> [u8; MSG_HEADER2_LEN] {
+        let mut b = [0u8; MSG_HEADER2_LEN];
+        b[0..8].copy_from_slice(&self.seq.to_le_bytes());
+        b[8..16].copy_from_slice(&self.tid.to_le_bytes());
+        b[16..18].copy_from_slice(&self.msg_type.to_le_bytes());
+        b[18..20].copy_from_slice(&self.priority.to_le_bytes());
+        b[20..22].copy_from_slice(&self.version.to_le_bytes());
+        b[22..26].copy_from_slice(&self.data_pre_padding_len.to_le_bytes());
+        b[26..28].copy_from_slice(&self.data_off.to_le_bytes());
+        b[28..36].copy_from_slice(&self.ack_seq.to_le_bytes());
+        b[36] = self.flags;
+        b[37..39].copy_from_slice(&self.compat_version.to_le_bytes());
+        b[39..41].copy_from_slice(&self.reserved.to_le_bytes());
+        b
     }
 
     /// The 41 header bytes.
@@ -77,20 +85,30 @@ impl MsgHeader2 {
         if b.len() != MSG_HEADER2_LEN {
             return Err(DecodeError::invalid("msg_header2", format!("length {} != {MSG_HEADER2_LEN}", b.len())));
         }
-        let mut d = Decoder::new(b);
-        Ok(MsgHeader2 {
-            seq: d.u64("msg_header2.seq")?,
-            tid: d.u64("msg_header2.tid")?,
-            msg_type: d.u16("msg_header2.type")?,
-            priority: d.u16("msg_header2.priority")?,
-            version: d.u16("msg_header2.version")?,
-            data_pre_padding_len: d.u32("msg_header2.data_pre_padding_len")?,
-            data_off: d.u16("msg_header2.data_off")?,
-            ack_seq: d.u64("msg_header2.ack_seq")?,
-            flags: d.u8("msg_header2.flags")?,
-            compat_version: d.u16("msg_header2.compat_version")?,
-            reserved: d.u16("msg_header2.reserved")?,
-        })
+        let mut a = [0u8; MSG_HEADER2_LEN];
+        a.copy_from_slice(b);
+        Ok(Self::from_array(&a))
+    }
+
+    /// The header in its 41 bytes; every pattern is a header (no field is validated
+    /// here), so this cannot fail.
+    pub fn from_array(b: &[u8; MSG_HEADER2_LEN]) -> Self {
+        let u16_at = |at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+        let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let u64_at = |at: usize| u64::from(u32_at(at)) | (u64::from(u32_at(at + 4)) << 32);
+        MsgHeader2 {
+            seq: u64_at(0),
+            tid: u64_at(8),
+            msg_type: u16_at(16),
+            priority: u16_at(18),
+            version: u16_at(20),
+            data_pre_padding_len: u32_at(22),
+            data_off: u16_at(26),
+            ack_seq: u64_at(28),
+            flags: b[36],
+            compat_version: u16_at(37),
+            reserved: u16_at(39),
+        }
     }
 }
 
@@ -131,7 +149,8 @@ pub(crate) fn message_frame_in(msg: &Message, seq: u64, ack_seq: u64, scratch: &
 /// that has sent a message keeps one.
 const HEADER_SCRATCH: usize = 4 * MSG_HEADER2_LEN;
 
-fn message_header(msg: &Message, seq: u64, ack_seq: u64) -> MsgHeader2 {
+/// The header `msg` goes out with as the `seq`th message, acknowledging `ack_seq`.
+pub(crate) fn message_header(msg: &Message, seq: u64, ack_seq: u64) -> MsgHeader2 {
     MsgHeader2 {
         seq,
         tid: msg.tid,
@@ -150,10 +169,17 @@ fn message_header(msg: &Message, seq: u64, ack_seq: u64) -> MsgHeader2 {
 /// Parses a MESSAGE frame into its header and a [`Message`] (with `seq` filled in and
 /// `src` left for the session to set).
 pub fn parse_message_frame(frame: &Frame) -> Result<(MsgHeader2, Message), DecodeError> {
+    message_from_frame(frame.clone())
+}
+
+/// [`parse_message_frame`] taking the frame: its segments become the message's, moved,
+/// not shared and dropped.
+pub(crate) fn message_from_frame(frame: Frame) -> Result<(MsgHeader2, Message), DecodeError> {
     if frame.tag != Tag::Message {
         return Err(DecodeError::invalid("frame.tag", format!("expected MESSAGE, got {}", frame.tag)));
     }
-    let h = MsgHeader2::decode(&frame.segments[0])?;
+    let [header, front, middle, data] = frame.segments;
+    let h = MsgHeader2::decode(&header)?;
     let msg = Message {
         msg_type: h.msg_type,
         priority: h.priority,
@@ -161,9 +187,9 @@ pub fn parse_message_frame(frame: &Frame) -> Result<(MsgHeader2, Message), Decod
         compat_version: h.compat_version,
         tid: h.tid,
         seq: h.seq,
-        front: frame.segments[1].clone(),
-        middle: frame.segments[2].clone(),
-        data: frame.segments[3].clone(),
+        front,
+        middle,
+        data,
         data_off: h.data_off,
         src: None,
     };
@@ -173,7 +199,8 @@ pub fn parse_message_frame(frame: &Frame) -> Result<(MsgHeader2, Message), Decod
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::frame::encode_frame_to_vec;
+    use crate::proto::frame::{encode_frame_to_vec, FrameWriter};
+    use proptest::prelude::*;
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
@@ -211,6 +238,11 @@ mod tests {
         let front = Bytes::copy_from_slice(&wire[77..95]);
         let m = Message::new(19, front);
         assert_eq!(encode_frame_to_vec(&message_frame(&m, 5, 3)), wire);
+        let mut w = FrameWriter::new();
+        let mut out = Vec::new();
+        w.push_message(&message_header(&m, 5, 3).to_array(), [&m.front, &m.middle, &m.data], &mut out);
+        w.finish(&mut out);
+        assert_eq!(out.concat(), wire);
     }
 
     #[test]
@@ -219,6 +251,40 @@ mod tests {
         assert!(parse_message_frame(&f).is_err());
         let f = Frame::control(Tag::Ack, Bytes::from_static(&[0; 41]));
         assert!(parse_message_frame(&f).is_err());
+    }
+
+    fn len(max: usize) -> impl Strategy<Value = usize> {
+        prop_oneof![Just(0usize), 1..max]
+    }
+
+    proptest! {
+        /// The per-message path (header straight into the writer) puts the same bytes on
+        /// the wire as framing the message first: any mix of empty, small and
+        /// by-reference segments, any sequence numbers.
+        #[test]
+        fn a_message_pushed_whole_is_the_frame_pushed(
+            front in len(3000), middle in len(40), data in len(6000), seq: u64, ack: u64, tid: u64,
+        ) {
+            let m = Message::new(7, Bytes::from(vec![1u8; front]))
+                .with_middle(Bytes::from(vec![2u8; middle]))
+                .with_data(Bytes::from(vec![3u8; data]))
+                .with_tid(tid);
+            let want = encode_frame_to_vec(&message_frame(&m, seq, ack));
+            let mut w = FrameWriter::new();
+            let mut out = Vec::new();
+            w.push_message(&message_header(&m, seq, ack).to_array(), [&m.front, &m.middle, &m.data], &mut out);
+            w.finish(&mut out);
+            prop_assert_eq!(out.concat(), want);
+        }
+
+        /// Every 41-byte pattern is a header, and reads back to itself.
+        #[test]
+        fn any_header_bytes_round_trip(b in proptest::array::uniform32(any::<u8>()), tail in proptest::array::uniform9(any::<u8>())) {
+            let mut a = [0u8; MSG_HEADER2_LEN];
+            a[..32].copy_from_slice(&b);
+            a[32..].copy_from_slice(&tail);
+            prop_assert_eq!(MsgHeader2::from_array(&a).to_array(), a);
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use super::*;
 use crate::proto::frames::{
     SessionReconnect, SessionReconnectOk, SessionReset, SessionRetry, SessionRetryGlobal, Wait,
 };
+use crate::proto::header::parse_message_frame;
 use crate::proto::reconnect::{Decision, SessionState};
 
 fn ping(n: u8) -> Message {

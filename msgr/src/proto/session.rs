@@ -52,12 +52,20 @@ use super::frames::{
     SessionReconnectOk, SessionReset, SessionRetry, SessionRetryGlobal, UTime, Wait, CEPH_FEATURE_MSG_ADDR2,
     CON_MODE_CRC, CON_MODE_SECURE, MSG_CONNECT_LOSSY,
 };
-use super::header::{message_frame_in, parse_message_frame};
+use super::header::{message_frame_in, message_from_frame, message_header};
 use super::reconnect::{Decision, ReconnectRequest, SessionState};
 use super::rope::Rope;
 use super::rxpool::{RxBuf, RxPool, MAX_POOLED};
 use super::secure::{SecureError, SecureKeys, SecureRx, SecureTx};
 use crate::message::Message;
+
+/// What [`Session::encode_any`] frames: a frame already built, or a message with its
+/// sequence number and the ack it carries (built straight into the wire buffer in crc
+/// mode).
+enum Outgoing<'a> {
+    Frame(&'a Frame),
+    Message(&'a Message, u64, u64),
+}
 
 /// Upper bound on the pre-auth transcript kept for AUTH_SIGNATURE. A handshake is a few
 /// KiB; a peer that sends more before authenticating is refused.
@@ -1043,15 +1051,36 @@ impl Session {
     /// In crc mode its small pieces may stay staged in `tx_writer` until
     /// [`FrameWriter::finish`] moves them to `out`. Returns the frame's wire length.
     fn encode_out(&mut self, frame: &Frame, out: &mut Vec<Bytes>) -> usize {
+        self.encode_any(Outgoing::Frame(frame), out)
+    }
+
+    /// Frames `msg` as the `seq`th message, acknowledging `ack_seq`, into `out`.
+    fn encode_message(&mut self, msg: &Message, seq: u64, ack_seq: u64, out: &mut Vec<Bytes>) -> usize {
+        self.encode_any(Outgoing::Message(msg, seq, ack_seq), out)
+    }
+
+    fn encode_any(&mut self, what: Outgoing<'_>, out: &mut Vec<Bytes>) -> usize {
         self.frames_out += 1;
         let (before, staged) = (out.len(), self.tx_writer.staged());
-        match &mut self.tx_secure {
-            Some(tx) => {
+        match (&mut self.tx_secure, what) {
+            (Some(tx), what) => {
                 self.tx_writer.finish(out);
+                let built;
+                let frame = match what {
+                    Outgoing::Frame(f) => f,
+                    Outgoing::Message(m, seq, ack) => {
+                        built = message_frame_in(m, seq, ack, &mut self.tx_header);
+                        &built
+                    }
+                };
                 tx.encode_frame(frame, out);
                 self.tx_sealed += frame.segments.iter().map(|s| s.len() as u64).sum::<u64>();
             }
-            None => self.tx_writer.push_frame(frame, out),
+            (None, Outgoing::Frame(f)) => self.tx_writer.push_frame(f, out),
+            (None, Outgoing::Message(m, seq, ack)) => {
+                let header = message_header(m, seq, ack).to_array();
+                self.tx_writer.push_message(&header, [&m.front, &m.middle, &m.data], out);
+            }
         }
         let moved: usize = out[before..].iter().map(Bytes::len).sum();
         moved + self.tx_writer.staged() - staged
@@ -1194,7 +1223,7 @@ impl Session {
             }
             (State::SessionAccepting, Tag::ClientIdent) => self.server_client_ident(Self::decode(&frame)?),
             (State::SessionAccepting, Tag::SessionReconnect) => self.server_reconnect(Self::decode(&frame)?),
-            (State::Ready, Tag::Message) => self.ready_message(&frame),
+            (State::Ready, Tag::Message) => self.ready_message(frame),
             (State::Ready, Tag::Keepalive2) => {
                 let k: Keepalive2 = Self::decode(&frame)?;
                 self.keepalive_ack_pending = Some(k.stamp);
@@ -1653,9 +1682,9 @@ impl Session {
         self.events.push_back(ev);
     }
 
-    fn ready_message(&mut self, frame: &Frame) -> Result<(), SessionError> {
+    fn ready_message(&mut self, frame: Frame) -> Result<(), SessionError> {
         let (hdr, mut msg) =
-            parse_message_frame(frame).map_err(|err| SessionError::Decode { tag: Tag::Message, err })?;
+            message_from_frame(frame).map_err(|err| SessionError::Decode { tag: Tag::Message, err })?;
         self.st.trim_sent(hdr.ack_seq);
         if hdr.seq <= self.st.in_seq {
             // A resend of something we already have (Ceph drops these silently).
@@ -1719,10 +1748,9 @@ impl Session {
             let Some(mut msg) = self.st.out_queue.pop_front() else { break };
             self.st.out_seq += 1;
             msg.seq = self.st.out_seq;
-            let frame = message_frame_in(&msg, self.st.out_seq, self.st.in_seq, &mut self.tx_header);
             self.acked_in_seq = self.st.in_seq;
             self.msgs_out += 1;
-            added += self.encode_out(&frame, out);
+            added += self.encode_message(&msg, self.st.out_seq, self.st.in_seq, out);
             if self.policy.lossy {
                 self.st.written_lossy(&msg);
             } else {

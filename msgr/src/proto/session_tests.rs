@@ -16,7 +16,7 @@ use crate::proto::frames::{
     AuthDone, AuthRequest, AuthSignature, ClientIdent, ControlFrame, Hello, IdentMissingFeatures, Keepalive2,
     ServerIdent, AUTH_CEPHX, AUTH_NONE, CEPH_FEATURES_ALL, CON_MODE_CRC, CON_MODE_SECURE,
 };
-use crate::proto::header::message_frame;
+use crate::proto::header::{message_frame, parse_message_frame};
 
 pub(crate) const SERVER_SOCK: &str = "127.0.0.1:6800";
 const CLIENT_SOCK: &str = "127.0.0.1:40000";
