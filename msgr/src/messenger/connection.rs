@@ -6,6 +6,7 @@
 //! lives on the worker and is touched by nobody else.
 
 use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -110,10 +111,37 @@ pub(crate) struct Outbox {
     pub(crate) msgs: VecDeque<Message>,
     pub(crate) keepalive: bool,
     pub(crate) mark_down: bool,
-    // Totals since the connection was made: against the session's
-    // [`Done`](crate::proto::reconnect::Done) they say what the connection still holds.
-    sent_msgs: u64,
-    sent_bytes: u64,
+}
+
+/// In [`Connection::sent`]: the outbox holds something from another thread (set under
+/// its lock, with the count in one atomic step; cleared by the worker's take).
+const OUTBOX_BUSY: u64 = 1 << 63;
+
+thread_local! {
+    // The connection whose message this worker thread is delivering by fast dispatch
+    // (read on every send: a plain cell), and the replies sent on it from there,
+    // handed to its session right after the dispatch returns, without the outbox (see
+    // `Connection::queue_local`). The queue keeps its capacity.
+    static LANE: Cell<Option<u64>> = const { Cell::new(None) };
+    static LANE_MSGS: RefCell<Vec<Message>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Opens the local lane for connection `id` on this thread (a worker about to deliver
+/// one of its messages); returns what to give [`close_lane`].
+pub(crate) fn open_lane(id: u64) -> Option<u64> {
+    LANE.try_with(|l| l.replace(Some(id))).ok().flatten()
+}
+
+/// Closes the lane [`open_lane`] opened (putting back `prev`) and hands `take` the
+/// messages sent on it, in order. (`take` cannot send: it is the worker handing them to
+/// the session.)
+pub(crate) fn close_lane(prev: Option<u64>, take: impl FnMut(Message)) {
+    let _ = LANE.try_with(|l| l.set(prev));
+    let _ = LANE_MSGS.try_with(|q| {
+        if let Ok(mut q) = q.try_borrow_mut() {
+            q.drain(..).for_each(take);
+        }
+    });
 }
 
 #[derive(Default)]
@@ -135,6 +163,11 @@ pub struct Connection {
     state: AtomicU8,
     scheduled: AtomicBool,
     pub(crate) outbox: Mutex<Outbox>,
+    // Messages handed to the connection since it was made, with [`OUTBOX_BUSY`]; and
+    // their payload bytes. Against the session's [`Done`](crate::proto::reconnect::Done)
+    // they say what the connection still holds; the count numbers tracked messages.
+    sent: AtomicU64,
+    sent_bytes: AtomicU64,
     flow: Flow,
     pub(crate) info: Mutex<Published>,
     // The worker that owns the connection's transport. A lossless session moves to the
@@ -178,6 +211,8 @@ impl Connection {
             state: AtomicU8::new(ConnState::Connecting as u8),
             scheduled: AtomicBool::new(false),
             outbox: Mutex::new(Outbox::default()),
+            sent: AtomicU64::new(0),
+            sent_bytes: AtomicU64::new(0),
             flow: Flow::new(send_limit),
             info: Mutex::new(Published { peer_addrs, ..Published::default() }),
             worker_key: AtomicU64::new(worker.key()),
@@ -320,29 +355,77 @@ impl Connection {
         if self.state() == ConnState::Closed {
             return Err(SendError::Closed(self.id));
         }
+        let m = if TRACK {
+            m
+        } else {
+            match self.queue_local(m, len) {
+                None => return Ok(None),
+                Some(m) => m,
+            }
+        };
         let mut out = lock(&self.outbox);
+        // Counted and marked in one step, under the lock: a local send either comes
+        // before (and is handed to the session first) or sees the mark and comes here.
+        let nth = match self.sent.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| Some((c + 1) | OUTBOX_BUSY)) {
+            Ok(c) | Err(c) => (c & !OUTBOX_BUSY) + 1,
+        };
         let delivery = if TRACK {
             // Tracked before it is queued, so it cannot be finished untracked.
-            match self.flow.track(out.sent_msgs + 1) {
+            match self.flow.track(nth) {
                 Some(d) => Some(d),
-                None => return Err(SendError::Closed(self.id)),
+                None => {
+                    // Not queued after all: take back the count (the mark may stay:
+                    // the worker's take then finds nothing).
+                    self.sent.fetch_sub(1, Ordering::AcqRel);
+                    return Err(SendError::Closed(self.id));
+                }
             }
         } else {
             None
         };
-        out.sent_msgs += 1;
-        out.sent_bytes += len;
+        self.sent_bytes.fetch_add(len, Ordering::Relaxed);
         out.msgs.push_back(m);
         drop(out);
         self.schedule();
         Ok(delivery)
     }
 
+    /// A send from this connection's own fast dispatch (its worker is delivering one of
+    /// its messages, [`open_lane`]) while nothing from other threads waits in its
+    /// outbox: the worker hands it to the session as the dispatch returns, and writes
+    /// it with the flush after the read, so it takes no lock and schedules nothing.
+    /// Gives the message back if it must go to the outbox.
+    #[inline]
+    fn queue_local(&self, m: Message, len: u64) -> Option<Message> {
+        if LANE.try_with(Cell::get).ok().flatten() != Some(self.id) {
+            return Some(m);
+        }
+        let mut m = Some(m);
+        let _ = LANE_MSGS.try_with(|q| {
+            // (Busy or gone only if this thread is exiting.)
+            let Ok(mut q) = q.try_borrow_mut() else { return };
+            let mut cur = self.sent.load(Ordering::Acquire);
+            loop {
+                if cur & OUTBOX_BUSY != 0 {
+                    // Older messages wait in the outbox: this one goes after them.
+                    return;
+                }
+                match self.sent.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => break,
+                    Err(now) => cur = now,
+                }
+            }
+            self.sent_bytes.fetch_add(len, Ordering::Relaxed);
+            q.extend(m.take());
+        });
+        m
+    }
+
     /// Payload bytes (front + middle + data) of the messages this connection holds:
     /// queued, in flight, or, on a lossless session, waiting for the peer's
     /// acknowledgement (which a reconnect would resend).
     pub fn queued_bytes(&self) -> u64 {
-        let sent = lock(&self.outbox).sent_bytes;
+        let sent = self.sent_bytes.load(Ordering::Acquire);
         sent.saturating_sub(self.flow.done_bytes())
     }
 
@@ -396,7 +479,10 @@ impl Connection {
 
     /// Queues a KEEPALIVE2; the peer's ack shows up in [`Connection::last_keepalive_ack`].
     pub fn send_keepalive(&self) {
-        lock(&self.outbox).keepalive = true;
+        let mut out = lock(&self.outbox);
+        out.keepalive = true;
+        self.sent.fetch_or(OUTBOX_BUSY, Ordering::AcqRel);
+        drop(out);
         self.schedule();
     }
 
@@ -416,7 +502,10 @@ impl Connection {
     /// between the messages of one read puts back a mark-down it took, for the flush
     /// after the read.
     pub(crate) fn queue_mark_down(&self) {
-        lock(&self.outbox).mark_down = true;
+        let mut out = lock(&self.outbox);
+        out.mark_down = true;
+        self.sent.fetch_or(OUTBOX_BUSY, Ordering::AcqRel);
+        drop(out);
         self.schedule();
     }
 
@@ -478,7 +567,13 @@ impl Connection {
     #[inline]
     pub(crate) fn take_outbox(&self, msgs: &mut VecDeque<Message>) -> Taken {
         debug_assert!(msgs.is_empty(), "messages left in the worker's queue");
+        // Nothing from another thread: no lock. (Read after `clear_scheduled`: a sender
+        // that marks the outbox after this schedules another flush.)
+        if self.sent.load(Ordering::Acquire) & OUTBOX_BUSY == 0 {
+            return Taken { keepalive: false, mark_down: false };
+        }
         let mut o = lock(&self.outbox);
+        self.sent.fetch_and(!OUTBOX_BUSY, Ordering::AcqRel);
         std::mem::swap(&mut o.msgs, msgs);
         Taken { keepalive: std::mem::take(&mut o.keepalive), mark_down: std::mem::take(&mut o.mark_down) }
     }
@@ -487,6 +582,121 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod lane {
+        use super::super::*;
+        use crate::messenger::Stack;
+        use crate::stack::mem::{MemNetwork, MemStack};
+        use bytes::Bytes;
+
+        /// A connection on a worker that does not serve it: what senders leave on it
+        /// stays there for the test to look at.
+        fn con(stack: &Arc<Stack>) -> ConnectionRef {
+            Connection::new(7, None, EntityAddrVec::default(), true, stack.least_loaded(), Weak::new(), 0)
+        }
+
+        fn msg(tid: u64) -> Message {
+            Message::new(1, Bytes::from_static(b"front")).with_tid(tid)
+        }
+
+        fn tids(msgs: impl IntoIterator<Item = Message>) -> Vec<u64> {
+            msgs.into_iter().map(|m| m.tid).collect()
+        }
+
+        /// Sends `tids` on `c` as fast dispatch of one of its messages would; returns
+        /// what the lane handed to the session.
+        fn in_lane(c: &Connection, tids: &[u64]) -> Vec<u64> {
+            let prev = open_lane(c.id());
+            for &t in tids {
+                c.send_message(msg(t)).unwrap();
+            }
+            let mut got = Vec::new();
+            close_lane(prev, |m| got.push(m.tid));
+            got
+        }
+
+        fn outbox(c: &Connection) -> Vec<u64> {
+            let mut q = VecDeque::new();
+            c.take_outbox(&mut q);
+            tids(q)
+        }
+
+        #[test]
+        fn replies_from_fast_dispatch_skip_the_outbox_and_keep_their_order() {
+            let stack = Stack::start(Arc::new(MemStack::new(MemNetwork::new())), 1).unwrap();
+            let c = con(&stack);
+            assert_eq!(in_lane(&c, &[1, 2, 3]), vec![1, 2, 3]);
+            assert_eq!(outbox(&c), Vec::<u64>::new());
+            // Counted all the same: what the connection holds includes them.
+            assert_eq!(c.queued_bytes(), 3 * 5);
+            stack.shutdown();
+        }
+
+        #[test]
+        fn a_reply_goes_after_what_other_threads_left_in_the_outbox() {
+            let stack = Stack::start(Arc::new(MemStack::new(MemNetwork::new())), 1).unwrap();
+            let c = con(&stack);
+            // Sent with no lane open (another thread, as far as the connection knows).
+            c.send_message(msg(1)).unwrap();
+            assert_eq!(in_lane(&c, &[2, 3]), Vec::<u64>::new(), "older messages wait: the replies queue behind them");
+            assert_eq!(outbox(&c), vec![1, 2, 3]);
+            // Taken: the lane is open to replies again.
+            assert_eq!(in_lane(&c, &[4]), vec![4]);
+            stack.shutdown();
+        }
+
+        #[test]
+        fn a_pending_keepalive_or_mark_down_keeps_replies_behind_it() {
+            let stack = Stack::start(Arc::new(MemStack::new(MemNetwork::new())), 1).unwrap();
+            let c = con(&stack);
+            c.send_keepalive();
+            assert_eq!(in_lane(&c, &[1]), Vec::<u64>::new());
+            let mut q = VecDeque::new();
+            let t = c.take_outbox(&mut q);
+            assert!(t.keepalive && !t.mark_down);
+            assert_eq!(tids(q), vec![1]);
+            c.mark_down();
+            assert_eq!(in_lane(&c, &[2]), Vec::<u64>::new());
+            let mut q = VecDeque::new();
+            let t = c.take_outbox(&mut q);
+            assert!(t.mark_down && !t.keepalive);
+            assert_eq!(tids(q), vec![2]);
+            stack.shutdown();
+        }
+
+        #[test]
+        fn tracked_sends_and_sends_on_other_connections_use_the_outbox() {
+            let stack = Stack::start(Arc::new(MemStack::new(MemNetwork::new())), 1).unwrap();
+            let (a, b) = (
+                con(&stack),
+                Connection::new(8, None, EntityAddrVec::default(), true, stack.least_loaded(), Weak::new(), 0),
+            );
+            let prev = open_lane(a.id());
+            a.send_message(msg(1)).unwrap();
+            let d = a.send_message_tracked(msg(2)).unwrap();
+            a.send_message(msg(3)).unwrap();
+            b.send_message(msg(9)).unwrap();
+            let mut lane = Vec::new();
+            close_lane(prev, |m| lane.push(m.tid));
+            // 1 went first (the lane); 2 is tracked as the second message, and 3 queues
+            // behind it.
+            assert_eq!(lane, vec![1]);
+            assert_eq!(outbox(&a), vec![2, 3]);
+            assert_eq!(outbox(&b), vec![9]);
+            assert!(d.wait(std::time::Duration::ZERO).is_none(), "not finished: nothing was written");
+            stack.shutdown();
+        }
+
+        #[test]
+        fn a_closed_lane_sends_through_the_outbox() {
+            let stack = Stack::start(Arc::new(MemStack::new(MemNetwork::new())), 1).unwrap();
+            let c = con(&stack);
+            assert!(in_lane(&c, &[]).is_empty());
+            c.send_message(msg(1)).unwrap();
+            assert_eq!(outbox(&c), vec![1]);
+            stack.shutdown();
+        }
+    }
 
     const MAX: u64 = u32::MAX as u64;
 

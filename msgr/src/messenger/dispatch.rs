@@ -12,7 +12,7 @@
 //! last one kept ([`DispatchPanic`]); the thread carries on with the next item.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -412,11 +412,21 @@ impl DispatcherList {
     }
 }
 
+/// Where this thread is in a burst (see [`Burst`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InBurst {
+    No,
+    Yes,
+    /// In a burst that owes notifies (the queues are in `OWED`).
+    Owes,
+}
+
 thread_local! {
-    // While this thread delivers a burst (the messages of one read): whether a burst is
-    // open, and the queues whose sleeping thread it owes a notify. Kept with its
-    // capacity: a burst allocates nothing.
-    static BURST: RefCell<(bool, Vec<Arc<DispatchQueue>>)> = const { RefCell::new((false, Vec::new())) };
+    // Read for every burst: a plain cell, no borrow flag.
+    static IN_BURST: Cell<InBurst> = const { Cell::new(InBurst::No) };
+    // The queues whose sleeping thread the burst owes a notify. Kept with its capacity:
+    // a burst allocates nothing.
+    static OWED: RefCell<Vec<Arc<DispatchQueue>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A burst of deliveries on this thread: a queue whose thread sleeps is notified once,
@@ -430,47 +440,46 @@ pub(crate) struct Burst {
 impl Burst {
     /// Opens a burst on this thread.
     pub(crate) fn begin() -> Burst {
-        let outermost = BURST.try_with(|b| b.try_borrow_mut().is_ok_and(|mut b| !std::mem::replace(&mut b.0, true)));
+        let outermost = IN_BURST.try_with(|b| b.get() == InBurst::No && b.replace(InBurst::Yes) == InBurst::No);
         Burst { outermost: outermost.unwrap_or(false) }
     }
 
     /// In a burst: remembers that `q`'s thread must be notified when it ends, and says
-    /// so. Outside one (or if the burst's list is busy): false, notify now.
+    /// so. Outside one (or if the list is busy): false, notify now.
     fn owe(q: &Arc<DispatchQueue>) -> bool {
-        BURST
-            .try_with(|b| match b.try_borrow_mut() {
-                Ok(mut b) if b.0 => {
-                    if !b.1.iter().any(|o| Arc::ptr_eq(o, q)) {
-                        b.1.push(Arc::clone(q));
-                    }
-                    true
+        if IN_BURST.try_with(Cell::get).unwrap_or(InBurst::No) == InBurst::No {
+            return false;
+        }
+        let owed = OWED.try_with(|o| match o.try_borrow_mut() {
+            Ok(mut o) => {
+                if !o.iter().any(|x| Arc::ptr_eq(x, q)) {
+                    o.push(Arc::clone(q));
                 }
-                _ => false,
-            })
-            .unwrap_or(false)
+                true
+            }
+            Err(_) => false,
+        });
+        let owed = owed.unwrap_or(false);
+        if owed {
+            let _ = IN_BURST.try_with(|b| b.set(InBurst::Owes));
+        }
+        owed
     }
 }
 
 impl Drop for Burst {
     fn drop(&mut self) {
-        if !self.outermost {
+        if !self.outermost || IN_BURST.try_with(|b| b.replace(InBurst::No)).unwrap_or(InBurst::No) != InBurst::Owes {
             return;
         }
-        let _ = BURST.try_with(|b| {
-            // Taken out of the cell first: a notified thread's work cannot reach it, but
-            // no borrow is held across the notifies either way.
-            let mut owed = match b.try_borrow_mut() {
-                Ok(mut b) => {
-                    b.0 = false;
-                    std::mem::take(&mut b.1)
-                }
-                Err(_) => return,
-            };
+        let _ = OWED.try_with(|o| {
+            // Taken out of the cell first: no borrow is held across the notifies.
+            let Ok(mut owed) = o.try_borrow_mut().map(|mut o| std::mem::take(&mut *o)) else { return };
             for q in owed.drain(..) {
                 q.notify();
             }
-            if let Ok(mut b) = b.try_borrow_mut() {
-                b.1 = owed;
+            if let Ok(mut o) = o.try_borrow_mut() {
+                *o = owed;
             }
         });
     }
@@ -864,10 +873,10 @@ mod tests {
             q.enqueue(Arc::clone(&con), msg(tid), 0);
         }
         drop(inner);
-        let owed = BURST.with(|b| b.borrow().1.iter().filter(|o| Arc::ptr_eq(o, &q)).count());
+        let owed = OWED.with(|o| o.borrow().iter().filter(|o| Arc::ptr_eq(o, &q)).count());
         assert_eq!(owed, 1, "the queue is owed one notify until the outer burst ends");
         drop(outer);
-        assert_eq!(BURST.with(|b| (b.borrow().0, b.borrow().1.len())), (false, 0));
+        assert!(IN_BURST.with(Cell::get) == InBurst::No && OWED.with(|o| o.borrow().is_empty()));
         let burst: Vec<u64> = (12..=14).map(|_| got.recv_timeout(patience).expect("the burst is delivered")).collect();
         assert_eq!(burst, vec![12, 13, 14], "a burst's messages reach the thread it found asleep");
         q.stop();

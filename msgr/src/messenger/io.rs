@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
-use super::connection::{ConnState, Connection, ConnectionRef};
+use super::connection::{close_lane, open_lane, ConnState, Connection, ConnectionRef};
 use super::dispatch::{Burst, ConnEvent};
 use super::error::ConnError;
 use super::log::{dout, dwarn};
@@ -586,7 +586,17 @@ fn handle_session_events_upto(local: &mut WorkerLocal, id: u64, max_msgs: usize)
                     log_message(m.msg_type, m.seq, m.front.len(), m.data.len(), "message received");
                 }
                 count(&local.perf, &lc.handle.msgr, Counter::RecvMessages, 1);
+                // Replies sent from fast dispatch go straight to the session (see
+                // `Connection::queue_local`).
+                let prev = open_lane(lc.handle.conn.id());
                 lc.handle.msgr.deliver(&lc.handle.conn, m);
+                let debug = lc.handle.msgr.settings.debug_ms >= 10;
+                close_lane(prev, |m| {
+                    if debug {
+                        log_message(m.msg_type, m.seq, m.front.len(), m.data.len(), "message queued to send");
+                    }
+                    lc.session.send_message(m);
+                });
                 delivered += 1;
             }
             SessionEvent::KeepaliveAck(stamp) => lc.handle.conn.publish(|p| p.last_keepalive_ack = Some(stamp)),
