@@ -208,21 +208,19 @@ fn check(name: &str, m: &Measured, locks: f64, wakeups: f64) {
 }
 
 // What a message costs on the fast-dispatch path over kernel TCP, at depth 1, where
-// every message is one loop iteration of the worker that reads it (2 locks, 4 per
-// round trip), both on the sending side:
-// - messenger/connection.rs `Connection::queue`: the connection's outbox mutex, to
-//   append the reply (the worker, from fast dispatch).
-// - messenger/connection.rs `Connection::take_outbox`: the flush at the end of the
-//   socket's event callback takes the reply.
-// Receiving and dispatching take none. Gone since the counting began (12 per round
-// trip then): the owning worker's mutex in `schedule` (an atomic key says the sender
-// is on it), the second `take_outbox` of the flush `after_events` ran for a connection
-// already flushed, the external queue's mutex on loop iterations with nothing
-// submitted, and the dispatcher list's RwLock in `MsgrInner::deliver_now` (a thread
-// reads the list without a lock while it has not changed).
+// every message is one loop iteration of the worker that reads it: no lock. The reply,
+// sent from fast dispatch on the connection being read, goes to the session through
+// the worker's lane, not the outbox (`Connection::queue_local`), and the flush after
+// the read finds the outbox unmarked and does not lock it.
+// Gone since the counting began (12 per round trip then): the owning worker's mutex
+// in `schedule` (an atomic key says the sender is on it), the second `take_outbox` of
+// the flush `after_events` ran for a connection already flushed, the external queue's
+// mutex on loop iterations with nothing submitted, the dispatcher list's RwLock in
+// `MsgrInner::deliver_now` (a thread reads the list without a lock while it has not
+// changed), and the outbox's push and take.
 // No wake-up: the reply is sent on the worker that read the request, and the peer's
 // worker is woken by its socket (epoll), not by us.
-const POSIX_DEPTH1_LOCKS: f64 = 4.0 + 0.5;
+const POSIX_DEPTH1_LOCKS: f64 = 0.0 + 0.5;
 
 #[test]
 fn posix_lossy_depth1() {
@@ -232,15 +230,14 @@ fn posix_lossy_depth1() {
 
 #[test]
 fn posix_lossless_depth1() {
-    // A lossless session takes no lock of its own for its acks: the same 4.
+    // A lossless session takes no lock of its own for its acks: none either.
     let m = measure(Net::Posix, true, 1, true);
     check("posix lossless depth 1", &m, POSIX_DEPTH1_LOCKS, 0.1);
 }
 
-// At depth 16 a worker's loop iteration carries a burst (8 round trips here): the
-// outbox append stays per message (2 per round trip); the loop's outbox take is shared
-// by the burst (0.12 per round trip as measured).
-const POSIX_DEPTH16_LOCKS: f64 = 2.12 + 0.4;
+// At depth 16 a worker's loop iteration carries a burst (8 round trips here): none
+// either.
+const POSIX_DEPTH16_LOCKS: f64 = 0.0 + 0.4;
 
 #[test]
 fn posix_lossy_depth16() {
@@ -256,14 +253,14 @@ fn posix_lossless_depth16() {
 
 #[test]
 fn mem_lossy_depth1() {
-    // The 4 of the posix path, plus the in-memory stack's own per message (12 per
+    // None on the posix path's part, but the in-memory stack's own per message (12 per
     // round trip): the simulated connection's state mutex for the send and for two
     // reads (the message, then WouldBlock) in stack/mem.rs; the readiness table's
     // mutex (event/ready.rs) twice to post the peer's readability and its own, once
     // to collect what fires in the loop iteration. A post that finds the peer's worker
     // asleep writes its eventfd: at most one wake-up per message.
     let m = measure(Net::Mem, false, 1, true);
-    check("mem lossy depth 1", &m, 16.0 + 0.5, 2.0 + 0.1);
+    check("mem lossy depth 1", &m, 12.0 + 0.5, 2.0 + 0.1);
 }
 
 /// Messages of the echo handed to `ms_dispatch` on the messengers' dispatch threads
