@@ -786,10 +786,10 @@ impl FrameDecoder {
 
     /// Runs one decoding step with the poisoning rules: a poisoned decoder refuses, a
     /// fatal error poisons, and any error forgets the frame in progress.
-    fn guarded(
+    fn guarded<T>(
         &mut self,
-        step: impl FnOnce(&mut Self) -> Result<Option<Frame>, FrameError>,
-    ) -> Result<Option<Frame>, FrameError> {
+        step: impl FnOnce(&mut Self) -> Result<Option<T>, FrameError>,
+    ) -> Result<Option<T>, FrameError> {
         self.failed.check()?;
         let r = step(self);
         if r.is_err() {
@@ -829,7 +829,34 @@ impl FrameDecoder {
         Ok(Some(pre))
     }
 
+    /// As [`FrameDecoder::decode`], but a MESSAGE frame comes out as its parts: its
+    /// header copied out, the other segments split off `buf` and checked in place (no
+    /// frame buffer shared and dropped, no header slice: this runs per message).
+    pub(crate) fn decode_any(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, FrameError> {
+        self.guarded(|d| d.step_any(buf))
+    }
+
     fn step(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        let Some(pre) = self.whole_frame_in(buf)? else { return Ok(None) };
+        let raw = buf.split_to(pre.crc_onwire_len()).freeze();
+        self.hint = PREAMBLE_LEN.saturating_sub(buf.len()).max(1);
+        crc_rev1_disassemble(&pre, &mut Contiguous::after_preamble(&raw)).map(Some)
+    }
+
+    fn step_any(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, FrameError> {
+        let Some(pre) = self.whole_frame_in(buf)? else { return Ok(None) };
+        if pre.tag != Tag::Message || pre.lens[0] as usize != MSG_HEADER2_LEN {
+            let raw = buf.split_to(pre.crc_onwire_len()).freeze();
+            self.hint = PREAMBLE_LEN.saturating_sub(buf.len()).max(1);
+            return crc_rev1_disassemble(&pre, &mut Contiguous::after_preamble(&raw)).map(|f| Some(Decoded::Frame(f)));
+        }
+        let r = crc_rev1_message(&pre, buf);
+        self.hint = PREAMBLE_LEN.saturating_sub(buf.len()).max(1);
+        r.map(|m| Some(Decoded::Message(m)))
+    }
+
+    /// [`FrameDecoder::whole_frame`] on a contiguous buffer.
+    fn whole_frame_in(&mut self, buf: &BytesMut) -> Result<Option<Preamble>, FrameError> {
         let peek = |p: &mut [u8; PREAMBLE_LEN]| match buf.get(..PREAMBLE_LEN) {
             Some(head) => {
                 p.copy_from_slice(head);
@@ -837,10 +864,7 @@ impl FrameDecoder {
             }
             None => false,
         };
-        let Some(pre) = self.whole_frame(buf.len(), peek)? else { return Ok(None) };
-        let raw = buf.split_to(pre.crc_onwire_len()).freeze();
-        self.hint = PREAMBLE_LEN.saturating_sub(buf.len()).max(1);
-        crc_rev1_disassemble(&pre, &mut Contiguous::after_preamble(&raw)).map(Some)
+        self.whole_frame(buf.len(), peek)
     }
 
     fn step_rope(&mut self, rope: &mut Rope) -> Result<Option<Frame>, FrameError> {
@@ -950,6 +974,106 @@ fn crc_rev1_disassemble(pre: &Preamble, src: &mut impl FrameBytes) -> Result<Fra
         }
     }
     Ok(Frame { tag: pre.tag, segments, aligns: pre.aligns, num_segments: pre.num_segments })
+}
+
+/// A decoded frame: a MESSAGE frame as its parts when the decoder was asked for them
+/// ([`FrameDecoder::decode_any`]), any other frame whole.
+#[derive(Debug)]
+pub(crate) enum Decoded {
+    Frame(Frame),
+    Message(MessageParts),
+}
+
+/// A MESSAGE frame taken apart: the 41 header bytes and the other segments.
+#[derive(Debug)]
+pub(crate) struct MessageParts {
+    pub(crate) header: [u8; MSG_HEADER2_LEN],
+    pub(crate) front: Bytes,
+    pub(crate) middle: Bytes,
+    pub(crate) data: Bytes,
+    /// As announced, so that the frame can be rebuilt exactly ([`Decoded::into_frame`]).
+    aligns: [u16; 4],
+    num_segments: u8,
+}
+
+impl Decoded {
+    /// The frame as [`FrameDecoder::decode`] would have given it.
+    pub(crate) fn into_frame(self) -> Frame {
+        match self {
+            Decoded::Frame(f) => f,
+            Decoded::Message(m) => Frame {
+                tag: Tag::Message,
+                segments: [Bytes::copy_from_slice(&m.header), m.front, m.middle, m.data],
+                aligns: m.aligns,
+                num_segments: m.num_segments,
+            },
+        }
+    }
+}
+
+/// crc-mode rev1 disassembly of a MESSAGE frame whose 41-byte header segment and every
+/// other byte are at the front of `buf` (preamble included, already validated): crcs
+/// and late status are checked on the bytes where they lie, then the frame is taken
+/// off `buf` (also when a check fails: the stream stays in step) and its segments split
+/// off without copying.
+fn crc_rev1_message(pre: &Preamble, buf: &mut BytesMut) -> Result<MessageParts, FrameError> {
+    let total = pre.crc_onwire_len();
+    let header = match check_message(pre, buf.get(..total).unwrap_or_default()) {
+        Ok(h) => h,
+        Err(e) => {
+            skip(buf, total);
+            return Err(e);
+        }
+    };
+    skip(buf, PREAMBLE_LEN + MSG_HEADER2_LEN + SEGMENT_CRC_LEN);
+    let mut take = |len: u32| if len == 0 { Bytes::new() } else { buf.split_to(len as usize).freeze() };
+    let (front, middle, data) = (take(pre.lens[1]), take(pre.lens[2]), take(pre.lens[3]));
+    if pre.num_segments > 1 {
+        skip(buf, EPILOGUE_LEN);
+    }
+    Ok(MessageParts { header, front, middle, data, aligns: pre.aligns, num_segments: pre.num_segments })
+}
+
+/// The checks of [`crc_rev1_message`] on the frame's `raw` bytes; the header if they
+/// pass. A short `raw` (it cannot be: the caller sized it) fails the crcs.
+fn check_message(pre: &Preamble, raw: &[u8]) -> Result<[u8; MSG_HEADER2_LEN], FrameError> {
+    let at = |start: usize, len: usize| raw.get(start..start.saturating_add(len)).unwrap_or_default();
+    let header = <[u8; MSG_HEADER2_LEN]>::try_from(at(PREAMBLE_LEN, MSG_HEADER2_LEN)).unwrap_or([0; MSG_HEADER2_LEN]);
+    let expected = le32_at(raw, PREAMBLE_LEN + MSG_HEADER2_LEN);
+    let got = segment_crc(&header);
+    if expected != got {
+        return Err(FrameError::BadSegmentCrc { index: 0, expected, got });
+    }
+    let n = usize::from(pre.num_segments).min(MAX_SEGMENTS);
+    if n <= 1 {
+        return Ok(header);
+    }
+    let mut off = PREAMBLE_LEN + MSG_HEADER2_LEN + SEGMENT_CRC_LEN;
+    let mut crcs = [0u32; 3];
+    for (i, crc) in crcs.iter_mut().enumerate().take(n - 1) {
+        let len = pre.lens[i + 1] as usize;
+        *crc = segment_crc(at(off, len));
+        off += len;
+    }
+    let epilogue = at(off, EPILOGUE_LEN);
+    let late_status = epilogue.first().copied().unwrap_or(0);
+    for (i, &got) in crcs.iter().enumerate().take(n - 1) {
+        let expected = le32_at(epilogue, 1 + 4 * i);
+        if expected != got {
+            return Err(FrameError::BadSegmentCrc { index: i + 1, expected, got });
+        }
+    }
+    match late_status & LATE_STATUS_MASK {
+        LATE_STATUS_COMPLETE => Ok(header),
+        LATE_STATUS_ABORTED => Err(FrameError::Aborted),
+        _ => Err(FrameError::BadLateStatus(late_status)),
+    }
+}
+
+/// Drops `n` bytes off the front of `buf` (all it has, if fewer: the caller sized
+/// `buf`, so that cannot happen, but it is no reason to panic).
+fn skip(buf: &mut BytesMut, n: usize) {
+    bytes::Buf::advance(buf, n.min(buf.len()));
 }
 
 #[cfg(test)]
@@ -1481,7 +1605,58 @@ mod tests {
             })
     }
 
+    /// Decodes `wire` frame by frame until it runs out or an error, with `decode` or
+    /// `decode_any` (its messages rebuilt as frames): each outcome, and the bytes left.
+    fn outcomes_any(wire: &[u8], any: bool) -> (Vec<Result<Frame, FrameError>>, usize) {
+        let (mut d, mut buf, mut out) = (dec(), BytesMut::from(wire), Vec::new());
+        loop {
+            let r = if any { d.decode_any(&mut buf).map(|o| o.map(Decoded::into_frame)) } else { d.decode(&mut buf) };
+            match r {
+                Ok(Some(f)) => out.push(Ok(f)),
+                Ok(None) => break,
+                Err(e) => {
+                    let fatal = e.is_fatal();
+                    out.push(Err(e));
+                    if fatal {
+                        break;
+                    }
+                }
+            }
+        }
+        (out, buf.len())
+    }
+
     proptest! {
+        /// A MESSAGE frame taken apart by `decode_any` is the frame `decode` gives, and
+        /// a damaged one fails the same way and leaves the stream where `decode` does:
+        /// any segment sizes (a header-only message too), a byte flipped anywhere after
+        /// the preamble or none, the sender's abort, a frame following.
+        #[test]
+        fn message_parts_decode_as_the_frame_does(
+            front in prop_oneof![Just(0usize), 1..300usize],
+            middle in prop_oneof![Just(0usize), 1..20usize],
+            data in prop_oneof![Just(0usize), 1..3000usize],
+            flip in proptest::option::of(any::<prop::sample::Index>()),
+            aborted: bool,
+        ) {
+            let f = message(&vec![1; front], &vec![2; middle], &vec![3; data]);
+            let mut wire = encode_frame_to_vec(&f);
+            if aborted && f.wire_segments() > 1 {
+                let at = wire.len() - EPILOGUE_LEN;
+                wire[at] = LATE_STATUS_ABORTED;
+            }
+            if let Some(i) = flip {
+                let at = PREAMBLE_LEN + i.index(wire.len() - PREAMBLE_LEN);
+                wire[at] ^= 0x40;
+            }
+            wire.extend(encode_frame_to_vec(&Frame::control(Tag::Ack, Bytes::from_static(&[9, 0, 0, 0, 0, 0, 0, 0]))));
+            let (want, left) = outcomes_any(&wire, false);
+            prop_assert_eq!(outcomes_any(&wire, true), (want.clone(), left));
+            if flip.is_none() && !aborted {
+                prop_assert_eq!(&want[0], &Ok(f));
+            }
+        }
+
         #[test]
         fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..2000), chunk in 1usize..100) {
             let mut d = FrameDecoder::new(FrameLimits { max_frame: 4096, max_control: 1024 });

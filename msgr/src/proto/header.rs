@@ -7,7 +7,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::encoding::DecodeError;
-use super::frame::{Frame, Tag, MESSAGE_ALIGNS};
+use super::frame::{Frame, MessageParts, Tag, MESSAGE_ALIGNS};
 use crate::message::Message;
 
 /// Length of the packed `ceph_msg_header2`.
@@ -180,7 +180,21 @@ pub(crate) fn message_from_frame(frame: Frame) -> Result<(MsgHeader2, Message), 
     }
     let [header, front, middle, data] = frame.segments;
     let h = MsgHeader2::decode(&header)?;
-    let msg = Message {
+    Ok((h, message_of(h, front, middle, data)))
+}
+
+/// The message of a MESSAGE frame the decoder took apart ([`FrameDecoder::decode_any`]
+/// checked the header's length): cannot fail.
+///
+/// [`FrameDecoder::decode_any`]: super::frame::FrameDecoder::decode_any
+pub(crate) fn message_from_parts(p: MessageParts) -> (MsgHeader2, Message) {
+    let h = MsgHeader2::from_array(&p.header);
+    let msg = message_of(h, p.front, p.middle, p.data);
+    (h, msg)
+}
+
+fn message_of(h: MsgHeader2, front: Bytes, middle: Bytes, data: Bytes) -> Message {
+    Message {
         msg_type: h.msg_type,
         priority: h.priority,
         version: h.version,
@@ -192,8 +206,7 @@ pub(crate) fn message_from_frame(frame: Frame) -> Result<(MsgHeader2, Message), 
         data,
         data_off: h.data_off,
         src: None,
-    };
-    Ok((h, msg))
+    }
 }
 
 #[cfg(test)]

@@ -43,8 +43,8 @@ use super::banner::{Banner, BannerError, FEATURE_REVISION_1};
 use super::encoding::DecodeError;
 use super::entity::{EntityName, EntityType};
 use super::frame::{
-    encode_frame_to_vec, Frame, FrameDecoder, FrameError, FrameLimits, FrameWriter, Tag, EPILOGUE_LEN, PREAMBLE_LEN,
-    SEGMENT_CRC_LEN,
+    encode_frame_to_vec, Decoded, Frame, FrameDecoder, FrameError, FrameLimits, FrameWriter, MessageParts, Tag,
+    EPILOGUE_LEN, PREAMBLE_LEN, SEGMENT_CRC_LEN,
 };
 use super::frames::{
     Ack, AuthBadMethod, AuthDone, AuthReplyMore, AuthRequest, AuthRequestMore, AuthSignature, ClientIdent,
@@ -52,7 +52,7 @@ use super::frames::{
     SessionReconnectOk, SessionReset, SessionRetry, SessionRetryGlobal, UTime, Wait, CEPH_FEATURE_MSG_ADDR2,
     CON_MODE_CRC, CON_MODE_SECURE, MSG_CONNECT_LOSSY,
 };
-use super::header::{message_frame_in, message_from_frame, message_header};
+use super::header::{message_frame_in, message_from_frame, message_from_parts, message_header, MsgHeader2};
 use super::reconnect::{Decision, ReconnectRequest, SessionState};
 use super::rope::Rope;
 use super::rxpool::{RxBuf, RxPool, MAX_POOLED};
@@ -932,7 +932,9 @@ impl Session {
         }
         while self.state != State::Closed {
             let decoded = match self.rx_large.take() {
-                Some((buf, filled)) if filled == buf.len() => self.decoder.decode_gathered(buf.freeze()).map(Some),
+                Some((buf, filled)) if filled == buf.len() => {
+                    self.decoder.decode_gathered(buf.freeze()).map(|f| Some(Decoded::Frame(f)))
+                }
                 Some(partial) => {
                     self.rx_large = Some(partial);
                     break;
@@ -940,7 +942,12 @@ impl Session {
                 None => self.decode_stream(),
             };
             let frame = match decoded {
-                Ok(Some(f)) => f,
+                // The steady state: a message, taken apart by the decoder.
+                Ok(Some(Decoded::Message(m))) if self.state == State::Ready && self.pre_auth.is_none() => {
+                    self.ready_parts(m)?;
+                    continue;
+                }
+                Ok(Some(d)) => d.into_frame(),
                 Ok(None) if self.start_large_frame() => continue,
                 Ok(None) => break,
                 // A frame the sender aborted (late_status) is dropped, as Ceph does;
@@ -958,11 +965,11 @@ impl Session {
     }
 
     /// The next frame from the received bytes held outside a large frame's buffer.
-    fn decode_stream(&mut self) -> Result<Option<Frame>, FrameError> {
+    fn decode_stream(&mut self) -> Result<Option<Decoded>, FrameError> {
         if self.rope.is_empty() {
             return self.decoder.decode(&mut self.rx);
         }
-        match &mut self.decoder {
+        let frame = match &mut self.decoder {
             RxCodec::Crc(d) => d.decode_rope(&mut self.rope),
             RxCodec::Secure(d) => {
                 // AUTH_DONE chose secure mode while owned pieces were held: decryption
@@ -971,7 +978,8 @@ impl Session {
                 self.rope.drain_to(&mut self.rx, held);
                 d.decode(&mut self.rx)
             }
-        }
+        };
+        frame.map(|f| f.map(Decoded::Frame))
     }
 
     /// The decoder needs more of the frame in progress: decides where the rest of it
@@ -1683,8 +1691,16 @@ impl Session {
     }
 
     fn ready_message(&mut self, frame: Frame) -> Result<(), SessionError> {
-        let (hdr, mut msg) =
-            message_from_frame(frame).map_err(|err| SessionError::Decode { tag: Tag::Message, err })?;
+        let (hdr, msg) = message_from_frame(frame).map_err(|err| SessionError::Decode { tag: Tag::Message, err })?;
+        self.ready_decoded(hdr, msg)
+    }
+
+    fn ready_parts(&mut self, m: MessageParts) -> Result<(), SessionError> {
+        let (hdr, msg) = message_from_parts(m);
+        self.ready_decoded(hdr, msg)
+    }
+
+    fn ready_decoded(&mut self, hdr: MsgHeader2, mut msg: Message) -> Result<(), SessionError> {
         self.st.trim_sent(hdr.ack_seq);
         if hdr.seq <= self.st.in_seq {
             // A resend of something we already have (Ceph drops these silently).
@@ -1850,10 +1866,10 @@ enum RxCodec {
 }
 
 impl RxCodec {
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, FrameError> {
         match self {
-            RxCodec::Crc(d) => d.decode(buf),
-            RxCodec::Secure(d) => d.decode(buf),
+            RxCodec::Crc(d) => d.decode_any(buf),
+            RxCodec::Secure(d) => d.decode(buf).map(|f| f.map(Decoded::Frame)),
         }
     }
 
