@@ -606,3 +606,26 @@ fn a_deep_backlog_is_read_without_a_copy_and_arrives_intact() {
     assert!(read - copied >= 2 << 20, "{copied} of {read} received bytes copied: the backlog was not read in place");
     drop((client, server));
 }
+
+/// Large messages sent one at a time arrive intact and in order while their reader
+/// waits for the rest of each: while a frame is half read, the socket asks the kernel
+/// to report it readable only once what the frame lacks is there (SO_RCVLOWAT; the
+/// option itself is tested in stack-posix). A wrong wait (more than the peer sends)
+/// would hang here. Each message is 2 MiB: read into a buffer of its own (up to 4 MiB).
+#[test]
+fn large_messages_one_at_a_time_arrive_while_the_reader_waits_for_their_rest() {
+    const N: u64 = 16;
+    const LEN: usize = 2 << 20;
+    let (server, client, con) = pair(&config(&[]));
+    let sd = Arc::new(Server { tally: Tally::default(), per_conn: 0, accepted: AtomicUsize::new(0) });
+    server.add_dispatcher_tail(sd.clone());
+    // One at a time: each message's pieces come as the client's kernel sends them.
+    for i in 0..N {
+        con.send_message(test_message(9, i, LEN + i as usize * 4099)).unwrap();
+        assert_eq!(sd.tally.wait_for(i + 1), i + 1, "server received message {i}");
+    }
+    sd.tally.assert_in_order("server");
+    let reads = server.perf().get(Counter::ReadCalls) as f64 / N as f64;
+    println!("{reads:.1} reads per message of about {LEN} bytes");
+    drop((client, server));
+}

@@ -4,8 +4,9 @@
 //! `sendmsg(MSG_NOSIGNAL)` so that several queued frames leave in a single syscall and a
 //! vanished peer surfaces as `EPIPE` instead of killing the process with `SIGPIPE`.
 //!
-//! Everything goes through `socket2` and `std`; the one `unsafe` block lets a read land
-//! in a buffer's uninitialised room (`read_into`).
+//! Everything goes through `socket2` and `std`, but for two `unsafe` blocks: one lets a
+//! read land in a buffer's uninitialised room (`read_into`), one sets SO_RCVLOWAT, which
+//! `socket2` does not offer (`wake_at`).
 //!
 //! A daemon gets this stack from the `msgr` crate by `ms_type` (`msgr::stack_for`); to
 //! start it by hand, hand a [`PosixStack`] to [`Stack::start`]. A server and a client
@@ -263,7 +264,13 @@ pub struct PosixConnectedSocket {
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
     shut: bool,
+    /// SO_RCVLOWAT as last set (1, the kernel's default, until `wake_at` asks more).
+    lowat: usize,
 }
+
+/// The most `wake_at` asks the kernel to wait for. (Linux caps it anyway at half the
+/// receive buffer's limit, and grows the buffer to hold it.)
+const LOWAT_MAX: usize = 8 << 20;
 
 impl AsRawFd for PosixConnectedSocket {
     fn as_raw_fd(&self) -> RawFd {
@@ -279,6 +286,7 @@ impl PosixConnectedSocket {
             peer: Some(peer),
             local: None,
             shut: false,
+            lowat: 1,
         };
         // Even a pending connect has already been bound to its ephemeral port.
         s.learn_local_addr();
@@ -362,6 +370,32 @@ impl ConnectedSocket for PosixConnectedSocket {
         true
     }
 
+    fn wake_at(&mut self, n: usize) {
+        let n = n.clamp(1, LOWAT_MAX);
+        if n == self.lowat {
+            return;
+        }
+        // n <= LOWAT_MAX fits a c_int.
+        let v = n as libc::c_int;
+        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes at `&v`, a live c_int on
+        // this stack frame; the descriptor is this socket's own, open while `self` is.
+        #[allow(unsafe_code)]
+        let r = unsafe {
+            libc::setsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        // A refusal only costs the wake-ups this saves: the socket stays readable on
+        // any byte, as by default.
+        if r == 0 {
+            self.lowat = n;
+        }
+    }
+
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if self.shut {
             return Err(shut_down_error());
@@ -390,5 +424,64 @@ impl ConnectedSocket for PosixConnectedSocket {
 
     fn local_addr(&self) -> Option<SocketAddr> {
         self.local
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    /// A connected pair: our socket (reading) and a plain std writer.
+    fn pair() -> (PosixConnectedSocket, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let w = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (r, peer) = l.accept().unwrap();
+        (PosixConnectedSocket::new(Socket::from(r), true, peer), w)
+    }
+
+    /// Reads what a blocking read with a 300 ms timeout returns: SO_RCVLOWAT holds
+    /// blocking reads as it holds poll's readability, so a read that has to wait for
+    /// the low-water mark takes the whole timeout (and still returns what it holds).
+    fn blocking_read(s: &PosixConnectedSocket) -> (usize, Duration) {
+        s.sock.set_nonblocking(false).unwrap();
+        s.sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let mut buf = [0u8; 4096];
+        let t = Instant::now();
+        let n = (&s.sock).read(&mut buf).unwrap_or(0);
+        let took = t.elapsed();
+        s.sock.set_nonblocking(true).unwrap();
+        (n, took)
+    }
+
+    #[test]
+    fn wake_at_holds_readability_until_that_many_bytes_are_queued() {
+        let (mut s, mut w) = pair();
+        s.wake_at(1000);
+        w.write_all(&[1; 500]).unwrap();
+        let (n, took) = blocking_read(&s);
+        assert_eq!(n, 500);
+        assert!(took >= Duration::from_millis(250), "500 of 1000 bytes were reported readable after {took:?}");
+        // The rest of what was asked for, all at once: no wait.
+        w.write_all(&[2; 1000]).unwrap();
+        let (n, took) = blocking_read(&s);
+        assert_eq!(n, 1000, "after {took:?}");
+        // Back to any byte.
+        s.wake_at(1);
+        w.write_all(&[3; 10]).unwrap();
+        let (n, took) = blocking_read(&s);
+        assert_eq!(n, 10, "after {took:?}");
+        assert!(took < Duration::from_millis(250), "a read at the default low-water mark waited {took:?}");
+    }
+
+    #[test]
+    fn wake_at_clamps_what_it_asks() {
+        let (mut s, _w) = pair();
+        s.wake_at(0);
+        assert_eq!(s.lowat, 1);
+        s.wake_at(usize::MAX);
+        assert_eq!(s.lowat, LOWAT_MAX);
     }
 }

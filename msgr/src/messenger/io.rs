@@ -474,6 +474,8 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
 fn input_drained(lc: &mut LocalConn, spares: &mut Vec<BytesMut>) {
     lc.io.deep = false;
     keep_spare(spares, lc.session.rx_idle());
+    // A large frame half here: wake when the rest is.
+    lc.io.socket.wake_at(lc.session.large_frame_missing().unwrap_or(1));
 }
 
 /// Keeps a deep-pipeline read buffer a drained connection gave up, up to

@@ -686,6 +686,11 @@ impl Session {
         Some(&mut buf.as_mut_slice()[*filled..])
     }
 
+    /// Bytes still missing from the large frame being read into its own buffer, if one is.
+    pub fn large_frame_missing(&self) -> Option<usize> {
+        self.rx_large.as_ref().map(|(buf, filled)| buf.len().saturating_sub(*filled))
+    }
+
     /// The first `n` bytes of the slice [`Session::large_read_buf`] gave hold received data.
     pub fn commit_large_read(&mut self, n: usize) {
         if let Some((buf, filled)) = &mut self.rx_large {

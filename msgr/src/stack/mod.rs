@@ -144,6 +144,16 @@ pub trait ConnectedSocket: Send {
     fn short_read_drains(&self) -> bool {
         false
     }
+    /// The worker has nothing to do until `n` more bytes are here (the rest of a large
+    /// frame; 1 once none is pending). A stack that can reports the socket readable only
+    /// once that many are queued (or the peer closed), so a large frame arriving in
+    /// pieces costs one wake-up, not one per piece. Never more than the peer is about to
+    /// send: the caller asks for what completes a frame already started. Default:
+    /// nothing (readable on any byte).
+    fn wake_at(&mut self, n: usize) {
+        let _ = n;
+    }
+
     /// Bytes this socket copied since the last call (for "bytes copied" counters).
     fn take_copied(&mut self) -> Copied {
         Copied::default()
