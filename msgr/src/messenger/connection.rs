@@ -649,18 +649,18 @@ mod tests {
         fn a_pending_keepalive_or_mark_down_keeps_replies_behind_it() {
             let stack = Stack::start(Arc::new(MemStack::new(MemNetwork::new())), 1).unwrap();
             let c = con(&stack);
+            // What the worker's take finds: (keepalive, mark-down) and the messages.
+            let take = |c: &Connection| {
+                let mut q = VecDeque::new();
+                let t = c.take_outbox(&mut q);
+                ((t.keepalive, t.mark_down), tids(q))
+            };
             c.send_keepalive();
             assert_eq!(in_lane(&c, &[1]), Vec::<u64>::new());
-            let mut q = VecDeque::new();
-            let t = c.take_outbox(&mut q);
-            assert!(t.keepalive && !t.mark_down);
-            assert_eq!(tids(q), vec![1]);
+            assert_eq!(take(&c), ((true, false), vec![1]));
             c.mark_down();
             assert_eq!(in_lane(&c, &[2]), Vec::<u64>::new());
-            let mut q = VecDeque::new();
-            let t = c.take_outbox(&mut q);
-            assert!(t.mark_down && !t.keepalive);
-            assert_eq!(tids(q), vec![2]);
+            assert_eq!(take(&c), ((false, true), vec![2]));
             stack.shutdown();
         }
 

@@ -1517,6 +1517,33 @@ mod tests {
             .collect()
     }
 
+    /// What a decoding loop does after one step.
+    #[derive(PartialEq, Eq)]
+    enum Next {
+        /// A frame or a non-fatal error: decode again.
+        Frame,
+        /// More bytes are needed.
+        Starved,
+        /// A fatal error: the stream is dead.
+        Dead,
+    }
+
+    /// Adds a decoding step's outcome to `got`, if it has one, and says what next.
+    fn record(got: &mut Vec<Result<Frame, FrameError>>, step: Result<Option<Frame>, FrameError>) -> Next {
+        match step {
+            Ok(Some(f)) => got.push(Ok(f)),
+            Ok(None) => return Next::Starved,
+            Err(e) => {
+                let fatal = e.is_fatal();
+                got.push(Err(e));
+                if fatal {
+                    return Next::Dead;
+                }
+            }
+        }
+        Next::Frame
+    }
+
     /// Every outcome of decoding the pieces one by one, through a rope or through a
     /// stream buffer, stopping at the first fatal error.
     fn outcomes(pieces: &[Bytes], rope: bool) -> Vec<Result<Frame, FrameError>> {
@@ -1531,16 +1558,10 @@ mod tests {
             }
             loop {
                 let step = if rope { d.decode_rope(&mut r) } else { d.decode(&mut buf) };
-                match step {
-                    Ok(Some(f)) => got.push(Ok(f)),
-                    Ok(None) => break,
-                    Err(e) => {
-                        let fatal = e.is_fatal();
-                        got.push(Err(e));
-                        if fatal {
-                            return got;
-                        }
-                    }
+                match record(&mut got, step) {
+                    Next::Frame => {}
+                    Next::Starved => break,
+                    Next::Dead => return got,
                 }
             }
         }
@@ -1611,16 +1632,8 @@ mod tests {
         let (mut d, mut buf, mut out) = (dec(), BytesMut::from(wire), Vec::new());
         loop {
             let r = if any { d.decode_any(&mut buf).map(|o| o.map(Decoded::into_frame)) } else { d.decode(&mut buf) };
-            match r {
-                Ok(Some(f)) => out.push(Ok(f)),
-                Ok(None) => break,
-                Err(e) => {
-                    let fatal = e.is_fatal();
-                    out.push(Err(e));
-                    if fatal {
-                        break;
-                    }
-                }
+            if record(&mut out, r) != Next::Frame {
+                break;
             }
         }
         (out, buf.len())
