@@ -479,11 +479,7 @@ impl Connection {
 
     /// Queues a KEEPALIVE2; the peer's ack shows up in [`Connection::last_keepalive_ack`].
     pub fn send_keepalive(&self) {
-        let mut out = lock(&self.outbox);
-        out.keepalive = true;
-        self.sent.fetch_or(OUTBOX_BUSY, Ordering::AcqRel);
-        drop(out);
-        self.schedule();
+        self.ask_worker(|out| out.keepalive = true);
     }
 
     /// Closes the connection without telling the dispatchers; queued messages are
@@ -502,8 +498,15 @@ impl Connection {
     /// between the messages of one read puts back a mark-down it took, for the flush
     /// after the read.
     pub(crate) fn queue_mark_down(&self) {
+        self.ask_worker(|out| out.mark_down = true);
+    }
+
+    /// Leaves the worker a request in the outbox (a keepalive, a mark-down), marks the
+    /// outbox busy (replies from fast dispatch then queue behind it) and schedules a
+    /// flush.
+    fn ask_worker(&self, f: impl FnOnce(&mut Outbox)) {
         let mut out = lock(&self.outbox);
-        out.mark_down = true;
+        f(&mut out);
         self.sent.fetch_or(OUTBOX_BUSY, Ordering::AcqRel);
         drop(out);
         self.schedule();

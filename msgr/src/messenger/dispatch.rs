@@ -440,7 +440,13 @@ pub(crate) struct Burst {
 impl Burst {
     /// Opens a burst on this thread.
     pub(crate) fn begin() -> Burst {
-        let outermost = IN_BURST.try_with(|b| b.get() == InBurst::No && b.replace(InBurst::Yes) == InBurst::No);
+        let outermost = IN_BURST.try_with(|b| {
+            let outermost = b.get() == InBurst::No;
+            if outermost {
+                b.set(InBurst::Yes);
+            }
+            outermost
+        });
         Burst { outermost: outermost.unwrap_or(false) }
     }
 
@@ -569,10 +575,11 @@ impl DispatchQueue {
         let wake = std::mem::take(&mut s.sleeping);
         drop(s);
         if wake && !Burst::owe(self) {
-            sync::notify_one(&self.cond);
+            self.notify();
         }
     }
 
+    /// Wakes the dispatch thread (which had set `sleeping`).
     fn notify(&self) {
         sync::notify_one(&self.cond);
     }

@@ -153,7 +153,7 @@ pub(crate) fn start_connect(
             install(local, center, conn, msgr, socket, session, Some(dial), span.clone());
         }
         Err(e) => {
-            count(&local.perf, &msgr, Counter::ConnectionFaults, 1);
+            count(&local.state.perf, &msgr, Counter::ConnectionFaults, 1);
             let err = ConnError::from(e);
             dwarn!(msgr, error = %err, "dial failed");
             let refused = matches!(err, ConnError::Refused(_));
@@ -249,7 +249,7 @@ fn install(
         Ok(src) => src,
         Err(e) => {
             socket.shutdown();
-            count(&local.perf, &owner.msgr, Counter::ConnectionFaults, 1);
+            count(&local.state.perf, &owner.msgr, Counter::ConnectionFaults, 1);
             return transport_failed(local, center, owner, session, dial, ConnError::from(e), false);
         }
     };
@@ -267,8 +267,8 @@ fn install(
         copies_seen: CopyCounts::default(),
         span,
     };
-    count(&local.perf, &owner.msgr, Counter::CreatedConnections, 1);
-    count(&local.perf, &owner.msgr, Counter::ActiveConnections, 1);
+    count(&local.state.perf, &owner.msgr, Counter::CreatedConnections, 1);
+    count(&local.state.perf, &owner.msgr, Counter::ActiveConnections, 1);
     let link = match dial {
         Some(dial) => Link::dialled(session, io, owner, dial),
         None => Link::accepted(session, io, owner),
@@ -394,7 +394,7 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         };
         let copied = lc.io.socket.take_copied();
         if copied.rx > 0 {
-            count(&local.perf, &lc.handle.msgr, Counter::RecvCopiedBytes, copied.rx as i64);
+            count(&local.state.perf, &lc.handle.msgr, Counter::RecvCopiedBytes, copied.rx as i64);
         }
         let got = match r {
             Ok(g) => g,
@@ -418,8 +418,8 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
             });
         }
         total += n;
-        count(&local.perf, &lc.handle.msgr, Counter::ReadCalls, 1);
-        count(&local.perf, &lc.handle.msgr, Counter::RecvBytes, n as i64);
+        count(&local.state.perf, &lc.handle.msgr, Counter::ReadCalls, 1);
+        count(&local.state.perf, &lc.handle.msgr, Counter::RecvBytes, n as i64);
         let now = Instant::now();
         let large_seen = lc.session.large_frames_seen();
         let direct = matches!(got, Got::Direct(..));
@@ -436,7 +436,7 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
             lc.io.deep = full;
         }
         lc.io.large = direct || lc.session.large_frames_seen() != large_seen;
-        count_session_copies(&local.perf, lc);
+        count_session_copies(&local.state.perf, lc);
         // Acknowledgements (and a reset in a reconnect) in what was read finish
         // messages; a lossy session has neither.
         let lossy = lc.session.policy().lossy;
@@ -562,7 +562,7 @@ fn handle_session_events_upto(local: &mut WorkerLocal, id: u64, max_msgs: usize)
             SessionEvent::Connected(peer) | SessionEvent::Accepted(peer) => {
                 let accepted = lc.session.role() == Role::Server;
                 if peer.resumed {
-                    count(&local.perf, &lc.handle.msgr, Counter::Reconnects, 1);
+                    count(&local.state.perf, &lc.handle.msgr, Counter::Reconnects, 1);
                 }
                 lc.handle_ready(&peer);
                 lc.handle.conn.set_peer_type(peer.name.ty);
@@ -587,7 +587,7 @@ fn handle_session_events_upto(local: &mut WorkerLocal, id: u64, max_msgs: usize)
                 if lc.handle.msgr.settings.debug_ms >= 10 {
                     log_message(m.msg_type, m.seq, m.front.len(), m.data.len(), "message received");
                 }
-                count(&local.perf, &lc.handle.msgr, Counter::RecvMessages, 1);
+                count(&local.state.perf, &lc.handle.msgr, Counter::RecvMessages, 1);
                 // Replies sent from fast dispatch go straight to the session (see
                 // `Connection::queue_local`).
                 let prev = open_lane(lc.handle.conn.id());
@@ -595,7 +595,7 @@ fn handle_session_events_upto(local: &mut WorkerLocal, id: u64, max_msgs: usize)
                 let debug = lc.handle.msgr.settings.debug_ms >= 10;
                 close_lane(prev, |m| {
                     if debug {
-                        log_message(m.msg_type, m.seq, m.front.len(), m.data.len(), "message queued to send");
+                        log_queued(&m);
                     }
                     lc.session.send_message(m);
                 });
@@ -607,7 +607,7 @@ fn handle_session_events_upto(local: &mut WorkerLocal, id: u64, max_msgs: usize)
             SessionEvent::GlobalSeqAtLeast(gs) => lc.handle.msgr.global_seq_at_least(gs),
             SessionEvent::RemoteReset { .. } => {
                 dout!(lc.handle.msgr, 1, "the peer reset the session (it restarted): a new session");
-                count(&local.perf, &lc.handle.msgr, Counter::RemoteResets, 1);
+                count(&local.state.perf, &lc.handle.msgr, Counter::RemoteResets, 1);
                 lc.handle.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.handle.conn), ConnEvent::RemoteReset);
             }
             SessionEvent::Identify(claim) => on_identify(local, id, claim)?,
@@ -693,12 +693,12 @@ fn release(
     };
     arm_table_timer(local, center);
     if let Some(mut io) = r.io {
-        teardown(&local.perf, center, &r.handle.msgr, &mut io);
+        teardown(&local.state.perf, center, &r.handle.msgr, &mut io);
     }
     let Owner { conn, msgr } = r.handle;
     if reset_first {
         conn.publish_done(r.state.done(), false);
-        count(&local.perf, &msgr, Counter::RemoteResets, 1);
+        count(&local.state.perf, &msgr, Counter::RemoteResets, 1);
         msgr.dispatch_queue.enqueue_event(Arc::clone(&conn), ConnEvent::RemoteReset);
     }
     conn.move_to(Arc::clone(&to));
@@ -787,15 +787,18 @@ fn flush_outbox(local: &mut WorkerLocal, center: &mut Center, id: u64, mid_read:
     // Logged in a loop of its own: a test inside the loop below made the compiler copy
     // every message through the stack (2 x 29 instructions per round trip, quiet or not).
     if lc.handle.msgr.settings.debug_ms >= 10 {
-        for m in &msgs {
-            log_message(m.msg_type, m.seq, m.front.len(), m.data.len(), "message queued to send");
-        }
+        msgs.iter().for_each(log_queued);
     }
     for m in msgs.drain(..) {
         lc.session.send_message(m);
     }
     local.tx_scratch = recycled(msgs);
     do_write(local, center, id).map(|()| Flushed::Written)
+}
+
+/// The debug_ms 10 line for a message handed to the session to send.
+fn log_queued(m: &Message) {
+    log_message(m.msg_type, m.seq, m.front.len(), m.data.len(), "message queued to send");
 }
 
 fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), ConnError> {
@@ -809,10 +812,10 @@ fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(),
             let (frames0, msgs0) = lc.session.tx_counts();
             lc.session.poll_transmit(&mut lc.io.parts, WRITE_BUDGET - queued);
             let (frames1, msgs1) = lc.session.tx_counts();
-            count(&local.perf, &lc.handle.msgr, Counter::FramesWritten, (frames1 - frames0) as i64);
-            count(&local.perf, &lc.handle.msgr, Counter::SendMessages, (msgs1 - msgs0) as i64);
+            count(&local.state.perf, &lc.handle.msgr, Counter::FramesWritten, (frames1 - frames0) as i64);
+            count(&local.state.perf, &lc.handle.msgr, Counter::SendMessages, (msgs1 - msgs0) as i64);
             lc.io.wq.extend(lc.io.parts.drain(..).filter(|b| !b.is_empty()));
-            count_session_copies(&local.perf, lc);
+            count_session_copies(&local.state.perf, lc);
             // A lossy session is finished with what it framed.
             lc.handle.conn.publish_done(lc.session.done(), lc.session.policy().lossy);
         }
@@ -822,13 +825,13 @@ fn do_write(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(),
         let sent = lc.io.socket.send_owned(&mut lc.io.wq);
         let copied = lc.io.socket.take_copied();
         if copied.tx > 0 {
-            count(&local.perf, &lc.handle.msgr, Counter::SendCopiedBytes, copied.tx as i64);
+            count(&local.state.perf, &lc.handle.msgr, Counter::SendCopiedBytes, copied.tx as i64);
         }
         match sent {
             Ok(0) => break,
             Ok(n) => {
-                count(&local.perf, &lc.handle.msgr, Counter::WriteCalls, 1);
-                count(&local.perf, &lc.handle.msgr, Counter::SendBytes, n as i64);
+                count(&local.state.perf, &lc.handle.msgr, Counter::WriteCalls, 1);
+                count(&local.state.perf, &lc.handle.msgr, Counter::SendBytes, n as i64);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -916,9 +919,9 @@ fn close_conn(local: &mut WorkerLocal, center: &mut Center, id: u64, err: Option
         return;
     };
     let mut io = ended.io;
-    teardown(&local.perf, center, &msgr, &mut io);
+    teardown(&local.state.perf, center, &msgr, &mut io);
     if ended.end.is_fault() {
-        count(&local.perf, &msgr, Counter::ConnectionFaults, 1);
+        count(&local.state.perf, &msgr, Counter::ConnectionFaults, 1);
         if let Some(e) = &err {
             dwarn!(msgr, error = %e, kind = ?e, state = ?io.state_seen, "fault");
         }

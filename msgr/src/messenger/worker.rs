@@ -38,7 +38,7 @@ thread_local! {
 #[derive(Default)]
 pub struct WorkerState {
     /// The worker's perf counters.
-    pub(crate) perf: Arc<PerfCounters>,
+    pub(crate) perf: PerfCounters,
     /// Connections other threads asked the worker to flush (a reply sent from a
     /// dispatch thread), taken by one task: ids, not a closure each, so a request
     /// costs no allocation.
@@ -58,8 +58,6 @@ pub struct WorkerLocal {
     pub(crate) table_timer: Option<(crate::event::TimerId, Instant)>,
     /// Listening sockets owned by this worker, by listener id.
     pub(crate) listeners: IdMap<LocalListener>,
-    /// This worker's perf counters (also reachable from [`WorkerShared::shared`]).
-    pub(crate) perf: Arc<PerfCounters>,
     /// Where connections' reads land before their sessions take them in.
     pub(crate) rx_scratch: Box<[u8]>,
     /// Deep-pipeline read buffers that drained connections gave up, for the next
@@ -70,8 +68,8 @@ pub struct WorkerLocal {
     flushing: Vec<u64>,
     /// A drained outbox queue, traded for a connection's full one on each flush.
     pub(crate) tx_scratch: VecDeque<Message>,
-    /// What other threads see of this worker.
-    state: Arc<WorkerState>,
+    /// What other threads see of this worker: its perf counters among them.
+    pub(crate) state: Arc<WorkerState>,
     /// The flush requests being handled (empty otherwise), traded with the shared list.
     requested: Vec<u64>,
 }
@@ -80,16 +78,14 @@ impl WorkerContext for WorkerLocal {
     type Shared = WorkerState;
 
     fn create(id: usize, net: Box<dyn SocketFactory>) -> Self {
-        let perf = Arc::new(PerfCounters::new());
         WorkerLocal {
             id,
             net,
             ep: Table::default(),
             table_timer: None,
             listeners: IdMap::default(),
-            state: Arc::new(WorkerState { perf: Arc::clone(&perf), flush: Mutex::default() }),
+            state: Arc::new(WorkerState { perf: PerfCounters::new(), flush: Mutex::default() }),
             requested: Vec::new(),
-            perf,
             rx_scratch: vec![0; super::io::READ_CHUNK].into_boxed_slice(),
             rx_spares: Vec::new(),
             flushing: Vec::new(),

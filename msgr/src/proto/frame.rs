@@ -838,21 +838,20 @@ impl FrameDecoder {
 
     fn step(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         let Some(pre) = self.whole_frame_in(buf)? else { return Ok(None) };
-        let raw = buf.split_to(pre.crc_onwire_len()).freeze();
+        let r = take_frame(&pre, buf);
         self.hint = PREAMBLE_LEN.saturating_sub(buf.len()).max(1);
-        crc_rev1_disassemble(&pre, &mut Contiguous::after_preamble(&raw)).map(Some)
+        r.map(Some)
     }
 
     fn step_any(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, FrameError> {
         let Some(pre) = self.whole_frame_in(buf)? else { return Ok(None) };
-        if pre.tag != Tag::Message || pre.lens[0] as usize != MSG_HEADER2_LEN {
-            let raw = buf.split_to(pre.crc_onwire_len()).freeze();
-            self.hint = PREAMBLE_LEN.saturating_sub(buf.len()).max(1);
-            return crc_rev1_disassemble(&pre, &mut Contiguous::after_preamble(&raw)).map(|f| Some(Decoded::Frame(f)));
-        }
-        let r = crc_rev1_message(&pre, buf);
+        let r = if pre.tag == Tag::Message && pre.lens[0] as usize == MSG_HEADER2_LEN {
+            crc_rev1_message(&pre, buf).map(Decoded::Message)
+        } else {
+            take_frame(&pre, buf).map(Decoded::Frame)
+        };
         self.hint = PREAMBLE_LEN.saturating_sub(buf.len()).max(1);
-        r.map(|m| Some(Decoded::Message(m)))
+        r.map(Some)
     }
 
     /// [`FrameDecoder::whole_frame`] on a contiguous buffer.
@@ -939,6 +938,29 @@ impl FrameBytes for Rope {
     }
 }
 
+/// The frame `pre` announces, whole at the front of `buf`, taken off and disassembled.
+fn take_frame(pre: &Preamble, buf: &mut BytesMut) -> Result<Frame, FrameError> {
+    let raw = buf.split_to(pre.crc_onwire_len()).freeze();
+    crc_rev1_disassemble(pre, &mut Contiguous::after_preamble(&raw))
+}
+
+/// Checks a crc-mode epilogue: the crcs of segments 1.. against `got` (computed in
+/// order, and only up to the first mismatch), then the late status.
+fn check_epilogue(epilogue: &[u8], got: impl IntoIterator<Item = u32>) -> Result<(), FrameError> {
+    for (i, got) in got.into_iter().enumerate() {
+        let expected = le32_at(epilogue, 1 + 4 * i);
+        if expected != got {
+            return Err(FrameError::BadSegmentCrc { index: i + 1, expected, got });
+        }
+    }
+    let late_status = epilogue.first().copied().unwrap_or(0);
+    match late_status & LATE_STATUS_MASK {
+        LATE_STATUS_COMPLETE => Ok(()),
+        LATE_STATUS_ABORTED => Err(FrameError::Aborted),
+        _ => Err(FrameError::BadLateStatus(late_status)),
+    }
+}
+
 /// crc-mode rev1 disassembly (`disasm_first_crc_rev1` + `disasm_remaining_crc_rev1`):
 /// takes one frame's segments from `src` (its preamble already consumed) and checks
 /// crcs and late_status.
@@ -959,19 +981,7 @@ fn crc_rev1_disassemble(pre: &Preamble, src: &mut impl FrameBytes) -> Result<Fra
     }
     if n > 1 {
         let epilogue: [u8; EPILOGUE_LEN] = src.field();
-        let late_status = epilogue[0];
-        for (i, seg) in segments.iter().enumerate().take(n).skip(1) {
-            let expected = le32_at(&epilogue, 1 + 4 * (i - 1));
-            let got = segment_crc(seg);
-            if expected != got {
-                return Err(FrameError::BadSegmentCrc { index: i, expected, got });
-            }
-        }
-        match late_status & LATE_STATUS_MASK {
-            LATE_STATUS_COMPLETE => {}
-            LATE_STATUS_ABORTED => return Err(FrameError::Aborted),
-            _ => return Err(FrameError::BadLateStatus(late_status)),
-        }
+        check_epilogue(&epilogue, segments.iter().take(n).skip(1).map(|s| segment_crc(s)))?;
     }
     Ok(Frame { tag: pre.tag, segments, aligns: pre.aligns, num_segments: pre.num_segments })
 }
@@ -1055,19 +1065,8 @@ fn check_message(pre: &Preamble, raw: &[u8]) -> Result<[u8; MSG_HEADER2_LEN], Fr
         *crc = segment_crc(at(off, len));
         off += len;
     }
-    let epilogue = at(off, EPILOGUE_LEN);
-    let late_status = epilogue.first().copied().unwrap_or(0);
-    for (i, &got) in crcs.iter().enumerate().take(n - 1) {
-        let expected = le32_at(epilogue, 1 + 4 * i);
-        if expected != got {
-            return Err(FrameError::BadSegmentCrc { index: i + 1, expected, got });
-        }
-    }
-    match late_status & LATE_STATUS_MASK {
-        LATE_STATUS_COMPLETE => Ok(header),
-        LATE_STATUS_ABORTED => Err(FrameError::Aborted),
-        _ => Err(FrameError::BadLateStatus(late_status)),
-    }
+    check_epilogue(at(off, EPILOGUE_LEN), crcs.into_iter().take(n - 1))?;
+    Ok(header)
 }
 
 /// Drops `n` bytes off the front of `buf` (all it has, if fewer: the caller sized
