@@ -47,7 +47,8 @@ pub(crate) const SCRATCH_SMALL: usize = 8 * 1024;
 /// worker's scratch buffer of this size and is copied into the session (an idle
 /// connection holds no read buffer of its own); once a read fills its buffer (a deep
 /// pipeline), the next ones go straight into the session's stream buffer, until one
-/// comes back short. At 4 KiB × 512 in flight × 2 connections on loopback, 8 KiB
+/// comes back short; a lossy connection whose wake-up brought DEEP_READ or more reads
+/// the next wake-up's in place too. At 4 KiB × 512 in flight × 2 connections on loopback, 8 KiB
 /// reads made 0.5 reads and 0.5 writes per message and reached 0.35× raw TCP's
 /// msgs/s; 64 KiB 0.58×, 256 KiB 0.73× through the scratch buffer, 0.8–0.9× with the
 /// deep reads in place. A first read of 8 KiB instead (then deep) woke the worker 2.5×
@@ -59,6 +60,14 @@ pub(crate) const READ_CHUNK: usize = 256 * 1024;
 pub(crate) const DEEP_SPARES: usize = 4;
 /// The least a read takes, however little room the dispatch throttle has left.
 const MIN_READ: usize = SCRATCH_SMALL;
+/// What one wake-up's reads take to mark a busy connection (see `ConnIo::busy`). At 4 KiB ×
+/// 512 × 2 on loopback reads average about 150 KiB and rarely fill READ_CHUNK, so the
+/// first read of each wake-up went through the scratch buffer: the bench server copied
+/// 0.14–0.44 bytes per byte received; reading those into the stream buffer too made it
+/// 0.04–0.07.
+const DEEP_READ: usize = 64 * 1024;
+/// A busy connection's read buffer: a read's worth and a frame in progress carried over.
+const DEEP_BUF: usize = READ_CHUNK + 32 * 1024;
 /// Messages of one read delivered before the replies they produced are written.
 const FLUSH_EVERY: usize = 32;
 /// Most bytes framed ahead of the socket per flush; bounds memory per connection.
@@ -82,6 +91,13 @@ pub struct ConnIo {
     // A kernel socket's last read filled the scratch buffer or the room it was given:
     // a deep pipeline, whose next read goes straight into the session's stream buffer.
     deep: bool,
+    // A kernel socket's reads since its last wake-up took at least DEEP_READ: the
+    // connection is busy, and its next read (after the next wake-up too) goes straight
+    // into the stream buffer when that has the room without allocating.
+    busy: bool,
+    // The socket had nothing more to read: the session gives up its idle buffers once
+    // the event is handled (see `input_drained`).
+    drained: bool,
     // The last read met a large frame: the next first read takes SCRATCH_SMALL.
     large: bool,
     // The session's copy counters when last added to the perf counters.
@@ -263,6 +279,8 @@ fn install(
         timer: None,
         read_paused: false,
         deep: false,
+        busy: false,
+        drained: false,
         large: false,
         copies_seen: CopyCounts::default(),
         span,
@@ -303,6 +321,7 @@ fn on_conn_event(local: &mut WorkerLocal, center: &mut Center, id: u64, mask: In
             return fault(local, center, id, e);
         }
     }
+    let drained = local.ep.get_mut(id).is_some_and(|lc| std::mem::take(&mut lc.io.drained));
     if let Some(lc) = logging.then(|| local.ep.get_mut(id)).flatten() {
         let (was, now) = (lc.io.state_seen, lc.session.state());
         if now != was {
@@ -311,6 +330,13 @@ fn on_conn_event(local: &mut WorkerLocal, center: &mut Center, id: u64, mask: In
         }
     }
     flush(local, center, id);
+    // Once the replies to what was read are written, the buffers they came from are
+    // free to be given back.
+    if drained {
+        if let Some(lc) = local.ep.get_mut(id) {
+            input_drained(lc, &mut local.rx_spares);
+        }
+    }
 }
 
 /// What one read produced.
@@ -363,7 +389,29 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
             .map_or(READ_CHUNK, |r| usize::try_from(r).unwrap_or(READ_CHUNK).clamp(MIN_READ, READ_CHUNK));
         // In a deep pipeline a kernel socket reads straight into the stream buffer too:
         // reads are full, so the buffer's room is used, and the scratch copy is saved.
-        let r = match (lc.io.recv_mode, lc.io.deep) {
+        // So does a busy one's while its stream buffer (or a spare the worker keeps)
+        // has the room free: a first read after a wake-up is then not copied either.
+        // A drained connection gives its deep buffer back to the worker, which hands it
+        // to the next busy one; a busy one holding no read buffer at all is given a new
+        // one. So buffers are allocated while more than DEEP_SPARES of a worker's
+        // connections are busy at once, not per read.
+        if lc.io.recv_mode == RecvMode::Slice && (lc.io.deep || lc.io.busy) && lc.session.wants_spare() {
+            let b = match local.rx_spares.pop() {
+                None if lc.io.busy && !lc.session.holds_rx_memory() => Some(BytesMut::with_capacity(DEEP_BUF)),
+                b => b,
+            };
+            if let Some(b) = b {
+                keep_spare(&mut local.rx_spares, lc.session.offer_spare(b));
+            }
+        }
+        // A busy read takes the room that is free, if that is worth a read.
+        let max = match lc.io.recv_mode {
+            RecvMode::Slice if lc.io.deep => chunk,
+            RecvMode::Slice if lc.io.busy => lc.session.stream_room_free(DEEP_READ).min(chunk),
+            RecvMode::Slice => 0,
+            _ => chunk,
+        };
+        let r = match (lc.io.recv_mode, max > 0) {
             (RecvMode::Slice, false) => match lc.session.large_read_buf() {
                 Some(buf) => {
                     let offered = buf.len();
@@ -375,19 +423,14 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
                 }
             },
             (RecvMode::Slice, true) | (RecvMode::Append, _) => {
-                if lc.io.deep && lc.session.wants_spare() {
-                    if let Some(b) = local.rx_spares.pop() {
-                        keep_spare(&mut local.rx_spares, lc.session.offer_spare(b));
-                    }
-                }
                 // An appending stack sizes its own reads.
-                let room = if lc.io.recv_mode == RecvMode::Slice { chunk } else { 0 };
+                let room = if lc.io.recv_mode == RecvMode::Slice { max } else { 0 };
                 match lc.session.read_target_with_room(room) {
                     ReadTarget::Large(buf) => {
                         let offered = buf.len();
                         lc.io.socket.read(buf).map(|n| Got::Direct(n, offered))
                     }
-                    ReadTarget::Stream(buf) => lc.io.socket.read_into(buf, chunk).map(Got::Appended),
+                    ReadTarget::Stream(buf) => lc.io.socket.read_into(buf, max).map(Got::Appended),
                 }
             }
             (RecvMode::Owned, _) => lc.io.socket.recv_owned().map(Got::Owned),
@@ -399,7 +442,7 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         let got = match r {
             Ok(g) => g,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                input_drained(lc, &mut local.rx_spares);
+                lc.io.drained = true;
                 return Ok(());
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -429,25 +472,29 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
                 (lc.session.handle_input(now), n == offered)
             }
             Got::Scratch(n, offered) => (lc.session.handle_bytes(now, &local.rx_scratch[..n]), n == offered),
-            Got::Appended(n) => (lc.session.commit_read(now, n), n == chunk),
+            Got::Appended(n) => (lc.session.commit_read(now, n), n == max),
             Got::Owned(b) => (lc.session.handle_owned(now, b), false),
         };
+        let lossy = lc.session.policy().lossy;
         if !direct && lc.io.recv_mode == RecvMode::Slice {
             lc.io.deep = full;
+            // Not a lossless session: it keeps what it sends until acknowledged, and
+            // with it (an echo, say) the buffers its replies came from. Its busy reads
+            // found those held and took new ones: 0.1–0.26 allocations per round trip
+            // at 4 KiB × 16 (measured), where copying into the room the held buffer
+            // has left allocates nothing.
+            lc.io.busy = total >= DEEP_READ && lossy;
         }
         lc.io.large = direct || lc.session.large_frames_seen() != large_seen;
         count_session_copies(&local.state.perf, lc);
         // Acknowledgements (and a reset in a reconnect) in what was read finish
         // messages; a lossy session has neither.
-        let lossy = lc.session.policy().lossy;
         if !lossy {
             lc.handle.conn.publish_done(lc.session.done(), lossy);
         }
         handled.map_err(ConnError::Protocol)?;
         let drained = !full && lc.io.socket.short_read_drains();
-        if drained {
-            input_drained(lc, &mut local.rx_spares);
-        }
+        lc.io.drained |= drained;
         // Replies go out every FLUSH_EVERY messages delivered, not only once the whole
         // read is handled: the peer starts on them while this side handles the rest.
         let mut write_failed = None;
@@ -473,7 +520,9 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
 /// the session gives up its idle buffers, a deep one to the worker.
 fn input_drained(lc: &mut LocalConn, spares: &mut Vec<BytesMut>) {
     lc.io.deep = false;
-    keep_spare(spares, lc.session.rx_idle());
+    for b in lc.session.rx_idle() {
+        keep_spare(spares, b);
+    }
     // A large frame half here: wake when the rest is.
     lc.io.socket.wake_at(lc.session.large_frame_missing().unwrap_or(1));
 }

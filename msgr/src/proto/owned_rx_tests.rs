@@ -664,7 +664,7 @@ fn a_drained_session_keeps_a_small_spare_but_not_a_deep_one() {
     let t0 = Instant::now();
     let mut s = ready_server(t0, 1 << 20, None);
     s.rx_spare = BytesMut::with_capacity(64 * 1024);
-    assert!(s.rx_idle().is_none());
+    assert!(s.rx_idle().iter().all(Option::is_none));
     assert!(s.rx_spare.capacity() >= 64 * 1024, "a small spare stays for the next read");
     assert!(!s.wants_spare());
     // What a deep pipeline leaves: a 256 KiB read's buffer, which a message held when
@@ -676,7 +676,9 @@ fn a_drained_session_keeps_a_small_spare_but_not_a_deep_one() {
     let held = messages(&mut s);
     s.rx_spare = std::mem::take(&mut s.rx);
     assert!(s.rx_spare.capacity() > 128 * 1024);
-    let given_up = s.rx_idle().expect("the deep spare is given up");
+    let [given_up, none] = s.rx_idle();
+    assert!(none.is_none(), "the stream buffer was empty and small");
+    let given_up = given_up.expect("the deep spare is given up");
     assert!(given_up.capacity() > 128 * 1024);
     assert_eq!(s.rx_spare.capacity(), 0, "a deep pipeline's spare is not kept by a quiet connection");
     // Another session (here the same) takes it for its next deep read and, once the
@@ -689,4 +691,17 @@ fn a_drained_session_keeps_a_small_spare_but_not_a_deep_one() {
     s.rx = BytesMut::with_capacity(16);
     let ReadTarget::Stream(buf) = s.read_target_with_room(256 * 1024) else { panic!("no large frame") };
     assert_eq!(buf.as_ptr() as usize, at, "the offered spare was reused");
+    // Read empty, that buffer is the stream buffer: given up too, the spare being
+    // small. A small stream buffer is dropped.
+    let n = buf.len();
+    s.commit_read(t0, n).unwrap();
+    s.rx_spare = BytesMut::with_capacity(64 * 1024);
+    let [none, given_up] = s.rx_idle();
+    assert!(none.is_none(), "the spare is small");
+    assert_eq!(given_up.map(|b| b.as_ptr() as usize), Some(at), "the empty deep stream buffer is given up");
+    assert_eq!(s.rx.capacity(), 0);
+    assert!(s.rx_spare.capacity() >= 64 * 1024, "the small spare stays");
+    s.rx = BytesMut::with_capacity(4096);
+    assert!(s.rx_idle().iter().all(Option::is_none));
+    assert_eq!(s.rx.capacity(), 0, "an idle session pins no small buffer either");
 }

@@ -704,12 +704,23 @@ impl Session {
     ///
     /// A deep pipeline's spare read buffer is not kept either (thousands of connections
     /// that were each busy once would hold them all): it is returned, for the caller to
-    /// share with other connections ([`Session::offer_spare`]) or drop.
-    pub fn rx_idle(&mut self) -> Option<BytesMut> {
+    /// share with other connections ([`Session::offer_spare`]) or drop. So is an empty
+    /// stream buffer of that size: the next busy read (of this connection or another)
+    /// goes into it.
+    pub fn rx_idle(&mut self) -> [Option<BytesMut>; 2] {
+        // Its size is what is left behind what received messages took, unless they are
+        // all gone: then the whole buffer is free.
+        let deep = |b: &mut BytesMut| {
+            let _ = b.try_reclaim(SPARE_KEPT_IDLE + 1);
+            (b.capacity() > SPARE_KEPT_IDLE).then(|| std::mem::take(b))
+        };
+        let spare = deep(&mut self.rx_spare);
+        let mut rx = None;
         if self.rx.is_empty() && self.rx.capacity() > 0 {
+            rx = deep(&mut self.rx);
             self.rx = BytesMut::new();
         }
-        (self.rx_spare.capacity() > SPARE_KEPT_IDLE).then(|| std::mem::take(&mut self.rx_spare))
+        [spare, rx]
     }
 
     /// Changes whenever a frame of the size that gets its own buffer is found in the
@@ -736,6 +747,27 @@ impl Session {
         self.rx_spare = spare;
         self.rx_spare.clear();
         None
+    }
+
+    /// How much a read can take where the stream continues without allocating, if at
+    /// least `min` (else 0): the stream buffer's room (or the spare's), once what
+    /// received messages held of it is reclaimed. A large frame's own buffer takes what
+    /// it lacks ([`Session::read_target_with_room`] reads into it).
+    pub fn stream_room_free(&mut self, min: usize) -> usize {
+        if let Some((buf, filled)) = &self.rx_large {
+            return buf.len() - filled;
+        }
+        if self.rope.is_empty() && self.rx_reclaim(min) {
+            self.rx.capacity() - self.rx.len()
+        } else {
+            0
+        }
+    }
+
+    /// Whether the session holds a stream buffer or a spare, free or held by received
+    /// messages.
+    pub fn holds_rx_memory(&self) -> bool {
+        self.rx.capacity() > 0 || self.rx_spare.capacity() > 0
     }
 
     /// Received bytes wait for the rest of their banner or frame.
@@ -873,17 +905,25 @@ impl Session {
     /// does the caller's append allocate, and an empty buffer that could not be taken
     /// back becomes the spare.
     fn rx_room(&mut self, n: usize) {
-        if self.rx.try_reclaim(n) {
-            return;
-        }
-        if self.rx_spare.try_reclaim(self.rx.len() + n) {
-            // Carries a frame in progress over (the append would have copied it too).
-            self.rx_spare.extend_from_slice(&self.rx);
-            std::mem::swap(&mut self.rx, &mut self.rx_spare);
-            self.rx_spare.clear();
-        } else if self.rx.is_empty() {
+        if !self.rx_reclaim(n) && self.rx.is_empty() {
             self.rx_spare = std::mem::take(&mut self.rx);
         }
+    }
+
+    /// Room for `n` more bytes from memory the stream buffer or its spare had before,
+    /// if either is free of received messages: whether there is.
+    fn rx_reclaim(&mut self, n: usize) -> bool {
+        if self.rx.try_reclaim(n) {
+            return true;
+        }
+        if !self.rx_spare.try_reclaim(self.rx.len() + n) {
+            return false;
+        }
+        // Carries a frame in progress over (the append would have copied it too).
+        self.rx_spare.extend_from_slice(&self.rx);
+        std::mem::swap(&mut self.rx, &mut self.rx_spare);
+        self.rx_spare.clear();
+        true
     }
 
     /// How many of the next owned bytes go the copying way ([`Session::copy_in`]); 0:
