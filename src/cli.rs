@@ -600,16 +600,20 @@ impl PingDispatcher {
     }
 
     /// Sends pings on lane `i` until `window` are outstanding there or none remain.
-    fn fill(&self, s: &mut PingState, i: usize) {
+    /// `now` is their send time: when a reply arrived, its time, read once for both.
+    /// The pings go out a little later, so their round trips are measured a little
+    /// long, never short; a clock read per message is what a 64 B pipeline's client
+    /// spends most on after the kernel (8 % of its time with three reads).
+    fn fill(&self, s: &mut PingState, i: usize, now: Instant) {
         let Some(con) = s.lanes[i].con.clone() else { return };
-        if self.until.is_some_and(|t| Instant::now() >= t) {
+        if self.until.is_some_and(|t| now >= t) {
             s.remaining = 0;
         }
         while s.lanes[i].outstanding.len() < self.window && s.remaining > 0 {
             s.remaining -= 1;
             s.last_seq += 1;
             let seq = s.last_seq;
-            s.lanes[i].outstanding.push_back((seq, Instant::now()));
+            s.lanes[i].outstanding.push_back((seq, now));
             if let Err(e) = con.send_message(self.shape.request(seq)) {
                 // The connection closed before we could send: say why (e.g. refused).
                 let why = con.last_error().map_or_else(|| e.to_string(), |c| c.to_string());
@@ -700,7 +704,7 @@ impl Dispatcher for PingDispatcher {
         let Some(i) = s.lane_of(con) else { return };
         s.ever_connected = true;
         self.reply(&mut s, i, &m, now);
-        self.fill(&mut s, i);
+        self.fill(&mut s, i, now);
     }
     fn ms_handle_connect(&self, _con: &ConnectionRef) {
         self.lock().ever_connected = true;
@@ -715,7 +719,7 @@ impl Dispatcher for PingDispatcher {
         let Some(i) = s.lane_of(con) else { return };
         s.report.remote_resets += 1;
         self.session_lost(&mut s, i);
-        self.fill(&mut s, i);
+        self.fill(&mut s, i, Instant::now());
     }
     fn ms_handle_reset(&self, con: &ConnectionRef) -> bool {
         let mut s = self.lock();
@@ -858,7 +862,7 @@ pub fn ping_conns(
                     continue;
                 }
                 s.lanes[i].con = Some(con);
-                d.fill(&mut s, i);
+                d.fill(&mut s, i, Instant::now());
                 continue;
             }
             let (g, _) = d.cond.wait_timeout(s, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner());
