@@ -407,7 +407,17 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         // A busy read takes the room that is free, if that is worth a read.
         let max = match lc.io.recv_mode {
             RecvMode::Slice if lc.io.deep => chunk,
-            RecvMode::Slice if lc.io.busy => lc.session.stream_room_free(DEEP_READ).min(chunk),
+            RecvMode::Slice if lc.io.busy => {
+                let free = lc.session.stream_room_free(DEEP_READ).min(chunk);
+                // After a large frame, a first read takes little, as through the
+                // scratch buffer: should the next frame be large and not fit behind
+                // it, only that little is copied into the frame's own buffer.
+                if lc.io.large && !lc.session.has_partial_input() {
+                    free.min(SCRATCH_SMALL)
+                } else {
+                    free
+                }
+            }
             RecvMode::Slice => 0,
             _ => chunk,
         };

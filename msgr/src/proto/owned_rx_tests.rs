@@ -555,6 +555,61 @@ fn owned_pieces_held_before_a_stream_append_come_first() {
     assert_eq!((got[0].data.clone(), got[1].data.clone()), (m1.segments[3].clone(), m2.segments[3].clone()));
 }
 
+/// Reads with room (a busy kernel socket's) that hold the start of a large frame: one
+/// whose rest fits behind it in the stream buffer is read there and split off, nothing
+/// copied; one that does not fit gets its own buffer, and only what was read of it so
+/// far is copied there. Fed through the scratch path instead, a large frame gets its
+/// own buffer however small.
+#[test]
+fn a_large_frame_read_in_place_stays_where_it_fits() {
+    let t0 = Instant::now();
+    const ROOM: usize = 256 * 1024;
+    const FIRST: usize = 8192;
+    for (len, fits) in [(64 * 1024, true), (200 * 1024, true), (1 << 20, false)] {
+        let mut s = ready_server(t0, 4 << 20, Some(RxPool::new(4 << 20)));
+        let frame = ping(1, len, 7);
+        let wire = stream(std::slice::from_ref(&frame));
+        let before = s.copy_counts();
+        let mut rest = &wire[..];
+        let mut own_buffer = false;
+        while !rest.is_empty() {
+            let n = match s.read_target_with_room(ROOM) {
+                ReadTarget::Large(buf) => {
+                    own_buffer = true;
+                    let n = buf.len().min(rest.len());
+                    buf[..n].copy_from_slice(&rest[..n]);
+                    n
+                }
+                ReadTarget::Stream(buf) => {
+                    // The first read takes little, as after a large frame.
+                    let n = rest.len().min(if rest.len() == wire.len() { FIRST } else { ROOM });
+                    buf.extend_from_slice(&rest[..n]);
+                    n
+                }
+            };
+            rest = &rest[n..];
+            s.commit_read(t0, n).unwrap();
+        }
+        let got = messages(&mut s);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].data, frame.segments[3], "{len} bytes");
+        let copied = s.copy_counts().rx - before.rx;
+        if fits {
+            assert!(!own_buffer, "{len} bytes: read in place");
+            assert_eq!(copied, 0, "{len} bytes");
+        } else {
+            assert!(own_buffer, "{len} bytes: its own buffer");
+            assert_eq!(copied, FIRST as u64, "{len} bytes: its first read moved");
+        }
+    }
+    // Copied in (the scratch path), a 64 KiB frame goes to its own buffer: the rest is
+    // then read there instead of copied a second time.
+    let mut s = ready_server(t0, 4 << 20, Some(RxPool::new(4 << 20)));
+    let wire = stream(&[ping(1, 64 * 1024, 7)]);
+    s.handle_bytes(t0, &wire[..FIRST]).unwrap();
+    assert!(s.large_read_buf().is_some());
+}
+
 // ---- copy counters ----
 
 #[test]

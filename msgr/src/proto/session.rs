@@ -418,6 +418,10 @@ pub struct Session {
     rx_mark: Option<usize>,
     // Received bytes copied other than by the rope (which counts its own).
     rx_copied: u64,
+    // The last read went straight into `rx` with room asked for (a kernel socket's
+    // busy reads), not copied in: a large frame whose rest fits behind it is read there
+    // too rather than copied to a buffer of its own.
+    rx_in_place: bool,
     // Changes whenever a large frame is found at the head of the stream buffer.
     large_seen: u64,
     // Segment bytes copied while sealing in secure mode (the writer counts the rest).
@@ -495,6 +499,7 @@ impl Session {
             rx: BytesMut::with_capacity(4096),
             rx_spare: BytesMut::new(),
             rx_large: None,
+            rx_in_place: false,
             rope: Rope::new(),
             rx_fresh: false,
             rx_mark: None,
@@ -757,6 +762,8 @@ impl Session {
         if let Some((buf, filled)) = &self.rx_large {
             return buf.len() - filled;
         }
+        // Enough for the frame in progress will do.
+        let min = if self.rx.is_empty() { min } else { min.min(self.read_hint().max(1)) };
         if self.rope.is_empty() && self.rx_reclaim(min) {
             self.rx.capacity() - self.rx.len()
         } else {
@@ -785,6 +792,7 @@ impl Session {
 
     /// Takes in received bytes (copying them) and processes them.
     pub fn handle_bytes(&mut self, now: Instant, mut data: &[u8]) -> Result<(), SessionError> {
+        self.rx_in_place = false;
         loop {
             let n = self.copy_in(data);
             data = &data[n..];
@@ -838,6 +846,7 @@ impl Session {
     /// buffer itself or its spare once no received message holds them any more, and
     /// only otherwise from the allocator.
     pub fn read_target_with_room(&mut self, room: usize) -> ReadTarget<'_> {
+        self.rx_in_place = room > 0;
         if self.rx_large.is_none() {
             // Pieces handed over earlier come first in the stream.
             let held = self.rope.len();
@@ -1067,6 +1076,9 @@ impl Session {
             self.large_seen = self.large_seen.wrapping_add(1);
         }
         let Some(total) = large.filter(|&t| have < t) else { return false };
+        if self.rx_in_place && self.rx.capacity() - self.rx.len() >= total - have {
+            return false;
+        }
         let mut buf = self.large_buf(total);
         buf.as_mut_slice()[..have].copy_from_slice(&self.rx);
         self.rx_copied += have as u64;
