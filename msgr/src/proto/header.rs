@@ -212,7 +212,7 @@ fn message_of(h: MsgHeader2, front: Bytes, middle: Bytes, data: Bytes) -> Messag
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::frame::{encode_frame_to_vec, FrameWriter};
+    use crate::proto::frame::{encode_frame_to_vec, FrameWriter, Tag, EPILOGUE_DEFER_MIN, EPILOGUE_LEN};
     use proptest::prelude::*;
 
     fn hex(s: &str) -> Vec<u8> {
@@ -288,6 +288,33 @@ mod tests {
             w.push_message(&message_header(&m, seq, ack).to_array(), [&m.front, &m.middle, &m.data], &mut out);
             w.finish(&mut out);
             prop_assert_eq!(out.concat(), want);
+        }
+
+        /// A message of EPILOGUE_DEFER_MIN or more: pushed, it lacks its epilogue until
+        /// the next push (or `complete_epilogue`) stages it first; the bytes are then
+        /// those of the frame, followed by what came next.
+        #[test]
+        fn a_large_message_s_epilogue_comes_with_the_next_push(
+            data in EPILOGUE_DEFER_MIN..EPILOGUE_DEFER_MIN + 5000, front in len(300), seq: u64, explicit: bool,
+        ) {
+            let m = Message::new(7, Bytes::from(vec![1u8; front])).with_data(Bytes::from(vec![3u8; data]));
+            let want = encode_frame_to_vec(&message_frame(&m, seq, 0));
+            let mut w = FrameWriter::new();
+            let mut out = Vec::new();
+            w.push_message(&message_header(&m, seq, 0).to_array(), [&m.front, &m.middle, &m.data], &mut out);
+            w.finish(&mut out);
+            prop_assert!(w.epilogue_pending());
+            prop_assert_eq!(&out.concat()[..], &want[..want.len() - EPILOGUE_LEN]);
+            let next = Frame::new(Tag::Ack, [Bytes::from_static(&[9; 8]), Bytes::new(), Bytes::new(), Bytes::new()], [0; 4]);
+            if explicit {
+                w.complete_epilogue();
+            }
+            w.push_frame(&next, &mut out);
+            w.finish(&mut out);
+            prop_assert!(!w.epilogue_pending());
+            let mut both = want.clone();
+            both.extend(encode_frame_to_vec(&next));
+            prop_assert_eq!(out.concat(), both);
         }
 
         /// Every 41-byte pattern is a header, and reads back to itself.

@@ -691,9 +691,13 @@ impl Session {
         Some(&mut buf.as_mut_slice()[*filled..])
     }
 
-    /// Bytes still missing from the large frame being read into its own buffer, if one is.
+    /// Bytes still missing from the large frame being read into its own buffer, if one
+    /// is, up to its epilogue (at least 1): a sender may write that only once it has the
+    /// data's crc ([`FrameWriter::push_message`]), and the data can be read meanwhile.
     pub fn large_frame_missing(&self) -> Option<usize> {
-        self.rx_large.as_ref().map(|(buf, filled)| buf.len().saturating_sub(*filled))
+        self.rx_large
+            .as_ref()
+            .map(|(buf, filled)| buf.len().saturating_sub(*filled).saturating_sub(EPILOGUE_LEN).max(1))
     }
 
     /// The first `n` bytes of the slice [`Session::large_read_buf`] gave hold received data.
@@ -1129,6 +1133,7 @@ impl Session {
         let (before, staged) = (out.len(), self.tx_writer.staged());
         match (&mut self.tx_secure, what) {
             (Some(tx), what) => {
+                self.tx_writer.complete_epilogue();
                 self.tx_writer.finish(out);
                 let built;
                 let frame = match what {
@@ -1788,6 +1793,7 @@ impl Session {
     /// True when [`Session::poll_transmit`] has something to give.
     pub fn wants_transmit(&self) -> bool {
         !self.tx_frames.is_empty()
+            || self.tx_writer.epilogue_pending()
             || (self.state == State::Ready
                 && (!self.st.out_queue.is_empty()
                     || self.keepalive_pending.is_some()
@@ -1800,6 +1806,13 @@ impl Session {
     /// they carry the freshest ack.
     pub fn poll_transmit(&mut self, out: &mut Vec<Bytes>, budget: usize) -> usize {
         let mut added = 0;
+        // The data of the last poll's large message has been written: its epilogue now.
+        if self.tx_writer.epilogue_pending() {
+            let staged = self.tx_writer.staged();
+            self.tx_writer.complete_epilogue();
+            added += self.tx_writer.staged() - staged;
+            self.tx_writer.finish(out);
+        }
         while let Some(b) = self.tx_frames.pop_front() {
             added += b.len();
             out.push(b);
@@ -1829,8 +1842,12 @@ impl Session {
             } else {
                 self.st.sent.push_back(msg);
             }
+            if self.tx_writer.epilogue_pending() {
+                // Its data goes out first; the rest with the next poll.
+                break;
+            }
         }
-        if !self.policy.lossy && self.st.in_seq > self.acked_in_seq {
+        if !self.policy.lossy && self.st.in_seq > self.acked_in_seq && !self.tx_writer.epilogue_pending() {
             // Nothing to piggy-back the ack on: send it on its own.
             added += self.encode_out(&Ack { seq: self.st.in_seq }.to_frame(), out);
             self.acked_in_seq = self.st.in_seq;

@@ -90,9 +90,16 @@ fn server(t0: Instant) -> Session {
 }
 
 /// Everything the session wants to send, as one byte string.
+/// Everything the session has to send: polled until it wants to send nothing more (a
+/// large message's epilogue comes with the poll after its data).
 fn out(s: &mut Session) -> Vec<u8> {
     let mut parts = Vec::new();
     s.poll_transmit(&mut parts, usize::MAX);
+    while s.wants_transmit() {
+        let before = parts.len();
+        s.poll_transmit(&mut parts, usize::MAX);
+        assert!(parts.len() > before, "wants to transmit but gave nothing");
+    }
     parts.concat()
 }
 
@@ -603,6 +610,40 @@ fn large_frames_are_read_into_pooled_buffers_in_any_chunking() {
         // them out again instead of allocating.
         assert!(pool.idle_bytes() >= idle + 4 * 32 * 1024, "idle {} -> {}", idle, pool.idle_bytes());
     }
+}
+
+/// A message of EPILOGUE_DEFER_MIN or more goes out before its crc is computed: one
+/// poll gives its preamble, header and data and stops there (what was queued after it
+/// waits), the next its epilogue and the rest. The peer receives all intact.
+#[test]
+fn a_large_message_s_data_goes_out_before_its_crc() {
+    let t0 = Instant::now();
+    let (mut c, mut s) = (client(t0), server(t0));
+    pump(&mut c, &mut s, t0);
+    events(&mut s);
+    let big = Bytes::from((0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    c.send_message(MPing::new(big.clone()).encode());
+    c.send_message(MPing::new(Bytes::from_static(b"after")).encode());
+    let mut first = Vec::new();
+    c.poll_transmit(&mut first, usize::MAX);
+    let first = first.concat();
+    assert!(first.ends_with(&big), "the first poll ends with the data");
+    assert!(c.wants_transmit(), "the epilogue and the second message are still to come");
+    s.handle_bytes(t0, &first).unwrap();
+    assert!(events(&mut s).is_empty(), "nothing complete without the epilogue");
+    let mut second = Vec::new();
+    c.poll_transmit(&mut second, usize::MAX);
+    let second = second.concat();
+    assert!(!c.wants_transmit());
+    assert_eq!(second[0], crate::proto::frame::LATE_STATUS_COMPLETE, "the epilogue comes first");
+    s.handle_bytes(t0, &second).unwrap();
+    let got: Vec<Message> = events(&mut s)
+        .into_iter()
+        .filter_map(|e| if let SessionEvent::Message(m) = e { Some(m) } else { None })
+        .collect();
+    assert_eq!(got.len(), 2);
+    assert_eq!(MPing::decode(&got[0]).unwrap().payload, big);
+    assert_eq!(MPing::decode(&got[1]).unwrap().payload, Bytes::from_static(b"after"));
 }
 
 #[test]
