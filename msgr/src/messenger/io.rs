@@ -95,9 +95,6 @@ pub struct ConnIo {
     // connection is busy, and its next read (after the next wake-up too) goes straight
     // into the stream buffer when that has the room without allocating.
     busy: bool,
-    // The socket had nothing more to read: the session gives up its idle buffers once
-    // the event is handled (see `input_drained`).
-    drained: bool,
     // The last read met a large frame: the next first read takes SCRATCH_SMALL.
     large: bool,
     // The session's copy counters when last added to the perf counters.
@@ -280,7 +277,6 @@ fn install(
         read_paused: false,
         deep: false,
         busy: false,
-        drained: false,
         large: false,
         copies_seen: CopyCounts::default(),
         span,
@@ -316,12 +312,13 @@ fn on_conn_event(local: &mut WorkerLocal, center: &mut Center, id: u64, mask: In
             Err(e) => return fault(local, center, id, ConnError::from(e)),
         }
     }
+    let mut drained = false;
     if mask.contains(Interest::READABLE) {
-        if let Err(e) = do_read(local, center, id) {
-            return fault(local, center, id, e);
+        match do_read(local, center, id) {
+            Ok(d) => drained = d,
+            Err(e) => return fault(local, center, id, e),
         }
     }
-    let drained = local.ep.get_mut(id).is_some_and(|lc| std::mem::take(&mut lc.io.drained));
     if let Some(lc) = logging.then(|| local.ep.get_mut(id)).flatten() {
         let (was, now) = (lc.io.state_seen, lc.session.state());
         if now != was {
@@ -360,19 +357,22 @@ impl Got {
     }
 }
 
-fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), ConnError> {
+/// Reads what connection `id` has (up to READ_BUDGET) and handles it. True if it read
+/// all there was: the caller gives the session's idle buffers back once the replies are
+/// written ([`input_drained`]).
+fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<bool, ConnError> {
     let mut total = 0;
     loop {
-        let Some(lc) = local.ep.get_mut(id) else { return Ok(()) };
+        let Some(lc) = local.ep.get_mut(id) else { return Ok(false) };
         if lc.io.read_paused {
-            return Ok(());
+            return Ok(false);
         }
         if lc.handle.msgr.throttle.is_full() {
             pause_reading(local, center, id);
-            return Ok(());
+            return Ok(false);
         }
         if total >= READ_BUDGET {
-            return Ok(());
+            return Ok(false);
         }
         // A large frame in progress is read straight into its own buffer. Otherwise a
         // kernel socket reads into the worker's scratch buffer, which is initialised
@@ -452,8 +452,7 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         let got = match r {
             Ok(g) => g,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                lc.io.drained = true;
-                return Ok(());
+                return Ok(true);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // A peer that closes with our banner unread resets the connection instead.
@@ -504,7 +503,6 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
         }
         handled.map_err(ConnError::Protocol)?;
         let drained = !full && lc.io.socket.short_read_drains();
-        lc.io.drained |= drained;
         // Replies go out every FLUSH_EVERY messages delivered, not only once the whole
         // read is handled: the peer starts on them while this side handles the rest.
         let mut write_failed = None;
@@ -517,9 +515,9 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<(), 
             return Err(e);
         }
         if drained {
-            return Ok(());
+            return Ok(true);
         }
-        let Some(lc) = local.ep.get_mut(id) else { return Ok(()) };
+        let Some(lc) = local.ep.get_mut(id) else { return Ok(false) };
         if flush_between_reads(full, direct, lc.session.large_read_buf().is_some()) {
             flush(local, center, id);
         }

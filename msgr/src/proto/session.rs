@@ -718,9 +718,13 @@ impl Session {
     /// goes into it.
     pub fn rx_idle(&mut self) -> [Option<BytesMut>; 2] {
         // Its size is what is left behind what received messages took, unless they are
-        // all gone: then the whole buffer is free.
+        // all gone: then the whole buffer is free. (Worth asking only of buffers read in
+        // place: what the scratch path appends to is no larger than its reads.)
+        let in_place = self.rx_in_place;
         let deep = |b: &mut BytesMut| {
-            let _ = b.try_reclaim(SPARE_KEPT_IDLE + 1);
+            if in_place && b.capacity() > 0 {
+                let _ = b.try_reclaim(SPARE_KEPT_IDLE + 1);
+            }
             (b.capacity() > SPARE_KEPT_IDLE).then(|| std::mem::take(b))
         };
         let spare = deep(&mut self.rx_spare);
