@@ -14,7 +14,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::crc::{preamble_crc, segment_crc};
-use super::header::MSG_HEADER2_LEN;
+use super::header::{MsgHeader2, MSG_HEADER2_LEN};
 use super::rope::Rope;
 
 /// Length of the preamble.
@@ -1047,7 +1047,8 @@ pub(crate) enum Decoded {
 /// A MESSAGE frame taken apart: the 41 header bytes and the other segments.
 #[derive(Debug)]
 pub(crate) struct MessageParts {
-    pub(crate) header: [u8; MSG_HEADER2_LEN],
+    /// Parsed where it lies: the 41 bytes, at odd offsets, are not carried around.
+    pub(crate) header: MsgHeader2,
     pub(crate) front: Bytes,
     pub(crate) middle: Bytes,
     pub(crate) data: Bytes,
@@ -1063,7 +1064,7 @@ impl Decoded {
             Decoded::Frame(f) => f,
             Decoded::Message(m) => Frame {
                 tag: Tag::Message,
-                segments: [Bytes::copy_from_slice(&m.header), m.front, m.middle, m.data],
+                segments: [Bytes::copy_from_slice(&m.header.to_array()), m.front, m.middle, m.data],
                 aligns: m.aligns,
                 num_segments: m.num_segments,
             },
@@ -1091,7 +1092,14 @@ fn crc_rev1_message(pre: &Preamble, buf: &mut BytesMut) -> Result<MessageParts, 
     if pre.num_segments > 1 {
         skip(buf, EPILOGUE_LEN);
     }
-    Ok(MessageParts { header, front, middle, data, aligns: pre.aligns, num_segments: pre.num_segments })
+    Ok(MessageParts {
+        header: MsgHeader2::from_array(&header),
+        front,
+        middle,
+        data,
+        aligns: pre.aligns,
+        num_segments: pre.num_segments,
+    })
 }
 
 /// The checks of [`crc_rev1_message`] on the frame's `raw` bytes; the header if they

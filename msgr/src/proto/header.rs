@@ -188,7 +188,7 @@ pub(crate) fn message_from_frame(frame: Frame) -> Result<(MsgHeader2, Message), 
 ///
 /// [`FrameDecoder::decode_any`]: super::frame::FrameDecoder::decode_any
 pub(crate) fn message_from_parts(p: MessageParts) -> (MsgHeader2, Message) {
-    let h = MsgHeader2::from_array(&p.header);
+    let h = p.header;
     let msg = message_of(h, p.front, p.middle, p.data);
     (h, msg)
 }
