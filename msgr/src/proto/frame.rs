@@ -356,18 +356,28 @@ pub struct Preamble {
 impl Preamble {
     /// The preamble bytes, crc included.
     pub fn encode(&self) -> [u8; PREAMBLE_LEN] {
-        let mut p = [0u8; PREAMBLE_LEN];
-        p[0] = self.tag as u8;
-        p[1] = self.num_segments;
+        // Laid out as four little-endian words, each stored whole, in a buffer aligned
+        // as the crc reads it (by words): bytes stored one field at a time and read
+        // back a word at a time stall the load on every word (perf annotate: half of
+        // `push_message`'s samples on one such load).
+        #[repr(align(8))]
+        struct Words([u8; PREAMBLE_LEN]);
         let n = usize::from(self.num_segments);
-        for i in 0..n.min(MAX_SEGMENTS) {
-            let at = 2 + 6 * i;
-            p[at..at + 4].copy_from_slice(&self.lens[i].to_le_bytes());
-            p[at + 4..at + 6].copy_from_slice(&self.aligns[i].to_le_bytes());
+        let len = |i: usize| if i < n { u64::from(self.lens[i]) } else { 0 };
+        let align = |i: usize| if i < n { u64::from(self.aligns[i]) } else { 0 };
+        let w = [
+            u64::from(self.tag as u8) | u64::from(self.num_segments) << 8 | len(0) << 16 | align(0) << 48,
+            len(1) | align(1) << 32 | (len(2) & 0xFFFF) << 48,
+            len(2) >> 16 | align(2) << 16 | len(3) << 32,
+            align(3),
+        ];
+        let mut p = Words([0; PREAMBLE_LEN]);
+        for (i, w) in w.iter().enumerate() {
+            p.0[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
         }
-        let crc = preamble_crc(&p[..28]);
-        p[28..].copy_from_slice(&crc.to_le_bytes());
-        p
+        let crc = preamble_crc(&p.0[..28]);
+        p.0[28..].copy_from_slice(&crc.to_le_bytes());
+        p.0
     }
 
     /// Parses and validates a preamble: crc, segment count, non-empty last segment, tag,
@@ -385,13 +395,11 @@ impl Preamble {
         if !(1..=MAX_SEGMENTS).contains(&n) {
             return Err(FrameError::BadSegmentCount(num_segments));
         }
-        let mut lens = [0u32; 4];
-        let mut aligns = [0u16; 4];
-        for i in 0..n {
-            let at = 2 + 6 * i;
-            lens[i] = le32(at);
-            aligns[i] = u16::from_le_bytes([p[at + 4], p[at + 5]]);
-        }
+        // Each field read as a value (not stored one by one into an array that is then
+        // moved whole: a stalled load per preamble).
+        let lens: [u32; 4] = std::array::from_fn(|i| if i < n { le32(2 + 6 * i) } else { 0 });
+        let aligns: [u16; 4] =
+            std::array::from_fn(|i| if i < n { u16::from_le_bytes([p[6 + 6 * i], p[7 + 6 * i]]) } else { 0 });
         if n > 1 && lens[n - 1] == 0 {
             return Err(FrameError::EmptyLastSegment);
         }
