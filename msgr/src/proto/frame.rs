@@ -1100,26 +1100,22 @@ fn crc_rev1_message(pre: &Preamble, buf: &mut BytesMut) -> Result<MessageParts, 
     if pre.num_segments > 1 {
         skip(buf, EPILOGUE_LEN);
     }
-    Ok(MessageParts {
-        header: MsgHeader2::from_array(&header),
-        front,
-        middle,
-        data,
-        aligns: pre.aligns,
-        num_segments: pre.num_segments,
-    })
+    Ok(MessageParts { header, front, middle, data, aligns: pre.aligns, num_segments: pre.num_segments })
 }
 
 /// The checks of [`crc_rev1_message`] on the frame's `raw` bytes; the header if they
 /// pass. A short `raw` (it cannot be: the caller sized it) fails the crcs.
-fn check_message(pre: &Preamble, raw: &[u8]) -> Result<[u8; MSG_HEADER2_LEN], FrameError> {
+fn check_message(pre: &Preamble, raw: &[u8]) -> Result<MsgHeader2, FrameError> {
     let at = |start: usize, len: usize| raw.get(start..start.saturating_add(len)).unwrap_or_default();
-    let header = <[u8; MSG_HEADER2_LEN]>::try_from(at(PREAMBLE_LEN, MSG_HEADER2_LEN)).unwrap_or([0; MSG_HEADER2_LEN]);
+    // Read where it lies, not copied out first (41 bytes stored in pieces and read back
+    // as words stall).
+    let header: &[u8; MSG_HEADER2_LEN] = at(PREAMBLE_LEN, MSG_HEADER2_LEN).try_into().unwrap_or(&[0; MSG_HEADER2_LEN]);
     let expected = le32_at(raw, PREAMBLE_LEN + MSG_HEADER2_LEN);
-    let got = segment_crc(&header);
+    let got = segment_crc(header);
     if expected != got {
         return Err(FrameError::BadSegmentCrc { index: 0, expected, got });
     }
+    let header = MsgHeader2::from_array(header);
     let n = usize::from(pre.num_segments).min(MAX_SEGMENTS);
     if n <= 1 {
         return Ok(header);
