@@ -568,14 +568,14 @@ impl FrameWriter {
         self.complete_epilogue();
         let mut n = 1;
         let mut lens = [MSG_HEADER2_LEN as u32, 0, 0, 0];
-        let mut aligns = [MESSAGE_ALIGNS[0], 0, 0, 0];
         for (i, seg) in rest.iter().enumerate() {
             lens[i + 1] = segment_len_u32(i + 1, seg.len());
             if !seg.is_empty() {
                 n = i + 2;
             }
         }
-        aligns[1..n].copy_from_slice(&MESSAGE_ALIGNS[1..n]);
+        // As values, not a copy of variable length into the array (a stalled load).
+        let aligns: [u16; 4] = std::array::from_fn(|i| if i < n { MESSAGE_ALIGNS[i] } else { 0 });
         // `n` is at most 4, so the cast is exact.
         let pre = Preamble { tag: Tag::Message, num_segments: n as u8, lens, aligns };
         // Preamble, header and its crc are one fixed-size piece, staged in one copy.
