@@ -600,12 +600,17 @@ impl PingDispatcher {
     }
 
     /// Sends pings on lane `i` until `window` are outstanding there or none remain.
-    /// `now` is their send time: when a reply arrived, its time, read once for both.
-    /// The pings go out a little later, so their round trips are measured a little
-    /// long, never short; a clock read per message is what a 64 B pipeline's client
-    /// spends most on after the kernel (8 % of its time with three reads).
-    fn fill(&self, s: &mut PingState, i: usize, now: Instant) {
+    /// `now` is the time a reply arrived (or the clock read for the call). In a
+    /// pipeline (others still in flight) it is also the pings' send time: they go out a
+    /// little later, so their round trips are measured a little long, never short, and
+    /// a clock read per message is what a 64 B pipeline's client spent most on after
+    /// the kernel (8 % of its time with three reads). With nothing in flight (depth 1,
+    /// where the round trip is the figure) the clock is read again just before sending.
+    fn fill(&self, s: &mut PingState, i: usize, mut now: Instant) {
         let Some(con) = s.lanes[i].con.clone() else { return };
+        if s.lanes[i].outstanding.is_empty() {
+            now = Instant::now();
+        }
         if self.until.is_some_and(|t| now >= t) {
             s.remaining = 0;
         }
