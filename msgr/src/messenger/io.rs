@@ -528,8 +528,12 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<bool
 /// the session gives up its idle buffers, a deep one to the worker.
 fn input_drained(lc: &mut LocalConn, spares: &mut Vec<BytesMut>) {
     lc.io.deep = false;
-    for b in lc.session.rx_idle() {
-        keep_spare(spares, b);
+    let idle = lc.session.rx_idle();
+    // Only a kernel socket's reads take them back (an appending stack sizes its own).
+    if lc.io.recv_mode == RecvMode::Slice {
+        for b in idle {
+            keep_spare(spares, b);
+        }
     }
     // A large frame half here: wake when the rest is.
     lc.io.socket.wake_at(lc.session.large_frame_missing().unwrap_or(1));
