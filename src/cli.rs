@@ -600,17 +600,18 @@ impl PingDispatcher {
     }
 
     /// Sends pings on lane `i` until `window` are outstanding there or none remain.
-    /// `now` is the time a reply arrived (or the clock read for the call). In a
+    /// `arrived` is the time the reply that called for them arrived, if one did. In a
     /// pipeline (others still in flight) it is also the pings' send time: they go out a
     /// little later, so their round trips are measured a little long, never short, and
     /// a clock read per message is what a 64 B pipeline's client spent most on after
     /// the kernel (8 % of its time with three reads). With nothing in flight (depth 1,
-    /// where the round trip is the figure) the clock is read again just before sending.
-    fn fill(&self, s: &mut PingState, i: usize, mut now: Instant) {
+    /// where the round trip is the figure) or no reply, the clock is read here.
+    fn fill(&self, s: &mut PingState, i: usize, arrived: Option<Instant>) {
         let Some(con) = s.lanes[i].con.clone() else { return };
-        if s.lanes[i].outstanding.is_empty() {
-            now = Instant::now();
-        }
+        let now = match arrived {
+            Some(t) if !s.lanes[i].outstanding.is_empty() => t,
+            _ => Instant::now(),
+        };
         if self.until.is_some_and(|t| now >= t) {
             s.remaining = 0;
         }
@@ -709,7 +710,7 @@ impl Dispatcher for PingDispatcher {
         let Some(i) = s.lane_of(con) else { return };
         s.ever_connected = true;
         self.reply(&mut s, i, &m, now);
-        self.fill(&mut s, i, now);
+        self.fill(&mut s, i, Some(now));
     }
     fn ms_handle_connect(&self, _con: &ConnectionRef) {
         self.lock().ever_connected = true;
@@ -724,7 +725,7 @@ impl Dispatcher for PingDispatcher {
         let Some(i) = s.lane_of(con) else { return };
         s.report.remote_resets += 1;
         self.session_lost(&mut s, i);
-        self.fill(&mut s, i, Instant::now());
+        self.fill(&mut s, i, None);
     }
     fn ms_handle_reset(&self, con: &ConnectionRef) -> bool {
         let mut s = self.lock();
@@ -867,7 +868,7 @@ pub fn ping_conns(
                     continue;
                 }
                 s.lanes[i].con = Some(con);
-                d.fill(&mut s, i, Instant::now());
+                d.fill(&mut s, i, None);
                 continue;
             }
             let (g, _) = d.cond.wait_timeout(s, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner());

@@ -66,8 +66,9 @@ const MIN_READ: usize = SCRATCH_SMALL;
 /// 0.14–0.44 bytes per byte received; reading those into the stream buffer too made it
 /// 0.04–0.07.
 const DEEP_READ: usize = 64 * 1024;
-/// A busy connection's read buffer: a read's worth and a frame in progress carried over.
-const DEEP_BUF: usize = READ_CHUNK + 32 * 1024;
+/// A busy connection's read buffer: a read's worth and a frame in progress carried over,
+/// as much as the session reserves for a deep read (`Session::read_target_with_room`).
+const DEEP_BUF: usize = READ_CHUNK + crate::proto::session::LARGE_FRAME;
 /// Messages of one read delivered before the replies they produced are written.
 const FLUSH_EVERY: usize = 32;
 /// Most bytes framed ahead of the socket per flush; bounds memory per connection.

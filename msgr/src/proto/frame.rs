@@ -585,15 +585,8 @@ impl FrameWriter {
         head[PREAMBLE_LEN + MSG_HEADER2_LEN..].copy_from_slice(&segment_crc(header).to_le_bytes());
         self.room(head.len());
         self.stage.put_slice(&head);
-        let payload: usize = rest.iter().map(|s| s.len()).sum();
-        if payload >= EPILOGUE_DEFER_MIN {
-            for seg in rest.iter().take(n - 1) {
-                self.put_segment(seg, out);
-            }
-            self.deferred = Some(DeferredEpilogue { rest: rest.map(Bytes::clone), n });
-        } else {
-            self.rest_and_epilogue(n, rest, out);
-        }
+        let defer = rest.iter().map(|s| s.len()).sum::<usize>() >= EPILOGUE_DEFER_MIN;
+        self.rest_and_epilogue(n, rest, out, defer);
     }
 
     /// Whether a message's epilogue waits to be staged (see [`FrameWriter::push_message`]).
@@ -619,20 +612,24 @@ impl FrameWriter {
             self.room(SEGMENT_CRC_LEN);
             self.stage.put_u32_le(segment_crc(seg0));
         }
-        self.rest_and_epilogue(n, [&segments[1], &segments[2], &segments[3]], out);
+        self.rest_and_epilogue(n, [&segments[1], &segments[2], &segments[3]], out, false);
     }
 
     /// Segments 1.. of a frame announcing `n` segments, then its epilogue (nothing for a
-    /// one-segment frame): late status and the crcs of segments 1 to 3, staged in one
-    /// copy.
-    fn rest_and_epilogue(&mut self, n: usize, rest: [&Bytes; 3], out: &mut Vec<Bytes>) {
+    /// one-segment frame), or with `defer` the note to stage it later
+    /// ([`FrameWriter::complete_epilogue`]).
+    fn rest_and_epilogue(&mut self, n: usize, rest: [&Bytes; 3], out: &mut Vec<Bytes>, defer: bool) {
         if n <= 1 {
             return;
         }
         for seg in rest.iter().take(n - 1) {
             self.put_segment(seg, out);
         }
-        self.put_epilogue(n, rest);
+        if defer {
+            self.deferred = Some(DeferredEpilogue { rest: rest.map(Bytes::clone), n });
+        } else {
+            self.put_epilogue(n, rest);
+        }
     }
 
     /// The epilogue of a frame of `n` segments (more than one): late status and the

@@ -72,7 +72,7 @@ enum Outgoing<'a> {
 const MAX_PRE_AUTH: usize = 1 << 20;
 /// Frames from this size on are read into a buffer of their own (see [`RxPool`]):
 /// below it, several frames per read beat one read per frame.
-const LARGE_FRAME: usize = 32 * 1024;
+pub(crate) const LARGE_FRAME: usize = 32 * 1024;
 /// Largest spare stream buffer a connection keeps once its input is drained.
 const SPARE_KEPT_IDLE: usize = 128 * 1024;
 /// A frame in progress of up to this many on-wire bytes keeps the received pieces it
