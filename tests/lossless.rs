@@ -74,7 +74,7 @@ fn lossless_session_survives_injected_socket_failures_exactly_once_in_order() {
     const N: u64 = 20_000;
     let before = msgr::stack::inject::injected_failures();
     let cfg =
-        config(&[("ms_inject_socket_failures", "300"), ("ms_initial_backoff", "0.01"), ("ms_max_backoff", "0.1")]);
+        config(&[("ms_inject_socket_failures", "100"), ("ms_initial_backoff", "0.01"), ("ms_max_backoff", "0.1")]);
     let server = messenger(&cfg, EntityType::Osd, 1);
     server.set_default_policy(Policy::lossless_peer(0));
     let srv = Echo::new(N);
