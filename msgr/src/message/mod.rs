@@ -2,12 +2,15 @@
 
 pub mod auth;
 pub mod command;
+mod crc_memo;
 pub mod mon;
 pub mod types;
 
 use bytes::Bytes;
 
 use crate::proto::entity::EntityName;
+
+pub use crc_memo::{CrcMemo, CRC_MEMO_MIN};
 
 pub use types::{
     MMonGetVersion, MMonGetVersionReply, MPing, TypedMessage, MSG_CONFIG, MSG_MON_COMMAND, MSG_MON_COMMAND_ACK,
@@ -56,6 +59,9 @@ pub struct Message {
     pub data_off: u16,
     /// Sender, filled in on receipt by the session.
     pub src: Option<EntityName>,
+    /// The data segment's crc, when known: set on receipt, so that data sent on
+    /// unchanged is not checksummed again ([`CrcMemo`]). Never needs setting by hand.
+    pub data_crc: CrcMemo,
 }
 
 impl Message {
@@ -111,6 +117,25 @@ impl Message {
     pub fn with_data_off(mut self, data_off: u16) -> Self {
         self.data_off = data_off;
         self
+    }
+
+    /// Computes the data segment's crc now and remembers it with the message
+    /// ([`CrcMemo`]), so that the message and its clones are sent without computing it
+    /// again: for a message sent to several peers. Data shorter than [`CRC_MEMO_MIN`]
+    /// is not worth it and is left as it is.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use msgr_core::message::Message;
+    /// use msgr_core::proto::crc::segment_crc;
+    /// let mut m = Message::new(19, Bytes::new()).with_data(Bytes::from(vec![7u8; 4096]));
+    /// m.remember_data_crc();
+    /// assert_eq!(m.clone().data_crc.get(&m.data), Some(segment_crc(&m.data)));
+    /// ```
+    pub fn remember_data_crc(&mut self) {
+        if self.data.len() >= CRC_MEMO_MIN && self.data_crc.get(&self.data).is_none() {
+            self.data_crc = CrcMemo::new(&self.data, crate::proto::crc::segment_crc(&self.data));
+        }
     }
 
     /// Sum of the front, middle and data lengths.

@@ -513,6 +513,7 @@ pub struct FrameWriter {
 struct DeferredEpilogue {
     rest: [Bytes; 3],
     n: usize,
+    data_crc: Option<u32>,
 }
 
 /// Payload at which a message's epilogue is deferred. Its crc (about 17 µs per MiB
@@ -564,7 +565,16 @@ impl FrameWriter {
     /// A message of [`EPILOGUE_DEFER_MIN`] payload bytes or more leaves its epilogue
     /// unstaged ([`FrameWriter::epilogue_pending`]): write what `out` holds, then have
     /// it staged (any next push does it first).
-    pub fn push_message(&mut self, header: &[u8; MSG_HEADER2_LEN], rest: [&Bytes; 3], out: &mut Vec<Bytes>) {
+    ///
+    /// `data_crc`, if given, is the data segment's crc, known from before
+    /// ([`CrcMemo`](crate::message::CrcMemo)): it is used, not computed again.
+    pub fn push_message(
+        &mut self,
+        header: &[u8; MSG_HEADER2_LEN],
+        rest: [&Bytes; 3],
+        data_crc: Option<u32>,
+        out: &mut Vec<Bytes>,
+    ) {
         self.complete_epilogue();
         let mut n = 1;
         let mut lens = [MSG_HEADER2_LEN as u32, 0, 0, 0];
@@ -586,7 +596,7 @@ impl FrameWriter {
         self.room(head.len());
         self.stage.put_slice(&head);
         let defer = rest.iter().map(|s| s.len()).sum::<usize>() >= EPILOGUE_DEFER_MIN;
-        self.rest_and_epilogue(n, rest, out, defer);
+        self.rest_and_epilogue(n, rest, data_crc, out, defer);
     }
 
     /// Whether a message's epilogue waits to be staged (see [`FrameWriter::push_message`]).
@@ -597,7 +607,7 @@ impl FrameWriter {
     /// Stages the deferred epilogue, if there is one: its crcs are computed now.
     pub fn complete_epilogue(&mut self) {
         if let Some(d) = self.deferred.take() {
-            self.put_epilogue(d.n, [&d.rest[0], &d.rest[1], &d.rest[2]]);
+            self.put_epilogue(d.n, [&d.rest[0], &d.rest[1], &d.rest[2]], d.data_crc);
         }
     }
 
@@ -612,13 +622,20 @@ impl FrameWriter {
             self.room(SEGMENT_CRC_LEN);
             self.stage.put_u32_le(segment_crc(seg0));
         }
-        self.rest_and_epilogue(n, [&segments[1], &segments[2], &segments[3]], out, false);
+        self.rest_and_epilogue(n, [&segments[1], &segments[2], &segments[3]], None, out, false);
     }
 
     /// Segments 1.. of a frame announcing `n` segments, then its epilogue (nothing for a
     /// one-segment frame), or with `defer` the note to stage it later
     /// ([`FrameWriter::complete_epilogue`]).
-    fn rest_and_epilogue(&mut self, n: usize, rest: [&Bytes; 3], out: &mut Vec<Bytes>, defer: bool) {
+    fn rest_and_epilogue(
+        &mut self,
+        n: usize,
+        rest: [&Bytes; 3],
+        data_crc: Option<u32>,
+        out: &mut Vec<Bytes>,
+        defer: bool,
+    ) {
         if n <= 1 {
             return;
         }
@@ -626,19 +643,24 @@ impl FrameWriter {
             self.put_segment(seg, out);
         }
         if defer {
-            self.deferred = Some(DeferredEpilogue { rest: rest.map(Bytes::clone), n });
+            self.deferred = Some(DeferredEpilogue { rest: rest.map(Bytes::clone), n, data_crc });
         } else {
-            self.put_epilogue(n, rest);
+            self.put_epilogue(n, rest, data_crc);
         }
     }
 
     /// The epilogue of a frame of `n` segments (more than one): late status and the
-    /// crcs of segments 1 to 3, staged in one copy.
-    fn put_epilogue(&mut self, n: usize, rest: [&Bytes; 3]) {
+    /// crcs of segments 1 to 3 (the last one's given if `data_crc` is), staged in one
+    /// copy.
+    fn put_epilogue(&mut self, n: usize, rest: [&Bytes; 3], data_crc: Option<u32>) {
         let mut epilogue = [0u8; EPILOGUE_LEN];
         epilogue[0] = LATE_STATUS_COMPLETE;
         for (i, seg) in rest.iter().enumerate().take(n - 1) {
-            epilogue[1 + 4 * i..5 + 4 * i].copy_from_slice(&segment_crc(seg).to_le_bytes());
+            let crc = match data_crc {
+                Some(crc) if i == 2 => crc,
+                _ => segment_crc(seg),
+            };
+            epilogue[1 + 4 * i..5 + 4 * i].copy_from_slice(&crc.to_le_bytes());
         }
         self.room(EPILOGUE_LEN);
         self.stage.put_slice(&epilogue);
@@ -797,6 +819,16 @@ impl FrameDecoder {
     /// included, gathered by the caller outside the stream buffer (a large frame is read
     /// straight into a buffer of its own).
     pub fn decode_gathered(&mut self, raw: Bytes) -> Result<Frame, FrameError> {
+        self.gathered(raw).map(|c| c.frame)
+    }
+
+    /// As [`FrameDecoder::decode_gathered`], a MESSAGE frame as its parts (see
+    /// [`FrameDecoder::decode_any`]).
+    pub(crate) fn decode_gathered_any(&mut self, raw: Bytes) -> Result<Decoded, FrameError> {
+        self.gathered(raw).map(Checked::into_decoded)
+    }
+
+    fn gathered(&mut self, raw: Bytes) -> Result<Checked, FrameError> {
         self.failed.check()?;
         let expected = self.pending_len().unwrap_or(0);
         let r = match self.pending.take() {
@@ -836,7 +868,13 @@ impl FrameDecoder {
     /// assert_eq!(rope.gathered(), 0);
     /// ```
     pub fn decode_rope(&mut self, rope: &mut Rope) -> Result<Option<Frame>, FrameError> {
-        self.guarded(|d| d.step_rope(rope))
+        self.guarded(|d| d.step_rope(rope)).map(|c| c.map(|c| c.frame))
+    }
+
+    /// As [`FrameDecoder::decode_rope`], a MESSAGE frame as its parts (see
+    /// [`FrameDecoder::decode_any`]).
+    pub(crate) fn decode_rope_any(&mut self, rope: &mut Rope) -> Result<Option<Decoded>, FrameError> {
+        self.guarded(|d| d.step_rope(rope)).map(|c| c.map(Checked::into_decoded))
     }
 
     /// Runs one decoding step with the poisoning rules: a poisoned decoder refuses, a
@@ -893,7 +931,7 @@ impl FrameDecoder {
 
     fn step(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         let Some(pre) = self.whole_frame_in(buf)? else { return Ok(None) };
-        let r = take_frame(&pre, buf);
+        let r = take_frame(&pre, buf).map(|c| c.frame);
         self.hint = PREAMBLE_LEN.saturating_sub(buf.len()).max(1);
         r.map(Some)
     }
@@ -903,7 +941,7 @@ impl FrameDecoder {
         let r = if pre.tag == Tag::Message && pre.lens[0] as usize == MSG_HEADER2_LEN {
             crc_rev1_message(&pre, buf).map(Decoded::Message)
         } else {
-            take_frame(&pre, buf).map(Decoded::Frame)
+            take_frame(&pre, buf).map(|c| Decoded::Frame(c.frame))
         };
         self.hint = PREAMBLE_LEN.saturating_sub(buf.len()).max(1);
         r.map(Some)
@@ -921,7 +959,7 @@ impl FrameDecoder {
         self.whole_frame(buf.len(), peek)
     }
 
-    fn step_rope(&mut self, rope: &mut Rope) -> Result<Option<Frame>, FrameError> {
+    fn step_rope(&mut self, rope: &mut Rope) -> Result<Option<Checked>, FrameError> {
         let Some(pre) = self.whole_frame(rope.len(), |p| rope.peek(p))? else { return Ok(None) };
         rope.advance(PREAMBLE_LEN);
         let r = crc_rev1_disassemble(&pre, rope);
@@ -994,7 +1032,7 @@ impl FrameBytes for Rope {
 }
 
 /// The frame `pre` announces, whole at the front of `buf`, taken off and disassembled.
-fn take_frame(pre: &Preamble, buf: &mut BytesMut) -> Result<Frame, FrameError> {
+fn take_frame(pre: &Preamble, buf: &mut BytesMut) -> Result<Checked, FrameError> {
     let raw = buf.split_to(pre.crc_onwire_len()).freeze();
     crc_rev1_disassemble(pre, &mut Contiguous::after_preamble(&raw))
 }
@@ -1019,7 +1057,7 @@ fn check_epilogue(epilogue: &[u8], got: impl IntoIterator<Item = u32>) -> Result
 /// crc-mode rev1 disassembly (`disasm_first_crc_rev1` + `disasm_remaining_crc_rev1`):
 /// takes one frame's segments from `src` (its preamble already consumed) and checks
 /// crcs and late_status.
-fn crc_rev1_disassemble(pre: &Preamble, src: &mut impl FrameBytes) -> Result<Frame, FrameError> {
+fn crc_rev1_disassemble(pre: &Preamble, src: &mut impl FrameBytes) -> Result<Checked, FrameError> {
     let n = usize::from(pre.num_segments).min(MAX_SEGMENTS);
     let mut segments: [Bytes; 4] = Default::default();
     let len0 = pre.lens[0] as usize;
@@ -1034,11 +1072,50 @@ fn crc_rev1_disassemble(pre: &Preamble, src: &mut impl FrameBytes) -> Result<Fra
     for (seg, &len) in segments.iter_mut().zip(&pre.lens).take(n).skip(1) {
         *seg = src.segment(len as usize);
     }
+    let mut data_crc = EMPTY_SEGMENT_CRC;
     if n > 1 {
         let epilogue: [u8; EPILOGUE_LEN] = src.field();
-        check_epilogue(&epilogue, segments.iter().take(n).skip(1).map(|s| segment_crc(s)))?;
+        let crcs = segments.iter().take(n).skip(1).map(|s| segment_crc(s)).inspect(|&c| data_crc = c);
+        check_epilogue(&epilogue, crcs)?;
+        if n < MAX_SEGMENTS {
+            data_crc = EMPTY_SEGMENT_CRC;
+        }
     }
-    Ok(Frame { tag: pre.tag, segments, aligns: pre.aligns, num_segments: pre.num_segments })
+    Ok(Checked {
+        frame: Frame { tag: pre.tag, segments, aligns: pre.aligns, num_segments: pre.num_segments },
+        data_crc,
+    })
+}
+
+/// A frame whose crcs and late status passed, with the crc of its last segment (the
+/// data segment of a MESSAGE frame), kept for [`CrcMemo`](crate::message::CrcMemo).
+struct Checked {
+    frame: Frame,
+    data_crc: u32,
+}
+
+impl Checked {
+    /// A MESSAGE frame with the usual 41-byte header as its parts; any other whole.
+    fn into_decoded(self) -> Decoded {
+        let Checked { frame, data_crc } = self;
+        if frame.tag != Tag::Message {
+            return Decoded::Frame(frame);
+        }
+        let Ok(header) = <&[u8; MSG_HEADER2_LEN]>::try_from(&frame.segments[0][..]) else {
+            return Decoded::Frame(frame);
+        };
+        let header = MsgHeader2::from_array(header);
+        let [_, front, middle, data] = frame.segments;
+        Decoded::Message(MessageParts {
+            header,
+            front,
+            middle,
+            data,
+            data_crc,
+            aligns: frame.aligns,
+            num_segments: frame.num_segments,
+        })
+    }
 }
 
 /// A decoded frame: a MESSAGE frame as its parts when the decoder was asked for them
@@ -1057,6 +1134,8 @@ pub(crate) struct MessageParts {
     pub(crate) front: Bytes,
     pub(crate) middle: Bytes,
     pub(crate) data: Bytes,
+    /// The data segment's crc, checked against the epilogue.
+    pub(crate) data_crc: u32,
     /// As announced, so that the frame can be rebuilt exactly ([`Decoded::into_frame`]).
     aligns: [u16; 4],
     num_segments: u8,
@@ -1084,8 +1163,8 @@ impl Decoded {
 /// off without copying.
 fn crc_rev1_message(pre: &Preamble, buf: &mut BytesMut) -> Result<MessageParts, FrameError> {
     let total = pre.crc_onwire_len();
-    let header = match check_message(pre, buf.get(..total).unwrap_or_default()) {
-        Ok(h) => h,
+    let (header, data_crc) = match check_message(pre, buf.get(..total).unwrap_or_default()) {
+        Ok(checked) => checked,
         Err(e) => {
             skip(buf, total);
             return Err(e);
@@ -1097,12 +1176,13 @@ fn crc_rev1_message(pre: &Preamble, buf: &mut BytesMut) -> Result<MessageParts, 
     if pre.num_segments > 1 {
         skip(buf, EPILOGUE_LEN);
     }
-    Ok(MessageParts { header, front, middle, data, aligns: pre.aligns, num_segments: pre.num_segments })
+    Ok(MessageParts { header, front, middle, data, data_crc, aligns: pre.aligns, num_segments: pre.num_segments })
 }
 
-/// The checks of [`crc_rev1_message`] on the frame's `raw` bytes; the header if they
-/// pass. A short `raw` (it cannot be: the caller sized it) fails the crcs.
-fn check_message(pre: &Preamble, raw: &[u8]) -> Result<MsgHeader2, FrameError> {
+/// The checks of [`crc_rev1_message`] on the frame's `raw` bytes; the header and the
+/// data segment's crc if they pass. A short `raw` (it cannot be: the caller sized it)
+/// fails the crcs.
+fn check_message(pre: &Preamble, raw: &[u8]) -> Result<(MsgHeader2, u32), FrameError> {
     let at = |start: usize, len: usize| raw.get(start..start.saturating_add(len)).unwrap_or_default();
     // Read where it lies, not copied out first (41 bytes stored in pieces and read back
     // as words stall).
@@ -1115,7 +1195,7 @@ fn check_message(pre: &Preamble, raw: &[u8]) -> Result<MsgHeader2, FrameError> {
     let header = MsgHeader2::from_array(header);
     let n = usize::from(pre.num_segments).min(MAX_SEGMENTS);
     if n <= 1 {
-        return Ok(header);
+        return Ok((header, EMPTY_SEGMENT_CRC));
     }
     let mut off = PREAMBLE_LEN + MSG_HEADER2_LEN + SEGMENT_CRC_LEN;
     let mut crcs = [0u32; 3];
@@ -1125,8 +1205,12 @@ fn check_message(pre: &Preamble, raw: &[u8]) -> Result<MsgHeader2, FrameError> {
         off += len;
     }
     check_epilogue(at(off, EPILOGUE_LEN), crcs.into_iter().take(n - 1))?;
-    Ok(header)
+    // Fewer than 4 segments: the data segment is empty.
+    Ok((header, if n == MAX_SEGMENTS { crcs[2] } else { EMPTY_SEGMENT_CRC }))
 }
+
+/// The segment crc of no bytes (the seed).
+const EMPTY_SEGMENT_CRC: u32 = 0xFFFF_FFFF;
 
 /// Drops `n` bytes off the front of `buf` (all it has, if fewer: the caller sized
 /// `buf`, so that cannot happen, but it is no reason to panic).

@@ -7,8 +7,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::encoding::DecodeError;
+use super::entity::EntityName;
 use super::frame::{Frame, MessageParts, Tag, MESSAGE_ALIGNS};
-use crate::message::Message;
+use crate::message::{CrcMemo, Message};
 
 /// Length of the packed `ceph_msg_header2`.
 pub const MSG_HEADER2_LEN: usize = 41;
@@ -180,20 +181,22 @@ pub(crate) fn message_from_frame(frame: Frame) -> Result<(MsgHeader2, Message), 
     }
     let [header, front, middle, data] = frame.segments;
     let h = MsgHeader2::decode(&header)?;
-    Ok((h, message_of(h, front, middle, data)))
+    Ok((h, message_of(h, front, middle, data, CrcMemo::default())))
 }
 
 /// The message of a MESSAGE frame the decoder took apart ([`FrameDecoder::decode_any`]
 /// checked the header's length): cannot fail.
 ///
 /// [`FrameDecoder::decode_any`]: super::frame::FrameDecoder::decode_any
-pub(crate) fn message_from_parts(p: MessageParts) -> (MsgHeader2, Message) {
-    let h = p.header;
-    let msg = message_of(h, p.front, p.middle, p.data);
-    (h, msg)
+/// `src` is the sender's name. Inlined so that the message is built where it is put.
+#[inline]
+pub(crate) fn message_from_parts(p: MessageParts, src: Option<EntityName>) -> Message {
+    let data_crc = CrcMemo::new(&p.data, p.data_crc);
+    Message { src, ..message_of(p.header, p.front, p.middle, p.data, data_crc) }
 }
 
-fn message_of(h: MsgHeader2, front: Bytes, middle: Bytes, data: Bytes) -> Message {
+#[inline]
+fn message_of(h: MsgHeader2, front: Bytes, middle: Bytes, data: Bytes, data_crc: CrcMemo) -> Message {
     Message {
         msg_type: h.msg_type,
         priority: h.priority,
@@ -206,6 +209,7 @@ fn message_of(h: MsgHeader2, front: Bytes, middle: Bytes, data: Bytes) -> Messag
         data,
         data_off: h.data_off,
         src: None,
+        data_crc,
     }
 }
 
@@ -253,7 +257,7 @@ mod tests {
         assert_eq!(encode_frame_to_vec(&message_frame(&m, 5, 3)), wire);
         let mut w = FrameWriter::new();
         let mut out = Vec::new();
-        w.push_message(&message_header(&m, 5, 3).to_array(), [&m.front, &m.middle, &m.data], &mut out);
+        w.push_message(&message_header(&m, 5, 3).to_array(), [&m.front, &m.middle, &m.data], None, &mut out);
         w.finish(&mut out);
         assert_eq!(out.concat(), wire);
     }
@@ -285,7 +289,7 @@ mod tests {
             let want = encode_frame_to_vec(&message_frame(&m, seq, ack));
             let mut w = FrameWriter::new();
             let mut out = Vec::new();
-            w.push_message(&message_header(&m, seq, ack).to_array(), [&m.front, &m.middle, &m.data], &mut out);
+            w.push_message(&message_header(&m, seq, ack).to_array(), [&m.front, &m.middle, &m.data], None, &mut out);
             w.finish(&mut out);
             prop_assert_eq!(out.concat(), want);
         }
@@ -301,7 +305,7 @@ mod tests {
             let want = encode_frame_to_vec(&message_frame(&m, seq, 0));
             let mut w = FrameWriter::new();
             let mut out = Vec::new();
-            w.push_message(&message_header(&m, seq, 0).to_array(), [&m.front, &m.middle, &m.data], &mut out);
+            w.push_message(&message_header(&m, seq, 0).to_array(), [&m.front, &m.middle, &m.data], None, &mut out);
             w.finish(&mut out);
             prop_assert!(w.epilogue_pending());
             prop_assert_eq!(&out.concat()[..], &want[..want.len() - EPILOGUE_LEN]);

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use proptest::prelude::*;
 
 use super::*;
-use crate::proto::frame::{Preamble, MESSAGE_ALIGNS};
+use crate::message::CrcMemo;
+use crate::proto::frame::{Preamble, EPILOGUE_LEN, MESSAGE_ALIGNS};
 use crate::proto::rxpool::RxPool;
 
 /// A READY server (lossy) whose frame limit is `max_frame`, its handshake output and
@@ -759,4 +760,77 @@ fn a_drained_session_keeps_a_small_spare_but_not_a_deep_one() {
     s.rx = BytesMut::with_capacity(4096);
     assert!(s.rx_idle().iter().all(Option::is_none));
     assert_eq!(s.rx.capacity(), 0, "an idle session pins no small buffer either");
+}
+
+// ---- the received data segment's crc (CrcMemo) ----
+
+/// Each message's remembered data crc, checked against a fresh computation.
+fn memos(got: &[Message]) -> Vec<Option<u32>> {
+    got.iter()
+        .map(|m| {
+            let memo = m.data_crc.get(&m.data);
+            if let Some(crc) = memo {
+                assert_eq!(crc, crate::proto::crc::segment_crc(&m.data), "the crc of the bytes it covers");
+            }
+            memo
+        })
+        .collect()
+}
+
+#[test]
+fn received_data_carries_its_checked_crc_on_every_receive_path() {
+    use crate::message::CRC_MEMO_MIN;
+    let t0 = Instant::now();
+    let frames = [ping(1, 4096, 1), ping(2, CRC_MEMO_MIN - 1, 2), ping(3, 0, 3), ping(4, 70_000, 4)];
+    let wire = stream(&frames);
+    let expected = [true, false, false, true];
+    // Copied into the stream buffer (the large one into a buffer of its own).
+    let mut s = ready_server(t0, 1 << 20, Some(RxPool::new(4 << 20)));
+    for c in wire.chunks(8192) {
+        s.handle_bytes(t0, c).unwrap();
+    }
+    let got = messages(&mut s);
+    assert_eq!(memos(&got).iter().map(Option::is_some).collect::<Vec<_>>(), expected);
+    // Owned pieces: a slice of one, gathered across two, and (beyond the pin bound) a
+    // buffer of its own.
+    let mut s = ready_server(t0, 8 << 20, Some(RxPool::new(16 << 20)));
+    let cuts = [DATA_AT + 100, wire.len() - 60_000];
+    for p in cut(&wire, &cuts) {
+        s.handle_owned(t0, p).unwrap();
+    }
+    let mut big = ready_server(t0, 8 << 20, Some(RxPool::new(16 << 20)));
+    let f = ping(1, 3 << 20, 5);
+    for c in stream(std::slice::from_ref(&f)).chunks(128 * 1024) {
+        big.handle_owned(t0, Bytes::copy_from_slice(c)).unwrap();
+    }
+    let mut got = messages(&mut s);
+    got.extend(messages(&mut big));
+    assert_eq!(memos(&got).iter().map(Option::is_some).collect::<Vec<_>>(), [expected.as_slice(), &[true]].concat());
+}
+
+#[test]
+fn a_message_sent_on_with_its_data_unchanged_reuses_the_crc_and_only_then() {
+    let t0 = Instant::now();
+    let mut s = ready_server(t0, 1 << 20, None);
+    s.handle_bytes(t0, &stream(&[ping(1, 8192, 1)])).unwrap();
+    let m = messages(&mut s).remove(0);
+    let right = crate::proto::crc::segment_crc(&m.data);
+    // What goes out for a message: its data crc from the epilogue, as the peer decodes it.
+    let sent_crc = |s: &mut Session, m: Message| {
+        s.send_message(Message { seq: 0, src: None, ..m });
+        let wire = out(s);
+        let at = wire.len() - EPILOGUE_LEN + 1 + 4 * 2;
+        u32::from_le_bytes(wire[at..at + 4].try_into().unwrap())
+    };
+    // The memo is what is sent: a wrong one (it cannot arise; forged here) goes out as is.
+    let forged = Message { data_crc: CrcMemo::new(&m.data, !right), ..m.clone() };
+    assert_eq!(sent_crc(&mut s, forged), !right);
+    // The same bytes elsewhere: the memo does not apply, the crc is computed.
+    let moved = Message { data: Bytes::copy_from_slice(&m.data), data_crc: CrcMemo::new(&m.data, !right), ..m.clone() };
+    assert_eq!(sent_crc(&mut s, moved), right);
+    // Echoed as received: the crc is right, and a decoder takes the frame.
+    s.send_message(Message { seq: 0, src: None, ..m.clone() });
+    let wire = out(&mut s);
+    let frame = FrameDecoder::new(FrameLimits::default()).decode(&mut BytesMut::from(&wire[..])).unwrap().unwrap();
+    assert_eq!(frame.segments[3], m.data);
 }

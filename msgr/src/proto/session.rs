@@ -994,9 +994,7 @@ impl Session {
         }
         while self.state != State::Closed {
             let decoded = match self.rx_large.take() {
-                Some((buf, filled)) if filled == buf.len() => {
-                    self.decoder.decode_gathered(buf.freeze()).map(|f| Some(Decoded::Frame(f)))
-                }
+                Some((buf, filled)) if filled == buf.len() => self.decoder.decode_gathered(buf.freeze()).map(Some),
                 Some(partial) => {
                     self.rx_large = Some(partial);
                     break;
@@ -1031,17 +1029,16 @@ impl Session {
         if self.rope.is_empty() {
             return self.decoder.decode(&mut self.rx);
         }
-        let frame = match &mut self.decoder {
-            RxCodec::Crc(d) => d.decode_rope(&mut self.rope),
+        match &mut self.decoder {
+            RxCodec::Crc(d) => d.decode_rope_any(&mut self.rope),
             RxCodec::Secure(d) => {
                 // AUTH_DONE chose secure mode while owned pieces were held: decryption
                 // writes a new buffer anyway, so they join the stream buffer.
                 let held = self.rope.len();
                 self.rope.drain_to(&mut self.rx, held);
-                d.decode(&mut self.rx)
+                d.decode(&mut self.rx).map(|f| f.map(Decoded::Frame))
             }
-        };
-        frame.map(|f| f.map(Decoded::Frame))
+        }
     }
 
     /// The decoder needs more of the frame in progress: decides where the rest of it
@@ -1153,7 +1150,7 @@ impl Session {
             (None, Outgoing::Frame(f)) => self.tx_writer.push_frame(f, out),
             (None, Outgoing::Message(m, seq, ack)) => {
                 let header = message_header(m, seq, ack).to_array();
-                self.tx_writer.push_message(&header, [&m.front, &m.middle, &m.data], out);
+                self.tx_writer.push_message(&header, [&m.front, &m.middle, &m.data], m.data_crc.get(&m.data), out);
             }
         }
         let moved: usize = out[before..].iter().map(Bytes::len).sum();
@@ -1762,25 +1759,37 @@ impl Session {
     }
 
     fn ready_parts(&mut self, m: MessageParts) -> Result<(), SessionError> {
-        let (hdr, msg) = message_from_parts(m);
-        self.ready_decoded(hdr, msg)
+        if self.take_in_seq(&m.header) {
+            // Built where it is queued: a message is large, and moves cost.
+            let src = self.peer.as_ref().map(|p| p.name);
+            self.events.push_back(SessionEvent::Message(message_from_parts(m, src)));
+        }
+        Ok(())
     }
 
     fn ready_decoded(&mut self, hdr: MsgHeader2, mut msg: Message) -> Result<(), SessionError> {
+        if self.take_in_seq(&hdr) {
+            msg.seq = hdr.seq;
+            msg.src = self.peer.as_ref().map(|p| p.name);
+            self.events.push_back(SessionEvent::Message(msg));
+        }
+        Ok(())
+    }
+
+    /// Trims what the message acknowledges and takes its sequence number: whether it
+    /// is one we do not have yet.
+    fn take_in_seq(&mut self, hdr: &MsgHeader2) -> bool {
         self.st.trim_sent(hdr.ack_seq);
         if hdr.seq <= self.st.in_seq {
             // A resend of something we already have (Ceph drops these silently).
             self.dropped_dups += 1;
-            return Ok(());
+            return false;
         }
         if hdr.seq > self.st.in_seq + 1 {
             self.skipped_seqs += hdr.seq - self.st.in_seq - 1;
         }
         self.st.in_seq = hdr.seq;
-        msg.seq = hdr.seq;
-        msg.src = self.peer.as_ref().map(|p| p.name);
-        self.events.push_back(SessionEvent::Message(msg));
-        Ok(())
+        true
     }
 
     /// Queues a message. It is sent once the session is READY, in queue order.
@@ -1952,9 +1961,9 @@ impl RxCodec {
     }
 
     /// Large frames are only gathered in crc mode (see `Session::start_large_frame`).
-    fn decode_gathered(&mut self, raw: Bytes) -> Result<Frame, FrameError> {
+    fn decode_gathered(&mut self, raw: Bytes) -> Result<Decoded, FrameError> {
         match self {
-            RxCodec::Crc(d) => d.decode_gathered(raw),
+            RxCodec::Crc(d) => d.decode_gathered_any(raw),
             RxCodec::Secure(_) => Err(FrameError::GatheredLength { expected: 0, got: raw.len() }),
         }
     }
