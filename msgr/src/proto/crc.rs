@@ -16,6 +16,7 @@
 /// // Relation to the standard CRC-32C.
 /// assert_eq!(ceph_crc32c(0xFFFF_FFFF, b"123456789"), !crc32c::crc32c(b"123456789"));
 /// ```
+#[inline]
 pub fn ceph_crc32c(seed: u32, data: &[u8]) -> u32 {
     if data.is_empty() {
         // Every message frame announces segments it leaves empty (middle, most often).
@@ -24,6 +25,13 @@ pub fn ceph_crc32c(seed: u32, data: &[u8]) -> u32 {
     if data.len() < FOLD_FROM {
         return short_crc(seed, data);
     }
+    long_crc(seed, data)
+}
+
+/// [`ceph_crc32c`] of `FOLD_FROM` bytes or more. Not inlined: its digest takes a
+/// few hundred bytes of stack that the short path (most calls) should not set up.
+#[inline(never)]
+fn long_crc(seed: u32, data: &[u8]) -> u32 {
     // A digest's state is the bare register: started from `seed` and read back before
     // the final inversion, it is exactly Ceph's update.
     let mut d = crc_fast::Digest::new_with_init_state(crc_fast::CrcAlgorithm::Crc32Iscsi, u64::from(seed));
@@ -37,6 +45,7 @@ pub fn ceph_crc32c(seed: u32, data: &[u8]) -> u32 {
 /// segments), and the crc32c crate's general routine first steps byte by byte to an
 /// aligned address and sets up its three-way loop: about 150 instructions for a
 /// 64-byte message's 28-byte preamble, where the plain chain below takes 10.
+#[inline]
 fn short_crc(seed: u32, data: &[u8]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("sse4.2") {
