@@ -397,28 +397,32 @@ impl Connection {
     /// Gives the message back if it must go to the outbox.
     #[inline]
     fn queue_local(&self, m: Message, len: u64) -> Option<Message> {
-        if LANE.try_with(Cell::get).ok().flatten() != Some(self.id) {
+        if LANE.try_with(Cell::get).ok().flatten() != Some(self.id) || !self.count_local(len) {
             return Some(m);
         }
-        let mut m = Some(m);
-        let _ = LANE_MSGS.try_with(|q| {
-            // (Busy or gone only if this thread is exiting.)
-            let Ok(mut q) = q.try_borrow_mut() else { return };
-            let mut cur = self.sent.load(Ordering::Acquire);
-            loop {
-                if cur & OUTBOX_BUSY != 0 {
-                    // Older messages wait in the outbox: this one goes after them.
-                    return;
-                }
-                match self.sent.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => break,
-                    Err(now) => cur = now,
-                }
+        // Moved once, straight into the lane (a message is large: each move is a copy).
+        // The lane is this thread's and open, so its queue is there and not borrowed
+        // (the lane's queue is only borrowed here and when the lane closes).
+        LANE_MSGS.with_borrow_mut(|q| q.push(m));
+        None
+    }
+
+    /// Counts a local send, unless older messages wait in the outbox (the send then
+    /// goes after them, through it): whether it was counted.
+    #[inline]
+    fn count_local(&self, len: u64) -> bool {
+        let mut cur = self.sent.load(Ordering::Acquire);
+        loop {
+            if cur & OUTBOX_BUSY != 0 {
+                return false;
             }
-            self.sent_bytes.fetch_add(len, Ordering::Relaxed);
-            q.extend(m.take());
-        });
-        m
+            match self.sent.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        self.sent_bytes.fetch_add(len, Ordering::Relaxed);
+        true
     }
 
     /// Payload bytes (front + middle + data) of the messages this connection holds:
