@@ -15,8 +15,9 @@ use bytes::Bytes;
 /// which pays when one message is sent to several peers. A memo holds a reference to
 /// the bytes it covers and applies only while the message's `data` is those very bytes
 /// (same memory, same length: the contents of live [`Bytes`] cannot change), so
-/// replacing `data` makes it inert, never wrong. It is not part of a message's value:
-/// two messages that differ only in their memos are equal.
+/// replacing `data` makes it inert, never wrong; a session drops an inert memo as it
+/// queues the message, so the old bytes are not kept alive through it. It is not part
+/// of a message's value: two messages that differ only in their memos are equal.
 ///
 /// [`Message::remember_data_crc`]: super::Message::remember_data_crc
 #[derive(Clone, Default)]
@@ -42,6 +43,18 @@ impl CrcMemo {
         match &self.0 {
             Some((of, crc)) if of.as_ptr() == data.as_ptr() && of.len() == data.len() => Some(*crc),
             _ => None,
+        }
+    }
+}
+
+impl CrcMemo {
+    /// Forgets the memo unless it covers exactly `data`: a message whose data was
+    /// replaced (a reply built from a request, say) would otherwise keep the old bytes
+    /// alive through it. A session does this as it queues a message.
+    #[inline]
+    pub fn keep_only_for(&mut self, data: &Bytes) {
+        if self.0.is_some() && self.get(data).is_none() {
+            self.0 = None;
         }
     }
 }
@@ -100,6 +113,17 @@ mod tests {
         let other = Bytes::from(vec![4u8; 8192]);
         assert_ne!(other.as_ptr(), ptr);
         assert_eq!(memo.get(&other), None);
+    }
+
+    #[test]
+    fn kept_only_for_the_bytes_it_covers() {
+        let data = Bytes::from(vec![5u8; 4096]);
+        let mut memo = CrcMemo::new(&data, 3);
+        memo.keep_only_for(&data);
+        assert_eq!(memo.get(&data), Some(3));
+        let other = Bytes::from(vec![5u8; 4096]);
+        memo.keep_only_for(&other);
+        assert!(memo.0.is_none(), "forgotten, and with it the reference to the old bytes");
     }
 
     #[test]

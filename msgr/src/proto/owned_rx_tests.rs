@@ -834,3 +834,22 @@ fn a_message_sent_on_with_its_data_unchanged_reuses_the_crc_and_only_then() {
     let frame = FrameDecoder::new(FrameLimits::default()).decode(&mut BytesMut::from(&wire[..])).unwrap().unwrap();
     assert_eq!(frame.segments[3], m.data);
 }
+
+#[test]
+fn a_reply_with_new_data_does_not_keep_the_request_s_bytes_alive() {
+    let t0 = Instant::now();
+    let mut s = ready_server(t0, 1 << 20, None);
+    let live = Arc::new(AtomicUsize::new(0));
+    s.handle_owned(t0, chunk(&stream(&[ping(1, 8192, 1)]), &live)).unwrap();
+    let m = messages(&mut s).remove(0);
+    assert!(m.data_crc.get(&m.data).is_some(), "received in place, with its crc");
+    assert_eq!(live.load(Ordering::SeqCst), 1);
+    // A reply made of the request, its data replaced (the old data is dropped here):
+    // the memo came along, and holds the request's bytes.
+    let mut reply = m;
+    reply.data = Bytes::from(vec![1u8; 2048]);
+    assert_eq!(live.load(Ordering::SeqCst), 1, "held by the reply's stale memo");
+    s.send_message(reply);
+    assert_eq!(live.load(Ordering::SeqCst), 0, "the queued reply holds none of the request");
+    assert!(!out(&mut s).is_empty());
+}

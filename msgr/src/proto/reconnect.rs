@@ -122,6 +122,7 @@ impl SessionState {
     /// numbered", which the resend logic relies on.
     pub fn push(&mut self, mut m: Message) {
         m.seq = 0;
+        m.data_crc.keep_only_for(&m.data);
         self.out_queue.push_back(m);
     }
 
