@@ -119,15 +119,12 @@ pub trait ConnectedSocket: Send {
     /// buffers keeps clones of them until it is done; the default copies through
     /// [`send`](ConnectedSocket::send).
     fn send_owned(&mut self, queue: &mut VecDeque<Bytes>) -> io::Result<usize> {
-        let sent = {
-            // On the stack: a vectored write allocates nothing.
-            let mut iov = [IoSlice::new(&[]); MAX_SEND_PARTS];
-            let mut n = 0;
-            for (slot, b) in iov.iter_mut().zip(queue.iter()) {
-                *slot = IoSlice::new(b);
-                n += 1;
-            }
-            self.send(&iov[..n])?
+        // The array is initialised whole on every call: a message or two at a time
+        // (depth 1) takes a few parts, and 64 slots cost more than the write's setup.
+        let sent = if queue.len() <= FEW_SEND_PARTS {
+            send_parts::<FEW_SEND_PARTS>(self, queue)?
+        } else {
+            send_parts::<MAX_SEND_PARTS>(self, queue)?
         };
         consume(queue, sent);
         Ok(sent)
@@ -158,6 +155,24 @@ pub trait ConnectedSocket: Send {
     fn take_copied(&mut self) -> Copied {
         Copied::default()
     }
+}
+
+/// Parts a write of a message or two takes (header piece, data, epilogue, …).
+const FEW_SEND_PARTS: usize = 8;
+
+/// One vectored [`ConnectedSocket::send`] of the first `N` (at most) buffers of
+/// `queue`, from an array on the stack: it allocates nothing.
+fn send_parts<const N: usize>(
+    sock: &mut (impl ConnectedSocket + ?Sized),
+    queue: &VecDeque<Bytes>,
+) -> io::Result<usize> {
+    let mut iov = [IoSlice::new(&[]); N];
+    let mut n = 0;
+    for (slot, b) in iov.iter_mut().zip(queue.iter()) {
+        *slot = IoSlice::new(b);
+        n += 1;
+    }
+    sock.send(&iov[..n])
 }
 
 /// Removes the first `n` bytes from `queue` (whole buffers, then the front of one).
