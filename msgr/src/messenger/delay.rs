@@ -159,10 +159,11 @@ impl Delayer {
 /// `MsgrInner::deliver`'s hook: gives `m` back if it is to be delivered now,
 /// or keeps it (returning `None`) to deliver it later.
 #[inline]
-pub(crate) fn intercept(delayer: Option<&Delayer>, conn: &ConnectionRef, m: Message) -> Option<Message> {
-    match delayer {
-        Some(d) if d.settings.applies_to(conn.peer_type()) => d.hold(conn, m),
-        _ => Some(m),
+pub(crate) fn intercept(delayer: &Delayer, conn: &ConnectionRef, m: Message) -> Option<Message> {
+    if delayer.settings.applies_to(conn.peer_type()) {
+        delayer.hold(conn, m)
+    } else {
+        Some(m)
     }
 }
 

@@ -295,11 +295,14 @@ impl MsgrInner {
     pub(crate) fn deliver(&self, conn: &ConnectionRef, m: Message) {
         // why: ms_inject_delay_*. When off, the message goes straight on (not through
         // the Option the delayer gives back: a message is large, and moves cost).
-        if self.delay.is_none() {
-            return self.deliver_now(conn, m);
+        match &self.delay {
+            None => self.deliver_now(conn, m),
+            Some(d) => {
+                if let Some(m) = delay::intercept(d, conn, m) {
+                    self.deliver_now(conn, m);
+                }
+            }
         }
-        let Some(m) = delay::intercept(self.delay.as_ref(), conn, m) else { return };
-        self.deliver_now(conn, m);
     }
 
     /// Hands a received message to a fast dispatcher or the dispatch queue,

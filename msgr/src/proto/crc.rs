@@ -127,9 +127,13 @@ pub fn preamble_crc(first28: &[u8]) -> u32 {
     ceph_crc32c(0, first28)
 }
 
-/// Segment crc as used by msgr2.1 crc mode: seed `0xFFFF_FFFF` over the segment bytes.
+/// The seed of every msgr2.1 segment crc, and so the crc of an empty segment.
+pub const SEGMENT_CRC_SEED: u32 = 0xFFFF_FFFF;
+
+/// Segment crc as used by msgr2.1 crc mode: seed [`SEGMENT_CRC_SEED`] over the segment
+/// bytes.
 pub fn segment_crc(segment: &[u8]) -> u32 {
-    ceph_crc32c(0xFFFF_FFFF, segment)
+    ceph_crc32c(SEGMENT_CRC_SEED, segment)
 }
 
 #[cfg(test)]

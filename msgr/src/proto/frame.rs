@@ -13,7 +13,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::crc::{preamble_crc, segment_crc};
+use super::crc::{preamble_crc, segment_crc, SEGMENT_CRC_SEED};
 use super::header::{MsgHeader2, MSG_HEADER2_LEN};
 use super::rope::Rope;
 
@@ -1072,15 +1072,15 @@ fn crc_rev1_disassemble(pre: &Preamble, src: &mut impl FrameBytes) -> Result<Che
     for (seg, &len) in segments.iter_mut().zip(&pre.lens).take(n).skip(1) {
         *seg = src.segment(len as usize);
     }
-    let mut data_crc = EMPTY_SEGMENT_CRC;
+    let mut crcs = [0u32; 3];
     if n > 1 {
         let epilogue: [u8; EPILOGUE_LEN] = src.field();
-        let crcs = segments.iter().take(n).skip(1).map(|s| segment_crc(s)).inspect(|&c| data_crc = c);
-        check_epilogue(&epilogue, crcs)?;
-        if n < MAX_SEGMENTS {
-            data_crc = EMPTY_SEGMENT_CRC;
+        for (crc, seg) in crcs.iter_mut().zip(&segments[1..n]) {
+            *crc = segment_crc(seg);
         }
+        check_epilogue(&epilogue, crcs.into_iter().take(n - 1))?;
     }
+    let data_crc = data_crc(n, &crcs);
     Ok(Checked {
         frame: Frame { tag: pre.tag, segments, aligns: pre.aligns, num_segments: pre.num_segments },
         data_crc,
@@ -1195,7 +1195,7 @@ fn check_message(pre: &Preamble, raw: &[u8]) -> Result<(MsgHeader2, u32), FrameE
     let header = MsgHeader2::from_array(header);
     let n = usize::from(pre.num_segments).min(MAX_SEGMENTS);
     if n <= 1 {
-        return Ok((header, EMPTY_SEGMENT_CRC));
+        return Ok((header, SEGMENT_CRC_SEED));
     }
     let mut off = PREAMBLE_LEN + MSG_HEADER2_LEN + SEGMENT_CRC_LEN;
     let mut crcs = [0u32; 3];
@@ -1205,12 +1205,18 @@ fn check_message(pre: &Preamble, raw: &[u8]) -> Result<(MsgHeader2, u32), FrameE
         off += len;
     }
     check_epilogue(at(off, EPILOGUE_LEN), crcs.into_iter().take(n - 1))?;
-    // Fewer than 4 segments: the data segment is empty.
-    Ok((header, if n == MAX_SEGMENTS { crcs[2] } else { EMPTY_SEGMENT_CRC }))
+    Ok((header, data_crc(n, &crcs)))
 }
 
-/// The segment crc of no bytes (the seed).
-const EMPTY_SEGMENT_CRC: u32 = 0xFFFF_FFFF;
+/// The crc of the data segment (the fourth) of a frame of `n` segments, from the crcs
+/// of its segments 1 to 3: that of an empty segment if the frame has fewer.
+fn data_crc(n: usize, crcs: &[u32; 3]) -> u32 {
+    if n == MAX_SEGMENTS {
+        crcs[2]
+    } else {
+        SEGMENT_CRC_SEED
+    }
+}
 
 /// Drops `n` bytes off the front of `buf` (all it has, if fewer: the caller sized
 /// `buf`, so that cannot happen, but it is no reason to panic).
