@@ -123,7 +123,7 @@ thread_local! {
     // handed to its session right after the dispatch returns, without the outbox (see
     // `Connection::queue_local`). The queue keeps its capacity.
     static LANE: Cell<Option<u64>> = const { Cell::new(None) };
-    static LANE_MSGS: RefCell<Vec<Message>> = const { RefCell::new(Vec::new()) };
+    static LANE_MSGS: RefCell<VecDeque<Message>> = const { RefCell::new(VecDeque::new()) };
 }
 
 /// Opens the local lane for connection `id` on this thread (a worker about to deliver
@@ -133,13 +133,17 @@ pub(crate) fn open_lane(id: u64) -> Option<u64> {
 }
 
 /// Closes the lane [`open_lane`] opened (putting back `prev`) and hands `take` the
-/// messages sent on it, in order. (`take` cannot send: it is the worker handing them to
-/// the session.)
-pub(crate) fn close_lane(prev: Option<u64>, take: impl FnMut(Message)) {
+/// messages sent on it, in order, to take them all (by
+/// [`Session::send_messages`](crate::proto::session::Session::send_messages), which
+/// moves none when the session has nothing queued). `take` cannot send: it is the
+/// worker handing them to the session.
+pub(crate) fn close_lane(prev: Option<u64>, take: impl FnOnce(&mut VecDeque<Message>)) {
     let _ = LANE.try_with(|l| l.set(prev));
     let _ = LANE_MSGS.try_with(|q| {
         if let Ok(mut q) = q.try_borrow_mut() {
-            q.drain(..).for_each(take);
+            if !q.is_empty() {
+                take(&mut q);
+            }
         }
     });
 }
@@ -403,7 +407,7 @@ impl Connection {
         // Moved once, straight into the lane (a message is large: each move is a copy).
         // The lane is this thread's and open, so its queue is there and not borrowed
         // (the lane's queue is only borrowed here and when the lane closes).
-        LANE_MSGS.with_borrow_mut(|q| q.push(m));
+        LANE_MSGS.with_borrow_mut(|q| q.push_back(m));
         None
     }
 
@@ -618,7 +622,7 @@ mod tests {
                 c.send_message(msg(t)).unwrap();
             }
             let mut got = Vec::new();
-            close_lane(prev, |m| got.push(m.tid));
+            close_lane(prev, |q| got.extend(q.drain(..).map(|m| m.tid)));
             got
         }
 
@@ -684,7 +688,7 @@ mod tests {
             a.send_message(msg(3)).unwrap();
             b.send_message(msg(9)).unwrap();
             let mut lane = Vec::new();
-            close_lane(prev, |m| lane.push(m.tid));
+            close_lane(prev, |q| lane.extend(q.drain(..).map(|m| m.tid)));
             // 1 went first (the lane); 2 is tracked as the second message, and 3 queues
             // behind it.
             assert_eq!(lane, vec![1]);

@@ -609,17 +609,77 @@ fn handle_session_events(local: &mut WorkerLocal, id: u64) -> Result<(), ConnErr
 /// Handles the session's events until `max_msgs` messages were delivered; true if it
 /// stopped there with events left.
 fn handle_session_events_upto(local: &mut WorkerLocal, id: u64, max_msgs: usize) -> Result<bool, ConnError> {
-    let mut delivered = 0;
     // The messages handed here are queued for the dispatch thread together: it is
     // woken once, when they are all queued.
     let _burst = Burst::begin();
-    loop {
-        if delivered == max_msgs {
-            let more = local.ep.get_mut(id).is_some_and(|lc| lc.session.has_events());
-            return Ok(more);
+    let mut lane = Lane(None);
+    let r = handle_events_in_lane(local, id, max_msgs, &mut lane);
+    lane.close(local, id);
+    r
+}
+
+/// The local lane (see `Connection::queue_local`) while it is open for a run of
+/// messages delivered from one connection: what `open_lane` returned. Replies sent from
+/// fast dispatch collect in it and go to the session together when the run ends (by
+/// trading queues with it when it has nothing queued), not one by one after each
+/// delivery: each hand-over moved a 184-byte `Message` twice.
+struct Lane(Option<Option<u64>>);
+
+impl Lane {
+    fn open(&mut self, id: u64) {
+        if self.0.is_none() {
+            self.0 = Some(open_lane(id));
         }
+    }
+
+    /// Hands what was sent on the lane to the connection's session. Before anything
+    /// but a delivery touches the session, so that it sees them queued in order.
+    fn close_into(&mut self, lc: &mut LocalConn) {
+        let Some(prev) = self.0.take() else { return };
+        let debug = lc.handle.msgr.settings.debug_ms >= 10;
+        close_lane(prev, |msgs| {
+            if debug {
+                msgs.iter().for_each(log_queued);
+            }
+            lc.session.send_messages(msgs);
+        });
+    }
+
+    /// [`Lane::close_into`] connection `id`, where the caller does not hold it.
+    fn close(&mut self, local: &mut WorkerLocal, id: u64) {
+        let Some(prev) = self.0 else { return };
+        match local.ep.get_mut(id) {
+            Some(lc) => self.close_into(lc),
+            // Deliveries do not end the connection; were it gone, its session and
+            // all it held would be too.
+            None => {
+                self.0 = None;
+                close_lane(prev, VecDeque::clear);
+            }
+        }
+    }
+}
+
+fn handle_events_in_lane(
+    local: &mut WorkerLocal,
+    id: u64,
+    max_msgs: usize,
+    lane: &mut Lane,
+) -> Result<bool, ConnError> {
+    let mut delivered = 0;
+    loop {
         let Some(lc) = local.ep.get_mut(id) else { return Ok(false) };
-        let Some(ev) = lc.session.poll_event() else { return Ok(false) };
+        if delivered == max_msgs {
+            lane.close_into(lc);
+            return Ok(lc.session.has_events());
+        }
+        let Some(ev) = lc.session.poll_event() else {
+            lane.close_into(lc);
+            return Ok(false);
+        };
+        if !matches!(ev, SessionEvent::Message(_)) {
+            lane.close_into(lc);
+        }
         match ev {
             SessionEvent::Connected(peer) | SessionEvent::Accepted(peer) => {
                 let accepted = lc.session.role() == Role::Server;
@@ -652,15 +712,8 @@ fn handle_session_events_upto(local: &mut WorkerLocal, id: u64, max_msgs: usize)
                 count(&local.state.perf, &lc.handle.msgr, Counter::RecvMessages, 1);
                 // Replies sent from fast dispatch go straight to the session (see
                 // `Connection::queue_local`).
-                let prev = open_lane(lc.handle.conn.id());
+                lane.open(lc.handle.conn.id());
                 lc.handle.msgr.deliver(&lc.handle.conn, m);
-                let debug = lc.handle.msgr.settings.debug_ms >= 10;
-                close_lane(prev, |m| {
-                    if debug {
-                        log_queued(&m);
-                    }
-                    lc.session.send_message(m);
-                });
                 delivered += 1;
             }
             SessionEvent::KeepaliveAck(stamp) => lc.handle.conn.publish(|p| p.last_keepalive_ack = Some(stamp)),

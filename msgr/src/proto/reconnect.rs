@@ -23,10 +23,15 @@ use crate::proto::session::PeerInfo;
 /// sequence numbers and cookies).
 #[derive(Debug, Default)]
 pub struct SessionState {
-    /// Messages not yet written, in order. Requeued messages keep their `seq`.
-    pub(crate) out_queue: VecDeque<Message>,
-    /// Messages written and not yet acknowledged (lossless only), in seq order.
-    pub(crate) sent: VecDeque<Message>,
+    /// Ceph's sent list and out_queue, in that order, as one queue: the first `sent`
+    /// messages were written and wait for the peer's acknowledgement (lossless only), in
+    /// seq order; the rest wait to be written. Requeued messages keep their `seq`. One
+    /// queue, not two, because a message is then framed where it lies and written,
+    /// acknowledged or requeued by moving a count: a `Message` is 184 bytes, and every
+    /// move between queues was a `memcpy` of them per message.
+    pub(crate) queue: VecDeque<Message>,
+    /// How many messages at the front of `queue` were written.
+    pub(crate) sent: usize,
     /// Sequence number of the last message written.
     pub(crate) out_seq: u64,
     /// Sequence number of the last message received and delivered.
@@ -84,12 +89,12 @@ impl SessionState {
 
     /// Messages waiting to be written (including requeued ones).
     pub fn queued_len(&self) -> usize {
-        self.out_queue.len()
+        self.queue.len() - self.sent
     }
 
     /// Messages written and not yet acknowledged.
     pub fn unacked_len(&self) -> usize {
-        self.sent.len()
+        self.sent
     }
 
     /// Last sequence number written.
@@ -123,7 +128,22 @@ impl SessionState {
     pub fn push(&mut self, mut m: Message) {
         m.seq = 0;
         m.data_crc.keep_only_for(&m.data);
-        self.out_queue.push_back(m);
+        self.queue.push_back(m);
+    }
+
+    /// Queues what `msgs` holds behind everything already queued, as [`Self::push`]
+    /// would one by one, leaving `msgs` empty. When nothing is queued the two queues
+    /// trade places: the messages are not moved at all, and `msgs` keeps a capacity.
+    pub(crate) fn push_all(&mut self, msgs: &mut VecDeque<Message>) {
+        if !self.queue.is_empty() {
+            msgs.drain(..).for_each(|m| self.push(m));
+            return;
+        }
+        for m in msgs.iter_mut() {
+            m.seq = 0;
+            m.data_crc.keep_only_for(&m.data);
+        }
+        std::mem::swap(&mut self.queue, msgs);
     }
 
     /// Messages finished so far; see [`Done`].
@@ -131,44 +151,55 @@ impl SessionState {
         self.done
     }
 
-    /// A message written on a lossy session: it is finished.
-    #[inline]
-    pub(crate) fn written_lossy(&mut self, m: &Message) {
-        self.done.finish(m);
+    /// On a lossy session, what was written is finished: it is dropped where it lies.
+    pub(crate) fn forget_written(&mut self) {
+        self.finish_front(self.sent);
     }
 
     /// Forgets sent messages the peer acknowledged (`seq <= ack`).
     pub(crate) fn trim_sent(&mut self, ack: u64) {
-        while self.sent.front().is_some_and(|m| m.seq <= ack) {
-            if let Some(m) = self.sent.pop_front() {
-                self.done.finish(&m);
-            }
+        let acked = self.queue.iter().take(self.sent).take_while(|m| m.seq <= ack).count();
+        self.finish_front(acked);
+    }
+
+    /// The first `n` messages (all written) are finished: counted, and dropped in
+    /// place (a drain from the front neither moves them out nor shifts the rest).
+    fn finish_front(&mut self, n: usize) {
+        if n == 0 {
+            return;
         }
+        for m in self.queue.iter().take(n) {
+            self.done.finish(m);
+        }
+        // All of it (the usual case) by `clear`, which is cheaper than a drain.
+        if n == self.queue.len() {
+            self.queue.clear();
+        } else {
+            self.queue.drain(..n);
+        }
+        self.sent -= n;
     }
 
     /// Ceph's `requeue_sent`: after a fault, every unacknowledged message goes back to
     /// the front of the queue in its original order, keeping its seq, and `out_seq`
     /// rewinds so that the resend reuses those numbers.
     pub(crate) fn requeue_sent(&mut self) {
-        if self.sent.is_empty() {
-            return;
-        }
-        self.out_seq -= self.sent.len() as u64;
-        while let Some(m) = self.sent.pop_back() {
-            self.out_queue.push_front(m);
-        }
+        self.out_seq -= self.sent as u64;
+        self.sent = 0;
     }
 
     /// Ceph's `discard_requeued_up_to`: the peer already has every message up to
     /// `msg_seq`, so requeued messages at or below it are dropped, and numbering
     /// continues after it. Messages queued after the fault (seq 0) are kept.
     pub(crate) fn discard_requeued_up_to(&mut self, msg_seq: u64) {
-        while self.out_queue.front().is_some_and(|m| m.seq != 0 && m.seq <= msg_seq) {
-            if let Some(m) = self.out_queue.pop_front() {
-                // The peer has it: as good as acknowledged.
-                self.done.finish(&m);
-            }
+        // Called on a resumed state, whose sent ones were requeued (`sent` is 0).
+        let from = self.sent;
+        let had = self.queue.iter().skip(from).take_while(|m| m.seq != 0 && m.seq <= msg_seq).count();
+        // The peer has them: as good as acknowledged.
+        for m in self.queue.range(from..from + had) {
+            self.done.finish(m);
         }
+        self.queue.drain(from..from + had);
         self.out_seq = self.out_seq.max(msg_seq);
     }
 
@@ -177,7 +208,7 @@ impl SessionState {
     /// `in_seq` starts at 0.
     pub(crate) fn restart_numbering(&mut self) {
         self.requeue_sent();
-        for m in &mut self.out_queue {
+        for m in &mut self.queue {
             m.seq = 0;
         }
         self.out_seq = 0;
@@ -187,10 +218,9 @@ impl SessionState {
     /// Ceph's `reset_session`: the peer lost our session, so what we queued for it is
     /// meaningless. Returns how many messages were dropped.
     pub(crate) fn reset(&mut self) -> usize {
-        let dropped = self.out_queue.len() + self.sent.len();
+        let dropped = self.queue.len();
         let mut done = self.done;
-        // Sent ones first: they were queued before what still waits.
-        done.drop_all(self.sent.iter().chain(self.out_queue.iter()));
+        done.drop_all(self.queue.iter());
         let client_cookie = self.client_cookie;
         *self = SessionState::default();
         // The client keeps a cookie: the next CLIENT_IDENT opens a new lossless session.
@@ -207,8 +237,8 @@ impl SessionState {
 
     /// Empties the state, returning every message not known to be delivered.
     pub(crate) fn drain(&mut self) -> Vec<Message> {
-        let mut left: Vec<Message> = self.sent.drain(..).collect();
-        left.extend(self.out_queue.drain(..));
+        self.sent = 0;
+        let left: Vec<Message> = self.queue.drain(..).collect();
         self.done.drop_all(left.iter());
         left
     }
@@ -411,8 +441,21 @@ mod tests {
         m
     }
 
-    fn seqs(q: &VecDeque<Message>) -> Vec<u64> {
-        q.iter().map(|m| m.seq).collect()
+    /// A state holding `sent` as written and `queued` behind them.
+    fn state(sent: impl IntoIterator<Item = Message>, queued: impl IntoIterator<Item = Message>) -> SessionState {
+        let mut s = SessionState::default();
+        s.queue.extend(sent);
+        s.sent = s.queue.len();
+        s.queue.extend(queued);
+        s
+    }
+
+    fn sent(s: &SessionState) -> Vec<u64> {
+        s.queue.iter().take(s.sent).map(|m| m.seq).collect()
+    }
+
+    fn queued(s: &SessionState) -> Vec<u64> {
+        s.queue.iter().skip(s.sent).map(|m| m.seq).collect()
     }
 
     fn existing(phase: Phase) -> Existing {
@@ -430,33 +473,32 @@ mod tests {
 
     #[test]
     fn requeue_puts_unacked_back_in_front_in_order_and_rewinds_out_seq() {
-        let mut s = SessionState::default();
-        s.sent.extend([msg(4), msg(5), msg(6)]);
-        s.out_queue.push_back(msg(0));
+        let mut s = state([msg(4), msg(5), msg(6)], [msg(0)]);
         s.out_seq = 6;
         s.requeue_sent();
-        assert_eq!(seqs(&s.out_queue), vec![4, 5, 6, 0]);
+        assert_eq!(queued(&s), vec![4, 5, 6, 0]);
         assert_eq!(s.out_seq, 3);
-        assert!(s.sent.is_empty());
+        assert!(sent(&s).is_empty());
     }
 
     #[test]
     fn trim_sent_drops_only_acknowledged() {
-        let mut s = SessionState::default();
-        s.sent.extend([msg(1), msg(2), msg(3)]);
+        let mut s = state([msg(1), msg(2), msg(3)], [msg(0)]);
         s.trim_sent(2);
-        assert_eq!(seqs(&s.sent), vec![3]);
+        assert_eq!(sent(&s), vec![3]);
         s.trim_sent(0);
-        assert_eq!(seqs(&s.sent), vec![3]);
+        assert_eq!(sent(&s), vec![3]);
+        // An ack beyond what was sent finishes only what was sent.
+        s.trim_sent(9);
+        assert_eq!((sent(&s), queued(&s)), (vec![], vec![0]));
     }
 
     #[test]
     fn discard_drops_what_the_peer_has_and_keeps_new_messages() {
-        let mut s = SessionState::default();
-        s.out_queue.extend([msg(4), msg(5), msg(6), msg(0)]);
+        let mut s = state([], [msg(4), msg(5), msg(6), msg(0)]);
         s.out_seq = 3;
         s.discard_requeued_up_to(5);
-        assert_eq!(seqs(&s.out_queue), vec![6, 0]);
+        assert_eq!(queued(&s), vec![6, 0]);
         // The resend of 6 gets seq 6 again.
         assert_eq!(s.out_seq, 5);
         s.discard_requeued_up_to(0);
@@ -465,21 +507,18 @@ mod tests {
 
     #[test]
     fn restart_numbering_keeps_messages_and_zeroes_sequences() {
-        let mut s = SessionState::default();
-        s.sent.push_back(msg(3));
-        s.out_queue.push_back(msg(0));
+        let mut s = state([msg(3)], [msg(0)]);
         s.out_seq = 3;
         s.in_seq = 8;
         s.restart_numbering();
-        assert_eq!(seqs(&s.out_queue), vec![0, 0]);
+        assert_eq!(queued(&s), vec![0, 0]);
         assert_eq!((s.out_seq, s.in_seq), (0, 0));
     }
 
     #[test]
     fn reset_drops_everything_but_the_client_cookie() {
-        let mut s = SessionState::new_client(42);
-        s.sent.push_back(msg(1));
-        s.out_queue.push_back(msg(0));
+        let mut s = state([msg(1)], [msg(0)]);
+        s.client_cookie = 42;
         s.server_cookie = 5;
         s.connect_seq = 3;
         s.in_seq = 9;
@@ -493,8 +532,7 @@ mod tests {
 
     #[test]
     fn acknowledged_messages_are_done() {
-        let mut s = SessionState::default();
-        s.sent.extend([msg(1), msg(2), msg(3)]);
+        let mut s = state([msg(1), msg(2), msg(3)], []);
         s.trim_sent(2);
         assert_eq!(s.done(), done(2, 2, 0));
         // A repeated ack finishes nothing twice.
@@ -504,8 +542,7 @@ mod tests {
 
     #[test]
     fn requeued_messages_the_peer_has_are_done_and_new_ones_are_not() {
-        let mut s = SessionState::default();
-        s.out_queue.extend([msg(4), msg(5), msg(0)]);
+        let mut s = state([], [msg(4), msg(5), msg(0)]);
         s.out_seq = 3;
         s.discard_requeued_up_to(5);
         assert_eq!(s.done(), done(2, 2, 0));
@@ -513,8 +550,7 @@ mod tests {
 
     #[test]
     fn a_requeue_finishes_nothing() {
-        let mut s = SessionState::default();
-        s.sent.extend([msg(1), msg(2)]);
+        let mut s = state([msg(1), msg(2)], []);
         s.out_seq = 2;
         s.requeue_sent();
         s.restart_numbering();
@@ -523,22 +559,58 @@ mod tests {
 
     #[test]
     fn a_reset_drops_everything_outstanding_and_keeps_the_totals() {
-        let mut s = SessionState::new_client(7);
-        s.sent.extend([msg(1), msg(2)]);
+        let mut s = state([msg(1), msg(2)], [msg(0)]);
+        s.client_cookie = 7;
         s.trim_sent(1);
-        s.out_queue.push_back(msg(0));
         assert_eq!(s.reset(), 2);
         assert_eq!(s.done(), done(3, 3, 2));
         // Written on a lossy session: done, not dropped.
-        s.written_lossy(&msg(0));
+        s.push(msg(0));
+        s.sent += 1;
+        s.forget_written();
         assert_eq!(s.done(), done(4, 4, 2));
+        assert_eq!(s.queued_len() + s.unacked_len(), 0);
+    }
+
+    #[test]
+    fn a_batch_pushed_onto_an_empty_state_is_numbered_afresh_and_trades_queues() {
+        let mut s = SessionState::default();
+        let mut batch: VecDeque<Message> = [msg(7), msg(8)].into();
+        let batch_buf = batch.as_slices().0.as_ptr();
+        s.push_all(&mut batch);
+        assert!(batch.is_empty());
+        assert_eq!(queued(&s), vec![0, 0], "seq 0: not yet numbered");
+        assert_eq!(s.queue.as_slices().0.as_ptr(), batch_buf, "the messages were not moved");
+    }
+
+    #[test]
+    fn a_batch_pushed_behind_queued_or_unacked_messages_keeps_the_order() {
+        let mut s = state([msg(1)], [msg(0)]);
+        let mut batch: VecDeque<Message> = [msg(5), msg(6)].into();
+        batch[0].tid = 50;
+        batch[1].tid = 60;
+        s.push_all(&mut batch);
+        assert!(batch.is_empty());
+        assert_eq!((sent(&s), queued(&s)), (vec![1], vec![0, 0, 0]));
+        let tids: Vec<u64> = s.queue.iter().skip(2).map(|m| m.tid).collect();
+        assert_eq!(tids, vec![50, 60]);
+    }
+
+    #[test]
+    fn a_lossy_state_forgets_only_what_was_written() {
+        let mut s = state([msg(1), msg(2)], [msg(0)]);
+        s.forget_written();
+        assert_eq!((sent(&s), queued(&s)), (vec![], vec![0]));
+        assert_eq!(s.done(), done(2, 2, 0));
+        s.sent = 1;
+        s.forget_written();
+        assert_eq!(s.queued_len() + s.unacked_len(), 0);
+        assert_eq!(s.done(), done(3, 3, 0));
     }
 
     #[test]
     fn a_drained_state_counts_its_messages_dropped() {
-        let mut s = SessionState::default();
-        s.sent.push_back(msg(1));
-        s.out_queue.push_back(msg(0));
+        let mut s = state([msg(1)], [msg(0)]);
         assert_eq!(s.drain().len(), 2);
         assert_eq!(s.done(), done(2, 2, 2));
     }

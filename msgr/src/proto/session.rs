@@ -467,8 +467,8 @@ impl fmt::Debug for Session {
             .field("state", &self.state)
             .field("out_seq", &self.st.out_seq)
             .field("in_seq", &self.st.in_seq)
-            .field("queued", &self.st.out_queue.len())
-            .field("sent", &self.st.sent.len())
+            .field("queued", &self.st.queued_len())
+            .field("sent", &self.st.unacked_len())
             .finish()
     }
 }
@@ -637,12 +637,12 @@ impl Session {
 
     /// Messages queued but not yet sent.
     pub fn queued_len(&self) -> usize {
-        self.st.out_queue.len()
+        self.st.queued_len()
     }
 
     /// Messages sent and not yet acknowledged (lossless only).
     pub fn unacked_len(&self) -> usize {
-        self.st.sent.len()
+        self.st.unacked_len()
     }
 
     /// What became of the messages queued so far: see [`Done`](crate::proto::reconnect::Done).
@@ -1675,8 +1675,9 @@ impl Session {
     /// Takes over `st` as this session's state; messages queued on this transport
     /// while the owner decided go after the ones the state already holds.
     fn adopt_state(&mut self, st: SessionState) {
-        let mut queued = std::mem::replace(&mut self.st, st).out_queue;
-        self.st.out_queue.append(&mut queued);
+        // Nothing was sent on this transport yet: all it holds is queued.
+        let mut queued = std::mem::replace(&mut self.st, st).queue;
+        self.st.queue.append(&mut queued);
     }
 
     /// A client that does not know its IP (ANY:0.0.0.0:0) is known by the address its
@@ -1798,6 +1799,13 @@ impl Session {
         self.st.push(msg);
     }
 
+    /// Queues every message `msgs` holds, in order, as [`Session::send_message`] would
+    /// one by one, and leaves it empty (with some capacity: the caller's queue and the
+    /// session's may trade places instead of moving the messages).
+    pub fn send_messages(&mut self, msgs: &mut VecDeque<Message>) {
+        self.st.push_all(msgs);
+    }
+
     /// Queues a KEEPALIVE2 stamped `stamp` (the caller's wall clock).
     pub fn send_keepalive(&mut self, stamp: UTime) {
         self.keepalive_pending = Some(stamp);
@@ -1808,7 +1816,7 @@ impl Session {
         !self.tx_frames.is_empty()
             || self.tx_writer.epilogue_pending()
             || (self.state == State::Ready
-                && (!self.st.out_queue.is_empty()
+                && (self.st.queued_len() > 0
                     || self.keepalive_pending.is_some()
                     || self.keepalive_ack_pending.is_some()
                     || (!self.policy.lossy && self.st.in_seq > self.acked_in_seq)))
@@ -1843,22 +1851,25 @@ impl Session {
         for f in &frames {
             added += self.encode_out(f, out);
         }
+        // Messages are framed where they lie in the queue (taken out for the loop, as
+        // framing borrows the session's writer) and stay there until acknowledged.
+        let mut queue = std::mem::take(&mut self.st.queue);
         while added < budget {
-            let Some(mut msg) = self.st.out_queue.pop_front() else { break };
+            let Some(msg) = queue.get_mut(self.st.sent) else { break };
             self.st.out_seq += 1;
             msg.seq = self.st.out_seq;
             self.acked_in_seq = self.st.in_seq;
             self.msgs_out += 1;
-            added += self.encode_message(&msg, self.st.out_seq, self.st.in_seq, out);
-            if self.policy.lossy {
-                self.st.written_lossy(&msg);
-            } else {
-                self.st.sent.push_back(msg);
-            }
+            added += self.encode_message(msg, self.st.out_seq, self.st.in_seq, out);
+            self.st.sent += 1;
             if self.tx_writer.epilogue_pending() {
                 // Its data goes out first; the rest with the next poll.
                 break;
             }
+        }
+        self.st.queue = queue;
+        if self.policy.lossy {
+            self.st.forget_written();
         }
         if !self.policy.lossy && self.st.in_seq > self.acked_in_seq && !self.tx_writer.epilogue_pending() {
             // Nothing to piggy-back the ack on: send it on its own.
