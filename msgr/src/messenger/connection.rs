@@ -121,7 +121,7 @@ thread_local! {
     // The connection whose message this worker thread is delivering by fast dispatch
     // (read on every send: a plain cell), and the replies sent on it from there,
     // handed to its session right after the dispatch returns, without the outbox (see
-    // `Connection::queue_local`). The queue keeps its capacity.
+    // `Connection::takes_local`). The queue keeps its capacity.
     static LANE: Cell<Option<u64>> = const { Cell::new(None) };
     static LANE_MSGS: RefCell<VecDeque<Message>> = const { RefCell::new(VecDeque::new()) };
 }
@@ -359,14 +359,13 @@ impl Connection {
         if self.state() == ConnState::Closed {
             return Err(SendError::Closed(self.id));
         }
-        let m = if TRACK {
-            m
-        } else {
-            match self.queue_local(m, len) {
-                None => return Ok(None),
-                Some(m) => m,
-            }
-        };
+        if !TRACK && self.takes_local(len) {
+            // Moved once, straight into the lane (a message is large: each move is a
+            // copy). The lane is this thread's and open, so its queue is there and not
+            // borrowed (it is only borrowed here and when the lane closes).
+            LANE_MSGS.with_borrow_mut(|q| q.push_back(m));
+            return Ok(None);
+        }
         let mut out = lock(&self.outbox);
         // Counted and marked in one step, under the lock: a local send either comes
         // before (and is handed to the session first) or sees the mark and comes here.
@@ -394,21 +393,14 @@ impl Connection {
         Ok(delivery)
     }
 
-    /// A send from this connection's own fast dispatch (its worker is delivering one of
-    /// its messages, [`open_lane`]) while nothing from other threads waits in its
-    /// outbox: the worker hands it to the session as the dispatch returns, and writes
-    /// it with the flush after the read, so it takes no lock and schedules nothing.
-    /// Gives the message back if it must go to the outbox.
+    /// Whether a send of `len` bytes goes by the lane, counted: a send from this
+    /// connection's own fast dispatch (its worker is delivering its messages,
+    /// [`open_lane`]) while nothing from other threads waits in its outbox. The worker
+    /// hands it to the session when the deliveries end, and writes it with the flush
+    /// after the read, so it takes no lock and schedules nothing.
     #[inline]
-    fn queue_local(&self, m: Message, len: u64) -> Option<Message> {
-        if LANE.try_with(Cell::get).ok().flatten() != Some(self.id) || !self.count_local(len) {
-            return Some(m);
-        }
-        // Moved once, straight into the lane (a message is large: each move is a copy).
-        // The lane is this thread's and open, so its queue is there and not borrowed
-        // (the lane's queue is only borrowed here and when the lane closes).
-        LANE_MSGS.with_borrow_mut(|q| q.push_back(m));
-        None
+    fn takes_local(&self, len: u64) -> bool {
+        LANE.try_with(Cell::get).ok().flatten() == Some(self.id) && self.count_local(len)
     }
 
     /// Counts a local send, unless older messages wait in the outbox (the send then

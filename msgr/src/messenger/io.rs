@@ -618,7 +618,7 @@ fn handle_session_events_upto(local: &mut WorkerLocal, id: u64, max_msgs: usize)
     r
 }
 
-/// The local lane (see `Connection::queue_local`) while it is open for a run of
+/// The local lane (see `Connection::takes_local`) while it is open for a run of
 /// messages delivered from one connection: what `open_lane` returned. Replies sent from
 /// fast dispatch collect in it and go to the session together when the run ends (by
 /// trading queues with it when it has nothing queued), not one by one after each
@@ -711,7 +711,7 @@ fn handle_events_in_lane(
                 }
                 count(&local.state.perf, &lc.handle.msgr, Counter::RecvMessages, 1);
                 // Replies sent from fast dispatch go straight to the session (see
-                // `Connection::queue_local`).
+                // `Connection::takes_local`).
                 lane.open(lc.handle.conn.id());
                 lc.handle.msgr.deliver(&lc.handle.conn, m);
                 delivered += 1;

@@ -320,8 +320,15 @@ impl MsgrInner {
         if let Some(d) = fast {
             self.fast_dispatched.fetch_add(1, Ordering::Relaxed);
             // A panic consumes the message (it was moved into the call) and leaves the
-            // connection up: its next message is read and dispatched as usual.
-            panics.call("ms_fast_dispatch", id, move || d.ms_fast_dispatch(conn, m));
+            // connection up: its next message is read and dispatched as usual. The
+            // closure borrows the message's slot rather than owning the message: a
+            // closure is copied on its way into `catch_unwind`, and a message is large.
+            let mut slot = Some(m);
+            panics.call("ms_fast_dispatch", id, || {
+                if let Some(m) = slot.take() {
+                    d.ms_fast_dispatch(conn, m);
+                }
+            });
             return;
         }
         let size = m.total_len() as u64;

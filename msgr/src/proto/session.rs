@@ -64,7 +64,13 @@ use crate::message::Message;
 /// mode).
 enum Outgoing<'a> {
     Frame(&'a Frame),
-    Message(&'a Message, u64, u64),
+    /// The message at this index of the session's queue, as the `seq`th, acknowledging
+    /// `ack_seq`: framed where it lies.
+    Queued {
+        index: usize,
+        seq: u64,
+        ack_seq: u64,
+    },
 }
 
 /// Upper bound on the pre-auth transcript kept for AUTH_SIGNATURE. A handshake is a few
@@ -1124,11 +1130,6 @@ impl Session {
         self.encode_any(Outgoing::Frame(frame), out)
     }
 
-    /// Frames `msg` as the `seq`th message, acknowledging `ack_seq`, into `out`.
-    fn encode_message(&mut self, msg: &Message, seq: u64, ack_seq: u64, out: &mut Vec<Bytes>) -> usize {
-        self.encode_any(Outgoing::Message(msg, seq, ack_seq), out)
-    }
-
     fn encode_any(&mut self, what: Outgoing<'_>, out: &mut Vec<Bytes>) -> usize {
         self.frames_out += 1;
         let (before, staged) = (out.len(), self.tx_writer.staged());
@@ -1139,8 +1140,8 @@ impl Session {
                 let built;
                 let frame = match what {
                     Outgoing::Frame(f) => f,
-                    Outgoing::Message(m, seq, ack) => {
-                        built = message_frame_in(m, seq, ack, &mut self.tx_header);
+                    Outgoing::Queued { index, seq, ack_seq } => {
+                        built = message_frame_in(&self.st.queue[index], seq, ack_seq, &mut self.tx_header);
                         &built
                     }
                 };
@@ -1148,8 +1149,9 @@ impl Session {
                 self.tx_sealed += frame.segments.iter().map(|s| s.len() as u64).sum::<u64>();
             }
             (None, Outgoing::Frame(f)) => self.tx_writer.push_frame(f, out),
-            (None, Outgoing::Message(m, seq, ack)) => {
-                let header = message_header(m, seq, ack).to_array();
+            (None, Outgoing::Queued { index, seq, ack_seq }) => {
+                let m = &self.st.queue[index];
+                let header = message_header(m, seq, ack_seq).to_array();
                 self.tx_writer.push_message(&header, [&m.front, &m.middle, &m.data], m.data_crc.get(&m.data), out);
             }
         }
@@ -1851,23 +1853,23 @@ impl Session {
         for f in &frames {
             added += self.encode_out(f, out);
         }
-        // Messages are framed where they lie in the queue (taken out for the loop, as
-        // framing borrows the session's writer) and stay there until acknowledged.
-        let mut queue = std::mem::take(&mut self.st.queue);
+        // Messages are framed where they lie in the queue, and stay there until
+        // acknowledged.
         while added < budget {
-            let Some(msg) = queue.get_mut(self.st.sent) else { break };
+            let index = self.st.sent;
+            let Some(msg) = self.st.queue.get_mut(index) else { break };
             self.st.out_seq += 1;
             msg.seq = self.st.out_seq;
             self.acked_in_seq = self.st.in_seq;
             self.msgs_out += 1;
-            added += self.encode_message(msg, self.st.out_seq, self.st.in_seq, out);
+            let (seq, ack_seq) = (self.st.out_seq, self.st.in_seq);
+            added += self.encode_any(Outgoing::Queued { index, seq, ack_seq }, out);
             self.st.sent += 1;
             if self.tx_writer.epilogue_pending() {
                 // Its data goes out first; the rest with the next poll.
                 break;
             }
         }
-        self.st.queue = queue;
         if self.policy.lossy {
             self.st.forget_written();
         }
