@@ -18,59 +18,21 @@ size=${2:-4k}
 n1=${N1:-1000}
 n2=${N2:-6000}
 port=${PORT:-6870}
-apt_install valgrind
-[ -x "$bin" ] || { log "no msgr binary at $bin: cargo build --release first"; exit 1; }
-
-work=$(mktemp -d)
-srv_pid=
-cleanup() {
-  [ -n "$srv_pid" ] && kill "$srv_pid" 2>/dev/null && wait "$srv_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Callgrind's "totals:" line of one output file.
-total() { awk '/^totals:/ { print $2 }' "$1"; }
-
-# Writes a server dump and prints its totals (instructions since the previous dump).
-server_dump() {
-  local before
-  before=$(ls "$work"/srv.* 2>/dev/null | wc -l)
-  callgrind_control -d "$srv_pid" >/dev/null 2>&1
-  for _ in $(seq 100); do
-    local now
-    now=$(ls "$work"/srv.* 2>/dev/null | wc -l)
-    if [ "$now" -gt "$before" ]; then
-      total "$(ls -t "$work"/srv.* | head -1)"
-      return
-    fi
-    sleep 0.1
-  done
-  log "callgrind did not write a dump for the server"; exit 1
-}
+callgrind_server "$bin" "$port"
 
 client_run() {
-  local n=$1 out="$work/cli.$1"
+  local n=$1 out="$CG_WORK/cli.$1"
   valgrind -q --tool=callgrind --callgrind-out-file="$out" "$bin" bench client \
     --connect "127.0.0.1:$port" --size "$size" --depth 1 --count "$n" --warmup 0 --baseline none \
-    >"$work/cli.$n.log" 2>&1 || { cat "$work/cli.$n.log"; exit 1; }
-  total "$out"
+    >"$CG_WORK/cli.$n.log" 2>&1 || { cat "$CG_WORK/cli.$n.log"; exit 1; }
+  callgrind_total "$out"
 }
 
-valgrind -q --tool=callgrind --callgrind-out-file="$work/srv.%n" "$bin" bench server \
-  --bind "127.0.0.1:$port" >"$work/srv.log" 2>&1 &
-srv_pid=$!
-for _ in $(seq 300); do
-  grep -q "listening" "$work/srv.log" && break
-  sleep 0.1
-done
-grep -q "listening" "$work/srv.log" || { cat "$work/srv.log"; log "bench server did not start"; exit 1; }
-
-server_dump >/dev/null
+callgrind_server_dump >/dev/null
 c1=$(client_run "$n1")
-s1=$(server_dump)
+s1=$(callgrind_server_dump)
 c2=$(client_run "$n2")
-s2=$(server_dump)
+s2=$(callgrind_server_dump)
 
 python3 - "$size" "$n1" "$n2" "$c1" "$c2" "$s1" "$s2" <<'EOF'
 import sys

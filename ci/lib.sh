@@ -85,3 +85,50 @@ fault_total() {
   FAULT_TOTAL=$(( ${cf:-0} + ${sf:-0} ))
   log "FAULTS $1: injected client ${cf:-0} + server ${sf:-0} = $FAULT_TOTAL"
 }
+
+# callgrind_server BIN PORT: starts `BIN bench server` on 127.0.0.1:PORT under
+# callgrind and waits until it listens. Sets CG_PID (the server) and CG_WORK (a
+# scratch directory, where its dumps go); on exit the server is stopped and CG_WORK
+# removed.
+callgrind_server() {
+  local bin=$1 port=$2
+  apt_install valgrind
+  [ -x "$bin" ] || { log "no msgr binary at $bin: cargo build --release first"; exit 1; }
+  CG_WORK=$(mktemp -d)
+  CG_PID=
+  trap callgrind_cleanup EXIT
+  valgrind -q --tool=callgrind --callgrind-out-file="$CG_WORK/srv.%n" "$bin" bench server \
+    --bind "127.0.0.1:$port" >"$CG_WORK/srv.log" 2>&1 &
+  CG_PID=$!
+  local _
+  for _ in $(seq 300); do
+    grep -q "listening" "$CG_WORK/srv.log" && return 0
+    sleep 0.1
+  done
+  cat "$CG_WORK/srv.log"; log "bench server did not start"; exit 1
+}
+
+callgrind_cleanup() {
+  [ -n "${CG_PID:-}" ] && kill "$CG_PID" 2>/dev/null && wait "$CG_PID" 2>/dev/null
+  rm -rf "${CG_WORK:?}"
+}
+
+# Callgrind's "totals:" line of one output file.
+callgrind_total() { awk '/^totals:/ { print $2 }' "$1"; }
+
+# Has the callgrind_server write a dump and prints its totals (instructions since the
+# previous dump, or since its counters were zeroed).
+callgrind_server_dump() {
+  local before now _
+  before=$(ls "$CG_WORK"/srv.* 2>/dev/null | wc -l)
+  callgrind_control -d "$CG_PID" >/dev/null 2>&1
+  for _ in $(seq 100); do
+    now=$(ls "$CG_WORK"/srv.* 2>/dev/null | wc -l)
+    if [ "$now" -gt "$before" ]; then
+      callgrind_total "$(ls -t "$CG_WORK"/srv.* | head -1)"
+      return
+    fi
+    sleep 0.1
+  done
+  log "callgrind did not write a dump for the server"; exit 1
+}
