@@ -30,7 +30,7 @@ client() {
 client 2000
 callgrind_control -z "$CG_PID" >/dev/null
 client "$count"
-total=$(callgrind_server_dump)
+total=$(callgrind_total "$(callgrind_server_dump)")
 python3 - "$size" "$depth" "$jobs" "$count" "$total" <<'EOF'
 import sys
 size, depth, jobs, count, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])

@@ -116,8 +116,15 @@ callgrind_cleanup() {
 # Callgrind's "totals:" line of one output file.
 callgrind_total() { awk '/^totals:/ { print $2 }' "$1"; }
 
-# Has the callgrind_server write a dump and prints its totals (instructions since the
-# previous dump, or since its counters were zeroed).
+# Inclusive instructions of one function (by its full path, e.g.
+# msgr_core::proto::crc::long_crc) in one output file: 0 if it never ran.
+callgrind_inclusive() {
+  callgrind_annotate --inclusive=yes --threshold=100 "$1" 2>/dev/null | sed 's/,//g' |
+    awk -v sym="$2" 'index($0, ":" sym " [") { print $1; found = 1; exit } END { if (!found) print 0 }'
+}
+
+# Has the callgrind_server write a dump (its counts since the previous dump, or since
+# its counters were zeroed) and prints the dump's path.
 callgrind_server_dump() {
   local before now _
   before=$(ls "$CG_WORK"/srv.* 2>/dev/null | wc -l)
@@ -125,7 +132,7 @@ callgrind_server_dump() {
   for _ in $(seq 100); do
     now=$(ls "$CG_WORK"/srv.* 2>/dev/null | wc -l)
     if [ "$now" -gt "$before" ]; then
-      callgrind_total "$(ls -t "$CG_WORK"/srv.* | head -1)"
+      ls -t "$CG_WORK"/srv.* | head -1
       return
     fi
     sleep 0.1

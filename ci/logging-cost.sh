@@ -32,7 +32,7 @@ cp "$work/target/release/msgr" "$work/msgr-quiet"
 
 for b in quiet logs; do
   log "callgrind: $b"
-  bash ci/callgrind-rtt.sh "$work/msgr-$b" "$size" | tail -1
+  bash ci/callgrind-rtt.sh "$work/msgr-$b" "$size" | grep "per round trip"
 done
 for round in 1 2; do
   for b in quiet logs; do
