@@ -904,9 +904,8 @@ fn flush_outbox(local: &mut WorkerLocal, center: &mut Center, id: u64, mid_read:
     if lc.handle.msgr.settings.debug_ms >= 10 {
         msgs.iter().for_each(log_queued);
     }
-    for m in msgs.drain(..) {
-        lc.session.send_message(m);
-    }
+    // By trading queues with the session when it has none queued: not moved.
+    lc.session.send_messages(&mut msgs);
     local.tx_scratch = recycled(msgs);
     do_write(local, center, id).map(|()| Flushed::Written)
 }

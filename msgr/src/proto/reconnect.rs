@@ -135,6 +135,10 @@ impl SessionState {
     /// would one by one, leaving `msgs` empty. When nothing is queued the two queues
     /// trade places: the messages are not moved at all, and `msgs` keeps a capacity.
     pub(crate) fn push_all(&mut self, msgs: &mut VecDeque<Message>) {
+        if msgs.is_empty() {
+            // Most flushes find no message from another thread: nothing to trade.
+            return;
+        }
         if !self.queue.is_empty() {
             msgs.drain(..).for_each(|m| self.push(m));
             return;
