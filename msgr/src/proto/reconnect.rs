@@ -81,6 +81,15 @@ impl Done {
     }
 }
 
+/// What queuing does to a message, one by one ([`SessionState::push`]) or in a batch
+/// ([`SessionState::push_all`]): seq 0, and no memo that would keep bytes the message
+/// no longer carries alive while it waits.
+#[inline]
+fn enqueued(m: &mut Message) {
+    m.seq = 0;
+    m.data_crc.keep_only_for(&m.data);
+}
+
 impl SessionState {
     /// A fresh client state with `client_cookie` (random and non-zero for lossless sessions).
     pub fn new_client(client_cookie: u64) -> Self {
@@ -122,12 +131,12 @@ impl SessionState {
         self.connect_seq
     }
 
-    /// Queues a message behind everything already queued. A message forwarded from
-    /// another session carries that session's seq; here seq 0 means "not yet
-    /// numbered", which the resend logic relies on.
+    /// Queues a message behind everything already queued. Its seq becomes 0, "not yet
+    /// numbered", which the resend logic relies on (a message forwarded from another
+    /// session carries that session's seq), and a crc memo that does not cover its
+    /// data is dropped.
     pub fn push(&mut self, mut m: Message) {
-        m.seq = 0;
-        m.data_crc.keep_only_for(&m.data);
+        enqueued(&mut m);
         self.queue.push_back(m);
     }
 
@@ -144,8 +153,7 @@ impl SessionState {
             return;
         }
         for m in msgs.iter_mut() {
-            m.seq = 0;
-            m.data_crc.keep_only_for(&m.data);
+            enqueued(m);
         }
         std::mem::swap(&mut self.queue, msgs);
     }
