@@ -73,6 +73,36 @@ impl MPing {
         let mut d = Decoder::new(&self.front);
         d.string("ping.front").ok()
     }
+
+    /// The message, with the front and payload moved into it. [`TypedMessage::encode`]
+    /// clones them instead: for a payload that is a shared buffer, an atomic reference
+    /// count taken there and given back when this ping is dropped, per message.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use msgr_core::message::{MPing, TypedMessage};
+    /// let m = MPing::new(Bytes::from_static(b"abc")).into_message();
+    /// assert_eq!(m, MPing::new(Bytes::from_static(b"abc")).encode());
+    /// ```
+    pub fn into_message(self) -> Message {
+        Message::new(MSG_PING, self.front).with_data(self.payload)
+    }
+
+    /// A received ping's front and payload, borrowed from `m`: what
+    /// [`TypedMessage::decode`] clones, for a reader that only looks at them.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use msgr_core::message::{MPing, TypedMessage};
+    /// let m = MPing::new(Bytes::from_static(b"abc")).encode();
+    /// let (front, payload) = MPing::parts(&m).unwrap();
+    /// assert_eq!((&front[..], &payload[..]), (&b""[..], &b"abc"[..]));
+    /// assert!(MPing::parts(&msgr_core::message::Message::new(99, Bytes::new())).is_err());
+    /// ```
+    pub fn parts(m: &Message) -> Result<(&Bytes, &Bytes), DecodeError> {
+        check_type(m, MSG_PING)?;
+        Ok((&m.front, &m.data))
+    }
 }
 
 impl TypedMessage for MPing {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::error::ConnError;
-use super::flow::{Delivery, Flow};
+use super::flow::{Delivery, Flow, Pending};
 use super::worker::Worker;
 use super::MsgrInner;
 use crate::message::Message;
@@ -109,13 +109,12 @@ pub(crate) struct Taken {
 #[derive(Default)]
 pub(crate) struct Outbox {
     pub(crate) msgs: VecDeque<Message>,
+    // Tracked messages among `msgs`, by their index there, numbered when the worker
+    // takes them (`Connection::take_outbox`).
+    tracked: Vec<(usize, Pending)>,
     pub(crate) keepalive: bool,
     pub(crate) mark_down: bool,
 }
-
-/// In [`Connection::sent`]: the outbox holds something from another thread (set under
-/// its lock, with the count in one atomic step; cleared by the worker's take).
-const OUTBOX_BUSY: u64 = 1 << 63;
 
 thread_local! {
     // The connection whose message this worker thread is delivering by fast dispatch
@@ -167,11 +166,21 @@ pub struct Connection {
     state: AtomicU8,
     scheduled: AtomicBool,
     pub(crate) outbox: Mutex<Outbox>,
-    // Messages handed to the connection since it was made, with [`OUTBOX_BUSY`]; and
-    // their payload bytes. Against the session's [`Done`](crate::proto::reconnect::Done)
-    // they say what the connection still holds; the count numbers tracked messages.
-    sent: AtomicU64,
+    // The outbox holds something from another thread: set under its lock, cleared by
+    // the worker's take. Replies from fast dispatch go behind it while it is set.
+    outbox_busy: AtomicBool,
+    // Payload bytes of the messages handed to the connection since it was made: by
+    // other threads (through the outbox) and by fast dispatch on the worker (the lane).
+    // Against the session's [`Done`](crate::proto::reconnect::Done) they say what the
+    // connection still holds. The lane's total has one writer, the worker that owns
+    // the connection (one at a time: a move between workers goes through their
+    // queues), so it is counted with a plain load and store, not an atomic add.
     sent_bytes: AtomicU64,
+    local_bytes: AtomicU64,
+    // Messages the worker handed to the session since the connection was made: the
+    // number of the next tracked one is this plus its place in the outbox. Worker-only,
+    // as `local_bytes`.
+    handed: AtomicU64,
     flow: Flow,
     pub(crate) info: Mutex<Published>,
     // The worker that owns the connection's transport. A lossless session moves to the
@@ -215,8 +224,10 @@ impl Connection {
             state: AtomicU8::new(ConnState::Connecting as u8),
             scheduled: AtomicBool::new(false),
             outbox: Mutex::new(Outbox::default()),
-            sent: AtomicU64::new(0),
+            outbox_busy: AtomicBool::new(false),
             sent_bytes: AtomicU64::new(0),
+            local_bytes: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
             flow: Flow::new(send_limit),
             info: Mutex::new(Published { peer_addrs, ..Published::default() }),
             worker_key: AtomicU64::new(worker.key()),
@@ -367,25 +378,19 @@ impl Connection {
             return Ok(None);
         }
         let mut out = lock(&self.outbox);
-        // Counted and marked in one step, under the lock: a local send either comes
-        // before (and is handed to the session first) or sees the mark and comes here.
-        let nth = match self.sent.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| Some((c + 1) | OUTBOX_BUSY)) {
-            Ok(c) | Err(c) => (c & !OUTBOX_BUSY) + 1,
-        };
         let delivery = if TRACK {
-            // Tracked before it is queued, so it cannot be finished untracked.
-            match self.flow.track(nth) {
-                Some(d) => Some(d),
-                None => {
-                    // Not queued after all: take back the count (the mark may stay:
-                    // the worker's take then finds nothing).
-                    self.sent.fetch_sub(1, Ordering::AcqRel);
-                    return Err(SendError::Closed(self.id));
-                }
-            }
+            // Checked under the outbox lock: a close that comes after finds the tracker
+            // there and fails it (`close_flow`).
+            let Some((pending, delivery)) = self.flow.tracker() else { return Err(SendError::Closed(self.id)) };
+            let at = out.msgs.len();
+            out.tracked.push((at, pending));
+            Some(delivery)
         } else {
             None
         };
+        // Marked before the lock is let go: a reply from fast dispatch that sees the
+        // mark queues behind this message; one that did not see it was sent first.
+        self.outbox_busy.store(true, Ordering::Release);
         self.sent_bytes.fetch_add(len, Ordering::Relaxed);
         out.msgs.push_back(m);
         drop(out);
@@ -400,32 +405,30 @@ impl Connection {
     /// after the read, so it takes no lock and schedules nothing.
     #[inline]
     fn takes_local(&self, len: u64) -> bool {
-        LANE.try_with(Cell::get).ok().flatten() == Some(self.id) && self.count_local(len)
+        if LANE.try_with(Cell::get).ok().flatten() != Some(self.id) || self.outbox_busy.load(Ordering::Acquire) {
+            return false;
+        }
+        // The worker is the one writer (see `local_bytes`): no atomic add, which was
+        // one of a reply's costliest steps.
+        self.local_bytes.store(self.local_bytes.load(Ordering::Relaxed) + len, Ordering::Release);
+        true
     }
 
-    /// Counts a local send, unless older messages wait in the outbox (the send then
-    /// goes after them, through it): whether it was counted.
-    #[inline]
-    fn count_local(&self, len: u64) -> bool {
-        let mut cur = self.sent.load(Ordering::Acquire);
-        loop {
-            if cur & OUTBOX_BUSY != 0 {
-                return false;
-            }
-            match self.sent.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break,
-                Err(now) => cur = now,
-            }
-        }
-        self.sent_bytes.fetch_add(len, Ordering::Relaxed);
-        true
+    /// The worker: `n` messages from the lane were handed to the session.
+    pub(crate) fn count_handed(&self, n: usize) {
+        self.handed.store(self.handed.load(Ordering::Relaxed) + n as u64, Ordering::Relaxed);
+    }
+
+    /// Messages the worker handed to the session since the connection was made.
+    pub(crate) fn handed(&self) -> u64 {
+        self.handed.load(Ordering::Relaxed)
     }
 
     /// Payload bytes (front + middle + data) of the messages this connection holds:
     /// queued, in flight, or, on a lossless session, waiting for the peer's
     /// acknowledgement (which a reconnect would resend).
     pub fn queued_bytes(&self) -> u64 {
-        let sent = self.sent_bytes.load(Ordering::Acquire);
+        let sent = self.sent_bytes.load(Ordering::Acquire).wrapping_add(self.local_bytes.load(Ordering::Acquire));
         sent.saturating_sub(self.flow.done_bytes())
     }
 
@@ -475,6 +478,13 @@ impl Connection {
     /// The connection closed: tracked messages and bounded senders learn it.
     pub(crate) fn close_flow(&self, err: Option<ConnError>) {
         self.flow.close(err);
+        // Tracked messages still in the outbox fail too (registered on a closed flow,
+        // each fails at once with its error). Taken after the close: a sender that
+        // queues one later finds the flow closed and is refused.
+        let tracked = std::mem::take(&mut lock(&self.outbox).tracked);
+        for (_, p) in tracked {
+            self.flow.register(0, p);
+        }
     }
 
     /// Queues a KEEPALIVE2; the peer's ack shows up in [`Connection::last_keepalive_ack`].
@@ -507,7 +517,7 @@ impl Connection {
     fn ask_worker(&self, f: impl FnOnce(&mut Outbox)) {
         let mut out = lock(&self.outbox);
         f(&mut out);
-        self.sent.fetch_or(OUTBOX_BUSY, Ordering::AcqRel);
+        self.outbox_busy.store(true, Ordering::Release);
         drop(out);
         self.schedule();
     }
@@ -564,20 +574,27 @@ impl Connection {
         f(&mut lock(&self.info));
     }
 
-    /// Takes what senders queued (the totals stay). The messages go to `msgs`, which
-    /// must be empty: the two queues trade places, so the outbox keeps an allocation
-    /// and senders do not allocate a new queue after every flush.
+    /// Takes what senders queued (the totals stay), counting the messages as handed
+    /// to the session and numbering the tracked ones among them: the caller hands them
+    /// all to the session (or, at a mark-down, closes the connection). The messages go
+    /// to `msgs`, which must be empty: the two queues trade places, so the outbox keeps
+    /// an allocation and senders do not allocate a new queue after every flush.
     #[inline]
     pub(crate) fn take_outbox(&self, msgs: &mut VecDeque<Message>) -> Taken {
         debug_assert!(msgs.is_empty(), "messages left in the worker's queue");
         // Nothing from another thread: no lock. (Read after `clear_scheduled`: a sender
         // that marks the outbox after this schedules another flush.)
-        if self.sent.load(Ordering::Acquire) & OUTBOX_BUSY == 0 {
+        if !self.outbox_busy.load(Ordering::Acquire) {
             return Taken { keepalive: false, mark_down: false };
         }
         let mut o = lock(&self.outbox);
-        self.sent.fetch_and(!OUTBOX_BUSY, Ordering::AcqRel);
+        self.outbox_busy.store(false, Ordering::Release);
         std::mem::swap(&mut o.msgs, msgs);
+        let before = self.handed();
+        for (i, p) in o.tracked.drain(..) {
+            self.flow.register(before + i as u64 + 1, p);
+        }
+        self.count_handed(msgs.len());
         Taken { keepalive: std::mem::take(&mut o.keepalive), mark_down: std::mem::take(&mut o.mark_down) }
     }
 }
@@ -680,13 +697,36 @@ mod tests {
             a.send_message(msg(3)).unwrap();
             b.send_message(msg(9)).unwrap();
             let mut lane = Vec::new();
-            close_lane(prev, |q| lane.extend(q.drain(..).map(|m| m.tid)));
-            // 1 went first (the lane); 2 is tracked as the second message, and 3 queues
-            // behind it.
+            // As the worker closes a lane: what it hands the session is counted.
+            close_lane(prev, |q| {
+                a.count_handed(q.len());
+                lane.extend(q.drain(..).map(|m| m.tid));
+            });
+            // 1 went first (the lane); 2 is tracked, numbered when the outbox is taken
+            // as the second message, and 3 queues behind it.
             assert_eq!(lane, vec![1]);
             assert_eq!(outbox(&a), vec![2, 3]);
             assert_eq!(outbox(&b), vec![9]);
-            assert!(d.wait(std::time::Duration::ZERO).is_none(), "not finished: nothing was written");
+            assert_eq!(a.handed(), 3);
+            assert!(format!("{d:?}").contains("done: false"), "not finished: nothing was written");
+            // The session finished the lane's message: not yet the tracked one.
+            let done = |msgs| crate::proto::reconnect::Done { msgs, bytes: 0, dropped: 0 };
+            a.publish_done(done(1), true);
+            assert!(format!("{d:?}").contains("done: false"), "only the first message is finished");
+            a.publish_done(done(2), true);
+            assert_eq!(d.wait(std::time::Duration::ZERO), Some(Ok(crate::messenger::Delivered::Written)));
+            stack.shutdown();
+        }
+
+        #[test]
+        fn a_tracked_message_left_in_the_outbox_fails_when_the_connection_closes() {
+            let stack = Stack::start(Arc::new(MemStack::new(MemNetwork::new())), 1).unwrap();
+            let c = con(&stack);
+            let d = c.send_message_tracked(msg(1)).unwrap();
+            c.close_flow(None);
+            assert_eq!(d.wait(std::time::Duration::ZERO), Some(Err(crate::messenger::DeliveryError::Closed(None))));
+            // And a closed connection refuses to track more.
+            assert!(matches!(c.send_message_tracked(msg(2)), Err(SendError::Closed(_))));
             stack.shutdown();
         }
 

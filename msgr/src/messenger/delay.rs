@@ -174,8 +174,8 @@ fn hand_over(held: Held, released: Released<Held>) {
         let mut held = held;
         if let (Some(msgr), Some(m)) = (held.conn.msgr.upgrade(), held.msg.take()) {
             // why: shutdown drops what is held; this one was already on its way.
-            if !msgr.is_stopping() {
-                msgr.deliver_now(&held.conn, m);
+            if !msgr.is_stopping() && msgr.deliver_now(&held.conn, m) {
+                msgr.count_fast_dispatched(1);
             }
         }
         // The bytes go back now (deliver_now took its own if it queued the

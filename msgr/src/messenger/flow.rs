@@ -89,6 +89,22 @@ pub struct Delivery {
     slot: Arc<Slot>,
 }
 
+/// A tracked message not yet numbered: what [`Flow::tracker`] gives the sender to queue
+/// beside the message, for the worker to [`Flow::register`]. Dropped unregistered (its
+/// message never reached a session: the connection went away with it), it fails its
+/// [`Delivery`] rather than leave it waiting forever.
+pub(crate) struct Pending {
+    slot: Option<Arc<Slot>>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            slot.resolve(Err(DeliveryError::Closed(None)));
+        }
+    }
+}
+
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let done = matches!(*lock(&self.slot.state), SlotState::Done(_) | SlotState::Taken);
@@ -175,6 +191,8 @@ impl Delivery {
 struct Waiters {
     /// The connection closed: nothing more will be finished.
     closed: bool,
+    /// Why, when there was an error: what trackers registered after the close fail with.
+    close_err: Option<ConnError>,
     /// Tracked messages by their number on the connection (1 = the first ever sent),
     /// in that order.
     acks: VecDeque<(u64, Arc<Slot>)>,
@@ -243,15 +261,41 @@ impl Flow {
     /// connection's outbox locked, before the message is queued, so numbers arrive in
     /// order and the message cannot be finished before it is tracked. `None` if the
     /// connection is closed.
+    #[cfg(test)]
     pub(crate) fn track(&self, nth: u64) -> Option<Delivery> {
-        let mut w = lock(&self.waiters);
-        if w.closed {
+        let (p, d) = self.tracker()?;
+        self.register(nth, p);
+        Some(d)
+    }
+
+    /// A tracker for a message about to be queued, and the sender's [`Delivery`] of it;
+    /// `None` if the connection is closed. The tracker is numbered when the worker
+    /// takes the message ([`Flow::register`]): only the worker knows how many messages
+    /// went before it, counting the replies its fast dispatch sends without counting
+    /// them one by one.
+    pub(crate) fn tracker(&self) -> Option<(Pending, Delivery)> {
+        if lock(&self.waiters).closed {
             return None;
         }
         let slot = Arc::new(Slot::default());
-        w.acks.push_back((nth, Arc::clone(&slot)));
+        Some((Pending { slot: Some(Arc::clone(&slot)) }, Delivery { slot }))
+    }
+
+    /// Tracks `p` as the message that is number `nth` on the connection (1 = the first
+    /// ever sent). Called by the worker before the message is handed to the session,
+    /// in order, so that it cannot be finished before it is tracked. On a closed
+    /// connection it fails at once, as a tracked message would have at the close.
+    pub(crate) fn register(&self, nth: u64, mut p: Pending) {
+        let Some(slot) = p.slot.take() else { return };
+        let mut w = lock(&self.waiters);
+        if w.closed {
+            let err = w.close_err.clone();
+            drop(w);
+            slot.resolve(Err(DeliveryError::Closed(err)));
+            return;
+        }
+        w.acks.push_back((nth, slot));
         self.watched.store(true, Ordering::SeqCst);
-        Some(Delivery { slot })
     }
 
     /// The worker: the session's totals after a step. Within one step acknowledgements
@@ -311,6 +355,7 @@ impl Flow {
         let (room, acks) = {
             let mut w = lock(&self.waiters);
             w.closed = true;
+            w.close_err.clone_from(&err);
             self.watched.store(false, Ordering::SeqCst);
             (std::mem::take(&mut w.room), std::mem::take(&mut w.acks))
         };
@@ -371,6 +416,21 @@ mod tests {
         let d = f.track(3).unwrap();
         f.publish(done(3, 30, 2), false);
         assert_eq!(d.try_outcome(), Some(Ok(Delivered::Acked)));
+    }
+
+    #[test]
+    fn a_tracker_numbered_after_the_close_fails_with_its_error_and_one_never_numbered_fails_too() {
+        let f = Flow::new(0);
+        let (late, d_late) = f.tracker().unwrap();
+        let (lost, d_lost) = f.tracker().unwrap();
+        f.close(Some(ConnError::Shutdown));
+        // Taken from the outbox by a worker that had not seen the close yet.
+        f.register(1, late);
+        assert_eq!(d_late.try_outcome(), Some(Err(DeliveryError::Closed(Some(ConnError::Shutdown)))));
+        // Dropped with its message (never handed to a session): not left waiting.
+        drop(lost);
+        assert_eq!(d_lost.try_outcome(), Some(Err(DeliveryError::Closed(None))));
+        assert!(f.tracker().is_none());
     }
 
     #[test]

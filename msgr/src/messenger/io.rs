@@ -641,6 +641,7 @@ impl Lane {
             if debug {
                 msgs.iter().for_each(log_queued);
             }
+            lc.handle.conn.count_handed(msgs.len());
             lc.session.send_messages(msgs);
         });
     }
@@ -660,16 +661,50 @@ impl Lane {
     }
 }
 
+/// Messages delivered in one run, counted when it ends (an atomic add per counter per
+/// run rather than per message).
+#[derive(Default)]
+struct RunCounts {
+    delivered: usize,
+    fast: u64,
+}
+
 fn handle_events_in_lane(
     local: &mut WorkerLocal,
     id: u64,
     max_msgs: usize,
     lane: &mut Lane,
 ) -> Result<bool, ConnError> {
-    let mut delivered = 0;
+    let mut run = RunCounts::default();
+    let r = handle_events_counted(local, id, max_msgs, lane, &mut run);
+    run.add_to(local, id);
+    r
+}
+
+impl RunCounts {
+    /// Adds what was counted to connection `id`'s messenger, and starts again.
+    fn add_to(&mut self, local: &WorkerLocal, id: u64) {
+        let RunCounts { delivered, fast } = std::mem::take(self);
+        if delivered == 0 {
+            return;
+        }
+        if let Some(lc) = local.ep.get(id) {
+            count(&local.state.perf, &lc.handle.msgr, Counter::RecvMessages, delivered as i64);
+            lc.handle.msgr.count_fast_dispatched(fast);
+        }
+    }
+}
+
+fn handle_events_counted(
+    local: &mut WorkerLocal,
+    id: u64,
+    max_msgs: usize,
+    lane: &mut Lane,
+    run: &mut RunCounts,
+) -> Result<bool, ConnError> {
     loop {
         let Some(lc) = local.ep.get_mut(id) else { return Ok(false) };
-        if delivered == max_msgs {
+        if run.delivered == max_msgs {
             lane.close_into(lc);
             return Ok(lc.session.has_events());
         }
@@ -709,12 +744,11 @@ fn handle_events_in_lane(
                 if lc.handle.msgr.settings.debug_ms >= 10 {
                     log_message(m.msg_type, m.seq, m.front.len(), m.data.len(), "message received");
                 }
-                count(&local.state.perf, &lc.handle.msgr, Counter::RecvMessages, 1);
                 // Replies sent from fast dispatch go straight to the session (see
                 // `Connection::takes_local`).
                 lane.open(lc.handle.conn.id());
-                lc.handle.msgr.deliver(&lc.handle.conn, m);
-                delivered += 1;
+                run.fast += u64::from(lc.handle.msgr.deliver(&lc.handle.conn, m));
+                run.delivered += 1;
             }
             SessionEvent::KeepaliveAck(stamp) => lc.handle.conn.publish(|p| p.last_keepalive_ack = Some(stamp)),
             SessionEvent::LearnedAddr(a) => lc.handle.msgr.learned_addr(&a),
@@ -725,7 +759,11 @@ fn handle_events_in_lane(
                 count(&local.state.perf, &lc.handle.msgr, Counter::RemoteResets, 1);
                 lc.handle.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.handle.conn), ConnEvent::RemoteReset);
             }
-            SessionEvent::Identify(claim) => on_identify(local, id, claim)?,
+            SessionEvent::Identify(claim) => {
+                // Counted first: the connection may not be this worker's afterwards.
+                run.add_to(local, id);
+                on_identify(local, id, claim)?;
+            }
         }
     }
 }
@@ -906,6 +944,13 @@ fn flush_outbox(local: &mut WorkerLocal, center: &mut Center, id: u64, mid_read:
     }
     // By trading queues with the session when it has none queued: not moved.
     lc.session.send_messages(&mut msgs);
+    // Tracked messages are numbered by what the connection counted as handed over;
+    // the session's own totals must agree, or a Delivery would resolve early or late.
+    debug_assert_eq!(
+        lc.handle.conn.handed(),
+        lc.session.done().msgs + (lc.session.queued_len() + lc.session.unacked_len()) as u64,
+        "messages handed to the session, counted by the connection and by the session"
+    );
     local.tx_scratch = recycled(msgs);
     do_write(local, center, id).map(|()| Flushed::Written)
 }

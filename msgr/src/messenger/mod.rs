@@ -290,50 +290,67 @@ impl MsgrInner {
     }
 
     /// Hands a received message to a fast dispatcher or the dispatch queue,
-    /// unless delay injection holds it back for later.
+    /// unless delay injection holds it back for later. True if a fast dispatcher took
+    /// it: the caller counts those ([`MsgrInner::count_fast_dispatched`]), once per run
+    /// of deliveries rather than with an atomic add per message.
     #[inline]
-    pub(crate) fn deliver(&self, conn: &ConnectionRef, m: Message) {
+    pub(crate) fn deliver(&self, conn: &ConnectionRef, m: Message) -> bool {
         // why: ms_inject_delay_*. When off, the message goes straight on (not through
         // the Option the delayer gives back: a message is large, and moves cost).
         match &self.delay {
             None => self.deliver_now(conn, m),
-            Some(d) => {
-                if let Some(m) = delay::intercept(d, conn, m) {
-                    self.deliver_now(conn, m);
-                }
-            }
+            Some(d) => match delay::intercept(d, conn, m) {
+                Some(m) => self.deliver_now(conn, m),
+                None => false,
+            },
         }
     }
 
     /// Hands a received message to a fast dispatcher or the dispatch queue,
-    /// bypassing delay injection (the delay thread's hand-over comes here).
-    pub(crate) fn deliver_now(&self, conn: &ConnectionRef, m: Message) {
+    /// bypassing delay injection (the delay thread's hand-over comes here). True if a
+    /// fast dispatcher took it (not yet counted: see [`MsgrInner::deliver`]).
+    pub(crate) fn deliver_now(&self, conn: &ConnectionRef, m: Message) -> bool {
         // A panicking callback must not unwind through the worker: it would kill every
         // connection the worker serves.
         let (panics, id) = (self.dispatch_queue.panic_log(), conn.id());
+        // The closures borrow the message's slot rather than own the message: a
+        // closure is copied on its way into `catch_unwind`, and a message is large.
+        let mut slot = Some(m);
+        // The fast dispatcher is called inside `with`, on the list it was found in,
+        // rather than cloned out of it: that was an atomic increment and decrement of
+        // its `Arc` per message. (`with` holds no lock while it runs.)
         let fast = self.dispatchers.with(|list| {
-            // A panic is a "no": the message goes on to the next dispatcher or the queue.
-            list.iter()
-                .find(|d| panics.call("ms_can_fast_dispatch", id, || d.ms_can_fast_dispatch(&m)).unwrap_or(false))
-                .cloned()
-        });
-        if let Some(d) = fast {
-            self.fast_dispatched.fetch_add(1, Ordering::Relaxed);
+            let d = {
+                let m = slot.as_ref()?;
+                // A panic is a "no": the message goes on to the next dispatcher or the
+                // queue.
+                list.iter()
+                    .find(|d| panics.call("ms_can_fast_dispatch", id, || d.ms_can_fast_dispatch(m)).unwrap_or(false))?
+            };
             // A panic consumes the message (it was moved into the call) and leaves the
-            // connection up: its next message is read and dispatched as usual. The
-            // closure borrows the message's slot rather than owning the message: a
-            // closure is copied on its way into `catch_unwind`, and a message is large.
-            let mut slot = Some(m);
+            // connection up: its next message is read and dispatched as usual.
             panics.call("ms_fast_dispatch", id, || {
                 if let Some(m) = slot.take() {
                     d.ms_fast_dispatch(conn, m);
                 }
             });
-            return;
+            Some(())
+        });
+        if fast.is_some() {
+            return true;
         }
+        let Some(m) = slot else { return false };
         let size = m.total_len() as u64;
         self.throttle.take(size);
         self.dispatch_queue.enqueue(Arc::clone(conn), m, size);
+        false
+    }
+
+    /// Adds `n` messages to those handed to a fast dispatcher.
+    pub(crate) fn count_fast_dispatched(&self, n: u64) {
+        if n > 0 {
+            self.fast_dispatched.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }
 
