@@ -89,7 +89,7 @@ fault_total() {
 # callgrind_server BIN PORT: starts `BIN bench server` on 127.0.0.1:PORT under
 # callgrind and waits until it listens. Sets CG_PID (the server) and CG_WORK (a
 # scratch directory, where its dumps go); on exit the server is stopped and CG_WORK
-# removed.
+# removed. CG_OPTS, if set, adds callgrind options (e.g. --dump-instr=yes).
 callgrind_server() {
   local bin=$1 port=$2
   apt_install valgrind
@@ -97,7 +97,8 @@ callgrind_server() {
   CG_WORK=$(mktemp -d)
   CG_PID=
   trap callgrind_cleanup EXIT
-  valgrind -q --tool=callgrind --callgrind-out-file="$CG_WORK/srv.%n" "$bin" bench server \
+  # shellcheck disable=SC2086 # CG_OPTS is a list of options
+  valgrind -q --tool=callgrind ${CG_OPTS:-} --callgrind-out-file="$CG_WORK/srv.%n" "$bin" bench server \
     --bind "127.0.0.1:$port" >"$CG_WORK/srv.log" 2>&1 &
   CG_PID=$!
   local _
