@@ -15,26 +15,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . ci/lib.sh
 
-bin=${1:-target/release/msgr}
-size=${2:-64}
-depth=${3:-128}
-jobs=${4:-1}
-count=${5:-100000}
+pipeline_args 100000 "$@"
 port=${PORT:-6872}
 command -v objdump >/dev/null || apt_install binutils
 msgs=$((count * jobs))
 
-client() {
-  "$bin" bench client --connect "127.0.0.1:$1" --size "$size" --depth "$depth" --jobs "$jobs" \
-    --count "$2" --warmup 0 --baseline none >"$CG_WORK/cli.log" 2>&1 || { cat "$CG_WORK/cli.log"; exit 1; }
-}
-
-CG_OPTS=--dump-instr=yes callgrind_server "$bin" "$port"
-client "$port" 2000
-callgrind_control -z "$CG_PID" >/dev/null 2>&1
-client "$port" "$count"
+CG_OPTS=--dump-instr=yes callgrind_pipeline "$port"
 echo "callgrind, $size x depth $depth x $jobs job(s), $msgs messages:"
-python3 ci/callgrind_atomics.py "$(callgrind_server_dump)" "$msgs" server
+python3 ci/callgrind_atomics.py "$CG_DUMP" "$msgs" server
 callgrind_cleanup
 trap - EXIT
 

@@ -14,23 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . ci/lib.sh
 
-bin=${1:-target/release/msgr}
-size=${2:-64}
-depth=${3:-128}
-jobs=${4:-1}
-count=${5:-200000}
-port=${PORT:-6871}
-callgrind_server "$bin" "$port"
-
-client() {
-  "$bin" bench client --connect "127.0.0.1:$port" --size "$size" --depth "$depth" --jobs "$jobs" \
-    --count "$1" --warmup 0 --baseline none >"$CG_WORK/cli.log" 2>&1 || { cat "$CG_WORK/cli.log"; exit 1; }
-}
-
-client 2000
-callgrind_control -z "$CG_PID" >/dev/null
-client "$count"
-total=$(callgrind_total "$(callgrind_server_dump)")
+pipeline_args 200000 "$@"
+callgrind_pipeline "${PORT:-6871}"
+total=$(callgrind_total "$CG_DUMP")
 python3 - "$size" "$depth" "$jobs" "$count" "$total" <<'EOF'
 import sys
 size, depth, jobs, count, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])

@@ -109,6 +109,36 @@ callgrind_server() {
   cat "$CG_WORK/srv.log"; log "bench server did not start"; exit 1
 }
 
+# pipeline_args DEFAULT_COUNT [BIN] [SIZE] [DEPTH] [JOBS] [COUNT]: sets bin, size, depth,
+# jobs and count for the callgrind scripts that measure a pipelined bench (defaults:
+# target/release/msgr 64 128 1 DEFAULT_COUNT).
+pipeline_args() {
+  local default_count=$1
+  shift
+  bin=${1:-target/release/msgr}
+  size=${2:-64}
+  depth=${3:-128}
+  jobs=${4:-1}
+  count=${5:-$default_count}
+}
+
+# callgrind_pipeline PORT: a bench server under callgrind (callgrind_server; CG_OPTS as
+# there) answers a native client's warm-up run of 2,000 messages per job, then, its
+# counters zeroed, a measured run of `count` per job (bin, size, depth, jobs, count as
+# pipeline_args sets them). Sets CG_DUMP to the measured run's dump.
+callgrind_pipeline() {
+  local port=$1 n
+  callgrind_server "$bin" "$port"
+  for n in 2000 "$count"; do
+    "$bin" bench client --connect "127.0.0.1:$port" --size "$size" --depth "$depth" --jobs "$jobs" \
+      --count "$n" --warmup 0 --baseline none >"$CG_WORK/cli.log" 2>&1 || { cat "$CG_WORK/cli.log"; exit 1; }
+    if [ "$n" = 2000 ]; then
+      callgrind_control -z "$CG_PID" >/dev/null 2>&1
+    fi
+  done
+  CG_DUMP=$(callgrind_server_dump)
+}
+
 callgrind_cleanup() {
   [ -n "${CG_PID:-}" ] && kill "$CG_PID" 2>/dev/null && wait "$CG_PID" 2>/dev/null
   rm -rf "${CG_WORK:?}"
