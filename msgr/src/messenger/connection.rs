@@ -414,7 +414,8 @@ impl Connection {
         true
     }
 
-    /// The worker: `n` messages from the lane were handed to the session.
+    /// The worker: `n` more messages were handed to the session (a run of the lane's,
+    /// or what it took from the outbox).
     pub(crate) fn count_handed(&self, n: usize) {
         self.handed.store(self.handed.load(Ordering::Relaxed) + n as u64, Ordering::Relaxed);
     }
