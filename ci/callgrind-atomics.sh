@@ -28,10 +28,8 @@ trap - EXIT
 
 # The client under callgrind, against a native server (its own work dominates).
 work=$(mktemp -d)
-trap 'kill "${srv:-}" 2>/dev/null; rm -rf "$work"' EXIT
-"$bin" bench server --bind "127.0.0.1:$((port + 1))" >"$work/srv.log" 2>&1 &
-srv=$!
-for _ in $(seq 100); do grep -q listening "$work/srv.log" && break; sleep 0.1; done
+trap 'kill "${SERVER_PID:-}" 2>/dev/null; rm -rf "$work"' EXIT
+start_server "$work/srv.log" "$bin" bench server --bind "127.0.0.1:$((port + 1))"
 valgrind -q --tool=callgrind --dump-instr=yes --callgrind-out-file="$work/cli.out" "$bin" bench client \
   --connect "127.0.0.1:$((port + 1))" --size "$size" --depth "$depth" --jobs "$jobs" --count "$count" \
   --warmup 0 --baseline none >"$work/cli.log" 2>&1 || { cat "$work/cli.log"; exit 1; }

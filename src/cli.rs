@@ -607,6 +607,9 @@ impl PingDispatcher {
     /// the kernel (8 % of its time with three reads). With nothing in flight (depth 1,
     /// where the round trip is the figure) or no reply, the clock is read here.
     fn fill(&self, s: &mut PingState, i: usize, arrived: Option<Instant>) {
+        if s.lanes[i].con.is_none() {
+            return;
+        }
         let now = match arrived {
             Some(t) if !s.lanes[i].outstanding.is_empty() => t,
             _ => Instant::now(),

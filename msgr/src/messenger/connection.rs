@@ -177,10 +177,6 @@ pub struct Connection {
     // queues), so it is counted with a plain load and store, not an atomic add.
     sent_bytes: AtomicU64,
     local_bytes: AtomicU64,
-    // Messages the worker handed to the session since the connection was made: the
-    // number of the next tracked one is this plus its place in the outbox. Worker-only,
-    // as `local_bytes`.
-    handed: AtomicU64,
     flow: Flow,
     pub(crate) info: Mutex<Published>,
     // The worker that owns the connection's transport. A lossless session moves to the
@@ -227,7 +223,6 @@ impl Connection {
             outbox_busy: AtomicBool::new(false),
             sent_bytes: AtomicU64::new(0),
             local_bytes: AtomicU64::new(0),
-            handed: AtomicU64::new(0),
             flow: Flow::new(send_limit),
             info: Mutex::new(Published { peer_addrs, ..Published::default() }),
             worker_key: AtomicU64::new(worker.key()),
@@ -414,17 +409,6 @@ impl Connection {
         true
     }
 
-    /// The worker: `n` more messages were handed to the session (a run of the lane's,
-    /// or what it took from the outbox).
-    pub(crate) fn count_handed(&self, n: usize) {
-        self.handed.store(self.handed.load(Ordering::Relaxed) + n as u64, Ordering::Relaxed);
-    }
-
-    /// Messages the worker handed to the session since the connection was made.
-    pub(crate) fn handed(&self) -> u64 {
-        self.handed.load(Ordering::Relaxed)
-    }
-
     /// Payload bytes (front + middle + data) of the messages this connection holds:
     /// queued, in flight, or, on a lossless session, waiting for the peer's
     /// acknowledgement (which a reconnect would resend).
@@ -575,13 +559,15 @@ impl Connection {
         f(&mut lock(&self.info));
     }
 
-    /// Takes what senders queued (the totals stay), counting the messages as handed
-    /// to the session and numbering the tracked ones among them: the caller hands them
-    /// all to the session (or, at a mark-down, closes the connection). The messages go
-    /// to `msgs`, which must be empty: the two queues trade places, so the outbox keeps
-    /// an allocation and senders do not allocate a new queue after every flush.
+    /// Takes what senders queued (the totals stay), numbering the tracked ones among
+    /// them as the messages after the `queued_before` the session has ever had queued
+    /// ([`Session::queued_total`](crate::proto::session::Session::queued_total)): the
+    /// caller hands them all to the session next (or, at a mark-down, closes the
+    /// connection). The messages go to `msgs`, which must be empty: the two queues trade
+    /// places, so the outbox keeps an allocation and senders do not allocate a new queue
+    /// after every flush.
     #[inline]
-    pub(crate) fn take_outbox(&self, msgs: &mut VecDeque<Message>) -> Taken {
+    pub(crate) fn take_outbox(&self, msgs: &mut VecDeque<Message>, queued_before: u64) -> Taken {
         debug_assert!(msgs.is_empty(), "messages left in the worker's queue");
         // Nothing from another thread: no lock. (Read after `clear_scheduled`: a sender
         // that marks the outbox after this schedules another flush.)
@@ -591,11 +577,9 @@ impl Connection {
         let mut o = lock(&self.outbox);
         self.outbox_busy.store(false, Ordering::Release);
         std::mem::swap(&mut o.msgs, msgs);
-        let before = self.handed();
         for (i, p) in o.tracked.drain(..) {
-            self.flow.register(before + i as u64 + 1, p);
+            self.flow.register(queued_before + i as u64 + 1, p);
         }
-        self.count_handed(msgs.len());
         Taken { keepalive: std::mem::take(&mut o.keepalive), mark_down: std::mem::take(&mut o.mark_down) }
     }
 }
@@ -638,7 +622,7 @@ mod tests {
 
         fn outbox(c: &Connection) -> Vec<u64> {
             let mut q = VecDeque::new();
-            c.take_outbox(&mut q);
+            c.take_outbox(&mut q, 0);
             tids(q)
         }
 
@@ -673,7 +657,7 @@ mod tests {
             // What the worker's take finds: (keepalive, mark-down) and the messages.
             let take = |c: &Connection| {
                 let mut q = VecDeque::new();
-                let t = c.take_outbox(&mut q);
+                let t = c.take_outbox(&mut q, 0);
                 ((t.keepalive, t.mark_down), tids(q))
             };
             c.send_keepalive();
@@ -698,17 +682,15 @@ mod tests {
             a.send_message(msg(3)).unwrap();
             b.send_message(msg(9)).unwrap();
             let mut lane = Vec::new();
-            // As the worker closes a lane: what it hands the session is counted.
-            close_lane(prev, |q| {
-                a.count_handed(q.len());
-                lane.extend(q.drain(..).map(|m| m.tid));
-            });
+            close_lane(prev, |q| lane.extend(q.drain(..).map(|m| m.tid)));
             // 1 went first (the lane); 2 is tracked, numbered when the outbox is taken
-            // as the second message, and 3 queues behind it.
+            // behind the one message the session then has had queued (the lane's), and
+            // 3 queues behind it.
             assert_eq!(lane, vec![1]);
-            assert_eq!(outbox(&a), vec![2, 3]);
+            let mut q = VecDeque::new();
+            a.take_outbox(&mut q, 1);
+            assert_eq!(tids(q), vec![2, 3]);
             assert_eq!(outbox(&b), vec![9]);
-            assert_eq!(a.handed(), 3);
             assert!(format!("{d:?}").contains("done: false"), "not finished: nothing was written");
             // The session finished the lane's message: not yet the tracked one.
             let done = |msgs| crate::proto::reconnect::Done { msgs, bytes: 0, dropped: 0 };

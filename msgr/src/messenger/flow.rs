@@ -257,10 +257,8 @@ impl Flow {
         true
     }
 
-    /// Tracks the message that will be number `nth` on the connection. Called with the
-    /// connection's outbox locked, before the message is queued, so numbers arrive in
-    /// order and the message cannot be finished before it is tracked. `None` if the
-    /// connection is closed.
+    /// For tests: [`Flow::tracker`] and [`Flow::register`] as number `nth` at once.
+    /// `None` if the connection is closed.
     #[cfg(test)]
     pub(crate) fn track(&self, nth: u64) -> Option<Delivery> {
         let (p, d) = self.tracker()?;

@@ -641,7 +641,6 @@ impl Lane {
             if debug {
                 msgs.iter().for_each(log_queued);
             }
-            lc.handle.conn.count_handed(msgs.len());
             lc.session.send_messages(msgs);
         });
     }
@@ -925,7 +924,7 @@ fn flush_outbox(local: &mut WorkerLocal, center: &mut Center, id: u64, mid_read:
     let Some(lc) = local.ep.get_mut(id) else { return Ok(Flushed::Written) };
     lc.handle.conn.clear_scheduled();
     let mut msgs = std::mem::take(&mut local.tx_scratch);
-    let out = lc.handle.conn.take_outbox(&mut msgs);
+    let out = lc.handle.conn.take_outbox(&mut msgs, lc.session.queued_total());
     if out.mark_down {
         if mid_read {
             lc.handle.conn.queue_mark_down();
@@ -944,13 +943,6 @@ fn flush_outbox(local: &mut WorkerLocal, center: &mut Center, id: u64, mid_read:
     }
     // By trading queues with the session when it has none queued: not moved.
     lc.session.send_messages(&mut msgs);
-    // Tracked messages are numbered by what the connection counted as handed over;
-    // the session's own totals must agree, or a Delivery would resolve early or late.
-    debug_assert_eq!(
-        lc.handle.conn.handed(),
-        lc.session.done().msgs + (lc.session.queued_len() + lc.session.unacked_len()) as u64,
-        "messages handed to the session, counted by the connection and by the session"
-    );
     local.tx_scratch = recycled(msgs);
     do_write(local, center, id).map(|()| Flushed::Written)
 }
@@ -1184,7 +1176,10 @@ fn flush_parked(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     let conn = Arc::clone(&owner.conn);
     conn.clear_scheduled();
     let mut msgs = std::mem::take(&mut local.tx_scratch);
-    let out = conn.take_outbox(&mut msgs);
+    // (None: no longer parked. The messages are dropped below, and their trackers
+    // fail when the connection closes.)
+    let queued = local.ep.parked_queued_total(id).unwrap_or(0);
+    let out = conn.take_outbox(&mut msgs, queued);
     for m in msgs.drain(..) {
         local.ep.push_parked(id, m);
     }

@@ -163,6 +163,13 @@ impl SessionState {
         self.done
     }
 
+    /// Messages ever queued on this state: those finished and those it still holds
+    /// (messages leave in the order they came, see [`Done`]). The next one queued is
+    /// number this + 1.
+    pub fn queued_total(&self) -> u64 {
+        self.done.msgs + self.queue.len() as u64
+    }
+
     /// On a lossy session, what was written is finished: it is dropped where it lies.
     pub(crate) fn forget_written(&mut self) {
         self.finish_front(self.sent);

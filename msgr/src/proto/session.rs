@@ -651,6 +651,11 @@ impl Session {
         self.st.unacked_len()
     }
 
+    /// Messages ever queued on the session: see [`SessionState::queued_total`].
+    pub fn queued_total(&self) -> u64 {
+        self.st.queued_total()
+    }
+
     /// What became of the messages queued so far: see [`Done`](crate::proto::reconnect::Done).
     #[inline]
     pub fn done(&self) -> crate::proto::reconnect::Done {

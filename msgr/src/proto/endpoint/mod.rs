@@ -275,6 +275,12 @@ impl<T, H: Shared> Endpoint<T, H> {
         self.parked.get(&id).map(|p| &p.handle)
     }
 
+    /// Messages ever queued on parked connection `id`'s session (see
+    /// [`SessionState::queued_total`](crate::proto::reconnect::SessionState::queued_total)).
+    pub fn parked_queued_total(&self, id: u64) -> Option<u64> {
+        self.parked.get(&id).map(|p| p.state.queued_total())
+    }
+
     /// Queues a message on parked connection `id`; false if it is not parked.
     pub fn push_parked(&mut self, id: u64, m: crate::message::Message) -> bool {
         match self.parked.get_mut(&id) {
