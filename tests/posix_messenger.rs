@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use msgr::config::Config;
 use msgr::message::Message;
 use msgr::messenger::perf::Counter;
-use msgr::messenger::{ConnState, ConnectionRef, Dispatcher, Messenger, Policy, SendError};
+use msgr::messenger::{ConnState, ConnectionRef, Dispatcher, Messenger, PerfSource, Policy, SendError};
 use msgr::proto::{EntityAddr, EntityAddrVec, EntityType, MAX_SEGMENT_LEN};
 
 mod common;
@@ -676,6 +676,97 @@ fn bursts_on_a_busy_connection_are_read_in_place_after_each_wake_up() {
     // The first burst (1/30 of the bytes) is copied, and a burst the kernel hands over
     // in pieces too small to mark the connection busy may be; most are not.
     assert!(copied * 4 < read, "{copied} of {read} received bytes copied: bursts were read through the scratch buffer");
+    drop((client, server));
+}
+
+/// Replies to each request at once, and asks for the next burst once it has a whole
+/// one; records, for each request as it is handed over, the server's read and write
+/// calls so far.
+struct ReplyProbe {
+    tally: Tally,
+    per_burst: u64,
+    server: PerfSource,
+    seen: Mutex<Vec<(i64, i64)>>,
+}
+
+impl Dispatcher for ReplyProbe {
+    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
+        m.msg_type == MSG_TEST
+    }
+    fn ms_fast_dispatch(&self, con: &ConnectionRef, m: Message) {
+        let dump = self.server.dump().unwrap();
+        let (_, me) = dump.as_object().unwrap().iter().find(|(k, _)| k.starts_with("msgr.")).unwrap();
+        let get = |c: Counter| me[c.name()].as_i64().unwrap();
+        self.seen.lock().unwrap().push((get(Counter::ReadCalls), get(Counter::WriteCalls)));
+        self.tally.record(con, &m);
+        let _ = con.send_message(Message::new(MSG_REPLY, Bytes::new()));
+        if self.tally.count() % self.per_burst == 0 {
+            let _ = con.send_message(Message::new(MSG_FAST, Bytes::new()));
+        }
+    }
+}
+
+const MSG_REPLY: u16 = 0x7004;
+
+/// Takes the replies of [`ReplyProbe`] and drops them.
+struct Replies(AtomicUsize);
+
+impl Dispatcher for Replies {
+    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
+        m.msg_type == MSG_REPLY
+    }
+    fn ms_fast_dispatch(&self, _con: &ConnectionRef, _m: Message) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A read that drains the socket has its first replies written after 8 KiB of
+/// requests (two of 4 KiB here), before the rest of the read is handled, and the next
+/// ones only 32 messages later: the peer, which sent all it had, starts on them
+/// instead of waiting for the whole read's. Bursts of 8 requests of 4 KiB, each sent
+/// in one write once the one before was received: less than a busy connection's
+/// read, so each read takes all there is.
+#[test]
+fn a_drained_read_writes_its_first_replies_before_handling_the_rest() {
+    const BURSTS: usize = 20;
+    const PER_BURST: usize = 8;
+    const LEN: usize = 4096;
+    let (server, client, con) = pair(&config(&[]));
+    let sd = Arc::new(ReplyProbe {
+        tally: Tally::default(),
+        per_burst: PER_BURST as u64,
+        server: server.perf_source(),
+        seen: Mutex::default(),
+    });
+    server.add_dispatcher_tail(sd.clone());
+    let cd = Arc::new(BurstClient { next: AtomicUsize::new(1), bursts: BURSTS, per_burst: PER_BURST, len: LEN });
+    client.add_dispatcher_tail(cd);
+    let replies = Arc::new(Replies(AtomicUsize::new(0)));
+    client.add_dispatcher_tail(replies.clone());
+    for i in 0..PER_BURST {
+        con.send_message(test_message(5, i as u64, LEN)).unwrap();
+    }
+    let all = (BURSTS * PER_BURST) as u64;
+    assert_eq!(sd.tally.wait_for(all), all, "server received");
+    sd.tally.assert_in_order("server");
+    wait_until("every reply", || replies.0.load(Ordering::SeqCst) == BURSTS * PER_BURST);
+    let seen = std::mem::take(&mut *sd.seen.lock().unwrap());
+    // The requests each read handed over, with the write calls made before each.
+    let mut reads: Vec<Vec<i64>> = Vec::new();
+    for (i, &(r, w)) in seen.iter().enumerate() {
+        if i == 0 || seen[i - 1].0 != r {
+            reads.push(Vec::new());
+        }
+        reads.last_mut().unwrap().push(w);
+    }
+    let checked: Vec<&Vec<i64>> = reads.iter().filter(|w| w.len() >= 3).collect();
+    println!("{} reads handed over requests, {} of them 3 or more", reads.len(), checked.len());
+    assert!(!checked.is_empty(), "no read brought 3 requests: {reads:?}");
+    for w in checked {
+        assert_eq!(w[1], w[0], "a write between the first two requests of a read: {w:?}");
+        assert!(w[2] > w[0], "the first replies were not written after 8 KiB of requests: {w:?}");
+        assert!(w[2..].iter().all(|&x| x == w[2]), "a write less than 32 requests after the first: {w:?}");
+    }
     drop((client, server));
 }
 

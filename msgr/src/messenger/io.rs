@@ -69,8 +69,41 @@ const DEEP_READ: usize = 64 * 1024;
 /// A busy connection's read buffer: a read's worth and a frame in progress carried over,
 /// as much as the session reserves for a deep read (`Session::read_target_with_room`).
 const DEEP_BUF: usize = READ_CHUNK + crate::proto::session::LARGE_FRAME;
-/// Messages of one read delivered before the replies they produced are written.
-const FLUSH_EVERY: usize = 32;
+/// How much of what a read brought is delivered before the replies it produced are
+/// written: so many messages, or so many payload bytes, whichever comes first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Batch {
+    msgs: usize,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Everything: nothing is written in between.
+    const ALL: Batch = Batch { msgs: usize::MAX, bytes: usize::MAX };
+    /// The replies go out every 32 messages, not only once the whole read is handled:
+    /// the peer starts on them while this side handles the rest.
+    const EVERY: Batch = Batch { msgs: 32, bytes: usize::MAX };
+    /// The first batch of a read that drained the socket. The peer has sent all it had
+    /// and may be waiting for these replies, asleep: the sooner the first are written,
+    /// the sooner it wakes (tens of µs on a VM) and works while this side handles the
+    /// rest. Without it, a window of up to 32 messages went back and forth whole, each
+    /// side idle while the other worked: 4 KiB × 32 in flight reached 0.75× raw TCP's
+    /// msgs/s, 1.3–1.5× with it; 4 KiB × 16 went from 0.6× to 0.7–0.8×, 64 B × 128
+    /// gained 5–15 %. It costs a write per read that drained the socket (server CPU
+    /// +15 % per message at 64 B × 128, about +5 % at 4 KiB × 512 × 2, where the peer
+    /// is never idle). Bounded in bytes too: a few large messages take as long to
+    /// handle as many small ones.
+    const FIRST: Batch = Batch { msgs: 16, bytes: 8 * 1024 };
+
+    /// The first batch of a read; `drained`: the read took all the socket had.
+    fn first(drained: bool) -> Batch {
+        if drained {
+            Batch::FIRST
+        } else {
+            Batch::EVERY
+        }
+    }
+}
 /// Most bytes framed ahead of the socket per flush; bounds memory per connection.
 const WRITE_BUDGET: usize = 512 * 1024;
 
@@ -504,10 +537,10 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<bool
         }
         handled.map_err(ConnError::Protocol)?;
         let drained = !full && lc.io.socket.short_read_drains();
-        // Replies go out every FLUSH_EVERY messages delivered, not only once the whole
-        // read is handled: the peer starts on them while this side handles the rest.
         let mut write_failed = None;
-        while handle_session_events_upto(local, id, FLUSH_EVERY)? {
+        let mut batch = Batch::first(drained);
+        while handle_session_events_upto(local, id, batch)? {
+            batch = Batch::EVERY;
             if write_failed.is_none() {
                 write_failed = flush_outbox(local, center, id, true).err();
             }
@@ -603,17 +636,17 @@ fn resume_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
 }
 
 fn handle_session_events(local: &mut WorkerLocal, id: u64) -> Result<(), ConnError> {
-    handle_session_events_upto(local, id, usize::MAX).map(drop)
+    handle_session_events_upto(local, id, Batch::ALL).map(drop)
 }
 
-/// Handles the session's events until `max_msgs` messages were delivered; true if it
+/// Handles the session's events until a `batch` of messages was delivered; true if it
 /// stopped there with events left.
-fn handle_session_events_upto(local: &mut WorkerLocal, id: u64, max_msgs: usize) -> Result<bool, ConnError> {
+fn handle_session_events_upto(local: &mut WorkerLocal, id: u64, batch: Batch) -> Result<bool, ConnError> {
     // The messages handed here are queued for the dispatch thread together: it is
     // woken once, when they are all queued.
     let _burst = Burst::begin();
     let mut lane = Lane(None);
-    let r = handle_events_in_lane(local, id, max_msgs, &mut lane);
+    let r = handle_events_in_lane(local, id, batch, &mut lane);
     lane.close(local, id);
     r
 }
@@ -668,14 +701,9 @@ struct RunCounts {
     fast: u64,
 }
 
-fn handle_events_in_lane(
-    local: &mut WorkerLocal,
-    id: u64,
-    max_msgs: usize,
-    lane: &mut Lane,
-) -> Result<bool, ConnError> {
+fn handle_events_in_lane(local: &mut WorkerLocal, id: u64, batch: Batch, lane: &mut Lane) -> Result<bool, ConnError> {
     let mut run = RunCounts::default();
-    let r = handle_events_counted(local, id, max_msgs, lane, &mut run);
+    let r = handle_events_counted(local, id, batch, lane, &mut run);
     run.add_to(local, id);
     r
 }
@@ -697,13 +725,14 @@ impl RunCounts {
 fn handle_events_counted(
     local: &mut WorkerLocal,
     id: u64,
-    max_msgs: usize,
+    batch: Batch,
     lane: &mut Lane,
     run: &mut RunCounts,
 ) -> Result<bool, ConnError> {
+    let mut bytes = 0;
     loop {
         let Some(lc) = local.ep.get_mut(id) else { return Ok(false) };
-        if run.delivered == max_msgs {
+        if run.delivered == batch.msgs || bytes >= batch.bytes {
             lane.close_into(lc);
             return Ok(lc.session.has_events());
         }
@@ -746,6 +775,7 @@ fn handle_events_counted(
                 // Replies sent from fast dispatch go straight to the session (see
                 // `Connection::takes_local`).
                 lane.open(lc.handle.conn.id());
+                bytes += m.front.len() + m.middle.len() + m.data.len();
                 run.fast += u64::from(lc.handle.msgr.deliver(&lc.handle.conn, m));
                 run.delivered += 1;
             }
@@ -944,7 +974,14 @@ fn flush_outbox(local: &mut WorkerLocal, center: &mut Center, id: u64, mid_read:
     // By trading queues with the session when it has none queued: not moved.
     lc.session.send_messages(&mut msgs);
     local.tx_scratch = recycled(msgs);
-    do_write(local, center, id).map(|()| Flushed::Written)
+    // Between the messages of a read, the rest of them are decoded but not delivered:
+    // not acknowledged yet either.
+    lc.session.set_acks_only_taken(mid_read);
+    let r = do_write(local, center, id);
+    if let Some(lc) = local.ep.get_mut(id) {
+        lc.session.set_acks_only_taken(false);
+    }
+    r.map(|()| Flushed::Written)
 }
 
 /// The debug_ms 10 line for a message handed to the session to send.

@@ -452,6 +452,7 @@ pub struct Session {
     // Queues, sequence numbers and cookies: what survives this transport.
     st: SessionState,
     acked_in_seq: u64,
+    acks_only_taken: bool,
     pending_ident: Option<(Claim, Option<ClientIdent>)>,
     keepalive_ack_pending: Option<UTime>,
     keepalive_pending: Option<UTime>,
@@ -526,6 +527,7 @@ impl Session {
             learned_addr: None,
             st,
             acked_in_seq: 0,
+            acks_only_taken: false,
             pending_ident: None,
             keepalive_ack_pending: None,
             keepalive_pending: None,
@@ -1826,7 +1828,33 @@ impl Session {
                 && (self.st.queued_len() > 0
                     || self.keepalive_pending.is_some()
                     || self.keepalive_ack_pending.is_some()
-                    || (!self.policy.lossy && self.st.in_seq > self.acked_in_seq)))
+                    || (!self.policy.lossy && self.ack_seq() > self.acked_in_seq)))
+    }
+
+    /// While set, acks cover only the messages the owner has taken
+    /// ([`Session::poll_event`]), not those decoded and still queued here: for an owner
+    /// that writes between deliveries (the replies to the first messages of a read,
+    /// before it hands over the rest), so that a message the peer is told it may forget
+    /// is one the dispatchers were handed. Off, acks cover everything received, as
+    /// Ceph's do; either way, once the owner has taken every message.
+    pub fn set_acks_only_taken(&mut self, on: bool) {
+        self.acks_only_taken = on;
+    }
+
+    /// What an ack says was received: see [`Session::set_acks_only_taken`].
+    fn ack_seq(&self) -> u64 {
+        // A lossy peer keeps nothing for an ack to release.
+        if !self.acks_only_taken || self.policy.lossy {
+            return self.st.in_seq;
+        }
+        let first_held = self.events.iter().find_map(|e| match e {
+            SessionEvent::Message(m) => Some(m.seq),
+            _ => None,
+        });
+        match first_held {
+            Some(seq) => self.st.in_seq.min(seq.saturating_sub(1)),
+            None => self.st.in_seq,
+        }
     }
 
     /// Moves bytes to send into `out`, stopping once about `budget` bytes were added.
@@ -1860,14 +1888,15 @@ impl Session {
         }
         // Messages are framed where they lie in the queue, and stay there until
         // acknowledged.
+        let ack = self.ack_seq();
         while added < budget {
             let index = self.st.sent;
             let Some(msg) = self.st.queue.get_mut(index) else { break };
             self.st.out_seq += 1;
             msg.seq = self.st.out_seq;
-            self.acked_in_seq = self.st.in_seq;
+            self.acked_in_seq = ack;
             self.msgs_out += 1;
-            let (seq, ack_seq) = (self.st.out_seq, self.st.in_seq);
+            let (seq, ack_seq) = (self.st.out_seq, ack);
             added += self.encode_any(Outgoing::Queued { index, seq, ack_seq }, out);
             self.st.sent += 1;
             if self.tx_writer.epilogue_pending() {
@@ -1878,10 +1907,10 @@ impl Session {
         if self.policy.lossy {
             self.st.forget_written();
         }
-        if !self.policy.lossy && self.st.in_seq > self.acked_in_seq && !self.tx_writer.epilogue_pending() {
+        if !self.policy.lossy && ack > self.acked_in_seq && !self.tx_writer.epilogue_pending() {
             // Nothing to piggy-back the ack on: send it on its own.
-            added += self.encode_out(&Ack { seq: self.st.in_seq }.to_frame(), out);
-            self.acked_in_seq = self.st.in_seq;
+            added += self.encode_out(&Ack { seq: ack }.to_frame(), out);
+            self.acked_in_seq = ack;
         }
         self.tx_writer.finish(out);
         added

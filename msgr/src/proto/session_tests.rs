@@ -737,6 +737,41 @@ fn piggybacked_ack_in_message_header() {
     assert_eq!(c.unacked_len(), 0);
 }
 
+/// An owner writing between the deliveries of one read acknowledges only what it has
+/// taken: a reply framed while a message waits in the session carries the ack of
+/// those before it, no ACK frame goes out on its own, and once the message is taken
+/// the ack covers it.
+#[test]
+fn acks_wait_for_the_owner_to_take_the_message_when_asked() {
+    let t0 = Instant::now();
+    let (mut c, mut s) = (client_with(t0, lossless()), server_with(t0, lossless()));
+    pump(&mut c, &mut s, t0);
+    c.send_message(MPing::default().encode());
+    s.handle_bytes(t0, &out(&mut c)).unwrap();
+    while s.poll_event().is_some() {}
+    c.send_message(MPing::default().encode());
+    c.send_message(MPing::default().encode());
+    s.handle_bytes(t0, &out(&mut c)).unwrap();
+    assert_eq!(s.in_seq(), 3);
+    s.set_acks_only_taken(true);
+    // Message 2 is taken, message 3 is still queued in the session.
+    assert!(matches!(s.poll_event(), Some(SessionEvent::Message(m)) if m.seq == 2));
+    s.send_message(MPing::default().encode());
+    let reply = out(&mut s);
+    let f = frames(&reply, false);
+    assert_eq!(f.iter().map(|f| f.tag).collect::<Vec<_>>(), vec![Tag::Message], "no separate ACK");
+    assert_eq!(parse_message_frame(&f[0]).unwrap().0.ack_seq, 2, "message 3 acknowledged before it was taken");
+    assert!(!s.wants_transmit());
+    assert!(matches!(s.poll_event(), Some(SessionEvent::Message(m)) if m.seq == 3));
+    assert!(s.wants_transmit(), "the ack of message 3 waits");
+    let ack = out(&mut s);
+    assert_eq!(frames(&ack, false).iter().map(|f| f.tag).collect::<Vec<_>>(), vec![Tag::Ack]);
+    c.handle_bytes(t0, &reply).unwrap();
+    assert_eq!(c.unacked_len(), 1, "message 3 awaits its ack");
+    c.handle_bytes(t0, &ack).unwrap();
+    assert_eq!(c.unacked_len(), 0);
+}
+
 #[test]
 fn lossy_sessions_keep_no_sent_list_and_send_no_acks() {
     let t0 = Instant::now();
