@@ -23,8 +23,13 @@ pub struct Mon {
     ports: Vec<(u16, u16)>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+/// `n` distinct free ports: all bound at once and let go together, so the kernel
+/// cannot hand out one of them twice (picked one at a time, two monitors' ports were
+/// once the same and `monmaptool` refused the map).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port on loopback")).collect();
+    held.iter().map(|l| l.local_addr().expect("bound address").port()).collect()
 }
 
 fn script() -> PathBuf {
@@ -67,7 +72,8 @@ impl Mon {
     /// A cluster of monitors named `ids` (each on free ports), in quorum.
     pub fn start_cluster(auth: &str, mode: &str, extra: &str, ids: &[&str]) -> Mon {
         let dir = tempfile::Builder::new().prefix("msgr-mon-").tempdir().expect("temp dir");
-        let ports: Vec<(u16, u16)> = ids.iter().map(|_| (free_port(), free_port())).collect();
+        let free = free_ports(2 * ids.len());
+        let ports: Vec<(u16, u16)> = free.chunks(2).map(|p| (p[0], p[1])).collect();
         let mon = Mon {
             dir,
             port_v2: ports[0].0,
