@@ -283,11 +283,14 @@ fn install(
     conn: ConnectionRef,
     msgr: Arc<MsgrInner>,
     mut socket: Box<dyn ConnectedSocket>,
-    session: Session,
+    mut session: Session,
     dial: Option<Dial>,
     span: tracing::Span,
 ) {
     let id = conn.id();
+    // A read's first replies may be written before the rest of its messages are
+    // delivered (`Batch::FIRST`): those are decoded, not yet the dispatchers'.
+    session.set_acks_only_taken(true);
     let registered = socket.register(center.readiness()).and_then(|src| {
         center.create_file_event(src, Interest::READABLE | Interest::WRITABLE, conn_callback(id)).map(|()| src)
     });
@@ -974,14 +977,7 @@ fn flush_outbox(local: &mut WorkerLocal, center: &mut Center, id: u64, mid_read:
     // By trading queues with the session when it has none queued: not moved.
     lc.session.send_messages(&mut msgs);
     local.tx_scratch = recycled(msgs);
-    // Between the messages of a read, the rest of them are decoded but not delivered:
-    // not acknowledged yet either.
-    lc.session.set_acks_only_taken(mid_read);
-    let r = do_write(local, center, id);
-    if let Some(lc) = local.ep.get_mut(id) {
-        lc.session.set_acks_only_taken(false);
-    }
-    r.map(|()| Flushed::Written)
+    do_write(local, center, id).map(|()| Flushed::Written)
 }
 
 /// The debug_ms 10 line for a message handed to the session to send.

@@ -1835,8 +1835,9 @@ impl Session {
     /// ([`Session::poll_event`]), not those decoded and still queued here: for an owner
     /// that writes between deliveries (the replies to the first messages of a read,
     /// before it hands over the rest), so that a message the peer is told it may forget
-    /// is one the dispatchers were handed. Off, acks cover everything received, as
-    /// Ceph's do; either way, once the owner has taken every message.
+    /// is one the dispatchers were handed. Off (the default), acks cover everything
+    /// received, as Ceph's do; either way, once the owner has taken every message. The
+    /// messenger's workers set it on every session they run.
     pub fn set_acks_only_taken(&mut self, on: bool) {
         self.acks_only_taken = on;
     }
