@@ -4,7 +4,8 @@
 #   seconds with exit code 0 and no thread left but main;
 # - tokio_daemon (the async API, feature `tokio`) does the same: 1000 verified pings,
 #   then exit code 0 on SIGTERM;
-# - mon_client talks to a throw-away ceph-mon (cephx) and prints the fsid of its ceph.conf.
+# - mon_client talks to a throw-away ceph-mon (cephx) and prints the fsid of its ceph.conf;
+# - msgr-core's loopback_pingpong (a measuring tool) runs each of its modes briefly.
 # Usage: ci/examples.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,4 +87,16 @@ rc=0; "$examples/mon_client" --mon-host "127.0.0.1:$(free_port)" -c "$tmp/mon/ce
 [ "$rc" -eq 1 ] || fail "mon_client against no monitor exited $rc, expected 1"
 grep -q "refused" "$tmp/monc.err" || { cat "$tmp/monc.err" >&2; fail "expected a 'refused' error"; }
 log "examples: mon_client error without a monitor: $(cat "$tmp/monc.err")"
+
+# The measuring example (msgr-core's loopback_pingpong, docs/BENCHMARKS.md): each mode
+# runs, ends on time and reports; a bad mode is a clear error.
+log "examples: loopback_pingpong (raw TCP at depth 1, blocking reads and epoll waits)"
+cargo build --release -p msgr-core --example loopback_pingpong
+for mode in block epoll; do
+  out=$(timeout 30 "$examples/loopback_pingpong" "$mode" 4096 0.5) || fail "loopback_pingpong $mode failed"
+  log "$out"
+  echo "$out" | grep -Eq "^$mode: 4096 B, [1-9][0-9]* round trips" || fail "loopback_pingpong $mode printed '$out'"
+done
+rc=0; "$examples/loopback_pingpong" sideways >/dev/null 2>"$tmp/pp.err" || rc=$?
+[ "$rc" -ne 0 ] && grep -q "block or epoll" "$tmp/pp.err" || fail "loopback_pingpong took a bad mode (exit $rc)"
 log "examples ok"
