@@ -7,31 +7,17 @@
 //! cargo run --release -p msgr-core --example loopback_pingpong -- [block|epoll] [SIZE] [SECONDS]
 //! ```
 //!
-//! Prints round trips per second and each thread's CPU per round trip (from
-//! `/proc/thread-self/stat`, in clock ticks: run for a few seconds).
+//! Prints round trips per second and each thread's CPU per round trip: its
+//! `CLOCK_THREAD_CPUTIME_ID`, in ns, read through the `cpu_time` crate that `msgr bench`
+//! reads its process CPU with.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use cpu_time::ThreadTime;
 use msgr_core::event::{Epoll, Interest};
-
-/// This thread's CPU time (user + system) so far, in clock ticks.
-fn thread_ticks() -> io::Result<u64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
-    // Fields after the command name (which may hold spaces) close with ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime are fields 14 and 15 of the file: 12 and 13 after the name.
-    Ok(field(11) + field(12))
-}
-
-fn ticks_per_second() -> f64 {
-    // The kernel's USER_HZ, which every Linux architecture msgr runs on sets to 100.
-    100.0
-}
 
 /// Reads exactly `buf.len()` bytes, waiting in epoll before each read when `ep` is set.
 fn read_message(s: &mut TcpStream, ep: Option<&mut Epoll>, buf: &mut [u8]) -> io::Result<()> {
@@ -93,11 +79,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let server = std::thread::spawn(move || -> io::Result<(u64, u64)> {
+    let server = std::thread::spawn(move || -> io::Result<(Duration, u64)> {
         let (mut s, _) = listener.accept()?;
         let mut ep = prepare(&s, epoll)?;
         let mut buf = vec![0u8; size];
-        let start = thread_ticks()?;
+        let start = ThreadTime::try_now()?;
         let mut n = 0;
         loop {
             match read_message(&mut s, ep.as_mut(), &mut buf) {
@@ -108,7 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             write_message(&mut s, &buf)?;
             n += 1;
         }
-        Ok((thread_ticks()? - start, n))
+        Ok((start.try_elapsed()?, n))
     });
 
     let mut c = TcpStream::connect(addr)?;
@@ -116,23 +102,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut buf = vec![7u8; size];
     let run = Duration::from_secs_f64(secs);
     let t0 = Instant::now();
-    let start = thread_ticks()?;
+    let start = ThreadTime::try_now()?;
     let mut n = 0u64;
     while t0.elapsed() < run {
         write_message(&mut c, &buf)?;
         read_message(&mut c, ep.as_mut(), &mut buf)?;
         n += 1;
     }
-    let client_ticks = thread_ticks()? - start;
+    let client_cpu = start.try_elapsed()?;
     let elapsed = t0.elapsed().as_secs_f64();
     drop(c);
-    let (server_ticks, served) = server.join().map_err(|_| "server thread panicked")??;
-    let ns = |ticks: u64, count: u64| ticks as f64 / ticks_per_second() * 1e9 / count.max(1) as f64;
+    let (server_cpu, served) = server.join().map_err(|_| "server thread panicked")??;
+    let ns = |cpu: Duration, count: u64| cpu.as_nanos() as f64 / count.max(1) as f64;
     println!(
         "{mode}: {size} B, {n} round trips, {:.0}/s; CPU per round trip: client {:.0} ns, server {:.0} ns",
         n as f64 / elapsed,
-        ns(client_ticks, n),
-        ns(server_ticks, served),
+        ns(client_cpu, n),
+        ns(server_cpu, served),
     );
     Ok(())
 }
