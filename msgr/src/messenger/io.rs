@@ -779,7 +779,7 @@ fn handle_events_counted(
                 // Replies sent from fast dispatch go straight to the session (see
                 // `Connection::takes_local`).
                 lane.open(lc.handle.conn.id());
-                bytes += m.front.len() + m.middle.len() + m.data.len();
+                bytes += m.total_len();
                 run.fast += u64::from(lc.handle.msgr.deliver(&lc.handle.conn, m));
                 run.delivered += 1;
             }
