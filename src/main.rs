@@ -211,6 +211,11 @@ struct BenchRunArgs {
     /// Unmeasured seconds per size first.
     #[arg(long, default_value_t = 0.5)]
     warmup: f64,
+    /// Measure each size N times, each round msgr then raw (warm-up included), and print
+    /// the medians over the rounds: msgs/s, msgr/raw paired round by round, with their
+    /// range. On a shared or noisy machine one round's ratio can swing by 10-15 %.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    rounds: usize,
     /// Connection policy: lossy or lossless.
     #[arg(long, default_value = "lossy")]
     policy: String,
@@ -492,6 +497,7 @@ fn bench(common: &CommonArgs, connect: Option<&str>, a: BenchRunArgs) -> Result<
         api: msgr_cli::bench::run::Api::parse(&a.api)
             .ok_or_else(|| CliError::Usage(format!("--api must be callback, tokio or both, not '{}'", a.api)))?,
         reply_size,
+        rounds: a.rounds,
     };
     let rows = msgr_cli::bench::run::run(common, &opts)?;
     let errors: u64 = rows.iter().map(|r| r.errors).sum();

@@ -378,6 +378,7 @@ fn bad_reply_size_and_conns_per_job_are_refused_naming_the_flag() {
         (&["bench", "--reply-size", "65m"][..], "--reply-size"),
         (&["bench", "--reply-size", "lots"][..], "--reply-size"),
         (&["bench", "--conns-per-job", "0"][..], "--conns-per-job"),
+        (&["bench", "--rounds", "0"][..], "--rounds"),
         (&["bench", "--conns-per-job", "2", "--policy", "lossless"][..], "--policy lossy"),
         (&["bench", "client", "--connect", "10.0.0.1:6800", "--conns-per-job", "2"][..], "loopback"),
     ] {
@@ -386,4 +387,55 @@ fn bad_reply_size_and_conns_per_job_are_refused_naming_the_flag() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(flag), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn rounds_alternate_msgr_and_raw_and_end_in_a_median_line_and_summary() {
+    let (_server, addr) = start_server(&["bench", "server", "--bind", "127.0.0.1:0"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("bench.json");
+    let extra = ["--rounds", "3", "--depth", "4", "--count", "200"];
+    let (out, doc) = client_json_with(&addr, &json, Duration::from_secs(180), &extra);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
+    // The table: msgr then raw, three times over, each row as a single round prints it.
+    let table: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("64"))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|p| *p == "msgr" || *p == "raw")
+        .collect();
+    assert_eq!(table, ["msgr", "raw", "msgr", "raw", "msgr", "raw"], "{stdout}");
+    let rows = doc["rows"].as_array().expect("rows");
+    let order: Vec<(&str, u64)> =
+        rows.iter().map(|r| (r["transport"].as_str().unwrap_or("?"), r["round"].as_u64().unwrap_or(0))).collect();
+    assert_eq!(order, [("msgr", 1), ("raw", 1), ("msgr", 2), ("raw", 2), ("msgr", 3), ("raw", 3)], "{doc}");
+    // The summary is made of those rows: the median of three is the middle one.
+    let middle = |path: &str, key: &str| {
+        let mut v: Vec<f64> = rows.iter().filter(|r| r["transport"] == path).filter_map(|r| r[key].as_f64()).collect();
+        v.sort_by(f64::total_cmp);
+        v[1]
+    };
+    let summary = doc["summary"].as_array().expect("summary");
+    assert_eq!(summary.len(), 1, "{doc}");
+    let s = &summary[0];
+    assert_eq!((s["transport"].as_str(), s["rounds"].as_u64(), s["depth"].as_u64()), (Some("msgr"), Some(3), Some(4)));
+    assert_eq!(s["msgs_per_sec"]["median"].as_f64(), Some(middle("msgr", "msgs_per_sec")), "{s}");
+    assert_eq!(s["raw_msgs_per_sec"]["median"].as_f64(), Some(middle("raw", "msgs_per_sec")), "{s}");
+    assert_eq!(s["server_cpu_ns_per_msg"].as_f64(), Some(middle("msgr", "cpu_ns_per_msg_server")), "{s}");
+    let ratios: Vec<f64> = rows
+        .chunks(2)
+        .map(|p| p[0]["msgs_per_sec"].as_f64().unwrap_or(0.0) / p[1]["msgs_per_sec"].as_f64().unwrap_or(1.0))
+        .collect();
+    let v = &s["vs_raw"];
+    let (lo, hi) = (ratios.iter().copied().fold(f64::MAX, f64::min), ratios.iter().copied().fold(0.0, f64::max));
+    assert_eq!((v["min"].as_f64(), v["max"].as_f64()), (Some(lo), Some(hi)), "{s}");
+    let line = stdout.lines().find(|l| l.starts_with("median of 3 rounds, msgr 64 x 4: ")).unwrap_or_else(|| {
+        panic!("no median line:\n{stdout}");
+    });
+    assert!(
+        line.contains(&format!("| vs raw {:.2}x ({lo:.2}x-{hi:.2}x)", v["median"].as_f64().unwrap_or(0.0))),
+        "{line}"
+    );
+    assert!(stdout.lines().next().is_some_and(|l| l.contains("| 3 rounds, msgr then raw in each")), "{stdout}");
 }

@@ -9,6 +9,7 @@ pub mod counters;
 pub mod progress;
 pub mod raw;
 pub mod reply;
+pub mod rounds;
 pub mod run;
 pub mod server;
 pub mod stack_echo;

@@ -44,6 +44,7 @@ use super::counters::{copied_bytes, counters_summary, created_connections, Count
 use super::progress::{progress_line, with_progress, Span};
 use super::raw::{self, Exchange, Until};
 use super::reply::{ReplyAsk, MAX_REPLY};
+use super::rounds;
 use super::server;
 use super::stack_raw::{self, StackJob};
 use super::stats::{format_row, header, path_width, Copied, Row, RttStats, Transport};
@@ -87,6 +88,9 @@ pub struct BenchOptions {
     /// Payload bytes of the server's reply to each message; `None`: the message is
     /// echoed.
     pub reply_size: Option<usize>,
+    /// Times each size is measured, msgr then raw in every round, summarised by
+    /// medians ([`super::rounds`]).
+    pub rounds: usize,
 }
 
 impl BenchOptions {
@@ -98,6 +102,9 @@ impl BenchOptions {
         }
         if self.conns_per_job == 0 {
             return Err(CliError::Usage("--conns-per-job must be at least 1".into()));
+        }
+        if self.rounds == 0 {
+            return Err(CliError::Usage("--rounds must be at least 1".into()));
         }
         if self.conns_per_job > 1 && self.lossless {
             return Err(CliError::Usage(
@@ -562,6 +569,7 @@ impl Round {
             rtt: self.rtt,
             reconnects: self.reconnects,
             errors: self.errors,
+            round: 1,
         }
     }
 }
@@ -902,7 +910,7 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
     };
     println!(
         "msgr bench: ms_type {} | policy {} | mode {} ({}) | {} job(s) x depth {} | {conns} | {answer} | {} after {:.1} s \
-         warm-up{}{}",
+         warm-up{}{}{}",
         settings.ms_type,
         settings.policy,
         settings.mode,
@@ -912,6 +920,7 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
         what,
         o.warmup.as_secs_f64(),
         if o.verify { " | verified" } else { "" },
+        if o.rounds > 1 { format!(" | {} rounds, msgr then raw in each", o.rounds) } else { String::new() },
         // Said only when asked for: the callback API's report stays as it was.
         match o.api {
             Api::Callback => String::new(),
@@ -937,48 +946,62 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
     let warm = BenchOptions { count: None, ..o.clone() };
     let mut rows = Vec::new();
     let mut client_counters = CounterTotals::new();
+    let mut summaries = Vec::new();
     for &size in &o.sizes {
-        // Each API in turn, warm-up then measured round, before the raw baseline.
-        let mut msgr_rows = Vec::with_capacity(clients.len());
-        for &client in &clients {
-            if !o.warmup.is_zero() {
-                let _ = msgr_round(client, common, &warm, &targets, size, o.warmup, None, &mut client_counters);
+        let first = rows.len();
+        for round in 1..=o.rounds {
+            // Each API in turn, warm-up then measured round, before the raw baseline.
+            let mut msgr_rows = Vec::with_capacity(clients.len());
+            for &client in &clients {
+                if !o.warmup.is_zero() {
+                    let _ = msgr_round(client, common, &warm, &targets, size, o.warmup, None, &mut client_counters);
+                }
+                let counter = Arc::new(AtomicU64::new(0));
+                let line = |n: u64, t: Duration| progress_line(size, client.transport(), t, span, n);
+                let (m, scpu) = server_spent_during(&mut probe, || {
+                    with_progress(show, &counter, line, || {
+                        let progress = show.then(|| Arc::clone(&counter));
+                        msgr_round(client, common, o, &targets, size, o.duration, progress, &mut client_counters)
+                    })
+                });
+                msgr_rows
+                    .push(Row { round, ..m.into_row(client.transport(), settings.ms_type.clone(), o, size, scpu) });
             }
-            let counter = Arc::new(AtomicU64::new(0));
-            let line = |n: u64, t: Duration| progress_line(size, client.transport(), t, span, n);
-            let (m, scpu) = server_spent_during(&mut probe, || {
-                with_progress(show, &counter, line, || {
-                    let progress = show.then(|| Arc::clone(&counter));
-                    msgr_round(client, common, o, &targets, size, o.duration, progress, &mut client_counters)
-                })
+            let raw_row = raw_addr.map(|addr| {
+                let st = raw_stack.as_ref();
+                if !o.warmup.is_zero() {
+                    let _ = raw_round(addr, &warm, size, o.warmup, None, st);
+                }
+                let counter = Arc::new(AtomicU64::new(0));
+                let line = |n: u64, t: Duration| progress_line(size, Transport::Raw, t, span, n);
+                let (r, scpu) = server_spent_during(&mut probe, || {
+                    with_progress(show, &counter, line, || {
+                        raw_round(addr, o, size, o.duration, show.then(|| Arc::clone(&counter)), st)
+                    })
+                });
+                let label = st.map_or_else(|| "tcp".to_string(), |st| format!("tcp on {}", st.name()));
+                Row { round, ..r.into_row(Transport::Raw, label, o, size, scpu) }
             });
-            msgr_rows.push(m.into_row(client.transport(), settings.ms_type.clone(), o, size, scpu));
-        }
-        let raw_row = raw_addr.map(|addr| {
-            let st = raw_stack.as_ref();
-            if !o.warmup.is_zero() {
-                let _ = raw_round(addr, &warm, size, o.warmup, None, st);
+            for msgr_row in msgr_rows {
+                let ratio = raw_row
+                    .as_ref()
+                    .filter(|r| r.msgs_per_sec() > 0.0)
+                    .map(|r| msgr_row.msgs_per_sec() / r.msgs_per_sec());
+                println!("{}", format_row(&msgr_row, ratio, width));
+                rows.push(msgr_row);
             }
-            let counter = Arc::new(AtomicU64::new(0));
-            let line = |n: u64, t: Duration| progress_line(size, Transport::Raw, t, span, n);
-            let (r, scpu) = server_spent_during(&mut probe, || {
-                with_progress(show, &counter, line, || {
-                    raw_round(addr, o, size, o.duration, show.then(|| Arc::clone(&counter)), st)
-                })
-            });
-            let label = st.map_or_else(|| "tcp".to_string(), |st| format!("tcp on {}", st.name()));
-            r.into_row(Transport::Raw, label, o, size, scpu)
-        });
-        for msgr_row in msgr_rows {
-            let ratio =
-                raw_row.as_ref().filter(|r| r.msgs_per_sec() > 0.0).map(|r| msgr_row.msgs_per_sec() / r.msgs_per_sec());
-            println!("{}", format_row(&msgr_row, ratio, width));
-            rows.push(msgr_row);
+            if let Some(r) = raw_row {
+                println!("{}", format_row(&r, None, width));
+                rows.push(r);
+            }
         }
-        if let Some(r) = raw_row {
-            println!("{}", format_row(&r, None, width));
-            rows.push(r);
+        let of_size = rounds::summarise(&rows[first..]);
+        if o.rounds > 1 {
+            for s in &of_size {
+                println!("{}", s.line());
+            }
         }
+        summaries.extend(of_size);
     }
     // The server's counters as of the last control reply; null if it never answered
     // or sent something that is not JSON.
@@ -1012,6 +1035,7 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
             "server_counters": counters,
             "client_counters": client_counters,
             "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+            "summary": summaries.iter().map(rounds::Summary::to_json).collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&doc).map_err(|e| CliError::Bench(format!("json: {e}")))?;
         std::fs::write(path, text + "\n").map_err(|e| CliError::io(format!("cannot write {}", path.display()), e))?;
@@ -1096,6 +1120,7 @@ mod tests {
             json: None,
             api: Api::Callback,
             reply_size: None,
+            rounds: 1,
         }
     }
 
@@ -1109,6 +1134,7 @@ mod tests {
         };
         refused(BenchOptions { conns_per_job: 0, ..options() }, frame, "--conns-per-job");
         refused(BenchOptions { jobs: 0, ..options() }, frame, "--jobs");
+        refused(BenchOptions { rounds: 0, ..options() }, frame, "--rounds");
         refused(BenchOptions { conns_per_job: 2, lossless: true, ..options() }, frame, "--policy lossy");
         refused(BenchOptions { reply_size: Some(MAX_REPLY + 1), ..options() }, frame, "--reply-size");
         refused(BenchOptions { reply_size: Some(4096), ..options() }, 4096, "ms_max_frame_size");

@@ -228,6 +228,8 @@ pub struct Row {
     pub reconnects: u64,
     /// Failed or wrong replies.
     pub errors: u64,
+    /// Which round of its size the row was measured in, from 1 (`--rounds`).
+    pub round: usize,
 }
 
 impl Row {
@@ -302,6 +304,7 @@ impl Row {
             "copied_per_byte_server_tx": self.copied_server.tx,
             "reconnects": self.reconnects,
             "errors": self.errors,
+            "round": self.round,
         })
     }
 }
@@ -441,6 +444,7 @@ mod tests {
             copied_server: Copied::UNKNOWN,
             reconnects: 0,
             errors: 0,
+            round: 1,
         }
     }
 
