@@ -70,6 +70,17 @@ pub fn progress_line(size: usize, path: Transport, elapsed: Duration, span: Span
     }
 }
 
+/// `line` with the round it belongs to, when a size is measured in several rounds
+/// (`--rounds`): otherwise a watcher sees the same line come back with no sign of how
+/// far the run has got.
+pub fn in_round(line: String, round: usize, rounds: usize) -> String {
+    if rounds > 1 {
+        format!("{line}   round {round}/{rounds}")
+    } else {
+        line
+    }
+}
+
 /// Runs `work`; meanwhile, if `show`, rewrites `line(replies so far, time so far)` on
 /// stdout every `REFRESH`, and clears it when `work` is done. `counter` is what the
 /// round's jobs add their replies to.
@@ -127,6 +138,13 @@ mod tests {
             progress_line(100, Transport::Msgr, Duration::ZERO, Span::Time(secs(1.0)), 0),
             " 100 B   msgr   0.0 s / 1.0 s   0 msgs/s"
         );
+    }
+
+    #[test]
+    fn the_round_is_shown_only_when_there_are_several() {
+        let line = || progress_line(64, Transport::Msgr, Duration::from_secs(1), Span::Count(10), 5);
+        assert_eq!(in_round(line(), 1, 1), line());
+        assert_eq!(in_round(line(), 2, 5), format!("{}   round 2/5", line()));
     }
 
     #[test]

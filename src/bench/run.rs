@@ -41,7 +41,7 @@ use msgr::proto::{EntityAddr, EntityType};
 
 use super::control::{ControlClient, ControlReply, CONTROL_TIMEOUT};
 use super::counters::{copied_bytes, counters_summary, created_connections, CounterTotals};
-use super::progress::{progress_line, with_progress, Span};
+use super::progress::{in_round, progress_line, with_progress, Span};
 use super::raw::{self, Exchange, Until};
 use super::reply::{ReplyAsk, MAX_REPLY};
 use super::rounds;
@@ -957,7 +957,9 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
                     let _ = msgr_round(client, common, &warm, &targets, size, o.warmup, None, &mut client_counters);
                 }
                 let counter = Arc::new(AtomicU64::new(0));
-                let line = |n: u64, t: Duration| progress_line(size, client.transport(), t, span, n);
+                let line = |n: u64, t: Duration| {
+                    in_round(progress_line(size, client.transport(), t, span, n), round, o.rounds)
+                };
                 let (m, scpu) = server_spent_during(&mut probe, || {
                     with_progress(show, &counter, line, || {
                         let progress = show.then(|| Arc::clone(&counter));
@@ -973,7 +975,8 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
                     let _ = raw_round(addr, &warm, size, o.warmup, None, st);
                 }
                 let counter = Arc::new(AtomicU64::new(0));
-                let line = |n: u64, t: Duration| progress_line(size, Transport::Raw, t, span, n);
+                let line =
+                    |n: u64, t: Duration| in_round(progress_line(size, Transport::Raw, t, span, n), round, o.rounds);
                 let (r, scpu) = server_spent_during(&mut probe, || {
                     with_progress(show, &counter, line, || {
                         raw_round(addr, o, size, o.duration, show.then(|| Arc::clone(&counter)), st)
