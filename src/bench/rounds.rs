@@ -22,17 +22,7 @@ use super::stats::{size_label, Row, Transport};
 /// when there are none. A round whose figure is unknown (NaN: e.g. a server that does
 /// not report its CPU) is left out rather than poisoning the rest.
 pub fn median(xs: &[f64]) -> f64 {
-    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    }
+    Spread::of(xs).map_or(f64::NAN, |s| s.median)
 }
 
 /// Median, smallest and largest of a figure over the rounds.
@@ -49,10 +39,12 @@ pub struct Spread {
 impl Spread {
     /// The spread of the finite values in `xs`; `None` when there are none.
     pub fn of(xs: &[f64]) -> Option<Spread> {
-        let finite = || xs.iter().copied().filter(|x| x.is_finite());
-        let min = finite().reduce(f64::min)?;
-        let max = finite().reduce(f64::max)?;
-        Some(Spread { median: median(xs), min, max })
+        let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+        v.sort_by(f64::total_cmp);
+        let (&min, &max) = (v.first()?, v.last()?);
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 };
+        Some(Spread { median, min, max })
     }
 }
 
