@@ -1228,6 +1228,12 @@ pub(crate) mod tests {
         // Three workers on the client side, two on the server side, frames delivered to
         // queues round-robin: steering must bring each to its owner.
         let (mut a, mut b) = pair(3, 2);
+        // Local ports start from a clock-seeded place, so which server worker owns each
+        // connection is random: with nine connections, all on one server worker one run
+        // in 256. Fixed starting ports make the spread checked below the same every run.
+        for (i, w) in a.iter_mut().enumerate() {
+            w.next_port = steer::EPHEMERAL_FIRST + 1_000 * i as u16;
+        }
         let lids: Vec<u64> = b.iter_mut().map(|w| w.listen("0.0.0.0:6800".parse().unwrap()).unwrap().0).collect();
         let mut conns = Vec::new();
         for (i, w) in a.iter_mut().enumerate() {
@@ -1239,7 +1245,8 @@ pub(crate) mod tests {
         let mut accepted = Vec::new();
         until(&mut a, &mut b, |_, b| {
             for (i, w) in b.iter_mut().enumerate() {
-                while let Ok((h, ..)) = w.accept(lids[i]) {
+                while let Ok((h, peer, local)) = w.accept(lids[i]) {
+                    assert_eq!(flow_key(peer, local.port()).owner(2), i, "{peer} accepted off its owner");
                     accepted.push((i, h));
                 }
             }
