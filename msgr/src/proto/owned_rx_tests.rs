@@ -762,6 +762,28 @@ fn a_drained_session_keeps_a_small_spare_but_not_a_deep_one() {
     assert_eq!(s.rx.capacity(), 0, "an idle session pins no small buffer either");
 }
 
+#[test]
+fn an_empty_stream_buffer_smaller_than_a_free_spare_gives_way_to_it() {
+    let t0 = Instant::now();
+    let mut s = ready_server(t0, 1 << 20, None);
+    // A read through the scratch buffer left a stream buffer of that read's size; the
+    // worker then offered a deep one. A read into the small one would fill it exactly
+    // if the next burst were as large, and could not tell that it drained the socket.
+    let burst = 33_680;
+    s.rx = BytesMut::with_capacity(burst);
+    assert!(s.offer_spare(BytesMut::with_capacity(256 * 1024)).is_none());
+    assert!(s.stream_room_free(8 * 1024) >= 256 * 1024, "the read takes the deep spare's room");
+    assert!(s.rx.capacity() >= 256 * 1024);
+    assert!(s.wants_spare(), "the small buffer was let go, not kept as the spare");
+    // A stream buffer holding a frame in progress keeps it: the spare is not taken.
+    let wire = stream(&[ping(1, 3000, 1)]);
+    s.handle_bytes(t0, &wire[..100]).unwrap();
+    let at = s.rx.as_ptr() as usize;
+    assert!(s.offer_spare(BytesMut::with_capacity(512 * 1024)).is_none());
+    assert!(s.stream_room_free(8 * 1024) > 0);
+    assert_eq!(s.rx.as_ptr() as usize, at, "the frame in progress stays where it is");
+}
+
 // ---- the received data segment's crc (CrcMemo) ----
 
 /// Each message's remembered data crc, checked against a fresh computation.

@@ -943,6 +943,14 @@ impl Session {
     /// Room for `n` more bytes from memory the stream buffer or its spare had before,
     /// if either is free of received messages: whether there is.
     fn rx_reclaim(&mut self, n: usize) -> bool {
+        // An empty stream buffer smaller than a free spare (one a copied read sized to
+        // itself) gives way to the spare and is let go: a read into it could fill it
+        // exactly, and a read that fills its room cannot tell that it took all there was.
+        if self.rx.is_empty() && self.rx_spare.capacity() > self.rx.capacity() && self.rx_spare.try_reclaim(n) {
+            self.rx = std::mem::take(&mut self.rx_spare);
+            self.rx.clear();
+            return true;
+        }
         if self.rx.try_reclaim(n) {
             return true;
         }
