@@ -679,6 +679,32 @@ fn bursts_on_a_busy_connection_are_read_in_place_after_each_wake_up() {
     drop((client, server));
 }
 
+/// So is a shallow one: bursts of three 4 KiB messages (12 KiB, two messages' worth
+/// marks a connection busy). Before, bursts under 64 KiB were all read through the
+/// scratch buffer and copied.
+#[test]
+fn bursts_of_three_messages_are_read_in_place_after_the_first() {
+    const BURSTS: usize = 40;
+    const PER_BURST: usize = 3;
+    const LEN: usize = 4096;
+    let (server, client, con) = pair(&config(&[]));
+    let sd = Arc::new(BurstServer { tally: Tally::default(), per_burst: PER_BURST as u64 });
+    server.add_dispatcher_tail(sd.clone());
+    let cd = Arc::new(BurstClient { next: AtomicUsize::new(1), bursts: BURSTS, per_burst: PER_BURST, len: LEN });
+    client.add_dispatcher_tail(cd);
+    for i in 0..PER_BURST {
+        con.send_message(test_message(5, i as u64, LEN)).unwrap();
+    }
+    let all = (BURSTS * PER_BURST) as u64;
+    assert_eq!(sd.tally.wait_for(all), all, "server received");
+    sd.tally.assert_in_order("server");
+    let (read, copied) = (server.perf().get(Counter::RecvBytes), server.perf().get(Counter::RecvCopiedBytes));
+    println!("{read} bytes read, {copied} copied ({:.2} per byte)", copied as f64 / read as f64);
+    assert!(read >= all as i64 * LEN as i64, "{read} bytes read");
+    assert!(copied * 4 < read, "{copied} of {read} received bytes copied: bursts were read through the scratch buffer");
+    drop((client, server));
+}
+
 /// Replies to each request at once, and asks for the next burst once it has a whole
 /// one; records, for each request as it is handed over, the server's read and write
 /// calls so far.
