@@ -656,27 +656,10 @@ impl Dispatcher for BurstClient {
 #[test]
 fn bursts_on_a_busy_connection_are_read_in_place_after_each_wake_up() {
     const BURSTS: usize = 30;
-    const PER_BURST: usize = 24;
-    const LEN: usize = 4096;
-    let (server, client, con) = pair(&config(&[]));
-    let sd = Arc::new(BurstServer { tally: Tally::default(), per_burst: PER_BURST as u64 });
-    server.add_dispatcher_tail(sd.clone());
-    let cd = Arc::new(BurstClient { next: AtomicUsize::new(1), bursts: BURSTS, per_burst: PER_BURST, len: LEN });
-    client.add_dispatcher_tail(cd);
-    for i in 0..PER_BURST {
-        con.send_message(test_message(5, i as u64, LEN)).unwrap();
-    }
-    let all = (BURSTS * PER_BURST) as u64;
-    assert_eq!(sd.tally.wait_for(all), all, "server received");
-    sd.tally.assert_in_order("server");
-    let (read, copied) = (server.perf().get(Counter::RecvBytes), server.perf().get(Counter::RecvCopiedBytes));
-    let reads = server.perf().get(Counter::ReadCalls);
-    println!("{read} bytes read in {reads} reads, {copied} copied ({:.2} per byte)", copied as f64 / read as f64);
-    assert!(read >= all as i64 * LEN as i64, "{read} bytes read");
+    let (read, copied) = run_bursts(BURSTS, 24);
     // The first burst (1/30 of the bytes) is copied, and a burst the kernel hands over
     // in pieces too small to mark the connection busy may be; most are not.
     assert!(copied * 4 < read, "{copied} of {read} received bytes copied: bursts were read through the scratch buffer");
-    drop((client, server));
 }
 
 /// So is a shallow one: bursts of three 4 KiB messages (12 KiB, two messages' worth
@@ -684,25 +667,31 @@ fn bursts_on_a_busy_connection_are_read_in_place_after_each_wake_up() {
 /// scratch buffer and copied.
 #[test]
 fn bursts_of_three_messages_are_read_in_place_after_the_first() {
-    const BURSTS: usize = 40;
-    const PER_BURST: usize = 3;
+    let (read, copied) = run_bursts(40, 3);
+    assert!(copied * 4 < read, "{copied} of {read} received bytes copied: bursts were read through the scratch buffer");
+}
+
+/// Sends `bursts` bursts of `per_burst` 4 KiB messages, each once the server has
+/// received the one before, and returns the bytes the server read and copied of them.
+fn run_bursts(bursts: usize, per_burst: usize) -> (i64, i64) {
     const LEN: usize = 4096;
     let (server, client, con) = pair(&config(&[]));
-    let sd = Arc::new(BurstServer { tally: Tally::default(), per_burst: PER_BURST as u64 });
+    let sd = Arc::new(BurstServer { tally: Tally::default(), per_burst: per_burst as u64 });
     server.add_dispatcher_tail(sd.clone());
-    let cd = Arc::new(BurstClient { next: AtomicUsize::new(1), bursts: BURSTS, per_burst: PER_BURST, len: LEN });
+    let cd = Arc::new(BurstClient { next: AtomicUsize::new(1), bursts, per_burst, len: LEN });
     client.add_dispatcher_tail(cd);
-    for i in 0..PER_BURST {
+    for i in 0..per_burst {
         con.send_message(test_message(5, i as u64, LEN)).unwrap();
     }
-    let all = (BURSTS * PER_BURST) as u64;
+    let all = (bursts * per_burst) as u64;
     assert_eq!(sd.tally.wait_for(all), all, "server received");
     sd.tally.assert_in_order("server");
     let (read, copied) = (server.perf().get(Counter::RecvBytes), server.perf().get(Counter::RecvCopiedBytes));
-    println!("{read} bytes read, {copied} copied ({:.2} per byte)", copied as f64 / read as f64);
+    let reads = server.perf().get(Counter::ReadCalls);
+    println!("{read} bytes read in {reads} reads, {copied} copied ({:.2} per byte)", copied as f64 / read as f64);
     assert!(read >= all as i64 * LEN as i64, "{read} bytes read");
-    assert!(copied * 4 < read, "{copied} of {read} received bytes copied: bursts were read through the scratch buffer");
     drop((client, server));
+    (read, copied)
 }
 
 /// Replies to each request at once, and asks for the next burst once it has a whole
