@@ -1,0 +1,149 @@
+//! Memory that received messages pin while the application keeps them, counted by a
+//! global allocator (live heap bytes, all threads).
+//!
+//! A lossy connection that reads 8 KiB or more in a wake-up reads in place, into a deep
+//! buffer (about 288 KiB) that the messages read into it share; a message kept pins
+//! that buffer's allocation. What bounds this is that a drained connection hands the
+//! buffer's free room on to the next busy read instead of taking a new buffer each
+//! wake-up. Here a server keeps every 4 KiB message of 100 bursts of three: the heap
+//! must grow by a small multiple of the payload kept, not by a deep buffer per burst
+//! (28 MiB), and come back once the messages are dropped.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use msgr::message::Message;
+use msgr::messenger::{ConnectionRef, Dispatcher, Policy};
+use msgr::proto::{EntityAddrVec, EntityType};
+
+mod common;
+use common::traffic::{config, messenger, test_message, wait_until, MSG_TEST};
+
+/// Live heap bytes: allocated less freed, since the process started.
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
+struct Live;
+
+fn grow(by: i64) {
+    LIVE.fetch_add(by, Ordering::Relaxed);
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged; the counting only
+// touches an atomic.
+unsafe impl GlobalAlloc for Live {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        grow(layout.size() as i64);
+        // SAFETY: the caller's contract for `alloc` is the system allocator's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        grow(layout.size() as i64);
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        grow(-(layout.size() as i64));
+        // SAFETY: `ptr` came from the system allocator with `layout` (every allocation
+        // here does).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        grow(new_size as i64 - layout.size() as i64);
+        // SAFETY: as for `dealloc`; the caller's contract for `realloc` is the system
+        // allocator's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Live = Live;
+
+const LEN: usize = 4096;
+const PER_BURST: usize = 3;
+const BURSTS: usize = 100;
+/// Asks the client for its next burst.
+const MSG_NEXT: u16 = 0x7005;
+
+/// Keeps every test message it is handed; asks for the next burst after each whole one.
+struct Keeper {
+    held: Mutex<Vec<Message>>,
+}
+
+impl Dispatcher for Keeper {
+    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
+        m.msg_type == MSG_TEST
+    }
+    fn ms_fast_dispatch(&self, con: &ConnectionRef, m: Message) {
+        let n = {
+            let mut held = self.held.lock().unwrap();
+            held.push(m);
+            held.len()
+        };
+        if n % PER_BURST == 0 {
+            let _ = con.send_message(Message::new(MSG_NEXT, Bytes::new()));
+        }
+    }
+}
+
+/// Sends the next burst each time it is asked.
+struct Sender {
+    next: AtomicUsize,
+}
+
+impl Sender {
+    fn burst(&self, con: &ConnectionRef) {
+        let b = self.next.fetch_add(1, Ordering::SeqCst);
+        if b < BURSTS {
+            for i in b * PER_BURST..(b + 1) * PER_BURST {
+                let _ = con.send_message(test_message(5, i as u64, LEN));
+            }
+        }
+    }
+}
+
+impl Dispatcher for Sender {
+    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
+        m.msg_type == MSG_NEXT
+    }
+    fn ms_fast_dispatch(&self, con: &ConnectionRef, _m: Message) {
+        self.burst(con);
+    }
+}
+
+#[test]
+fn kept_messages_pin_a_bounded_multiple_of_their_payload_and_release_it() {
+    let cfg = config(&[]);
+    let server = messenger(&cfg, EntityType::Osd, 1);
+    server.set_default_policy(Policy::stateless_server(0));
+    let keeper = Arc::new(Keeper { held: Mutex::default() });
+    server.add_dispatcher_tail(keeper.clone());
+    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let client = messenger(&cfg, EntityType::Client, -1);
+    client.set_default_policy(Policy::lossy_client(0));
+    let sender = Arc::new(Sender { next: AtomicUsize::new(0) });
+    client.add_dispatcher_tail(sender.clone());
+    let before = LIVE.load(Ordering::Relaxed);
+    let con = client.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
+    sender.burst(&con);
+    let all = BURSTS * PER_BURST;
+    wait_until("every message kept", || keeper.held.lock().unwrap().len() == all);
+    let kept = (all * LEN) as i64;
+    let grown = LIVE.load(Ordering::Relaxed) - before;
+    println!(
+        "{all} messages of {LEN} bytes kept: the heap grew by {grown} bytes, {:.2}x their payload",
+        grown as f64 / kept as f64
+    );
+    // Connection set-up, the worker's spare buffers (up to four deep ones) and the
+    // client's side take the 2 MiB; a deep buffer per burst would be 28 MiB.
+    assert!(grown < 3 * kept + (2 << 20), "{grown} bytes for {kept} bytes of payload kept");
+    keeper.held.lock().unwrap().clear();
+    let after = LIVE.load(Ordering::Relaxed) - before;
+    println!("once they are dropped: {after} bytes above the start");
+    assert!(after < 2 << 20, "{after} bytes still held once every message was dropped");
+    drop((con, client, server));
+}
