@@ -14,7 +14,7 @@ use msgr::messenger::{ConnState, ConnectionRef, Dispatcher, Messenger, PerfSourc
 use msgr::proto::{EntityAddr, EntityAddrVec, EntityType, MAX_SEGMENT_LEN};
 
 mod common;
-use common::traffic::{config, messenger, test_message, wait_until, Recorder, Tally, MSG_TEST, WAIT};
+use common::traffic::{config, messenger, test_message, wait_until, BurstSender, Recorder, Tally, MSG_TEST, WAIT};
 
 const MSG_GATE: u16 = 0x7002;
 
@@ -625,28 +625,6 @@ impl Dispatcher for BurstServer {
     }
 }
 
-/// Sends a burst when asked: from its worker, so the burst goes out in one write.
-struct BurstClient {
-    next: AtomicUsize,
-    bursts: usize,
-    per_burst: usize,
-    len: usize,
-}
-
-impl Dispatcher for BurstClient {
-    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
-        m.msg_type == MSG_FAST
-    }
-    fn ms_fast_dispatch(&self, con: &ConnectionRef, _m: Message) {
-        let b = self.next.fetch_add(1, Ordering::SeqCst);
-        if b < self.bursts {
-            for i in b * self.per_burst..(b + 1) * self.per_burst {
-                let _ = con.send_message(test_message(5, i as u64, self.len));
-            }
-        }
-    }
-}
-
 /// A busy connection is read in place after a wake-up too: bursts of about 100 KiB,
 /// each sent in one write once the server has received the one before, so that the
 /// server's worker drains the socket and sleeps between them. A burst is less than
@@ -678,7 +656,7 @@ fn run_bursts(bursts: usize, per_burst: usize) -> (i64, i64) {
     let (server, client, con) = pair(&config(&[]));
     let sd = Arc::new(BurstServer { tally: Tally::default(), per_burst: per_burst as u64 });
     server.add_dispatcher_tail(sd.clone());
-    let cd = Arc::new(BurstClient { next: AtomicUsize::new(1), bursts, per_burst, len: LEN });
+    let cd = Arc::new(BurstSender { ask: MSG_FAST, next: AtomicUsize::new(1), bursts, per_burst, len: LEN });
     client.add_dispatcher_tail(cd);
     for i in 0..per_burst {
         con.send_message(test_message(5, i as u64, LEN)).unwrap();
@@ -754,7 +732,13 @@ fn a_drained_read_writes_its_first_replies_before_handling_the_rest() {
         seen: Mutex::default(),
     });
     server.add_dispatcher_tail(sd.clone());
-    let cd = Arc::new(BurstClient { next: AtomicUsize::new(1), bursts: BURSTS, per_burst: PER_BURST, len: LEN });
+    let cd = Arc::new(BurstSender {
+        ask: MSG_FAST,
+        next: AtomicUsize::new(1),
+        bursts: BURSTS,
+        per_burst: PER_BURST,
+        len: LEN,
+    });
     client.add_dispatcher_tail(cd);
     let replies = Arc::new(Replies(AtomicUsize::new(0)));
     client.add_dispatcher_tail(replies.clone());

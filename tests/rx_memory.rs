@@ -19,7 +19,7 @@ use msgr::messenger::{ConnectionRef, Dispatcher, Policy};
 use msgr::proto::{EntityAddrVec, EntityType};
 
 mod common;
-use common::traffic::{config, messenger, test_message, wait_until, MSG_TEST};
+use common::traffic::{config, messenger, wait_until, BurstSender, MSG_TEST};
 
 /// Live heap bytes: allocated less freed, since the process started.
 static LIVE: AtomicI64 = AtomicI64::new(0);
@@ -90,31 +90,6 @@ impl Dispatcher for Keeper {
     }
 }
 
-/// Sends the next burst each time it is asked.
-struct Sender {
-    next: AtomicUsize,
-}
-
-impl Sender {
-    fn burst(&self, con: &ConnectionRef) {
-        let b = self.next.fetch_add(1, Ordering::SeqCst);
-        if b < BURSTS {
-            for i in b * PER_BURST..(b + 1) * PER_BURST {
-                let _ = con.send_message(test_message(5, i as u64, LEN));
-            }
-        }
-    }
-}
-
-impl Dispatcher for Sender {
-    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
-        m.msg_type == MSG_NEXT
-    }
-    fn ms_fast_dispatch(&self, con: &ConnectionRef, _m: Message) {
-        self.burst(con);
-    }
-}
-
 #[test]
 fn kept_messages_pin_a_bounded_multiple_of_their_payload_and_release_it() {
     let cfg = config(&[]);
@@ -125,7 +100,13 @@ fn kept_messages_pin_a_bounded_multiple_of_their_payload_and_release_it() {
     let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let client = messenger(&cfg, EntityType::Client, -1);
     client.set_default_policy(Policy::lossy_client(0));
-    let sender = Arc::new(Sender { next: AtomicUsize::new(0) });
+    let sender = Arc::new(BurstSender {
+        ask: MSG_NEXT,
+        next: AtomicUsize::new(0),
+        bursts: BURSTS,
+        per_burst: PER_BURST,
+        len: LEN,
+    });
     client.add_dispatcher_tail(sender.clone());
     let before = LIVE.load(Ordering::Relaxed);
     let con = client.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();

@@ -3,7 +3,7 @@
 //! can tell a lost, duplicated, reordered or corrupted message apart.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -201,5 +201,39 @@ impl msgr::messenger::Dispatcher for Streamer {
     fn ms_handle_reset(&self, _con: &ConnectionRef) -> bool {
         self.resets.fetch_add(1, Ordering::SeqCst);
         true
+    }
+}
+
+/// Sends burst after burst of `per_burst` test messages (stream 5) of `len` bytes: the
+/// next each time it is handed a message of type `ask`, from its worker, so that a
+/// burst goes out in one write; `bursts` in all.
+pub struct BurstSender {
+    /// The message type that asks for the next burst.
+    pub ask: u16,
+    /// The burst sent next.
+    pub next: AtomicUsize,
+    pub bursts: usize,
+    pub per_burst: usize,
+    pub len: usize,
+}
+
+impl BurstSender {
+    /// Sends the next burst, if any is left.
+    pub fn burst(&self, con: &ConnectionRef) {
+        let b = self.next.fetch_add(1, Ordering::SeqCst);
+        if b < self.bursts {
+            for i in b * self.per_burst..(b + 1) * self.per_burst {
+                let _ = con.send_message(test_message(5, i as u64, self.len));
+            }
+        }
+    }
+}
+
+impl msgr::messenger::Dispatcher for BurstSender {
+    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
+        m.msg_type == self.ask
+    }
+    fn ms_fast_dispatch(&self, con: &ConnectionRef, _m: Message) {
+        self.burst(con);
     }
 }
