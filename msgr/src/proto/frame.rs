@@ -476,8 +476,14 @@ pub fn encode_frame(frame: &Frame, out: &mut Vec<Bytes>) {
 /// than the iovec entry, and the buffer it saves, that would carry them.
 pub const ZERO_COPY_MIN: usize = 1024;
 
-/// How much a [`FrameWriter`] grows its staging buffer by at least, so that steady
-/// traffic reuses one allocation instead of making one per frame.
+/// The staging buffer a [`FrameWriter`] starts with. A connection that writes a few
+/// frames at a time (depth 1) never needs more, and an idle one keeps no more: a
+/// 64 KiB one per connection was 64 KiB of heap per open connection, busy or not.
+const STAGE_MIN: usize = 4 * 1024;
+/// The largest staging buffer a [`FrameWriter`] grows to. Each time it must take a new
+/// one (the last is still on its way to the peer) it takes twice the last, up to this,
+/// so that a deep pipeline soon has one its bursts fit in and steady traffic reuses
+/// one allocation instead of making one per frame.
 const STAGE_CHUNK: usize = 64 * 1024;
 
 /// Gathers the crc-mode wire bytes of consecutive frames for vectored writes: the
@@ -500,6 +506,8 @@ const STAGE_CHUNK: usize = 64 * 1024;
 #[derive(Debug, Default)]
 pub struct FrameWriter {
     stage: BytesMut,
+    /// The size of the staging buffer taken last (0: none yet).
+    chunk: usize,
     copied: u64,
     // A large message whose epilogue is not staged yet: its crcs are computed when the
     // writer is next used (or asked, [`FrameWriter::complete_epilogue`]), so that its
@@ -529,10 +537,12 @@ impl FrameWriter {
     }
 
     /// Room for `n` more bytes: the old allocation back if every buffer split from it
-    /// has been dropped (written), else a new one of [`STAGE_CHUNK`] at least.
+    /// has been dropped (written), else a new one, twice the last (from [`STAGE_MIN`]
+    /// up to [`STAGE_CHUNK`]) and at least `n`.
     fn room(&mut self, n: usize) {
         if self.stage.capacity() - self.stage.len() < n && !self.stage.try_reclaim(n) {
-            self.stage.reserve(n.max(STAGE_CHUNK));
+            self.chunk = if self.chunk == 0 { STAGE_MIN } else { (self.chunk * 2).min(STAGE_CHUNK) };
+            self.stage.reserve(n.max(self.chunk));
         }
     }
 
