@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use msgr::message::Message;
-use msgr::messenger::{ConnectionRef, Dispatcher, Policy};
+use msgr::messenger::{ConnectionRef, Dispatcher, Messenger, Policy};
 use msgr::proto::{EntityAddr, EntityAddrVec, EntityType};
 
 mod common;
@@ -109,25 +109,37 @@ impl Dispatcher for Keeper {
     }
 }
 
+/// A server keeping what it receives, and a client sending it `bursts` bursts in all
+/// (not connected yet).
+struct Pair {
+    server: Messenger,
+    keeper: Arc<Keeper>,
+    addr: EntityAddr,
+    client: Messenger,
+    sender: Arc<BurstSender>,
+}
+
+impl Pair {
+    fn new(bind: &str, bursts: usize) -> Pair {
+        let cfg = config(&[]);
+        let server = messenger(&cfg, EntityType::Osd, 1);
+        server.set_default_policy(Policy::stateless_server(0));
+        let keeper = Arc::new(Keeper::default());
+        server.add_dispatcher_tail(keeper.clone());
+        let addr = server.bind(bind.parse().unwrap()).unwrap();
+        let client = messenger(&cfg, EntityType::Client, -1);
+        client.set_default_policy(Policy::lossy_client(0));
+        let sender =
+            Arc::new(BurstSender { ask: MSG_NEXT, next: AtomicUsize::new(0), bursts, per_burst: PER_BURST, len: LEN });
+        client.add_dispatcher_tail(sender.clone());
+        Pair { server, keeper, addr, client, sender }
+    }
+}
+
 #[test]
 fn kept_messages_pin_a_bounded_multiple_of_their_payload_and_release_it() {
     let _alone = one_at_a_time();
-    let cfg = config(&[]);
-    let server = messenger(&cfg, EntityType::Osd, 1);
-    server.set_default_policy(Policy::stateless_server(0));
-    let keeper = Arc::new(Keeper::default());
-    server.add_dispatcher_tail(keeper.clone());
-    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let client = messenger(&cfg, EntityType::Client, -1);
-    client.set_default_policy(Policy::lossy_client(0));
-    let sender = Arc::new(BurstSender {
-        ask: MSG_NEXT,
-        next: AtomicUsize::new(0),
-        bursts: BURSTS,
-        per_burst: PER_BURST,
-        len: LEN,
-    });
-    client.add_dispatcher_tail(sender.clone());
+    let Pair { server, keeper, addr, client, sender } = Pair::new("127.0.0.1:0", BURSTS);
     let before = LIVE.load(Ordering::Relaxed);
     let con = client.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap();
     sender.burst(&con);
@@ -157,25 +169,10 @@ const WORKER_SPARES: i64 = 3 * 4 * 288 * 1024;
 fn many_connections_cost_little_each_and_pin_no_buffer_once_their_messages_are_dropped() {
     let _alone = one_at_a_time();
     const CONNS: usize = 32;
-    let cfg = config(&[]);
-    let server = messenger(&cfg, EntityType::Osd, 1);
-    server.set_default_policy(Policy::stateless_server(0));
-    let keeper = Arc::new(Keeper::default());
-    server.add_dispatcher_tail(keeper.clone());
     // Bound to every address, so that one client messenger (one connection per peer
-    // address) dials it as 127.0.0.1, .2, …
-    let bound = server.bind("0.0.0.0:0".parse().unwrap()).unwrap();
-    let client = messenger(&cfg, EntityType::Client, -1);
-    client.set_default_policy(Policy::lossy_client(0));
-    // Bursts are numbered across connections: each connection asks for the next one.
-    let sender = Arc::new(BurstSender {
-        ask: MSG_NEXT,
-        next: AtomicUsize::new(0),
-        bursts: CONNS * BURSTS,
-        per_burst: PER_BURST,
-        len: LEN,
-    });
-    client.add_dispatcher_tail(sender.clone());
+    // address) dials it as 127.0.0.1, .2, … Bursts are numbered across connections:
+    // each connection asks for the next one.
+    let Pair { server, keeper, addr: bound, client, sender } = Pair::new("0.0.0.0:0", CONNS * BURSTS);
     let unconnected = LIVE.load(Ordering::Relaxed);
     let cons: Vec<ConnectionRef> = (0..CONNS)
         .map(|i| {
