@@ -32,6 +32,14 @@ pub fn ceph_crc32c(seed: u32, data: &[u8]) -> u32 {
 /// few hundred bytes of stack that the short path (most calls) should not set up.
 #[inline(never)]
 fn long_crc(seed: u32, data: &[u8]) -> u32 {
+    // Every segment crc starts from all ones, which is the standard CRC-32C's own
+    // starting register: undoing its final inversion gives Ceph's update, without a
+    // digest to set up (its parameters copied in and its calculator looked up on every
+    // call: 68 instructions under callgrind, about a ninth of a 4 KiB crc on the AVX-512
+    // path).
+    if seed == SEGMENT_CRC_SEED {
+        return !crc_fast::crc32_iscsi(data);
+    }
     // A digest's state is the bare register: started from `seed` and read back before
     // the final inversion, it is exactly Ceph's update.
     let mut d = crc_fast::Digest::new_with_init_state(crc_fast::CrcAlgorithm::Crc32Iscsi, u64::from(seed));
