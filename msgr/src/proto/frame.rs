@@ -13,7 +13,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::crc::{preamble_crc, segment_crc, SEGMENT_CRC_SEED};
+use super::crc::{ceph_crc32c_fixed, preamble_crc, segment_crc, SEGMENT_CRC_SEED};
 use super::header::{MsgHeader2, MSG_HEADER2_LEN};
 use super::rope::Rope;
 
@@ -602,7 +602,8 @@ impl FrameWriter {
         let mut head = [0u8; PREAMBLE_LEN + MSG_HEADER2_LEN + SEGMENT_CRC_LEN];
         head[..PREAMBLE_LEN].copy_from_slice(&pre.encode());
         head[PREAMBLE_LEN..PREAMBLE_LEN + MSG_HEADER2_LEN].copy_from_slice(header);
-        head[PREAMBLE_LEN + MSG_HEADER2_LEN..].copy_from_slice(&segment_crc(header).to_le_bytes());
+        head[PREAMBLE_LEN + MSG_HEADER2_LEN..]
+            .copy_from_slice(&ceph_crc32c_fixed(SEGMENT_CRC_SEED, header).to_le_bytes());
         self.room(head.len());
         self.stage.put_slice(&head);
         let defer = rest.iter().map(|s| s.len()).sum::<usize>() >= EPILOGUE_DEFER_MIN;
@@ -1198,7 +1199,7 @@ fn check_message(pre: &Preamble, raw: &[u8]) -> Result<(MsgHeader2, u32), FrameE
     // as words stall).
     let header: &[u8; MSG_HEADER2_LEN] = at(PREAMBLE_LEN, MSG_HEADER2_LEN).try_into().unwrap_or(&[0; MSG_HEADER2_LEN]);
     let expected = le32_at(raw, PREAMBLE_LEN + MSG_HEADER2_LEN);
-    let got = segment_crc(header);
+    let got = ceph_crc32c_fixed(SEGMENT_CRC_SEED, header);
     if expected != got {
         return Err(FrameError::BadSegmentCrc { index: 0, expected, got });
     }
