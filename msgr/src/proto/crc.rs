@@ -175,6 +175,7 @@ pub const SEGMENT_CRC_SEED: u32 = 0xFFFF_FFFF;
 
 /// Segment crc as used by msgr2.1 crc mode: seed [`SEGMENT_CRC_SEED`] over the segment
 /// bytes.
+#[inline]
 pub fn segment_crc(segment: &[u8]) -> u32 {
     ceph_crc32c(SEGMENT_CRC_SEED, segment)
 }
