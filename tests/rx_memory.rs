@@ -22,6 +22,7 @@ use bytes::Bytes;
 use msgr::message::Message;
 use msgr::messenger::{ConnectionRef, Dispatcher, Messenger, Policy};
 use msgr::proto::{EntityAddr, EntityAddrVec, EntityType};
+use msgr_cli::bench::run::job_targets;
 
 mod common;
 use common::traffic::{config, messenger, wait_until, BurstSender, MSG_TEST};
@@ -173,14 +174,12 @@ fn many_connections_cost_little_each_and_pin_no_buffer_once_their_messages_are_d
     // address) dials it as 127.0.0.1, .2, … Bursts are numbered across connections:
     // each connection asks for the next one.
     let Pair { server, keeper, addr: bound, client, sender } = Pair::new("0.0.0.0:0", CONNS * BURSTS);
+    let lo = EntityAddr::new(bound.ty, SocketAddr::new(Ipv4Addr::LOCALHOST.into(), bound.port()), bound.nonce);
+    // The addresses `msgr bench --conns-per-job` dials.
+    let targets = job_targets(&lo, CONNS).unwrap();
     let unconnected = LIVE.load(Ordering::Relaxed);
-    let cons: Vec<ConnectionRef> = (0..CONNS)
-        .map(|i| {
-            let ip = Ipv4Addr::new(127, 0, 0, 1 + i as u8);
-            let addr = EntityAddr::new(bound.ty, SocketAddr::new(ip.into(), bound.port()), bound.nonce);
-            client.connect_to(EntityType::Osd, &EntityAddrVec(vec![addr])).unwrap()
-        })
-        .collect();
+    let cons: Vec<ConnectionRef> =
+        targets.into_iter().map(|a| client.connect_to(EntityType::Osd, &EntityAddrVec(vec![a])).unwrap()).collect();
     // Counted from once they are all up: what set-up takes is not receive memory.
     wait_until("every connection up", || cons.iter().all(|c| c.is_connected()));
     let before = LIVE.load(Ordering::Relaxed);
