@@ -301,6 +301,8 @@ pub struct EventCenter<C: 'static> {
     next_timer: u64,
     /// Counts driver waits, to recognise registrations newer than the events at hand.
     batch: u64,
+    /// When the last wait returned (see [`EventCenter::now`]).
+    woke: Instant,
     /// Reused buffers, kept to avoid allocating on every iteration.
     fired: Vec<FiredEvent>,
     external: VecDeque<ExternalEvent<C>>,
@@ -321,6 +323,7 @@ impl<C: 'static> EventCenter<C> {
             timer_deadlines: HashMap::new(),
             next_timer: 0,
             batch: 0,
+            woke: Instant::now(),
             fired: Vec::new(),
             external: VecDeque::new(),
             shared: Arc::new(Shared {
@@ -460,6 +463,7 @@ impl<C: 'static> EventCenter<C> {
 
         let mut fired = mem::take(&mut self.fired);
         let waited = self.driver.wait(&mut fired, Some(timeout), &self.readiness);
+        self.woke = Instant::now();
         self.batch += 1;
         let mut ran = 0;
         if let Err(e) = waited {
@@ -475,6 +479,17 @@ impl<C: 'static> EventCenter<C> {
         ran += self.run_due_timers(ctx);
         ran += self.run_external_events(ctx);
         Ok(ran)
+    }
+
+    /// When this iteration's wait returned (before the first, when the center was
+    /// made): the time its callbacks take as now, rather than each reading the clock.
+    /// A callback that runs long sees it fall behind by what the iteration has run so
+    /// far; it never lies ahead of the clock.
+    ///
+    /// At depth 1 a wake-up read the clock three times (before the wait, per read, for
+    /// the timers), about 90 instructions each with the subtraction; now twice.
+    pub fn now(&self) -> Instant {
+        self.woke
     }
 
     /// The driver, e.g. for a stack that needs driver-specific calls.
@@ -506,7 +521,9 @@ impl<C: 'static> EventCenter<C> {
         let Some(&(first, _)) = self.timers.keys().next() else {
             return 0;
         };
-        let now = Instant::now();
+        // The wake-up's time: a timer that came due while the callbacks ran waits for
+        // the next iteration, whose wait (its timeout read from the clock) is then zero.
+        let now = self.woke;
         if first > now {
             return 0;
         }

@@ -515,7 +515,7 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<bool
         total += n;
         count(&local.state.perf, &lc.handle.msgr, Counter::ReadCalls, 1);
         count(&local.state.perf, &lc.handle.msgr, Counter::RecvBytes, n as i64);
-        let now = Instant::now();
+        let now = center.now();
         let large_seen = lc.session.large_frames_seen();
         let direct = matches!(got, Got::Direct(..));
         let (handled, full) = match got {
