@@ -10,7 +10,8 @@
 //! (28 MiB), and come back once the messages are dropped. With many connections each
 //! keeping its messages, the same holds, and the memory left once they are dropped is
 //! the workers' few spare buffers, not a buffer per connection; an open connection
-//! costs a few tens of KiB.
+//! costs a few tens of KiB. Connections gone quiet after a deep pipeline give back what
+//! it grew (staging buffers, queues).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -207,5 +208,72 @@ fn many_connections_cost_little_each_and_pin_no_buffer_once_their_messages_are_d
     println!("once they are dropped, the connections still open: {after} bytes above the start");
     // A deep buffer held by each idle connection would be 9 MiB here.
     assert!(after < WORKER_SPARES + (1 << 20), "{after} bytes still held once every message was dropped");
+    drop((cons, client, server));
+}
+
+/// Answers every test message with an empty one, and counts what it was sent.
+#[derive(Default)]
+struct Answerer {
+    got: AtomicUsize,
+}
+
+impl Dispatcher for Answerer {
+    fn ms_can_fast_dispatch(&self, m: &Message) -> bool {
+        m.msg_type == MSG_TEST || m.msg_type == MSG_NEXT
+    }
+    fn ms_fast_dispatch(&self, con: &ConnectionRef, m: Message) {
+        self.got.fetch_add(1, Ordering::Relaxed);
+        if m.msg_type == MSG_TEST {
+            let _ = con.send_message(Message::new(MSG_NEXT, Bytes::new()));
+        }
+    }
+}
+
+#[test]
+fn connections_quiet_after_a_deep_pipeline_give_their_grown_buffers_back() {
+    let _alone = one_at_a_time();
+    const CONNS: usize = 32;
+    const DEEP: usize = 2000;
+    let cfg = config(&[]);
+    let server = messenger(&cfg, EntityType::Osd, 1);
+    server.set_default_policy(Policy::stateless_server(0));
+    let answers = Arc::new(Answerer::default());
+    server.add_dispatcher_tail(answers.clone());
+    let bound = server.bind("0.0.0.0:0".parse().unwrap()).unwrap();
+    let client = messenger(&cfg, EntityType::Client, -1);
+    client.set_default_policy(Policy::lossy_client(0));
+    let replies = Arc::new(Answerer::default());
+    client.add_dispatcher_tail(replies.clone());
+    let lo = EntityAddr::new(bound.ty, SocketAddr::new(Ipv4Addr::LOCALHOST.into(), bound.port()), bound.nonce);
+    let cons: Vec<ConnectionRef> = job_targets(&lo, CONNS)
+        .unwrap()
+        .into_iter()
+        .map(|a| client.connect_to(EntityType::Osd, &EntityAddrVec(vec![a])).unwrap())
+        .collect();
+    wait_until("every connection up", || cons.iter().all(|c| c.is_connected()));
+    let before = LIVE.load(Ordering::Relaxed);
+    // A deep pipeline each way: thousands of small messages queued at once are framed
+    // in large bursts, and so are the answers.
+    for con in &cons {
+        for i in 0..DEEP {
+            let _ = con.send_message(Message::new(MSG_TEST, Bytes::from(vec![i as u8; 64])));
+        }
+    }
+    wait_until("every message answered", || replies.got.load(Ordering::Relaxed) == CONNS * DEEP);
+    let busy = (LIVE.load(Ordering::Relaxed) - before) / CONNS as i64;
+    println!("{CONNS} connections after {DEEP} messages each way: {busy} bytes of heap each above their set-up");
+    // Two periods: the first look at a writer may find the bursts framed after it was set.
+    std::thread::sleep(2 * msgr::proto::session::IDLE_SHRINK_AFTER + std::time::Duration::from_secs(1));
+    let quiet = (LIVE.load(Ordering::Relaxed) - before) / CONNS as i64;
+    println!("and once quiet for twice {:?}: {quiet} bytes each", msgr::proto::session::IDLE_SHRINK_AFTER);
+    // Each end's staging buffer grows to 64 KiB under such bursts, and the queues to
+    // thousands of entries: 1.1 MB per connection stayed once quiet before they were
+    // given back.
+    assert!(busy > 512 << 10, "{busy} bytes per connection: the pipeline did not grow the buffers");
+    assert!(quiet * 4 < busy, "{quiet} bytes per connection still held once quiet, of {busy}");
+    // What stays is the workers' spare read buffers (both messengers'), shared by the
+    // connections, and a few KiB each.
+    let spares = 2 * WORKER_SPARES / CONNS as i64;
+    assert!(quiet < spares + (64 << 10), "{quiet} bytes per connection still held once quiet");
     drop((cons, client, server));
 }

@@ -567,6 +567,14 @@ impl Connection {
     /// places, so the outbox keeps an allocation and senders do not allocate a new queue
     /// after every flush.
     #[inline]
+    /// Lets the outbox's room beyond `keep` entries go (a quiet connection's, after a
+    /// burst that grew it); what is in it stays.
+    pub(crate) fn shrink_outbox(&self, keep: usize) {
+        let mut o = lock(&self.outbox);
+        o.msgs.shrink_to(keep);
+        o.tracked.shrink_to(keep);
+    }
+
     pub(crate) fn take_outbox(&self, msgs: &mut VecDeque<Message>, queued_before: u64) -> Taken {
         debug_assert!(msgs.is_empty(), "messages left in the worker's queue");
         // Nothing from another thread: no lock. (Read after `clear_scheduled`: a sender

@@ -33,7 +33,9 @@ use crate::proto::endpoint::{
 use crate::proto::entity::EntityType;
 use crate::proto::frames::UTime;
 use crate::proto::reconnect::{peer_wins_race, Existing, SessionState};
-use crate::proto::session::{Answer, Claim, CopyCounts, ReadTarget, Role, Session, SessionError, SessionEvent, State};
+use crate::proto::session::{
+    Answer, Claim, CopyCounts, ReadTarget, Role, Session, SessionError, SessionEvent, State, QUEUE_KEEP,
+};
 use crate::stack::inject::FaultySocket;
 use crate::stack::{ConnectedSocket, RecvMode, ServerSocket};
 
@@ -1072,6 +1074,12 @@ fn on_timer(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     lc.io.timer = None;
     if let Err(e) = lc.session.handle_timeout(Instant::now()) {
         return fault(local, center, id, ConnError::Protocol(e));
+    }
+    if lc.session.take_shrank() {
+        // Quiet after a deep pipeline: the queues kept for the session shrink with it.
+        lc.io.wq.shrink_to(QUEUE_KEEP);
+        lc.io.parts.shrink_to(QUEUE_KEEP);
+        lc.handle.conn.shrink_outbox(QUEUE_KEEP);
     }
     // A timeout may have made a keepalive due: queue it and write it out.
     if let Err(e) = handle_session_events(local, id) {

@@ -546,6 +546,47 @@ impl FrameWriter {
         }
     }
 
+    /// Whether the staging buffer grew past the size a writer starts with (a deep
+    /// pipeline's bursts made it take larger ones).
+    pub fn is_grown(&self) -> bool {
+        self.chunk > STAGE_MIN
+    }
+
+    /// Lets a grown staging buffer go, so that a connection gone quiet after a deep
+    /// pipeline holds no more than a new one: the next frame starts again from
+    /// [`STAGE_MIN`]. Refused (false) while anything is staged or an epilogue is
+    /// deferred; pieces already handed out keep their bytes alive until dropped.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use msgr_core::proto::{Frame, FrameWriter, Tag};
+    /// let mut w = FrameWriter::new();
+    /// let frame = Frame::control(Tag::Keepalive2, Bytes::from_static(&[0; 12]));
+    /// let mut held = Vec::new();
+    /// for _ in 0..10 {
+    ///     // Bursts still on their way to the peer when the next is framed.
+    ///     let mut bufs = Vec::new();
+    ///     for _ in 0..200 {
+    ///         w.push_frame(&frame, &mut bufs);
+    ///     }
+    ///     w.finish(&mut bufs);
+    ///     held.push(bufs);
+    /// }
+    /// assert!(w.is_grown());
+    /// assert!(w.release_grown());
+    /// assert!(!w.is_grown());
+    /// ```
+    pub fn release_grown(&mut self) -> bool {
+        if !self.stage.is_empty() || self.deferred.is_some() {
+            return false;
+        }
+        if self.is_grown() {
+            self.stage = BytesMut::new();
+            self.chunk = 0;
+        }
+        true
+    }
+
     /// Appends `frame`, pushing to `out` what must precede a large segment.
     ///
     /// # Panics

@@ -81,6 +81,19 @@ const MAX_PRE_AUTH: usize = 1 << 20;
 pub(crate) const LARGE_FRAME: usize = 32 * 1024;
 /// Largest spare stream buffer a connection keeps once its input is drained.
 const SPARE_KEPT_IDLE: usize = 128 * 1024;
+/// A session that a deep pipeline made grow its buffers (the writer's staging buffer,
+/// up to 64 KiB; queues of thousands of messages, 184 bytes each) gives them back once
+/// it wrote no frame for this long, so that thousands of connections that were each
+/// busy once do not each keep them: after 2,000 small messages each way a connection
+/// held 1.1 MB once quiet. Looked at from the session's timer, at most once this often
+/// while frames are written; a burst after the release regrows them in a few
+/// allocations.
+pub const IDLE_SHRINK_AFTER: Duration = Duration::from_secs(5);
+/// A larger spare read buffer is let go once the session is quiet (see
+/// [`IDLE_SHRINK_AFTER`]).
+const SPARE_KEPT_QUIET: usize = 16 * 1024;
+/// Queue capacity (in entries) a quiet session keeps (see [`IDLE_SHRINK_AFTER`]).
+pub const QUEUE_KEEP: usize = 8;
 /// A frame in progress of up to this many on-wire bytes keeps the received pieces it
 /// lies in ([`Session::handle_owned`]) until it is complete, so its segments can be
 /// slices of them; a longer one is gathered into a buffer of its own as it arrives and
@@ -461,6 +474,11 @@ pub struct Session {
     handshake_deadline: Instant,
     last_rx: Instant,
     next_keepalive: Option<Instant>,
+    // While buffers are grown: when to look whether they are still in use, and
+    // `frames_out` when they were last looked at (see `IDLE_SHRINK_AFTER`).
+    idle_check: Option<(Instant, u64)>,
+    // Grown buffers were given back since the owner last asked (`take_shrank`).
+    shrank: bool,
     // Counters.
     skipped_seqs: u64,
     dropped_dups: u64,
@@ -535,6 +553,8 @@ impl Session {
             handshake_deadline,
             last_rx: now,
             next_keepalive: None,
+            idle_check: None,
+            shrank: false,
             skipped_seqs: 0,
             dropped_dups: 0,
             frames_out: 0,
@@ -1922,6 +1942,11 @@ impl Session {
             self.acked_in_seq = ack;
         }
         self.tx_writer.finish(out);
+        if self.idle_check.is_none() && self.holds_grown_buffers() {
+            // No clock here: the last input's time will do (one that is long past only
+            // makes the first look come early, and a busy session is looked at again).
+            self.idle_check = Some((self.last_rx + IDLE_SHRINK_AFTER, self.frames_out));
+        }
         added
     }
 
@@ -1941,6 +1966,7 @@ impl Session {
             State::Closed => None,
             State::Ready => {
                 let idle = self.last_rx + self.cfg.idle_timeout;
+                let idle = self.idle_check.map_or(idle, |(at, _)| at.min(idle));
                 Some(self.next_keepalive.map_or(idle, |k| k.min(idle)))
             }
             // The owner is deciding; its answer is not bounded by the peer.
@@ -1957,6 +1983,7 @@ impl Session {
                 SessionError::IdleTimeout(self.cfg.idle_timeout)
             }
             State::Ready => {
+                self.check_idle_buffers(now);
                 if let Some(due) = self.next_keepalive.filter(|due| now >= *due) {
                     self.events.push_back(SessionEvent::KeepaliveDue);
                     let every = self.cfg.keepalive_interval.unwrap_or(self.cfg.idle_timeout);
@@ -1972,6 +1999,47 @@ impl Session {
         };
         self.state = State::Closed;
         Err(err)
+    }
+
+    /// Whether a deep pipeline grew the writer's staging buffer or a queue.
+    fn holds_grown_buffers(&self) -> bool {
+        self.tx_writer.is_grown()
+            || self.rx_spare.capacity() > SPARE_KEPT_QUIET
+            || self.st.queue.capacity() > QUEUE_KEEP
+            || self.events.capacity() > QUEUE_KEEP
+            || self.tx_frames.capacity() > QUEUE_KEEP
+    }
+
+    /// Gives grown buffers back once nothing was written or received for
+    /// [`IDLE_SHRINK_AFTER`]; while frames come and go, looks again that much later.
+    fn check_idle_buffers(&mut self, now: Instant) {
+        let Some((at, seen)) = self.idle_check else { return };
+        if now < at {
+            return;
+        }
+        let quiet = self.frames_out == seen && now >= self.last_rx + IDLE_SHRINK_AFTER;
+        if quiet && self.tx_writer.release_grown() {
+            // A spare read buffer kept from a deep pipeline (up to SPARE_KEPT_IDLE of
+            // room, pinning the whole buffer it was cut from).
+            if self.rx_spare.capacity() > SPARE_KEPT_QUIET {
+                self.rx_spare = BytesMut::new();
+            }
+            // What is queued (unacknowledged messages) stays; only the room goes.
+            self.st.queue.shrink_to(QUEUE_KEEP);
+            self.events.shrink_to(QUEUE_KEEP);
+            self.tx_frames.shrink_to(QUEUE_KEEP);
+            self.shrank = true;
+            self.idle_check = None;
+        } else {
+            self.idle_check = Some((now + IDLE_SHRINK_AFTER, self.frames_out));
+        }
+    }
+
+    /// Whether the session gave back buffers a deep pipeline grew since this was last
+    /// asked (see [`IDLE_SHRINK_AFTER`]): the connection is quiet, and its owner may
+    /// shrink the queues it keeps for it too.
+    pub fn take_shrank(&mut self) -> bool {
+        std::mem::take(&mut self.shrank)
     }
 
     /// Closes the session (mark-down). Queued messages are returned so a lossless

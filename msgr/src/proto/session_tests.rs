@@ -861,6 +861,92 @@ fn idle_timeout_after_ready_counts_from_last_input() {
     assert_eq!(s.handle_timeout(t1 + Duration::from_secs(60)), Err(SessionError::IdleTimeout(Duration::from_secs(60))));
 }
 
+/// A READY client whose writer a deep pipeline grew: bursts of 200 small messages,
+/// each framed while the bytes of the ones before are still unwritten (held).
+fn client_with_grown_writer(t0: Instant) -> (Session, Session, Vec<Vec<Bytes>>) {
+    let (mut c, mut s) = (client(t0), server(t0));
+    pump(&mut c, &mut s, t0);
+    events(&mut c);
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        for _ in 0..200 {
+            c.send_message(MPing::default().encode());
+        }
+        let mut parts = Vec::new();
+        c.poll_transmit(&mut parts, usize::MAX);
+        held.push(parts);
+    }
+    assert!(c.tx_writer.is_grown(), "eight held bursts of 200 frames grow the staging buffer");
+    (c, s, held)
+}
+
+#[test]
+fn a_grown_staging_buffer_is_let_go_once_nothing_was_written_for_a_while() {
+    let t0 = Instant::now();
+    let (mut c, _s, held) = client_with_grown_writer(t0);
+    drop(held);
+    // The check is due with the last input's time, before the idle deadline.
+    assert_eq!(c.poll_timeout(), Some(t0 + IDLE_SHRINK_AFTER));
+    assert_eq!(c.handle_timeout(t0 + IDLE_SHRINK_AFTER - Duration::from_millis(1)), Ok(()));
+    assert!(c.tx_writer.is_grown(), "not before it is due");
+    // The bursts framed after the check was set count as use: looked at again later.
+    let t1 = t0 + IDLE_SHRINK_AFTER;
+    assert_eq!(c.handle_timeout(t1), Ok(()));
+    assert!(c.tx_writer.is_grown());
+    assert_eq!(c.poll_timeout(), Some(t1 + IDLE_SHRINK_AFTER));
+    assert!(c.st.queue.capacity() > QUEUE_KEEP, "1,600 messages were queued at once");
+    assert!(!c.take_shrank());
+    // Nothing written since: let go, and the owner told once.
+    assert_eq!(c.handle_timeout(t1 + IDLE_SHRINK_AFTER), Ok(()));
+    assert!(!c.tx_writer.is_grown());
+    assert!(c.st.queue.capacity() <= QUEUE_KEEP);
+    assert!(c.take_shrank());
+    assert!(!c.take_shrank());
+    assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(60)), "back to the idle deadline alone");
+    // The next message is framed from a new small buffer.
+    c.send_message(MPing::default().encode());
+    assert!(!out(&mut c).is_empty());
+    assert!(!c.tx_writer.is_grown());
+}
+
+#[test]
+fn a_staging_buffer_in_use_is_kept_and_looked_at_again() {
+    let t0 = Instant::now();
+    let (mut c, mut s, _held) = client_with_grown_writer(t0);
+    let mut t = t0;
+    for _ in 0..3 {
+        // A frame written in each period keeps it.
+        c.send_message(MPing::default().encode());
+        assert!(!out(&mut c).is_empty());
+        t += IDLE_SHRINK_AFTER;
+        assert_eq!(c.handle_timeout(t), Ok(()));
+        assert!(c.tx_writer.is_grown());
+        assert_eq!(c.poll_timeout(), Some(t + IDLE_SHRINK_AFTER));
+    }
+    // Input in a period keeps it too.
+    t += IDLE_SHRINK_AFTER;
+    s.send_message(MPing::default().encode());
+    c.handle_bytes(t - Duration::from_secs(1), &out(&mut s)).unwrap();
+    assert_eq!(c.handle_timeout(t), Ok(()));
+    assert!(c.tx_writer.is_grown(), "a message came in during the period");
+    // A quiet period: let go, though the bytes handed out are still held.
+    assert_eq!(c.handle_timeout(t + IDLE_SHRINK_AFTER), Ok(()));
+    assert!(!c.tx_writer.is_grown());
+}
+
+#[test]
+fn a_session_that_never_grew_its_buffers_sets_no_check() {
+    let t0 = Instant::now();
+    let (mut c, mut s) = (client(t0), server(t0));
+    pump(&mut c, &mut s, t0);
+    for _ in 0..100 {
+        c.send_message(MPing::default().encode());
+        s.handle_bytes(t0, &out(&mut c)).unwrap();
+    }
+    assert!(!c.tx_writer.is_grown());
+    assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+}
+
 // ---- replay of a real librados ↔ ceph-mon 16.2.15 handshake ----
 
 /// (direction is client→server, bytes) for each complete BANNER/FRAME in section A of
