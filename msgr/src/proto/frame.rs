@@ -553,9 +553,9 @@ impl FrameWriter {
     }
 
     /// Lets a grown staging buffer go, so that a connection gone quiet after a deep
-    /// pipeline holds no more than a new one: the next frame starts again from
-    /// [`STAGE_MIN`]. Refused (false) while anything is staged or an epilogue is
-    /// deferred; pieces already handed out keep their bytes alive until dropped.
+    /// pipeline holds no more than a new one: the next frame starts again from 4 KiB.
+    /// Refused (false) while anything is staged or an epilogue is deferred; pieces
+    /// already handed out keep their bytes alive until dropped.
     ///
     /// ```
     /// use bytes::Bytes;
