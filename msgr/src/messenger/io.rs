@@ -34,7 +34,8 @@ use crate::proto::entity::EntityType;
 use crate::proto::frames::UTime;
 use crate::proto::reconnect::{peer_wins_race, Existing, SessionState};
 use crate::proto::session::{
-    Answer, Claim, CopyCounts, ReadTarget, Role, Session, SessionError, SessionEvent, State, QUEUE_KEEP,
+    Answer, Claim, CopyCounts, ReadTarget, Role, Session, SessionError, SessionEvent, State, IDLE_SHRINK_AFTER,
+    QUEUE_KEEP,
 };
 use crate::stack::inject::FaultySocket;
 use crate::stack::{ConnectedSocket, RecvMode, ServerSocket};
@@ -378,6 +379,29 @@ fn on_conn_event(local: &mut WorkerLocal, center: &mut Center, id: u64, mask: In
         if let Some(lc) = local.ep.get_mut(id) {
             input_drained(lc, &mut local.rx_spares);
         }
+        arm_spares_timer(local, center);
+    }
+}
+
+/// Looks at the worker's spare deep buffers [`IDLE_SHRINK_AFTER`] from now, if it keeps
+/// any and no look is pending: see [`on_spares_timer`].
+fn arm_spares_timer(local: &mut WorkerLocal, center: &mut Center) {
+    if local.rx_spares.is_empty() || local.spares_check.is_some() {
+        return;
+    }
+    local.spares_check = Some(local.deep_reads);
+    center.create_time_event(IDLE_SHRINK_AFTER, Box::new(on_spares_timer));
+}
+
+/// Lets the spare deep buffers go (up to [`DEEP_SPARES`] of about 288 KiB) if no read
+/// took one since the last look: a worker whose connections went quiet after deep
+/// pipelines returns to what it had before them. Otherwise looks again later.
+fn on_spares_timer(local: &mut WorkerLocal, center: &mut Center) {
+    let seen = local.spares_check.take();
+    if seen == Some(local.deep_reads) {
+        local.rx_spares = Vec::new();
+    } else {
+        arm_spares_timer(local, center);
     }
 }
 
@@ -441,6 +465,7 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<bool
         // one. So buffers are allocated while more than DEEP_SPARES of a worker's
         // connections are busy at once, not per read.
         if lc.io.recv_mode == RecvMode::Slice && (lc.io.deep || lc.io.busy) && lc.session.wants_spare() {
+            local.deep_reads += 1;
             let b = match local.rx_spares.pop() {
                 None if lc.io.busy && !lc.session.holds_rx_memory() => Some(BytesMut::with_capacity(DEEP_BUF)),
                 b => b,

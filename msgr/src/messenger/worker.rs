@@ -64,6 +64,11 @@ pub struct WorkerLocal {
     /// connection that reads deep (at most [`super::io::DEEP_SPARES`]): kept by the
     /// worker, not by each connection that was busy once.
     pub(crate) rx_spares: Vec<bytes::BytesMut>,
+    /// Reads that took a deep buffer, counted so that the spares are let go once none
+    /// did for a while (see `io::arm_spares_timer`), and the count when last looked at
+    /// while that timer is armed.
+    pub(crate) deep_reads: u64,
+    pub(crate) spares_check: Option<u64>,
     /// The connections [`WorkerContext::after_events`] is flushing (empty otherwise).
     flushing: Vec<u64>,
     /// A drained outbox queue, traded for a connection's full one on each flush.
@@ -88,6 +93,8 @@ impl WorkerContext for WorkerLocal {
             requested: Vec::new(),
             rx_scratch: vec![0; super::io::READ_CHUNK].into_boxed_slice(),
             rx_spares: Vec::new(),
+            deep_reads: 0,
+            spares_check: None,
             flushing: Vec::new(),
             tx_scratch: VecDeque::new(),
         }

@@ -89,8 +89,8 @@ const SPARE_KEPT_IDLE: usize = 128 * 1024;
 /// while frames are written; a burst after the release regrows them in a few
 /// allocations.
 pub const IDLE_SHRINK_AFTER: Duration = Duration::from_secs(5);
-/// A larger spare read buffer is let go once the session is quiet (see
-/// [`IDLE_SHRINK_AFTER`]).
+/// A spare read buffer with more room than this makes a session look at its buffers
+/// once quiet (see [`IDLE_SHRINK_AFTER`]).
 const SPARE_KEPT_QUIET: usize = 16 * 1024;
 /// Queue capacity (in entries) a quiet session keeps (see [`IDLE_SHRINK_AFTER`]).
 pub const QUEUE_KEEP: usize = 8;
@@ -2019,11 +2019,9 @@ impl Session {
         }
         let quiet = self.frames_out == seen && now >= self.last_rx + IDLE_SHRINK_AFTER;
         if quiet && self.tx_writer.release_grown() {
-            // A spare read buffer kept from a deep pipeline (up to SPARE_KEPT_IDLE of
-            // room, pinning the whole buffer it was cut from).
-            if self.rx_spare.capacity() > SPARE_KEPT_QUIET {
-                self.rx_spare = BytesMut::new();
-            }
+            // The spare read buffer, whatever room it has left: a small tail of a
+            // large read's buffer pins all of it (about 100 KiB per connection here).
+            self.rx_spare = BytesMut::new();
             // What is queued (unacknowledged messages) stays; only the room goes.
             self.st.queue.shrink_to(QUEUE_KEEP);
             self.events.shrink_to(QUEUE_KEEP);
