@@ -138,6 +138,20 @@ impl Pair {
     }
 }
 
+/// `n` connections from `client` to a server bound to 0.0.0.0 (`bound`), all up: one
+/// client messenger keeps one connection per peer address, so they dial 127.0.0.1, .2,
+/// … as `msgr bench --conns-per-job` does.
+fn connect_all(client: &Messenger, bound: &EntityAddr, n: usize) -> Vec<ConnectionRef> {
+    let lo = EntityAddr::new(bound.ty, SocketAddr::new(Ipv4Addr::LOCALHOST.into(), bound.port()), bound.nonce);
+    let cons: Vec<ConnectionRef> = job_targets(&lo, n)
+        .unwrap()
+        .into_iter()
+        .map(|a| client.connect_to(EntityType::Osd, &EntityAddrVec(vec![a])).unwrap())
+        .collect();
+    wait_until("every connection up", || cons.iter().all(|c| c.is_connected()));
+    cons
+}
+
 #[test]
 fn kept_messages_pin_a_bounded_multiple_of_their_payload_and_release_it() {
     let _alone = one_at_a_time();
@@ -175,14 +189,9 @@ fn many_connections_cost_little_each_and_pin_no_buffer_once_their_messages_are_d
     // address) dials it as 127.0.0.1, .2, … Bursts are numbered across connections:
     // each connection asks for the next one.
     let Pair { server, keeper, addr: bound, client, sender } = Pair::new("0.0.0.0:0", CONNS * BURSTS);
-    let lo = EntityAddr::new(bound.ty, SocketAddr::new(Ipv4Addr::LOCALHOST.into(), bound.port()), bound.nonce);
-    // The addresses `msgr bench --conns-per-job` dials.
-    let targets = job_targets(&lo, CONNS).unwrap();
     let unconnected = LIVE.load(Ordering::Relaxed);
-    let cons: Vec<ConnectionRef> =
-        targets.into_iter().map(|a| client.connect_to(EntityType::Osd, &EntityAddrVec(vec![a])).unwrap()).collect();
     // Counted from once they are all up: what set-up takes is not receive memory.
-    wait_until("every connection up", || cons.iter().all(|c| c.is_connected()));
+    let cons = connect_all(&client, &bound, CONNS);
     let before = LIVE.load(Ordering::Relaxed);
     let per_pair = (before - unconnected) / CONNS as i64;
     println!("{CONNS} connections up: {per_pair} bytes of heap each, both ends");
@@ -244,13 +253,7 @@ fn connections_quiet_after_a_deep_pipeline_give_their_grown_buffers_back() {
     client.set_default_policy(Policy::lossy_client(0));
     let replies = Arc::new(Answerer::default());
     client.add_dispatcher_tail(replies.clone());
-    let lo = EntityAddr::new(bound.ty, SocketAddr::new(Ipv4Addr::LOCALHOST.into(), bound.port()), bound.nonce);
-    let cons: Vec<ConnectionRef> = job_targets(&lo, CONNS)
-        .unwrap()
-        .into_iter()
-        .map(|a| client.connect_to(EntityType::Osd, &EntityAddrVec(vec![a])).unwrap())
-        .collect();
-    wait_until("every connection up", || cons.iter().all(|c| c.is_connected()));
+    let cons = connect_all(&client, &bound, CONNS);
     let before = LIVE.load(Ordering::Relaxed);
     // A deep pipeline each way: thousands of small messages queued at once are framed
     // in large bursts, and so are the answers.

@@ -487,7 +487,7 @@ impl<C: 'static> EventCenter<C> {
     /// far; it never lies ahead of the clock.
     ///
     /// At depth 1 a wake-up read the clock three times (before the wait, per read, for
-    /// the timers), about 90 instructions each with the subtraction; now twice.
+    /// the timers); now twice (about 28 instructions each, counted under callgrind).
     pub fn now(&self) -> Instant {
         self.woke
     }

@@ -559,14 +559,6 @@ impl Connection {
         f(&mut lock(&self.info));
     }
 
-    /// Takes what senders queued (the totals stay), numbering the tracked ones among
-    /// them as the messages after the `queued_before` the session has ever had queued
-    /// ([`Session::queued_total`](crate::proto::session::Session::queued_total)): the
-    /// caller hands them all to the session next (or, at a mark-down, closes the
-    /// connection). The messages go to `msgs`, which must be empty: the two queues trade
-    /// places, so the outbox keeps an allocation and senders do not allocate a new queue
-    /// after every flush.
-    #[inline]
     /// Lets the outbox's room beyond `keep` entries go (a quiet connection's, after a
     /// burst that grew it); what is in it stays.
     pub(crate) fn shrink_outbox(&self, keep: usize) {
@@ -575,6 +567,14 @@ impl Connection {
         o.tracked.shrink_to(keep);
     }
 
+    /// Takes what senders queued (the totals stay), numbering the tracked ones among
+    /// them as the messages after the `queued_before` the session has ever had queued
+    /// ([`Session::queued_total`](crate::proto::session::Session::queued_total)): the
+    /// caller hands them all to the session next (or, at a mark-down, closes the
+    /// connection). The messages go to `msgs`, which must be empty: the two queues trade
+    /// places, so the outbox keeps an allocation and senders do not allocate a new queue
+    /// after every flush.
+    #[inline]
     pub(crate) fn take_outbox(&self, msgs: &mut VecDeque<Message>, queued_before: u64) -> Taken {
         debug_assert!(msgs.is_empty(), "messages left in the worker's queue");
         // Nothing from another thread: no lock. (Read after `clear_scheduled`: a sender
