@@ -15,6 +15,8 @@
 //! The client-side cases point a messenger at a raw `TcpListener` that answers with a
 //! bad banner, or at a port nobody listens on.
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -25,16 +27,16 @@ use msgr::config::ConfigBuilder;
 use msgr::message::types::{MPing, TypedMessage};
 use msgr::message::{Message, MSG_PING};
 use msgr::messenger::{ConnError, ConnState, ConnectionRef, Dispatcher, Messenger, Policy};
-use msgr::proto::auth::{encode_none_payload, NoneClientAuth, AUTH_MODE_AUTHORIZER};
+use msgr::proto::auth::{encode_none_payload, AUTH_MODE_AUTHORIZER};
 use msgr::proto::banner::BannerError;
 use msgr::proto::crc::ceph_crc32c;
-use msgr::proto::frame::{encode_frame_to_vec, FrameError, FrameLimits, Tag};
-use msgr::proto::frames::{
-    AuthDone, AuthRequest, AuthSignature, ControlFrame, Hello, AUTH_NONE, CEPH_FEATURES_ALL, CON_MODE_CRC,
-};
+use msgr::proto::frame::{encode_frame_to_vec, FrameError, Tag};
+use msgr::proto::frames::{AuthDone, AuthRequest, AuthSignature, ControlFrame, Hello, AUTH_NONE, CON_MODE_CRC};
 use msgr::proto::header::message_frame;
-use msgr::proto::session::{Session, SessionConfig, SessionError, SessionEvent, SessionPolicy, State};
+use msgr::proto::session::{SessionError, SessionEvent, State};
 use msgr::proto::{AuthName, EntityAddr, EntityAddrVec, EntityName, EntityType};
+
+use common::driven::DrivenClient;
 
 /// Generous bound for anything we wait for; never an assertion on speed.
 const WAIT: Duration = Duration::from_secs(10);
@@ -42,8 +44,6 @@ const WAIT: Duration = Duration::from_secs(10);
 const GOOD_CLIENT: EntityName = EntityName { ty: EntityType::Client, num: -1 };
 /// Entity name the hostile peer uses when it completes a handshake.
 const HOSTILE_CLIENT: EntityName = EntityName { ty: EntityType::Client, num: 777 };
-/// Pause between the single-byte writes of a dribbling peer.
-const DRIBBLE_GAP: Duration = Duration::from_micros(500);
 
 // ---------------------------------------------------------------------------------------
 // Recording dispatcher
@@ -649,124 +649,15 @@ fn message_before_client_ident_is_rejected() {
     );
 }
 
-/// The crate's own client session driven over a raw socket, so a test can complete a
-/// real handshake and then misbehave.
-struct DrivenClient {
-    s: Session,
-    sock: TcpStream,
-    /// Write every byte with its own `write()` and feed the session what arrives one byte
-    /// at a time, so both ends have to reassemble everything from 1-byte pieces.
-    dribble: bool,
-    /// `write()` calls made so far.
-    writes: usize,
+/// A driven client of `server`, named as the hostile peer.
+fn driven(server: &Server) -> DrivenClient {
+    DrivenClient::connect(server.sock, server.me.clone(), HOSTILE_CLIENT)
 }
 
-impl DrivenClient {
-    fn connect(server: &Server) -> DrivenClient {
-        let sock = TcpStream::connect(server.sock).expect("raw connect");
-        sock.set_nodelay(true).unwrap();
-        let cfg = SessionConfig {
-            my_name: HOSTILE_CLIENT,
-            my_addrs: EntityAddrVec::default(),
-            nonce: 0x5eed,
-            features_supported: CEPH_FEATURES_ALL,
-            limits: FrameLimits::default(),
-            ready_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(60),
-            keepalive_interval: None,
-            rx_pool: None,
-        };
-        let s = Session::new_client(
-            cfg,
-            server.me.clone(),
-            EntityType::Osd,
-            SessionPolicy { lossy: true, features_required: 0 },
-            Box::new(NoneClientAuth::new(AuthName::new(EntityType::Client, "admin"), 0)),
-            1,
-            0,
-            Instant::now(),
-        );
-        DrivenClient { s, sock, dribble: false, writes: 0 }
-    }
-
-    fn flush(&mut self) -> Result<(), String> {
-        let mut out = Vec::new();
-        self.s.poll_transmit(&mut out, usize::MAX);
-        for b in out {
-            if !self.dribble {
-                self.sock.write_all(&b).map_err(|e| format!("driven client write: {e}"))?;
-                self.writes += 1;
-                continue;
-            }
-            for byte in b.iter() {
-                self.sock.write_all(std::slice::from_ref(byte)).map_err(|e| format!("driven client write: {e}"))?;
-                self.writes += 1;
-                // With TCP_NODELAY each write leaves as its own segment; the pause lets
-                // the server read it before the next one arrives, so it really sees 1-byte reads.
-                std::thread::sleep(DRIBBLE_GAP);
-            }
-        }
-        Ok(())
-    }
-
-    /// Pumps bytes both ways until `done` holds for the session; an error if the server
-    /// closes, the session fails or [`WAIT`] passes.
-    fn try_pump_until(&mut self, what: &str, mut done: impl FnMut(&mut Session) -> bool) -> Result<(), String> {
-        let deadline = Instant::now() + WAIT;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            self.flush()?;
-            if done(&mut self.s) {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("no {what} within {WAIT:?} (state {})", self.s.state()));
-            }
-            self.sock.set_read_timeout(Some(left)).unwrap();
-            let n = match self.sock.read(&mut buf) {
-                Ok(0) => return Err(format!("server closed while waiting for {what} (state {})", self.s.state())),
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("read while waiting for {what}: {e}")),
-            };
-            let chunk = if self.dribble { 1 } else { n };
-            for piece in buf[..n].chunks(chunk) {
-                self.s.handle_bytes(Instant::now(), piece).map_err(|e| format!("driven client session: {e}"))?;
-            }
-        }
-    }
-
-    fn pump_until(&mut self, what: &str, done: impl FnMut(&mut Session) -> bool) {
-        if let Err(e) = self.try_pump_until(what, done) {
-            panic!("driven client: {e}");
-        }
-    }
-
-    fn handshake(&mut self) {
-        self.pump_until("READY", |s| s.is_ready());
-    }
-
-    /// Sends an MPing through the session and pumps until the server's echo arrives.
-    fn echo(&mut self, payload: Bytes) {
-        self.s.send_message(MPing::new(payload.clone()).encode());
-        let mut got = None;
-        self.pump_until("the echo of a ping", |s| {
-            while let Some(ev) = s.poll_event() {
-                if let SessionEvent::Message(m) = ev {
-                    got = Some(m);
-                }
-            }
-            got.is_some()
-        });
-        let m = got.expect("pump_until returned without the echo");
-        assert_eq!(MPing::decode(&m).expect("MPing reply").payload, payload, "echoed payload");
-    }
-
-    fn into_raw(self) -> RawPeer {
-        self.sock.set_read_timeout(Some(WAIT)).unwrap();
-        RawPeer { s: self.sock }
-    }
+/// The driven client's socket, to send crafted bytes on after its handshake.
+fn into_raw(c: DrivenClient) -> RawPeer {
+    c.sock.set_read_timeout(Some(WAIT)).unwrap();
+    RawPeer { s: c.sock }
 }
 
 /// Waits until the server dispatched `ms_handle_accept` for the driven client.
@@ -779,11 +670,11 @@ fn wait_hostile_accept(server: &Server) -> u64 {
 #[test]
 fn second_hello_after_handshake_is_rejected() {
     let server = Server::start();
-    let mut hostile = DrivenClient::connect(&server);
+    let mut hostile = driven(&server);
     hostile.handshake();
     let conn = wait_hostile_accept(&server);
     let during = good_round_trip(&server, "while a hostile peer is connected");
-    let mut raw = hostile.into_raw();
+    let mut raw = into_raw(hostile);
     raw.send(&hello_frame(server.sock));
     raw.expect_closed();
     let ev = server.hostile_reset();
@@ -804,7 +695,7 @@ fn aborted_frame_is_dropped_and_session_continues() {
     // late_status ABORTED means "drop this frame and read on" (Ceph's
     // FRAME_LATE_STATUS_ABORTED; FrameError::Aborted is documented as not fatal).
     let server = Server::start();
-    let mut c = DrivenClient::connect(&server);
+    let mut c = driven(&server);
     c.handshake();
     wait_hostile_accept(&server);
     let mut aborted = ping_message_frame();
@@ -864,7 +755,7 @@ fn noise(len: usize, mut seed: u64) -> Vec<u8> {
 fn handshake_and_messages_dribbled_one_byte_at_a_time() {
     let server = Server::start();
     let good = good_round_trip(&server, "before the dribbling peer");
-    let mut c = DrivenClient::connect(&server);
+    let mut c = driven(&server);
     c.dribble = true;
     // Banner, HELLO, AUTH_REQUEST, AUTH_SIGNATURE and CLIENT_IDENT, each byte on its own.
     c.handshake();
@@ -897,7 +788,7 @@ fn garbage_after_a_valid_handshake_closes_only_that_connection() {
     let server = Server::start();
     let good = good_round_trip(&server, "before the hostile peer");
     let good_conn = good.m.connect_to(EntityType::Osd, &server.addrs).expect("connect_to").id();
-    let mut hostile = DrivenClient::connect(&server);
+    let mut hostile = driven(&server);
     hostile.handshake();
     let conn = wait_hostile_accept(&server);
     // The session works before it turns hostile.
@@ -905,7 +796,7 @@ fn garbage_after_a_valid_handshake_closes_only_that_connection() {
     ping_again(&good, &server, good_conn, "while the hostile peer is open");
     let garbage = noise(4096, 0x9e37_79b9_7f4a_7c15);
     let wire_crc = u32::from_le_bytes([garbage[28], garbage[29], garbage[30], garbage[31]]);
-    let mut raw = hostile.into_raw();
+    let mut raw = into_raw(hostile);
     raw.send(&garbage);
     raw.expect_closed();
     let ev = server.hostile_reset();

@@ -1,6 +1,7 @@
 //! Two messengers over the posix stack on loopback: delivery, dispatch paths,
 //! priorities, throttle backpressure and connection bookkeeping.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -11,9 +12,10 @@ use msgr::config::Config;
 use msgr::message::Message;
 use msgr::messenger::perf::Counter;
 use msgr::messenger::{ConnState, ConnectionRef, Dispatcher, Messenger, PerfSource, Policy, SendError};
-use msgr::proto::{EntityAddr, EntityAddrVec, EntityType, MAX_SEGMENT_LEN};
+use msgr::proto::{EntityAddr, EntityAddrVec, EntityName, EntityType, MAX_SEGMENT_LEN};
 
 mod common;
+use common::driven::DrivenClient;
 use common::traffic::{config, messenger, test_message, wait_until, BurstSender, Recorder, Tally, MSG_TEST, WAIT};
 
 const MSG_GATE: u16 = 0x7002;
@@ -790,4 +792,82 @@ fn large_messages_one_at_a_time_arrive_while_the_reader_waits_for_their_rest() {
     let reads = server.perf().get(Counter::ReadCalls) as f64 / N as f64;
     println!("{reads:.1} reads per message of about {LEN} bytes");
     drop((client, server));
+}
+
+/// A read that stops before the socket is drained must leave the socket reported
+/// readable for what is queued behind it. While a large frame is half read, the reader
+/// asks the kernel to wake it only once the frame's rest is there (SO_RCVLOWAT). Here
+/// the read that completes the frame stops early, with a small message queued behind
+/// it in the socket: were the wait for the large frame's rest still set, that message
+/// would never be reported (the peer sends nothing more), and its reply never sent.
+///
+/// The client is the crate's own session driven over a raw socket, so the test decides
+/// which bytes arrive together. The large message (of `large_type`, `large_len` bytes of
+/// data, tid 0) is sent in three writes: its first 32 KiB, read on their own; its rest
+/// up to its last KiB; then that KiB together with the small message (tid 1). Returns
+/// what `Gate` saw dispatched, once it opened.
+fn small_message_behind_a_large_one(opts: &[(&str, &str)], large_type: u16, large_len: usize) -> Vec<(u16, u64)> {
+    const FIRST: usize = 32 << 10;
+    let server = messenger(&config(opts), EntityType::Osd, 1);
+    server.set_default_policy(Policy::stateless_server(0));
+    let gate = Arc::new(Gate {
+        entered: Mutex::new(false),
+        open: Mutex::new(large_type != MSG_GATE),
+        cv: Condvar::new(),
+        order: Mutex::default(),
+    });
+    server.add_dispatcher_tail(gate.clone());
+    let me = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let name = EntityName { ty: EntityType::Client, num: 5 };
+    let mut c = DrivenClient::connect(me.addr.expect("bound address"), me.clone(), name);
+    c.handshake();
+    c.s.send_message(Message::new(large_type, Bytes::new()).with_data(Bytes::from(vec![7u8; large_len])));
+    let large = c.take_bytes();
+    c.s.send_message(Message::new(MSG_TEST, Bytes::new()).with_tid(1));
+    let small = c.take_bytes();
+    let recv = || server.perf().get(Counter::RecvBytes) as usize;
+    let before = recv();
+    c.sock.write_all(&large[..FIRST]).unwrap();
+    wait_until("the large frame's head to be read", || recv() >= before + FIRST);
+    let tail = large.len() - 1024;
+    c.sock.write_all(&large[FIRST..tail]).unwrap();
+    c.sock.write_all(&[&large[tail..], &small[..]].concat()).unwrap();
+    if large_type == MSG_GATE {
+        wait_until("the large message to reach the dispatcher", || *gate.entered.lock().unwrap());
+        // The throttle stays full until the dispatcher lets go of the large message.
+        std::thread::sleep(Duration::from_millis(50));
+        *gate.open.lock().unwrap() = true;
+        gate.cv.notify_all();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gate.order.lock().unwrap().iter().any(|&(_, tid)| tid == 1) {
+        assert!(
+            Instant::now() < deadline,
+            "the small message queued behind the large one was never read ({} bytes read, of {})",
+            recv() - before,
+            large.len() + small.len()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(c);
+    let got = gate.order.lock().unwrap().clone();
+    drop(server);
+    got
+}
+
+/// ... when the read stopped because the large message filled the dispatch throttle
+/// (256 KiB held against 64 KiB) and reading resumes once the dispatcher lets it go.
+#[test]
+fn a_read_stopped_by_the_throttle_resumes_for_the_small_message_behind_a_large_one() {
+    let got = small_message_behind_a_large_one(&[("ms_dispatch_throttle_bytes", "64K")], MSG_GATE, 256 << 10);
+    assert_eq!(got, vec![(127, 1)], "the small message, once");
+}
+
+/// ... when the read stopped because it had taken its budget (1 MiB per wake-up, so one
+/// connection cannot starve the worker's others): the rest of a 2 MiB message came in
+/// one read.
+#[test]
+fn a_read_stopped_by_its_budget_resumes_for_the_small_message_behind_a_large_one() {
+    let got = small_message_behind_a_large_one(&[], MSG_TEST, 2 << 20);
+    assert_eq!(got, vec![(127, 0), (127, 1)], "the large message, then the small one, once each");
 }

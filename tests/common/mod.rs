@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod driven;
 pub mod echo_pair;
 pub mod process;
 pub mod traffic;

@@ -441,6 +441,8 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<bool
             return Ok(false);
         }
         if total >= READ_BUDGET {
+            // Level-triggered epoll reports what is left, if the wait allows.
+            wake_for_what_is_missing(lc);
             return Ok(false);
         }
         // A large frame in progress is read straight into its own buffer. Otherwise a
@@ -605,7 +607,16 @@ fn input_drained(lc: &mut LocalConn, spares: &mut Vec<BytesMut>) {
             keep_spare(spares, b);
         }
     }
-    // A large frame half here: wake when the rest is.
+    wake_for_what_is_missing(lc);
+}
+
+/// Asks the socket to report readable once what a large frame still lacks is there
+/// (SO_RCVLOWAT: one wake-up for its rest, not one per segment), or on any byte if no
+/// large frame is half read. Set again whenever reading stops: a wait left from an
+/// earlier frame would hold back what is queued when that is less than the wait asks
+/// (a small message behind the frame just read, with the peer sending nothing more
+/// until it is answered), and the connection would hang.
+fn wake_for_what_is_missing(lc: &mut LocalConn) {
     lc.io.socket.wake_at(lc.session.large_frame_missing().unwrap_or(1));
 }
 
@@ -646,6 +657,8 @@ fn pause_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     let Some(lc) = local.ep.get_mut(id) else { return };
     dout!(lc.handle.msgr, 5, "dispatch throttle full: reading paused");
     lc.io.read_paused = true;
+    // For when reading resumes: epoll then reports what was left queued.
+    wake_for_what_is_missing(lc);
     let _ = center.delete_file_event(lc.io.src, Interest::READABLE);
     let worker = lc.handle.conn.worker();
     let throttle = Arc::clone(&lc.handle.msgr.throttle);

@@ -145,8 +145,9 @@ pub trait ConnectedSocket: Send {
     /// frame; 1 once none is pending). A stack that can reports the socket readable only
     /// once that many are queued (or the peer closed), so a large frame arriving in
     /// pieces costs one wake-up, not one per piece. Never more than the peer is about to
-    /// send: the caller asks for what completes a frame already started. Default:
-    /// nothing (readable on any byte).
+    /// send: the caller asks for what completes a frame already started, and asks
+    /// again each time it stops reading, drained or not (a wait left from an earlier
+    /// frame could exceed what is queued). Default: nothing (readable on any byte).
     fn wake_at(&mut self, n: usize) {
         let _ = n;
     }
