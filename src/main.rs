@@ -219,7 +219,8 @@ struct BenchRunArgs {
     /// Connection policy: lossy or lossless.
     #[arg(long, default_value = "lossy")]
     policy: String,
-    /// Number and checksum every message and check every reply.
+    /// Number and checksum every message and check each reply answers its own (without
+    /// it every reply is still compared with what it must be, msgr and raw rows alike).
     #[arg(long)]
     verify: bool,
     /// Baseline measured in the same run: raw (the server's plain TCP echo) or none.

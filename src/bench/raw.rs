@@ -1,6 +1,8 @@
 //! The raw baseline: the same sizes and depths over a plain TCP socket with the least
 //! framing that still delimits messages (a 4-byte length), echoed by a server that
-//! does nothing else. It is the floor `msgr bench` measures the messenger against.
+//! does nothing else. It is the floor `msgr bench` measures the messenger against. Its
+//! client compares every reply with what it must be, as msgr's bench client does, so
+//! the two rows differ by the transport alone.
 //!
 //! At depth 1 a job is one thread that writes a message and reads its echo, a plain
 //! blocking ping-pong: msgr's client sends the next ping from the thread that got the
@@ -307,7 +309,7 @@ pub fn run_job(
     let t0 = ThreadTime::now();
     let mut res = JobResult::default();
     let mut buf = vec![0u8; 4 + x.reply_size()];
-    let mut want = Reply::new(x);
+    let mut want = Reply::new(x, verify);
     // Pipelined replies arrive many per segment: take them in a read at a time.
     let mut r = BufReader::with_capacity(RAW_BUF, r);
     // Replies come back in order; the channel closes when the writer is done.
@@ -320,7 +322,7 @@ pub fn run_job(
             return Err(e);
         }
         res.rtt.record(sent_at.elapsed());
-        if verify && !want.is(&buf, res.msgs) {
+        if !want.is(&buf, res.msgs) {
             res.errors += 1;
         }
         res.msgs += 1;
@@ -340,24 +342,29 @@ pub fn run_job(
     Ok(res)
 }
 
-/// What the replies of a job must be, for the checks of its reader.
+/// What the replies of a job must be, for the checks of its reader. Every reply is
+/// compared whole, as msgr's bench client compares every echo (`PingShape::check`), so
+/// both rows do the same work per message; `verify` numbers the echoes.
 struct Reply {
     x: Exchange,
     /// The whole expected reply (length and payload): the echo of message `seq` (refilled
-    /// per message), or the reply fill (the same for every message).
+    /// per message when numbered, zeros otherwise), or the reply fill (the same for
+    /// every message).
     want: Vec<u8>,
+    /// Echoes carry their message's number (`--verify`).
+    numbered: bool,
     seq: Option<u64>,
 }
 
 impl Reply {
-    fn new(x: Exchange) -> Reply {
+    fn new(x: Exchange, verify: bool) -> Reply {
         let mut want = Vec::with_capacity(4 + x.reply_size());
         want.extend_from_slice(&x.reply_header());
         match x.reply {
             Some(n) => super::reply::extend_with_fill(&mut want, n),
             None => want.resize(4 + x.size, 0),
         }
-        Reply { x, want, seq: None }
+        Reply { x, want, numbered: verify && x.reply.is_none(), seq: None }
     }
 
     /// Whether a reply has the expected length: one that does not breaks the framing,
@@ -375,7 +382,7 @@ impl Reply {
 
     /// Whether `reply` is the whole expected reply to message `seq`.
     fn is(&mut self, reply: &[u8], seq: u64) -> bool {
-        if self.x.reply.is_none() && self.seq != Some(seq) {
+        if self.numbered && self.seq != Some(seq) {
             fill(&mut self.want[4..], seq);
             self.seq = Some(seq);
         }
@@ -396,7 +403,7 @@ fn ping_pong(
     let mut frame = x.frame();
     let hdr = x.header_len();
     let mut buf = vec![0u8; 4 + x.reply_size()];
-    let mut want = Reply::new(x);
+    let mut want = Reply::new(x, verify);
     while more(until, res.msgs) {
         if verify && x.reply.is_none() {
             fill(&mut frame[hdr..], res.msgs);
@@ -406,7 +413,7 @@ fn ping_pong(
         s.read_exact(&mut buf)?;
         res.rtt.record(sent_at.elapsed());
         want.length(&buf)?;
-        if verify && !want.is(&buf, res.msgs) {
+        if !want.is(&buf, res.msgs) {
             res.errors += 1;
         }
         res.msgs += 1;
@@ -488,9 +495,8 @@ pub(super) mod tests {
         assert_eq!((r.errors, r.rtt.count()), (0, r.msgs));
     }
 
-    #[test]
-    fn depth_one_catches_a_damaged_echo() {
-        // Echoes five frames, flipping one payload byte of the third.
+    /// Echoes five 16-byte frames, flipping one payload byte of the third.
+    pub(in crate::bench) fn damaging_echo() -> (SocketAddr, thread::JoinHandle<()>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let t = thread::spawn(move || {
@@ -504,9 +510,32 @@ pub(super) mod tests {
                 s.write_all(&frame).unwrap();
             }
         });
+        (addr, t)
+    }
+
+    #[test]
+    fn depth_one_catches_a_damaged_echo() {
+        let (addr, t) = damaging_echo();
         let r = run_job(addr, 16, 1, Until::Count(5), true, None).unwrap();
         assert_eq!((r.msgs, r.errors), (5, 1));
         t.join().unwrap();
+    }
+
+    /// Without `verify` every echo is still compared with what was sent, as msgr's
+    /// bench client compares every echo: the two rows do the same work per reply.
+    #[test]
+    fn a_damaged_echo_is_caught_without_verify_too() {
+        for depth in [1, 4] {
+            let (addr, t) = damaging_echo();
+            let r = run_job(addr, 16, depth, Until::Count(5), false, None).unwrap();
+            assert_eq!((r.msgs, r.errors), (5, 1), "depth {depth}");
+            t.join().unwrap();
+        }
+        let server = RawServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        for (size, depth) in [(64usize, 1usize), (100_000, 1), (64, 16), (100_000, 4)] {
+            let r = run_job(server.addr(), size, depth, Until::Count(200), false, None).unwrap();
+            assert_eq!((r.msgs, r.errors), (200, 0), "an intact echo of {size} bytes at depth {depth}");
+        }
     }
 
     #[test]

@@ -285,11 +285,16 @@ impl Job {
                 }
                 Rx::Body { off, intact } => {
                     let k = (size - *off).min(data.len());
-                    if self.spec.verify && *intact {
+                    // Every reply is checked whole, as msgr's bench client checks every
+                    // echo; `verify` numbers the echoes.
+                    if *intact {
                         let seq = self.res.msgs;
                         *intact = match self.spec.reply {
                             Some(_) => is_fill(&data[..k], *off),
-                            None => data[..k].iter().enumerate().all(|(i, &b)| b == pattern(*off + i, seq)),
+                            None if self.spec.verify => {
+                                data[..k].iter().enumerate().all(|(i, &b)| b == pattern(*off + i, seq))
+                            }
+                            None => data[..k] == self.frame[4 + *off..4 + *off + k],
                         };
                     }
                     *off += k;
@@ -410,6 +415,14 @@ mod tests {
                 assert_eq!((r.msgs, r.errors, r.received_bytes), (100, 0, 100 * reply as u64), "{addr} {size} {reply}");
             }
         }
+        // Unverified echoes, compared whole all the same: intact ones pass.
+        for addr in [kernel.addr(), echo.addr()] {
+            for (size, depth) in [(64usize, 1usize), (100_000, 4), (1 << 20, 3)] {
+                let spec = StackJob { verify: false, ..job(addr, size, depth, Until::Count(20)) };
+                let r = run_job(&st, spec).unwrap();
+                assert_eq!((r.msgs, r.errors), (20, 0), "{addr} size {size} depth {depth}, unverified");
+            }
+        }
         // A deadline instead of a count; several jobs at once.
         let until = Until::Deadline(Instant::now() + Duration::from_millis(200));
         let rs: Vec<_> = thread::scope(|s| {
@@ -454,22 +467,18 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
         t.join().unwrap();
         // The damaged one alone: counted, the job goes on.
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let t = thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            let mut frame = [0u8; 4 + 16];
-            for i in 0..5 {
-                s.read_exact(&mut frame).unwrap();
-                if i == 2 {
-                    frame[10] ^= 0x40;
-                }
-                s.write_all(&frame).unwrap();
-            }
-        });
+        let (addr, t) = crate::bench::raw::tests::damaging_echo();
         let r = run_job(&st, job(addr, 16, 1, Until::Count(5))).unwrap();
         assert_eq!((r.msgs, r.errors), (5, 1));
         t.join().unwrap();
+        // Without `verify` too: every echo is compared with what was sent, as msgr's
+        // bench client compares every echo.
+        for depth in [1, 4] {
+            let (addr, t) = crate::bench::raw::tests::damaging_echo();
+            let r = run_job(&st, StackJob { verify: false, ..job(addr, 16, depth, Until::Count(5)) }).unwrap();
+            assert_eq!((r.msgs, r.errors), (5, 1), "depth {depth}, unverified");
+            t.join().unwrap();
+        }
     }
 
     #[test]
