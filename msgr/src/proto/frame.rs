@@ -613,9 +613,9 @@ impl FrameWriter {
     /// # Panics
     /// If a segment is 4 GiB or longer (not representable on the wire).
     ///
-    /// A message of [`EPILOGUE_DEFER_MIN`] payload bytes or more leaves its epilogue
-    /// unstaged ([`FrameWriter::epilogue_pending`]): write what `out` holds, then have
-    /// it staged (any next push does it first).
+    /// A message with [`EPILOGUE_DEFER_MIN`] payload bytes or more to compute crcs of
+    /// leaves its epilogue unstaged ([`FrameWriter::epilogue_pending`]): write what
+    /// `out` holds, then have it staged (any next push does it first).
     ///
     /// `data_crc`, if given, is the data segment's crc, known from before
     /// ([`CrcMemo`](crate::message::CrcMemo)): it is used, not computed again.
@@ -647,8 +647,11 @@ impl FrameWriter {
             .copy_from_slice(&ceph_crc32c_fixed(SEGMENT_CRC_SEED, header).to_le_bytes());
         self.room(head.len());
         self.stage.put_slice(&head);
-        let defer = rest.iter().map(|s| s.len()).sum::<usize>() >= EPILOGUE_DEFER_MIN;
-        self.rest_and_epilogue(n, rest, data_crc, out, defer);
+        // Deferred only for crcs still to compute: a data crc known from before (an
+        // echo's) would leave nothing to overlap with the data's transfer, only the
+        // epilogue's write of its own.
+        let to_crc = rest[0].len() + rest[1].len() + if data_crc.is_some() { 0 } else { rest[2].len() };
+        self.rest_and_epilogue(n, rest, data_crc, out, to_crc >= EPILOGUE_DEFER_MIN);
     }
 
     /// Whether a message's epilogue waits to be staged (see [`FrameWriter::push_message`]).

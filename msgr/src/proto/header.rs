@@ -321,6 +321,24 @@ mod tests {
             prop_assert_eq!(out.concat(), both);
         }
 
+        /// ... unless its data's crc is known from before (an echo's): then nothing is
+        /// left to compute while the data is on its way, and the epilogue is staged
+        /// with the rest, one write for the whole frame.
+        #[test]
+        fn a_large_message_with_its_data_crc_known_is_staged_whole(
+            data in EPILOGUE_DEFER_MIN..EPILOGUE_DEFER_MIN + 5000, front in len(300), seq: u64,
+        ) {
+            let m = Message::new(7, Bytes::from(vec![1u8; front])).with_data(Bytes::from(vec![3u8; data]));
+            let want = encode_frame_to_vec(&message_frame(&m, seq, 0));
+            let mut w = FrameWriter::new();
+            let mut out = Vec::new();
+            let crc = crate::proto::crc::segment_crc(&m.data);
+            w.push_message(&message_header(&m, seq, 0).to_array(), [&m.front, &m.middle, &m.data], Some(crc), &mut out);
+            w.finish(&mut out);
+            prop_assert!(!w.epilogue_pending());
+            prop_assert_eq!(out.concat(), want);
+        }
+
         /// Every 41-byte pattern is a header, and reads back to itself.
         #[test]
         fn any_header_bytes_round_trip(b in proptest::array::uniform32(any::<u8>()), tail in proptest::array::uniform9(any::<u8>())) {
