@@ -82,6 +82,35 @@ fn ready_pair(t0: Instant, n: u8) -> (Session, Session) {
     (c, s)
 }
 
+/// A session kept between transports keeps every message not acknowledged, but not
+/// the room its queue grew to in a deep pipeline: a parked session may wait a whole
+/// idle timeout for its peer.
+#[test]
+fn a_parked_session_keeps_its_messages_not_its_grown_queue() {
+    let t0 = Instant::now();
+    let (mut c, mut s) = ready_pair(t0, 1);
+    for i in 0..2000 {
+        c.send_message(ping((i % 200) as u8));
+    }
+    pump(&mut c, &mut s, t0);
+    assert_eq!(delivered(events(&mut s)).len(), 2000);
+    assert_eq!(c.unacked_len(), 0, "all acknowledged");
+    assert!(c.st.queue.capacity() >= 2000, "2,000 messages were queued at once");
+    // Twenty more go out and are never acknowledged: the transport fails.
+    for i in 0..20 {
+        c.send_message(ping(i));
+    }
+    let _lost = out(&mut c);
+    let st = c.into_state();
+    assert_eq!(st.queued_len(), 20, "what was not acknowledged is kept");
+    assert!(st.queue.capacity() < 64, "queue room kept: {} entries", st.queue.capacity());
+    // The next transport resumes the session with them.
+    let mut c2 = resumed_client(t0, st);
+    let mut s2 = server_with(t0, lossless());
+    let claim = pump_to_identify(&mut c2, &mut s2, t0);
+    assert!(claim.reconnect.is_some());
+}
+
 #[test]
 fn resume_resends_exactly_what_each_side_lacks_with_original_seqs() {
     let t0 = Instant::now();

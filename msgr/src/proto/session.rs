@@ -2051,6 +2051,9 @@ impl Session {
     /// next one: unacknowledged messages requeued in front, in order, with their seq.
     pub fn into_state(mut self) -> SessionState {
         self.st.requeue_sent();
+        // Kept between transports (parked, maybe for the whole idle timeout): its
+        // messages, not the room a deep pipeline once grew for them (184 B per entry).
+        self.st.queue.shrink_to(QUEUE_KEEP);
         std::mem::take(&mut self.st)
     }
 }
