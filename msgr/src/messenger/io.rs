@@ -358,10 +358,11 @@ fn on_conn_event(local: &mut WorkerLocal, center: &mut Center, id: u64, mask: In
             Err(e) => return fault(local, center, id, ConnError::from(e)),
         }
     }
-    let mut drained = false;
+    // Whether a read pass ran, and whether it drained the socket.
+    let mut read = None;
     if mask.contains(Interest::READABLE) {
         match do_read(local, center, id) {
-            Ok(d) => drained = d,
+            Ok(d) => read = Some(d),
             Err(e) => return fault(local, center, id, e),
         }
     }
@@ -373,12 +374,18 @@ fn on_conn_event(local: &mut WorkerLocal, center: &mut Center, id: u64, mask: In
         }
     }
     flush(local, center, id);
-    // Once the replies to what was read are written, the buffers they came from are
-    // free to be given back.
-    if drained {
-        if let Some(lc) = local.ep.get_mut(id) {
+    let Some(drained) = read else { return };
+    if let Some(lc) = local.ep.get_mut(id) {
+        // Once the replies to what was read are written, the buffers they came from
+        // are free to be given back.
+        if drained {
             input_drained(lc, &mut local.rx_spares);
         }
+        // Drained or stopped early (read budget, dispatch throttle): either way the
+        // socket's wait is set for what is missing now.
+        wake_for_what_is_missing(lc);
+    }
+    if drained {
         arm_spares_timer(local, center);
     }
 }
@@ -441,8 +448,6 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<bool
             return Ok(false);
         }
         if total >= READ_BUDGET {
-            // Level-triggered epoll reports what is left, if the wait allows.
-            wake_for_what_is_missing(lc);
             return Ok(false);
         }
         // A large frame in progress is read straight into its own buffer. Otherwise a
@@ -607,15 +612,14 @@ fn input_drained(lc: &mut LocalConn, spares: &mut Vec<BytesMut>) {
             keep_spare(spares, b);
         }
     }
-    wake_for_what_is_missing(lc);
 }
 
 /// Asks the socket to report readable once what a large frame still lacks is there
 /// (SO_RCVLOWAT: one wake-up for its rest, not one per segment), or on any byte if no
-/// large frame is half read. Set again whenever reading stops: a wait left from an
-/// earlier frame would hold back what is queued when that is less than the wait asks
-/// (a small message behind the frame just read, with the peer sending nothing more
-/// until it is answered), and the connection would hang.
+/// large frame is half read. Set again after every read pass, drained or not: a wait
+/// left from an earlier frame would hold back what is queued when that is less than
+/// the wait asks (a small message behind the frame just read, with the peer sending
+/// nothing more until it is answered), and the connection would hang.
 fn wake_for_what_is_missing(lc: &mut LocalConn) {
     lc.io.socket.wake_at(lc.session.large_frame_missing().unwrap_or(1));
 }
@@ -657,8 +661,6 @@ fn pause_reading(local: &mut WorkerLocal, center: &mut Center, id: u64) {
     let Some(lc) = local.ep.get_mut(id) else { return };
     dout!(lc.handle.msgr, 5, "dispatch throttle full: reading paused");
     lc.io.read_paused = true;
-    // For when reading resumes: epoll then reports what was left queued.
-    wake_for_what_is_missing(lc);
     let _ = center.delete_file_event(lc.io.src, Interest::READABLE);
     let worker = lc.handle.conn.worker();
     let throttle = Arc::clone(&lc.handle.msgr.throttle);
