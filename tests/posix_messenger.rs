@@ -167,6 +167,18 @@ struct Gate {
     order: Mutex<Vec<(u16, u64)>>,
 }
 
+impl Gate {
+    /// A gate, `open` already or not.
+    fn new(open: bool) -> Arc<Gate> {
+        Arc::new(Gate {
+            entered: Mutex::new(false),
+            open: Mutex::new(open),
+            cv: Condvar::new(),
+            order: Mutex::default(),
+        })
+    }
+}
+
 impl Dispatcher for Gate {
     fn ms_dispatch(&self, _con: &ConnectionRef, m: &Message) -> bool {
         if m.msg_type == MSG_GATE {
@@ -186,12 +198,7 @@ impl Dispatcher for Gate {
 fn dispatch_queue_delivers_by_priority_then_arrival() {
     let cfg = config(&[]);
     let (server, client, con) = pair(&cfg);
-    let gate = Arc::new(Gate {
-        entered: Mutex::new(false),
-        open: Mutex::new(false),
-        cv: Condvar::new(),
-        order: Mutex::default(),
-    });
+    let gate = Gate::new(false);
     server.add_dispatcher_tail(gate.clone());
     // Opens the gate however the test ends, so a failure cannot leave the dispatch
     // thread (and the messenger's drop) waiting forever.
@@ -810,12 +817,7 @@ fn small_message_behind_a_large_one(opts: &[(&str, &str)], large_type: u16, larg
     const FIRST: usize = 32 << 10;
     let server = messenger(&config(opts), EntityType::Osd, 1);
     server.set_default_policy(Policy::stateless_server(0));
-    let gate = Arc::new(Gate {
-        entered: Mutex::new(false),
-        open: Mutex::new(large_type != MSG_GATE),
-        cv: Condvar::new(),
-        order: Mutex::default(),
-    });
+    let gate = Gate::new(large_type != MSG_GATE);
     server.add_dispatcher_tail(gate.clone());
     let me = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let name = EntityName { ty: EntityType::Client, num: 5 };
