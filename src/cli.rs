@@ -485,11 +485,10 @@ pub(crate) struct PingShape {
     size: usize,
     verify: bool,
     reply: Option<usize>,
-    /// The payload of every ping but a verified echo's (whose payload has its number).
-    payload: Bytes,
-    /// Every ping but a verified one is a clone of this: the fixed payload, and the
-    /// front asking for a reply, if one is asked for. The payload's crc is computed
-    /// once, here, and every clone is sent with it ([`Message::remember_data_crc`]), as
+    /// Every ping but a verified one is a clone of this: the fixed payload (every ping
+    /// carries it but a verified echo, whose payload has its number), and the front
+    /// asking for a reply, if one is asked for. The payload's crc is computed once,
+    /// here, and every clone is sent with it ([`Message::remember_data_crc`]), as
     /// Ceph's bufferlist keeps the crc of a buffer sent again: its own
     /// `perf-crimson-msgr` client appends one buffer to every message, so its data crc
     /// is computed once too. Without this a 4 KiB echo's client checksummed the same
@@ -510,10 +509,9 @@ impl PingShape {
             Some(n) => ReplyAsk { size: n as u32, seq: 0 }.encode(),
             None => Bytes::new(),
         };
-        let payload = ping_payload(0, opts.size, false);
-        let mut template = MPing { front, payload: payload.clone() }.into_message();
+        let mut template = MPing { front, payload: ping_payload(0, opts.size, false) }.into_message();
         template.remember_data_crc();
-        Ok(PingShape { size: opts.size, verify: opts.verify, reply: opts.reply, payload, template })
+        Ok(PingShape { size: opts.size, verify: opts.verify, reply: opts.reply, template })
     }
 
     /// Ping number `seq`. Asking for a reply, its payload is the fixed one even with
@@ -536,7 +534,7 @@ impl PingShape {
         let (front, payload) = MPing::parts(m).map_err(|e| format!("bad reply: {e}"))?;
         match self.reply {
             None if self.verify => check_payload(payload, self.size).map(Some),
-            None if *payload == self.payload => Ok(None),
+            None if *payload == self.template.data => Ok(None),
             None => Err("reply payload differs from the request".into()),
             Some(n) => {
                 let seq = crate::bench::reply::check_msgr_reply(front, payload, n)?;
@@ -1142,7 +1140,7 @@ mod tests {
             let (a, b) = (s.request(1), s.request(2));
             assert_eq!(a.data_crc.get(&a.data), Some(segment_crc(&a.data)), "reply {reply:?}");
             assert_eq!(b.data_crc.get(&b.data), Some(segment_crc(&b.data)));
-            assert_eq!(a.data, s.payload);
+            assert_eq!(a.data, ping_payload(0, 4096, false));
         }
         let v = shape(4096, true, None).request(7);
         assert_eq!(v.data_crc.get(&v.data), None);
