@@ -7,10 +7,10 @@
 # and after each client run; per round trip = (second run − first run) / (N2 − N1) on
 # each side, so start-up, connection set-up and teardown cancel out.
 #
-# The second line splits out the data crc's folding kernel (crc-fast, called from
-# `proto::crc::long_crc` for 512 bytes or more): valgrind does not emulate AVX-512, so
-# there it runs crc-fast's SSE path, several times the instructions of the AVX-512
-# path the CPU takes natively.
+# The second line splits out the data crc's kernel (`proto::crc::long_crc`, for 512
+# bytes or more): valgrind does not emulate AVX-512, so there it runs msgr's three-chain
+# kernel (the one for x86 CPUs without AVX-512 VPCLMULQDQ, about 775 instructions per
+# 4 KiB), where this host's CPU runs crc-fast's AVX-512 kernel (about 470).
 #
 # Usage: ci/callgrind-rtt.sh [MSGR_BINARY] [SIZE]   (default target/release/msgr, 4k)
 # Environment: N1 (default 1000), N2 (default 6000), PORT (default 6870).
@@ -54,5 +54,5 @@ crc = round((c2crc - c1crc + s2crc - s1crc) / n)
 total = round(client + server)
 print(f"callgrind, {size} round trip at depth 1 ({n} round trips = run of {n2} minus run of {n1}):")
 print(f"  client {client:,.0f} + server {server:,.0f} = {total:,} user-space instructions per round trip")
-print(f"  of which the data crc's folding kernel {crc:,} (crc-fast's SSE path under valgrind), the rest {total - crc:,}")
+print(f"  of which the data crc's folding kernel {crc:,} (the three-chain kernel under valgrind), the rest {total - crc:,}")
 EOF
