@@ -9,7 +9,7 @@
 #
 # The second line splits out the data crc's kernel (`proto::crc::long_crc`, for 512
 # bytes or more): valgrind does not emulate AVX-512, so there it runs msgr's three-chain
-# kernel (the one for x86 CPUs without AVX-512 VPCLMULQDQ, about 775 instructions per
+# kernel (the one for x86 CPUs without AVX-512 VPCLMULQDQ, about 770 instructions per
 # 4 KiB), where this host's CPU runs crc-fast's AVX-512 kernel (about 470).
 #
 # Usage: ci/callgrind-rtt.sh [MSGR_BINARY] [SIZE]   (default target/release/msgr, 4k)
