@@ -193,9 +193,10 @@ mod sse42 {
 /// per call. Measured on this repository's host (AMD EPYC, crc-fast 1.10's x86 kernels
 /// made callable in a scratch program, 256 MiB of calls per size): 146 ns per 4 KiB
 /// where crc-fast's SSE kernel (the one it picks without AVX-512) took 230 and its
-/// AVX-512 kernel without VPCLMULQDQ 187; faster at every size from 512 bytes to
-/// 1 MiB (37 µs against 49 and 36). Under callgrind, about 770 instructions per 4 KiB
-/// against 1,903.
+/// AVX-512 kernel without VPCLMULQDQ 187. Faster than the SSE kernel at every size
+/// from 512 bytes to 1 MiB (37 µs against 49 there), than the other up to 16 KiB
+/// (level from 64 KiB). Under callgrind, about 770 instructions per 4 KiB against
+/// 1,903. (docs/BENCHMARKS.md, sixteenth session.)
 #[cfg(target_arch = "x86_64")]
 mod streams {
     use std::arch::x86_64::{_mm_clmulepi64_si128, _mm_crc32_u64, _mm_cvtsi128_si64, _mm_cvtsi32_si128};
