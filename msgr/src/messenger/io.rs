@@ -759,26 +759,9 @@ struct RunCounts {
     fast: u64,
 }
 
-fn handle_events_in_lane(local: &mut WorkerLocal, id: u64, batch: Batch, lane: &mut Lane) -> Result<bool, ConnError> {
-    let mut run = RunCounts::default();
-    let r = handle_events_counted(local, id, batch, lane, &mut run);
-    run.add_to(local, id);
-    r
-}
-
 impl RunCounts {
-    /// Adds what was counted to connection `id`'s messenger, and starts again.
-    fn add_to(&mut self, local: &WorkerLocal, id: u64) {
-        if self.delivered == 0 {
-            return;
-        }
-        if let Some(lc) = local.ep.get(id) {
-            self.add_to_conn(&local.state.perf, lc);
-        }
-    }
-
-    /// [`RunCounts::add_to`] the connection the caller holds.
-    fn add_to_conn(&mut self, perf: &PerfCounters, lc: &LocalConn) {
+    /// Adds what was counted to connection `lc`'s messenger, and starts again.
+    fn add_to(&mut self, perf: &PerfCounters, lc: &LocalConn) {
         let RunCounts { delivered, fast } = std::mem::take(self);
         if delivered == 0 {
             return;
@@ -788,13 +771,8 @@ impl RunCounts {
     }
 }
 
-fn handle_events_counted(
-    local: &mut WorkerLocal,
-    id: u64,
-    batch: Batch,
-    lane: &mut Lane,
-    run: &mut RunCounts,
-) -> Result<bool, ConnError> {
+fn handle_events_in_lane(local: &mut WorkerLocal, id: u64, batch: Batch, lane: &mut Lane) -> Result<bool, ConnError> {
+    let mut run = RunCounts::default();
     let mut bytes = 0;
     loop {
         // Looked up once per run of events, not once per event (about 30 instructions
@@ -804,12 +782,12 @@ fn handle_events_counted(
         let claim = loop {
             if run.delivered == batch.msgs || bytes >= batch.bytes {
                 lane.close_into(lc);
-                run.add_to_conn(&local.state.perf, lc);
+                run.add_to(&local.state.perf, lc);
                 return Ok(lc.session.has_events());
             }
             let Some(ev) = lc.session.poll_event() else {
                 lane.close_into(lc);
-                run.add_to_conn(&local.state.perf, lc);
+                run.add_to(&local.state.perf, lc);
                 return Ok(false);
             };
             if !matches!(ev, SessionEvent::Message(_)) {
@@ -860,11 +838,13 @@ fn handle_events_counted(
                     count(&local.state.perf, &lc.handle.msgr, Counter::RemoteResets, 1);
                     lc.handle.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.handle.conn), ConnEvent::RemoteReset);
                 }
-                SessionEvent::Identify(claim) => break claim,
+                SessionEvent::Identify(claim) => {
+                    // Counted first: the connection may not be this worker's afterwards.
+                    run.add_to(&local.state.perf, lc);
+                    break claim;
+                }
             }
         };
-        // Counted first: the connection may not be this worker's afterwards.
-        run.add_to(local, id);
         on_identify(local, id, claim)?;
     }
 }

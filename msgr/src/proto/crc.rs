@@ -56,7 +56,7 @@ fn long_crc(seed: u32, data: &[u8]) -> u32 {
 
 /// Whether the CPU folds with 512-bit carry-less multiplies (AVX-512 VL and
 /// VPCLMULQDQ), the one case where crc-fast's kernel beats [`ceph_crc32c_streams`]
-/// (by about 1.6x from 2 KiB; see `FOLD_FROM`).
+/// (by about 1.6x from 2 KiB: see the `streams` module).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn wide_clmul() -> bool {
