@@ -643,7 +643,7 @@ impl Dispatcher for BurstServer {
 #[test]
 fn bursts_on_a_busy_connection_are_read_in_place_after_each_wake_up() {
     const BURSTS: usize = 30;
-    let (read, copied) = run_bursts(BURSTS, 24);
+    let (read, copied, _) = run_bursts(BURSTS, 24);
     // The first burst (1/30 of the bytes) is copied, and a burst the kernel hands over
     // in pieces too small to mark the connection busy may be; most are not.
     assert!(copied * 4 < read, "{copied} of {read} received bytes copied: bursts were read through the scratch buffer");
@@ -654,13 +654,30 @@ fn bursts_on_a_busy_connection_are_read_in_place_after_each_wake_up() {
 /// scratch buffer and copied.
 #[test]
 fn bursts_of_three_messages_are_read_in_place_after_the_first() {
-    let (read, copied) = run_bursts(40, 3);
+    let (read, copied, _) = run_bursts(40, 3);
     assert!(copied * 4 < read, "{copied} of {read} received bytes copied: bursts were read through the scratch buffer");
 }
 
+/// And one message at a time (depth 1): after the first, each is read straight into
+/// the small buffer the one before was copied into (and is free again by then), one
+/// read per message. Before, every one went through the scratch buffer and was copied.
+#[test]
+fn single_messages_are_read_in_place_after_the_first() {
+    const N: usize = 200;
+    let (read, copied, reads) = run_bursts(N, 1);
+    assert!(
+        copied * 4 < read,
+        "{copied} of {read} received bytes copied: messages were read through the scratch buffer"
+    );
+    // Each read took its message whole and told that it took all there was: no read
+    // more per message than through the scratch buffer (the handshake's few aside).
+    assert!(reads <= N as i64 + 10, "{reads} reads for {N} messages");
+}
+
 /// Sends `bursts` bursts of `per_burst` 4 KiB messages, each once the server has
-/// received the one before, and returns the bytes the server read and copied of them.
-fn run_bursts(bursts: usize, per_burst: usize) -> (i64, i64) {
+/// received the one before, and returns the bytes the server read and copied of them,
+/// and its read calls.
+fn run_bursts(bursts: usize, per_burst: usize) -> (i64, i64, i64) {
     const LEN: usize = 4096;
     let (server, client, con) = pair(&config(&[]));
     let sd = Arc::new(BurstServer { tally: Tally::default(), per_burst: per_burst as u64 });
@@ -678,7 +695,7 @@ fn run_bursts(bursts: usize, per_burst: usize) -> (i64, i64) {
     println!("{read} bytes read in {reads} reads, {copied} copied ({:.2} per byte)", copied as f64 / read as f64);
     assert!(read >= all as i64 * LEN as i64, "{read} bytes read");
     drop((client, server));
-    (read, copied)
+    (read, copied, reads)
 }
 
 /// Replies to each request at once, and asks for the next burst once it has a whole

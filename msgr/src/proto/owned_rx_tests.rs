@@ -27,8 +27,11 @@ fn ready_server(t0: Instant, max_frame: usize, pool: Option<RxPool>) -> Session 
 }
 
 fn ping(seq: u64, data_len: usize, seed: u8) -> Frame {
-    let data: Vec<u8> = (0..data_len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
-    message_frame(&MPing::new(Bytes::from(data)).encode(), seq, 0)
+    message_frame(&MPing::new(ping_data(data_len, seed)).encode(), seq, 0)
+}
+
+fn ping_data(data_len: usize, seed: u8) -> Bytes {
+    Bytes::from((0..data_len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect::<Vec<u8>>())
 }
 
 fn stream(frames: &[Frame]) -> Bytes {
@@ -760,6 +763,40 @@ fn a_drained_session_keeps_a_small_spare_but_not_a_deep_one() {
     s.rx = BytesMut::with_capacity(4096);
     assert!(s.rx_idle().iter().all(Option::is_none));
     assert_eq!(s.rx.capacity(), 0, "an idle session pins no small buffer either");
+}
+
+#[test]
+fn a_short_copied_read_gets_a_small_buffer_that_the_next_one_is_read_into() {
+    let t0 = Instant::now();
+    let mut s = ready_server(t0, 1 << 20, None);
+    // One 4 KiB message at a time, as at depth 1: the first comes through the scratch
+    // buffer and is copied into a buffer of its own, with room beyond it.
+    let one = stream(&[ping(1, 4000, 1)]);
+    s.handle_bytes(t0, &one).unwrap();
+    let first = messages(&mut s);
+    assert_eq!(first.len(), 1);
+    let at = first[0].data.as_ptr() as usize;
+    // Drained: the session keeps that buffer, although a message still holds it.
+    assert!(s.rx_idle().iter().all(Option::is_none));
+    assert!(s.rx.capacity() >= 64, "the buffer and its slack are kept");
+    // While the message holds it, there is no room without allocating: the reader
+    // goes through the scratch buffer again.
+    assert_eq!(s.stream_room_free(one.len() + 1), 0);
+    drop(first);
+    // Once it is gone, the whole buffer is the next read's room: more than a message
+    // of that size, so a read of one comes back short.
+    let room = s.stream_room_free(one.len() + 1);
+    assert!(room > one.len() && room <= one.len() + 1024, "{room} bytes of room for a {} byte read", one.len());
+    let two = stream(&[ping(2, 4000, 2)]);
+    let copied = s.copy_counts().rx;
+    let ReadTarget::Stream(buf) = s.read_target_with_room(room) else { panic!("no large frame") };
+    buf.extend_from_slice(&two);
+    s.commit_read(t0, two.len()).unwrap();
+    let second = messages(&mut s);
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].data, ping_data(4000, 2));
+    assert_eq!(second[0].data.as_ptr() as usize, at, "read into the first one's buffer, not a new one");
+    assert_eq!(s.copy_counts().rx, copied, "the second message was not copied");
 }
 
 #[test]

@@ -81,6 +81,11 @@ const MAX_PRE_AUTH: usize = 1 << 20;
 pub(crate) const LARGE_FRAME: usize = 32 * 1024;
 /// Largest spare stream buffer a connection keeps once its input is drained.
 const SPARE_KEPT_IDLE: usize = 128 * 1024;
+/// Largest read `copy_in` gives a stream buffer of its own that an idle session keeps
+/// (with an eighth more room, at most 1 KiB): a shallow pipeline's.
+const SMALL_RX: usize = 8 * 1024;
+/// The least room such a buffer has beyond the read it was made for.
+const SMALL_SLACK: usize = 64;
 /// A session that a deep pipeline made grow its buffers (the writer's staging buffer,
 /// up to 64 KiB; queues of thousands of messages, 184 bytes each) gives them back once
 /// it wrote no frame for this long, so that thousands of connections that were each
@@ -427,6 +432,12 @@ pub struct Session {
     // lossless session holds each message until the peer's ack, which comes with the
     // next read). Always empty.
     rx_spare: BytesMut,
+    // `rx`, `rx_spare`: a buffer `copy_in` allocated for one short read (at most
+    // SMALL_RX), which an idle session keeps (`rx_idle`), so that a shallow
+    // pipeline's next message is read straight into it, as its reader asks
+    // (`stream_room_free`), rather than copied, and nothing is allocated per message.
+    rx_small: bool,
+    spare_small: bool,
     // A large frame being read into its own buffer, and how much of it is filled.
     rx_large: Option<(RxBuf, usize)>,
     // Owned pieces from `handle_owned`, decoded without copying.
@@ -523,6 +534,8 @@ impl Session {
             global_seq,
             rx: BytesMut::with_capacity(4096),
             rx_spare: BytesMut::new(),
+            rx_small: false,
+            spare_small: false,
             rx_large: None,
             rx_in_place: false,
             rope: Rope::new(),
@@ -742,7 +755,10 @@ impl Session {
     }
 
     /// Nothing more to read for now: an empty stream buffer is given back, so an idle
-    /// session pins no receive memory.
+    /// session pins no receive memory, unless it is the small buffer a short read was
+    /// copied into (at most 9 KiB): a shallow pipeline's next message is read straight
+    /// into that once it is free ([`Session::stream_room_free`]), which saves the copy
+    /// and an allocation per message.
     ///
     /// A deep pipeline's spare read buffer is not kept either (thousands of connections
     /// that were each busy once would hold them all): it is returned, for the caller to
@@ -761,8 +777,10 @@ impl Session {
             (b.capacity() > SPARE_KEPT_IDLE).then(|| std::mem::take(b))
         };
         let spare = deep(&mut self.rx_spare);
+        self.spare_small &= self.rx_spare.capacity() > 0;
         let mut rx = None;
-        if self.rx.is_empty() && self.rx.capacity() > 0 {
+        // A small buffer of a shallow pipeline's stays: it is read into next time.
+        if self.rx.is_empty() && self.rx.capacity() > 0 && !self.rx_small {
             rx = deep(&mut self.rx);
             self.rx = BytesMut::new();
         }
@@ -792,6 +810,7 @@ impl Session {
         }
         self.rx_spare = spare;
         self.rx_spare.clear();
+        self.spare_small = false;
         None
     }
 
@@ -895,11 +914,15 @@ impl Session {
             if room > 0 {
                 self.rx_room(room);
                 if self.rx.capacity() - self.rx.len() < room {
+                    self.rx_small = false;
                     // With headroom for a frame in progress (frames of LARGE_FRAME or
                     // more have buffers of their own), so that this buffer can be the
                     // spare a later read carries its partial frame into.
                     self.rx.reserve(room + LARGE_FRAME);
                 }
+            } else {
+                // An appending stack grows the buffer as it needs.
+                self.rx_small = false;
             }
         }
         match &mut self.rx_large {
@@ -939,6 +962,18 @@ impl Session {
                 self.rx_fresh |= !data.is_empty();
                 if self.rope.is_empty() {
                     self.rx_room(data.len());
+                    let room = self.rx.capacity() - self.rx.len();
+                    if self.rx.is_empty() && data.len() <= SMALL_RX && room < data.len() + SMALL_SLACK {
+                        // A buffer of its own, with some slack: a read of this size (a
+                        // shallow pipeline's next message) then fits in its room with
+                        // some left, so the reader reads it there and can tell it took
+                        // all there was. One the read would fill exactly is let go.
+                        self.rx = BytesMut::with_capacity(data.len() + (data.len() / 8).clamp(SMALL_SLACK, 1024));
+                        self.rx_small = true;
+                    } else if room < data.len() {
+                        // Grown (its old allocation is left to what holds it).
+                        self.rx_small = false;
+                    }
                     self.rx.extend_from_slice(data);
                 } else {
                     self.rope.push(Bytes::copy_from_slice(data));
@@ -957,6 +992,7 @@ impl Session {
     fn rx_room(&mut self, n: usize) {
         if !self.rx_reclaim(n) && self.rx.is_empty() {
             self.rx_spare = std::mem::take(&mut self.rx);
+            self.spare_small = std::mem::take(&mut self.rx_small);
         }
     }
 
@@ -968,6 +1004,7 @@ impl Session {
         // exactly, and a read that fills its room cannot tell that it took all there was.
         if self.rx.is_empty() && self.rx_spare.capacity() > self.rx.capacity() && self.rx_spare.try_reclaim(n) {
             self.rx = std::mem::take(&mut self.rx_spare);
+            self.rx_small = std::mem::take(&mut self.spare_small);
             self.rx.clear();
             return true;
         }
@@ -980,6 +1017,7 @@ impl Session {
         // Carries a frame in progress over (the append would have copied it too).
         self.rx_spare.extend_from_slice(&self.rx);
         std::mem::swap(&mut self.rx, &mut self.rx_spare);
+        std::mem::swap(&mut self.rx_small, &mut self.spare_small);
         self.rx_spare.clear();
         true
     }
@@ -2022,6 +2060,7 @@ impl Session {
             // The spare read buffer, whatever room it has left: a small tail of a
             // large read's buffer pins all of it (about 100 KiB per connection here).
             self.rx_spare = BytesMut::new();
+            self.spare_small = false;
             // What is queued (unacknowledged messages) stays; only the room goes.
             self.st.queue.shrink_to(QUEUE_KEEP);
             self.events.shrink_to(QUEUE_KEEP);
