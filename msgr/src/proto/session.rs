@@ -909,10 +909,15 @@ impl Session {
         self.rx_in_place = room > 0;
         if self.rx_large.is_none() {
             // Pieces handed over earlier come first in the stream.
-            let held = self.rope.len();
-            self.rope.drain_to(&mut self.rx, held);
+            if !self.rope.is_empty() {
+                let held = self.rope.len();
+                self.rope.drain_to(&mut self.rx, held);
+            }
             if room > 0 {
-                self.rx_room(room);
+                // (A reader that asked `stream_room_free` has the room already.)
+                if self.rx.capacity() - self.rx.len() < room {
+                    self.rx_room(room);
+                }
                 if self.rx.capacity() - self.rx.len() < room {
                     self.rx_small = false;
                     // With headroom for a frame in progress (frames of LARGE_FRAME or
@@ -962,17 +967,21 @@ impl Session {
                 self.rx_fresh |= !data.is_empty();
                 if self.rope.is_empty() {
                     self.rx_room(data.len());
-                    let room = self.rx.capacity() - self.rx.len();
-                    if self.rx.is_empty() && data.len() <= SMALL_RX && room < data.len() + SMALL_SLACK {
-                        // A buffer of its own, with some slack: a read of this size (a
-                        // shallow pipeline's next message) then fits in its room with
-                        // some left, so the reader reads it there and can tell it took
-                        // all there was. One the read would fill exactly is let go.
-                        self.rx = BytesMut::with_capacity(data.len() + (data.len() / 8).clamp(SMALL_SLACK, 1024));
-                        self.rx_small = true;
-                    } else if room < data.len() {
-                        // Grown (its old allocation is left to what holds it).
-                        self.rx_small = false;
+                    if self.rx.capacity() - self.rx.len() < data.len() {
+                        // Allocating: with some slack, so that a read of this size (a
+                        // shallow pipeline's next message) fits in the room with some
+                        // left, and the reader can read it there and tell that it took
+                        // all there was.
+                        let want = data.len() + (data.len() / 8).clamp(SMALL_SLACK, 1024);
+                        if self.rx.is_empty() {
+                            self.rx = BytesMut::with_capacity(want);
+                            self.rx_small = data.len() <= SMALL_RX;
+                        } else {
+                            // Grown, a frame in progress carried over (its old
+                            // allocation is left to what holds it).
+                            self.rx.reserve(want);
+                            self.rx_small = false;
+                        }
                     }
                     self.rx.extend_from_slice(data);
                 } else {
@@ -1002,9 +1011,15 @@ impl Session {
         // An empty stream buffer smaller than a free spare (one a copied read sized to
         // itself) gives way to the spare and is let go: a read into it could fill it
         // exactly, and a read that fills its room cannot tell that it took all there was.
+        // Two small buffers of a shallow pipeline's take turns instead: the one let go
+        // would be allocated again as soon as both are held at once.
         if self.rx.is_empty() && self.rx_spare.capacity() > self.rx.capacity() && self.rx_spare.try_reclaim(n) {
-            self.rx = std::mem::take(&mut self.rx_spare);
-            self.rx_small = std::mem::take(&mut self.spare_small);
+            if self.rx_small && self.spare_small {
+                std::mem::swap(&mut self.rx, &mut self.rx_spare);
+            } else {
+                self.rx = std::mem::take(&mut self.rx_spare);
+                self.rx_small = std::mem::take(&mut self.spare_small);
+            }
             self.rx.clear();
             return true;
         }
