@@ -4,9 +4,11 @@
 //! `sendmsg(MSG_NOSIGNAL)` so that several queued frames leave in a single syscall and a
 //! vanished peer surfaces as `EPIPE` instead of killing the process with `SIGPIPE`.
 //!
-//! Everything goes through `socket2` and `std`, but for two `unsafe` blocks: one lets a
-//! read land in a buffer's uninitialised room (`read_into`), one sets SO_RCVLOWAT, which
-//! `socket2` does not offer (`wake_at`).
+//! Everything goes through `socket2` and `std`, but for a few `unsafe` blocks: reads
+//! and sends are plain `recvfrom`/`sendmsg` system calls (the `sys` module: glibc's
+//! wrappers switch pthread cancellation on and off around each, work msgr never
+//! needs); a read may land in a buffer's uninitialised room (`read_into`); and
+//! SO_RCVLOWAT is set by hand, as `socket2` does not offer it (`wake_at`).
 //!
 //! A daemon gets this stack from the `msgr` crate by `ms_type` (`msgr::stack_for`); to
 //! start it by hand, hand a [`PosixStack`] to [`Stack::start`]. A server and a client
@@ -73,7 +75,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::io::{self, IoSlice, Read};
+use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -81,6 +83,8 @@ use bytes::BytesMut;
 use msgr_core::event::{EpollDriver, EventSource, Readiness};
 use msgr_core::stack::{ConnectedSocket, ServerSocket, SocketFactory, SocketOptions, StackBackend, WorkerNet};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+mod sys;
 
 /// Linux refuses `sendmsg` with more iovecs than this (`UIO_MAXIOV`) with `EMSGSIZE`;
 /// sending a prefix instead is just a short write the caller already handles.
@@ -340,11 +344,14 @@ impl ConnectedSocket for PosixConnectedSocket {
         }
     }
 
+    #[allow(unsafe_code)]
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.shut {
             return Err(shut_down_error());
         }
-        retry_eintr(|| self.sock.read(buf))
+        let fd = self.sock.as_raw_fd();
+        // SAFETY: `buf` is a live, exclusively borrowed slice of `buf.len()` bytes.
+        retry_eintr(|| unsafe { sys::recv(fd, buf.as_mut_ptr(), buf.len()) })
     }
 
     // Reads into the buffer's uninitialised room: zeroing 256 KiB first would cost
@@ -356,7 +363,10 @@ impl ConnectedSocket for PosixConnectedSocket {
         }
         dst.reserve(max);
         let room = &mut dst.spare_capacity_mut()[..max];
-        let n = retry_eintr(|| self.sock.recv(room))?.min(max);
+        let fd = self.sock.as_raw_fd();
+        // SAFETY: `room` is the buffer's exclusively borrowed spare capacity, `max`
+        // bytes long (reserved above); the kernel writes into it and nothing reads it.
+        let n = retry_eintr(|| unsafe { sys::recv(fd, room.as_mut_ptr().cast::<u8>(), max) })?.min(max);
         // SAFETY: recv(2) wrote the first `n` bytes of `room`, which starts at the
         // buffer's length and lies within its capacity (reserved above), so those bytes
         // are initialised and the length may cover them.
@@ -404,7 +414,8 @@ impl ConnectedSocket for PosixConnectedSocket {
         if bufs.iter().all(|b| b.is_empty()) {
             return Ok(0);
         }
-        retry_eintr(|| self.sock.send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL))
+        let fd = self.sock.as_raw_fd();
+        retry_eintr(|| sys::sendmsg(fd, bufs, libc::MSG_NOSIGNAL))
     }
 
     fn shutdown(&mut self) {
@@ -430,7 +441,7 @@ impl ConnectedSocket for PosixConnectedSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::time::{Duration, Instant};
 

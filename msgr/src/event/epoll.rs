@@ -160,9 +160,24 @@ impl Epoll {
                 _ => return Err(err),
             }
         }
+        // A plain system call rather than glibc's `epoll_wait`, a pthread cancellation
+        // point that switches asynchronous cancellation on and off around every wait
+        // (msgr never cancels a thread). `epoll_pwait` with no signal mask is
+        // `epoll_wait`, and exists on every architecture.
         // SAFETY: as above, the kernel writes at most `max` entries into `self.events`,
-        // a buffer of exactly `max` initialised epoll_events.
-        let r = unsafe { libc::epoll_wait(self.epfd.as_raw_fd(), self.events.as_mut_ptr(), max, timeout_ms(timeout)) };
+        // a buffer of exactly `max` initialised epoll_events; a null signal mask means
+        // "leave the mask alone".
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_epoll_pwait,
+                self.epfd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                max,
+                timeout_ms(timeout),
+                ptr::null::<libc::sigset_t>(),
+                0 as libc::size_t,
+            )
+        };
         if r < 0 {
             Err(io::Error::last_os_error())
         } else {
