@@ -19,6 +19,7 @@
 //! is, [`Endpoint::adopt`] back where the transport is — and each step copes with the
 //! other side having moved on in between.
 
+mod live;
 mod rules;
 #[cfg(test)]
 mod tests;
@@ -34,6 +35,7 @@ use crate::proto::addr::EntityAddr;
 use crate::proto::entity::EntityType;
 use crate::proto::reconnect::{decide_ident, decide_reconnect, Decision, Existing, Phase, SessionState};
 use crate::proto::session::{Answer, Claim, PeerInfo, Session, SessionError, State};
+use live::Live;
 
 /// What other threads see of a connection: the facts a claim on its session is
 /// decided by ([`Existing`]), and its direction. The table keeps them current.
@@ -227,14 +229,14 @@ pub enum Adopted<H> {
 
 /// The session table of one worker.
 pub struct Endpoint<T, H> {
-    live: IdMap<u64, Link<T, H>>,
+    live: Live<Link<T, H>>,
     parked: IdMap<u64, Parked<H>>,
     deadlines: BTreeSet<(Instant, u64)>,
 }
 
 impl<T, H> Default for Endpoint<T, H> {
     fn default() -> Self {
-        Endpoint { live: IdMap::default(), parked: IdMap::default(), deadlines: BTreeSet::new() }
+        Endpoint { live: Live::default(), parked: IdMap::default(), deadlines: BTreeSet::new() }
     }
 }
 
@@ -252,17 +254,17 @@ impl<T, H: Shared> Endpoint<T, H> {
     /// The live link of connection `id`.
     #[inline]
     pub fn get_mut(&mut self, id: u64) -> Option<&mut Link<T, H>> {
-        self.live.get_mut(&id)
+        self.live.get_mut(id)
     }
 
     /// The live link of connection `id`.
     pub fn get(&self, id: u64) -> Option<&Link<T, H>> {
-        self.live.get(&id)
+        self.live.get(id)
     }
 
     /// Live links.
     pub fn links(&self) -> impl Iterator<Item = (u64, &Link<T, H>)> {
-        self.live.iter().map(|(id, l)| (*id, l))
+        self.live.iter()
     }
 
     /// Parked sessions' connections.
@@ -313,7 +315,7 @@ impl<T, H: Shared> Endpoint<T, H> {
         timing: &Timing,
         now: Instant,
     ) -> Option<Ended<T, H>> {
-        let link = self.live.remove(&id)?;
+        let link = self.live.remove(id)?;
         let Link { session, io, handle, dial, connecting, was_ready } = link;
         let end = TransportEnd { ending, was_ready, connecting, ..Self::facts(&session, &handle, &dial, stopping) };
         let (after, redial_in) = self.settle(id, session, handle.clone(), dial, &end, timing, now);
@@ -460,7 +462,7 @@ impl<T, H: Shared> Endpoint<T, H> {
     /// dropped. `None` if the session closed or moved after the claim was decided:
     /// the new transport must fail, and the peer tries again.
     pub fn release(&mut self, id: u64, reset_first: bool) -> Option<Released<T, H>> {
-        let (io, handle, mut state) = if let Some(link) = self.live.remove(&id) {
+        let (io, handle, mut state) = if let Some(link) = self.live.remove(id) {
             (Some(link.io), link.handle, link.session.into_state())
         } else {
             let p = self.parked.remove(&id)?;
@@ -488,7 +490,7 @@ impl<T, H: Shared> Endpoint<T, H> {
         timing: &Timing,
         now: Instant,
     ) -> Adopted<H> {
-        let Some(mut link) = self.live.remove(&new_id) else {
+        let Some(mut link) = self.live.remove(new_id) else {
             self.park(id, handle, state, None, Backoff::Grow, timing, now);
             return Adopted::Parked;
         };
