@@ -284,7 +284,9 @@ fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
     match timeout {
         None => -1,
         Some(d) => {
-            let ms = d.as_nanos().div_ceil(1_000_000);
+            // Rounded up, in 64-bit arithmetic (`as_nanos` is 128-bit: a division
+            // routine per wait).
+            let ms = d.as_secs().saturating_mul(1000).saturating_add(u64::from(d.subsec_nanos().div_ceil(1_000_000)));
             libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
         }
     }
