@@ -83,6 +83,8 @@ const DEEP_READ: usize = 8 * 1024;
 /// instructions per message and side more than the copy it saved (callgrind); at 4 KiB
 /// it saves 268.
 const SINGLE_READ: std::ops::Range<usize> = 2 * 1024..DEEP_READ;
+/// A busy connection stays so through one wake-up that reads little ([`still_busy`]).
+const BUSY_WAKE_UPS: u8 = 2;
 /// A busy connection's read buffer: a read's worth and a frame in progress carried over,
 /// as much as the session reserves for a deep read (`Session::read_target_with_room`).
 const DEEP_BUF: usize = READ_CHUNK + crate::proto::session::LARGE_FRAME;
@@ -143,10 +145,13 @@ pub struct ConnIo {
     // A kernel socket's last read filled the scratch buffer or the room it was given:
     // a deep pipeline, whose next read goes straight into the session's stream buffer.
     deep: bool,
-    // A kernel socket's reads since its last wake-up took at least DEEP_READ: the
-    // connection is busy, and its next read (after the next wake-up too) goes straight
-    // into the stream buffer when that has the room without allocating.
+    // A kernel socket's reads of one of its last BUSY_WAKE_UPS wake-ups took at least
+    // DEEP_READ: the connection is busy, and its next read (after a wake-up too) goes
+    // straight into the stream buffer when that has the room without allocating.
     busy: bool,
+    // Wake-ups in a row whose reads took less than DEEP_READ (BUSY_WAKE_UPS or more
+    // until the first that took as much: a new connection is not busy).
+    quiet_wake_ups: u8,
     // The last read met a large frame: the next first read takes SCRATCH_SMALL.
     large: bool,
     // The last wake-up's reads were one short read of this many bytes, in
@@ -341,6 +346,7 @@ fn install(
         read_paused: false,
         deep: false,
         busy: false,
+        quiet_wake_ups: BUSY_WAKE_UPS,
         large: false,
         single: 0,
         // Registered for both above.
@@ -603,7 +609,7 @@ fn do_read(local: &mut WorkerLocal, center: &mut Center, id: u64) -> Result<bool
             // found those held and took new ones: 0.1–0.26 allocations per round trip
             // at 4 KiB × 16 (measured), where copying into the room the held buffer
             // has left allocates nothing.
-            lc.io.busy = total >= DEEP_READ && lossy;
+            lc.io.busy = lossy && still_busy(&mut lc.io.quiet_wake_ups, total, full);
         }
         lc.io.large = direct || lc.session.large_frames_seen() != large_seen;
         count_session_copies(&local.state.perf, lc);
@@ -656,6 +662,25 @@ fn input_drained(lc: &mut LocalConn, spares: &mut Vec<BytesMut>) {
 /// nothing more until it is answered), and the connection would hang.
 fn wake_for_what_is_missing(lc: &mut LocalConn) {
     lc.io.socket.wake_at(lc.session.large_frame_missing().unwrap_or(1));
+}
+
+/// Whether a connection is still busy after a read that brought its wake-up's reads to
+/// `total` bytes (`full`: the read filled what it was offered, so the wake-up goes on):
+/// yes once they reach [`DEEP_READ`], and through up to `BUSY_WAKE_UPS - 1` wake-ups in
+/// a row that read less. `quiet` counts those.
+///
+/// A deep pipeline's bursts do not always arrive whole: at 4 KiB × 512 with replies of
+/// 0 bytes, the server's wake-ups alternated between 134,451 bytes and the 13 that
+/// ended that burst, on their own. Were one such wake-up to end the busy spell, the
+/// next burst's first read would go through the scratch buffer and all of it be copied:
+/// 7 % of every byte the server read was, before.
+fn still_busy(quiet: &mut u8, total: usize, full: bool) -> bool {
+    if total >= DEEP_READ {
+        *quiet = 0;
+    } else if !full {
+        *quiet = quiet.saturating_add(1);
+    }
+    *quiet < BUSY_WAKE_UPS
 }
 
 /// Keeps a deep-pipeline read buffer a drained connection gave up, up to
@@ -1498,7 +1523,48 @@ pub(crate) fn close_all(local: &mut WorkerLocal, center: &mut Center) {
 
 #[cfg(test)]
 mod tests {
-    use super::flush_between_reads;
+    use super::{flush_between_reads, still_busy, BUSY_WAKE_UPS, DEEP_READ};
+
+    /// A wake-up's reads: `(total after the read, whether it filled its room)`.
+    fn wake_up(quiet: &mut u8, reads: &[(usize, bool)]) -> bool {
+        reads.iter().fold(false, |_, &(total, full)| still_busy(quiet, total, full))
+    }
+
+    #[test]
+    fn a_new_connection_is_not_busy_until_a_wake_up_reads_deep_read() {
+        let mut quiet = BUSY_WAKE_UPS;
+        assert!(!wake_up(&mut quiet, &[(100, false)]));
+        assert!(!wake_up(&mut quiet, &[(DEEP_READ - 1, false)]));
+        assert!(wake_up(&mut quiet, &[(DEEP_READ, false)]));
+    }
+
+    #[test]
+    fn a_busy_connection_stays_busy_through_one_wake_up_that_reads_little() {
+        let mut quiet = BUSY_WAKE_UPS;
+        assert!(wake_up(&mut quiet, &[(4096, true), (134_451, false)]));
+        assert!(wake_up(&mut quiet, &[(13, false)]), "the tail of a burst, alone");
+        assert!(wake_up(&mut quiet, &[(134_451, false)]));
+        assert!(wake_up(&mut quiet, &[(13, false)]));
+    }
+
+    #[test]
+    fn two_wake_ups_in_a_row_that_read_little_end_the_busy_spell() {
+        let mut quiet = BUSY_WAKE_UPS;
+        assert!(wake_up(&mut quiet, &[(DEEP_READ, false)]));
+        assert!(wake_up(&mut quiet, &[(13, false)]));
+        assert!(!wake_up(&mut quiet, &[(13, false)]));
+        assert!(!wake_up(&mut quiet, &[(13, false)]), "and a quiet connection stays quiet");
+    }
+
+    #[test]
+    fn a_read_that_fills_its_room_does_not_end_a_wake_up() {
+        let mut quiet = BUSY_WAKE_UPS;
+        assert!(wake_up(&mut quiet, &[(DEEP_READ, false)]));
+        // Small reads that each filled what they were offered, then one that drained the
+        // socket: one wake-up, not three.
+        assert!(wake_up(&mut quiet, &[(100, true), (200, true), (300, false)]));
+        assert!(!wake_up(&mut quiet, &[(13, false)]));
+    }
 
     #[test]
     fn a_full_read_of_small_frames_sends_their_replies_first() {
