@@ -9,7 +9,7 @@
 #
 # Usage: ci/callgrind-server.sh [MSGR_BINARY] [SIZE] [DEPTH] [JOBS] [COUNT]
 #        (defaults: target/release/msgr 64 128 1 200000)
-# Environment: PORT (default 6871).
+# Environment: PORT (default 6871); CLIENT_ARGS, more client arguments (e.g. "--reply-size 0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . ci/lib.sh

@@ -125,13 +125,15 @@ pipeline_args() {
 # callgrind_pipeline PORT: a bench server under callgrind (callgrind_server; CG_OPTS as
 # there) answers a native client's warm-up run of 2,000 messages per job, then, its
 # counters zeroed, a measured run of `count` per job (bin, size, depth, jobs, count as
-# pipeline_args sets them). Sets CG_DUMP to the measured run's dump.
+# pipeline_args sets them; CLIENT_ARGS, e.g. "--reply-size 0", is added to the client's
+# arguments). Sets CG_DUMP to the measured run's dump.
 callgrind_pipeline() {
   local port=$1 n
   callgrind_server "$bin" "$port"
   for n in 2000 "$count"; do
+    # shellcheck disable=SC2086 # CLIENT_ARGS is a list of arguments
     "$bin" bench client --connect "127.0.0.1:$port" --size "$size" --depth "$depth" --jobs "$jobs" \
-      --count "$n" --warmup 0 --baseline none >"$CG_WORK/cli.log" 2>&1 || { cat "$CG_WORK/cli.log"; exit 1; }
+      --count "$n" --warmup 0 --baseline none ${CLIENT_ARGS:-} >"$CG_WORK/cli.log" 2>&1 || { cat "$CG_WORK/cli.log"; exit 1; }
     if [ "$n" = 2000 ]; then
       callgrind_control -z "$CG_PID" >/dev/null 2>&1
     fi
