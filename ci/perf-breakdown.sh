@@ -9,6 +9,7 @@
 # and the server's samples grouped: kernel (TCP, syscalls), wake-ups and task switches,
 # crc32c, memmove/memcpy, allocator, frame/header encode and decode, dispatch, other
 # msgr code. Shares are of the server process's samples (all its threads).
+# CLIENT_ARGS adds client arguments, e.g. CLIENT_ARGS="--reply-size 0" (crimson's workload).
 set -euo pipefail
 BIN=${1:?binary}; SIZE=${2:?size}; DEPTH=${3:?depth}; JOBS=${4:?jobs}; SECS=${5:-5}
 command -v perf >/dev/null || { echo "perf not installed (apt install linux-perf)" >&2; exit 2; }
@@ -19,8 +20,9 @@ for _ in $(seq 100); do grep -q listening "$work/server.log" 2>/dev/null && brea
 grep -q listening "$work/server.log" || { cat "$work/server.log" >&2; exit 1; }
 perf record -e cpu-clock -F 2000 -p $srv -o "$work/perf.data" -- sleep "$SECS" >/dev/null 2>&1 &
 rec=$!
+# shellcheck disable=SC2086 # CLIENT_ARGS is a list of arguments
 "$BIN" bench client --connect 127.0.0.1:$port --size "$SIZE" --depth "$DEPTH" --jobs "$JOBS" \
-  --duration $((SECS + 1)) --warmup 0.3 --baseline none 2>&1 | grep -E '^msgr ' | cut -c1-200
+  --duration $((SECS + 1)) --warmup 0.3 --baseline none ${CLIENT_ARGS:-} 2>&1 | grep -E '^msgr ' | cut -c1-200
 wait $rec || true
 perf report -i "$work/perf.data" --no-children --sort sym -F overhead,sym --percent-limit 0 \
   --stdio 2>/dev/null | awk '
