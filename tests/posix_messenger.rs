@@ -899,8 +899,8 @@ fn a_read_stopped_by_its_budget_resumes_for_the_small_message_behind_a_large_one
 /// copied whole.
 ///
 /// The client is the crate's own session driven over a raw socket, so that the test
-/// decides which bytes arrive together; the server waits for each piece to be read
-/// before the next is written.
+/// decides which bytes arrive together: it writes each piece once the server has read
+/// the one before.
 #[test]
 fn a_burst_after_the_last_bytes_of_the_one_before_alone_is_read_in_place() {
     const BURSTS: usize = 12;
