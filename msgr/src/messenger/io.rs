@@ -50,14 +50,13 @@ pub(crate) const SCRATCH_SMALL: usize = 8 * 1024;
 /// worker's scratch buffer of this size and is copied into the session (an idle
 /// connection holds no large read buffer of its own); once a read fills its buffer (a
 /// deep pipeline), the next ones go straight into the session's stream buffer, until
-/// one comes back short; a lossy connection whose wake-up brought DEEP_READ or more
-/// reads the next wake-up's in place too, and one that gets a message at a time
-/// (SINGLE_READ) into the small buffer its last one was copied into. At 4 KiB × 512 in
-/// flight × 2 connections on loopback, 8 KiB reads made 0.5 reads and 0.5 writes per
-/// message and reached 0.35× raw TCP's
-/// msgs/s; 64 KiB 0.58×, 256 KiB 0.73× through the scratch buffer, 0.8–0.9× with the
-/// deep reads in place. A first read of 8 KiB instead (then deep) woke the worker 2.5×
-/// as often and lost 10 %.
+/// one comes back short; a busy lossy connection (a recent wake-up brought DEEP_READ
+/// or more: `still_busy`) reads the next wake-up's in place too, and one that gets a
+/// message at a time (SINGLE_READ) into the small buffer its last one was copied into.
+/// At 4 KiB × 512 in flight × 2 connections on loopback, 8 KiB reads made 0.5 reads and
+/// 0.5 writes per message and reached 0.35× raw TCP's msgs/s; 64 KiB 0.58×, 256 KiB
+/// 0.73× through the scratch buffer, 0.8–0.9× with the deep reads in place. A first
+/// read of 8 KiB instead (then deep) woke the worker 2.5× as often and lost 10 %.
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
 /// Deep-pipeline read buffers a worker keeps for its connections (each about
 /// READ_CHUNK): as many connections of one worker as read deep at once without
