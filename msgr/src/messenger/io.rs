@@ -22,7 +22,7 @@ use super::error::ConnError;
 use super::log::{dout, dwarn};
 use super::perf::{Counter, PerfCounters};
 use super::worker::{Center, Worker, WorkerLocal};
-use super::MsgrInner;
+use super::{Incoming, MsgrInner};
 use crate::event::{EventSource, Interest, TimerId};
 use crate::message::Message;
 pub(crate) use crate::proto::endpoint::Dial;
@@ -836,6 +836,11 @@ fn handle_events_in_lane(local: &mut WorkerLocal, id: u64, batch: Batch, lane: &
                 run.add_to(&local.state.perf, lc);
                 return Ok(lc.session.has_events());
             }
+            // Messages are handed on from where the session queued them.
+            if let Some(m) = lc.session.next_message() {
+                bytes += deliver_in_lane(&lc.handle, lane, &mut run, m);
+                continue;
+            }
             let Some(ev) = lc.session.poll_event() else {
                 lane.close_into(lc);
                 run.add_to(&local.state.perf, lc);
@@ -869,17 +874,8 @@ fn handle_events_in_lane(local: &mut WorkerLocal, id: u64, batch: Batch, lane: &
                     let ev = if accepted { ConnEvent::Accept } else { ConnEvent::Connect };
                     lc.handle.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.handle.conn), ev);
                 }
-                SessionEvent::Message(m) => {
-                    if lc.handle.msgr.settings.debug_ms >= 10 {
-                        log_message(m.msg_type, m.seq, m.front.len(), m.data.len(), "message received");
-                    }
-                    // Replies sent from fast dispatch go straight to the session (see
-                    // `Connection::takes_local`).
-                    lane.open(lc.handle.conn.id());
-                    bytes += m.total_len();
-                    run.fast += u64::from(lc.handle.msgr.deliver(&lc.handle.conn, m));
-                    run.delivered += 1;
-                }
+                // Taken by `next_message` above; handled the same way all the same.
+                SessionEvent::Message(m) => bytes += deliver_in_lane(&lc.handle, lane, &mut run, m),
                 SessionEvent::KeepaliveAck(stamp) => lc.handle.conn.publish(|p| p.last_keepalive_ack = Some(stamp)),
                 SessionEvent::LearnedAddr(a) => lc.handle.msgr.learned_addr(&a),
                 SessionEvent::KeepaliveDue => lc.session.send_keepalive(now_utime()),
@@ -898,6 +894,25 @@ fn handle_events_in_lane(local: &mut WorkerLocal, id: u64, batch: Batch, lane: &
         };
         on_identify(local, id, claim)?;
     }
+}
+
+/// Delivers message `m` of connection `handle` with `lane` open, counting it in `run`:
+/// its length.
+#[inline]
+fn deliver_in_lane(handle: &Owner, lane: &mut Lane, run: &mut RunCounts, m: impl Incoming) -> usize {
+    let len = {
+        let m = m.get();
+        if handle.msgr.settings.debug_ms >= 10 {
+            log_message(m.msg_type, m.seq, m.front.len(), m.data.len(), "message received");
+        }
+        m.total_len()
+    };
+    // Replies sent from fast dispatch go straight to the session (see
+    // `Connection::takes_local`).
+    lane.open(handle.conn.id());
+    run.fast += u64::from(handle.msgr.deliver(&handle.conn, m));
+    run.delivered += 1;
+    len
 }
 
 /// Server side: a lossless peer identified itself on connection `id`. The table

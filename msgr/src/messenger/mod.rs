@@ -60,7 +60,7 @@ use crate::proto::frame::FrameLimits;
 use crate::proto::frames::CEPH_FEATURES_ALL;
 use crate::proto::reconnect::SessionState;
 use crate::proto::rxpool::RxPool;
-use crate::proto::session::{PolicyFn, Session, SessionConfig};
+use crate::proto::session::{NextMessage, PolicyFn, Session, SessionConfig};
 use crate::stack::worker::on_worker_thread;
 use crate::stack::SocketOptions;
 
@@ -294,12 +294,12 @@ impl MsgrInner {
     /// it: the caller counts those ([`MsgrInner::count_fast_dispatched`]), once per run
     /// of deliveries rather than with an atomic add per message.
     #[inline]
-    pub(crate) fn deliver(&self, conn: &ConnectionRef, m: Message) -> bool {
+    pub(crate) fn deliver(&self, conn: &ConnectionRef, m: impl Incoming) -> bool {
         // why: ms_inject_delay_*. When off, the message goes straight on (not through
         // the Option the delayer gives back: a message is large, and moves cost).
         match &self.delay {
             None => self.deliver_now(conn, m),
-            Some(d) => match delay::intercept(d, conn, m) {
+            Some(d) => match delay::intercept(d, conn, m.take()) {
                 Some(m) => self.deliver_now(conn, m),
                 None => false,
             },
@@ -309,19 +309,20 @@ impl MsgrInner {
     /// Hands a received message to a fast dispatcher or the dispatch queue,
     /// bypassing delay injection (the delay thread's hand-over comes here). True if a
     /// fast dispatcher took it (not yet counted: see [`MsgrInner::deliver`]).
-    pub(crate) fn deliver_now(&self, conn: &ConnectionRef, m: Message) -> bool {
+    pub(crate) fn deliver_now(&self, conn: &ConnectionRef, m: impl Incoming) -> bool {
         // A panicking callback must not unwind through the worker: it would kill every
         // connection the worker serves.
         let (panics, id) = (self.dispatch_queue.panic_log(), conn.id());
         // The closures borrow the message's slot rather than own the message: a
-        // closure is copied on its way into `catch_unwind`, and a message is large.
+        // closure is copied on its way into `catch_unwind`. The message itself stays
+        // where the session queued it until a dispatcher takes it (see `Incoming`).
         let mut slot = Some(m);
         // The fast dispatcher is called inside `with`, on the list it was found in,
         // rather than cloned out of it: that was an atomic increment and decrement of
         // its `Arc` per message. (`with` holds no lock while it runs.)
         let fast = self.dispatchers.with(|list| {
             let d = {
-                let m = slot.as_ref()?;
+                let m = slot.as_ref()?.get();
                 // A panic is a "no": the message goes on to the next dispatcher or the
                 // queue.
                 list.iter()
@@ -331,7 +332,7 @@ impl MsgrInner {
             // connection up: its next message is read and dispatched as usual.
             panics.call("ms_fast_dispatch", id, || {
                 if let Some(m) = slot.take() {
-                    d.ms_fast_dispatch(conn, m);
+                    d.ms_fast_dispatch(conn, m.take());
                 }
             });
             Some(())
@@ -340,6 +341,7 @@ impl MsgrInner {
             return true;
         }
         let Some(m) = slot else { return false };
+        let m = m.take();
         let size = m.total_len() as u64;
         self.throttle.take(size);
         self.dispatch_queue.enqueue(Arc::clone(conn), m, size);
@@ -351,6 +353,38 @@ impl MsgrInner {
         if n > 0 {
             self.fast_dispatched.fetch_add(n, Ordering::Relaxed);
         }
+    }
+}
+
+/// A received message on its way to a dispatcher: where it is looked at, and then
+/// taken from. A worker hands over the one at the front of its session's events
+/// ([`NextMessage`]), so that a 184-byte `Message` is copied once, into the
+/// dispatcher's call, instead of once per step on the way there; the delay thread
+/// hands over one it holds.
+pub(crate) trait Incoming {
+    /// The message, to decide who takes it.
+    fn get(&self) -> &Message;
+    /// The message, taken.
+    fn take(self) -> Message;
+}
+
+impl Incoming for Message {
+    fn get(&self) -> &Message {
+        self
+    }
+    fn take(self) -> Message {
+        self
+    }
+}
+
+impl Incoming for NextMessage<'_> {
+    #[inline]
+    fn get(&self) -> &Message {
+        NextMessage::get(self)
+    }
+    #[inline]
+    fn take(self) -> Message {
+        NextMessage::take(self)
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::encoding::DecodeError;
 use super::entity::EntityName;
-use super::frame::{Frame, MessageParts, Tag, MESSAGE_ALIGNS};
+use super::frame::{Frame, Tag, MESSAGE_ALIGNS};
 use crate::message::{CrcMemo, Message};
 
 /// Length of the packed `ceph_msg_header2`.
@@ -181,22 +181,36 @@ pub(crate) fn message_from_frame(frame: Frame) -> Result<(MsgHeader2, Message), 
     }
     let [header, front, middle, data] = frame.segments;
     let h = MsgHeader2::decode(&header)?;
-    Ok((h, message_of(h, front, middle, data, CrcMemo::default())))
+    Ok((h, message_of(h, front, middle, data, CrcMemo::default(), None)))
 }
 
-/// The message of a MESSAGE frame the decoder took apart ([`FrameDecoder::decode_any`]
-/// checked the header's length): cannot fail.
-///
-/// [`FrameDecoder::decode_any`]: super::frame::FrameDecoder::decode_any
-/// `src` is the sender's name. Inlined so that the message is built where it is put.
+/// The message of a MESSAGE frame the decoder took apart ([`MessageParts`](super::frame::MessageParts); the
+/// decoder checked the header's length, so this cannot fail): its header, segments
+/// and the data segment's crc. `src` is the sender's name. Inlined so that the
+/// message is built where it is put.
 #[inline]
-pub(crate) fn message_from_parts(p: MessageParts, src: Option<EntityName>) -> Message {
-    let data_crc = CrcMemo::new(&p.data, p.data_crc);
-    Message { src, ..message_of(p.header, p.front, p.middle, p.data, data_crc) }
+pub(crate) fn message_from_parts(
+    header: MsgHeader2,
+    front: Bytes,
+    middle: Bytes,
+    data: Bytes,
+    data_crc: u32,
+    src: Option<EntityName>,
+) -> Message {
+    let data_crc = CrcMemo::new(&data, data_crc);
+    // Built with its sender, not updated with it: an update is a copy of the whole.
+    message_of(header, front, middle, data, data_crc, src)
 }
 
 #[inline]
-fn message_of(h: MsgHeader2, front: Bytes, middle: Bytes, data: Bytes, data_crc: CrcMemo) -> Message {
+fn message_of(
+    h: MsgHeader2,
+    front: Bytes,
+    middle: Bytes,
+    data: Bytes,
+    data_crc: CrcMemo,
+    src: Option<EntityName>,
+) -> Message {
     Message {
         msg_type: h.msg_type,
         priority: h.priority,
@@ -208,7 +222,7 @@ fn message_of(h: MsgHeader2, front: Bytes, middle: Bytes, data: Bytes, data_crc:
         middle,
         data,
         data_off: h.data_off,
-        src: None,
+        src,
         data_crc,
     }
 }

@@ -7,6 +7,7 @@ pub mod banner;
 pub mod crc;
 pub mod encoding;
 pub mod entity;
+mod events;
 pub mod frame;
 pub mod frames;
 pub mod header;
