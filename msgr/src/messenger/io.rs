@@ -874,7 +874,7 @@ fn handle_events_in_lane(local: &mut WorkerLocal, id: u64, batch: Batch, lane: &
                     let ev = if accepted { ConnEvent::Accept } else { ConnEvent::Connect };
                     lc.handle.msgr.dispatch_queue.enqueue_event(Arc::clone(&lc.handle.conn), ev);
                 }
-                // Taken by `next_message` above; handled the same way all the same.
+                // Not seen here (`next_message` took it above), but handled alike.
                 SessionEvent::Message(m) => bytes += deliver_in_lane(&lc.handle, lane, &mut run, m),
                 SessionEvent::KeepaliveAck(stamp) => lc.handle.conn.publish(|p| p.last_keepalive_ack = Some(stamp)),
                 SessionEvent::LearnedAddr(a) => lc.handle.msgr.learned_addr(&a),

@@ -184,10 +184,12 @@ pub(crate) fn message_from_frame(frame: Frame) -> Result<(MsgHeader2, Message), 
     Ok((h, message_of(h, front, middle, data, CrcMemo::default(), None)))
 }
 
-/// The message of a MESSAGE frame the decoder took apart ([`MessageParts`](super::frame::MessageParts); the
-/// decoder checked the header's length, so this cannot fail): its header, segments
-/// and the data segment's crc. `src` is the sender's name. Inlined so that the
-/// message is built where it is put.
+/// The message of a MESSAGE frame the decoder took apart ([`MessageParts`]; the decoder
+/// checked the header's length, so this cannot fail): its header, segments and the
+/// data segment's crc. `src` is the sender's name. Inlined so that the message is built
+/// where it is put.
+///
+/// [`MessageParts`]: super::frame::MessageParts
 #[inline]
 pub(crate) fn message_from_parts(
     header: MsgHeader2,
