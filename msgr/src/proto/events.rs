@@ -17,11 +17,10 @@ use crate::message::Message;
 #[derive(Debug, Default)]
 pub(crate) struct EventQueue {
     msgs: VecDeque<Message>,
-    /// Each with the number of messages pushed before it ([`EventQueue::pushed`]).
+    /// Each with the number of messages pushed before it: those taken so far and
+    /// those still queued.
     others: VecDeque<(u64, SessionEvent)>,
-    /// Messages pushed so far.
-    pushed: u64,
-    /// Messages taken so far: `pushed - taken` are queued.
+    /// Messages taken so far.
     taken: u64,
 }
 
@@ -30,7 +29,7 @@ impl EventQueue {
     pub(crate) fn push(&mut self, ev: SessionEvent) {
         match ev {
             SessionEvent::Message(m) => self.push_message(m),
-            ev => self.others.push_back((self.pushed, ev)),
+            ev => self.others.push_back((self.taken + self.msgs.len() as u64, ev)),
         }
     }
 
@@ -38,7 +37,6 @@ impl EventQueue {
     #[inline]
     pub(crate) fn push_message(&mut self, m: Message) {
         self.msgs.push_back(m);
-        self.pushed += 1;
     }
 
     /// Whether the next event is another than a message.
