@@ -139,6 +139,13 @@ fn client_against_bench_server_reports_server_cpu_for_msgr_and_raw() {
     assert_eq!(doc["settings"]["server_cpu_known"], true);
     assert!(doc["settings"]["raw"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{doc}");
     assert!(doc["server_counters"].is_object(), "{doc}");
+    // The congestion control the client's connections ran over, as its network
+    // namespace has it (BBR paces in the kernel on loopback: it changes every row).
+    let cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string());
+    assert_eq!(doc["settings"]["tcp_congestion_control"], cc.as_str(), "{doc}");
+    let header = String::from_utf8_lossy(&out.stdout);
+    assert!(header.contains(&format!("| tcp {cc} |")), "{header}");
 }
 
 #[test]

@@ -238,6 +238,9 @@ pub struct Settings {
     pub cpu: String,
     /// Kernel release.
     pub kernel: String,
+    /// The kernel's TCP congestion control for new connections in this network
+    /// namespace (what the posix rows and the raw baseline run over).
+    pub tcp_cc: String,
 }
 
 impl Settings {
@@ -253,6 +256,7 @@ impl Settings {
             "server_cpu_known": self.server_cpu_known,
             "cpu": self.cpu,
             "kernel": self.kernel,
+            "tcp_congestion_control": self.tcp_cc,
             "jobs": o.jobs,
             "conns_per_job": o.conns_per_job,
             "connections": o.connections(),
@@ -280,6 +284,17 @@ fn cpu_model() -> String {
 
 fn kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The TCP congestion control new connections get here (the file is per network
+/// namespace), said beside the kernel because it changes what a message costs on
+/// loopback: BBR paces in the kernel on a device without the fq qdisc (loopback has
+/// none), with a timer per burst. On a 2-vCPU VM that doubled the kernel's time per
+/// message against reno (docs/BENCHMARKS.md, twentieth session), for msgr and raw alike.
+fn tcp_cc() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
 }
@@ -895,6 +910,7 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
         server_cpu_known: first.as_ref().is_some_and(|r| r.cpu_ns.is_some()),
         cpu: cpu_model(),
         kernel: kernel(),
+        tcp_cc: tcp_cc(),
     };
     let what = match o.count {
         Some(n) => format!("{n} messages per connection"),
@@ -928,9 +944,10 @@ pub fn run(common: &CommonArgs, o: &BenchOptions) -> Result<Vec<Row>, CliError> 
         }
     );
     println!(
-        "cpu: {} | kernel {} | latency is round trip | server cpu {} | raw echo {}{}",
+        "cpu: {} | kernel {} | tcp {} | latency is round trip | server cpu {} | raw echo {}{}",
         settings.cpu,
         settings.kernel,
+        settings.tcp_cc,
         if settings.server_cpu_known { "from bench control" } else { "unknown" },
         raw_addr.map_or_else(|| "none".to_string(), |a| a.to_string()),
         raw_stack.as_ref().map_or_else(String::new, |st| format!(" (raw client on the {} stack)", st.name()))
