@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CC=${1:?usage: ci/bench-cc.sh CC [BIN] -- [msgr bench arguments...]}
 shift
+[[ $CC =~ ^[a-z0-9_]+$ ]] || { echo "ci/bench-cc.sh: $CC is not a congestion control's name" >&2; exit 2; }
 BIN=target/release/msgr
 if [ $# -gt 0 ] && [ "$1" != "--" ]; then BIN=$1; shift; fi
 [ "${1:-}" = "--" ] && shift
@@ -27,7 +28,7 @@ ns=msgr-cc-$$
 ip netns add "$ns"
 trap 'ip netns del "$ns" 2>/dev/null || true' EXIT
 ip netns exec "$ns" ip link set lo up
-if ! ip netns exec "$ns" sh -c "echo $CC > /proc/sys/net/ipv4/tcp_congestion_control" 2>/dev/null; then
+if ! printf '%s\n' "$CC" | ip netns exec "$ns" tee /proc/sys/net/ipv4/tcp_congestion_control >/dev/null 2>&1; then
   echo "ci/bench-cc.sh: congestion control $CC cannot be chosen in a namespace here;" \
     "allowed: $(cat /proc/sys/net/ipv4/tcp_allowed_congestion_control)" >&2
   exit 2
