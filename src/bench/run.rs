@@ -283,9 +283,12 @@ fn cpu_model() -> String {
 }
 
 fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    proc_value("/proc/sys/kernel/osrelease")
+}
+
+/// A one-value `/proc` file's value, or "unknown" where it cannot be read.
+fn proc_value(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }
 
 /// The TCP congestion control new connections get here (the file is per network
@@ -294,9 +297,7 @@ fn kernel() -> String {
 /// none), with a timer per burst. On a 2-vCPU VM that doubled the kernel's time per
 /// message against reno (docs/BENCHMARKS.md, twentieth session), for msgr and raw alike.
 fn tcp_cc() -> String {
-    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    proc_value("/proc/sys/net/ipv4/tcp_congestion_control")
 }
 
 /// How long `msgr bench` waits for its server child to say where it listens (a stack
